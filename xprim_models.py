@@ -1,0 +1,1928 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The xprim-models authors
+#
+# Permission is hereby granted, free of charge, to any person obtaining a copy
+# of this software and associated documentation files (the "Software"), to deal
+# in the Software without restriction, including without limitation the rights
+# to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+# copies of the Software, and to permit persons to whom the Software is
+# furnished to do so, subject to the following conditions:
+#
+# The above copyright notice and this permission notice shall be included in
+# all copies or substantial portions of the Software.
+#
+# THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+# IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+# FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+# AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+# LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+# OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+# SOFTWARE.
+"""Download ML models from an XPRIM content-addressed registry.
+
+A registry is a static file host holding ``models.json`` and ``data/<sha256>``
+blobs. This module fetches a model's manifest, downloads its chunks in
+parallel, verifies every byte with SHA-256, caches verified chunks so an
+interrupted pull resumes, rebuilds the model's files in a staging directory,
+swaps them into place atomically, and records the install in
+``registry.json``::
+
+    import xprim_models
+
+    manager = xprim_models.Manager(xprim_models.Config(
+        app_name="whisper-tool", registry_url="https://models.example.com"))
+    model = manager.pull("fast-whisper/tiny fp16")
+    print(model.path)
+
+Public names: ``Config``, ``ModelRef``, ``parse_model_ref``, ``FileInfo``,
+``InstalledModel``, ``RemoteModel``, ``RemoteModelDetail``, ``PullProgress``,
+``Manager``, ``register_subcommands``, ``main``, ``ModelsError`` and its
+subclasses, ``__version__``. Everything whose name starts with an underscore is
+internal and may change in any release.
+
+The module uses the standard library only. To vendor it, copy this file
+unchanged into your project (any package, any module name).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
+
+if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
+    import argparse
+    import logging
+    from contextlib import AbstractContextManager
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyInstalledError",
+    "Config",
+    "FileInfo",
+    "HashMismatchError",
+    "InstalledModel",
+    "InvalidRefError",
+    "Manager",
+    "ModelNotFoundError",
+    "ModelRef",
+    "ModelsError",
+    "NetworkError",
+    "NotInstalledError",
+    "PullProgress",
+    "RegistryError",
+    "RemoteModel",
+    "RemoteModelDetail",
+    "StorageError",
+    "VersionNotFoundError",
+    "__version__",
+    "main",
+    "parse_model_ref",
+    "register_subcommands",
+]
+
+
+# --- Constants ----------------------------------------------------------------
+# The wire format (DESIGN.md §1) and the limits that keep a hostile registry
+# from exhausting memory or disk. Every number a reader may wonder about is here.
+
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+# Group, model and version names become directory names on every platform.
+_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,126}[A-Za-z0-9_+-])?")
+_WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{prefix}{digit}" for prefix in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"]
+)
+# Characters Windows refuses in file names, plus the ones DESIGN.md §1 names.
+_FORBIDDEN_PATH_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\]')
+# Top-level names the storage layout uses itself (DESIGN.md §2).
+_RESERVED_GROUPS = frozenset(["cache", "registry.json"])
+
+_MAX_INDEX_BYTES = 32 << 20
+_MAX_MANIFEST_BYTES = 64 << 20
+_MAX_FILES = 1_000_000
+_MAX_CHUNKS = 1_000_000
+_MAX_CHUNK_SIZE = 1 << 34  # 16 GiB: chunks are streamed, never held in memory
+_MAX_TOTAL_SIZE = 1 << 50  # 1 PiB
+_MAX_PATH_LENGTH = 1024
+_MAX_SEGMENT_LENGTH = 255
+
+_MAX_CONCURRENCY = 16
+_CACHE_MAX_AGE = 24 * 60 * 60  # seconds a cached chunk no pull needs is kept
+_BUFFER_SIZE = 256 << 10
+_PROGRESS_INTERVAL = 0.1  # seconds between byte-progress callbacks
+_RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
+_BACKOFF_CAP = 10.0
+_LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
+
+_REGISTRY_FILE = "registry.json"
+_CHUNKS_DIR = ("cache", "chunks")
+_MANIFESTS_DIR = ("cache", "manifests")
+_LOCKS_DIR = ".locks"
+
+
+# --- Errors -------------------------------------------------------------------
+# One base class; one subclass per failure kind, each with the CLI exit code of
+# DESIGN.md §3. Messages say what failed, on what, and what to do next.
+
+
+class ModelsError(Exception):
+    """Base class of every error this module raises on purpose."""
+
+    exit_code = 1
+
+
+class ModelNotFoundError(ModelsError, LookupError):
+    """The registry has no such group/model."""
+
+    exit_code = 3
+
+
+class VersionNotFoundError(ModelsError, LookupError):
+    """The registry has the model but not that version."""
+
+    exit_code = 3
+
+
+class NotInstalledError(ModelsError, LookupError):
+    """The model version is not installed locally."""
+
+    exit_code = 4
+
+
+class AlreadyInstalledError(ModelsError):
+    """``pull`` found the same manifest installed; ``installed`` describes it."""
+
+    exit_code = 0
+
+    def __init__(self, message: str, installed: InstalledModel) -> None:
+        super().__init__(message)
+        self.installed = installed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.installed))
+
+
+class HashMismatchError(ModelsError):
+    """Downloaded bytes did not hash to their name."""
+
+    exit_code = 6
+
+
+class NetworkError(ModelsError):
+    """The registry could not be reached, or a transfer failed after retries."""
+
+    exit_code = 5
+
+
+class StorageError(ModelsError):
+    """A local file operation failed (permissions, full disk, corrupt state)."""
+
+    exit_code = 7
+
+
+class InvalidRefError(ModelsError, ValueError):
+    """A model reference is malformed."""
+
+    exit_code = 2
+
+
+class RegistryError(ModelsError):
+    """The registry is misconfigured or served invalid data."""
+
+    exit_code = 1
+
+
+def _storage_error(action: str, path: str, exc: OSError, hint: str = "") -> StorageError:
+    """Wrap an OSError in a StorageError that names the path and a next step."""
+    reason = exc.strerror or str(exc)
+    if not hint:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
+            hint = "free some disk space and try again"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = "check the permissions of the data directory, or choose another one"
+    return StorageError(f"cannot {action} {path}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+# --- Public types -------------------------------------------------------------
+# Plain frozen dataclasses: values a caller can compare, hash, sort and print.
+
+
+@dataclass(frozen=True)
+class Config:
+    """Where models come from and where they go.
+
+    Args:
+        app_name: names the storage directory (``~/.local/share/<app_name>/models``)
+            and the environment variable ``<APP_NAME>_MODELS_DIR`` that overrides it.
+        registry_url: ``http(s)://`` or ``file://`` URL, or a local directory path.
+        data_dir: the base directory, when the environment variable is not set.
+    """
+
+    app_name: str
+    registry_url: str = ""
+    data_dir: Union[str, "os.PathLike[str]", None] = None
+
+
+def _check_name(kind: str, name: str, text: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidRefError(
+            f"invalid model reference {text!r}: {kind} {name!r} must be 1-128 letters, digits, "
+            "'.', '_', '+' or '-', starting with a letter or digit"
+        )
+    if name.split(".")[0].upper() in _WINDOWS_RESERVED:
+        raise InvalidRefError(f"invalid model reference {text!r}: {kind} {name!r} is a reserved name")
+
+
+@dataclass(frozen=True, order=True)
+class ModelRef:
+    """A model, or one version of it: ``group/model version``.
+
+    >>> ref = ModelRef.parse("fast-whisper/tiny fp16")
+    >>> ref.group, ref.model, ref.version
+    ('fast-whisper', 'tiny', 'fp16')
+    >>> str(ref)
+    'fast-whisper/tiny fp16'
+    >>> str(ModelRef("llama", "7b"))
+    'llama/7b'
+    """
+
+    group: str
+    model: str
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("group", self.group, f"{self.group}/{self.model}")
+        _check_name("model", self.model, f"{self.group}/{self.model}")
+        if self.version:
+            _check_name("version", self.version, str(self))
+
+    def __str__(self) -> str:
+        base = f"{self.group}/{self.model}"
+        return f"{base} {self.version}" if self.version else base
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """Parse ``"group/model"`` or ``"group/model version"``.
+
+        Raises:
+            InvalidRefError: the text is not of that form, or a name is invalid.
+        """
+        if not isinstance(text, str):
+            raise InvalidRefError(f"invalid model reference {text!r}: expected a string")
+        parts = text.split()
+        if not 1 <= len(parts) <= 2 or parts[0].count("/") != 1:
+            raise InvalidRefError(
+                f"invalid model reference {text!r}: expected 'group/model' or 'group/model version'"
+            )
+        group, model = parts[0].split("/")
+        return cls(group, model, parts[1] if len(parts) == 2 else "")
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """Parse ``"group/model"`` or ``"group/model version"`` (see ``ModelRef.parse``)."""
+    return ModelRef.parse(text)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file of a model: its path relative to the model directory, and size."""
+
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """A model version installed locally."""
+
+    ref: ModelRef
+    manifest_hash: str
+    total_size: int
+    file_count: int
+    installed_at: datetime
+    path: str
+    alias_of: str = ""
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A model version listed by the registry (aliases resolved)."""
+
+    ref: ModelRef
+    manifest_hash: str
+    alias_of: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class RemoteModelDetail(RemoteModel):
+    """A remote model version with the contents of its manifest."""
+
+    total_size: int = 0
+    chunk_size: int = 0
+    chunk_count: int = 0
+    files: tuple[FileInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """A snapshot of a pull, passed to the ``progress`` callback.
+
+    ``phase`` is ``"manifest"``, then ``"chunks"``, then ``"extracting"``.
+    ``chunks_completed`` and ``bytes_completed`` include chunks found in the
+    cache and only grow; ``bytes_downloaded`` counts network bytes only.
+    """
+
+    phase: str
+    chunks_total: int
+    chunks_completed: int
+    bytes_total: int
+    bytes_completed: int
+    bytes_downloaded: int
+    current_file: str = ""
+
+
+RefLike = Union[ModelRef, str]
+
+
+def _as_ref(ref: RefLike) -> ModelRef:
+    return ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+
+
+def _versioned(ref: RefLike, action: str) -> ModelRef:
+    ref = _as_ref(ref)
+    if not ref.version:
+        raise InvalidRefError(f"{action} {ref}: a version is required ('{ref} <version>')")
+    return ref
+
+
+# --- Paths --------------------------------------------------------------------
+# Pure functions of (platform, environment): the base directory of DESIGN.md §2
+# and the rules a manifest's file paths must follow before they touch a disk.
+
+
+def _env_var_name(app_name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", app_name.upper()) + "_MODELS_DIR"
+
+
+def _default_data_dir(app_name: str, platform: str, environ: Mapping[str, str]) -> str:
+    """The platform's data directory for ``app_name`` (no environment override)."""
+    if platform.startswith(("win32", "cygwin")):
+        import ntpath
+
+        appdata = environ.get("APPDATA") or ntpath.join(
+            environ.get("USERPROFILE") or os.path.expanduser("~"), "AppData", "Roaming"
+        )
+        return ntpath.join(appdata, app_name, "models")
+    home = environ.get("HOME") or os.path.expanduser("~")
+    if platform == "darwin":
+        return os.path.join(home, "Library", "Application Support", app_name, "models")
+    xdg = environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(xdg):  # the XDG spec: empty or relative means unset
+        xdg = os.path.join(home, ".local", "share")
+    return os.path.join(xdg, app_name, "models")
+
+
+def _resolve_data_dir(config: Config) -> str:
+    override = os.environ.get(_env_var_name(config.app_name), "")
+    if override:
+        return os.path.abspath(os.path.expanduser(override))
+    if config.data_dir is not None and os.fspath(config.data_dir):
+        return os.path.abspath(os.path.expanduser(os.fspath(config.data_dir)))
+    return _default_data_dir(config.app_name, sys.platform, os.environ)
+
+
+def _path_problem(path: Any, metadata_dir: str) -> str:
+    """Why ``path`` may not be a model file path, or "" when it may."""
+    if not isinstance(path, str) or not path:
+        return "is not a non-empty string"
+    if len(path) > _MAX_PATH_LENGTH:
+        return f"is longer than {_MAX_PATH_LENGTH} characters"
+    if path.startswith("/"):
+        return "is absolute"
+    bad = _FORBIDDEN_PATH_CHARS.search(path)
+    if bad:
+        return f"contains the character {bad.group()!r}"
+    segments = path.split("/")
+    if segments[0].casefold() == metadata_dir.casefold():
+        return f"is inside the reserved directory {metadata_dir}/"
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            return f"has an empty, '.' or '..' segment"
+        if len(segment.encode("utf-8", "surrogatepass")) > _MAX_SEGMENT_LENGTH:
+            return f"has a segment longer than {_MAX_SEGMENT_LENGTH} bytes"
+        if segment[-1] in ". ":
+            return f"has a segment ending in a dot or space ({segment!r})"
+        if segment.split(".")[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
+            return f"uses the reserved Windows name {segment!r}"
+    return ""
+
+
+def _check_file_paths(files: Sequence[FileInfo], metadata_dir: str) -> str:
+    """Why this set of paths cannot be laid out on every OS, or "" if it can."""
+    import unicodedata
+
+    seen_files: dict[str, str] = {}
+    seen_dirs: dict[str, str] = {}
+    for info in files:
+        problem = _path_problem(info.path, metadata_dir)
+        if problem:
+            return f"file path {info.path!r} {problem}"
+        # Case-insensitive and Unicode-normalising file systems (macOS, Windows)
+        # would fold these keys together.
+        key = unicodedata.normalize("NFC", info.path).casefold()
+        if key in seen_files:
+            return f"file paths {seen_files[key]!r} and {info.path!r} collide"
+        if key in seen_dirs:
+            return f"file {info.path!r} is also needed as a directory by {seen_dirs[key]!r}"
+        seen_files[key] = info.path
+        parts = key.split("/")
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth])
+            if prefix in seen_files:
+                return f"file {info.path!r} needs {seen_files[prefix]!r} to be a directory"
+            seen_dirs.setdefault(prefix, info.path)
+    return ""
+
+
+# --- Platform primitives ------------------------------------------------------
+# Cross-process locks (fcntl on POSIX, msvcrt on Windows), each paired with a
+# thread lock because POSIX record locks do not exclude threads of one process;
+# and atomic file replacement.
+
+_O_BINARY = getattr(os, "O_BINARY", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def _lock_file(fd: int) -> bool:
+    """Try to take an exclusive lock on ``fd`` without blocking."""
+    if os.name == "nt":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+    return True
+
+
+def _unlock_file(fd: int) -> None:
+    if os.name == "nt":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class _FileLock:
+    """An exclusive lock held by one thread of one process at a time.
+
+    The operating system releases it when the process dies, so a crash never
+    leaves a stale lock behind.
+    """
+
+    def __init__(self, path: str, on_wait: Callable[[], None] | None = None) -> None:
+        self.path = path
+        self._on_wait = on_wait
+        self._fd = -1
+        with _thread_locks_guard:
+            self._thread_lock = _thread_locks.setdefault(path, threading.Lock())
+
+    def __enter__(self) -> _FileLock:
+        started = time.monotonic()
+        notified = False
+        if not self._thread_lock.acquire(timeout=_LOCK_NOTICE_AFTER):
+            notified = self._notify()
+            self._thread_lock.acquire()
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o644)
+            delay = 0.01
+            while not _lock_file(self._fd):
+                if not notified and time.monotonic() - started >= _LOCK_NOTICE_AFTER:
+                    notified = self._notify()
+                time.sleep(delay)  # no OS primitive waits on a lock file portably
+                delay = min(delay * 2, 0.2)
+        except OSError as exc:
+            self._release()
+            raise _storage_error("lock", self.path, exc) from exc
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _notify(self) -> bool:
+        if self._on_wait is not None:
+            self._on_wait()
+        return True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd >= 0:
+            try:
+                _unlock_file(self._fd)
+            except OSError:
+                pass  # closing the descriptor releases the lock anyway
+        self._release()
+
+    def _release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._thread_lock.release()
+
+
+def _fsync_directory(path: str) -> None:
+    if os.name == "nt":
+        return  # Windows cannot open a directory for fsync; NTFS journals renames
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories; the rename stands
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``: readers see the old or the new file, never half."""
+    directory = os.path.dirname(path)
+    temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY | _O_NOFOLLOW, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError as exc:
+        _remove_file(temporary)
+        raise _storage_error("write", path, exc) from exc
+    _fsync_directory(directory)
+
+
+def _remove_file(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False
+    return True
+
+
+def _remove_tree(path: str) -> None:
+    """Delete a directory tree (or a stray file or link) without following links."""
+    import shutil
+
+    try:
+        if os.path.islink(path) or not os.path.isdir(path):
+            os.unlink(path)
+        else:
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _storage_error("remove", path, exc) from exc
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _copy_range(source: int, offset: int, count: int, target: int, buffer: bytearray) -> None:
+    """Append ``count`` bytes of ``source`` from ``offset`` to ``target``, in the kernel if possible."""
+    copy_file_range = getattr(os, "copy_file_range", None)
+    while count > 0 and copy_file_range is not None:
+        try:
+            copied = copy_file_range(source, target, count, offset)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                break  # not supported between these files: copy through user space
+            raise
+        if copied == 0:
+            raise OSError(errno.EIO, "chunk file is shorter than expected")
+        offset += copied
+        count -= copied
+    view = memoryview(buffer)
+    while count > 0:
+        if hasattr(os, "pread"):
+            data = os.pread(source, min(count, len(buffer)), offset)
+        else:
+            os.lseek(source, offset, os.SEEK_SET)
+            data = os.read(source, min(count, len(buffer)))
+        if not data:
+            raise OSError(errno.EIO, "chunk file is shorter than expected")
+        size = len(data)
+        view[:size] = data
+        _write_all(target, view[:size])
+        offset += size
+        count -= size
+
+
+# --- Registry documents ---------------------------------------------------------
+# Parsing and validating models.json and manifests. The registry is not trusted:
+# every hash, size, name and path is checked before anything is written.
+
+
+def _parse_json(data: bytes, what: str, error: type[ModelsError]) -> Any:
+    import json
+
+    def reject_constant(name: str) -> None:
+        raise ValueError(f"{name} is not allowed")
+
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise error(f"{what} is not valid JSON: {exc}") from exc
+
+
+def _is_size(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    digest: str
+    raw: bytes
+    total_size: int
+    chunk_size: int
+    chunks: tuple[str, ...]
+    files: tuple[FileInfo, ...]
+
+    def chunk_length(self, position: int) -> int:
+        if position < len(self.chunks) - 1:
+            return self.chunk_size
+        return self.total_size - self.chunk_size * (len(self.chunks) - 1)
+
+
+def _parse_manifest(digest: str, raw: bytes, metadata_dir: str) -> _Manifest:
+    """Validate a manifest's bytes by every rule of DESIGN.md §1."""
+    what = f"manifest {digest}"
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != digest:
+        raise HashMismatchError(f"{what}: the registry sent bytes that hash to {actual}")
+
+    def fail(problem: str) -> RegistryError:
+        return RegistryError(f"{what} is invalid: {problem}; the registry's publisher must fix it")
+
+    doc = _parse_json(raw, what, RegistryError)
+    if not isinstance(doc, dict):
+        raise fail("it is not a JSON object")
+    total, chunk_size = doc.get("total_size"), doc.get("chunk_size")
+    chunks, files = doc.get("chunks"), doc.get("files")
+    if not _is_size(total, _MAX_TOTAL_SIZE):
+        raise fail(f"total_size {total!r} is not an integer from 0 to {_MAX_TOTAL_SIZE}")
+    if not _is_size(chunk_size, _MAX_CHUNK_SIZE):
+        raise fail(f"chunk_size {chunk_size!r} is not an integer from 0 to {_MAX_CHUNK_SIZE}")
+    if not isinstance(chunks, list) or len(chunks) > _MAX_CHUNKS:
+        raise fail(f"chunks is not a list of at most {_MAX_CHUNKS} hashes")
+    if not isinstance(files, list) or len(files) > _MAX_FILES:
+        raise fail(f"files is not a list of at most {_MAX_FILES} entries")
+    for chunk in chunks:
+        if not isinstance(chunk, str) or not _HASH_RE.fullmatch(chunk):
+            raise fail(f"chunk hash {chunk!r} is not 64 lowercase hex characters")
+    expected_chunks = -(-total // chunk_size) if chunk_size else 0
+    if (total > 0 and chunk_size == 0) or len(chunks) != expected_chunks:
+        raise fail(
+            f"{len(chunks)} chunks of {chunk_size} bytes cannot hold total_size {total} "
+            f"(expected {expected_chunks} chunks)"
+        )
+    infos = []
+    for entry in files:
+        if not isinstance(entry, dict):
+            raise fail(f"file entry {entry!r} is not an object")
+        path, size = entry.get("path"), entry.get("size")
+        if not _is_size(size, _MAX_TOTAL_SIZE):
+            raise fail(f"file {path!r} has size {size!r}, not a non-negative integer")
+        infos.append(FileInfo(path, size))
+    if sum(info.size for info in infos) != total:
+        raise fail(f"file sizes add up to {sum(info.size for info in infos)}, not total_size {total}")
+    problem = _check_file_paths(infos, metadata_dir)
+    if problem:
+        raise fail(problem)
+    manifest = _Manifest(digest, raw, total, chunk_size, tuple(chunks), tuple(infos))
+    sizes: dict[str, int] = {}
+    for position, chunk in enumerate(manifest.chunks):
+        # A hash names one byte string, so it cannot stand for two lengths.
+        if sizes.setdefault(chunk, manifest.chunk_length(position)) != manifest.chunk_length(position):
+            raise fail(f"chunk {chunk} is listed with two different sizes")
+    return manifest
+
+
+def _parse_index(doc: Any) -> dict[tuple[str, str, str], RemoteModel]:
+    """Validate a whole models.json and resolve every alias (DESIGN.md §5)."""
+
+    def fail(problem: str) -> RegistryError:
+        return RegistryError(f"models.json is invalid: {problem}; the registry's publisher must fix it")
+
+    def name_ok(name: Any) -> bool:
+        return isinstance(name, str) and bool(_NAME_RE.fullmatch(name))
+
+    if not isinstance(doc, dict):
+        raise fail("it is not a JSON object of groups")
+    entries: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for group, models in doc.items():
+        if not name_ok(group) or not isinstance(models, dict):
+            raise fail(f"group {group!r} is not a valid name mapping to an object of models")
+        for model, versions in models.items():
+            if not name_ok(model) or not isinstance(versions, dict):
+                raise fail(f"model {group}/{model} is not a valid name mapping to an object of versions")
+            for version, entry in versions.items():
+                label = f"{group}/{model} {version}"
+                if not name_ok(version) or not isinstance(entry, dict):
+                    raise fail(f"version {label!r} is not a valid name mapping to an object")
+                if ("hash" in entry) == ("alias" in entry):
+                    raise fail(f"{label} must have exactly one of 'hash' and 'alias'")
+                if "hash" in entry and not (
+                    isinstance(entry["hash"], str) and _HASH_RE.fullmatch(entry["hash"])
+                ):
+                    raise fail(f"{label} has hash {entry['hash']!r}, not 64 lowercase hex characters")
+                if "alias" in entry and not name_ok(entry["alias"]):
+                    raise fail(f"{label} has alias {entry['alias']!r}, not a valid version name")
+                if not isinstance(entry.get("metadata", {}), dict):
+                    raise fail(f"{label} has metadata that is not an object")
+                entries[(group, model, version)] = entry
+    result = {}
+    for key, entry in entries.items():
+        seen = [key[2]]
+        target = entry
+        while "alias" in target:
+            following = (key[0], key[1], target["alias"])
+            if following not in entries:
+                raise fail(f"{key[0]}/{key[1]} {seen[-1]} is an alias of missing version {following[2]!r}")
+            if following[2] in seen:
+                raise fail(f"aliases of {key[0]}/{key[1]} form a cycle: {' -> '.join(seen + [following[2]])}")
+            seen.append(following[2])
+            target = entries[following]
+        metadata = entry["metadata"] if "metadata" in entry else target.get("metadata", {})
+        result[key] = RemoteModel(
+            ModelRef(*key), target["hash"], seen[-1] if len(seen) > 1 else "", dict(metadata)
+        )
+    return result
+
+
+# --- Registry client --------------------------------------------------------------
+# Fetching from http(s)://, file:// or a directory: a timeout on every request,
+# bounded bodies, retries with exponential backoff on transient failures.
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection trouble, 5xx, 429, a short body)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, restart: bool = False) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.restart = restart  # the partial body cannot be resumed: start over
+
+
+class _Missing(Exception):
+    """The registry answered that the path does not exist (404/410, or no such file)."""
+
+
+class _Cancelled(Exception):
+    """The pull this transfer belongs to was stopped."""
+
+
+class _Sink:
+    """Where a body goes. ``kept`` bytes survive a failed attempt (resume)."""
+
+    kept = 0
+    resumable = False
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def write(self, data: memoryview) -> None:
+        raise NotImplementedError
+
+
+class _MemorySink(_Sink):
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def reset(self) -> None:
+        self.data.clear()
+
+    def write(self, data: memoryview) -> None:
+        self.data += data
+
+
+class _ChunkSink(_Sink):
+    """Streams a chunk to a file while hashing it; can resume after a cut."""
+
+    resumable = True
+
+    def __init__(self, fd: int, path: str, on_bytes: Callable[[int, int], None]) -> None:
+        self.fd, self.path, self.on_bytes = fd, path, on_bytes
+        self.hasher = hashlib.sha256()
+
+    def reset(self) -> None:
+        self.hasher = hashlib.sha256()
+        self.kept = 0
+        try:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        except OSError as exc:
+            raise _storage_error("write", self.path, exc) from exc
+
+    def write(self, data: memoryview) -> None:
+        self.hasher.update(data)
+        try:
+            _write_all(self.fd, data)
+        except OSError as exc:
+            raise _storage_error("write", self.path, exc) from exc
+        self.kept += len(data)
+        self.on_bytes(self.kept, len(data))
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+class _Response:
+    """The parts of an HTTP or file response the transfer loop uses."""
+
+    def __init__(self, status: int, length: int | None, body: Any, content_range: str = "") -> None:
+        self.status, self.length, self.body, self.content_range = status, length, body, content_range
+
+    def readinto(self, view: memoryview) -> int:
+        if hasattr(self.body, "readinto"):
+            return int(self.body.readinto(view))
+        data = self.body.read(len(view))  # a custom opener's response without readinto
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self.body.close()
+        except Exception:  # closing a broken connection may fail; nothing to do
+            pass
+
+
+class _RegistryClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        opener: Any,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        logger: logging.Logger | Any,
+    ) -> None:
+        self.url = url.rstrip("/") if re.match(r"(?i)(https?|file)://", url) else url
+        self.local_root = self._local_root(url)
+        self._opener = opener
+        self._opener_guard = threading.Lock()
+        self.timeout, self.retries, self.backoff, self.logger = timeout, retries, backoff, logger
+
+    @staticmethod
+    def _local_root(url: str) -> str | None:
+        if not url:
+            raise RegistryError(
+                "no registry URL is configured: set Config.registry_url "
+                "(or --registry / XPRIM_MODELS_REGISTRY_URL on the command line)"
+            )
+        match = re.match(r"(?i)([a-z][a-z0-9+.-]*)://", url)
+        if not match:
+            return os.path.abspath(os.path.expanduser(url))
+        scheme = match.group(1).lower()
+        if scheme in ("http", "https"):
+            return None
+        if scheme == "file":
+            from urllib.parse import unquote, urlsplit
+
+            parts = urlsplit(url)
+            if parts.netloc not in ("", "localhost"):
+                raise RegistryError(f"registry URL {url}: file:// URLs must name a local path")
+            path = unquote(parts.path)
+            if os.name == "nt" and re.match(r"/[A-Za-z]:", path):
+                path = path[1:]
+            return path
+        raise RegistryError(f"registry URL {url}: unsupported scheme {scheme!r}; use http(s)://, file:// or a path")
+
+    def location(self, relative: str) -> str:
+        if self.local_root is not None:
+            return os.path.join(self.local_root, *relative.split("/"))
+        return f"{self.url}/{relative}"
+
+    def _open_url(self, url: str, start: int) -> _Response:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        with self._opener_guard:
+            if self._opener is None:
+                self._opener = urllib.request.build_opener()  # honours *_proxy variables
+        headers = {
+            "User-Agent": f"xprim-models/{__version__} python/{sys.version.split()[0]}",
+            "Accept-Encoding": "identity",
+        }
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        try:
+            response = self._opener.open(urllib.request.Request(url, headers=headers), timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            retry_after = _retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None)
+            exc.close()
+            if exc.code in (404, 410):
+                raise _Missing(f"HTTP {exc.code}") from exc
+            if exc.code == 416 and start:
+                raise _Transient("HTTP 416 for a resumed range", restart=True) from exc
+            if exc.code == 429 or exc.code >= 500:
+                raise _Transient(f"HTTP {exc.code} {exc.reason}", retry_after) from exc
+            raise NetworkError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if type(reason).__name__ == "SSLCertVerificationError":
+                raise NetworkError(
+                    f"{url}: TLS certificate verification failed ({reason}); "
+                    "set SSL_CERT_FILE to your CA bundle if you use a private CA"
+                ) from exc
+            raise _Transient(str(reason)) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Transient(str(exc) or type(exc).__name__) from exc
+        length_header = response.headers.get("Content-Length")
+        length = int(length_header) if length_header and length_header.strip().isdigit() else None
+        status = getattr(response, "status", None) or response.getcode() or 200
+        return _Response(status, length, response, response.headers.get("Content-Range") or "")
+
+    def _open_local(self, path: str, start: int) -> _Response:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by _Response.close
+        except FileNotFoundError as exc:
+            raise _Missing("no such file") from exc
+        except IsADirectoryError as exc:
+            raise _Missing("is a directory") from exc
+        except OSError as exc:
+            raise _Transient(exc.strerror or str(exc)) from exc
+        size = os.fstat(handle.fileno()).st_size
+        if start:
+            handle.seek(start)
+            return _Response(206, size - start, handle, f"bytes {start}-{size - 1}/{size}")
+        return _Response(200, size, handle)
+
+    def fetch(
+        self,
+        relative: str,
+        what: str,
+        sink: _Sink,
+        *,
+        size: int,
+        exact: bool,
+        cancel: threading.Event | None = None,
+        on_network_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        """Transfer one body into ``sink``, retrying per policy.
+
+        With ``exact`` the body must be exactly ``size`` bytes (a longer one is a
+        HashMismatchError, a shorter one a broken transfer); otherwise ``size``
+        is a cap and a longer body is a RegistryError.
+        """
+        location = self.location(relative)
+        last: _Transient | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                delay = min(self.backoff * 2 ** (attempt - 1), _BACKOFF_CAP)
+                if last is not None and last.retry_after is not None:
+                    delay = max(delay, min(last.retry_after, _RETRY_AFTER_CAP))
+                self.logger.info("retrying %s in %.1fs (attempt %d of %d): %s",
+                                 location, delay, attempt + 1, self.retries + 1, last)
+                if cancel is not None and cancel.wait(delay):
+                    raise _Cancelled()
+                if cancel is None:
+                    time.sleep(delay)
+                if last is not None and last.restart:
+                    sink.reset()
+            elif sink.kept:
+                sink.reset()
+            try:
+                self._attempt(location, what, sink, size, exact, cancel, on_network_bytes)
+                return
+            except _Transient as exc:
+                last = exc
+                self.logger.debug("%s: %s", location, exc)
+            except _Missing as exc:
+                raise RegistryError(
+                    f"{what} is missing from the registry ({location}: {exc}); "
+                    "check the registry URL, or tell the registry's publisher"
+                ) from exc
+        assert last is not None
+        raise NetworkError(f"{what}: {location}: {last} (after {self.retries + 1} attempts)") from last
+
+    def _attempt(
+        self,
+        location: str,
+        what: str,
+        sink: _Sink,
+        size: int,
+        exact: bool,
+        cancel: threading.Event | None,
+        on_network_bytes: Callable[[int], None] | None,
+    ) -> None:
+        start = sink.kept if sink.resumable and exact else 0
+        if not start and sink.kept:
+            sink.reset()
+        if self.local_root is not None:
+            response = self._open_local(location, start)
+        else:
+            response = self._open_url(location, start)
+        try:
+            if start and response.status != 206:
+                sink.reset()  # the server ignored Range: take the whole body again
+                start = 0
+            elif start and not response.content_range.startswith(f"bytes {start}-"):
+                raise _Transient(f"unexpected Content-Range {response.content_range!r}", restart=True)
+            remaining = size - start
+            if response.length is not None and response.length > remaining:
+                raise self._too_long(what, location, size, start + response.length, exact)
+            self._stream(response, sink, remaining, cancel, on_network_bytes)
+            if sink.kept < size and exact:
+                raise _Transient(f"connection closed after {sink.kept} of {size} bytes")
+            if response.length is None and self._has_more(response):
+                raise self._too_long(what, location, size, None, exact)
+        finally:
+            response.close()
+
+    @staticmethod
+    def _too_long(what: str, location: str, size: int, sent: int | None, exact: bool) -> ModelsError:
+        amount = f"{sent} bytes" if sent is not None else "more bytes"
+        if exact:
+            return HashMismatchError(f"{what}: {location} sent {amount}, expected {size}")
+        return RegistryError(f"{what}: {location} sent {amount}, more than the {size}-byte limit")
+
+    @staticmethod
+    def _has_more(response: _Response) -> bool:
+        try:
+            return response.readinto(memoryview(bytearray(1))) > 0
+        except Exception:  # the body ended badly after all we needed: not "more"
+            return False
+
+    @staticmethod
+    def _stream(
+        response: _Response,
+        sink: _Sink,
+        remaining: int,
+        cancel: threading.Event | None,
+        on_network_bytes: Callable[[int], None] | None,
+    ) -> None:
+        import http.client
+
+        buffer = memoryview(bytearray(min(_BUFFER_SIZE, max(remaining, 1))))
+        while remaining > 0:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled()
+            try:
+                count = response.readinto(buffer[: min(len(buffer), remaining)])
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Transient(f"connection broken: {exc or type(exc).__name__}") from exc
+            if not count:
+                return
+            if on_network_bytes is not None:
+                on_network_bytes(count)
+            sink.write(buffer[:count])
+            remaining -= count
+
+    def fetch_document(self, relative: str, what: str, limit: int) -> bytes:
+        sink = _MemorySink()
+        self.fetch(relative, what, sink, size=limit, exact=False)
+        return bytes(sink.data)
+
+
+# --- Pull engine ------------------------------------------------------------------
+# Workers verify cached chunks or download missing ones (streamed and hashed,
+# never whole in memory) while the calling thread writes the files in manifest
+# order, a bounded window behind them. Progress callbacks run in the caller.
+
+
+class _PullJob:
+    def __init__(
+        self,
+        manager: Manager,
+        ref: ModelRef,
+        manifest: _Manifest,
+        concurrency: int,
+        emit: Callable[[PullProgress], None],
+    ) -> None:
+        self.manager, self.ref, self.manifest, self.emit = manager, ref, manifest, emit
+        self.concurrency = concurrency
+        self.window = 2 * concurrency + 2  # chunks ready ahead of the writer
+        self.condition = threading.Condition()
+        self.cancel = threading.Event()
+        self.error: BaseException | None = None
+        # One task per distinct chunk, in the order the writer needs them.
+        self.first_position: dict[str, int] = {}
+        self.last_position: dict[str, int] = {}
+        self.count: dict[str, int] = {}
+        for position, digest in enumerate(manifest.chunks):
+            self.first_position.setdefault(digest, position)
+            self.last_position[digest] = position
+            self.count[digest] = self.count.get(digest, 0) + 1
+        self.tasks = list(self.first_position)
+        self.next_task = 0
+        self.tasks_done = 0
+        self.written = 0  # chunk positions the writer has consumed
+        self.ready: dict[str, int] = {}  # digest -> open descriptor of the verified chunk
+        self.reported: dict[str, int] = {}
+        self.chunks_completed = 0
+        self.bytes_completed = 0
+        self.bytes_downloaded = 0
+        self.current_file = ""
+        self.dirty = True
+
+    # Progress ----------------------------------------------------------------
+
+    def snapshot(self) -> PullProgress:
+        phase = "chunks" if self.tasks_done < len(self.tasks) else "extracting"
+        return PullProgress(
+            phase,
+            len(self.manifest.chunks),
+            self.chunks_completed,
+            self.manifest.total_size,
+            self.bytes_completed,
+            self.bytes_downloaded,
+            self.current_file,
+        )
+
+    def _on_bytes(self, digest: str, kept: int) -> None:
+        with self.condition:
+            grown = kept - self.reported.get(digest, 0)
+            if grown > 0:  # a restarted transfer does not move progress back
+                self.reported[digest] = kept
+                self.bytes_completed += grown
+                self.dirty = True
+
+    def _on_network(self, count: int) -> None:
+        with self.condition:
+            self.bytes_downloaded += count
+
+    # Workers -----------------------------------------------------------------
+
+    def _worker(self) -> None:
+        buffer = bytearray(_BUFFER_SIZE)
+        while True:
+            with self.condition:
+                while (
+                    not self.cancel.is_set()
+                    and self.next_task < len(self.tasks)
+                    and self.first_position[self.tasks[self.next_task]] >= self.written + self.window
+                ):
+                    self.condition.wait()
+                if self.cancel.is_set() or self.next_task >= len(self.tasks):
+                    return
+                digest = self.tasks[self.next_task]
+                self.next_task += 1
+            try:
+                fd = self._obtain(digest, buffer)
+            except BaseException as exc:  # handed to the calling thread, which re-raises it
+                with self.condition:
+                    if self.error is None and not isinstance(exc, _Cancelled):
+                        self.error = exc
+                    self.cancel.set()
+                    self.condition.notify_all()
+                return
+            with self.condition:
+                if self.cancel.is_set():
+                    os.close(fd)
+                    return
+                size = self.manifest.chunk_length(self.first_position[digest])
+                self.ready[digest] = fd
+                self.tasks_done += 1
+                self.chunks_completed += self.count[digest]
+                self.bytes_completed += size * self.count[digest] - self.reported.get(digest, 0)
+                self.reported[digest] = size * self.count[digest]
+                self.dirty = True
+                self.condition.notify_all()
+
+    def _obtain(self, digest: str, buffer: bytearray) -> int:
+        """An open descriptor of the verified chunk, from the cache or the network."""
+        position = self.first_position[digest]
+        size = self.manifest.chunk_length(position)
+        path = os.path.join(self.manager._chunks_dir, digest)
+        fd = self._open_cached(path, size, digest, buffer)
+        if fd >= 0:
+            return fd
+        what = f"pull {self.ref}: chunk {position + 1}/{len(self.manifest.chunks)} ({digest[:12]})"
+        partial = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
+        try:
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_BINARY | _O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise _storage_error("create", partial, exc) from exc
+        try:
+            sink = _ChunkSink(fd, partial, lambda kept, _count: self._on_bytes(digest, kept))
+            client = self.manager._client()
+            for attempt in range(client.retries + 1):
+                client.fetch(
+                    f"data/{digest}", what, sink, size=size, exact=True,
+                    cancel=self.cancel, on_network_bytes=self._on_network,
+                )
+                if sink.hasher.hexdigest() == digest:
+                    break
+                self.manager._logger.warning("%s: hash mismatch, downloading it again", what)
+                sink.reset()
+            else:
+                raise HashMismatchError(
+                    f"{what}: hash mismatch after {client.retries + 1} downloads "
+                    f"(got {sink.hasher.hexdigest()}); the registry serves corrupt data"
+                )
+            if os.name == "nt":  # Windows cannot rename a file that is open
+                os.close(fd)
+                fd = -1
+                os.replace(partial, path)
+                fd = os.open(path, os.O_RDONLY | _O_BINARY)
+            else:
+                os.replace(partial, path)
+            return fd
+        except BaseException as exc:
+            if fd >= 0:
+                os.close(fd)
+            _remove_file(partial)
+            if isinstance(exc, OSError):
+                raise _storage_error("store", path, exc) from exc
+            raise
+
+    def _open_cached(self, path: str, size: int, digest: str, buffer: bytearray) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+        except OSError:
+            return -1
+        try:
+            hasher = hashlib.sha256()
+            total = 0
+            view = memoryview(buffer)
+            while True:
+                if self.cancel.is_set():
+                    raise _Cancelled()
+                count = os.readv(fd, [view]) if hasattr(os, "readv") else self._read_into(fd, view)
+                if not count:
+                    break
+                hasher.update(view[:count])
+                total += count
+            if total == size and hasher.hexdigest() == digest:
+                os.utime(path)  # fresh again: age-based cleanup must leave it alone
+                self.manager._logger.debug("chunk %s: verified from the cache", digest[:12])
+                return fd
+            self.manager._logger.warning("cached chunk %s is damaged; downloading it again", path)
+        except OSError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        _remove_file(path)
+        return -1
+
+    @staticmethod
+    def _read_into(fd: int, view: memoryview) -> int:
+        data = os.read(fd, len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    # The writer --------------------------------------------------------------
+
+    def _wait_for(self, digest: str) -> int:
+        """The descriptor of ``digest`` once a worker has it; emits progress meanwhile."""
+        while True:
+            with self.condition:
+                if self.error is not None:
+                    raise self.error
+                fd = self.ready.get(digest)
+                snapshot = self.snapshot() if self.dirty else None
+                self.dirty = False
+                if fd is None and snapshot is None:
+                    self.condition.wait(_PROGRESS_INTERVAL)
+                    continue
+            if snapshot is not None:
+                self.emit(snapshot)
+            if fd is not None:
+                return fd
+
+    def _emit_now(self) -> None:
+        with self.condition:
+            snapshot = self.snapshot()
+            self.dirty = False
+        self.emit(snapshot)
+
+    def run(self, staging: str) -> None:
+        """Fetch every chunk and write the model's files under ``staging``."""
+        manifest = self.manifest
+        self.emit(PullProgress("chunks", len(manifest.chunks), 0, manifest.total_size, 0, 0))
+        threads = [
+            threading.Thread(target=self._worker, name=f"xprim-models-{n}", daemon=True)
+            for n in range(min(self.concurrency, len(self.tasks)))
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self._write_files(staging)
+        finally:
+            with self.condition:
+                self.cancel.set()
+                self.condition.notify_all()
+                for fd in self.ready.values():
+                    os.close(fd)
+                self.ready.clear()
+        self.current_file = manifest.files[-1].path if manifest.files else ""
+        self._emit_now()
+
+    def _write_files(self, staging: str) -> None:
+        manifest = self.manifest
+        files = iter(manifest.files)
+        buffer = bytearray(_BUFFER_SIZE)
+        target = -1
+        target_path = ""
+        left = 0
+
+        def next_file() -> tuple[int, str, int]:
+            """Open the next file with content, creating empty files on the way."""
+            for info in files:
+                path = os.path.join(staging, *info.path.split("/"))
+                try:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW, 0o644)
+                except OSError as exc:
+                    raise _storage_error("create", path, exc) from exc
+                with self.condition:
+                    self.current_file = info.path
+                    self.dirty = True
+                    extracting = self.tasks_done == len(self.tasks)
+                if extracting:
+                    self._emit_now()
+                if info.size:
+                    return fd, path, info.size
+                _close_file(fd, path)
+            return -1, "", 0
+
+        try:
+            for position, digest in enumerate(manifest.chunks):
+                source = self._wait_for(digest)
+                offset, length = 0, manifest.chunk_length(position)
+                while length:
+                    if not left:
+                        target, target_path, left = next_file()
+                    step = min(left, length)
+                    try:
+                        _copy_range(source, offset, step, target, buffer)
+                    except OSError as exc:
+                        raise _storage_error("write", target_path, exc) from exc
+                    offset, length, left = offset + step, length - step, left - step
+                    if not left:
+                        _close_file(target, target_path)
+                        target = -1
+                with self.condition:
+                    if self.last_position[digest] == position:
+                        os.close(self.ready.pop(digest))
+                    self.written = position + 1
+                    self.condition.notify_all()
+            if left or target >= 0:
+                raise StorageError(f"pull {self.ref}: internal error: files and chunks disagree")
+            next_file()  # the empty files after the last byte
+        finally:
+            if target >= 0:
+                os.close(target)
+
+
+def _close_file(fd: int, path: str) -> None:
+    """Flush a finished file to stable storage and close it."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise _storage_error("write", path, exc) from exc
+    os.close(fd)
+
+
+# --- Manager ----------------------------------------------------------------------
+# The public API: local registry.json, remote index, pulls, removal, updates.
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+class Manager:
+    """Lists, pulls, removes and locates models of one application.
+
+    Every method is safe to call from many threads at once, and from several
+    processes sharing a data directory.
+
+    Args:
+        config: the application name, registry URL and optional data directory.
+        opener: an object with ``open(request, timeout=...)`` such as
+            ``urllib.request.OpenerDirector``; default: urllib's, which honours
+            the ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` variables.
+        logger: receives debug/info/warning lines; default the
+            ``xprim_models`` logger, silent unless logging is configured.
+        timeout: seconds any single network operation may take.
+        retries: retries after the first attempt, on transient failures.
+        retry_backoff: seconds before the first retry; doubled each time.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        opener: Any = None,
+        logger: Any = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        retry_backoff: float = 0.5,
+    ) -> None:
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a Config, not {type(config).__name__}")
+        if not isinstance(config.app_name, str) or not _NAME_RE.fullmatch(config.app_name):
+            raise ValueError(f"Config.app_name {config.app_name!r} must be a simple name like 'whisper-tool'")
+        if timeout <= 0 or retries < 0 or retry_backoff < 0:
+            raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")
+        self.config = config
+        self._data_dir = _resolve_data_dir(config)
+        self._chunks_dir = os.path.join(self._data_dir, *_CHUNKS_DIR)
+        self._manifests_dir = os.path.join(self._data_dir, *_MANIFESTS_DIR)
+        self._metadata_dir = f".{config.app_name}"
+        self._opener = opener
+        if logger is None:
+            import logging
+
+            logger = logging.getLogger("xprim_models")
+            if not logger.handlers:
+                logger.addHandler(logging.NullHandler())
+        self._logger = logger
+        self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
+        self._client_instance: _RegistryClient | None = None
+        self._client_guard = threading.Lock()
+
+    @property
+    def data_dir(self) -> str:
+        """The resolved base directory of this application's models."""
+        return self._data_dir
+
+    def __repr__(self) -> str:
+        return f"Manager(app_name={self.config.app_name!r}, data_dir={self._data_dir!r})"
+
+    # Internals ---------------------------------------------------------------
+
+    def _client(self) -> _RegistryClient:
+        with self._client_guard:
+            if self._client_instance is None:
+                self._client_instance = _RegistryClient(
+                    self.config.registry_url, opener=self._opener, timeout=self._timeout,
+                    retries=self._retries, backoff=self._backoff, logger=self._logger,
+                )
+            return self._client_instance
+
+    def _version_dir(self, ref: ModelRef) -> str:
+        if ref.group.lower() in _RESERVED_GROUPS:
+            raise InvalidRefError(f"{ref}: the group name {ref.group!r} is reserved by the storage layout")
+        return os.path.join(self._data_dir, ref.group, ref.model, ref.version)
+
+    def _sibling(self, ref: ModelRef, suffix: str) -> str:
+        """A hidden path beside the version directory (staging, old copy)."""
+        return os.path.join(self._data_dir, ref.group, ref.model, f".{ref.version}.{suffix}")
+
+    def _registry_lock(self) -> AbstractContextManager[Any]:
+        return _FileLock(os.path.join(self._data_dir, _LOCKS_DIR, "registry.lock"))
+
+    def _model_lock(self, ref: ModelRef) -> AbstractContextManager[Any]:
+        def waiting() -> None:
+            self._logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
+
+        return _FileLock(
+            os.path.join(self._data_dir, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock"), waiting
+        )
+
+    def _read_registry(self) -> dict[str, Any]:
+        path = os.path.join(self._data_dir, _REGISTRY_FILE)
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise _storage_error("read", path, exc) from exc
+        hint = f"; fix or delete {path} (model files are not affected)"
+        try:
+            doc = _parse_json(raw, path, StorageError)
+        except StorageError as exc:
+            raise StorageError(f"{exc}{hint}") from exc.__cause__
+        shape_ok = isinstance(doc, dict) and all(
+            isinstance(models, dict)
+            and all(
+                isinstance(versions, dict) and all(isinstance(entry, dict) for entry in versions.values())
+                for versions in models.values()
+            )
+            for models in doc.values()
+        )
+        if not shape_ok:
+            raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
+        return doc  # type: ignore[no-any-return]
+
+    def _write_registry(self, doc: Mapping[str, Any]) -> None:
+        import json
+
+        _atomic_write(
+            os.path.join(self._data_dir, _REGISTRY_FILE),
+            (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        )
+
+    def _installed(self, ref: ModelRef, entry: Any) -> InstalledModel:
+        path = os.path.join(self._data_dir, _REGISTRY_FILE)
+        try:
+            return InstalledModel(
+                ref=ref,
+                manifest_hash=str(entry["manifest_hash"]),
+                total_size=int(entry["total_size"]),
+                file_count=int(entry["file_count"]),
+                installed_at=_parse_time(str(entry["installed_at"])),
+                path=self._version_dir(ref),
+                alias_of=str(entry.get("alias_of", "")),
+            )
+        except (KeyError, TypeError, ValueError, InvalidRefError) as exc:
+            raise StorageError(
+                f"{path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
+                f"fix or delete {path} (model files are not affected)"
+            ) from exc
+
+    def _entry(self, doc: Mapping[str, Any], ref: ModelRef) -> Any:
+        return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)
+
+    def _index(self) -> dict[tuple[str, str, str], RemoteModel]:
+        client = self._client()
+        raw = client.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES)
+        return _parse_index(_parse_json(raw, f"models.json at {client.location('models.json')}", RegistryError))
+
+    def _lookup(self, index: Mapping[tuple[str, str, str], RemoteModel], ref: ModelRef) -> RemoteModel:
+        found = index.get((ref.group, ref.model, ref.version))
+        if found is not None:
+            return found
+        versions = sorted(v for (g, m, v) in index if (g, m) == (ref.group, ref.model))
+        if not versions:
+            raise ModelNotFoundError(
+                f"model not found in registry: {ref.group}/{ref.model}; run 'list --remote' to see what it has"
+            )
+        raise VersionNotFoundError(
+            f"version not found: {ref} (available: {', '.join(versions)})"
+        )
+
+    def _manifest(self, digest: str) -> _Manifest:
+        """The validated manifest, from the local manifest cache or the registry."""
+        cached = os.path.join(self._manifests_dir, digest)
+        try:
+            with open(cached, "rb") as handle:
+                raw = handle.read(_MAX_MANIFEST_BYTES + 1)
+            return _parse_manifest(digest, raw, self._metadata_dir)
+        except (OSError, ModelsError):
+            pass  # absent or damaged: fetch it again
+        raw = self._client().fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES)
+        manifest = _parse_manifest(digest, raw, self._metadata_dir)
+        try:
+            _atomic_write(cached, raw)
+        except StorageError as exc:
+            self._logger.debug("manifest cache not written: %s", exc)
+        return manifest
+
+    def _detail(self, remote: RemoteModel) -> RemoteModelDetail:
+        manifest = self._manifest(remote.manifest_hash)
+        return RemoteModelDetail(
+            ref=remote.ref, manifest_hash=remote.manifest_hash, alias_of=remote.alias_of,
+            metadata=remote.metadata, total_size=manifest.total_size, chunk_size=manifest.chunk_size,
+            chunk_count=len(manifest.chunks), files=manifest.files,
+        )
+
+    def _recover(self, ref: ModelRef) -> None:
+        """Undo what a crashed pull or remove of ``ref`` left (model lock held)."""
+        final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
+        _remove_tree(staging)
+        if os.path.lexists(old):
+            if os.path.lexists(final):
+                _remove_tree(old)
+            else:  # the crash came between the two renames of a swap: put it back
+                try:
+                    os.rename(old, final)
+                except OSError as exc:
+                    raise _storage_error("restore", final, exc) from exc
+
+    def _clean_cache(self, keep: set[str]) -> None:
+        """Remove cached chunks and partial files older than a day that this pull does not need."""
+        try:
+            names = os.listdir(self._chunks_dir)
+        except OSError:
+            return
+        horizon = time.time() - _CACHE_MAX_AGE
+        for name in names:
+            if name in keep:
+                continue
+            path = os.path.join(self._chunks_dir, name)
+            try:
+                if os.lstat(path).st_mtime < horizon and _remove_file(path):
+                    self._logger.debug("removed stale cache file %s", path)
+            except OSError:
+                pass
+
+    # Public API --------------------------------------------------------------
+
+    def list_installed(self) -> list[InstalledModel]:
+        """Installed model versions, sorted by (group, model, version).
+
+        Raises:
+            StorageError: registry.json cannot be read or is corrupt.
+        """
+        doc = self._read_registry()
+        result = []
+        for group, models in doc.items():
+            for model, versions in models.items():
+                for version, entry in versions.items():
+                    try:
+                        ref = ModelRef(group, model, version)
+                    except InvalidRefError as exc:
+                        raise StorageError(
+                            f"{os.path.join(self._data_dir, _REGISTRY_FILE)} is corrupt: {exc}"
+                        ) from exc
+                    result.append(self._installed(ref, entry))
+        return sorted(result, key=lambda item: item.ref)
+
+    def list_remote(self) -> list[RemoteModel]:
+        """Every version the registry lists, aliases resolved, sorted.
+
+        Raises:
+            NetworkError, RegistryError: the index cannot be fetched or is invalid.
+        """
+        return sorted(self._index().values(), key=lambda item: item.ref)
+
+    def list_remote_group(self, group: str) -> list[RemoteModel]:
+        """The versions of every model in ``group`` (empty if the group is unknown)."""
+        return [item for item in self.list_remote() if item.ref.group == group]
+
+    def list_remote_versions(self, group: str, model: str) -> list[RemoteModel]:
+        """The versions of ``group/model`` (empty if the model is unknown)."""
+        return [item for item in self.list_remote() if (item.ref.group, item.ref.model) == (group, model)]
+
+    def get_installed(self, ref: RefLike) -> InstalledModel:
+        """The installed version ``ref``.
+
+        Raises:
+            NotInstalledError: it is not installed.
+        """
+        ref = _versioned(ref, "get_installed")
+        entry = self._entry(self._read_registry(), ref)
+        if entry is None:
+            raise NotInstalledError(f"model not installed: {ref}")
+        return self._installed(ref, entry)
+
+    def get_remote(self, ref: RefLike) -> RemoteModel:
+        """What the registry lists for ``ref``.
+
+        Raises:
+            ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
+        """
+        ref = _versioned(ref, "get_remote")
+        return self._lookup(self._index(), ref)
+
+    def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
+        """What the registry lists for ``ref``, with its manifest's sizes and files."""
+        return self._detail(self.get_remote(ref))
+
+    def path(self, ref: RefLike) -> str:
+        """The directory of the installed version ``ref``.
+
+        Raises:
+            NotInstalledError: it is not installed.
+        """
+        return self.get_installed(ref).path
+
+    def check_update(self, ref: RefLike) -> tuple[str, str]:
+        """``(installed manifest hash, remote manifest hash)``; they differ when an update exists."""
+        installed = self.get_installed(ref)
+        return installed.manifest_hash, self.get_remote(installed.ref).manifest_hash
+
+    def pull(
+        self,
+        ref: RefLike,
+        *,
+        force: bool = False,
+        concurrency: int = 4,
+        progress: Callable[[PullProgress], None] | None = None,
+    ) -> InstalledModel:
+        """Download, verify and install ``ref``; return the installed model.
+
+        Args:
+            ref: ``ModelRef`` or ``"group/model version"``; an alias installs under its own name.
+            force: download again even if the same manifest is installed.
+            concurrency: parallel chunk downloads (capped at 16).
+            progress: called with a ``PullProgress`` as the pull advances; an
+                exception it raises stops the pull and is re-raised.
+
+        Raises:
+            AlreadyInstalledError: the same manifest is installed and ``force`` is false.
+            ModelNotFoundError, VersionNotFoundError, RegistryError, NetworkError,
+            HashMismatchError, StorageError, InvalidRefError.
+        """
+        ref = _versioned(ref, "pull")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
+        concurrency = min(concurrency, _MAX_CONCURRENCY)
+        emit = progress if progress is not None else (lambda snapshot: None)
+        remote = self._lookup(self._index(), ref)
+        if not force:
+            self._raise_if_installed(ref, remote.manifest_hash)
+        with self._model_lock(ref):
+            self._recover(ref)
+            if not force:  # another thread or process may have installed it meanwhile
+                self._raise_if_installed(ref, remote.manifest_hash)
+            emit(PullProgress("manifest", 0, 0, 0, 0, 0))
+            manifest = self._manifest(remote.manifest_hash)
+            self._clean_cache(set(manifest.chunks))
+            started = time.monotonic()
+            installed = self._install(ref, remote, manifest, concurrency, emit)
+            self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
+                              time.monotonic() - started)
+            return installed
+
+    def _raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
+        entry = self._entry(self._read_registry(), ref)
+        if entry is not None and entry.get("manifest_hash") == manifest_hash:
+            installed = self._installed(ref, entry)
+            if os.path.isdir(installed.path):
+                raise AlreadyInstalledError(f"model already installed: {ref}", installed)
+
+    def _install(
+        self,
+        ref: ModelRef,
+        remote: RemoteModel,
+        manifest: _Manifest,
+        concurrency: int,
+        emit: Callable[[PullProgress], None],
+    ) -> InstalledModel:
+        final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
+        try:
+            os.makedirs(os.path.join(staging, self._metadata_dir))
+            os.makedirs(self._chunks_dir, exist_ok=True)
+        except OSError as exc:
+            raise _storage_error("create", staging, exc) from exc
+        installed = InstalledModel(
+            ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size,
+            file_count=len(manifest.files), installed_at=datetime.now(timezone.utc).replace(microsecond=0),
+            path=final, alias_of=remote.alias_of,
+        )
+        record = {
+            "manifest_hash": installed.manifest_hash,
+            "total_size": installed.total_size,
+            "file_count": installed.file_count,
+            "installed_at": _format_time(installed.installed_at),
+        }
+        if installed.alias_of:
+            record["alias_of"] = installed.alias_of
+        swapped = False
+        try:
+            _PullJob(self, ref, manifest, concurrency, emit).run(staging)
+            _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
+            _fsync_directory(staging)
+            # The swap: the old version stays whole until the new one is complete.
+            try:
+                if os.path.lexists(final):
+                    os.rename(final, old)
+                os.rename(staging, final)
+            except OSError as exc:
+                raise _storage_error("install", final, exc) from exc
+            swapped = True
+            _fsync_directory(os.path.dirname(final))
+            with self._registry_lock():
+                doc = self._read_registry()
+                doc.setdefault(ref.group, {}).setdefault(ref.model, {})[ref.version] = record
+                self._write_registry(doc)
+        except BaseException:
+            try:
+                if swapped:  # registry.json still names the old version: put it back
+                    _remove_tree(final)
+                self._recover(ref)
+            except StorageError as exc:
+                self._logger.warning("could not clean up after a failed pull: %s", exc)
+            raise
+        _remove_tree(old)
+        for digest in set(manifest.chunks):
+            _remove_file(os.path.join(self._chunks_dir, digest))
+        return installed
+
+    def remove(self, ref: RefLike) -> None:
+        """Delete the installed version ``ref``.
+
+        Raises:
+            NotInstalledError: it is not installed.
+        """
+        ref = _versioned(ref, "remove")
+        final, old = self._version_dir(ref), self._sibling(ref, "old")
+        with self._model_lock(ref):
+            self._recover(ref)
+            with self._registry_lock():
+                doc = self._read_registry()
+                if self._entry(doc, ref) is None:
+                    raise NotInstalledError(f"model not installed: {ref}")
+                # Out of sight first, then out of the index, then off the disk.
+                try:
+                    if os.path.lexists(final):
+                        os.rename(final, old)
+                except OSError as exc:
+                    raise _storage_error("remove", final, exc) from exc
+                versions = doc[ref.group][ref.model]
+                del versions[ref.version]
+                if not versions:
+                    del doc[ref.group][ref.model]
+                if not doc[ref.group]:
+                    del doc[ref.group]
+                self._write_registry(doc)
+            _remove_tree(old)
+            for parent in (os.path.dirname(final), os.path.dirname(os.path.dirname(final))):
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    break  # not empty: other versions or models live there
+
+    def remove_all(self, group: str, model: str) -> list[ModelRef]:
+        """Delete every installed version of ``group/model``; return what was removed.
+
+        Raises:
+            NotInstalledError: no version of it is installed.
+        """
+        base = ModelRef(group, model)
+        refs = [item.ref for item in self.list_installed() if (item.ref.group, item.ref.model) == (group, model)]
+        if not refs:
+            raise NotInstalledError(f"model not installed: {base} (no versions)")
+        removed = []
+        for ref in refs:
+            try:
+                self.remove(ref)
+            except NotInstalledError:
+                continue  # removed meanwhile by someone else
+            removed.append(ref)
+        return removed
+
+
+# --- Command line -----------------------------------------------------------------
+# A thin shell over the public API: register_subcommands() for parent tools,
+# main() for `python -m xprim_models` and the `xprim-models` script.
+
+
+def register_subcommands(subparsers: argparse._SubParsersAction[Any], config: Config,
+                         **manager_options: Any) -> None:
+    """Add the ``models`` commands to a parent's argparse subparsers."""
+    raise NotImplementedError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xprim-models`` command line; return its exit code."""
+    raise NotImplementedError
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1068,6 +1068,7 @@ class _RegistryClient:
         start = sink.kept if sink.resumable and exact else 0
         if not start and sink.kept:
             sink.reset()
+        self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "")
         if self.local_root is not None:
             response = self._open_local(location, start)
         else:
@@ -1174,6 +1175,7 @@ class _PullJob:
         self.bytes_downloaded = 0
         self.current_file = ""
         self.dirty = True
+        self.last_emit = 0.0
 
     # Progress ----------------------------------------------------------------
 
@@ -1332,12 +1334,15 @@ class _PullJob:
                 if self.error is not None:
                     raise self.error
                 fd = self.ready.get(digest)
-                snapshot = self.snapshot() if self.dirty else None
+                # Emit on change, and at least once a second so speeds and ETAs stay live.
+                due = self.dirty or time.monotonic() - self.last_emit >= 1.0
+                snapshot = self.snapshot() if due else None
                 self.dirty = False
                 if fd is None and snapshot is None:
                     self.condition.wait(_PROGRESS_INTERVAL)
                     continue
             if snapshot is not None:
+                self.last_emit = time.monotonic()
                 self.emit(snapshot)
             if fd is not None:
                 return fd
@@ -1468,6 +1473,8 @@ class Manager:
         timeout: seconds any single network operation may take.
         retries: retries after the first attempt, on transient failures.
         retry_backoff: seconds before the first retry; doubled each time.
+        data_dir: a base directory that wins over ``<APP>_MODELS_DIR`` and
+            ``Config.data_dir`` (what the CLI's ``--data-dir`` passes).
     """
 
     def __init__(
@@ -1479,6 +1486,7 @@ class Manager:
         timeout: float = 30.0,
         retries: int = 3,
         retry_backoff: float = 0.5,
+        data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
@@ -1487,7 +1495,9 @@ class Manager:
         if timeout <= 0 or retries < 0 or retry_backoff < 0:
             raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")
         self.config = config
-        self._data_dir = _resolve_data_dir(config)
+        self._data_dir = (
+            os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else _resolve_data_dir(config)
+        )
         self._chunks_dir = os.path.join(self._data_dir, *_CHUNKS_DIR)
         self._manifests_dir = os.path.join(self._data_dir, *_MANIFESTS_DIR)
         self._metadata_dir = f".{config.app_name}"
@@ -1692,13 +1702,24 @@ class Manager:
                     result.append(self._installed(ref, entry))
         return sorted(result, key=lambda item: item.ref)
 
-    def list_remote(self) -> list[RemoteModel]:
+    def list_remote(self, *, detail: bool = False) -> list[RemoteModel]:
         """Every version the registry lists, aliases resolved, sorted.
+
+        Args:
+            detail: return ``RemoteModelDetail`` items, with sizes and files.
+                Manifests are immutable, so they are cached under the data
+                directory; missing ones are fetched concurrently.
 
         Raises:
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        return sorted(self._index().values(), key=lambda item: item.ref)
+        remote = sorted(self._index().values(), key=lambda item: item.ref)
+        if not detail:
+            return remote
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xprim-models-manifest") as pool:
+            return list(pool.map(self._detail, remote))
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
         """The versions of every model in ``group`` (empty if the group is unknown)."""
@@ -1732,6 +1753,24 @@ class Manager:
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
         """What the registry lists for ``ref``, with its manifest's sizes and files."""
         return self._detail(self.get_remote(ref))
+
+    def files(self, ref: RefLike) -> list[FileInfo]:
+        """The files of the installed version ``ref``, in manifest order.
+
+        Raises:
+            NotInstalledError: it is not installed.
+            StorageError: its stored manifest is missing or damaged.
+        """
+        installed = self.get_installed(ref)
+        path = os.path.join(installed.path, self._metadata_dir, "manifest.json")
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read(_MAX_MANIFEST_BYTES + 1)
+            return list(_parse_manifest(installed.manifest_hash, raw, self._metadata_dir).files)
+        except OSError as exc:
+            raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
+        except ModelsError as exc:
+            raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
 
     def path(self, ref: RefLike) -> str:
         """The directory of the installed version ``ref``.
@@ -1913,15 +1952,586 @@ class Manager:
 # main() for `python -m xprim_models` and the `xprim-models` script.
 
 
-def register_subcommands(subparsers: argparse._SubParsersAction[Any], config: Config,
-                         **manager_options: Any) -> None:
-    """Add the ``models`` commands to a parent's argparse subparsers."""
-    raise NotImplementedError
+_SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
+
+
+def _format_size(size: float) -> str:
+    """``75.5 MB``: 1024-based units, one decimal, none when whole."""
+    unit = 0
+    while size >= 1024 and unit < len(_SIZE_UNITS) - 1:
+        size /= 1024
+        unit += 1
+    if unit == 0:
+        return f"{int(size)} B"
+    text = f"{size:.1f}"
+    return f"{text[:-2] if text.endswith('.0') else text} {_SIZE_UNITS[unit]}"
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    return [
+        "   ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+        for line in [headers, *rows]
+    ]
+
+
+class _Console:
+    """Where the CLI's words go: stdout for results, stderr for the rest."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.json = bool(getattr(args, "models_json", False))
+        self.quiet = bool(getattr(args, "models_quiet", False))
+        self.verbose = bool(getattr(args, "models_verbose", False))
+
+    @staticmethod
+    def _write(stream: Any, text: str) -> None:
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:  # a terminal that cannot show arrows or ×
+            encoding = getattr(stream, "encoding", None) or "ascii"
+            stream.write(text.encode(encoding, "replace").decode(encoding))
+        stream.flush()
+
+    def out(self, text: str = "") -> None:
+        self._write(sys.stdout, text + "\n")
+
+    def err(self, text: str, end: str = "\n") -> None:
+        self._write(sys.stderr, text + end)
+
+    def document(self, doc: Any) -> None:
+        import json
+
+        self.out(json.dumps(doc, indent=2, ensure_ascii=False))
+
+    # The Manager's logger: debug lines with --verbose, warnings unless --quiet.
+    def _log(self, level: str, message: str, *args: Any) -> None:
+        self.err(f"{level}: {message % args if args else message}")
+
+    def debug(self, message: str, *args: Any, **_: Any) -> None:
+        if self.verbose:
+            self._log("debug", message, *args)
+
+    def info(self, message: str, *args: Any, **_: Any) -> None:
+        if self.verbose:
+            self._log("info", message, *args)
+
+    def warning(self, message: str, *args: Any, **_: Any) -> None:
+        if not self.quiet:
+            self._log("warning", message, *args)
+
+    def error(self, message: str, *args: Any, **_: Any) -> None:
+        self._log("error", message, *args)
+
+
+class _ProgressPrinter:
+    """Renders PullProgress on stderr: one redrawn line on a terminal, a few plain lines otherwise."""
+
+    _BAR = 20
+
+    def __init__(self, console: _Console) -> None:
+        self.console = console
+        self.enabled = not (console.quiet or console.json)
+        self.terminal = self.enabled and sys.stderr.isatty()
+        self.phase = ""
+        self.last_draw = 0.0
+        self.next_step = 0  # quarter of the download last reported off a terminal
+        self.samples: list[tuple[float, int]] = []
+        self.last: PullProgress | None = None
+
+    def __call__(self, progress: PullProgress) -> None:
+        if not self.enabled:
+            return
+        self.last = progress
+        if progress.phase != self.phase:
+            self._enter(progress.phase, progress)
+        if progress.phase in ("chunks", "extracting") and self.phase == "chunks":
+            self._download(progress)
+
+    def _enter(self, phase: str, progress: PullProgress) -> None:
+        previous, self.phase = self.phase, phase
+        if previous == "manifest":
+            self.console.err("done")
+        if phase == "manifest":
+            self.console.err("Fetching manifest... ", end="")
+        elif phase == "chunks":
+            self.started = time.monotonic()
+            if not self.terminal:
+                self.console.err(
+                    f"Downloading: {progress.chunks_total} chunks, {_format_size(progress.bytes_total)}"
+                )
+        elif phase == "extracting":
+            if previous == "chunks" or not previous:
+                self._download(progress, final=True)
+            self.console.err("Extracting files... ", end="")
+
+    def _speed(self, progress: PullProgress, now: float) -> float:
+        self.samples.append((now, progress.bytes_downloaded))
+        while len(self.samples) > 2 and now - self.samples[0][0] > 5:
+            self.samples.pop(0)
+        elapsed = now - self.samples[0][0]
+        return (progress.bytes_downloaded - self.samples[0][1]) / elapsed if elapsed > 0 else 0.0
+
+    def _download(self, progress: PullProgress, final: bool = False) -> None:
+        now = time.monotonic()
+        total = progress.bytes_total
+        fraction = progress.bytes_completed / total if total else 1.0
+        counts = f"Downloading: {progress.chunks_completed}/{progress.chunks_total} chunks"
+        if not self.terminal:
+            step = min(int(fraction * 4), 3)  # 25%, 50%, 75%; 100% comes with final
+            if final or step > self.next_step:
+                self.next_step = step
+                if final and fraction >= 1.0:
+                    self.console.err(f"{counts} 100% {_format_size(total)}")
+                elif not final:
+                    self.console.err(
+                        f"{counts} {int(fraction * 100)}% "
+                        f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
+                    )
+            return
+        speed = self._speed(progress, now)
+        if not final and now - self.last_draw < 0.1:
+            return
+        self.last_draw = now
+        filled = int(fraction * self._BAR)
+        bar = "=" * filled + (">" if filled < self._BAR else "") + " " * (self._BAR - filled - 1)
+        if final:
+            line = f"{counts} [{'=' * self._BAR}] 100% {_format_size(total)}"
+        else:
+            line = (
+                f"{counts} [{bar}] {int(fraction * 100)}% "
+                f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
+            )
+            if speed > 0:
+                eta = (total - progress.bytes_completed) / speed
+                line += f" {_format_size(speed)}/s ETA {_format_duration(eta)}"
+        self.console.err(f"\r\x1b[2K{line}", end="\n" if final else "")
+
+    def finish(self) -> None:
+        """The pull returned: close whatever line is open."""
+        if not self.enabled or not self.phase:
+            return
+        if self.phase == "chunks" and self.last is not None:
+            self._download(self.last, final=True)
+            self.console.err("Extracting files... ", end="")
+        self.console.err("done")
+        self.phase = ""
+
+    def abort(self) -> None:
+        """The pull failed: end an open line so the error starts on its own."""
+        if self.enabled and self.phase:
+            self.console.err("")
+            self.phase = ""
+
+
+def _ref_fields(ref: ModelRef) -> dict[str, str]:
+    return {"group": ref.group, "model": ref.model, "version": ref.version}
+
+
+def _installed_json(item: InstalledModel) -> dict[str, Any]:
+    return {
+        **_ref_fields(item.ref),
+        "manifest_hash": item.manifest_hash,
+        "total_size": item.total_size,
+        "file_count": item.file_count,
+        "installed_at": _format_time(item.installed_at),
+        "path": item.path,
+        "alias_of": item.alias_of,
+    }
+
+
+def _remote_json(item: RemoteModel) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        **_ref_fields(item.ref),
+        "manifest_hash": item.manifest_hash,
+        "alias_of": item.alias_of,
+        "metadata": dict(item.metadata),
+    }
+    if isinstance(item, RemoteModelDetail):
+        doc.update(
+            total_size=item.total_size, chunk_size=item.chunk_size, chunk_count=item.chunk_count,
+            file_count=len(item.files),
+        )
+    return doc
+
+
+def _files_json(files: Sequence[FileInfo]) -> list[dict[str, Any]]:
+    return [{"path": info.path, "size": info.size} for info in files]
+
+
+def _local_time(moment: datetime, with_time: bool) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
+
+
+def _version_label(ref: ModelRef, alias_of: str) -> str:
+    return f"{ref.version} -> {alias_of}" if alias_of else ref.version
+
+
+def _command_list(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    if args.remote:
+        remote = manager.list_remote(detail=True)
+        if console.json:
+            console.document({"models": [_remote_json(item) for item in remote]})
+        elif not remote:
+            console.out("The registry lists no models")
+        else:
+            rows = [
+                [item.ref.group, item.ref.model, _version_label(item.ref, item.alias_of),
+                 _format_size(item.total_size if isinstance(item, RemoteModelDetail) else 0)]
+                for item in remote
+            ]
+            for line in _table(["GROUP", "MODEL", "VERSION", "SIZE"], rows):
+                console.out(line)
+        return 0
+    installed = manager.list_installed()
+    if console.json:
+        console.document({"models": [_installed_json(item) for item in installed]})
+    elif not installed:
+        console.out("No models installed")
+    else:
+        rows = [
+            [item.ref.group, item.ref.model, _version_label(item.ref, item.alias_of),
+             _format_size(item.total_size), _local_time(item.installed_at, False)]
+            for item in installed
+        ]
+        for line in _table(["GROUP", "MODEL", "VERSION", "SIZE", "INSTALLED"], rows):
+            console.out(line)
+    return 0
+
+
+def _pull_one(manager: Manager, ref: ModelRef, console: _Console, *, force: bool, concurrency: int) -> InstalledModel:
+    printer = _ProgressPrinter(console)
+    try:
+        installed = manager.pull(ref, force=force, concurrency=concurrency, progress=printer)
+    except BaseException:
+        printer.abort()
+        raise
+    printer.finish()
+    return installed
+
+
+def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    ref = _versioned(f"{args.model} {args.version}", "pull")
+    try:
+        installed = _pull_one(manager, ref, console, force=args.force, concurrency=args.concurrency)
+    except AlreadyInstalledError as exc:
+        if console.json:
+            console.document({"status": "already_installed", "model": _installed_json(exc.installed)})
+        else:
+            console.out(f"Model already installed: {ref}")
+            console.out("Use --force to re-download")
+        return 0
+    if console.json:
+        console.document({"status": "installed", "model": _installed_json(installed)})
+    else:
+        if not console.quiet:
+            console.out()
+        console.out(f"Model installed: {ref} ({_format_size(installed.total_size)})")
+        console.out(f"Path: {installed.path}")
+    return 0
+
+
+def _command_remove(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    base = _as_ref(args.model)
+    if args.all == bool(args.version) or base.version:
+        raise InvalidRefError("remove: give either a version or --all")
+    if args.all:
+        removed = manager.remove_all(base.group, base.model)
+    else:
+        removed = [_versioned(f"{args.model} {args.version}", "remove")]
+        manager.remove(removed[0])
+    if console.json:
+        console.document({"removed": [_ref_fields(ref) for ref in removed]})
+        return 0
+    for ref in removed:
+        console.out(f"Removed: {ref}")
+    if args.all:
+        console.out(f"Removed {len(removed)} version{'s' if len(removed) != 1 else ''}")
+    return 0
+
+
+def _command_info(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    ref = _versioned(f"{args.model} {args.version}", "info")
+    installed: InstalledModel | None = None
+    files: list[FileInfo] = []
+    try:
+        installed = manager.get_installed(ref)
+        files = manager.files(ref)
+    except NotInstalledError as exc:
+        if not args.remote:
+            raise NotInstalledError(f"{exc} (use --remote to see the registry's copy)") from exc
+    remote = manager.get_remote_detail(ref) if args.remote else None
+    if console.json:
+        console.document({
+            **_ref_fields(ref),
+            "installed": {**_installed_json(installed), "files": _files_json(files)} if installed else None,
+            "remote": {**_remote_json(remote), "files": _files_json(remote.files)} if remote else None,
+        })
+        return 0
+    alias_of = (remote.alias_of if remote else installed.alias_of if installed else "")
+    lines = [("Model", f"{ref}" + (f" (alias of {alias_of})" if alias_of else ""))]
+    if installed is not None:
+        status = "Installed"
+        if remote is not None and remote.manifest_hash != installed.manifest_hash:
+            status = "Installed (update available)"
+        lines += [("Status", status), ("Size", _format_size(installed.total_size)),
+                  ("Files", str(installed.file_count)),
+                  ("Installed", _local_time(installed.installed_at, True)), ("Path", installed.path)]
+    else:
+        assert remote is not None
+        lines += [("Status", "Available (not installed)"), ("Size", _format_size(remote.total_size))]
+    if remote is not None:
+        chunks = f"{remote.chunk_count} \u00d7 {_format_size(remote.chunk_size)}" if remote.chunk_count else "0"
+        lines.append(("Chunks", chunks))
+        if installed is None:
+            lines.append(("Files", str(len(remote.files))))
+    for label, value in lines:
+        console.out(f"{label + ':':<14}{value}")
+    shown = files or (list(remote.files) if remote else [])
+    if shown:
+        console.out()
+        console.out("Files:")
+        width = max(len(info.path) for info in shown)
+        for info in shown:
+            console.out(f"  {info.path:<{width}}    {_format_size(info.size)}")
+    if remote is not None and remote.metadata:
+        import json
+
+        console.out()
+        console.out("Metadata:")
+        for key in sorted(remote.metadata):
+            value = remote.metadata[key]
+            console.out(f"  {key}: {value if isinstance(value, str) else json.dumps(value)}")
+    return 0
+
+
+def _command_path(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    path = manager.path(_versioned(f"{args.model} {args.version}", "path"))
+    if console.json:
+        console.document({"path": path})
+    else:
+        console.out(path)
+    return 0
+
+
+def _update_label(installed: InstalledModel, remote: RemoteModel) -> str:
+    old = installed.alias_of or installed.ref.version
+    new = remote.alias_of or remote.ref.version
+    if old == new:  # the same name now holds other bytes: show the manifests
+        old, new = installed.manifest_hash[:12], remote.manifest_hash[:12]
+    return f"{old} \u2192 {new}"
+
+
+def _command_update(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    installed = manager.list_installed()
+    if args.model:
+        base = _as_ref(args.model)
+        installed = [item for item in installed if (item.ref.group, item.ref.model) == (base.group, base.model)]
+        if not installed:
+            raise NotInstalledError(f"model not installed: {base.group}/{base.model}")
+    if not installed:
+        if console.json:
+            console.document({"updates": []})
+        else:
+            console.out("No models installed")
+        return 0
+    if not console.json:
+        console.out("Checking for updates...")
+        console.out()
+    exit_code = 0
+    results = []
+    for item in installed:
+        result: dict[str, Any] = {
+            **_ref_fields(item.ref), "installed_hash": item.manifest_hash, "installed_alias_of": item.alias_of,
+            "remote_hash": None, "remote_alias_of": None, "update_available": False, "applied": False,
+            "error": None,
+        }
+        results.append(result)
+        try:
+            remote = manager.get_remote(item.ref)
+            result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of)
+            if remote.manifest_hash == item.manifest_hash:
+                if not console.json:
+                    console.out(f"{item.ref}: up to date")
+                continue
+            result["update_available"] = True
+            if not console.json:
+                console.out(f"{item.ref}: update available ({_update_label(item, remote)})")
+            if args.apply:
+                if not console.json:
+                    console.out(f"Downloading update for {item.ref}...")
+                try:
+                    updated = _pull_one(manager, item.ref, console, force=False, concurrency=args.concurrency)
+                except AlreadyInstalledError as exc:
+                    updated = exc.installed  # another process applied it meanwhile
+                result["applied"] = True
+                if not console.json:
+                    console.out(f"Updated: {item.ref} ({_format_size(updated.total_size)})")
+        except ModelsError as exc:
+            exit_code = exit_code or exc.exit_code or 1
+            result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+            console.err(f"error: {item.ref}: {exc}")
+    if console.json:
+        console.document({"updates": results})
+    return exit_code
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def _add_output_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    import argparse
+
+    # On subcommands the default is SUPPRESS, so a flag given before the
+    # command word is not reset by the subparser's default.
+    default: Any = False if top_level else argparse.SUPPRESS
+    group = parser.add_argument_group("output options")
+    group.add_argument("--json", dest="models_json", action="store_true", default=default,
+                       help="print one JSON document on stdout")
+    group.add_argument("--quiet", "-q", dest="models_quiet", action="store_true", default=default,
+                       help="no progress or warnings")
+    group.add_argument("--verbose", "-v", dest="models_verbose", action="store_true", default=default,
+                       help="log requests, retries and cache hits on stderr")
+
+
+def _run_command(
+    handler: Callable[[Manager, argparse.Namespace, _Console], int],
+    config: Config,
+    manager_options: Mapping[str, Any],
+    args: argparse.Namespace,
+) -> int:
+    console = _Console(args)
+    try:
+        options = {"logger": console, **manager_options}
+        return handler(Manager(config, **options), args, console)
+    except ModelsError as exc:
+        if console.json:
+            console.document({"error": {"type": type(exc).__name__, "message": str(exc),
+                                        "exit_code": exc.exit_code}})
+        console.err(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.err("\ninterrupted: run the same command again to resume (verified chunks are kept)")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from
+        # complaining when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+
+
+def register_subcommands(
+    subparsers: argparse._SubParsersAction[Any], config: Config, **manager_options: Any
+) -> None:
+    """Add ``list``, ``pull``, ``remove``, ``info``, ``path`` and ``update`` to a parent's subparsers.
+
+    Each command sets ``func(args) -> int`` on the parsed namespace; it returns
+    the exit code and never raises ``ModelsError`` or calls ``sys.exit``.
+
+    Args:
+        subparsers: what ``parser.add_subparsers()`` returned.
+        config: the application's name and registry.
+        **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
+    """
+    from functools import partial
+
+    def command(name: str, handler: Callable[[Manager, argparse.Namespace, _Console], int],
+                summary: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
+        parser.set_defaults(func=partial(_run_command, handler, config, manager_options))
+        return parser
+
+    def model_argument(parser: argparse.ArgumentParser, version: str = "required") -> None:
+        parser.add_argument("model", metavar="GROUP/MODEL")
+        if version == "required":
+            parser.add_argument("version", metavar="VERSION")
+        elif version == "optional":
+            parser.add_argument("version", metavar="VERSION", nargs="?", default="")
+
+    listing = command("list", _command_list, "list installed models (or the registry's, with --remote)")
+    listing.add_argument("--remote", action="store_true", help="list what the registry offers")
+
+    pull = command("pull", _command_pull, "download and install a model version")
+    model_argument(pull)
+    pull.add_argument("--force", action="store_true", help="download again even if installed")
+    pull.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
+                      help="parallel chunk downloads (default 4, at most 16)")
+
+    remove = command("remove", _command_remove, "remove an installed model version")
+    model_argument(remove, "optional")
+    remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
+
+    info = command("info", _command_info, "show details of a model version")
+    model_argument(info)
+    info.add_argument("--remote", action="store_true", help="also show the registry's copy")
+
+    path = command("path", _command_path, "print the directory of an installed model version")
+    model_argument(path)
+
+    update = command("update", _command_update, "check installed models for updates")
+    update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
+    update.add_argument("--apply", action="store_true", help="download the updates")
+    update.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
+                        help="parallel chunk downloads (default 4, at most 16)")
+
+    for parser in (listing, pull, remove, info, path, update):
+        _add_output_flags(parser, top_level=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``xprim-models`` command line; return its exit code."""
-    raise NotImplementedError
+    """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
+    import argparse
+
+    def global_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--registry", metavar="URL", default=None,
+                            help="registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
+        parser.add_argument("--data-dir", metavar="DIR", default=None,
+                            help="where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # The registry and data directory must be known before the commands
+        # are registered: read them in a first pass.
+        early = argparse.ArgumentParser(add_help=False)
+        global_options(early)
+        known, _ = early.parse_known_args(arguments)
+        config = Config(
+            app_name="xprim-models",
+            registry_url=known.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""),
+        )
+        parser = argparse.ArgumentParser(
+            prog="xprim-models", description="Download and manage models from an XPRIM registry."
+        )
+        global_options(parser)
+        parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
+        _add_output_flags(parser, top_level=True)
+        commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        options = {"data_dir": known.data_dir} if known.data_dir else {}
+        register_subcommands(commands, config, **options)
+        args = parser.parse_args(arguments)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    result: int = args.func(args)
+    return result
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ class RegistryServer:
         self.condition = threading.Condition()
         self.active = 0
         self.max_active = 0
-        self.gate = 0  # hold data/ requests until this many are in flight at once
+        self.gate = 0  # hold requests for gated paths until this many are in flight at once
+        self.gated: set[str] = set()
         self.gate_open = False
         self.stop = threading.Event()
         server = self
@@ -106,7 +107,10 @@ class RegistryServer:
             def do_GET(self) -> None:
                 server.handle(self)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 drops bursts of connections into 1 s SYN retries
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -134,7 +138,7 @@ class RegistryServer:
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
             self.active += 1
             self.max_active = max(self.max_active, self.active)
-            if self.gate and path.startswith("data/"):
+            if self.gate and path in self.gated:
                 if self.active >= self.gate:
                     self.gate_open = True
                     self.condition.notify_all()
@@ -273,3 +277,775 @@ def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = N
         [sys.executable, "-m", "xprim_models", *args], capture_output=True, text=True, cwd=HERE,
         env={**os.environ, **(env or {})}, input=input, timeout=timeout,
     )
+
+
+# --- Public API surface ------------------------------------------------------------
+
+
+class TestApi:
+    def test_all_is_sorted_and_complete(self) -> None:
+        assert xm.__all__ == sorted(xm.__all__)
+        for name in xm.__all__:
+            assert hasattr(xm, name), name
+        assert isinstance(xm.__version__, str) and xm.__version__
+
+    @pytest.mark.parametrize(
+        ("error", "code", "bases"),
+        [
+            (xm.ModelsError, 1, (Exception,)),
+            (xm.ModelNotFoundError, 3, (xm.ModelsError, LookupError)),
+            (xm.VersionNotFoundError, 3, (xm.ModelsError, LookupError)),
+            (xm.NotInstalledError, 4, (xm.ModelsError, LookupError)),
+            (xm.AlreadyInstalledError, 0, (xm.ModelsError,)),
+            (xm.HashMismatchError, 6, (xm.ModelsError,)),
+            (xm.NetworkError, 5, (xm.ModelsError,)),
+            (xm.StorageError, 7, (xm.ModelsError,)),
+            (xm.InvalidRefError, 2, (xm.ModelsError, ValueError)),
+            (xm.RegistryError, 1, (xm.ModelsError,)),
+        ],
+        ids=lambda value: getattr(value, "__name__", str(value)),
+    )
+    def test_error_classes_and_exit_codes(self, error: type[xm.ModelsError], code: int, bases: tuple[type, ...]) -> None:
+        assert error.exit_code == code
+        assert issubclass(error, bases)
+
+    def test_manager_has_every_operation(self, manager: xm.Manager, data_dir: Path) -> None:
+        for name in ("list_installed", "list_remote", "list_remote_group", "list_remote_versions",
+                     "get_installed", "get_remote", "get_remote_detail", "pull", "remove", "remove_all",
+                     "path", "check_update"):
+            assert callable(getattr(manager, name)), name
+        assert manager.data_dir == str(data_dir)
+
+
+class TestModelRef:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("fast-whisper/tiny fp16", xm.ModelRef("fast-whisper", "tiny", "fp16")),
+            ("llama/7b", xm.ModelRef("llama", "7b")),
+            ("  llama/7b   q4_v2 ", xm.ModelRef("llama", "7b", "q4_v2")),
+            ("Org.X/model+1 v1.0-rc", xm.ModelRef("Org.X", "model+1", "v1.0-rc")),
+        ],
+    )
+    def test_parse(self, text: str, expected: xm.ModelRef) -> None:
+        assert xm.ModelRef.parse(text) == expected
+        assert xm.parse_model_ref(text) == expected
+
+    @pytest.mark.parametrize(
+        "text",
+        ["", "llama", "llama/", "/7b", "a/b/c v", "a/b v extra", "../etc v", "a/.. v", "a/b ..", "a/b .hidden",
+         "a/b v.", "a/con v", "a/b COM1", "a\\b v", "a/b v:1", "a/" + "x" * 200, "grüße/b v"],
+    )
+    def test_parse_rejects(self, text: str) -> None:
+        with pytest.raises(xm.InvalidRefError):
+            xm.ModelRef.parse(text)
+
+    def test_str_order_and_hash(self) -> None:
+        refs = [xm.ModelRef("b", "m", "v1"), xm.ModelRef("a", "z", "v2"), xm.ModelRef("a", "m", "v9")]
+        assert [str(ref) for ref in sorted(refs)] == ["a/m v9", "a/z v2", "b/m v1"]
+        assert len({xm.ModelRef("a", "b", "c"), xm.ModelRef.parse("a/b c")}) == 1
+        with pytest.raises(xm.InvalidRefError):
+            xm.ModelRef("a", "b/c")
+
+    def test_methods_accept_strings(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
+        installed = manager.pull("org/tiny v1")
+        assert manager.path("org/tiny v1") == installed.path
+        assert manager.get_installed(xm.ModelRef("org", "tiny", "v1")) == installed
+        with pytest.raises(xm.InvalidRefError, match="version is required"):
+            manager.pull("org/tiny")
+
+
+# --- Paths ---------------------------------------------------------------------------
+
+
+class TestPaths:
+    def test_linux_default_uses_xdg_data_home(self, monkeypatch: pytest.MonkeyPatch, isolated_env: Path) -> None:
+        monkeypatch.setattr(sys, "platform", "linux")
+        monkeypatch.setenv("XDG_DATA_HOME", "/srv/xdg")
+        assert xm.Manager(xm.Config("my-tool")).data_dir == "/srv/xdg/my-tool/models"
+
+    @pytest.mark.parametrize("xdg", [None, "", "relative/dir"], ids=["unset", "empty", "relative"])
+    def test_linux_default_without_usable_xdg(self, monkeypatch: pytest.MonkeyPatch, isolated_env: Path,
+                                              xdg: str | None) -> None:
+        monkeypatch.setattr(sys, "platform", "linux")
+        if xdg is None:
+            monkeypatch.delenv("XDG_DATA_HOME")
+        else:
+            monkeypatch.setenv("XDG_DATA_HOME", xdg)
+        expected = str(isolated_env / ".local" / "share" / "my-tool" / "models")
+        assert xm.Manager(xm.Config("my-tool")).data_dir == expected
+
+    def test_macos_default(self, monkeypatch: pytest.MonkeyPatch, isolated_env: Path) -> None:
+        monkeypatch.setattr(sys, "platform", "darwin")
+        expected = str(isolated_env / "Library" / "Application Support" / "my-tool" / "models")
+        assert xm.Manager(xm.Config("my-tool")).data_dir == expected
+
+    def test_windows_default(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sys, "platform", "win32")
+        monkeypatch.setenv("APPDATA", r"C:\Users\Ann\AppData\Roaming")
+        assert xm.Manager(xm.Config("my-tool")).data_dir == r"C:\Users\Ann\AppData\Roaming\my-tool\models"
+
+    def test_platform_is_read_at_call_time(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sys, "platform", "darwin")
+        on_mac = xm.Manager(xm.Config("t")).data_dir
+        monkeypatch.setattr(sys, "platform", "linux")
+        assert xm.Manager(xm.Config("t")).data_dir != on_mac
+
+    def test_environment_variable_wins(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv("WHISPER_TOOL_MODELS_DIR", str(tmp_path / "env"))
+        config = xm.Config("whisper-tool", data_dir=tmp_path / "config")
+        assert xm.Manager(config).data_dir == str(tmp_path / "env")
+        monkeypatch.delenv("WHISPER_TOOL_MODELS_DIR")
+        assert xm.Manager(config).data_dir == str(tmp_path / "config")
+        assert xm.Manager(config, data_dir=tmp_path / "explicit").data_dir == str(tmp_path / "explicit")
+
+    def test_importing_and_constructing_write_nothing(self, tmp_path: Path) -> None:
+        xm.Manager(xm.Config("t", data_dir=tmp_path / "nothing-yet"))
+        assert not (tmp_path / "nothing-yet").exists()
+
+
+# --- Registry client -----------------------------------------------------------------
+
+
+class TestRegistry:
+    def test_list_remote_sorted_with_aliases_resolved(self, manager: xm.Manager, model: dict[str, bytes],
+                                                      registry_dir: Path) -> None:
+        publish.publish(str(registry_dir), "alpha", "m", "b", {"f": b"1"})
+        publish.publish(str(registry_dir), "alpha", "m", "a", {"f": b"2"})
+        remote = manager.list_remote()
+        assert [str(item.ref) for item in remote] == [
+            "alpha/m a", "alpha/m b", "org/tiny latest", "org/tiny v1", "org/tiny v2"]
+        latest, v1 = remote[2], remote[3]
+        assert latest.alias_of == "v1" and latest.manifest_hash == v1.manifest_hash
+        assert latest.metadata == {"framework": "onnx"}  # the target's, as the alias has none
+        assert [str(r.ref) for r in manager.list_remote_group("alpha")] == ["alpha/m a", "alpha/m b"]
+        assert [r.ref.version for r in manager.list_remote_versions("org", "tiny")] == ["latest", "v1", "v2"]
+        assert manager.list_remote_group("nope") == []
+        assert manager.list_remote_versions("org", "nope") == []
+
+    def test_get_remote_errors(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
+        with pytest.raises(xm.ModelNotFoundError, match="org/huge"):
+            manager.get_remote("org/huge v1")
+        with pytest.raises(xm.VersionNotFoundError, match="available: latest, v1, v2"):
+            manager.get_remote("org/tiny v3")
+
+    def test_get_remote_detail(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
+        detail = manager.get_remote_detail("org/tiny latest")
+        assert detail.alias_of == "v1"
+        assert detail.total_size == sum(len(data) for data in model.values())
+        assert detail.chunk_size == 1024 and detail.chunk_count == -(-detail.total_size // 1024)
+        assert detail.files == tuple(xm.FileInfo(path, len(data)) for path, data in model.items())
+        assert [type(item) for item in manager.list_remote(detail=True)] == [xm.RemoteModelDetail] * 3
+
+    def test_alias_chain_and_own_metadata(self, manager: xm.Manager, model: dict[str, bytes],
+                                          registry_dir: Path) -> None:
+        index = json.loads((registry_dir / "models.json").read_text())
+        index["org"]["tiny"]["stable"] = {"alias": "latest", "metadata": {"channel": "stable"}}
+        (registry_dir / "models.json").write_text(json.dumps(index))
+        stable = manager.get_remote("org/tiny stable")
+        assert stable.alias_of == "v1" and stable.metadata == {"channel": "stable"}
+
+    @pytest.mark.parametrize(
+        ("versions", "message"),
+        [
+            ({"a": {"alias": "b"}, "b": {"alias": "a"}}, "cycle"),
+            ({"a": {"alias": "a"}}, "cycle"),
+            ({"a": {"alias": "gone"}}, "missing version"),
+            ({"a": {"hash": "ABC"}}, "64 lowercase hex"),
+            ({"a": {"hash": "0" * 63}}, "64 lowercase hex"),
+            ({"a": {}}, "exactly one"),
+            ({"a": {"hash": "0" * 64, "alias": "b"}}, "exactly one"),
+            ({"a": []}, "object"),
+            ({"a": {"hash": "0" * 64, "metadata": [1]}}, "metadata"),
+            ({"../x": {"hash": "0" * 64}}, "valid name"),
+        ],
+    )
+    def test_invalid_index_is_registry_error(self, manager: xm.Manager, registry_dir: Path,
+                                             versions: dict[str, Any], message: str) -> None:
+        index = {"org": {"ok": {"v": {"hash": "1" * 64}}, "bad": versions}}
+        (registry_dir / "models.json").write_text(json.dumps(index))
+        with pytest.raises(xm.RegistryError, match=message):
+            manager.list_remote()  # the whole index is validated, not just the entry asked for
+
+    @pytest.mark.parametrize("doc", ["[]", "null", '{"g": []}', '{"g": {"m": null}}', "{not json", '{"a": NaN}'])
+    def test_index_of_wrong_shape(self, manager: xm.Manager, registry_dir: Path, doc: str) -> None:
+        (registry_dir / "models.json").write_text(doc)
+        with pytest.raises(xm.RegistryError, match="models.json"):
+            manager.list_remote()
+
+    def test_missing_index_names_the_url(self, manager: xm.Manager, server: RegistryServer) -> None:
+        with pytest.raises(xm.RegistryError, match=r"models\.json.*check the registry URL"):
+            manager.list_remote()
+        assert server.requests["models.json"] == 1  # a 404 is not retried
+
+    @pytest.mark.parametrize("kind", ["directory", "file-url"])
+    def test_local_registries(self, tmp_path: Path, registry_dir: Path, model: dict[str, bytes], kind: str) -> None:
+        url = str(registry_dir) if kind == "directory" else registry_dir.as_uri()
+        local = xm.Manager(xm.Config("t", url, tmp_path / "local-data"))
+        installed = local.pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+
+    def test_no_registry_configured(self, tmp_path: Path) -> None:
+        with pytest.raises(xm.RegistryError, match="no registry URL"):
+            xm.Manager(xm.Config("t", "", tmp_path)).list_remote()
+
+    def test_unsupported_scheme(self, tmp_path: Path) -> None:
+        with pytest.raises(xm.RegistryError, match="unsupported scheme"):
+            xm.Manager(xm.Config("t", "ftp://example.com/r", tmp_path)).list_remote()
+
+    def test_retries_5xx_then_succeeds(self, manager: xm.Manager, server: RegistryServer,
+                                       model: dict[str, bytes]) -> None:
+        server.fail("models.json", Fault(status=503), Fault(status=500))
+        assert len(manager.list_remote()) == 3
+        assert server.requests["models.json"] == 3
+
+    def test_honours_retry_after_on_429(self, manager: xm.Manager, server: RegistryServer,
+                                        model: dict[str, bytes]) -> None:
+        server.fail("models.json", Fault(status=429, headers={"Retry-After": "1"}))
+        started = time.monotonic()
+        manager.list_remote()
+        assert server.requests["models.json"] == 2
+        assert time.monotonic() - started >= 0.9  # waited as told, not the 0.01 s backoff
+
+    def test_gives_up_after_retries(self, make_manager: Callable[..., xm.Manager], server: RegistryServer) -> None:
+        server.always["models.json"] = Fault(status=502)
+        with pytest.raises(xm.NetworkError, match=r"HTTP 502.*after 3 attempts") as caught:
+            make_manager(retries=2).list_remote()
+        assert server.requests["models.json"] == 3
+        assert caught.value.__cause__ is not None
+
+    @pytest.mark.parametrize("status", [400, 403])
+    def test_other_4xx_is_not_retried(self, manager: xm.Manager, server: RegistryServer, status: int) -> None:
+        server.always["models.json"] = Fault(status=status)
+        with pytest.raises(xm.NetworkError, match=f"HTTP {status}"):
+            manager.list_remote()
+        assert server.requests["models.json"] == 1
+
+    def test_connection_refused_is_network_error(self, tmp_path: Path) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        closed = xm.Manager(xm.Config("t", f"http://127.0.0.1:{port}", tmp_path), retries=1, retry_backoff=0.01)
+        with pytest.raises(xm.NetworkError, match=f"127.0.0.1:{port}"):
+            closed.list_remote()
+
+    def test_stalled_server_times_out(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+                                      model: dict[str, bytes]) -> None:
+        server.always["models.json"] = Fault(stall=True)
+        with pytest.raises(xm.NetworkError, match="timed out"):
+            make_manager(timeout=0.3, retries=1).list_remote()
+        assert server.requests["models.json"] == 2
+
+    def test_oversized_index_is_refused_without_reading_it(
+        self, manager: xm.Manager, server: RegistryServer, registry_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(xm, "_MAX_INDEX_BYTES", 1000)
+        (registry_dir / "models.json").write_text(json.dumps({"g": {f"m{i}": {} for i in range(500)}}))
+        with pytest.raises(xm.RegistryError, match="1000-byte limit"):
+            manager.list_remote()
+        assert server.requests["models.json"] == 1
+
+
+# --- Pull engine ---------------------------------------------------------------------
+
+
+def chunk_paths(registry_dir: Path, version: str = "v1", model: str = "tiny") -> list[str]:
+    return [f"data/{digest}" for digest in manifest_of(registry_dir, "org", model, version)["chunks"]]
+
+
+class TestPull:
+    def test_pull_installs_files_manifest_and_record(self, manager: xm.Manager, model: dict[str, bytes],
+                                                     data_dir: Path, registry_dir: Path) -> None:
+        before = time.time()
+        installed = manager.pull("org/tiny v1")
+        root = data_dir / "org" / "tiny" / "v1"
+        assert installed.path == str(root)
+        assert tree(root) == dict(sorted(model.items()))
+        digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
+        assert (root / ".test-app" / "manifest.json").read_bytes() == (registry_dir / "data" / digest).read_bytes()
+        record = json.loads((data_dir / "registry.json").read_text())["org"]["tiny"]["v1"]
+        assert record["manifest_hash"] == digest == installed.manifest_hash
+        assert record["total_size"] == sum(len(d) for d in model.values()) == installed.total_size
+        assert record["file_count"] == 4 == installed.file_count
+        assert record["installed_at"].endswith("Z")
+        assert installed.installed_at.tzinfo is not None and installed.installed_at.timestamp() >= int(before)
+        assert manager.get_installed("org/tiny v1") == installed
+        assert manager.list_installed() == [installed]
+        assert os.listdir(data_dir / "cache" / "chunks") == []  # the model's chunks are gone from the cache
+        assert sorted(os.listdir(root.parent)) == ["v1"]  # no staging left behind
+
+    def test_pull_alias_installs_under_alias_name(self, manager: xm.Manager, model: dict[str, bytes],
+                                                  data_dir: Path) -> None:
+        installed = manager.pull("org/tiny latest")
+        assert installed.alias_of == "v1" and installed.path == str(data_dir / "org" / "tiny" / "latest")
+        assert json.loads((data_dir / "registry.json").read_text())["org"]["tiny"]["latest"]["alias_of"] == "v1"
+        assert manager.get_installed("org/tiny latest").alias_of == "v1"
+
+    def test_already_installed(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer) -> None:
+        installed = manager.pull("org/tiny v1")
+        fetched = server.chunk_requests()
+        with pytest.raises(xm.AlreadyInstalledError) as caught:
+            manager.pull("org/tiny v1")
+        assert caught.value.installed == installed
+        assert server.chunk_requests() == fetched
+
+    def test_force_downloads_again(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer,
+                                   registry_dir: Path) -> None:
+        manager.pull("org/tiny v1")
+        manager.pull("org/tiny v1", force=True)
+        for path in chunk_paths(registry_dir):
+            assert server.requests[path] == 2
+
+    def test_empty_model(self, manager: xm.Manager, registry_dir: Path) -> None:
+        publish.publish(str(registry_dir), "org", "void", "v1", {"a": b"", "dir/b": b""})
+        installed = manager.pull("org/void v1")
+        assert installed.total_size == 0 and tree(Path(installed.path)) == {"a": b"", "dir/b": b""}
+        publish.publish(str(registry_dir), "org", "none", "v1", {})
+        assert manager.pull("org/none v1").file_count == 0
+
+    def test_large_file_spanning_many_chunks_and_small_files_sharing_one(
+        self, manager: xm.Manager, registry_dir: Path
+    ) -> None:
+        files = {"big.bin": blob(10_000, "big"), **{f"small/{i}.txt": blob(i, str(i)) for i in range(12)}}
+        publish.publish(str(registry_dir), "org", "mixed", "v1", files, chunk_size=777)
+        assert tree(Path(manager.pull("org/mixed v1", concurrency=3).path)) == dict(sorted(files.items()))
+
+    def test_duplicate_chunk_is_fetched_once(self, manager: xm.Manager, registry_dir: Path,
+                                             server: RegistryServer) -> None:
+        same = blob(2048, "same")
+        publish.publish(str(registry_dir), "org", "twins", "v1", {"a": same, "b": same}, chunk_size=1024)
+        chunks = manifest_of(registry_dir, "org", "twins", "v1")["chunks"]
+        assert len(chunks) == 4 and len(set(chunks)) == 2
+        installed = manager.pull("org/twins v1")
+        assert tree(Path(installed.path)) == {"a": same, "b": same}
+        assert all(server.requests[f"data/{digest}"] == 1 for digest in chunks)
+
+    def test_corrupt_chunk_is_hash_mismatch_and_old_version_survives(
+        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
+        data_dir: Path
+    ) -> None:
+        manager.pull("org/tiny v1")
+        before = tree(data_dir / "org" / "tiny" / "v1")
+        record = (data_dir / "registry.json").read_bytes()
+        bad = chunk_paths(registry_dir)[2]
+        server.always[bad] = Fault(corrupt=True)
+        with pytest.raises(xm.HashMismatchError, match=r"pull org/tiny v1: chunk 3/7 \([0-9a-f]{12}\): hash mismatch after 4 downloads \(got (?!e3b0)"):
+            manager.pull("org/tiny v1", force=True)
+        assert server.requests[bad] == 1 + 4  # the first pull, then the first attempt and 3 retries
+        assert tree(data_dir / "org" / "tiny" / "v1") == before
+        assert (data_dir / "registry.json").read_bytes() == record
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def test_corrupt_once_is_retried(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer,
+                                     registry_dir: Path) -> None:
+        bad = chunk_paths(registry_dir)[0]
+        server.fail(bad, Fault(corrupt=True))
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        assert server.requests[bad] == 2
+
+    def test_chunk_body_too_long_is_hash_mismatch(self, make_manager: Callable[..., xm.Manager],
+                                                  model: dict[str, bytes], server: RegistryServer,
+                                                  registry_dir: Path) -> None:
+        bad = chunk_paths(registry_dir)[1]
+        server.always[bad] = Fault(extra=b"x" * 100_000)
+        with pytest.raises(xm.HashMismatchError, match="expected 1024"):
+            make_manager(retries=0).pull("org/tiny v1")
+
+    def test_chunk_body_too_long_without_content_length(self, make_manager: Callable[..., xm.Manager],
+                                                        model: dict[str, bytes], server: RegistryServer,
+                                                        registry_dir: Path) -> None:
+        # The server lies: Content-Length says 1024 but more follows. Only the
+        # announced bytes are read, and they are the right ones.
+        bad = chunk_paths(registry_dir)[1]
+        server.always[bad] = Fault(extra=b"x" * 4096, extra_hidden=True)
+        assert tree(Path(make_manager(retries=0).pull("org/tiny v1").path)) == dict(sorted(model.items()))
+
+    def test_cut_transfer_resumes_with_range(self, manager: xm.Manager, model: dict[str, bytes],
+                                             server: RegistryServer, registry_dir: Path) -> None:
+        cut = chunk_paths(registry_dir)[0]
+        server.fail(cut, Fault(cut_after=300))
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        assert server.range_requests == [(cut, 300)]
+
+    def test_cut_transfer_restarts_when_range_is_ignored(self, manager: xm.Manager, model: dict[str, bytes],
+                                                         server: RegistryServer, registry_dir: Path) -> None:
+        server.range_enabled = False
+        cut = chunk_paths(registry_dir)[0]
+        server.fail(cut, Fault(cut_after=300))
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        assert server.requests[cut] == 2
+
+    def test_missing_chunk_is_registry_error_not_retried(self, manager: xm.Manager, model: dict[str, bytes],
+                                                         server: RegistryServer, registry_dir: Path) -> None:
+        gone = chunk_paths(registry_dir)[4]
+        (registry_dir / gone).unlink()
+        with pytest.raises(xm.RegistryError, match="chunk 5/7.*missing from the registry"):
+            manager.pull("org/tiny v1")
+        assert server.requests[gone] == 1
+
+    def test_interrupted_pull_resumes_from_cached_chunks(self, make_manager: Callable[..., xm.Manager],
+                                                         model: dict[str, bytes], server: RegistryServer,
+                                                         registry_dir: Path, data_dir: Path) -> None:
+        chunks = chunk_paths(registry_dir)
+        server.fail(chunks[5], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        assert not (data_dir / "org" / "tiny" / "v1").exists()
+        assert len(os.listdir(data_dir / "cache" / "chunks")) == 5  # verified chunks are kept
+        first = dict(server.requests)
+        make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        for path in chunks[:5]:
+            assert server.requests[path] == first[path] == 1
+        for path in chunks[5:]:
+            assert server.requests[path] == first.get(path, 0) + 1
+
+    def test_damaged_cached_chunk_is_downloaded_again(self, manager: xm.Manager, model: dict[str, bytes],
+                                                      server: RegistryServer, registry_dir: Path,
+                                                      data_dir: Path) -> None:
+        chunks = chunk_paths(registry_dir)
+        cache = data_dir / "cache" / "chunks"
+        cache.mkdir(parents=True)
+        good, bad = chunks[0].split("/")[1], chunks[1].split("/")[1]
+        (cache / good).write_bytes((registry_dir / chunks[0]).read_bytes())
+        (cache / bad).write_bytes(b"not the chunk")
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        assert server.requests[chunks[0]] == 0 and server.requests[chunks[1]] == 1
+
+    def test_stale_cache_entries_are_removed(self, manager: xm.Manager, model: dict[str, bytes],
+                                             registry_dir: Path, data_dir: Path) -> None:
+        cache = data_dir / "cache" / "chunks"
+        cache.mkdir(parents=True)
+        needed = chunk_paths(registry_dir)[0].split("/")[1]
+        (cache / needed).write_bytes((registry_dir / "data" / needed).read_bytes())
+        (cache / ("a" * 64)).write_bytes(b"old and unneeded")
+        (cache / ("b" * 64)).write_bytes(b"fresh and unneeded")
+        (cache / f"{'c' * 64}.1.2.part").write_bytes(b"an old partial download")
+        two_days_ago = time.time() - 2 * 86400
+        for name in (needed, "a" * 64, f"{'c' * 64}.1.2.part"):
+            os.utime(cache / name, (two_days_ago, two_days_ago))
+        manager.pull("org/tiny v1")
+        assert os.listdir(cache) == ["b" * 64]
+
+    def test_concurrency_is_reached_and_not_exceeded(self, manager: xm.Manager, registry_dir: Path,
+                                                     server: RegistryServer) -> None:
+        publish.publish(str(registry_dir), "org", "wide", "v1", {"f": blob(40 * 512, "wide")}, chunk_size=512)
+        server.gate, server.gated = 5, set(chunk_paths(registry_dir, "v1", "wide"))
+        manager.pull("org/wide v1", concurrency=5)
+        assert server.max_active == 5
+
+    def test_concurrency_is_capped_at_16(self, manager: xm.Manager, registry_dir: Path,
+                                         server: RegistryServer) -> None:
+        publish.publish(str(registry_dir), "org", "wide", "v1", {"f": blob(60 * 512, "wide")}, chunk_size=512)
+        server.gate, server.gated = 16, set(chunk_paths(registry_dir, "v1", "wide"))
+        manager.pull("org/wide v1", concurrency=40)
+        assert server.max_active == 16
+
+    @pytest.mark.parametrize("concurrency", [0, -1])
+    def test_concurrency_below_one_is_value_error(self, manager: xm.Manager, model: dict[str, bytes],
+                                                  concurrency: int) -> None:
+        with pytest.raises(ValueError, match="concurrency"):
+            manager.pull("org/tiny v1", concurrency=concurrency)
+
+
+class TestProgress:
+    def test_phases_and_counters(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
+        events: list[xm.PullProgress] = []
+        manager.pull("org/tiny v1", progress=events.append)
+        phases = [event.phase for event in events]
+        assert phases[0] == "manifest"
+        assert phases.index("chunks") < phases.index("extracting")
+        assert phases == sorted(phases, key=["manifest", "chunks", "extracting"].index)
+        body = [event for event in events if event.phase != "manifest"]
+        for before, after in zip(body, body[1:]):
+            assert after.chunks_completed >= before.chunks_completed
+            assert after.bytes_completed >= before.bytes_completed
+        last = events[-1]
+        total = sum(len(data) for data in model.values())
+        assert (last.chunks_total, last.chunks_completed) == (7, 7)
+        assert last.bytes_total == last.bytes_completed == last.bytes_downloaded == total
+        assert {event.current_file for event in events if event.phase == "extracting"} <= set(model)
+
+    def test_cached_chunks_count_as_completed_not_downloaded(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        registry_dir: Path
+    ) -> None:
+        server.fail(chunk_paths(registry_dir)[4], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        events: list[xm.PullProgress] = []
+        make_manager().pull("org/tiny v1", progress=events.append)
+        last = events[-1]
+        assert last.bytes_completed == last.bytes_total
+        assert last.bytes_downloaded == last.bytes_total - 4 * 1024
+
+    def test_callback_exception_aborts_cleanly(self, manager: xm.Manager, model: dict[str, bytes],
+                                               data_dir: Path) -> None:
+        class Stop(Exception):
+            pass
+
+        def progress(event: xm.PullProgress) -> None:
+            if event.phase == "chunks" and event.chunks_completed >= 2:
+                raise Stop
+
+        with pytest.raises(Stop):
+            manager.pull("org/tiny v1", progress=progress)
+        assert manager.list_installed() == []
+        assert os.listdir(data_dir / "org" / "tiny") == []
+        assert manager.pull("org/tiny v1").ref.version == "v1"  # nothing is left locked
+
+
+# --- Storage -----------------------------------------------------------------------
+
+
+class TestStorage:
+    def test_remove(self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path) -> None:
+        manager.pull("org/tiny v1")
+        manager.pull("org/tiny v2")
+        manager.remove("org/tiny v1")
+        assert [str(item.ref) for item in manager.list_installed()] == ["org/tiny v2"]
+        assert not (data_dir / "org" / "tiny" / "v1").exists()
+        with pytest.raises(xm.NotInstalledError, match="org/tiny v1"):
+            manager.remove("org/tiny v1")
+        with pytest.raises(xm.NotInstalledError):
+            manager.path("org/tiny v1")
+
+    def test_remove_all(self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path) -> None:
+        for version in ("v2", "v1", "latest"):
+            manager.pull(f"org/tiny {version}")
+        removed = manager.remove_all("org", "tiny")
+        assert [str(ref) for ref in removed] == ["org/tiny latest", "org/tiny v1", "org/tiny v2"]
+        assert manager.list_installed() == []
+        assert not (data_dir / "org").exists()
+        with pytest.raises(xm.NotInstalledError):
+            manager.remove_all("org", "tiny")
+
+    def test_check_update_follows_a_moved_alias(self, manager: xm.Manager, model: dict[str, bytes],
+                                                registry_dir: Path) -> None:
+        installed = manager.pull("org/tiny latest")
+        assert manager.check_update("org/tiny latest") == (installed.manifest_hash, installed.manifest_hash)
+        publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
+        old, new = manager.check_update("org/tiny latest")
+        assert old == installed.manifest_hash and new == manager.get_remote("org/tiny v2").manifest_hash
+        updated = manager.pull("org/tiny latest")
+        assert updated.alias_of == "v2" and b'"layers": 3' in (Path(updated.path) / "config.json").read_bytes()
+
+    def test_registry_json_format(self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path) -> None:
+        manager.pull("org/tiny latest")
+        doc = json.loads((data_dir / "registry.json").read_text())
+        entry = doc["org"]["tiny"]["latest"]
+        assert set(entry) == {"manifest_hash", "total_size", "file_count", "installed_at", "alias_of"}
+        assert time.strptime(entry["installed_at"], "%Y-%m-%dT%H:%M:%SZ")
+
+    @pytest.mark.parametrize("content", ["{broken", "[]", '{"g": {"m": {"v": 3}}}',
+                                         '{"g": {"m": {"v": {"manifest_hash": "x"}}}}'])
+    def test_corrupt_registry_json_is_storage_error(self, manager: xm.Manager, data_dir: Path,
+                                                    content: str) -> None:
+        data_dir.mkdir()
+        (data_dir / "registry.json").write_text(content)
+        with pytest.raises(xm.StorageError, match=r"registry\.json"):
+            manager.list_installed()
+
+    def test_unwritable_data_dir_is_storage_error(self, make_manager: Callable[..., xm.Manager],
+                                                  model: dict[str, bytes], tmp_path: Path) -> None:
+        (tmp_path / "a-file").write_text("not a directory")
+        blocked = make_manager(data_dir=tmp_path / "a-file" / "data")
+        with pytest.raises(xm.StorageError, match="a-file"):
+            blocked.pull("org/tiny v1")
+
+    def test_disk_full_is_storage_error_and_keeps_installed(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager.pull("org/tiny v1")
+        before = tree(data_dir / "org" / "tiny" / "v1")
+
+        def full(fd: int, data: memoryview) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(xm, "_write_all", full)  # a full disk cannot be made for real here
+        with pytest.raises(xm.StorageError, match="No space left on device; free some disk space"):
+            manager.pull("org/tiny v1", force=True)
+        assert tree(data_dir / "org" / "tiny" / "v1") == before
+        assert [item.ref.version for item in manager.list_installed()] == ["v1"]
+
+    def test_leftover_staging_is_cleaned(self, manager: xm.Manager, model: dict[str, bytes],
+                                         data_dir: Path) -> None:
+        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        (staging / "junk").mkdir(parents=True)
+        manager.pull("org/tiny v1")
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def test_interrupted_swap_is_rolled_back(self, manager: xm.Manager, model: dict[str, bytes],
+                                             data_dir: Path) -> None:
+        installed = manager.pull("org/tiny v1")
+        # A crash between the two renames of a swap leaves the old copy aside.
+        os.rename(installed.path, data_dir / "org" / "tiny" / ".v1.old")
+        with pytest.raises(xm.AlreadyInstalledError):
+            manager.pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+
+
+# --- Hostile manifests -----------------------------------------------------------------
+
+
+GOOD_CHUNK = blob(10, "c")
+
+
+def hostile(files: list[dict[str, Any]] | Any = None, **overrides: Any) -> dict[str, Any]:
+    files = files if files is not None else [{"path": "a", "size": 10}]
+    manifest: dict[str, Any] = {"total_size": 10, "chunk_size": 16,
+                                "chunks": [hashlib.sha256(GOOD_CHUNK).hexdigest()], "files": files}
+    manifest.update(overrides)
+    return manifest
+
+
+HOSTILE_MANIFESTS = {
+    "absolute": hostile([{"path": "/etc/passwd", "size": 10}]),
+    "parent": hostile([{"path": "../escape", "size": 10}]),
+    "parent-inside": hostile([{"path": "a/../../escape", "size": 10}]),
+    "dot": hostile([{"path": "./a", "size": 10}]),
+    "empty-segment": hostile([{"path": "a//b", "size": 10}]),
+    "trailing-slash": hostile([{"path": "a/", "size": 10}]),
+    "backslash": hostile([{"path": "a\\..\\b", "size": 10}]),
+    "nul": hostile([{"path": "a\x00b", "size": 10}]),
+    "drive": hostile([{"path": "C:/Windows/x", "size": 10}]),
+    "colon": hostile([{"path": "file:stream", "size": 10}]),
+    "reserved": hostile([{"path": "CON", "size": 10}]),
+    "reserved-ext": hostile([{"path": "dir/nul.json", "size": 10}]),
+    "reserved-com": hostile([{"path": "com1.txt", "size": 10}]),
+    "trailing-dot": hostile([{"path": "a.", "size": 10}]),
+    "trailing-space": hostile([{"path": "dir /a", "size": 10}]),
+    "case-collision": hostile([{"path": "Model.bin", "size": 5}, {"path": "model.BIN", "size": 5}]),
+    "file-as-dir": hostile([{"path": "a", "size": 5}, {"path": "a/b", "size": 5}]),
+    "dir-as-file": hostile([{"path": "a/b", "size": 5}, {"path": "A", "size": 5}]),
+    "metadata-dir": hostile([{"path": ".test-app/manifest.json", "size": 10}]),
+    "metadata-dir-case": hostile([{"path": ".TEST-APP/x", "size": 10}]),
+    "metadata-name": hostile([{"path": ".test-app", "size": 10}]),
+    "not-string": hostile([{"path": 7, "size": 10}]),
+    "empty-path": hostile([{"path": "", "size": 10}]),
+    "negative-size": hostile([{"path": "a", "size": -1}, {"path": "b", "size": 11}]),
+    "fractional-size": hostile([{"path": "a", "size": 10.0}]),
+    "bool-size": hostile([{"path": "a", "size": True}], total_size=1),
+    "sizes-dont-add-up": hostile([{"path": "a", "size": 9}]),
+    "too-many-chunks": hostile(chunks=[hashlib.sha256(GOOD_CHUNK).hexdigest()] * 2),
+    "too-few-chunks": hostile(chunks=[]),
+    "zero-chunk-size": hostile(chunk_size=0),
+    "uppercase-hash": hostile(chunks=[hashlib.sha256(GOOD_CHUNK).hexdigest().upper()]),
+    "path-as-hash": hostile(chunks=["../../../../etc/passwd"]),
+    "absurd-total": hostile(total_size=1 << 60),
+    "files-not-list": hostile(files={"a": 10}),
+    "file-not-object": hostile(files=["a"]),
+    "not-object": [1, 2, 3],
+    "missing-keys": {"files": []},
+}
+
+
+class TestHostileManifest:
+    @pytest.mark.parametrize("name", list(HOSTILE_MANIFESTS))
+    def test_rejected_before_anything_is_written(self, manager: xm.Manager, registry_dir: Path,
+                                                 server: RegistryServer, data_dir: Path, name: str) -> None:
+        write_manifest(registry_dir, "org", "evil", "v1", HOSTILE_MANIFESTS[name])
+        (registry_dir / "data" / hashlib.sha256(GOOD_CHUNK).hexdigest()).write_bytes(GOOD_CHUNK)
+        with pytest.raises(xm.RegistryError, match="invalid"):
+            manager.pull("org/evil v1")
+        assert server.chunk_requests() == 1  # the manifest, and not one chunk
+        assert not (data_dir / "org").exists() or os.listdir(data_dir / "org" / "evil") == []
+        assert not (data_dir / "registry.json").exists()
+        assert not (registry_dir.parent / "escape").exists()
+
+    def test_manifest_that_does_not_hash_to_its_name(self, manager: xm.Manager, registry_dir: Path,
+                                                     server: RegistryServer, model: dict[str, bytes]) -> None:
+        digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
+        server.always[f"data/{digest}"] = Fault(corrupt=True)
+        with pytest.raises(xm.HashMismatchError, match=f"manifest {digest}"):
+            manager.pull("org/tiny v1")
+
+    def test_valid_unusual_paths_are_accepted(self, manager: xm.Manager, registry_dir: Path) -> None:
+        files = {"deep/er/file name.bin": b"1", "unicodé/ß.txt": b"2", ".hidden": b"3", "a.b.c": b"4"}
+        publish.publish(str(registry_dir), "org", "odd", "v1", files)
+        assert tree(Path(manager.pull("org/odd v1").path)) | {".hidden": b"3"} == dict(sorted(files.items()))
+
+
+# --- Concurrency and interruption --------------------------------------------------------
+
+
+PULL_SCRIPT = """
+import sys, xprim_models as xm
+manager = xm.Manager(xm.Config("test-app", sys.argv[1], sys.argv[2]), retry_backoff=0.01)
+try:
+    manager.pull(sys.argv[3], concurrency=2)
+    print("installed")
+except xm.AlreadyInstalledError:
+    print("already")
+"""
+
+
+class TestConcurrency:
+    def test_threads_racing_on_one_model(self, manager: xm.Manager, model: dict[str, bytes],
+                                         server: RegistryServer, registry_dir: Path) -> None:
+        outcomes: list[str] = []
+        barrier = threading.Barrier(6)
+
+        def pull() -> None:
+            barrier.wait()
+            try:
+                manager.pull("org/tiny v1")
+                outcomes.append("installed")
+            except xm.AlreadyInstalledError:
+                outcomes.append("already")
+
+        threads = [threading.Thread(target=pull) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes) == ["already"] * 5 + ["installed"]
+        assert all(server.requests[path] == 1 for path in chunk_paths(registry_dir))
+
+    def test_threads_pulling_different_models_all_recorded(self, manager: xm.Manager, model: dict[str, bytes],
+                                                           registry_dir: Path) -> None:
+        for index in range(6):
+            publish.publish(str(registry_dir), "many", f"m{index}", "v1", {"f": blob(3000, str(index))},
+                            chunk_size=512)
+        threads = [threading.Thread(target=manager.pull, args=(f"many/m{index} v1",)) for index in range(6)]
+        threads.append(threading.Thread(target=manager.pull, args=("org/tiny v2",)))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(manager.list_installed()) == 7
+
+    def test_processes_racing_on_one_model(self, model: dict[str, bytes], server: RegistryServer,
+                                           registry_dir: Path, data_dir: Path) -> None:
+        command = [sys.executable, "-c", PULL_SCRIPT, server.url, str(data_dir), "org/tiny v1"]
+        processes = [subprocess.Popen(command, cwd=HERE, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+        outputs = sorted(process.communicate(timeout=30)[0].strip() for process in processes)
+        assert outputs == ["already", "already", "installed"]
+        assert all(server.requests[path] == 1 for path in chunk_paths(registry_dir))
+
+    def test_ctrl_c_stops_the_pull_and_keeps_verified_chunks(self, model: dict[str, bytes], server: RegistryServer,
+                                                             registry_dir: Path, data_dir: Path) -> None:
+        chunks = chunk_paths(registry_dir)
+        server.always[chunks[3]] = Fault(stall=True)
+        arrived = threading.Event()
+        original = server.handle
+
+        def handle(request: http.server.BaseHTTPRequestHandler) -> None:
+            if request.path.lstrip("/") == chunks[3]:
+                arrived.set()
+            original(request)
+
+        server.handle = handle  # type: ignore[method-assign]
+        script = PULL_SCRIPT.replace("concurrency=2", "concurrency=1")
+        process = subprocess.Popen([sys.executable, "-c", script, server.url, str(data_dir), "org/tiny v1"],
+                                   cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert arrived.wait(20)
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=5)
+        finally:
+            process.kill()
+        assert "KeyboardInterrupt" in stderr
+        assert sorted(os.listdir(data_dir / "cache" / "chunks")) == sorted(path[5:] for path in chunks[:3])
+        assert not (data_dir / "registry.json").exists()

@@ -1169,6 +1169,7 @@ class _PullJob:
         self.tasks_done = 0
         self.written = 0  # chunk positions the writer has consumed
         self.ready: dict[str, int] = {}  # digest -> open descriptor of the verified chunk
+        self.partials: set[str] = set()  # files workers are downloading into
         self.reported: dict[str, int] = {}
         self.chunks_completed = 0
         self.bytes_completed = 0
@@ -1251,6 +1252,10 @@ class _PullJob:
             return fd
         what = f"pull {self.ref}: chunk {position + 1}/{len(self.manifest.chunks)} ({digest[:12]})"
         partial = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
+        with self.condition:
+            if self.cancel.is_set():
+                raise _Cancelled()
+            self.partials.add(partial)
         try:
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_BINARY | _O_NOFOLLOW, 0o644)
         except OSError as exc:
@@ -1259,14 +1264,15 @@ class _PullJob:
             sink = _ChunkSink(fd, partial, lambda kept, _count: self._on_bytes(digest, kept))
             client = self.manager._client()
             for attempt in range(client.retries + 1):
+                if attempt:
+                    self.manager._logger.warning("%s: hash mismatch, downloading it again", what)
+                    sink.reset()
                 client.fetch(
                     f"data/{digest}", what, sink, size=size, exact=True,
                     cancel=self.cancel, on_network_bytes=self._on_network,
                 )
                 if sink.hasher.hexdigest() == digest:
                     break
-                self.manager._logger.warning("%s: hash mismatch, downloading it again", what)
-                sink.reset()
             else:
                 raise HashMismatchError(
                     f"{what}: hash mismatch after {client.retries + 1} downloads "
@@ -1287,6 +1293,9 @@ class _PullJob:
             if isinstance(exc, OSError):
                 raise _storage_error("store", path, exc) from exc
             raise
+        finally:
+            with self.condition:
+                self.partials.discard(partial)
 
     def _open_cached(self, path: str, size: int, digest: str, buffer: bytearray) -> int:
         try:
@@ -1372,6 +1381,9 @@ class _PullJob:
                 for fd in self.ready.values():
                     os.close(fd)
                 self.ready.clear()
+                # A worker stuck in a stalled read may never get to clean up.
+                for partial in self.partials:
+                    _remove_file(partial)
         self.current_file = manifest.files[-1].path if manifest.files else ""
         self._emit_now()
 

@@ -262,6 +262,10 @@ def write_manifest(registry_dir: Path, group: str, model: str, version: str, man
     return digest
 
 
+def data_dir_of(manager: xm.Manager) -> Path:
+    return Path(manager.data_dir)
+
+
 def tree(root: Path) -> dict[str, bytes]:
     """Every file below root (hidden metadata excluded), by relative path."""
     return {
@@ -488,6 +492,31 @@ class TestRegistry:
     def test_no_registry_configured(self, tmp_path: Path) -> None:
         with pytest.raises(xm.RegistryError, match="no registry URL"):
             xm.Manager(xm.Config("t", "", tmp_path)).list_remote()
+
+    def test_malformed_url(self, tmp_path: Path) -> None:
+        with pytest.raises(xm.RegistryError, match="invalid registry URL"):
+            xm.Manager(xm.Config("t", "http://[::1/x", tmp_path)).list_remote()
+
+    def test_truncated_document_is_retried(self, manager: xm.Manager, server: RegistryServer,
+                                           model: dict[str, bytes]) -> None:
+        server.fail("models.json", Fault(cut_after=20))
+        assert len(manager.list_remote()) == 3
+        assert server.requests["models.json"] == 2
+
+    def test_hostile_retry_after_header(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+                                        model: dict[str, bytes]) -> None:
+        server.fail("models.json", Fault(status=503, headers={"Retry-After": "\u00b2"}))
+        assert len(make_manager().list_remote()) == 3
+
+    def test_long_alias_chain(self, manager: xm.Manager, registry_dir: Path, model: dict[str, bytes]) -> None:
+        index = json.loads((registry_dir / "models.json").read_text())
+        versions = index["org"]["tiny"]
+        versions["a0"] = {"alias": "v2"}
+        for number in range(1, 400):
+            versions[f"a{number}"] = {"alias": f"a{number - 1}"}
+        (registry_dir / "models.json").write_text(json.dumps(index))
+        assert {item.alias_of for item in manager.list_remote_versions("org", "tiny") if item.ref.version[0] == "a"} \
+            == {"v2"}
 
     def test_unsupported_scheme(self, tmp_path: Path) -> None:
         with pytest.raises(xm.RegistryError, match="unsupported scheme"):
@@ -795,6 +824,50 @@ class TestProgress:
         assert os.listdir(data_dir / "org" / "tiny") == []
         assert manager.pull("org/tiny v1").ref.version == "v1"  # nothing is left locked
 
+    @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+    def test_callback_exception_while_extracting_leaks_no_descriptor(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path
+    ) -> None:
+        def progress(event: xm.PullProgress) -> None:
+            if event.phase == "extracting":
+                raise KeyError("stop")
+
+        manager.list_remote()  # the opener is built before counting
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with pytest.raises(KeyError):
+                manager.pull("org/tiny v1", progress=progress)
+        assert len(os.listdir("/proc/self/fd")) <= before
+        assert os.listdir(data_dir / "org" / "tiny") == []
+
+    @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+    def test_open_descriptors_stay_bounded_when_chunks_repeat(self, manager: xm.Manager, registry_dir: Path,
+                                                              server: RegistryServer) -> None:
+        same = blob(300 * 16, "repeat")
+        publish.publish(str(registry_dir), "org", "echo", "v1", {"a": same, "b": same}, chunk_size=16)
+        most = 0
+
+        def progress(event: xm.PullProgress) -> None:
+            nonlocal most
+            most = max(most, len(os.listdir("/proc/self/fd")))
+
+        manager.list_remote()
+        before = len(os.listdir("/proc/self/fd"))
+        installed = manager.pull("org/echo v1", concurrency=2, progress=progress)
+        assert tree(Path(installed.path)) == {"a": same, "b": same}
+        assert most - before <= 2 * (2 * 2 + 2) + 8  # about two windows, not 300 chunks
+        assert server.chunk_requests() == 1 + 300  # the manifest, and each chunk once
+
+    def test_callback_exception_aborts_cleanly_and_unlocks(self, manager: xm.Manager, model: dict[str, bytes],
+                                                          data_dir: Path) -> None:
+        def progress(event: xm.PullProgress) -> None:
+            raise RuntimeError("stop")
+
+        with pytest.raises(RuntimeError):
+            manager.pull("org/tiny v1", progress=progress)
+        assert manager.list_installed() == []
+        assert manager.pull("org/tiny v1").ref.version == "v1"  # nothing is left locked
+
 
 # --- Storage -----------------------------------------------------------------------
 
@@ -839,7 +912,9 @@ class TestStorage:
         assert time.strptime(entry["installed_at"], "%Y-%m-%dT%H:%M:%SZ")
 
     @pytest.mark.parametrize("content", ["{broken", "[]", '{"g": {"m": {"v": 3}}}',
-                                         '{"g": {"m": {"v": {"manifest_hash": "x"}}}}'])
+                                         '{"g": {"m": {"v": {"manifest_hash": "x"}}}}',
+                                         '{"g": {"m": {"v": {"manifest_hash": "%s", "total_size": 1e999, '
+                                         '"file_count": 1, "installed_at": "2024-01-01T00:00:00Z"}}}}' % ("0" * 64)])
     def test_corrupt_registry_json_is_storage_error(self, manager: xm.Manager, data_dir: Path,
                                                     content: str) -> None:
         data_dir.mkdir()
@@ -868,6 +943,55 @@ class TestStorage:
             manager.pull("org/tiny v1", force=True)
         assert tree(data_dir / "org" / "tiny" / "v1") == before
         assert [item.ref.version for item in manager.list_installed()] == ["v1"]
+
+    def test_versions_differing_only_in_case_cannot_share_a_directory(
+        self, manager: xm.Manager, registry_dir: Path
+    ) -> None:
+        publish.publish(str(registry_dir), "org", "m", "q4", {"f": b"lower"})
+        publish.publish(str(registry_dir), "org", "m", "Q4", {"f": b"upper"})
+        manager.pull("org/m q4")
+        with pytest.raises(xm.InvalidRefError, match="letter case"):
+            manager.pull("org/m Q4")
+        assert (data_dir_of(manager) / "org" / "m" / "q4" / "f").read_bytes() == b"lower"
+
+    @pytest.mark.parametrize("crash_in", ["pull", "remove"])
+    def test_crash_before_registry_commit_keeps_the_committed_copy(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, data_dir: Path,
+        server: RegistryServer, crash_in: str
+    ) -> None:
+        manager.pull("org/tiny v1")
+        publish.publish(str(registry_dir), "org", "tiny", "v1", {"model.safetensors": b"new bytes"})
+        action = 'manager.pull("org/tiny v1", force=True)' if crash_in == "pull" else 'manager.remove("org/tiny v1")'
+        script = (
+            "import os, sys, xprim_models as xm\n"
+            "xm.Manager._write_registry = lambda self, doc: os._exit(9)\n"
+            "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
+            f"{action}\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
+        assert result.returncode == 9
+        publish.publish(str(registry_dir), "org", "tiny", "v1", MODEL_FILES, chunk_size=1024,
+                        metadata={"framework": "onnx"})
+        with pytest.raises(xm.AlreadyInstalledError):
+            manager.pull("org/tiny v1")  # recovers first, then finds the committed copy
+        assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
+        assert manager.files("org/tiny v1")[0].path == "model.safetensors"
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def test_crash_after_remove_commit_leaves_it_removed(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, server: RegistryServer
+    ) -> None:
+        manager.pull("org/tiny v1")
+        script = (
+            "import os, sys, xprim_models as xm\n"
+            "xm.Manager._discard = lambda self, path: os._exit(9)\n"
+            "xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).remove('org/tiny v1')\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
+        assert result.returncode == 9
+        assert manager.list_installed() == []
+        manager.pull("org/tiny v1")
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
 
     def test_leftover_staging_is_cleaned(self, manager: xm.Manager, model: dict[str, bytes],
                                          data_dir: Path) -> None:
@@ -936,6 +1060,7 @@ HOSTILE_MANIFESTS = {
     "absurd-total": hostile(total_size=1 << 60),
     "files-not-list": hostile(files={"a": 10}),
     "file-not-object": hostile(files=["a"]),
+    "lone-surrogate": hostile([{"path": "\ud800.bin", "size": 10}]),
     "not-object": [1, 2, 3],
     "missing-keys": {"files": []},
 }

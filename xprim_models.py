@@ -55,11 +55,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import argparse
     import logging
+    from collections.abc import Mapping, Sequence
     from contextlib import AbstractContextManager
 
 __version__ = "0.1.0"
@@ -95,6 +96,8 @@ __all__ = [
 # from exhausting memory or disk. Every number a reader may wonder about is here.
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
+_DIGITS_RE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts '²'
+
 # Group, model and version names become directory names on every platform.
 _NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,126}[A-Za-z0-9_+-])?")
 _WINDOWS_RESERVED = frozenset(
@@ -229,7 +232,7 @@ class Config:
 
     app_name: str
     registry_url: str = ""
-    data_dir: Union[str, "os.PathLike[str]", None] = None
+    data_dir: str | os.PathLike[str] | None = None
 
 
 def _check_name(kind: str, name: str, text: str) -> None:
@@ -238,7 +241,7 @@ def _check_name(kind: str, name: str, text: str) -> None:
             f"invalid model reference {text!r}: {kind} {name!r} must be 1-128 letters, digits, "
             "'.', '_', '+' or '-', starting with a letter or digit"
         )
-    if name.split(".")[0].upper() in _WINDOWS_RESERVED:
+    if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
         raise InvalidRefError(f"invalid model reference {text!r}: {kind} {name!r} is a reserved name")
 
 
@@ -407,6 +410,10 @@ def _path_problem(path: Any, metadata_dir: str) -> str:
         return "is not a non-empty string"
     if len(path) > _MAX_PATH_LENGTH:
         return f"is longer than {_MAX_PATH_LENGTH} characters"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (it contains a lone surrogate)"
     if path.startswith("/"):
         return "is absolute"
     bad = _FORBIDDEN_PATH_CHARS.search(path)
@@ -417,8 +424,8 @@ def _path_problem(path: Any, metadata_dir: str) -> str:
         return f"is inside the reserved directory {metadata_dir}/"
     for segment in segments:
         if segment in ("", ".", ".."):
-            return f"has an empty, '.' or '..' segment"
-        if len(segment.encode("utf-8", "surrogatepass")) > _MAX_SEGMENT_LENGTH:
+            return "has an empty, '.' or '..' segment"
+        if len(segment.encode("utf-8")) > _MAX_SEGMENT_LENGTH:
             return f"has a segment longer than {_MAX_SEGMENT_LENGTH} bytes"
         if segment[-1] in ". ":
             return f"has a segment ending in a dot or space ({segment!r})"
@@ -471,7 +478,7 @@ def _lock_file(fd: int) -> bool:
         import msvcrt
 
         try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]
         except OSError:
             return False
         return True
@@ -491,7 +498,7 @@ def _unlock_file(fd: int) -> None:
         import msvcrt
 
         os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined,unused-ignore]
     else:
         import fcntl
 
@@ -700,7 +707,8 @@ def _parse_manifest(digest: str, raw: bytes, metadata_dir: str) -> _Manifest:
     doc = _parse_json(raw, what, RegistryError)
     if not isinstance(doc, dict):
         raise fail("it is not a JSON object")
-    total, chunk_size = doc.get("total_size"), doc.get("chunk_size")
+    total: Any = doc.get("total_size")
+    chunk_size: Any = doc.get("chunk_size")
     chunks, files = doc.get("chunks"), doc.get("files")
     if not _is_size(total, _MAX_TOTAL_SIZE):
         raise fail(f"total_size {total!r} is not an integer from 0 to {_MAX_TOTAL_SIZE}")
@@ -723,7 +731,8 @@ def _parse_manifest(digest: str, raw: bytes, metadata_dir: str) -> _Manifest:
     for entry in files:
         if not isinstance(entry, dict):
             raise fail(f"file entry {entry!r} is not an object")
-        path, size = entry.get("path"), entry.get("size")
+        path: Any = entry.get("path")
+        size: Any = entry.get("size")
         if not _is_size(size, _MAX_TOTAL_SIZE):
             raise fail(f"file {path!r} has size {size!r}, not a non-negative integer")
         infos.append(FileInfo(path, size))
@@ -774,22 +783,31 @@ def _parse_index(doc: Any) -> dict[tuple[str, str, str], RemoteModel]:
                 if not isinstance(entry.get("metadata", {}), dict):
                     raise fail(f"{label} has metadata that is not an object")
                 entries[(group, model, version)] = entry
+    # Each alias chain is walked once: every key on it learns its final version.
+    final: dict[tuple[str, str, str], str] = {}
+    for key in entries:
+        chain: list[str] = []
+        on_chain: set[str] = set()
+        current = key
+        while current not in final and "alias" in entries[current]:
+            chain.append(current[2])
+            on_chain.add(current[2])
+            following = (key[0], key[1], entries[current]["alias"])
+            if following not in entries:
+                raise fail(f"{key[0]}/{key[1]} {current[2]} is an alias of missing version {following[2]!r}")
+            if following[2] in on_chain:
+                raise fail(f"aliases of {key[0]}/{key[1]} form a cycle: {' -> '.join([*chain, following[2]])}")
+            current = following
+        resolved = final.get(current, current[2])
+        for version in chain:
+            final[(key[0], key[1], version)] = resolved
+        final.setdefault(current, resolved)
     result = {}
     for key, entry in entries.items():
-        seen = [key[2]]
-        target = entry
-        while "alias" in target:
-            following = (key[0], key[1], target["alias"])
-            if following not in entries:
-                raise fail(f"{key[0]}/{key[1]} {seen[-1]} is an alias of missing version {following[2]!r}")
-            if following[2] in seen:
-                raise fail(f"aliases of {key[0]}/{key[1]} form a cycle: {' -> '.join(seen + [following[2]])}")
-            seen.append(following[2])
-            target = entries[following]
+        target = entries[(key[0], key[1], final[key])]
         metadata = entry["metadata"] if "metadata" in entry else target.get("metadata", {})
-        result[key] = RemoteModel(
-            ModelRef(*key), target["hash"], seen[-1] if len(seen) > 1 else "", dict(metadata)
-        )
+        alias_of = final[key] if final[key] != key[2] else ""
+        result[key] = RemoteModel(ModelRef(*key), target["hash"], alias_of, dict(metadata))
     return result
 
 
@@ -834,9 +852,11 @@ class _MemorySink(_Sink):
 
     def reset(self) -> None:
         self.data.clear()
+        self.kept = 0
 
     def write(self, data: memoryview) -> None:
         self.data += data
+        self.kept += len(data)
 
 
 class _ChunkSink(_Sink):
@@ -871,7 +891,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DIGITS_RE.fullmatch(value):
         return float(value)
     from email.utils import parsedate_to_datetime
 
@@ -900,7 +920,7 @@ class _Response:
     def close(self) -> None:
         try:
             self.body.close()
-        except Exception:  # closing a broken connection may fail; nothing to do
+        except Exception:  # noqa: S110 - closing a broken connection may fail; nothing to do
             pass
 
 
@@ -967,6 +987,8 @@ class _RegistryClient:
             headers["Range"] = f"bytes={start}-"
         try:
             response = self._opener.open(urllib.request.Request(url, headers=headers), timeout=self.timeout)
+        except ValueError as exc:  # includes UnicodeEncodeError; HTTPError is not one
+            raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
         except urllib.error.HTTPError as exc:
             retry_after = _retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None)
             exc.close()
@@ -987,8 +1009,8 @@ class _RegistryClient:
             raise _Transient(str(reason)) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise _Transient(str(exc) or type(exc).__name__) from exc
-        length_header = response.headers.get("Content-Length")
-        length = int(length_header) if length_header and length_header.strip().isdigit() else None
+        length_header = (response.headers.get("Content-Length") or "").strip()
+        length = int(length_header) if _DIGITS_RE.fullmatch(length_header) else None
         status = getattr(response, "status", None) or response.getcode() or 200
         return _Response(status, length, response, response.headers.get("Content-Range") or "")
 
@@ -1069,10 +1091,8 @@ class _RegistryClient:
         if not start and sink.kept:
             sink.reset()
         self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "")
-        if self.local_root is not None:
-            response = self._open_local(location, start)
-        else:
-            response = self._open_url(location, start)
+        local = self.local_root is not None
+        response = self._open_local(location, start) if local else self._open_url(location, start)
         try:
             if start and response.status != 206:
                 sink.reset()  # the server ignored Range: take the whole body again
@@ -1083,8 +1103,9 @@ class _RegistryClient:
             if response.length is not None and response.length > remaining:
                 raise self._too_long(what, location, size, start + response.length, exact)
             self._stream(response, sink, remaining, cancel, on_network_bytes)
-            if sink.kept < size and exact:
-                raise _Transient(f"connection closed after {sink.kept} of {size} bytes")
+            expected = size if exact else start + (response.length if response.length is not None else 0)
+            if sink.kept < expected:
+                raise _Transient(f"connection closed after {sink.kept} of {expected} bytes")
             if response.length is None and self._has_more(response):
                 raise self._too_long(what, location, size, None, exact)
         finally:
@@ -1141,6 +1162,17 @@ class _RegistryClient:
 # order, a bounded window behind them. Progress callbacks run in the caller.
 
 
+@dataclass
+class _Task:
+    """One chunk to verify or download, serving a run of manifest positions."""
+
+    digest: str
+    size: int
+    first: int  # the first position it serves
+    last: int  # the last position it serves; its descriptor closes after that
+    positions: int = 0
+
+
 class _PullJob:
     def __init__(
         self,
@@ -1152,31 +1184,37 @@ class _PullJob:
     ) -> None:
         self.manager, self.ref, self.manifest, self.emit = manager, ref, manifest, emit
         self.concurrency = concurrency
-        self.window = 2 * concurrency + 2  # chunks ready ahead of the writer
+        self.window = 2 * concurrency + 2  # chunk positions ready ahead of the writer
         self.condition = threading.Condition()
         self.cancel = threading.Event()
         self.error: BaseException | None = None
-        # One task per distinct chunk, in the order the writer needs them.
-        self.first_position: dict[str, int] = {}
-        self.last_position: dict[str, int] = {}
-        self.count: dict[str, int] = {}
+        # A chunk listed again within the window reuses its open descriptor;
+        # listed again later, it is a new task served from the cache. Either
+        # way it is downloaded once, and open descriptors stay within the window.
+        self.tasks: list[_Task] = []
+        self.task_of: list[int] = []
+        latest: dict[str, int] = {}
         for position, digest in enumerate(manifest.chunks):
-            self.first_position.setdefault(digest, position)
-            self.last_position[digest] = position
-            self.count[digest] = self.count.get(digest, 0) + 1
-        self.tasks = list(self.first_position)
+            index = latest.get(digest)
+            if index is None or position - self.tasks[index].last > self.window:
+                index = latest[digest] = len(self.tasks)
+                self.tasks.append(_Task(digest, manifest.chunk_length(position), position, position))
+            self.tasks[index].last = position
+            self.tasks[index].positions += 1
+            self.task_of.append(index)
         self.next_task = 0
         self.tasks_done = 0
         self.written = 0  # chunk positions the writer has consumed
-        self.ready: dict[str, int] = {}  # digest -> open descriptor of the verified chunk
+        self.ready: dict[int, int] = {}  # task -> open descriptor of its verified chunk
         self.partials: set[str] = set()  # files workers are downloading into
-        self.reported: dict[str, int] = {}
+        self.reported: dict[int, int] = {}  # task -> bytes already counted as completed
         self.chunks_completed = 0
         self.bytes_completed = 0
         self.bytes_downloaded = 0
         self.current_file = ""
         self.dirty = True
         self.last_emit = 0.0
+        self.directories: set[str] = set()  # created under staging, to fsync
 
     # Progress ----------------------------------------------------------------
 
@@ -1192,11 +1230,11 @@ class _PullJob:
             self.current_file,
         )
 
-    def _on_bytes(self, digest: str, kept: int) -> None:
+    def _on_bytes(self, index: int, kept: int) -> None:
         with self.condition:
-            grown = kept - self.reported.get(digest, 0)
+            grown = kept - self.reported.get(index, 0)
             if grown > 0:  # a restarted transfer does not move progress back
-                self.reported[digest] = kept
+                self.reported[index] = kept
                 self.bytes_completed += grown
                 self.dirty = True
 
@@ -1213,15 +1251,16 @@ class _PullJob:
                 while (
                     not self.cancel.is_set()
                     and self.next_task < len(self.tasks)
-                    and self.first_position[self.tasks[self.next_task]] >= self.written + self.window
+                    and self.tasks[self.next_task].first >= self.written + self.window
                 ):
                     self.condition.wait()
                 if self.cancel.is_set() or self.next_task >= len(self.tasks):
                     return
-                digest = self.tasks[self.next_task]
+                index = self.next_task
                 self.next_task += 1
+            task = self.tasks[index]
             try:
-                fd = self._obtain(digest, buffer)
+                fd = self._obtain(index, task, buffer)
             except BaseException as exc:  # handed to the calling thread, which re-raises it
                 with self.condition:
                     if self.error is None and not isinstance(exc, _Cancelled):
@@ -1233,24 +1272,22 @@ class _PullJob:
                 if self.cancel.is_set():
                     os.close(fd)
                     return
-                size = self.manifest.chunk_length(self.first_position[digest])
-                self.ready[digest] = fd
+                self.ready[index] = fd
                 self.tasks_done += 1
-                self.chunks_completed += self.count[digest]
-                self.bytes_completed += size * self.count[digest] - self.reported.get(digest, 0)
-                self.reported[digest] = size * self.count[digest]
+                self.chunks_completed += task.positions
+                self.bytes_completed += task.size * task.positions - self.reported.get(index, 0)
+                self.reported[index] = task.size * task.positions
                 self.dirty = True
                 self.condition.notify_all()
 
-    def _obtain(self, digest: str, buffer: bytearray) -> int:
+    def _obtain(self, index: int, task: _Task, buffer: bytearray) -> int:
         """An open descriptor of the verified chunk, from the cache or the network."""
-        position = self.first_position[digest]
-        size = self.manifest.chunk_length(position)
+        digest, size = task.digest, task.size
         path = os.path.join(self.manager._chunks_dir, digest)
         fd = self._open_cached(path, size, digest, buffer)
         if fd >= 0:
             return fd
-        what = f"pull {self.ref}: chunk {position + 1}/{len(self.manifest.chunks)} ({digest[:12]})"
+        what = f"pull {self.ref}: chunk {task.first + 1}/{len(self.manifest.chunks)} ({digest[:12]})"
         partial = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
         with self.condition:
             if self.cancel.is_set():
@@ -1259,9 +1296,11 @@ class _PullJob:
         try:
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_BINARY | _O_NOFOLLOW, 0o644)
         except OSError as exc:
+            with self.condition:
+                self.partials.discard(partial)
             raise _storage_error("create", partial, exc) from exc
         try:
-            sink = _ChunkSink(fd, partial, lambda kept, _count: self._on_bytes(digest, kept))
+            sink = _ChunkSink(fd, partial, lambda kept, _count: self._on_bytes(index, kept))
             client = self.manager._client()
             for attempt in range(client.retries + 1):
                 if attempt:
@@ -1314,16 +1353,20 @@ class _PullJob:
                     break
                 hasher.update(view[:count])
                 total += count
-            if total == size and hasher.hexdigest() == digest:
-                os.utime(path)  # fresh again: age-based cleanup must leave it alone
-                self.manager._logger.debug("chunk %s: verified from the cache", digest[:12])
-                return fd
-            self.manager._logger.warning("cached chunk %s is damaged; downloading it again", path)
+            valid = total == size and hasher.hexdigest() == digest
         except OSError:
-            pass
+            valid = False
         except BaseException:
             os.close(fd)
             raise
+        if valid:
+            try:
+                os.utime(path)  # fresh again: age-based cleanup must leave it alone
+            except OSError:
+                pass  # a read-only cache still serves this pull
+            self.manager._logger.debug("chunk %s: verified from the cache", digest[:12])
+            return fd
+        self.manager._logger.warning("cached chunk %s is damaged; downloading it again", path)
         os.close(fd)
         _remove_file(path)
         return -1
@@ -1336,13 +1379,13 @@ class _PullJob:
 
     # The writer --------------------------------------------------------------
 
-    def _wait_for(self, digest: str) -> int:
-        """The descriptor of ``digest`` once a worker has it; emits progress meanwhile."""
+    def _wait_for(self, index: int) -> int:
+        """The descriptor of task ``index`` once a worker has it; emits progress meanwhile."""
         while True:
             with self.condition:
                 if self.error is not None:
                     raise self.error
-                fd = self.ready.get(digest)
+                fd = self.ready.get(index)
                 # Emit on change, and at least once a second so speeds and ETAs stay live.
                 due = self.dirty or time.monotonic() - self.last_emit >= 1.0
                 snapshot = self.snapshot() if due else None
@@ -1384,8 +1427,24 @@ class _PullJob:
                 # A worker stuck in a stalled read may never get to clean up.
                 for partial in self.partials:
                     _remove_file(partial)
+        for directory in sorted(self.directories, key=len, reverse=True):
+            _fsync_directory(directory)
         self.current_file = manifest.files[-1].path if manifest.files else ""
         self._emit_now()
+
+    def _create(self, staging: str, relative: str) -> tuple[int, str]:
+        parts = relative.split("/")
+        path = os.path.join(staging, *parts)
+        try:
+            for depth in range(1, len(parts)):
+                directory = os.path.join(staging, *parts[:depth])
+                if directory not in self.directories:
+                    os.makedirs(directory, exist_ok=True)
+                    self.directories.add(directory)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW
+            return os.open(path, flags, 0o644), path
+        except OSError as exc:
+            raise _storage_error("create", path, exc) from exc
 
     def _write_files(self, staging: str) -> None:
         manifest = self.manifest
@@ -1398,26 +1457,22 @@ class _PullJob:
         def next_file() -> tuple[int, str, int]:
             """Open the next file with content, creating empty files on the way."""
             for info in files:
-                path = os.path.join(staging, *info.path.split("/"))
-                try:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW, 0o644)
-                except OSError as exc:
-                    raise _storage_error("create", path, exc) from exc
                 with self.condition:
                     self.current_file = info.path
                     self.dirty = True
                     extracting = self.tasks_done == len(self.tasks)
                 if extracting:
                     self._emit_now()
+                fd, path = self._create(staging, info.path)
                 if info.size:
                     return fd, path, info.size
                 _close_file(fd, path)
             return -1, "", 0
 
         try:
-            for position, digest in enumerate(manifest.chunks):
-                source = self._wait_for(digest)
+            for position in range(len(manifest.chunks)):
+                index = self.task_of[position]
+                source = self._wait_for(index)
                 offset, length = 0, manifest.chunk_length(position)
                 while length:
                     if not left:
@@ -1429,11 +1484,11 @@ class _PullJob:
                         raise _storage_error("write", target_path, exc) from exc
                     offset, length, left = offset + step, length - step, left - step
                     if not left:
-                        _close_file(target, target_path)
-                        target = -1
+                        fd, target = target, -1
+                        _close_file(fd, target_path)
                 with self.condition:
-                    if self.last_position[digest] == position:
-                        os.close(self.ready.pop(digest))
+                    if self.tasks[index].last == position:
+                        os.close(self.ready.pop(index))
                     self.written = position + 1
                     self.condition.notify_all()
             if left or target >= 0:
@@ -1601,16 +1656,21 @@ class Manager:
     def _installed(self, ref: ModelRef, entry: Any) -> InstalledModel:
         path = os.path.join(self._data_dir, _REGISTRY_FILE)
         try:
+            digest, total, count = entry["manifest_hash"], entry["total_size"], entry["file_count"]
+            if not (isinstance(digest, str) and _HASH_RE.fullmatch(digest)):
+                raise ValueError(f"manifest_hash {digest!r}")
+            if not (_is_size(total, _MAX_TOTAL_SIZE) and _is_size(count, _MAX_FILES)):
+                raise ValueError(f"total_size {total!r} or file_count {count!r}")
             return InstalledModel(
                 ref=ref,
-                manifest_hash=str(entry["manifest_hash"]),
-                total_size=int(entry["total_size"]),
-                file_count=int(entry["file_count"]),
+                manifest_hash=digest,
+                total_size=total,
+                file_count=count,
                 installed_at=_parse_time(str(entry["installed_at"])),
                 path=self._version_dir(ref),
                 alias_of=str(entry.get("alias_of", "")),
             )
-        except (KeyError, TypeError, ValueError, InvalidRefError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
             raise StorageError(
                 f"{path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
                 f"fix or delete {path} (model files are not affected)"
@@ -1662,18 +1722,36 @@ class Manager:
             chunk_count=len(manifest.chunks), files=manifest.files,
         )
 
+    def _stored_manifest_hash(self, directory: str) -> str:
+        try:
+            with open(os.path.join(directory, self._metadata_dir, "manifest.json"), "rb") as handle:
+                return hashlib.sha256(handle.read(_MAX_MANIFEST_BYTES + 1)).hexdigest()
+        except OSError:
+            return ""
+
     def _recover(self, ref: ModelRef) -> None:
-        """Undo what a crashed pull or remove of ``ref`` left (model lock held)."""
+        """Finish or undo what a crashed pull or remove of ``ref`` left (model lock held).
+
+        A swap renames the installed copy to ``.<version>.old``, the staging
+        directory into place, then commits registry.json. Whichever copy
+        registry.json names is the one that stays.
+        """
         final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
         _remove_tree(staging)
-        if os.path.lexists(old):
-            if os.path.lexists(final):
-                _remove_tree(old)
-            else:  # the crash came between the two renames of a swap: put it back
-                try:
-                    os.rename(old, final)
-                except OSError as exc:
-                    raise _storage_error("restore", final, exc) from exc
+        if not os.path.lexists(old):
+            return
+        entry = self._entry(self._read_registry(), ref)
+        committed = entry.get("manifest_hash") if isinstance(entry, dict) else None
+        if committed and os.path.lexists(final) and self._stored_manifest_hash(final) == committed:
+            _remove_tree(old)  # the swap was committed; only the old copy was left
+        elif committed and self._stored_manifest_hash(old) == committed:
+            _remove_tree(final)  # the swap was not committed: put the old copy back
+            try:
+                os.rename(old, final)
+            except OSError as exc:
+                raise _storage_error("restore", final, exc) from exc
+        else:
+            _remove_tree(old)  # nothing names it: a committed remove, or a stray copy
 
     def _clean_cache(self, keep: set[str]) -> None:
         """Remove cached chunks and partial files older than a day that this pull does not need."""
@@ -1825,12 +1903,18 @@ class Manager:
         concurrency = min(concurrency, _MAX_CONCURRENCY)
         emit = progress if progress is not None else (lambda snapshot: None)
         remote = self._lookup(self._index(), ref)
-        if not force:
+        if not force and not os.path.lexists(self._sibling(ref, "old")):  # else recover first, under the lock
             self._raise_if_installed(ref, remote.manifest_hash)
         with self._model_lock(ref):
             self._recover(ref)
             if not force:  # another thread or process may have installed it meanwhile
                 self._raise_if_installed(ref, remote.manifest_hash)
+            for item in self.list_installed():
+                if str(item.ref).casefold() == str(ref).casefold() and item.ref != ref:
+                    raise InvalidRefError(
+                        f"pull {ref}: differs only in letter case from the installed {item.ref}, and "
+                        f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
+                    )
             emit(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)
             self._clean_cache(set(manifest.chunks))
@@ -1874,7 +1958,7 @@ class Manager:
         }
         if installed.alias_of:
             record["alias_of"] = installed.alias_of
-        swapped = False
+        swapped = committed = False
         try:
             _PullJob(self, ref, manifest, concurrency, emit).run(staging)
             _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
@@ -1892,18 +1976,29 @@ class Manager:
                 doc = self._read_registry()
                 doc.setdefault(ref.group, {}).setdefault(ref.model, {})[ref.version] = record
                 self._write_registry(doc)
+                committed = True
         except BaseException:
-            try:
-                if swapped:  # registry.json still names the old version: put it back
-                    _remove_tree(final)
-                self._recover(ref)
-            except StorageError as exc:
-                self._logger.warning("could not clean up after a failed pull: %s", exc)
+            if not committed:
+                try:
+                    self._recover(ref)  # registry.json still names the old copy, or none
+                    if swapped and not os.path.lexists(old):
+                        entry = self._entry(self._read_registry(), ref) or {}
+                        if entry.get("manifest_hash") != manifest.digest:
+                            _remove_tree(final)  # installed in place of nothing, never committed
+                except StorageError as exc:
+                    self._logger.warning("could not clean up after a failed pull: %s", exc)
             raise
-        _remove_tree(old)
+        self._discard(old)
         for digest in set(manifest.chunks):
             _remove_file(os.path.join(self._chunks_dir, digest))
         return installed
+
+    def _discard(self, path: str) -> None:
+        """Delete a directory that is no longer installed; a failure only costs disk space."""
+        try:
+            _remove_tree(path)
+        except StorageError as exc:
+            self._logger.warning("%s; the next pull or prune removes it", exc)
 
     def remove(self, ref: RefLike) -> None:
         """Delete the installed version ``ref``.
@@ -1932,7 +2027,7 @@ class Manager:
                 if not doc[ref.group]:
                     del doc[ref.group]
                 self._write_registry(doc)
-            _remove_tree(old)
+            self._discard(old)
             for parent in (os.path.dirname(final), os.path.dirname(os.path.dirname(final))):
                 try:
                     os.rmdir(parent)
@@ -2008,7 +2103,7 @@ class _Console:
     def _write(stream: Any, text: str) -> None:
         try:
             stream.write(text)
-        except UnicodeEncodeError:  # a terminal that cannot show arrows or ×
+        except UnicodeEncodeError:  # a terminal that cannot show the arrow or multiplication sign
             encoding = getattr(stream, "encoding", None) or "ascii"
             stream.write(text.encode(encoding, "replace").decode(encoding))
         stream.flush()

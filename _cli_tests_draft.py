@@ -1,5 +1,3 @@
-from test_xprim_models import *  # noqa: F403
-
 import errno
 import hashlib
 import json
@@ -23,6 +21,7 @@ import pytest
 
 import test_xprim_models as _base
 import xprim_models as xm
+from test_xprim_models import *  # noqa: F403
 from test_xprim_models import HERE, MODEL_FILES, Fault, RegistryServer, manifest_of, publish, run_cli, tree
 
 # Draft only (not to be appended): the star import would make pytest run the

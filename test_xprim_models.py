@@ -19,8 +19,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -309,7 +310,9 @@ class TestApi:
         ],
         ids=lambda value: getattr(value, "__name__", str(value)),
     )
-    def test_error_classes_and_exit_codes(self, error: type[xm.ModelsError], code: int, bases: tuple[type, ...]) -> None:
+    def test_error_classes_and_exit_codes(
+        self, error: type[xm.ModelsError], code: int, bases: tuple[type, ...]
+    ) -> None:
         assert error.exit_code == code
         assert issubclass(error, bases)
 
@@ -474,7 +477,7 @@ class TestRegistry:
     @pytest.mark.parametrize("doc", ["[]", "null", '{"g": []}', '{"g": {"m": null}}', "{not json", '{"a": NaN}'])
     def test_index_of_wrong_shape(self, manager: xm.Manager, registry_dir: Path, doc: str) -> None:
         (registry_dir / "models.json").write_text(doc)
-        with pytest.raises(xm.RegistryError, match="models.json"):
+        with pytest.raises(xm.RegistryError, match=r"models\.json"):
             manager.list_remote()
 
     def test_missing_index_names_the_url(self, manager: xm.Manager, server: RegistryServer) -> None:
@@ -660,7 +663,8 @@ class TestPull:
         record = (data_dir / "registry.json").read_bytes()
         bad = chunk_paths(registry_dir)[2]
         server.always[bad] = Fault(corrupt=True)
-        with pytest.raises(xm.HashMismatchError, match=r"pull org/tiny v1: chunk 3/7 \([0-9a-f]{12}\): hash mismatch after 4 downloads \(got (?!e3b0)"):
+        expected = r"pull org/tiny v1: chunk 3/7 \([0-9a-f]{12}\): hash mismatch after 4 downloads \(got (?!e3b0)"
+        with pytest.raises(xm.HashMismatchError, match=expected):
             manager.pull("org/tiny v1", force=True)
         assert server.requests[bad] == 1 + 4  # the first pull, then the first attempt and 3 retries
         assert tree(data_dir / "org" / "tiny" / "v1") == before
@@ -710,7 +714,7 @@ class TestPull:
                                                          server: RegistryServer, registry_dir: Path) -> None:
         gone = chunk_paths(registry_dir)[4]
         (registry_dir / gone).unlink()
-        with pytest.raises(xm.RegistryError, match="chunk 5/7.*missing from the registry"):
+        with pytest.raises(xm.RegistryError, match=r"chunk 5/7.*missing from the registry"):
             manager.pull("org/tiny v1")
         assert server.requests[gone] == 1
 

@@ -17,10 +17,11 @@ import argparse
 import hashlib
 import json
 import os
-from typing import Any, Iterable, Iterator, Mapping, Sequence, Tuple, Union
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Union
 
 Source = Union[bytes, str]  # file contents, or the path of a file to read
-FileList = Union[Mapping[str, Source], Sequence[Tuple[str, Source]]]
+FileList = Union[Mapping[str, Source], Sequence[tuple[str, Source]]]
 
 
 def _store(registry: str, data: bytes) -> str:

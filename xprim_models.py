@@ -2098,6 +2098,7 @@ class _Console:
         self.json = bool(getattr(args, "models_json", False))
         self.quiet = bool(getattr(args, "models_quiet", False))
         self.verbose = bool(getattr(args, "models_verbose", False))
+        self.partial = ""
 
     @staticmethod
     def _write(stream: Any, text: str) -> None:
@@ -2113,6 +2114,11 @@ class _Console:
 
     def err(self, text: str, end: str = "\n") -> None:
         self._write(sys.stderr, text + end)
+        # Remember an unfinished line (progress) so a log line can break and restore it.
+        if end:
+            self.partial = ""
+        else:
+            self.partial = text if text.startswith("\r") else self.partial + text
 
     def document(self, doc: Any) -> None:
         import json
@@ -2121,7 +2127,10 @@ class _Console:
 
     # The Manager's logger: debug lines with --verbose, warnings unless --quiet.
     def _log(self, level: str, message: str, *args: Any) -> None:
-        self.err(f"{level}: {message % args if args else message}")
+        partial = self.partial
+        self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
+        if partial:
+            self.err(partial.lstrip("\r"), end="")
 
     def debug(self, message: str, *args: Any, **_: Any) -> None:
         if self.verbose:
@@ -2526,24 +2535,30 @@ def _run_command(
 ) -> int:
     console = _Console(args)
     try:
-        options = {"logger": console, **manager_options}
-        return handler(Manager(config, **options), args, console)
+        return handler(Manager(config, **{"logger": console, **manager_options}), args, console)
     except ModelsError as exc:
-        if console.json:
-            console.document({"error": {"type": type(exc).__name__, "message": str(exc),
-                                        "exit_code": exc.exit_code}})
-        console.err(f"error: {exc}")
-        return exc.exit_code
+        code = exc.exit_code
+        try:
+            if console.json:
+                console.document({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}})
+            console.err(f"error: {exc}")
+        except BrokenPipeError:
+            _silence_stdout()
+        return code
     except KeyboardInterrupt:
-        console.err("\ninterrupted: run the same command again to resume (verified chunks are kept)")
+        console.err("interrupted: run the same command again to resume (verified chunks are kept)")
         return 130
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python from
-        # complaining when it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _silence_stdout()
         return 141
+
+
+def _silence_stdout() -> None:
+    """The reader went away (``| head``): stop quietly, and keep Python from
+    complaining when it flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def register_subcommands(

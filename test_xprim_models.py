@@ -450,6 +450,13 @@ class TestRegistry:
         assert detail.files == tuple(xm.FileInfo(path, len(data)) for path, data in model.items())
         assert [type(item) for item in manager.list_remote(detail=True)] == [xm.RemoteModelDetail] * 3
 
+    def test_manifests_are_cached_for_detail_listings(self, manager: xm.Manager, model: dict[str, bytes],
+                                                      server: RegistryServer) -> None:
+        first = manager.list_remote(detail=True)
+        assert manager.list_remote(detail=True) == first
+        manifests = {f"data/{item.manifest_hash}" for item in first}
+        assert len(manifests) == 2 and all(server.requests[path] == 1 for path in manifests)
+
     def test_alias_chain_and_own_metadata(self, manager: xm.Manager, model: dict[str, bytes],
                                           registry_dir: Path) -> None:
         index = json.loads((registry_dir / "models.json").read_text())
@@ -806,6 +813,24 @@ class TestProgress:
         assert last.bytes_total == last.bytes_completed == last.bytes_downloaded == total
         assert {event.current_file for event in events if event.phase == "extracting"} <= set(model)
 
+    def test_progress_keeps_coming_while_the_server_stalls(self, make_manager: Callable[..., xm.Manager],
+                                                           model: dict[str, bytes], server: RegistryServer,
+                                                           registry_dir: Path) -> None:
+        server.always[chunk_paths(registry_dir)[0]] = Fault(stall=True)
+        beats = threading.Event()
+        stalled: list[xm.PullProgress] = []
+
+        def progress(event: xm.PullProgress) -> None:
+            if event.phase == "chunks" and event.chunks_completed == 0:
+                stalled.append(event)
+                if len(stalled) >= 3:  # unchanged snapshots: the once-a-second heartbeat
+                    beats.set()
+                    raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            make_manager(timeout=30).pull("org/tiny v1", concurrency=1, progress=progress)
+        assert beats.is_set()
+
     def test_cached_chunks_count_as_completed_not_downloaded(
         self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
         registry_dir: Path
@@ -939,17 +964,25 @@ class TestStorage:
         with pytest.raises(xm.StorageError, match="a-file"):
             blocked.pull("org/tiny v1")
 
-    def test_disk_full_is_storage_error_and_keeps_installed(
-        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize(
+        ("code", "hint"),
+        [(errno.ENOSPC, "free some disk space"), (errno.EDQUOT, "free some disk space"),
+         (errno.EFBIG, "free some disk space"), (errno.EACCES, "check the permissions"),
+         (errno.EROFS, "check the permissions")],
+        ids=["ENOSPC", "EDQUOT", "EFBIG", "EACCES", "EROFS"],
+    )
+    def test_disk_errors_are_storage_errors_and_keep_installed(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        code: int, hint: str
     ) -> None:
         manager.pull("org/tiny v1")
         before = tree(data_dir / "org" / "tiny" / "v1")
 
-        def full(fd: int, data: memoryview) -> None:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        def failing(fd: int, data: memoryview) -> None:
+            raise OSError(code, os.strerror(code))
 
-        monkeypatch.setattr(xm, "_write_all", full)  # a full disk cannot be made for real here
-        with pytest.raises(xm.StorageError, match="No space left on device; free some disk space"):
+        monkeypatch.setattr(xm, "_write_all", failing)  # a full or read-only disk cannot be made here as root
+        with pytest.raises(xm.StorageError, match=f"{os.strerror(code)}; {hint}"):
             manager.pull("org/tiny v1", force=True)
         assert tree(data_dir / "org" / "tiny" / "v1") == before
         assert [item.ref.version for item in manager.list_installed()] == ["v1"]

@@ -1714,8 +1714,8 @@ class Manager:
             self._logger.debug("manifest cache not written: %s", exc)
         return manifest
 
-    def _detail(self, remote: RemoteModel) -> RemoteModelDetail:
-        manifest = self._manifest(remote.manifest_hash)
+    def _detail(self, remote: RemoteModel, manifest: _Manifest | None = None) -> RemoteModelDetail:
+        manifest = manifest or self._manifest(remote.manifest_hash)
         return RemoteModelDetail(
             ref=remote.ref, manifest_hash=remote.manifest_hash, alias_of=remote.alias_of,
             metadata=remote.metadata, total_size=manifest.total_size, chunk_size=manifest.chunk_size,
@@ -1808,8 +1808,10 @@ class Manager:
             return remote
         from concurrent.futures import ThreadPoolExecutor
 
+        digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xprim-models-manifest") as pool:
-            return list(pool.map(self._detail, remote))
+            manifests = dict(zip(digests, pool.map(self._manifest, digests)))
+        return [self._detail(item, manifests[item.manifest_hash]) for item in remote]
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
         """The versions of every model in ``group`` (empty if the group is unknown)."""
@@ -2200,6 +2202,7 @@ class _ProgressPrinter:
         now = time.monotonic()
         total = progress.bytes_total
         fraction = progress.bytes_completed / total if total else 1.0
+        percent = min(int(fraction * 100), 99)  # 100% only once every chunk is verified
         counts = f"Downloading: {progress.chunks_completed}/{progress.chunks_total} chunks"
         if not self.terminal:
             step = min(int(fraction * 4), 3)  # 25%, 50%, 75%; 100% comes with final
@@ -2209,7 +2212,7 @@ class _ProgressPrinter:
                     self.console.err(f"{counts} 100% {_format_size(total)}")
                 elif not final:
                     self.console.err(
-                        f"{counts} {int(fraction * 100)}% "
+                        f"{counts} {percent}% "
                         f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
                     )
             return
@@ -2223,7 +2226,7 @@ class _ProgressPrinter:
             line = f"{counts} [{'=' * self._BAR}] 100% {_format_size(total)}"
         else:
             line = (
-                f"{counts} [{bar}] {int(fraction * 100)}% "
+                f"{counts} [{bar}] {percent}% "
                 f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
             )
             if speed > 0:

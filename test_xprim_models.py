@@ -95,6 +95,7 @@ class RegistryServer:
         self.requests: collections.Counter[str] = collections.Counter()
         self.bytes_sent: collections.Counter[str] = collections.Counter()
         self.range_requests: list[tuple[str, int]] = []
+        self.user_agents: set[str] = set()
         self.faults: dict[str, list[Fault]] = collections.defaultdict(list)
         self.always: dict[str, Fault] = {}
         self.range_enabled = True
@@ -142,6 +143,7 @@ class RegistryServer:
         path = request.path.lstrip("/")
         with self.condition:
             self.requests[path] += 1
+            self.user_agents.add(request.headers.get("User-Agent", ""))
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
             self.active += 1
             self.max_active = max(self.max_active, self.active)
@@ -1977,3 +1979,187 @@ class TestEmbedding:
         result = self.run_tool(whisper_tool, server.url, "models", "pull", "org/tiny")
         assert result.returncode == 2
         assert "usage: whisper-tool models pull" in result.stderr
+
+
+# --- Python conventions: vendoring, packaging, proxies, TLS ----------------------
+
+
+class ForwardProxy:
+    """A minimal HTTP forward proxy on loopback that counts what passes through it."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                import urllib.error
+                import urllib.request
+
+                proxy.urls.append(self.path)
+                direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                try:
+                    with direct.open(self.path, timeout=10) as upstream:
+                        body, status = upstream.read(), upstream.status
+                except urllib.error.HTTPError as exc:
+                    body, status = b"", exc.code
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def https_registry(tmp_path: Path, registry_dir: Path, model: dict[str, bytes]) -> Iterator[tuple[str, Path]]:
+    """The registry served over HTTPS with a self-signed certificate; yields (url, certificate path)."""
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    running = RegistryServer(registry_dir)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    running.httpd.socket = context.wrap_socket(running.httpd.socket, server_side=True)
+    yield running.url.replace("http://", "https://"), cert
+    running.close()
+
+
+class TestConventions:
+    def test_import_is_silent(self, tmp_path: Path) -> None:
+        script = (
+            "import sys, threading, os\n"
+            "before = set(sys.modules)\n"
+            "import xprim_models\n"
+            "heavy = {'argparse', 'urllib.request', 'http.client', 'socket', 'ssl', 'json', 'logging',\n"
+            "         'concurrent.futures', 'email'}\n"
+            "print(sorted(heavy & (set(sys.modules) - before)), threading.active_count(), os.listdir('.'))\n"
+        )
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        out = subprocess.run([sys.executable, "-S", "-c", script], cwd=empty, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=30)
+        assert out.stdout.strip() == "[] 1 []", out.stderr
+
+    def test_vendored_under_another_name(self, tmp_path: Path, server: RegistryServer, model: dict[str, bytes],
+                                         data_dir: Path) -> None:
+        vendor = tmp_path / "somepkg" / "_vendor"
+        vendor.mkdir(parents=True)
+        (tmp_path / "somepkg" / "__init__.py").write_text("")
+        (vendor / "__init__.py").write_text("")
+        (vendor / "xprim_models.py").write_bytes((HERE / "xprim_models.py").read_bytes())
+        script = textwrap.dedent("""
+            import argparse, sys
+            from somepkg._vendor import xprim_models as models
+            assert "xprim_models" not in sys.modules
+            assert "MIT" in open(models.__file__).read(600)
+            parser = argparse.ArgumentParser(prog="sometool")
+            sub = parser.add_subparsers(dest="command", required=True)
+            group = sub.add_parser("models").add_subparsers(dest="models_command", required=True)
+            models.register_subcommands(group, models.Config("sometool", sys.argv[1], sys.argv[2]))
+            args = parser.parse_args(sys.argv[3:])
+            sys.exit(args.func(args))
+        """)
+        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir), "models", "pull",
+                                 "org/tiny", "v1", "--quiet"], cwd=tmp_path, capture_output=True, text=True,
+                                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert f"Path: {data_dir / 'org' / 'tiny' / 'v1'}" in result.stdout
+        assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
+
+    def test_wheel_installs_offline_with_no_dependencies(self, tmp_path: Path) -> None:
+        import zipfile
+
+        pytest.importorskip("flit_core", reason="the build backend is installed by the README's test command")
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                        "-q", "-w", str(tmp_path / "dist"), str(HERE)], check=True, timeout=120)
+        (wheel,) = (tmp_path / "dist").glob("xprim_models-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+            metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+        assert [n for n in names if not n.startswith("xprim_models-")] == ["xprim_models.py"]
+        assert "Requires-Dist" not in metadata
+        assert "Requires-Python: >=3.9" in metadata and "License" in metadata and "Classifier:" in metadata
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q",
+                        str(wheel)], check=True, timeout=120)
+        script = venv / ("Scripts" if os.name == "nt" else "bin") / "xprim-models"
+        result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert result.stdout.strip() == f"xprim-models {xm.__version__}"
+
+    def test_user_agent(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes]) -> None:
+        manager.pull("org/tiny v1")
+        python = ".".join(str(part) for part in sys.version_info[:3])
+        assert server.user_agents == {f"xprim-models/{xm.__version__} python/{python}"}
+
+    def test_logger_is_silent_unless_configured(self, server: RegistryServer, model: dict[str, bytes],
+                                                data_dir: Path, registry_dir: Path) -> None:
+        # A damaged cached chunk makes the module log a warning; Python's
+        # last-resort handler would print it if the module had no NullHandler.
+        digest = chunk_paths(registry_dir)[0].split("/")[1]
+        (data_dir / "cache" / "chunks").mkdir(parents=True)
+        (data_dir / "cache" / "chunks" / digest).write_bytes(b"damaged")
+        script = (
+            "import logging, sys, xprim_models as xm\n"
+            "if sys.argv[3] == 'configured': logging.basicConfig()\n"
+            "xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).pull('org/tiny v1', force=True)\n"
+        )
+        for host in ("silent", "configured"):
+            (data_dir / "cache" / "chunks" / digest).write_bytes(b"damaged")
+            result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir), host], cwd=HERE,
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            if host == "silent":
+                assert result.stderr == ""
+            else:
+                assert "is damaged; downloading it again" in result.stderr
+
+    def test_http_proxy_is_used_and_no_proxy_bypasses_it(self, make_manager: Callable[..., xm.Manager],
+                                                         server: RegistryServer, model: dict[str, bytes],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        proxy = ForwardProxy()
+        try:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            monkeypatch.setenv("NO_PROXY", "")
+            make_manager().pull("org/tiny v1")
+            assert f"{server.url}/models.json" in proxy.urls and len(proxy.urls) == server.chunk_requests() + 1
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            seen = len(proxy.urls)
+            make_manager().pull("org/tiny v2")
+            assert len(proxy.urls) == seen
+        finally:
+            proxy.close()
+
+    def test_https_with_a_private_ca(self, tmp_path: Path, https_registry: tuple[str, Path],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+        import ssl
+
+        url, cert = https_registry
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(xm.NetworkError, match=r"certificate verification failed.*SSL_CERT_FILE"):
+            xm.Manager(xm.Config("t", url, tmp_path / "a"), retries=0).list_remote()
+        context = ssl.create_default_context(cafile=str(cert))
+        installed = xm.Manager(xm.Config("t", url, tmp_path / "b"), ssl_context=context).pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(MODEL_FILES.items()))
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        assert len(xm.Manager(xm.Config("t", url, tmp_path / "c")).list_remote()) == 3

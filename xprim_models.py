@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import argparse
     import logging
+    import ssl
     from collections.abc import Mapping, Sequence
     from contextlib import AbstractContextManager
 
@@ -297,7 +298,12 @@ def parse_model_ref(text: str) -> ModelRef:
 
 @dataclass(frozen=True)
 class FileInfo:
-    """One file of a model: its path relative to the model directory, and size."""
+    """One file of a model.
+
+    Attributes:
+        path: relative to the model directory, with ``/`` separators.
+        size: in bytes.
+    """
 
     path: str
     size: int
@@ -305,7 +311,17 @@ class FileInfo:
 
 @dataclass(frozen=True)
 class InstalledModel:
-    """A model version installed locally."""
+    """A model version installed locally.
+
+    Attributes:
+        ref: the version, under the name it was pulled by (an alias stays an alias).
+        manifest_hash: SHA-256 of the installed manifest.
+        total_size: bytes of all files.
+        file_count: number of files.
+        installed_at: when the install completed (timezone-aware UTC).
+        path: the absolute directory holding the files.
+        alias_of: the concrete version an alias resolved to, or "".
+    """
 
     ref: ModelRef
     manifest_hash: str
@@ -318,7 +334,14 @@ class InstalledModel:
 
 @dataclass(frozen=True)
 class RemoteModel:
-    """A model version listed by the registry (aliases resolved)."""
+    """A model version listed by the registry.
+
+    Attributes:
+        ref: the version as listed (possibly an alias).
+        manifest_hash: SHA-256 of its manifest (an alias's final target's).
+        alias_of: the concrete version an alias resolves to, or "".
+        metadata: the registry's metadata for it (an alias's own, else its target's).
+    """
 
     ref: ModelRef
     manifest_hash: str
@@ -328,7 +351,14 @@ class RemoteModel:
 
 @dataclass(frozen=True)
 class RemoteModelDetail(RemoteModel):
-    """A remote model version with the contents of its manifest."""
+    """A remote model version with the contents of its manifest.
+
+    Attributes:
+        total_size: bytes of all files.
+        chunk_size: bytes of every chunk but the last.
+        chunk_count: number of chunks.
+        files: the files, in stream order.
+    """
 
     total_size: int = 0
     chunk_size: int = 0
@@ -930,6 +960,7 @@ class _RegistryClient:
         url: str,
         *,
         opener: Any,
+        ssl_context: ssl.SSLContext | None,
         timeout: float,
         retries: int,
         backoff: float,
@@ -938,6 +969,7 @@ class _RegistryClient:
         self.url = url.rstrip("/") if re.match(r"(?i)(https?|file)://", url) else url
         self.local_root = self._local_root(url)
         self._opener = opener
+        self._ssl_context = ssl_context
         self._opener_guard = threading.Lock()
         self.timeout, self.retries, self.backoff, self.logger = timeout, retries, backoff, logger
 
@@ -977,8 +1009,9 @@ class _RegistryClient:
         import urllib.request
 
         with self._opener_guard:
-            if self._opener is None:
-                self._opener = urllib.request.build_opener()  # honours *_proxy variables
+            if self._opener is None:  # urllib's opener honours the *_proxy variables
+                handlers = [urllib.request.HTTPSHandler(context=self._ssl_context)] if self._ssl_context else []
+                self._opener = urllib.request.build_opener(*handlers)
         headers = {
             "User-Agent": f"xprim-models/{__version__} python/{sys.version.split()[0]}",
             "Accept-Encoding": "identity",
@@ -1542,6 +1575,8 @@ class Manager:
         retry_backoff: seconds before the first retry; doubled each time.
         data_dir: a base directory that wins over ``<APP>_MODELS_DIR`` and
             ``Config.data_dir`` (what the CLI's ``--data-dir`` passes).
+        ssl_context: verifies HTTPS registries (for a private CA); default:
+            the system's trust store, or the bundle named by ``SSL_CERT_FILE``.
     """
 
     def __init__(
@@ -1554,6 +1589,7 @@ class Manager:
         retries: int = 3,
         retry_backoff: float = 0.5,
         data_dir: str | os.PathLike[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
@@ -1569,6 +1605,7 @@ class Manager:
         self._manifests_dir = os.path.join(self._data_dir, *_MANIFESTS_DIR)
         self._metadata_dir = f".{config.app_name}"
         self._opener = opener
+        self._ssl_context = ssl_context
         if logger is None:
             import logging
 
@@ -1594,7 +1631,8 @@ class Manager:
         with self._client_guard:
             if self._client_instance is None:
                 self._client_instance = _RegistryClient(
-                    self.config.registry_url, opener=self._opener, timeout=self._timeout,
+                    self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context,
+                    timeout=self._timeout,
                     retries=self._retries, backoff=self._backoff, logger=self._logger,
                 )
             return self._client_instance
@@ -1814,11 +1852,19 @@ class Manager:
         return [self._detail(item, manifests[item.manifest_hash]) for item in remote]
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
-        """The versions of every model in ``group`` (empty if the group is unknown)."""
+        """The versions of every model in ``group`` (empty if the group is unknown).
+
+        Raises:
+            NetworkError, RegistryError: the index cannot be fetched or is invalid.
+        """
         return [item for item in self.list_remote() if item.ref.group == group]
 
     def list_remote_versions(self, group: str, model: str) -> list[RemoteModel]:
-        """The versions of ``group/model`` (empty if the model is unknown)."""
+        """The versions of ``group/model`` (empty if the model is unknown).
+
+        Raises:
+            NetworkError, RegistryError: the index cannot be fetched or is invalid.
+        """
         return [item for item in self.list_remote() if (item.ref.group, item.ref.model) == (group, model)]
 
     def get_installed(self, ref: RefLike) -> InstalledModel:
@@ -1838,12 +1884,19 @@ class Manager:
 
         Raises:
             ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
+            NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
         ref = _versioned(ref, "get_remote")
         return self._lookup(self._index(), ref)
 
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
-        """What the registry lists for ``ref``, with its manifest's sizes and files."""
+        """What the registry lists for ``ref``, with its manifest's sizes and files.
+
+        Raises:
+            ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
+            HashMismatchError, RegistryError: the manifest is corrupt or invalid.
+            NetworkError: the registry cannot be reached.
+        """
         return self._detail(self.get_remote(ref))
 
     def files(self, ref: RefLike) -> list[FileInfo]:
@@ -1873,7 +1926,15 @@ class Manager:
         return self.get_installed(ref).path
 
     def check_update(self, ref: RefLike) -> tuple[str, str]:
-        """``(installed manifest hash, remote manifest hash)``; they differ when an update exists."""
+        """``(installed manifest hash, remote manifest hash)``; they differ when an update exists.
+
+        For an installed alias, the remote hash is that of the version the alias
+        points to now; ``get_remote(ref).alias_of`` names it.
+
+        Raises:
+            NotInstalledError: ``ref`` is not installed.
+            ModelNotFoundError, VersionNotFoundError: the registry no longer lists it.
+        """
         installed = self.get_installed(ref)
         return installed.manifest_hash, self.get_remote(installed.ref).manifest_hash
 

@@ -80,11 +80,13 @@ class Fault:
         extra: bytes = b"",
         extra_hidden: bool = False,
         stall: bool = False,
+        reset_after: int | None = None,
     ) -> None:
         self.status, self.headers = status, headers or {}
         self.cut_after, self.corrupt, self.extra = cut_after, corrupt, extra
         self.extra_hidden = extra_hidden  # extra bytes not announced in Content-Length
         self.stall = stall
+        self.reset_after = reset_after  # send this many body bytes, then a TCP reset
 
 
 class RegistryServer:
@@ -190,6 +192,15 @@ class RegistryServer:
             self.stop.wait(30)
             return
         payload = announced + (fault.extra if fault is not None and fault.extra_hidden else b"")
+        if fault is not None and fault.reset_after is not None:
+            import socket
+            import struct
+
+            request.wfile.write(payload[: fault.reset_after])
+            request.wfile.flush()
+            request.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.close_connection = True
+            return
         if fault is not None and fault.cut_after is not None:
             payload = payload[: fault.cut_after]
         request.wfile.write(payload)
@@ -2163,3 +2174,199 @@ class TestConventions:
         assert tree(Path(installed.path)) == dict(sorted(MODEL_FILES.items()))
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         assert len(xm.Manager(xm.Config("t", url, tmp_path / "c")).list_remote()) == 3
+
+
+# --- Reliability: hostile registries, flaky networks, local safety, races ---------
+
+
+HOLD_SCRIPT = """
+import sys, xprim_models as xm
+manager = xm.Manager(xm.Config("test-app", sys.argv[1], sys.argv[2]), retry_backoff=0.01)
+manager.pull(sys.argv[3], concurrency=1)
+print("installed")
+"""
+
+
+class TestReliability:
+    def test_connection_reset_mid_chunk_is_retried(self, manager: xm.Manager, model: dict[str, bytes],
+                                                   server: RegistryServer, registry_dir: Path) -> None:
+        chunk = chunk_paths(registry_dir)[1]
+        server.fail(chunk, Fault(reset_after=100), Fault(reset_after=0))
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        assert server.requests[chunk] == 3
+
+    def test_connection_reset_every_time_is_network_error(self, make_manager: Callable[..., xm.Manager],
+                                                          model: dict[str, bytes], server: RegistryServer,
+                                                          registry_dir: Path) -> None:
+        chunk = chunk_paths(registry_dir)[1]
+        server.always[chunk] = Fault(reset_after=10)
+        with pytest.raises(xm.NetworkError, match=rf"chunk 2/7 .*{chunk}.*after 3 attempts") as caught:
+            make_manager(retries=2).pull("org/tiny v1")
+        assert "reset" in str(caught.value) or "closed" in str(caught.value) or "broken" in str(caught.value)
+
+    def test_stalled_chunk_is_retried(self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes],
+                                      server: RegistryServer, registry_dir: Path) -> None:
+        chunk = chunk_paths(registry_dir)[2]
+        server.fail(chunk, Fault(stall=True))
+        installed = make_manager(timeout=0.3).pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert server.requests[chunk] == 2
+
+    def test_oversized_manifest_is_refused(self, manager: xm.Manager, registry_dir: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(xm, "_MAX_MANIFEST_BYTES", 100)
+        publish.publish(str(registry_dir), "org", "many", "v1", {f"f{i}": b"x" for i in range(20)})
+        with pytest.raises(xm.RegistryError, match="100-byte limit"):
+            manager.pull("org/many v1")
+
+    @pytest.mark.parametrize("cap", ["_MAX_FILES", "_MAX_CHUNKS"])
+    def test_file_and_chunk_count_caps(self, manager: xm.Manager, registry_dir: Path,
+                                       monkeypatch: pytest.MonkeyPatch, cap: str) -> None:
+        monkeypatch.setattr(xm, cap, 5)
+        publish.publish(str(registry_dir), "org", "many", "v1", {f"f{i}": b"xx" for i in range(6)}, chunk_size=2)
+        with pytest.raises(xm.RegistryError, match="at most 5"):
+            manager.pull("org/many v1")
+
+    # Local safety: whatever is planted in the data directory, nothing outside it is written.
+
+    @pytest.fixture
+    def outside(self, tmp_path: Path) -> Path:
+        target = tmp_path / "outside"
+        target.mkdir()
+        (target / "precious").write_bytes(b"keep me")
+        return target
+
+    def assert_outside_untouched(self, outside: Path) -> None:
+        assert sorted(p.name for p in outside.iterdir()) == ["precious"]
+        assert (outside / "precious").read_bytes() == b"keep me"
+
+    def test_planted_staging_link_is_not_followed(self, manager: xm.Manager, model: dict[str, bytes],
+                                                  data_dir: Path, outside: Path) -> None:
+        (data_dir / "org" / "tiny").mkdir(parents=True)
+        os.symlink(outside, data_dir / "org" / "tiny" / ".v1.staging")
+        os.symlink(outside, data_dir / "org" / "tiny" / ".v2.old")
+        manager.pull("org/tiny v1")
+        manager.pull("org/tiny v2")
+        self.assert_outside_untouched(outside)
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1", "v2"]
+
+    def test_planted_cache_links_are_not_followed(self, manager: xm.Manager, model: dict[str, bytes],
+                                                  data_dir: Path, registry_dir: Path, outside: Path) -> None:
+        cache = data_dir / "cache" / "chunks"
+        cache.mkdir(parents=True)
+        for path in chunk_paths(registry_dir):
+            os.symlink(outside / "precious", cache / path[5:])
+        digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
+        (data_dir / "cache" / "manifests").mkdir()
+        os.symlink(outside / "precious", data_dir / "cache" / "manifests" / digest)
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        self.assert_outside_untouched(outside)
+
+    def test_links_inside_an_installed_version_are_not_followed(self, manager: xm.Manager, model: dict[str, bytes],
+                                                                data_dir: Path, outside: Path) -> None:
+        installed = Path(manager.pull("org/tiny v1").path)
+        (installed / "model.safetensors").unlink()
+        os.symlink(outside / "precious", installed / "model.safetensors")
+        os.symlink(outside, installed / "sub" / "linked-dir")
+        manager.pull("org/tiny v1", force=True)
+        assert tree(installed) == dict(sorted(model.items()))
+        manager.remove("org/tiny v1")
+        self.assert_outside_untouched(outside)
+
+    def test_stray_files_where_directories_go(self, manager: xm.Manager, model: dict[str, bytes],
+                                              data_dir: Path) -> None:
+        (data_dir / "org" / "tiny").mkdir(parents=True)
+        (data_dir / "org" / "tiny" / ".v1.staging").write_text("stray file")
+        (data_dir / "org" / "tiny" / ".v1.old").write_text("stray file")
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    # Races between processes.
+
+    def hold_lock(self, server: RegistryServer, registry_dir: Path, data_dir: Path,
+                  ref: str = "org/tiny v1") -> tuple[subprocess.Popen[str], threading.Event]:
+        """A child process stuck mid-pull of ``ref`` (so holding its model lock) on a stalled chunk."""
+        chunk = chunk_paths(registry_dir, ref.split()[1])[2]
+        server.always[chunk] = Fault(stall=True)
+        arrived = threading.Event()
+        original = server.handle
+
+        def handle(request: http.server.BaseHTTPRequestHandler) -> None:
+            if request.path.lstrip("/") == chunk:
+                arrived.set()
+            original(request)
+
+        server.handle = handle  # type: ignore[method-assign]
+        child = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, server.url, str(data_dir), ref],
+                                 cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert arrived.wait(20)
+        del server.always[chunk]
+        return child, arrived
+
+    def test_lock_of_a_killed_process_is_released(self, manager: xm.Manager, model: dict[str, bytes],
+                                                  server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
+        child, _ = self.hold_lock(server, registry_dir, data_dir)
+        child.kill()
+        child.communicate(timeout=10)
+        installed = manager.pull("org/tiny v1")  # no stale lock: this does not wait
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+
+    def test_cli_says_it_is_waiting_for_another_download(self, model: dict[str, bytes], server: RegistryServer,
+                                                         registry_dir: Path, data_dir: Path) -> None:
+        child, _ = self.hold_lock(server, registry_dir, data_dir)
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
+             "pull", "org/tiny", "v1"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "XPRIM_MODELS_MODELS_DIR": ""},
+        )
+        assert waiting.stderr is not None
+        line = waiting.stderr.readline()  # blocks until the notice, after about a second
+        assert "Waiting for another download of org/tiny to finish" in line
+        child.kill()  # the lock dies with its holder
+        child.communicate(timeout=10)
+        out, _ = waiting.communicate(timeout=30)
+        assert waiting.returncode == 0 and "Model installed: org/tiny v1" in out
+
+    def test_remove_during_a_pull_waits_for_it(self, manager: xm.Manager, model: dict[str, bytes],
+                                               server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
+        manager.pull("org/tiny v2")
+        chunk = chunk_paths(registry_dir, "v1")[2]
+        release = threading.Event()
+        arrived = threading.Event()
+        original = server.handle
+
+        def handle(request: http.server.BaseHTTPRequestHandler) -> None:
+            if request.path.lstrip("/") == chunk:
+                arrived.set()
+                release.wait(20)
+            original(request)
+
+        server.handle = handle  # type: ignore[method-assign]
+        child = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, server.url, str(data_dir), "org/tiny v1"],
+                                 cwd=HERE, stdout=subprocess.PIPE, text=True)
+        assert arrived.wait(20)
+        removed = threading.Event()
+        remover = threading.Thread(target=lambda: (manager.remove("org/tiny v2"), removed.set()))
+        remover.start()
+        assert not removed.wait(1.5)  # the same model's lock is held by the pull
+        release.set()
+        assert child.communicate(timeout=30)[0].strip() == "installed"
+        remover.join(30)
+        assert removed.is_set()
+        assert [str(item.ref) for item in manager.list_installed()] == ["org/tiny v1"]
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def test_processes_pulling_different_models_all_recorded(self, model: dict[str, bytes], server: RegistryServer,
+                                                             registry_dir: Path, data_dir: Path) -> None:
+        shared = blob(4096, "shared")
+        for index in range(5):
+            publish.publish(str(registry_dir), "many", f"m{index}", "v1",
+                            {"shared": shared, "own": blob(2048, str(index))}, chunk_size=1024)
+        children = [subprocess.Popen([sys.executable, "-c", PULL_SCRIPT, server.url, str(data_dir),
+                                      f"many/m{index} v1"], cwd=HERE, stdout=subprocess.PIPE, text=True)
+                    for index in range(5)]
+        assert [child.communicate(timeout=60)[0].strip() for child in children] == ["installed"] * 5
+        installed = xm.Manager(xm.Config("test-app", server.url, str(data_dir))).list_installed()
+        assert [str(item.ref) for item in installed] == [f"many/m{index} v1" for index in range(5)]
+        for item in installed:
+            assert (Path(item.path) / "shared").read_bytes() == shared

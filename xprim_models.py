@@ -498,6 +498,16 @@ def _check_file_paths(files: Sequence[FileInfo], metadata_dir: str) -> str:
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _create_new(path: str, flags: int = os.O_WRONLY) -> int:
+    """Create ``path`` as a new file; a stray file or planted link there is replaced, never followed."""
+    flags |= os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW
+    try:
+        return os.open(path, flags, 0o644)
+    except FileExistsError:
+        os.unlink(path)  # removes a link itself, not its target
+        return os.open(path, flags, 0o644)
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
@@ -557,7 +567,7 @@ class _FileLock:
             self._thread_lock.acquire()
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o644)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_BINARY | _O_NOFOLLOW, 0o644)
             delay = 0.01
             while not _lock_file(self._fd):
                 if not notified and time.monotonic() - started >= _LOCK_NOTICE_AFTER:
@@ -613,7 +623,7 @@ def _atomic_write(path: str, data: bytes) -> None:
     temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         os.makedirs(directory, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY | _O_NOFOLLOW, 0o644)
+        fd = _create_new(temporary)
         try:
             view = memoryview(data)
             while view:
@@ -1327,7 +1337,7 @@ class _PullJob:
                 raise _Cancelled()
             self.partials.add(partial)
         try:
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_BINARY | _O_NOFOLLOW, 0o644)
+            fd = _create_new(partial, os.O_RDWR)
         except OSError as exc:
             with self.condition:
                 self.partials.discard(partial)

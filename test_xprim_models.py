@@ -15,8 +15,10 @@ import importlib.util
 import json
 import os
 import pty
+import random
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +26,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -649,12 +652,15 @@ class TestPull:
         assert caught.value.installed == installed
         assert server.chunk_requests() == fetched
 
-    def test_force_downloads_again(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer,
-                                   registry_dir: Path) -> None:
-        manager.pull("org/tiny v1")
+    def test_force_reinstalls_from_verified_bytes(self, manager: xm.Manager, model: dict[str, bytes],
+                                                  server: RegistryServer, registry_dir: Path) -> None:
+        installed = Path(manager.pull("org/tiny v1").path)
+        (installed / "config.json").write_bytes(b'{"layers": 9}\n')  # damaged on disk
         manager.pull("org/tiny v1", force=True)
-        for path in chunk_paths(registry_dir):
-            assert server.requests[path] == 2
+        assert tree(installed) == dict(sorted(model.items()))
+        damaged_chunk = chunk_paths(registry_dir)[4]  # the chunk holding config.json
+        assert server.requests[damaged_chunk] == 2
+        assert server.chunk_requests() == 1 + 7 + 1  # the manifest (then cached), 7 chunks, the damaged one
 
     def test_empty_model(self, manager: xm.Manager, registry_dir: Path) -> None:
         publish.publish(str(registry_dir), "org", "void", "v1", {"a": b"", "dir/b": b""})
@@ -687,12 +693,13 @@ class TestPull:
         manager.pull("org/tiny v1")
         before = tree(data_dir / "org" / "tiny" / "v1")
         record = (data_dir / "registry.json").read_bytes()
+        publish.publish(str(registry_dir), "org", "tiny", "v1", {"other.bin": blob(7000, "other")}, chunk_size=1024)
         bad = chunk_paths(registry_dir)[2]
         server.always[bad] = Fault(corrupt=True)
         expected = r"pull org/tiny v1: chunk 3/7 \([0-9a-f]{12}\): hash mismatch after 4 downloads \(got (?!e3b0)"
         with pytest.raises(xm.HashMismatchError, match=expected):
-            manager.pull("org/tiny v1", force=True)
-        assert server.requests[bad] == 1 + 4  # the first pull, then the first attempt and 3 retries
+            manager.pull("org/tiny v1")
+        assert server.requests[bad] == 4  # the first attempt and 3 retries
         assert tree(data_dir / "org" / "tiny" / "v1") == before
         assert (data_dir / "registry.json").read_bytes() == record
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
@@ -1588,12 +1595,15 @@ class TestCli:
         )
         assert "Extracting files... done\n" in applied.stderr
         assert tree(data_dir / "org" / "tiny" / "latest") == V2_FILES
-        # What was fetched: the v2 manifest and its chunks, each once (nothing of v1).
+        # What was fetched: the v2 manifest and the chunks v2 does not share with
+        # the installed v1, each once; the rest is copied from the installed files.
         delta = server.requests - before
         v2_hash = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v2"]["hash"]
-        v2_chunks = set(manifest_of(registry_dir, "org", "tiny", "v2")["chunks"])
+        changed = set(manifest_of(registry_dir, "org", "tiny", "v2")["chunks"]) - set(
+            manifest_of(registry_dir, "org", "tiny", "v1")["chunks"])
+        assert len(changed) == 1
         assert {path: count for path, count in delta.items() if path.startswith("data/")} == {
-            f"data/{digest}": 1 for digest in {v2_hash, *v2_chunks}}
+            f"data/{digest}": 1 for digest in {v2_hash, *changed}}
         after = cli_run(server, data_dir, "--json", "update")
         (entry,) = cli_document(after)["updates"]
         assert (entry["version"], entry["update_available"], entry["remote_alias_of"]) == ("latest", False, "v2")
@@ -1910,7 +1920,7 @@ class TestEmbedding:
         cli_no_traceback(result)
         return result
 
-    def test_registers_six_commands_each_with_func(
+    def test_registers_every_command_each_with_func(
         self, server: RegistryServer, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:
         import argparse
@@ -1920,9 +1930,9 @@ class TestEmbedding:
         models = commands.add_parser("models")
         subparsers = models.add_subparsers(dest="models_command", required=True)
         xm.register_subcommands(subparsers, xm.Config("whisper-tool", server.url), retries=0)
-        assert set(subparsers.choices) == {"list", "pull", "remove", "info", "path", "update"}
+        assert set(subparsers.choices) == {"list", "pull", "remove", "info", "path", "update", "verify", "prune"}
         for argv in (["list"], ["pull", "org/tiny", "v1"], ["remove", "org/tiny", "--all"],
-                     ["info", "org/tiny", "v1"], ["path", "org/tiny", "v1"], ["update"]):
+                     ["info", "org/tiny", "v1"], ["path", "org/tiny", "v1"], ["update"], ["verify"], ["prune"]):
             args = parser.parse_args(["models", *argv])
             assert callable(args.func), argv
         args = parser.parse_args(["models", "list", "--remote", "--json"])
@@ -2330,7 +2340,7 @@ class TestReliability:
     def test_remove_during_a_pull_waits_for_it(self, manager: xm.Manager, model: dict[str, bytes],
                                                server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
         manager.pull("org/tiny v2")
-        chunk = chunk_paths(registry_dir, "v1")[2]
+        (chunk,) = set(chunk_paths(registry_dir, "v1")) - set(chunk_paths(registry_dir, "v2"))  # not seeded
         release = threading.Event()
         arrived = threading.Event()
         original = server.handle
@@ -2370,3 +2380,695 @@ class TestReliability:
         assert [str(item.ref) for item in installed] == [f"many/m{index} v1" for index in range(5)]
         for item in installed:
             assert (Path(item.path) / "shared").read_bytes() == shared
+
+
+# --- Beyond the seed: seeding, verify and repair, prune, rate limit, ensure, preflight ----
+
+
+def changed_chunks(registry_dir: Path, old: str, new: str) -> set[str]:
+    return set(chunk_paths(registry_dir, new)) - set(chunk_paths(registry_dir, old))
+
+
+class TestSeeding:
+    def test_new_version_downloads_only_changed_chunks(self, manager: xm.Manager, model: dict[str, bytes],
+                                                       server: RegistryServer, registry_dir: Path) -> None:
+        manager.pull("org/tiny v1")
+        before = server.requests.copy()
+        events: list[xm.PullProgress] = []
+        installed = manager.pull("org/tiny v2", progress=events.append)
+        assert tree(Path(installed.path))["config.json"] == b'{"layers": 3}\n'
+        fetched = {path for path, count in (server.requests - before).items() if path.startswith("data/")}
+        v2_manifest = f"data/{installed.manifest_hash}"
+        assert fetched == {v2_manifest, *changed_chunks(registry_dir, "v1", "v2")}
+        assert len(fetched) == 2
+        assert events[-1].bytes_downloaded == 1024 and events[-1].bytes_completed == installed.total_size
+
+    def test_modified_installed_file_is_not_trusted(self, manager: xm.Manager, model: dict[str, bytes],
+                                                    server: RegistryServer, registry_dir: Path) -> None:
+        v1 = Path(manager.pull("org/tiny v1").path)
+        weights = bytearray((v1 / "model.safetensors").read_bytes())
+        weights[100] ^= 0xFF  # inside the first chunk
+        (v1 / "model.safetensors").write_bytes(bytes(weights))
+        before = server.requests.copy()
+        v2 = Path(manager.pull("org/tiny v2").path)
+        assert (v2 / "model.safetensors").read_bytes() == model["model.safetensors"]
+        fetched = {path for path in (server.requests - before) if path.startswith("data/")}
+        assert chunk_paths(registry_dir, "v2")[0] in fetched  # taken from the network, not the damaged copy
+
+    def test_seeding_survives_a_file_that_vanished(self, manager: xm.Manager, model: dict[str, bytes],
+                                                   registry_dir: Path) -> None:
+        v1 = Path(manager.pull("org/tiny v1").path)
+        (v1 / "model.safetensors").unlink()
+        assert tree(Path(manager.pull("org/tiny v2").path))["model.safetensors"] == model["model.safetensors"]
+
+
+class TestVerify:
+    def damage(self, root: Path) -> None:
+        weights = bytearray((root / "model.safetensors").read_bytes())
+        weights[3000] ^= 0xFF  # chunk 3 of 7, inside the big file only
+        (root / "model.safetensors").write_bytes(bytes(weights))
+        (root / "sub" / "tokenizer.json").unlink()
+
+    def test_intact_model_verifies(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
+        manager.pull("org/tiny v1")
+        assert manager.verify("org/tiny v1") == []
+
+    def test_damage_is_reported_and_repaired_from_the_damaged_chunks_only(
+        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path
+    ) -> None:
+        root = Path(manager.pull("org/tiny v1").path)
+        self.damage(root)
+        untouched = (root / "config.json").stat().st_ino
+        # config.json shares chunk 5 with the missing tokenizer, so its bytes cannot be vouched for.
+        assert manager.verify("org/tiny v1") == ["config.json", "model.safetensors", "sub/tokenizer.json"]
+        before = server.requests.copy()
+        assert manager.verify("org/tiny v1", repair=True) == ["model.safetensors", "sub/tokenizer.json"]
+        assert tree(root) == dict(sorted(model.items()))
+        fetched = server.requests - before
+        chunks = chunk_paths(registry_dir)
+        # chunk 3 (the flipped byte) and chunks 5-7 (the tokenizer's 1500 bytes): nothing else
+        assert set(fetched) == {chunks[2], chunks[4], chunks[5], chunks[6]}
+        assert (root / "config.json").stat().st_ino == untouched  # not rewritten
+        assert manager.verify("org/tiny v1") == []
+
+    def test_file_sharing_a_damaged_chunk_is_not_rewritten(self, manager: xm.Manager, model: dict[str, bytes]
+                                                           ) -> None:
+        root = Path(manager.pull("org/tiny v1").path)
+        (root / "config.json").write_bytes(b'{"layers": 7}\n')  # same size, other bytes
+        assert manager.verify("org/tiny v1") == ["config.json", "model.safetensors", "sub/tokenizer.json"]
+        inode = (root / "model.safetensors").stat().st_ino
+        assert manager.verify("org/tiny v1", repair=True) == ["config.json"]
+        assert (root / "model.safetensors").stat().st_ino == inode
+        assert tree(root) == dict(sorted(model.items()))
+
+    def test_repair_seeds_from_another_installed_version(self, manager: xm.Manager, model: dict[str, bytes],
+                                                         server: RegistryServer) -> None:
+        root = Path(manager.pull("org/tiny v1").path)
+        manager.pull("org/tiny v2")
+        weights = bytearray((root / "model.safetensors").read_bytes())
+        weights[10] ^= 0xFF
+        weights[4000] ^= 0xFF
+        (root / "model.safetensors").write_bytes(bytes(weights))
+        before = server.chunk_requests()
+        manager.verify("org/tiny v1", repair=True)
+        assert server.chunk_requests() == before  # every damaged chunk was in v2
+        assert tree(root) == dict(sorted(model.items()))
+
+    def test_damaged_stored_manifest_is_restored(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
+        root = Path(manager.pull("org/tiny v1").path)
+        (root / ".test-app" / "manifest.json").write_text("{}")
+        assert manager.verify("org/tiny v1") == [".test-app/manifest.json"]
+        assert manager.verify("org/tiny v1", repair=True) == [".test-app/manifest.json"]
+        assert manager.verify("org/tiny v1") == []
+
+    def test_cli_verify_exit_codes(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+        cli_install(server, data_dir, "v1")
+        assert cli_run(server, data_dir, "verify").stdout == "org/tiny v1: ok\n"
+        self.damage(data_dir / "org" / "tiny" / "v1")
+        damaged = cli_run(server, data_dir, "verify", "org/tiny", "v1")
+        assert damaged.returncode == 6
+        assert damaged.stdout == ("org/tiny v1: 3 files damaged or missing\n  config.json\n  model.safetensors\n"
+                                  "  sub/tokenizer.json\n")
+        repaired = cli_run(server, data_dir, "verify", "--repair", "--quiet")
+        assert (repaired.returncode, repaired.stdout) == (
+            0, "org/tiny v1: 2 files repaired\n  model.safetensors\n  sub/tokenizer.json\n")
+        assert json.loads(cli_run(server, data_dir, "--json", "verify").stdout)["results"][0]["damaged"] == []
+
+
+class TestPrune:
+    def test_prune_by_age_and_all(self, manager: xm.Manager, data_dir: Path) -> None:
+        cache = data_dir / "cache" / "chunks"
+        cache.mkdir(parents=True)
+        (cache / ("a" * 64)).write_bytes(b"x" * 100)
+        (cache / ("b" * 64)).write_bytes(b"x" * 10)
+        (cache / f"{'c' * 64}.1.1.part").write_bytes(b"x" * 5)
+        old = time.time() - 3 * 86400
+        os.utime(cache / ("a" * 64), (old, old))
+        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        staging.mkdir(parents=True)
+        (staging / "half").write_bytes(b"x" * 7)
+        assert manager.prune_cache() == 100 + 5 + 7
+        assert os.listdir(cache) == ["b" * 64] and not staging.exists()
+        assert manager.prune_cache(None) == 10
+        assert os.listdir(cache) == []
+        assert manager.prune_cache(None) == 0
+
+    def test_prune_waits_for_a_running_pull(self, manager: xm.Manager, model: dict[str, bytes],
+                                            server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
+        stalled = chunk_paths(registry_dir)[4]
+        release, arrived = threading.Event(), threading.Event()
+        original = server.handle
+
+        def handle(request: http.server.BaseHTTPRequestHandler) -> None:
+            if request.path.lstrip("/") == stalled:
+                arrived.set()
+                release.wait(20)
+            original(request)
+
+        server.handle = handle  # type: ignore[method-assign]
+        results: list[object] = []
+        puller = threading.Thread(target=lambda: results.append(manager.pull("org/tiny v1", concurrency=1)))
+        puller.start()
+        assert arrived.wait(20)
+        assert len(os.listdir(data_dir / "cache" / "chunks")) >= 4  # verified chunks the pull holds
+        pruned = threading.Event()
+        pruner = threading.Thread(target=lambda: (manager.prune_cache(None), pruned.set()))
+        pruner.start()
+        assert not pruned.wait(1.5)  # waiting: deleting now would pull the chunks from under the pull
+        release.set()
+        puller.join(30)
+        pruner.join(30)
+        assert pruned.is_set() and isinstance(results[0], xm.InstalledModel)
+        assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
+
+    def test_cli_prune(self, server: RegistryServer, data_dir: Path) -> None:
+        cache = data_dir / "cache" / "chunks"
+        cache.mkdir(parents=True)
+        (cache / ("a" * 64)).write_bytes(b"x" * 2048)
+        assert cli_run(server, data_dir, "prune").stdout == "Nothing to prune\n"
+        assert cli_run(server, data_dir, "prune", "--all").stdout == "Freed 2 KB\n"
+
+
+class TestRateLimit:
+    def test_limiter_paces_bytes_at_the_rate(self) -> None:
+        now = [100.0]
+
+        class Clock:
+            def __call__(self) -> float:
+                return now[0]
+
+        class Sleep:
+            def wait(self, delay: float) -> bool:
+                now[0] += delay
+                return False
+
+        limiter = xm._RateLimiter(1000.0, Clock())
+        for _ in range(50):
+            limiter.take(100, Sleep())  # type: ignore[arg-type]
+            now[0] += 0.001  # the network itself is fast
+        assert 5000 / 1000.0 * 0.95 <= now[0] - 100.0 <= 5000 / 1000.0 * 1.1
+
+    def test_every_downloaded_byte_passes_the_limiter(self, manager: xm.Manager, model: dict[str, bytes],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        paid: list[int] = []
+        monkeypatch.setattr(xm._RateLimiter, "take", lambda self, count, cancel: paid.append(count))
+        installed = manager.pull("org/tiny v1", limit_rate=4096)
+        assert sum(paid) == installed.total_size
+        assert max(paid) <= 4096  # small reads keep a low cap smooth
+
+    @pytest.mark.parametrize(("text", "rate"), [("500K", 500 * 1024), ("2M", 2 << 20), ("1.5G", 1.5 * (1 << 30)),
+                                                ("4096", 4096), ("2MB/s", 2 << 20)])
+    def test_cli_rate_syntax(self, text: str, rate: float) -> None:
+        assert xm._rate(text) == rate
+
+    def test_invalid_rates(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
+        with pytest.raises(ValueError, match="limit_rate"):
+            manager.pull("org/tiny v1", limit_rate=0)
+        assert run_cli("pull", "org/tiny", "v1", "--limit-rate", "fast").returncode == 2
+
+
+class TestEnsure:
+    def test_installed_means_no_network(self, manager: xm.Manager, model: dict[str, bytes],
+                                        server: RegistryServer) -> None:
+        path = manager.ensure("org/tiny v1")
+        assert tree(Path(path)) == dict(sorted(model.items()))
+        before = sum(server.requests.values())
+        assert manager.ensure("org/tiny v1") == path
+        assert sum(server.requests.values()) == before
+
+    def test_threads_and_processes_racing(self, manager: xm.Manager, model: dict[str, bytes],
+                                          server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
+        script = ("import sys, xprim_models as xm\n"
+                  "print(xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).ensure('org/tiny v1'))\n")
+        children = [subprocess.Popen([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE,
+                                     stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        paths: list[str] = []
+        threads = [threading.Thread(target=lambda: paths.append(manager.ensure("org/tiny v1"))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        paths += [child.communicate(timeout=60)[0].strip() for child in children]
+        assert paths == [str(data_dir / "org" / "tiny" / "v1")] * 6
+        assert all(server.requests[path] == 1 for path in chunk_paths(registry_dir))
+
+
+class TestPreflight:
+    def test_not_enough_space_fails_before_any_chunk(self, manager: xm.Manager, model: dict[str, bytes],
+                                                     server: RegistryServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        import shutil
+
+        usage = shutil.disk_usage(".")
+        # A nearly full disk cannot be made for real here: the free space is what is mocked.
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
+        with pytest.raises(xm.StorageError, match=r"needs 12\.7 KB of disk space .* \(6\.4 KB of files, "
+                                                  r"6\.4 KB of chunks to download\) but only 9\.8 KB is free"):
+            manager.pull("org/tiny v1")
+        assert server.chunk_requests() == 1  # the manifest only
+        assert manager.list_installed() == []
+
+    def test_seeded_and_cached_chunks_need_no_download_space(
+        self, manager: xm.Manager, model: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import shutil
+
+        manager.pull("org/tiny v1")
+        usage = shutil.disk_usage(".")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=8 * 1024))
+        installed = manager.pull("org/tiny v2")  # 6.4 KB of files + one changed 1 KB chunk fit in 8 KB
+        assert installed.total_size == 6514
+
+
+# --- Crash safety: SIGKILL at any moment of a pull -------------------------------------------
+
+# A child process pulls with kill points armed, then dies by SIGKILL (nothing runs after it:
+# no finally, no atexit). Kill points, from argv[3] (JSON):
+#   progress_at: N      die in the progress callback once chunks_completed >= N
+#   hooks: [[owner, name, regex, "before"|"after"], ...]   wrap os.<name>, xm.<name> or
+#                       xm.Manager.<name>; a call whose string arguments, joined by spaces,
+#                       match regex is one event
+#   kill_at: N          die before/after the N-th event (0: never; then print the event count)
+CRASH_CHILD = r"""
+import json, os, re, shutil, signal, sys, threading, time
+import xprim_models as xm
+
+url, data_dir, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+guard = threading.Lock()
+events = [0]
+
+def die(label):
+    os.write(2, ("killed at " + label + "\n").encode())
+    os.kill(os.getpid(), signal.SIGKILL)
+    while True:
+        time.sleep(1)
+
+def event(label):
+    with guard:
+        events[0] += 1
+        hit = events[0] == plan.get("kill_at", 0)
+    if hit:
+        die("event %d: %s" % (events[0], label))
+
+def hook(owner, name, pattern, when):
+    original, regex = getattr(owner, name), re.compile(pattern)
+    def wrapper(*args, **kwargs):
+        text = " ".join(arg for arg in args if isinstance(arg, str))
+        if not regex.search(text):
+            return original(*args, **kwargs)
+        if when == "before":
+            event("before %s(%s)" % (name, text))
+        result = original(*args, **kwargs)
+        if when == "after":
+            event("after %s(%s)" % (name, text))
+        return result
+    setattr(owner, name, wrapper)
+
+def progress(snapshot):
+    if plan.get("progress_at") and snapshot.chunks_completed >= plan["progress_at"]:
+        die("progress %s %d/%d" % (snapshot.phase, snapshot.chunks_completed, snapshot.chunks_total))
+
+owners = {"os": os, "xm": xm, "xm.Manager": xm.Manager}
+for owner, name, pattern, when in plan.get("hooks", []):
+    hook(owners[owner], name, pattern, when)
+manager = xm.Manager(xm.Config("test-app", url, data_dir), retry_backoff=0.01, timeout=5.0)
+try:
+    manager.pull(plan["ref"], force=plan["force"], concurrency=plan.get("concurrency", 4), progress=progress)
+    outcome = "installed"
+except xm.AlreadyInstalledError:
+    outcome = "already"
+print(json.dumps({"outcome": outcome, "events": events[0]}))
+"""
+
+CRASH_CHUNK = 1024
+CRASH_OLD_FILES = {  # org/big v1 as installed before every crash: 12 chunks
+    "weights.bin": blob(9_000, "old-weights"),
+    "config.json": b'{"layers": 1}\n',
+    "sub/vocab.txt": blob(3_000, "old-vocab"),
+    "empty.txt": b"",
+}
+
+
+def crash_new_files(tag: str) -> dict[str, bytes]:
+    """A version to pull: 77 chunks of 1 KiB; files start and end inside chunks."""
+    return {
+        "weights.bin": blob(50_001, f"{tag}-weights"),
+        "config.json": b'{"layers": 2}\n',
+        "sub/vocab.txt": blob(20_000, f"{tag}-vocab"),
+        "empty.txt": b"",
+        "sub/deep/extra.bin": blob(6_500, f"{tag}-extra"),
+        "z/last.bin": blob(1_500, f"{tag}-last"),
+    }
+
+
+CRASH_V2_FILES = crash_new_files("v2")
+CRASH_V1_NEW_FILES = crash_new_files("v1-republished")
+
+
+class ListedVersionNotIntact(AssertionError):
+    """Right after the kill, a listed version's directory does not hold what registry.json says."""
+
+
+class LeftoverNotCleaned(AssertionError):
+    """A file the crash left behind is still there after the next pull of that model."""
+
+
+class CrashScenario:
+    """org/big v1 is installed; the child then pulls ``ref``. Knows every hash's expected files.
+
+    Managers made here tag their requests, and the server counts tagged requests apart
+    (``parent_requests``): a killed child's last requests may still reach the server later.
+    """
+
+    def __init__(self, name: str, registry_dir: Path, data_dir: Path, server: RegistryServer,
+                 make_manager: Callable[..., xm.Manager]) -> None:
+        self.name, self.registry_dir, self.data_dir = name, registry_dir, data_dir
+        opener = urllib.request.build_opener()
+        opener.addheaders.append(("X-Crash-Test", "parent"))
+        self._make_manager, self._opener = make_manager, opener
+        self.parent_requests: collections.Counter[str] = collections.Counter()
+        guard, handle = threading.Lock(), server.handle
+
+        def counting(request: Any) -> None:
+            if request.headers.get("X-Crash-Test") == "parent":
+                with guard:
+                    self.parent_requests[request.path.lstrip("/")] += 1
+            handle(request)
+
+        server.handle = counting  # type: ignore[method-assign]
+        old = publish.publish(str(registry_dir), "org", "big", "v1", CRASH_OLD_FILES, chunk_size=CRASH_CHUNK)
+        v2 = publish.publish(str(registry_dir), "org", "big", "v2", CRASH_V2_FILES, chunk_size=CRASH_CHUNK)
+        self.make_manager().pull("org/big v1")
+        self.contents: dict[str, dict[str, bytes]] = {old: CRASH_OLD_FILES, v2: CRASH_V2_FILES}
+        if name == "new":  # pull another version next to the installed one
+            self.version, self.force, self.target = "v2", False, v2
+            self.allowed = {"v1": {old}, "v2": {v2}}
+            self.final = {"v1": old, "v2": v2}
+        elif name == "update":  # pull --force of a republished v1 over the installed v1
+            new = publish.publish(str(registry_dir), "org", "big", "v1", CRASH_V1_NEW_FILES, chunk_size=CRASH_CHUNK)
+            self.contents[new] = CRASH_V1_NEW_FILES
+            self.version, self.force, self.target = "v1", True, new
+            self.allowed = {"v1": {old, new}}
+            self.final = {"v1": new}
+        else:  # "reinstall": pull --force of the very same v1
+            assert name == "reinstall"
+            self.version, self.force, self.target = "v1", True, old
+            self.allowed = {"v1": {old}}
+            self.final = {"v1": old}
+        self.ref = f"org/big {self.version}"
+        self.files = self.contents[self.target]
+        self.chunks = list(manifest_of(registry_dir, "org", "big", self.version)["chunks"])
+        assert len(self.chunks) >= 60 or name == "reinstall"
+
+    def make_manager(self) -> xm.Manager:
+        """A fresh Manager on the data dir, as the next command would make."""
+        return self._make_manager(opener=self._opener)
+
+    def plan(self, **kill_points: Any) -> str:
+        return json.dumps({"ref": self.ref, "force": self.force, **kill_points})
+
+
+def crash_run_child(server: RegistryServer, data_dir: Path, plan: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", CRASH_CHILD, server.url, str(data_dir), plan], cwd=HERE,
+                          capture_output=True, text=True, timeout=30)
+
+
+def crash_expect_killed(result: subprocess.CompletedProcess[str]) -> str:
+    """The child died by SIGKILL at its kill point; return where (for failure messages)."""
+    assert result.returncode == -signal.SIGKILL, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip()
+
+
+def crash_stored_hash(root: Path) -> str:
+    try:
+        return hashlib.sha256((root / ".test-app" / "manifest.json").read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def crash_copy_holds(root: Path, digest: str, files: dict[str, bytes]) -> bool:
+    return root.is_dir() and crash_stored_hash(root) == digest and tree(root) == files
+
+
+def crash_leftovers(data_dir: Path) -> set[str]:
+    """Staging and old directories, partial downloads and temporary files under the data dir."""
+    found = set()
+    for directory, dirs, files in os.walk(data_dir):
+        for name in dirs + files:
+            if re.fullmatch(r"\..+\.(staging|old)", name) or name.endswith((".part", ".tmp")):
+                found.add(os.path.relpath(os.path.join(directory, name), data_dir))
+    return found
+
+
+def crash_check_listed(sc: CrashScenario, final: bool = False) -> None:
+    """registry.json is valid JSON and every listed version of org/big is complete where it is listed."""
+    json.loads((sc.data_dir / "registry.json").read_bytes())
+    manager = sc.make_manager()
+    listed = {item.ref.version: item for item in manager.list_installed()}
+    assert "v1" in listed, f"the installed v1 is no longer listed: {sorted(listed)}"
+    for version, item in listed.items():
+        assert item.manifest_hash in sc.allowed[version], f"{item.ref} lists a hash nobody published"
+        files = sc.contents[item.manifest_hash]
+        root = Path(item.path)
+        assert root.is_dir(), f"{item.ref} is listed but {root} does not exist"
+        assert crash_stored_hash(root) == item.manifest_hash, f"{root} holds another manifest than the listed one"
+        assert tree(root) == files, f"{root} does not hold the files of the listed manifest"
+        assert (item.total_size, item.file_count) == (sum(map(len, files.values())), len(files))
+        assert [info.path for info in manager.files(item.ref)] == list(files)
+    if final:
+        assert {version: item.manifest_hash for version, item in listed.items()} == sc.final
+
+
+def crash_check_recoverable(sc: CrashScenario) -> None:
+    """Weaker than crash_check_listed: every listed version is whole, in place or set aside as .<version>.old."""
+    json.loads((sc.data_dir / "registry.json").read_bytes())
+    listed = {item.ref.version: item for item in sc.make_manager().list_installed()}
+    assert "v1" in listed
+    for version, item in listed.items():
+        assert item.manifest_hash in sc.allowed[version]
+        copies = (Path(item.path), Path(item.path).parent / f".{version}.old")
+        assert any(crash_copy_holds(copy, item.manifest_hash, sc.contents[item.manifest_hash]) for copy in copies), (
+            f"{item.ref}: no complete copy of the listed manifest survived"
+        )
+
+
+def crash_cached_chunks(data_dir: Path) -> set[str]:
+    """The verified chunks in the cache; each must hash to its name."""
+    directory = data_dir / "cache" / "chunks"
+    names = set(os.listdir(directory)) if directory.is_dir() else set()
+    names = {name for name in names if re.fullmatch(r"[0-9a-f]{64}", name)}
+    for name in names:
+        assert hashlib.sha256((directory / name).read_bytes()).hexdigest() == name, f"unverified chunk {name} in cache"
+    return names
+
+
+def crash_assert_cache_used(sc: CrashScenario, counts: collections.Counter[str], cached: set[str],
+                            before: collections.Counter[str], at_most_once: bool = True) -> None:
+    """Chunks that were in the cache were not downloaded again; none was downloaded twice."""
+    fetched = {digest: counts[f"data/{digest}"] - before[f"data/{digest}"] for digest in sc.chunks}
+    again = sorted(digest[:12] for digest in cached & set(sc.chunks) if fetched[digest])
+    assert not again, f"verified chunks downloaded again: {again}"
+    if at_most_once:
+        assert all(count <= 1 for count in fetched.values()), sorted(fetched.values())[-3:]
+
+
+def crash_resume(sc: CrashScenario, strict_leftovers: bool = False) -> None:
+    """Run the interrupted pull again: it completes from the cache and leaves nothing behind."""
+    cached = crash_cached_chunks(sc.data_dir)
+    leftovers = crash_leftovers(sc.data_dir)
+    before = collections.Counter(sc.parent_requests)
+    entry = json.loads((sc.data_dir / "registry.json").read_bytes())["org"]["big"].get(sc.version, {})
+    manager = sc.make_manager()
+    try:
+        installed = manager.pull(sc.ref, force=sc.force)
+        already = False
+    except xm.AlreadyInstalledError as exc:  # the crash came after registry.json was committed
+        assert entry.get("manifest_hash") == sc.target and not sc.force
+        installed, already = exc.installed, True
+    assert installed.manifest_hash == sc.target
+    crash_assert_cache_used(sc, sc.parent_requests, cached, before)
+    crash_check_listed(sc, final=True)
+    assert sorted(os.listdir(sc.data_dir / "org" / "big")) == sorted(sc.final)  # no staging or old copy
+    left = crash_leftovers(sc.data_dir)
+    assert not [path for path in left if not path.endswith((".part", ".tmp"))], left
+    assert left <= leftovers, f"the resumed pull left files behind: {sorted(left - leftovers)}"
+    if strict_leftovers and left:
+        raise LeftoverNotCleaned(f"files left by the crash survive the next pull: {sorted(left)}")
+    if not already:
+        assert not set(sc.chunks) & crash_cached_chunks(sc.data_dir)  # an installed model's chunks leave the cache
+
+
+def crash_verify(sc: CrashScenario, where: str) -> None:
+    """Check the state a kill left, then resume. A version listed but not intact in place is raised last."""
+    broken: ListedVersionNotIntact | None = None
+    try:
+        crash_check_listed(sc)
+    except AssertionError as exc:
+        broken = ListedVersionNotIntact(f"after the kill ({where}): {exc}")
+    crash_check_recoverable(sc)
+    crash_resume(sc)
+    if broken is not None:
+        raise broken
+
+
+CRASH_MODES = ("progress", "chunk-enters-cache", "copy-into-file", "close-file")
+
+CRASH_STEPS = {  # kill points of the install proper, after every chunk is verified and every file written
+    "manifest-json": ([["os", "replace", r"\.staging/\.test-app/manifest\.json\.\S+\.tmp ", "before"]], 1),
+    "before-swap": ([["os", "rename", "", "before"]], 1),
+    "between-renames": ([["os", "rename", r"/v1 ", "after"]], 1),  # installed v1 set aside as .v1.old
+    "after-swap": ([["os", "rename", r"\.staging ", "after"]], 1),
+    "registry-temp": ([["os", "replace", r"registry\.json\.\S+\.tmp ", "before"]], 1),
+    "registry-replaced": ([["os", "replace", r"registry\.json\.\S+\.tmp ", "after"]], 1),
+    "discard-old": ([["xm", "_remove_tree", r"\.old$", "before"]], 1),
+    "chunk-cleanup": ([["os", "unlink", r"/cache/chunks/[0-9a-f]{64}$", "before"]], 40),
+}
+
+CRASH_OPERATIONS: dict[str, int] = {}  # scenario -> file operations of an uninterrupted pull
+
+class TestCrash:
+    """SIGKILL at randomised and at chosen points of a pull; every run bounded by subprocess timeouts."""
+
+    @pytest.mark.parametrize("seed", range(8))
+    def test_kill_while_downloading_or_extracting(
+        self, seed: int, registry_dir: Path, data_dir: Path, server: RegistryServer,
+        make_manager: Callable[..., xm.Manager]
+    ) -> None:
+        rng = random.Random(seed)
+        sc = CrashScenario(("new", "update")[seed // 4 % 2], registry_dir, data_dir, server, make_manager)
+        mode = CRASH_MODES[seed % 4]
+        if mode == "progress":
+            plan = sc.plan(progress_at=rng.randint(1, len(sc.chunks) - 1))
+        elif mode == "chunk-enters-cache":  # a verified .part about to be renamed into cache/chunks
+            plan = sc.plan(hooks=[["os", "replace", r"\.part ", "before"]], kill_at=rng.randint(1, len(sc.chunks)))
+        elif mode == "copy-into-file":  # the staging files half written
+            plan = sc.plan(hooks=[["xm", "_copy_range", "", "before"]], kill_at=rng.randint(1, len(sc.chunks)))
+        else:
+            plan = sc.plan(hooks=[["xm", "_close_file", "", rng.choice(["before", "after"])]],
+                           kill_at=rng.randint(1, len(sc.files)))
+        where = crash_expect_killed(crash_run_child(server, data_dir, plan))
+        crash_check_listed(sc)  # nothing was swapped yet: the strict check must hold
+        crash_verify(sc, where)
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_kill_from_outside_while_a_chunk_is_in_flight(
+        self, seed: int, registry_dir: Path, data_dir: Path, server: RegistryServer,
+        make_manager: Callable[..., xm.Manager]
+    ) -> None:
+        sc = CrashScenario(("new", "update")[seed % 2], registry_dir, data_dir, server, make_manager)
+        self.kill_in_flight(sc, server, random.Random(seed).randint(1, len(sc.chunks)))
+        crash_verify(sc, "in flight")
+
+    @pytest.mark.parametrize(
+        ("scenario", "step"),
+        [
+            # ("new", "registry-temp") is test_temporary_files_of_a_crash_are_cleaned_by_the_next_pull[registry]
+            *[("new", step) for step in ("before-swap", "after-swap", "registry-replaced", "chunk-cleanup")],
+            ("update", "manifest-json"),
+            ("update", "before-swap"),
+            ("update", "between-renames"),
+            ("update", "after-swap"),
+            ("update", "registry-temp"),
+            ("update", "registry-replaced"),
+            ("update", "discard-old"),
+            ("update", "chunk-cleanup"),
+            ("reinstall", "between-renames"),
+            ("reinstall", "after-swap"),
+        ],
+    )
+    def test_kill_at_each_install_step(
+        self, scenario: str, step: str, registry_dir: Path, data_dir: Path, server: RegistryServer,
+        make_manager: Callable[..., xm.Manager]
+    ) -> None:
+        sc = CrashScenario(scenario, registry_dir, data_dir, server, make_manager)
+        hooks, kill_at = CRASH_STEPS[step]
+        where = crash_expect_killed(crash_run_child(server, data_dir, sc.plan(hooks=hooks, kill_at=kill_at)))
+        crash_verify(sc, where)
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_repeated_kills_at_random_file_operations(
+        self, seed: int, registry_dir: Path, data_dir: Path, server: RegistryServer, tmp_path: Path,
+        make_manager: Callable[..., xm.Manager]
+    ) -> None:
+        """Up to three kills in a row, each at a random file operation (recovery included), then a full pull."""
+        rng = random.Random(1000 + seed)
+        sc = CrashScenario(("new", "update")[seed % 2], registry_dir, data_dir, server, make_manager)
+        hooks = [["os", name, "", "before"] for name in ("open", "replace", "rename", "unlink", "rmdir", "mkdir",
+                                                          "fsync")]
+        hooks.append(["xm", "_copy_range", "", "before"])
+        if sc.name not in CRASH_OPERATIONS:  # count the operations of an uninterrupted pull, on a copy
+            rehearsal = tmp_path / "rehearsal"
+            shutil.copytree(data_dir, rehearsal)
+            counted = crash_run_child(server, rehearsal, sc.plan(hooks=hooks))
+            assert counted.returncode == 0, counted.stderr
+            CRASH_OPERATIONS[sc.name] = json.loads(counted.stdout)["events"]
+        total = CRASH_OPERATIONS[sc.name]
+        assert total > len(sc.chunks)
+        for _ in range(3):
+            cached = crash_cached_chunks(data_dir)
+            before = collections.Counter(server.requests)
+            result = crash_run_child(server, data_dir, sc.plan(hooks=hooks, kill_at=rng.randint(1, total)))
+            if result.returncode == 0:
+                break  # the kill point lay beyond what was left to do
+            crash_expect_killed(result)
+            crash_assert_cache_used(sc, server.requests, cached, before, at_most_once=False)
+            crash_check_listed(sc)
+            crash_check_recoverable(sc)
+        crash_resume(sc)
+
+    def test_partial_chunk_files_of_a_crash_are_cleaned_by_the_next_pull(
+        self, registry_dir: Path, data_dir: Path, server: RegistryServer, make_manager: Callable[..., xm.Manager]
+    ) -> None:
+        sc = CrashScenario("new", registry_dir, data_dir, server, make_manager)
+        self.kill_in_flight(sc, server, 30)
+        assert any(path.endswith(".part") for path in crash_leftovers(data_dir))
+        crash_resume(sc, strict_leftovers=True)
+
+    @pytest.mark.parametrize("target", ["registry", "manifest-cache"])
+    def test_temporary_files_of_a_crash_are_cleaned_by_the_next_pull(
+        self, target: str, registry_dir: Path, data_dir: Path, server: RegistryServer,
+        make_manager: Callable[..., xm.Manager]
+    ) -> None:
+        sc = CrashScenario("new", registry_dir, data_dir, server, make_manager)
+        pattern = r"registry\.json\.\S+\.tmp " if target == "registry" else r"/cache/manifests/\S+\.tmp "
+        crash_expect_killed(crash_run_child(server, data_dir,
+                                            sc.plan(hooks=[["os", "replace", pattern, "before"]], kill_at=1)))
+        assert any(path.endswith(".tmp") for path in crash_leftovers(data_dir))
+        crash_resume(sc, strict_leftovers=True)
+
+    @staticmethod
+    def kill_in_flight(sc: CrashScenario, server: RegistryServer, n: int) -> None:
+        """SIGKILL the pulling child from outside while the server holds its n-th chunk request."""
+        wanted = {f"data/{digest}" for digest in sc.chunks}
+        lock, seen = threading.Lock(), [0]
+        reached, release, finished = threading.Event(), threading.Event(), threading.Event()
+        original = server.handle
+
+        def handle(request: Any) -> None:
+            held = False
+            if request.path.lstrip("/") in wanted:
+                with lock:
+                    seen[0] += 1
+                    held = seen[0] == n
+            if held:
+                reached.set()
+                release.wait(10)
+            try:
+                original(request)
+            finally:
+                if held:
+                    finished.set()
+
+        server.handle = handle  # type: ignore[method-assign]
+        process = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, server.url, str(sc.data_dir), sc.plan()],
+                                   cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert reached.wait(20), "the child never asked for its chunk"
+            process.kill()
+            _, stderr = process.communicate(timeout=10)
+        finally:
+            process.kill()
+            release.set()
+        assert process.returncode == -signal.SIGKILL, stderr
+        assert finished.wait(10)  # the held request is counted before the resume looks at the counters
+        server.handle = original  # type: ignore[method-assign]

@@ -55,13 +55,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import argparse
     import logging
     import ssl
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
 
 __version__ = "0.1.0"
@@ -214,6 +215,21 @@ def _storage_error(action: str, path: str, exc: OSError, hint: str = "") -> Stor
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             hint = "check the permissions of the data directory, or choose another one"
     return StorageError(f"cannot {action} {path}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+_SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
+
+
+def _format_size(size: float) -> str:
+    """``75.5 MB``: 1024-based units, one decimal, none when whole."""
+    unit = 0
+    while size >= 1024 and unit < len(_SIZE_UNITS) - 1:
+        size /= 1024
+        unit += 1
+    if unit == 0:
+        return f"{int(size)} B"
+    text = f"{size:.1f}"
+    return f"{text[:-2] if text.endswith('.0') else text} {_SIZE_UNITS[unit]}"
 
 
 # --- Public types -------------------------------------------------------------
@@ -512,8 +528,8 @@ _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
-def _lock_file(fd: int) -> bool:
-    """Try to take an exclusive lock on ``fd`` without blocking."""
+def _lock_file(fd: int, shared: bool = False) -> bool:
+    """Try to take a lock on ``fd`` without blocking (shared locks exist on POSIX only)."""
     if os.name == "nt":
         import msvcrt
 
@@ -525,7 +541,7 @@ def _lock_file(fd: int) -> bool:
     import fcntl
 
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             return False
@@ -546,18 +562,23 @@ def _unlock_file(fd: int) -> None:
 
 
 class _FileLock:
-    """An exclusive lock held by one thread of one process at a time.
+    """An exclusive lock held by one thread of one process at a time, or a
+    shared one held by any number of them.
 
     The operating system releases it when the process dies, so a crash never
     leaves a stale lock behind.
     """
 
-    def __init__(self, path: str, on_wait: Callable[[], None] | None = None) -> None:
+    def __init__(self, path: str, on_wait: Callable[[], None] | None = None, *, shared: bool = False) -> None:
         self.path = path
         self._on_wait = on_wait
+        self._shared = shared
         self._fd = -1
-        with _thread_locks_guard:
-            self._thread_lock = _thread_locks.setdefault(path, threading.Lock())
+        if shared:  # holders exclude only exclusive holders, through the file lock
+            self._thread_lock = threading.Lock()
+        else:
+            with _thread_locks_guard:
+                self._thread_lock = _thread_locks.setdefault(path, threading.Lock())
 
     def __enter__(self) -> _FileLock:
         started = time.monotonic()
@@ -569,7 +590,7 @@ class _FileLock:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_BINARY | _O_NOFOLLOW, 0o644)
             delay = 0.01
-            while not _lock_file(self._fd):
+            while not _lock_file(self._fd, self._shared):
                 if not notified and time.monotonic() - started >= _LOCK_NOTICE_AFTER:
                     notified = self._notify()
                 time.sleep(delay)  # no OS primitive waits on a lock file portably
@@ -581,6 +602,20 @@ class _FileLock:
             self._release()
             raise
         return self
+
+    def try_acquire(self) -> bool:
+        """Take the lock only if that needs no waiting; release it with ``__exit__``."""
+        if not self._thread_lock.acquire(blocking=False):
+            return False
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_BINARY | _O_NOFOLLOW, 0o644)
+            if _lock_file(self._fd, self._shared):
+                return True
+        except OSError:
+            pass
+        self._release()
+        return False
 
     def _notify(self) -> bool:
         if self._on_wait is not None:
@@ -663,9 +698,89 @@ def _remove_tree(path: str) -> None:
         raise _storage_error("remove", path, exc) from exc
 
 
+def _tree_size(path: str) -> int:
+    """Bytes of the files under ``path`` (links not followed)."""
+    try:
+        if not os.path.isdir(path) or os.path.islink(path):
+            return os.lstat(path).st_size
+    except OSError:
+        return 0
+    total = 0
+    for directory, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+# Temporary names carry the writer's process id: <name>.<pid>.<thread>.tmp or .part
+_TEMPORARY_RE = re.compile(r".+\.(\d+)\.\d+\.(?:tmp|part)")
+
+
+def _remove_abandoned(directory: str) -> None:
+    """Delete temporary files whose writer died (a crash or kill -9 leaves them behind)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMPORARY_RE.fullmatch(name)
+        if not match or int(match.group(1)) == os.getpid():
+            continue
+        path = os.path.join(directory, name)
+        if os.name == "nt":  # os.kill would terminate the process there: go by age instead
+            try:
+                abandoned = time.time() - os.lstat(path).st_mtime > 3600
+            except OSError:
+                continue
+        else:
+            try:
+                os.kill(int(match.group(1)), 0)
+                abandoned = False
+            except ProcessLookupError:
+                abandoned = True
+            except OSError:
+                abandoned = False  # alive, under another user
+        if abandoned:
+            _remove_file(path)
+
+
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data) :]
+
+
+def _pread(fd: int, count: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, count, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows
+    return os.read(fd, count)
+
+
+def _hash_file(fd: int, buffer: bytearray, cancel: threading.Event | None = None) -> tuple[str, int]:
+    """SHA-256 and size of what ``fd`` holds, read from its start in ``buffer``-sized pieces."""
+    hasher = hashlib.sha256()
+    total = 0
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled()
+        data = _pread(fd, len(buffer), total)
+        if not data:
+            return hasher.hexdigest(), total
+        hasher.update(data)
+        total += len(data)
+
+
+def _read_pieces(fd: int, offset: int, count: int, size: int) -> Iterator[bytes]:
+    """``count`` bytes of ``fd`` from ``offset``, in pieces of at most ``size``; OSError if it ends first."""
+    while count:
+        data = _pread(fd, min(count, size), offset)
+        if not data:
+            raise OSError(errno.EIO, "file is shorter than expected")
+        yield data
+        offset, count = offset + len(data), count - len(data)
 
 
 def _copy_range(source: int, offset: int, count: int, target: int, buffer: bytearray) -> None:
@@ -684,11 +799,7 @@ def _copy_range(source: int, offset: int, count: int, target: int, buffer: bytea
         count -= copied
     view = memoryview(buffer)
     while count > 0:
-        if hasattr(os, "pread"):
-            data = os.pread(source, min(count, len(buffer)), offset)
-        else:
-            os.lseek(source, offset, os.SEEK_SET)
-            data = os.read(source, min(count, len(buffer)))
+        data = _pread(source, min(count, len(buffer)), offset)
         if not data:
             raise OSError(errno.EIO, "chunk file is shorter than expected")
         size = len(data)
@@ -727,6 +838,7 @@ class _Manifest:
     chunk_size: int
     chunks: tuple[str, ...]
     files: tuple[FileInfo, ...]
+    starts: tuple[int, ...] = ()  # where each file begins in the byte stream
 
     def chunk_length(self, position: int) -> int:
         if position < len(self.chunks) - 1:
@@ -781,13 +893,31 @@ def _parse_manifest(digest: str, raw: bytes, metadata_dir: str) -> _Manifest:
     problem = _check_file_paths(infos, metadata_dir)
     if problem:
         raise fail(problem)
-    manifest = _Manifest(digest, raw, total, chunk_size, tuple(chunks), tuple(infos))
+    starts, offset = [], 0
+    for info in infos:
+        starts.append(offset)
+        offset += info.size
+    manifest = _Manifest(digest, raw, total, chunk_size, tuple(chunks), tuple(infos), tuple(starts))
     sizes: dict[str, int] = {}
     for position, chunk in enumerate(manifest.chunks):
         # A hash names one byte string, so it cannot stand for two lengths.
         if sizes.setdefault(chunk, manifest.chunk_length(position)) != manifest.chunk_length(position):
             raise fail(f"chunk {chunk} is listed with two different sizes")
     return manifest
+
+
+def _segments(manifest: _Manifest, start: int, length: int) -> Iterator[tuple[int, int, int]]:
+    """The (file index, offset in file, byte count) pieces of the stream range [start, start+length)."""
+    import bisect
+
+    index = bisect.bisect_right(manifest.starts, start) - 1
+    while length > 0:
+        offset = start - manifest.starts[index]
+        count = min(manifest.files[index].size - offset, length)
+        if count > 0:
+            yield index, offset, count
+            start, length = start + count, length - count
+        index += 1
 
 
 def _parse_index(doc: Any) -> dict[tuple[str, str, str], RemoteModel]:
@@ -1082,6 +1212,7 @@ class _RegistryClient:
         exact: bool,
         cancel: threading.Event | None = None,
         on_network_bytes: Callable[[int], None] | None = None,
+        read_size: int = _BUFFER_SIZE,
     ) -> None:
         """Transfer one body into ``sink``, retrying per policy.
 
@@ -1107,7 +1238,7 @@ class _RegistryClient:
             elif sink.kept:
                 sink.reset()
             try:
-                self._attempt(location, what, sink, size, exact, cancel, on_network_bytes)
+                self._attempt(location, what, sink, size, exact, cancel, on_network_bytes, read_size)
                 return
             except _Transient as exc:
                 last = exc
@@ -1129,6 +1260,7 @@ class _RegistryClient:
         exact: bool,
         cancel: threading.Event | None,
         on_network_bytes: Callable[[int], None] | None,
+        read_size: int,
     ) -> None:
         start = sink.kept if sink.resumable and exact else 0
         if not start and sink.kept:
@@ -1145,7 +1277,7 @@ class _RegistryClient:
             remaining = size - start
             if response.length is not None and response.length > remaining:
                 raise self._too_long(what, location, size, start + response.length, exact)
-            self._stream(response, sink, remaining, cancel, on_network_bytes)
+            self._stream(response, sink, remaining, cancel, on_network_bytes, read_size)
             expected = size if exact else start + (response.length if response.length is not None else 0)
             if sink.kept < expected:
                 raise _Transient(f"connection closed after {sink.kept} of {expected} bytes")
@@ -1175,10 +1307,11 @@ class _RegistryClient:
         remaining: int,
         cancel: threading.Event | None,
         on_network_bytes: Callable[[int], None] | None,
+        read_size: int,
     ) -> None:
         import http.client
 
-        buffer = memoryview(bytearray(min(_BUFFER_SIZE, max(remaining, 1))))
+        buffer = memoryview(bytearray(min(read_size, max(remaining, 1))))
         while remaining > 0:
             if cancel is not None and cancel.is_set():
                 raise _Cancelled()
@@ -1207,7 +1340,7 @@ class _RegistryClient:
 
 @dataclass
 class _Task:
-    """One chunk to verify or download, serving a run of manifest positions."""
+    """One chunk to verify or download, serving a run of positions."""
 
     digest: str
     size: int
@@ -1216,18 +1349,56 @@ class _Task:
     positions: int = 0
 
 
+@dataclass(frozen=True)
+class _Seed:
+    """Where an installed version holds the bytes of a chunk."""
+
+    directory: str
+    manifest: _Manifest
+    position: int
+
+
+class _RateLimiter:
+    """A token bucket shared by a pull's workers: bytes are paid for after they arrive."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.clock = rate, clock
+        self.lock = threading.Lock()
+        self.next_free = clock()
+
+    def take(self, count: int, cancel: threading.Event) -> None:
+        with self.lock:
+            now = self.clock()
+            # At most a tenth of a second of unused allowance carries over: no bursts.
+            self.next_free = max(self.next_free, now - 0.1) + count / self.rate
+            delay = self.next_free - now
+        if delay > 0:
+            cancel.wait(delay)
+
+
 class _PullJob:
+    """Obtains a list of chunks with worker threads and hands them, in order, to a consumer."""
+
     def __init__(
         self,
         manager: Manager,
-        ref: ModelRef,
-        manifest: _Manifest,
+        label: str,
+        chunks: Sequence[tuple[str, int]],
         concurrency: int,
         emit: Callable[[PullProgress], None],
+        *,
+        seeds: Mapping[str, Sequence[_Seed]] | None = None,
+        limit_rate: float | None = None,
     ) -> None:
-        self.manager, self.ref, self.manifest, self.emit = manager, ref, manifest, emit
+        self.manager, self.label, self.emit = manager, label, emit
+        self.chunk_count = len(chunks)
+        self.total_size = sum(size for _, size in chunks)
         self.concurrency = concurrency
-        self.window = 2 * concurrency + 2  # chunk positions ready ahead of the writer
+        self.seeds = seeds or {}
+        self.limiter = _RateLimiter(limit_rate) if limit_rate else None
+        # Reads stay small under a low rate limit, so the cap holds over short spans too.
+        self.read_size = min(_BUFFER_SIZE, max(4096, int(limit_rate / 16))) if limit_rate else _BUFFER_SIZE
+        self.window = 2 * concurrency + 2  # chunk positions ready ahead of the consumer
         self.condition = threading.Condition()
         self.cancel = threading.Event()
         self.error: BaseException | None = None
@@ -1237,19 +1408,19 @@ class _PullJob:
         self.tasks: list[_Task] = []
         self.task_of: list[int] = []
         latest: dict[str, int] = {}
-        for position, digest in enumerate(manifest.chunks):
+        for position, (digest, size) in enumerate(chunks):
             index = latest.get(digest)
             if index is None or position - self.tasks[index].last > self.window:
                 index = latest[digest] = len(self.tasks)
-                self.tasks.append(_Task(digest, manifest.chunk_length(position), position, position))
+                self.tasks.append(_Task(digest, size, position, position))
             self.tasks[index].last = position
             self.tasks[index].positions += 1
             self.task_of.append(index)
         self.next_task = 0
         self.tasks_done = 0
-        self.written = 0  # chunk positions the writer has consumed
+        self.consumed = 0  # chunk positions handed to the consumer
         self.ready: dict[int, int] = {}  # task -> open descriptor of its verified chunk
-        self.partials: set[str] = set()  # files workers are downloading into
+        self.partials: set[str] = set()  # files workers are writing into
         self.reported: dict[int, int] = {}  # task -> bytes already counted as completed
         self.chunks_completed = 0
         self.bytes_completed = 0
@@ -1257,7 +1428,6 @@ class _PullJob:
         self.current_file = ""
         self.dirty = True
         self.last_emit = 0.0
-        self.directories: set[str] = set()  # created under staging, to fsync
 
     # Progress ----------------------------------------------------------------
 
@@ -1265,9 +1435,9 @@ class _PullJob:
         phase = "chunks" if self.tasks_done < len(self.tasks) else "extracting"
         return PullProgress(
             phase,
-            len(self.manifest.chunks),
+            self.chunk_count,
             self.chunks_completed,
-            self.manifest.total_size,
+            self.total_size,
             self.bytes_completed,
             self.bytes_downloaded,
             self.current_file,
@@ -1284,6 +1454,17 @@ class _PullJob:
     def _on_network(self, count: int) -> None:
         with self.condition:
             self.bytes_downloaded += count
+        if self.limiter is not None:
+            self.limiter.take(count, self.cancel)
+
+    def set_current_file(self, path: str) -> None:
+        """The consumer started on ``path``; said at once once all chunks are in."""
+        with self.condition:
+            self.current_file = path
+            self.dirty = True
+            extracting = self.tasks_done == len(self.tasks)
+        if extracting:
+            self._emit_now()
 
     # Workers -----------------------------------------------------------------
 
@@ -1294,7 +1475,7 @@ class _PullJob:
                 while (
                     not self.cancel.is_set()
                     and self.next_task < len(self.tasks)
-                    and self.tasks[self.next_task].first >= self.written + self.window
+                    and self.tasks[self.next_task].first >= self.consumed + self.window
                 ):
                     self.condition.wait()
                 if self.cancel.is_set() or self.next_task >= len(self.tasks):
@@ -1324,42 +1505,36 @@ class _PullJob:
                 self.condition.notify_all()
 
     def _obtain(self, index: int, task: _Task, buffer: bytearray) -> int:
-        """An open descriptor of the verified chunk, from the cache or the network."""
-        digest, size = task.digest, task.size
-        path = os.path.join(self.manager._chunks_dir, digest)
-        fd = self._open_cached(path, size, digest, buffer)
-        if fd >= 0:
-            return fd
-        what = f"pull {self.ref}: chunk {task.first + 1}/{len(self.manifest.chunks)} ({digest[:12]})"
+        """An open descriptor of the verified chunk: from the cache, an installed version, or the network."""
+        path = os.path.join(self.manager._chunks_dir, task.digest)
+        fd = self._open_cached(path, task, buffer)
+        if fd < 0:
+            for seed in self.seeds.get(task.digest, ()):
+                fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
+                if fd >= 0:
+                    self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
+                    break
+        if fd < 0:
+            fd = self._store(path, task, lambda sink: self._download(index, task, sink))
+        return fd
+
+    def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:
+        """Fill a partial file with ``fill``; if it verifies, move it into the cache and return it open."""
         partial = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
         with self.condition:
             if self.cancel.is_set():
                 raise _Cancelled()
             self.partials.add(partial)
+        fd = -1
         try:
-            fd = _create_new(partial, os.O_RDWR)
-        except OSError as exc:
-            with self.condition:
-                self.partials.discard(partial)
-            raise _storage_error("create", partial, exc) from exc
-        try:
-            sink = _ChunkSink(fd, partial, lambda kept, _count: self._on_bytes(index, kept))
-            client = self.manager._client()
-            for attempt in range(client.retries + 1):
-                if attempt:
-                    self.manager._logger.warning("%s: hash mismatch, downloading it again", what)
-                    sink.reset()
-                client.fetch(
-                    f"data/{digest}", what, sink, size=size, exact=True,
-                    cancel=self.cancel, on_network_bytes=self._on_network,
-                )
-                if sink.hasher.hexdigest() == digest:
-                    break
-            else:
-                raise HashMismatchError(
-                    f"{what}: hash mismatch after {client.retries + 1} downloads "
-                    f"(got {sink.hasher.hexdigest()}); the registry serves corrupt data"
-                )
+            try:
+                fd = _create_new(partial, os.O_RDWR)
+            except OSError as exc:
+                raise _storage_error("create", partial, exc) from exc
+            if not fill(_ChunkSink(fd, partial, lambda kept, _count: None)):
+                os.close(fd)
+                _remove_file(partial)
+                return -1
             if os.name == "nt":  # Windows cannot rename a file that is open
                 os.close(fd)
                 fd = -1
@@ -1379,24 +1554,51 @@ class _PullJob:
             with self.condition:
                 self.partials.discard(partial)
 
-    def _open_cached(self, path: str, size: int, digest: str, buffer: bytearray) -> int:
+    def _download(self, index: int, task: _Task, sink: _ChunkSink) -> bool:
+        what = f"{self.label}: chunk {task.first + 1}/{self.chunk_count} ({task.digest[:12]})"
+        sink.on_bytes = lambda kept, _count: self._on_bytes(index, kept)
+        client = self.manager._client()
+        for attempt in range(client.retries + 1):
+            if attempt:
+                self.manager._logger.warning("%s: hash mismatch, downloading it again", what)
+                sink.reset()
+            client.fetch(
+                f"data/{task.digest}", what, sink, size=task.size, exact=True,
+                cancel=self.cancel, on_network_bytes=self._on_network, read_size=self.read_size,
+            )
+            if sink.hasher.hexdigest() == task.digest:
+                return True
+        raise HashMismatchError(
+            f"{what}: hash mismatch after {client.retries + 1} downloads "
+            f"(got {sink.hasher.hexdigest()}); the registry serves corrupt data"
+        )
+
+    def _copy_seed(self, seed: _Seed, buffer: bytearray, sink: _ChunkSink) -> bool:
+        """Copy a chunk's bytes out of an installed version; True if they still hash right."""
+        manifest = seed.manifest
+        start = seed.position * manifest.chunk_size
+        try:
+            for index, offset, count in _segments(manifest, start, manifest.chunk_length(seed.position)):
+                path = os.path.join(seed.directory, *manifest.files[index].path.split("/"))
+                fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                try:
+                    for data in _read_pieces(fd, offset, count, len(buffer)):
+                        if self.cancel.is_set():
+                            raise _Cancelled()
+                        sink.write(memoryview(data))
+                finally:
+                    os.close(fd)
+        except OSError:
+            return False  # unreadable, shorter, or a link where a file should be: not a seed after all
+        return sink.hasher.hexdigest() == manifest.chunks[seed.position]
+
+    def _open_cached(self, path: str, task: _Task, buffer: bytearray) -> int:
         try:
             fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
         except OSError:
             return -1
         try:
-            hasher = hashlib.sha256()
-            total = 0
-            view = memoryview(buffer)
-            while True:
-                if self.cancel.is_set():
-                    raise _Cancelled()
-                count = os.readv(fd, [view]) if hasattr(os, "readv") else self._read_into(fd, view)
-                if not count:
-                    break
-                hasher.update(view[:count])
-                total += count
-            valid = total == size and hasher.hexdigest() == digest
+            valid = _hash_file(fd, buffer, self.cancel) == (task.digest, task.size)
         except OSError:
             valid = False
         except BaseException:
@@ -1407,20 +1609,14 @@ class _PullJob:
                 os.utime(path)  # fresh again: age-based cleanup must leave it alone
             except OSError:
                 pass  # a read-only cache still serves this pull
-            self.manager._logger.debug("chunk %s: verified from the cache", digest[:12])
+            self.manager._logger.debug("chunk %s: verified from the cache", task.digest[:12])
             return fd
         self.manager._logger.warning("cached chunk %s is damaged; downloading it again", path)
         os.close(fd)
         _remove_file(path)
         return -1
 
-    @staticmethod
-    def _read_into(fd: int, view: memoryview) -> int:
-        data = os.read(fd, len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    # The writer --------------------------------------------------------------
+    # The consumer ------------------------------------------------------------
 
     def _wait_for(self, index: int) -> int:
         """The descriptor of task ``index`` once a worker has it; emits progress meanwhile."""
@@ -1448,10 +1644,9 @@ class _PullJob:
             self.dirty = False
         self.emit(snapshot)
 
-    def run(self, staging: str) -> None:
-        """Fetch every chunk and write the model's files under ``staging``."""
-        manifest = self.manifest
-        self.emit(PullProgress("chunks", len(manifest.chunks), 0, manifest.total_size, 0, 0))
+    def run(self, consume: Callable[[int, int], None], finish: Callable[[], None]) -> None:
+        """Call ``consume(position, descriptor)`` for every chunk in order, then ``finish()``."""
+        self.emit(PullProgress("chunks", self.chunk_count, 0, self.total_size, 0, 0))
         threads = [
             threading.Thread(target=self._worker, name=f"xprim-models-{n}", daemon=True)
             for n in range(min(self.concurrency, len(self.tasks)))
@@ -1459,7 +1654,15 @@ class _PullJob:
         for thread in threads:
             thread.start()
         try:
-            self._write_files(staging)
+            for position in range(self.chunk_count):
+                index = self.task_of[position]
+                consume(position, self._wait_for(index))
+                with self.condition:
+                    if self.tasks[index].last == position:
+                        os.close(self.ready.pop(index))
+                    self.consumed = position + 1
+                    self.condition.notify_all()
+            finish()
         finally:
             with self.condition:
                 self.cancel.set()
@@ -1470,76 +1673,74 @@ class _PullJob:
                 # A worker stuck in a stalled read may never get to clean up.
                 for partial in self.partials:
                     _remove_file(partial)
-        for directory in sorted(self.directories, key=len, reverse=True):
-            _fsync_directory(directory)
-        self.current_file = manifest.files[-1].path if manifest.files else ""
         self._emit_now()
 
-    def _create(self, staging: str, relative: str) -> tuple[int, str]:
+
+class _Extractor:
+    """Writes a manifest's files under ``staging`` from its chunks, handed over in order."""
+
+    def __init__(self, job: _PullJob, manifest: _Manifest, staging: str) -> None:
+        self.job, self.manifest, self.staging = job, manifest, staging
+        self.files = iter(manifest.files)
+        self.buffer = bytearray(_BUFFER_SIZE)
+        self.target, self.target_path, self.left = -1, "", 0
+        self.directories: set[str] = set()
+
+    def _create(self, relative: str) -> tuple[int, str]:
         parts = relative.split("/")
-        path = os.path.join(staging, *parts)
+        path = os.path.join(self.staging, *parts)
         try:
             for depth in range(1, len(parts)):
-                directory = os.path.join(staging, *parts[:depth])
+                directory = os.path.join(self.staging, *parts[:depth])
                 if directory not in self.directories:
                     os.makedirs(directory, exist_ok=True)
                     self.directories.add(directory)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW
-            return os.open(path, flags, 0o644), path
+            return _create_new(path), path
         except OSError as exc:
             raise _storage_error("create", path, exc) from exc
 
-    def _write_files(self, staging: str) -> None:
-        manifest = self.manifest
-        files = iter(manifest.files)
-        buffer = bytearray(_BUFFER_SIZE)
-        target = -1
-        target_path = ""
-        left = 0
+    def _next_file(self) -> None:
+        """Open the next file with content, creating empty files on the way."""
+        for info in self.files:
+            self.job.set_current_file(info.path)
+            fd, path = self._create(info.path)
+            if info.size:
+                self.target, self.target_path, self.left = fd, path, info.size
+                return
+            _close_file(fd, path)
 
-        def next_file() -> tuple[int, str, int]:
-            """Open the next file with content, creating empty files on the way."""
-            for info in files:
-                with self.condition:
-                    self.current_file = info.path
-                    self.dirty = True
-                    extracting = self.tasks_done == len(self.tasks)
-                if extracting:
-                    self._emit_now()
-                fd, path = self._create(staging, info.path)
-                if info.size:
-                    return fd, path, info.size
-                _close_file(fd, path)
-            return -1, "", 0
-
+    def __call__(self, position: int, source: int) -> None:
+        offset, length = 0, self.manifest.chunk_length(position)
         try:
-            for position in range(len(manifest.chunks)):
-                index = self.task_of[position]
-                source = self._wait_for(index)
-                offset, length = 0, manifest.chunk_length(position)
-                while length:
-                    if not left:
-                        target, target_path, left = next_file()
-                    step = min(left, length)
-                    try:
-                        _copy_range(source, offset, step, target, buffer)
-                    except OSError as exc:
-                        raise _storage_error("write", target_path, exc) from exc
-                    offset, length, left = offset + step, length - step, left - step
-                    if not left:
-                        fd, target = target, -1
-                        _close_file(fd, target_path)
-                with self.condition:
-                    if self.tasks[index].last == position:
-                        os.close(self.ready.pop(index))
-                    self.written = position + 1
-                    self.condition.notify_all()
-            if left or target >= 0:
-                raise StorageError(f"pull {self.ref}: internal error: files and chunks disagree")
-            next_file()  # the empty files after the last byte
-        finally:
-            if target >= 0:
-                os.close(target)
+            while length:
+                if not self.left:
+                    self._next_file()
+                step = min(self.left, length)
+                try:
+                    _copy_range(source, offset, step, self.target, self.buffer)
+                except OSError as exc:
+                    raise _storage_error("write", self.target_path, exc) from exc
+                offset, length, self.left = offset + step, length - step, self.left - step
+                if not self.left:
+                    fd, self.target = self.target, -1
+                    _close_file(fd, self.target_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def finish(self) -> None:
+        if self.left or self.target >= 0:
+            self.close()
+            raise StorageError(f"{self.job.label}: internal error: files and chunks disagree")
+        self._next_file()  # the empty files after the last byte
+        for directory in sorted(self.directories, key=len, reverse=True):
+            _fsync_directory(directory)
+        self.job.current_file = self.manifest.files[-1].path if self.manifest.files else ""
+
+    def close(self) -> None:
+        if self.target >= 0:
+            os.close(self.target)
+            self.target = -1
 
 
 def _close_file(fd: int, path: str) -> None:
@@ -1659,7 +1860,19 @@ class Manager:
     def _registry_lock(self) -> AbstractContextManager[Any]:
         return _FileLock(os.path.join(self._data_dir, _LOCKS_DIR, "registry.lock"))
 
-    def _model_lock(self, ref: ModelRef) -> AbstractContextManager[Any]:
+    def _cache_lock(self, *, shared: bool) -> AbstractContextManager[Any]:
+        """Pulls share it; prune_cache takes it alone, so it never deletes what a pull holds."""
+        if os.name == "nt":  # no shared locks; Windows refuses to delete open chunk files anyway
+            from contextlib import nullcontext
+
+            return nullcontext()
+
+        def waiting() -> None:
+            self._logger.warning("Waiting for running downloads to finish...")
+
+        return _FileLock(os.path.join(self._data_dir, _LOCKS_DIR, "cache.lock"), waiting, shared=shared)
+
+    def _model_lock(self, ref: ModelRef) -> _FileLock:
         def waiting() -> None:
             self._logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
 
@@ -1786,6 +1999,11 @@ class Manager:
         """
         final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
         _remove_tree(staging)
+        metadata = os.path.join(final, self._metadata_dir)
+        if os.path.isdir(metadata) and not os.path.islink(metadata):
+            for name in os.listdir(metadata):
+                if name.startswith("repair-") and name.endswith(".tmp"):  # an interrupted repair
+                    _remove_file(os.path.join(metadata, name))
         if not os.path.lexists(old):
             return
         entry = self._entry(self._read_registry(), ref)
@@ -1802,7 +2020,10 @@ class Manager:
             _remove_tree(old)  # nothing names it: a committed remove, or a stray copy
 
     def _clean_cache(self, keep: set[str]) -> None:
-        """Remove cached chunks and partial files older than a day that this pull does not need."""
+        """Remove what dead processes left half-written, and cached chunks older than a day
+        that this pull does not need."""
+        for directory in (self._data_dir, self._chunks_dir, self._manifests_dir):
+            _remove_abandoned(directory)
         try:
             names = os.listdir(self._chunks_dir)
         except OSError:
@@ -1827,18 +2048,38 @@ class Manager:
             StorageError: registry.json cannot be read or is corrupt.
         """
         doc = self._read_registry()
-        result = []
+        refs = []
         for group, models in doc.items():
             for model, versions in models.items():
-                for version, entry in versions.items():
+                for version in versions:
                     try:
-                        ref = ModelRef(group, model, version)
+                        refs.append(ModelRef(group, model, version))
                     except InvalidRefError as exc:
                         raise StorageError(
                             f"{os.path.join(self._data_dir, _REGISTRY_FILE)} is corrupt: {exc}"
                         ) from exc
-                    result.append(self._installed(ref, entry))
-        return sorted(result, key=lambda item: item.ref)
+        if any(self._recover_after_crash(ref) for ref in refs):
+            doc = self._read_registry()
+        return sorted(
+            (self._installed(ref, entry) for ref in refs if (entry := self._entry(doc, ref)) is not None),
+            key=lambda item: item.ref,
+        )
+
+    def _recover_after_crash(self, ref: ModelRef) -> bool:
+        """Put a version a crashed swap left half-done right, unless a live pull is mid-swap.
+
+        Returns whether anything was recovered (registry.json may then differ).
+        """
+        if not os.path.lexists(self._sibling(ref, "old")):
+            return False
+        lock = self._model_lock(ref)
+        if not lock.try_acquire():
+            return False  # its pull or remove is running and will finish the swap itself
+        try:
+            self._recover(ref)
+        finally:
+            lock.__exit__(None, None, None)
+        return True
 
     def list_remote(self, *, detail: bool = False) -> list[RemoteModel]:
         """Every version the registry lists, aliases resolved, sorted.
@@ -1884,6 +2125,7 @@ class Manager:
             NotInstalledError: it is not installed.
         """
         ref = _versioned(ref, "get_installed")
+        self._recover_after_crash(ref)
         entry = self._entry(self._read_registry(), ref)
         if entry is None:
             raise NotInstalledError(f"model not installed: {ref}")
@@ -1916,16 +2158,7 @@ class Manager:
             NotInstalledError: it is not installed.
             StorageError: its stored manifest is missing or damaged.
         """
-        installed = self.get_installed(ref)
-        path = os.path.join(installed.path, self._metadata_dir, "manifest.json")
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read(_MAX_MANIFEST_BYTES + 1)
-            return list(_parse_manifest(installed.manifest_hash, raw, self._metadata_dir).files)
-        except OSError as exc:
-            raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
-        except ModelsError as exc:
-            raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
+        return list(self._stored_manifest(self.get_installed(ref)).files)
 
     def path(self, ref: RefLike) -> str:
         """The directory of the installed version ``ref``.
@@ -1955,15 +2188,21 @@ class Manager:
         force: bool = False,
         concurrency: int = 4,
         progress: Callable[[PullProgress], None] | None = None,
+        limit_rate: float | None = None,
     ) -> InstalledModel:
         """Download, verify and install ``ref``; return the installed model.
 
+        Chunks come from the cache, then from installed versions that hold the
+        same bytes (verified again), and only then from the network.
+
         Args:
             ref: ``ModelRef`` or ``"group/model version"``; an alias installs under its own name.
-            force: download again even if the same manifest is installed.
+            force: install again even if the same manifest is installed (every
+                byte is verified again; intact chunks are copied, not downloaded).
             concurrency: parallel chunk downloads (capped at 16).
             progress: called with a ``PullProgress`` as the pull advances; an
                 exception it raises stops the pull and is re-raised.
+            limit_rate: cap on the total download rate, in bytes per second.
 
         Raises:
             AlreadyInstalledError: the same manifest is installed and ``force`` is false.
@@ -1974,6 +2213,8 @@ class Manager:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
         concurrency = min(concurrency, _MAX_CONCURRENCY)
+        if limit_rate is not None and not limit_rate > 0:
+            raise ValueError(f"limit_rate must be a positive number of bytes per second, not {limit_rate!r}")
         emit = progress if progress is not None else (lambda snapshot: None)
         remote = self._lookup(self._index(), ref)
         if not force and not os.path.lexists(self._sibling(ref, "old")):  # else recover first, under the lock
@@ -1990,12 +2231,341 @@ class Manager:
                     )
             emit(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)
-            self._clean_cache(set(manifest.chunks))
-            started = time.monotonic()
-            installed = self._install(ref, remote, manifest, concurrency, emit)
+            with self._cache_lock(shared=True):
+                self._clean_cache(set(manifest.chunks))
+                seeds = self._seeds(manifest)
+                self._check_space(ref, manifest, seeds)
+                started = time.monotonic()
+                installed = self._install(ref, remote, manifest, concurrency, emit, seeds, limit_rate)
             self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
                               time.monotonic() - started)
             return installed
+
+    def ensure(self, ref: RefLike, **pull_options: Any) -> str:
+        """The directory of ``ref``, pulling it first only if it is not installed.
+
+        No network request is made when it is installed. Safe to call from many
+        threads and processes at once: one of them downloads, the others wait.
+
+        Args:
+            ref: ``ModelRef`` or ``"group/model version"``.
+            **pull_options: passed to ``pull`` (``concurrency``, ``progress``, ``limit_rate``).
+
+        Raises:
+            the errors of ``pull``, except ``AlreadyInstalledError``.
+        """
+        ref = _versioned(ref, "ensure")
+        entry = self._entry(self._read_registry(), ref)
+        if entry is not None and not os.path.lexists(self._sibling(ref, "old")):
+            installed = self._installed(ref, entry)
+            if os.path.isdir(installed.path):
+                return installed.path
+        try:
+            return self.pull(ref, **pull_options).path
+        except AlreadyInstalledError as exc:
+            return exc.installed.path
+
+    def verify(
+        self,
+        ref: RefLike,
+        *,
+        repair: bool = False,
+        concurrency: int = 4,
+        progress: Callable[[PullProgress], None] | None = None,
+        limit_rate: float | None = None,
+    ) -> list[str]:
+        """Re-hash an installed version's files against its manifest's chunk hashes.
+
+        Args:
+            ref: the installed version.
+            repair: fetch (or copy from other installed versions) only the damaged
+                chunks, and rewrite only the damaged files.
+            concurrency, progress, limit_rate: as for ``pull``, when repairing.
+
+        Returns:
+            Without ``repair``: the damaged or missing files, sorted (a file that
+            shares a damaged chunk with one is listed too, as the hash covers both).
+            With ``repair``: the files it rewrote, sorted (compared byte by byte
+            with the fetched chunks, so only those that really differed).
+
+        Raises:
+            NotInstalledError: ``ref`` is not installed.
+            NetworkError, HashMismatchError, StorageError: the repair failed.
+        """
+        ref = _versioned(ref, "verify")
+        with self._model_lock(ref):
+            self._recover(ref)
+            installed = self.get_installed(ref)
+            manifest_path = f"{self._metadata_dir}/manifest.json"
+            try:
+                manifest = self._stored_manifest(installed)
+                damaged_manifest = False
+            except StorageError:
+                manifest = self._manifest(installed.manifest_hash)
+                damaged_manifest = True
+            bad_positions, damaged, missing = self._scan(installed.path, manifest)
+            if not repair or not (damaged or damaged_manifest):
+                return sorted(damaged | ({manifest_path} if damaged_manifest else set()))
+            with self._cache_lock(shared=True):
+                repaired = self._repair(installed, manifest, bad_positions, missing, concurrency,
+                                        progress, limit_rate)
+            if damaged_manifest:
+                _atomic_write(os.path.join(installed.path, *manifest_path.split("/")), manifest.raw)
+                repaired.add(manifest_path)
+            self._logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
+            return sorted(repaired)
+
+    def _scan(self, root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]:
+        """(chunk positions that fail their hash, files they touch, files missing or of the wrong size)."""
+        import stat
+
+        missing = set()
+        for info in manifest.files:
+            try:
+                status = os.lstat(os.path.join(root, *info.path.split("/")))
+                intact = stat.S_ISREG(status.st_mode) and status.st_size == info.size
+            except OSError:
+                intact = False
+            if not intact:
+                missing.add(info.path)
+        bad: set[int] = set()
+        damaged = set(missing)
+        buffer = bytearray(_BUFFER_SIZE)
+        handle = (-1, -1)  # (file index, descriptor): files are read in order, one open at a time
+        try:
+            for position, digest in enumerate(manifest.chunks):
+                pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
+                paths = [manifest.files[index].path for index, _, _ in pieces]
+                hasher = hashlib.sha256()
+                try:
+                    if missing.intersection(paths):
+                        raise OSError(errno.ENOENT, "missing")
+                    for index, offset, count in pieces:
+                        if handle[0] != index:
+                            if handle[1] >= 0:
+                                os.close(handle[1])
+                                handle = (-1, -1)
+                            path = os.path.join(root, *manifest.files[index].path.split("/"))
+                            handle = (index, os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW))
+                        for data in _read_pieces(handle[1], offset, count, len(buffer)):
+                            hasher.update(data)
+                    intact = hasher.hexdigest() == digest
+                except OSError:
+                    intact = False
+                if not intact:
+                    bad.add(position)
+                    damaged.update(paths)
+        finally:
+            if handle[1] >= 0:
+                os.close(handle[1])
+        return bad, damaged, missing
+
+    def _repair(
+        self,
+        installed: InstalledModel,
+        manifest: _Manifest,
+        bad_positions: set[int],
+        missing: set[str],
+        concurrency: int,
+        progress: Callable[[PullProgress], None] | None,
+        limit_rate: float | None,
+    ) -> set[str]:
+        """Fetch the damaged chunks, find the files that differ from them, rewrite only those."""
+        root = installed.path
+        positions = sorted(bad_positions)
+        chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
+        seeds = {
+            digest: [seed for seed in found if seed.directory != root]
+            for digest, found in self._seeds(manifest).items()
+        }
+        repaired = set(missing)
+        buffer = bytearray(_BUFFER_SIZE)
+
+        def compare(number: int, source: int) -> None:
+            position = positions[number]
+            start = position * manifest.chunk_size
+            for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
+                info = manifest.files[index]
+                if info.path in repaired:
+                    continue
+                expected = _pread(source, count, manifest.starts[index] + offset - start)
+                path = os.path.join(root, *info.path.split("/"))
+                try:
+                    fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                    try:
+                        same = _pread(fd, count, offset) == expected
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    same = False
+                if not same:
+                    repaired.add(info.path)
+
+        emit = progress if progress is not None else (lambda snapshot: None)
+        _PullJob(self, f"repair {installed.ref}", chunks, concurrency, emit, seeds=seeds,
+                 limit_rate=limit_rate).run(compare, lambda: None)
+        for index, info in enumerate(manifest.files):
+            if info.path in repaired:
+                self._rewrite(root, manifest, index, bad_positions, buffer)
+        for digest in {manifest.chunks[p] for p in positions}:
+            _remove_file(os.path.join(self._chunks_dir, digest))
+        return repaired
+
+    def _rewrite(self, root: str, manifest: _Manifest, index: int, bad_positions: set[int],
+                 buffer: bytearray) -> None:
+        """Rebuild one file: damaged chunks from the cache, intact ones from the file itself."""
+        info = manifest.files[index]
+        path = os.path.join(root, *info.path.split("/"))
+        temporary = os.path.join(root, self._metadata_dir, f"repair-{index}.tmp")
+        old = -1
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            target = _create_new(temporary)
+            try:
+                begin, end = manifest.starts[index], manifest.starts[index] + info.size
+                first = begin // manifest.chunk_size if manifest.chunk_size else 0
+                for position in range(first, len(manifest.chunks)):
+                    start = position * manifest.chunk_size
+                    if start >= end:
+                        break
+                    low, high = max(begin, start), min(end, start + manifest.chunk_length(position))
+                    if position in bad_positions:
+                        chunk = os.path.join(self._chunks_dir, manifest.chunks[position])
+                        source = os.open(chunk, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                        try:
+                            _copy_range(source, low - start, high - low, target, buffer)
+                        finally:
+                            os.close(source)
+                    else:  # this range of the file hashed right: keep its bytes
+                        if old < 0:
+                            old = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                        _copy_range(old, low - begin, high - low, target, buffer)
+                os.fsync(target)
+            finally:
+                os.close(target)
+            if os.path.isdir(path) and not os.path.islink(path):
+                _remove_tree(path)
+            os.replace(temporary, path)
+        except OSError as exc:
+            _remove_file(temporary)
+            raise _storage_error("repair", path, exc) from exc
+        finally:
+            if old >= 0:
+                os.close(old)
+
+    def prune_cache(self, max_age: float | None = 86400) -> int:
+        """Delete cached chunks older than ``max_age`` seconds (all of them with None),
+        partial downloads, and what crashed pulls left; return the bytes freed.
+
+        Chunks a running pull holds are never deleted: this waits for running
+        pulls to finish first.
+
+        Raises:
+            StorageError: something could not be deleted.
+        """
+        freed = 0
+        for ref, leftover in self._leftovers():
+            size = _tree_size(leftover)
+            with self._model_lock(ref):
+                self._recover(ref)
+            if not os.path.lexists(leftover):
+                freed += size
+        horizon = None if max_age is None else time.time() - max_age
+        for directory in (self._data_dir, self._manifests_dir):
+            _remove_abandoned(directory)
+        with self._cache_lock(shared=False):
+            try:
+                names = os.listdir(self._chunks_dir)
+            except FileNotFoundError:
+                names = []
+            except OSError as exc:
+                raise _storage_error("read", self._chunks_dir, exc) from exc
+            for name in names:
+                path = os.path.join(self._chunks_dir, name)
+                try:
+                    status = os.lstat(path)
+                except OSError:
+                    continue
+                expired = horizon is None or name.endswith(".part") or status.st_mtime < horizon
+                if expired and _remove_file(path):
+                    freed += status.st_size
+        self._logger.info("pruned %d bytes from %s", freed, self._data_dir)
+        return freed
+
+    def _leftovers(self) -> Iterator[tuple[ModelRef, str]]:
+        """Staging and old copies that crashed pulls or removes left, with their versions."""
+        try:
+            groups = os.listdir(self._data_dir)
+        except OSError:
+            return
+        for group in groups:
+            if group.startswith(".") or group.lower() in _RESERVED_GROUPS:
+                continue
+            try:
+                models = os.listdir(os.path.join(self._data_dir, group))
+            except OSError:
+                continue
+            for model in models:
+                try:
+                    names = os.listdir(os.path.join(self._data_dir, group, model))
+                except OSError:
+                    continue
+                for name in names:
+                    match = re.fullmatch(r"\.(.+)\.(staging|old)", name)
+                    if match:
+                        try:
+                            ref = ModelRef(group, model, match.group(1))
+                        except InvalidRefError:
+                            continue
+                        yield ref, os.path.join(self._data_dir, group, model, name)
+
+    def _stored_manifest(self, installed: InstalledModel) -> _Manifest:
+        """The manifest kept in an installed version's metadata directory."""
+        path = os.path.join(installed.path, self._metadata_dir, "manifest.json")
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read(_MAX_MANIFEST_BYTES + 1)
+            return _parse_manifest(installed.manifest_hash, raw, self._metadata_dir)
+        except OSError as exc:
+            raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
+        except ModelsError as exc:
+            raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
+
+    def _seeds(self, manifest: _Manifest) -> dict[str, list[_Seed]]:
+        """Where installed versions hold chunks this manifest needs (their bytes are verified on use)."""
+        wanted = set(manifest.chunks)
+        seeds: dict[str, list[_Seed]] = {}
+        for installed in self.list_installed():
+            try:
+                stored = self._stored_manifest(installed)
+            except StorageError:
+                continue  # damaged or half-removed: nothing to take from it
+            for position, digest in enumerate(stored.chunks):
+                if digest in wanted:
+                    seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
+        return seeds
+
+    def _check_space(self, ref: ModelRef, manifest: _Manifest, seeds: Mapping[str, Sequence[_Seed]]) -> None:
+        """Fail before the first request when the disk cannot hold the model and its downloads."""
+        import shutil
+
+        sizes = {digest: manifest.chunk_length(p) for p, digest in enumerate(manifest.chunks)}
+        downloads = sum(
+            size for digest, size in sizes.items()
+            if digest not in seeds and not os.path.exists(os.path.join(self._chunks_dir, digest))
+        )
+        needed = manifest.total_size + downloads
+        try:
+            os.makedirs(self._data_dir, exist_ok=True)
+            free = shutil.disk_usage(self._data_dir).free
+        except OSError as exc:
+            raise _storage_error("use", self._data_dir, exc) from exc
+        if needed > free:
+            raise StorageError(
+                f"pull {ref}: needs {_format_size(needed)} of disk space in {self._data_dir} "
+                f"({_format_size(manifest.total_size)} of files, {_format_size(downloads)} of chunks to download) "
+                f"but only {_format_size(free)} is free; free some space or choose another data directory"
+            )
 
     def _raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
         entry = self._entry(self._read_registry(), ref)
@@ -2011,6 +2581,8 @@ class Manager:
         manifest: _Manifest,
         concurrency: int,
         emit: Callable[[PullProgress], None],
+        seeds: Mapping[str, Sequence[_Seed]],
+        limit_rate: float | None,
     ) -> InstalledModel:
         final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
         try:
@@ -2033,7 +2605,10 @@ class Manager:
             record["alias_of"] = installed.alias_of
         swapped = committed = False
         try:
-            _PullJob(self, ref, manifest, concurrency, emit).run(staging)
+            chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
+            job = _PullJob(self, f"pull {ref}", chunks, concurrency, emit, seeds=seeds, limit_rate=limit_rate)
+            extractor = _Extractor(job, manifest, staging)
+            job.run(extractor, extractor.finish)
             _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
             _fsync_directory(staging)
             # The swap: the old version stays whole until the new one is complete.
@@ -2130,21 +2705,6 @@ class Manager:
 # --- Command line -----------------------------------------------------------------
 # A thin shell over the public API: register_subcommands() for parent tools,
 # main() for `python -m xprim_models` and the `xprim-models` script.
-
-
-_SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
-
-
-def _format_size(size: float) -> str:
-    """``75.5 MB``: 1024-based units, one decimal, none when whole."""
-    unit = 0
-    while size >= 1024 and unit < len(_SIZE_UNITS) - 1:
-        size /= 1024
-        unit += 1
-    if unit == 0:
-        return f"{int(size)} B"
-    text = f"{size:.1f}"
-    return f"{text[:-2] if text.endswith('.0') else text} {_SIZE_UNITS[unit]}"
 
 
 def _format_duration(seconds: float) -> str:
@@ -2397,10 +2957,12 @@ def _command_list(manager: Manager, args: argparse.Namespace, console: _Console)
     return 0
 
 
-def _pull_one(manager: Manager, ref: ModelRef, console: _Console, *, force: bool, concurrency: int) -> InstalledModel:
+def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse.Namespace,
+              *, force: bool = False) -> InstalledModel:
     printer = _ProgressPrinter(console)
     try:
-        installed = manager.pull(ref, force=force, concurrency=concurrency, progress=printer)
+        installed = manager.pull(ref, force=force, concurrency=args.concurrency, progress=printer,
+                                 limit_rate=args.limit_rate)
     except BaseException:
         printer.abort()
         raise
@@ -2411,7 +2973,7 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, *, force: bool
 def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
     ref = _versioned(f"{args.model} {args.version}", "pull")
     try:
-        installed = _pull_one(manager, ref, console, force=args.force, concurrency=args.concurrency)
+        installed = _pull_one(manager, ref, console, args, force=args.force)
     except AlreadyInstalledError as exc:
         if console.json:
             console.document({"status": "already_installed", "model": _installed_json(exc.installed)})
@@ -2559,7 +3121,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
                 if not console.json:
                     console.out(f"Downloading update for {item.ref}...")
                 try:
-                    updated = _pull_one(manager, item.ref, console, force=False, concurrency=args.concurrency)
+                    updated = _pull_one(manager, item.ref, console, args)
                 except AlreadyInstalledError as exc:
                     updated = exc.installed  # another process applied it meanwhile
                 result["applied"] = True
@@ -2572,6 +3134,70 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
     if console.json:
         console.document({"updates": results})
     return exit_code
+
+
+def _command_verify(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    if args.model:
+        if not args.version:
+            raise InvalidRefError("verify: give a version too ('verify group/model version'), or no model at all")
+        refs = [_versioned(f"{args.model} {args.version}", "verify")]
+    else:
+        refs = [item.ref for item in manager.list_installed()]
+        if not refs:
+            if console.json:
+                console.document({"results": []})
+            else:
+                console.out("No models installed")
+            return 0
+    exit_code = 0
+    results = []
+    for ref in refs:
+        printer = _ProgressPrinter(console) if args.repair else None
+        try:
+            files = manager.verify(ref, repair=args.repair, concurrency=args.concurrency, progress=printer,
+                                   limit_rate=args.limit_rate)
+        except BaseException:
+            if printer is not None:
+                printer.abort()
+            raise
+        if printer is not None and printer.phase:
+            printer.finish()
+        damaged = [] if args.repair else files
+        results.append({**_ref_fields(ref), "damaged": damaged, "repaired": files if args.repair else []})
+        if damaged:
+            exit_code = HashMismatchError.exit_code
+        if console.json:
+            continue
+        if not files:
+            console.out(f"{ref}: ok")
+        else:
+            verb = "repaired" if args.repair else "damaged or missing"
+            console.out(f"{ref}: {len(files)} file{'s' if len(files) != 1 else ''} {verb}")
+            for path in files:
+                console.out(f"  {path}")
+    if console.json:
+        console.document({"results": results})
+    return exit_code
+
+
+def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    freed = manager.prune_cache(None if args.all else 86400)
+    if console.json:
+        console.document({"freed_bytes": freed})
+    else:
+        console.out(f"Freed {_format_size(freed)}" if freed else "Nothing to prune")
+    return 0
+
+
+def _rate(text: str) -> float:
+    """``500K``, ``2M``, ``1.5G`` or plain bytes per second (1024-based units)."""
+    import argparse
+
+    match = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?(?:/s)?\s*", text)
+    value = float(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ") if match else 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a rate like 500K or 2M, not {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -2638,7 +3264,8 @@ def _silence_stdout() -> None:
 def register_subcommands(
     subparsers: argparse._SubParsersAction[Any], config: Config, **manager_options: Any
 ) -> None:
-    """Add ``list``, ``pull``, ``remove``, ``info``, ``path`` and ``update`` to a parent's subparsers.
+    """Add ``list``, ``pull``, ``remove``, ``info``, ``path``, ``update``, ``verify`` and ``prune``
+    to a parent's subparsers.
 
     Each command sets ``func(args) -> int`` on the parsed namespace; it returns
     the exit code and never raises ``ModelsError`` or calls ``sys.exit``.
@@ -2648,8 +3275,6 @@ def register_subcommands(
         config: the application's name and registry.
         **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
     """
-    from functools import partial
-
     def command(name: str, handler: Callable[[Manager, argparse.Namespace, _Console], int],
                 summary: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
@@ -2663,14 +3288,19 @@ def register_subcommands(
         elif version == "optional":
             parser.add_argument("version", metavar="VERSION", nargs="?", default="")
 
+    def download_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
+                            help="parallel chunk downloads (default 4, at most 16)")
+        parser.add_argument("--limit-rate", type=_rate, default=None, metavar="RATE",
+                            help="cap the download rate, e.g. 500K or 2M (bytes per second)")
+
     listing = command("list", _command_list, "list installed models (or the registry's, with --remote)")
     listing.add_argument("--remote", action="store_true", help="list what the registry offers")
 
     pull = command("pull", _command_pull, "download and install a model version")
     model_argument(pull)
-    pull.add_argument("--force", action="store_true", help="download again even if installed")
-    pull.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
-                      help="parallel chunk downloads (default 4, at most 16)")
+    pull.add_argument("--force", action="store_true", help="install again even if installed")
+    download_options(pull)
 
     remove = command("remove", _command_remove, "remove an installed model version")
     model_argument(remove, "optional")
@@ -2686,10 +3316,18 @@ def register_subcommands(
     update = command("update", _command_update, "check installed models for updates")
     update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
     update.add_argument("--apply", action="store_true", help="download the updates")
-    update.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
-                        help="parallel chunk downloads (default 4, at most 16)")
+    download_options(update)
 
-    for parser in (listing, pull, remove, info, path, update):
+    verify = command("verify", _command_verify, "re-hash installed files; --repair fixes what is damaged")
+    verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
+    verify.add_argument("version", metavar="VERSION", nargs="?", default="")
+    verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
+    download_options(verify)
+
+    prune = command("prune", _command_prune, "delete cached chunks older than a day, and crash leftovers")
+    prune.add_argument("--all", action="store_true", help="delete every cached chunk, whatever its age")
+
+    for parser in (listing, pull, remove, info, path, update, verify, prune):
         _add_output_flags(parser, top_level=False)
 
 

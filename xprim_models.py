@@ -1711,26 +1711,21 @@ class _Extractor:
 
     def __call__(self, position: int, source: int) -> None:
         offset, length = 0, self.manifest.chunk_length(position)
-        try:
-            while length:
-                if not self.left:
-                    self._next_file()
-                step = min(self.left, length)
-                try:
-                    _copy_range(source, offset, step, self.target, self.buffer)
-                except OSError as exc:
-                    raise _storage_error("write", self.target_path, exc) from exc
-                offset, length, self.left = offset + step, length - step, self.left - step
-                if not self.left:
-                    fd, self.target = self.target, -1
-                    _close_file(fd, self.target_path)
-        except BaseException:
-            self.close()
-            raise
+        while length:
+            if not self.left:
+                self._next_file()
+            step = min(self.left, length)
+            try:
+                _copy_range(source, offset, step, self.target, self.buffer)
+            except OSError as exc:
+                raise _storage_error("write", self.target_path, exc) from exc
+            offset, length, self.left = offset + step, length - step, self.left - step
+            if not self.left:
+                fd, self.target = self.target, -1
+                _close_file(fd, self.target_path)
 
     def finish(self) -> None:
         if self.left or self.target >= 0:
-            self.close()
             raise StorageError(f"{self.job.label}: internal error: files and chunks disagree")
         self._next_file()  # the empty files after the last byte
         for directory in sorted(self.directories, key=len, reverse=True):
@@ -2608,7 +2603,10 @@ class Manager:
             chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
             job = _PullJob(self, f"pull {ref}", chunks, concurrency, emit, seeds=seeds, limit_rate=limit_rate)
             extractor = _Extractor(job, manifest, staging)
-            job.run(extractor, extractor.finish)
+            try:
+                job.run(extractor, extractor.finish)
+            finally:
+                extractor.close()  # a file left open if the progress callback raised between chunks
             _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
             _fsync_directory(staging)
             # The swap: the old version stays whole until the new one is complete.

@@ -227,6 +227,14 @@ def server(registry_dir: Path) -> Iterator[RegistryServer]:
 
 
 @pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so no one else takes it), never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
@@ -595,12 +603,8 @@ class TestRegistry:
             manager.list_remote()
         assert server.requests["models.json"] == 1
 
-    def test_connection_refused_is_network_error(self, tmp_path: Path) -> None:
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+    def test_connection_refused_is_network_error(self, tmp_path: Path, refusing_port: int) -> None:
+        port = refusing_port
         closed = xm.Manager(xm.Config("t", f"http://127.0.0.1:{port}", tmp_path), retries=1, retry_backoff=0.01)
         with pytest.raises(xm.NetworkError, match=f"127.0.0.1:{port}"):
             closed.list_remote()
@@ -1308,14 +1312,6 @@ def cli_local_time(rfc3339: str, with_time: bool) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
 
 
-def cli_closed_port() -> int:
-    """A loopback port nobody listens on: connections are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def cli_chunk(registry_dir: Path, version: str, index: int) -> str:
     return str(manifest_of(registry_dir, "org", "tiny", version)["chunks"][index])
 
@@ -1993,8 +1989,8 @@ class TestEmbedding:
         assert len(cli_document(result)["models"]) == 3
         assert f"GET {server.url}/models.json" in result.stderr
 
-    def test_network_error_exits_5(self, model: dict[str, bytes], whisper_tool: Path) -> None:
-        closed = f"http://127.0.0.1:{cli_closed_port()}"
+    def test_network_error_exits_5(self, model: dict[str, bytes], whisper_tool: Path, refusing_port: int) -> None:
+        closed = f"http://127.0.0.1:{refusing_port}"
         env = {"WHISPER_TOOL_MANAGER_OPTIONS": json.dumps({"retries": 1, "retry_backoff": 0, "timeout": 5})}
         for args in (["list", "--remote"], ["pull", "org/tiny", "v1"]):
             result = self.run_tool(whisper_tool, closed, "models", *args, env=env)

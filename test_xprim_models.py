@@ -101,6 +101,8 @@ class RegistryServer:
         self.bytes_sent: collections.Counter[str] = collections.Counter()
         self.range_requests: list[tuple[str, int]] = []
         self.user_agents: set[str] = set()
+        self.connections: set[tuple[str, int]] = set()  # distinct client (address, port): TCP connections
+        self.keep_alive = True  # False: close each connection after one answer, without saying so
         self.faults: dict[str, list[Fault]] = collections.defaultdict(list)
         self.always: dict[str, Fault] = {}
         self.range_enabled = True
@@ -114,6 +116,8 @@ class RegistryServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real registries (and nginx) do
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -149,6 +153,7 @@ class RegistryServer:
         with self.condition:
             self.requests[path] += 1
             self.user_agents.add(request.headers.get("User-Agent", ""))
+            self.connections.add(request.client_address)
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
             self.active += 1
             self.max_active = max(self.max_active, self.active)
@@ -207,6 +212,8 @@ class RegistryServer:
         if fault is not None and fault.cut_after is not None:
             payload = payload[: fault.cut_after]
         request.wfile.write(payload)
+        if not self.keep_alive:
+            request.close_connection = True
         with self.condition:
             self.bytes_sent[path] += len(payload)
         if fault is not None and fault.cut_after is not None:
@@ -3077,3 +3084,21 @@ class TestCrash:
         assert process.returncode == -signal.SIGKILL, stderr
         assert finished.wait(10)  # the held request is counted before the resume looks at the counters
         server.handle = original  # type: ignore[method-assign]
+
+
+# --- Performance properties that tests can see (timings live in benchmarks/) ------
+
+
+class TestPerformance:
+    def test_connections_are_reused(self, manager: xm.Manager, registry_dir: Path, server: RegistryServer) -> None:
+        publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
+        manager.pull("org/many v1", concurrency=4)
+        assert server.chunk_requests() == 61
+        assert len(server.connections) <= 4 + 2  # a connection per worker, plus index and manifest
+
+    def test_dropped_keep_alive_connections_are_reopened_without_retrying(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer
+    ) -> None:
+        server.keep_alive = False
+        installed = make_manager(retries=0).pull("org/tiny v1", concurrency=2)
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))

@@ -1094,6 +1094,37 @@ class _Response:
             pass
 
 
+class _Session:
+    """One persistent HTTP/1.1 connection, used by one thread at a time (a pull's worker).
+
+    Reusing it saves a TCP (and TLS) handshake per chunk, which dominates with small chunks.
+    """
+
+    def __init__(self) -> None:
+        self.connection: Any = None
+        self.key: tuple[str, str, int] | None = None
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
+class _SessionResponse(_Response):
+    """A response on a session's connection: one not read to its end spoils the connection."""
+
+    def __init__(self, session: _Session, response: Any) -> None:
+        length_header = (response.getheader("Content-Length") or "").strip()
+        length = int(length_header) if _DIGITS_RE.fullmatch(length_header) else None
+        super().__init__(response.status, length, response, response.getheader("Content-Range") or "")
+        self.session = session
+
+    def close(self) -> None:
+        if not self.body.isclosed() or self.body.will_close:
+            self.session.close()
+        super().close()
+
+
 class _RegistryClient:
     def __init__(
         self,
@@ -1109,7 +1140,9 @@ class _RegistryClient:
         self.url = url.rstrip("/") if re.match(r"(?i)(https?|file)://", url) else url
         self.local_root = self._local_root(url)
         self._opener = opener
+        self._own_opener = opener is None  # only then may sessions bypass it
         self._ssl_context = ssl_context
+        self._proxied: dict[tuple[str, str], bool] = {}
         self._opener_guard = threading.Lock()
         self.timeout, self.retries, self.backoff, self.logger = timeout, retries, backoff, logger
 
@@ -1143,21 +1176,108 @@ class _RegistryClient:
             return os.path.join(self.local_root, *relative.split("/"))
         return f"{self.url}/{relative}"
 
-    def _open_url(self, url: str, start: int) -> _Response:
+    def _uses_proxy(self, scheme: str, host: str) -> bool:
+        import urllib.request
+
+        with self._opener_guard:
+            if (scheme, host) not in self._proxied:
+                self._proxied[(scheme, host)] = scheme in urllib.request.getproxies() and not (
+                    urllib.request.proxy_bypass(host)
+                )
+            return self._proxied[(scheme, host)]
+
+    def _open_session(self, url: str, headers: Mapping[str, str], session: _Session) -> _Response | None:
+        """GET ``url`` on the session's persistent connection; None when urllib must handle it
+        (a custom opener, a proxy, or a redirect)."""
+        import http.client
+        import ssl
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname or ""
+        if not self._own_opener or self._uses_proxy(scheme, host):
+            return None
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError as exc:
+            raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for _ in range(2):
+            reused = session.connection is not None and session.key == (scheme, host, port)
+            if not reused:
+                session.close()
+                if scheme == "https":
+                    context = self._ssl_context or self._default_ssl_context()
+                    session.connection = http.client.HTTPSConnection(host, port, timeout=self.timeout,
+                                                                     context=context)
+                else:
+                    session.connection = http.client.HTTPConnection(host, port, timeout=self.timeout)
+                session.key = (scheme, host, port)
+            try:
+                session.connection.request("GET", target, headers=dict(headers))
+                response = session.connection.getresponse()
+                break
+            except ssl.SSLCertVerificationError as exc:
+                session.close()
+                raise NetworkError(
+                    f"{url}: TLS certificate verification failed ({exc.verify_message}); "
+                    "set SSL_CERT_FILE to your CA bundle if you use a private CA"
+                ) from exc
+            except http.client.InvalidURL as exc:
+                session.close()
+                raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                session.close()
+                if not reused:
+                    raise _Transient(str(exc) or type(exc).__name__) from exc
+                # The server closed a kept-alive connection meanwhile: reconnect, not a retry.
+        if response.status in (301, 302, 303, 307, 308):
+            session.close()
+            return None
+        if response.status >= 400:
+            retry_after = _retry_after_seconds(response.getheader("Retry-After"))
+            reason = response.reason
+            session.close()
+            self._raise_for_status(url, response.status, reason, retry_after, bool(headers.get("Range")))
+        return _SessionResponse(session, response)
+
+    def _default_ssl_context(self) -> ssl.SSLContext:
+        import ssl
+
+        with self._opener_guard:
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()  # honours SSL_CERT_FILE
+            return self._ssl_context
+
+    @staticmethod
+    def _raise_for_status(url: str, code: int, reason: str, retry_after: float | None, ranged: bool) -> None:
+        if code in (404, 410):
+            raise _Missing(f"HTTP {code}")
+        if code == 416 and ranged:
+            raise _Transient("HTTP 416 for a resumed range", restart=True)
+        if code == 429 or code >= 500:
+            raise _Transient(f"HTTP {code} {reason}", retry_after)
+        raise NetworkError(f"{url}: HTTP {code} {reason}")
+
+    def _open_url(self, url: str, start: int, session: _Session | None = None) -> _Response:
         import http.client
         import urllib.error
         import urllib.request
 
-        with self._opener_guard:
-            if self._opener is None:  # urllib's opener honours the *_proxy variables
-                handlers = [urllib.request.HTTPSHandler(context=self._ssl_context)] if self._ssl_context else []
-                self._opener = urllib.request.build_opener(*handlers)
         headers = {
             "User-Agent": f"xprim-models/{__version__} python/{sys.version.split()[0]}",
             "Accept-Encoding": "identity",
         }
         if start:
             headers["Range"] = f"bytes={start}-"
+        if session is not None:
+            direct = self._open_session(url, headers, session)
+            if direct is not None:
+                return direct
+        with self._opener_guard:
+            if self._opener is None:  # urllib's opener honours the *_proxy variables
+                handlers = [urllib.request.HTTPSHandler(context=self._ssl_context)] if self._ssl_context else []
+                self._opener = urllib.request.build_opener(*handlers)
         try:
             response = self._opener.open(urllib.request.Request(url, headers=headers), timeout=self.timeout)
         except ValueError as exc:  # includes UnicodeEncodeError; HTTPError is not one
@@ -1165,13 +1285,10 @@ class _RegistryClient:
         except urllib.error.HTTPError as exc:
             retry_after = _retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None)
             exc.close()
-            if exc.code in (404, 410):
-                raise _Missing(f"HTTP {exc.code}") from exc
-            if exc.code == 416 and start:
-                raise _Transient("HTTP 416 for a resumed range", restart=True) from exc
-            if exc.code == 429 or exc.code >= 500:
-                raise _Transient(f"HTTP {exc.code} {exc.reason}", retry_after) from exc
-            raise NetworkError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+            try:
+                self._raise_for_status(url, exc.code, str(exc.reason), retry_after, bool(start))
+            except (_Missing, _Transient, NetworkError) as mapped:
+                raise mapped from exc
         except urllib.error.URLError as exc:
             reason = exc.reason
             if type(reason).__name__ == "SSLCertVerificationError":
@@ -1213,6 +1330,7 @@ class _RegistryClient:
         cancel: threading.Event | None = None,
         on_network_bytes: Callable[[int], None] | None = None,
         read_size: int = _BUFFER_SIZE,
+        session: _Session | None = None,
     ) -> None:
         """Transfer one body into ``sink``, retrying per policy.
 
@@ -1238,7 +1356,7 @@ class _RegistryClient:
             elif sink.kept:
                 sink.reset()
             try:
-                self._attempt(location, what, sink, size, exact, cancel, on_network_bytes, read_size)
+                self._attempt(location, what, sink, size, exact, cancel, on_network_bytes, read_size, session)
                 return
             except _Transient as exc:
                 last = exc
@@ -1261,13 +1379,14 @@ class _RegistryClient:
         cancel: threading.Event | None,
         on_network_bytes: Callable[[int], None] | None,
         read_size: int,
+        session: _Session | None,
     ) -> None:
         start = sink.kept if sink.resumable and exact else 0
         if not start and sink.kept:
             sink.reset()
         self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "")
         local = self.local_root is not None
-        response = self._open_local(location, start) if local else self._open_url(location, start)
+        response = self._open_local(location, start) if local else self._open_url(location, start, session)
         try:
             if start and response.status != 206:
                 sink.reset()  # the server ignored Range: take the whole body again
@@ -1469,6 +1588,13 @@ class _PullJob:
     # Workers -----------------------------------------------------------------
 
     def _worker(self) -> None:
+        session = _Session()
+        try:
+            self._work(session)
+        finally:
+            session.close()
+
+    def _work(self, session: _Session) -> None:
         buffer = bytearray(_BUFFER_SIZE)
         while True:
             with self.condition:
@@ -1484,7 +1610,7 @@ class _PullJob:
                 self.next_task += 1
             task = self.tasks[index]
             try:
-                fd = self._obtain(index, task, buffer)
+                fd = self._obtain(index, task, buffer, session)
             except BaseException as exc:  # handed to the calling thread, which re-raises it
                 with self.condition:
                     if self.error is None and not isinstance(exc, _Cancelled):
@@ -1504,7 +1630,7 @@ class _PullJob:
                 self.dirty = True
                 self.condition.notify_all()
 
-    def _obtain(self, index: int, task: _Task, buffer: bytearray) -> int:
+    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> int:
         """An open descriptor of the verified chunk: from the cache, an installed version, or the network."""
         path = os.path.join(self.manager._chunks_dir, task.digest)
         fd = self._open_cached(path, task, buffer)
@@ -1515,7 +1641,7 @@ class _PullJob:
                     self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
                     break
         if fd < 0:
-            fd = self._store(path, task, lambda sink: self._download(index, task, sink))
+            fd = self._store(path, task, lambda sink: self._download(index, task, sink, session))
         return fd
 
     def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:
@@ -1554,7 +1680,7 @@ class _PullJob:
             with self.condition:
                 self.partials.discard(partial)
 
-    def _download(self, index: int, task: _Task, sink: _ChunkSink) -> bool:
+    def _download(self, index: int, task: _Task, sink: _ChunkSink, session: _Session) -> bool:
         what = f"{self.label}: chunk {task.first + 1}/{self.chunk_count} ({task.digest[:12]})"
         sink.on_bytes = lambda kept, _count: self._on_bytes(index, kept)
         client = self.manager._client()
@@ -1565,6 +1691,7 @@ class _PullJob:
             client.fetch(
                 f"data/{task.digest}", what, sink, size=task.size, exact=True,
                 cancel=self.cancel, on_network_bytes=self._on_network, read_size=self.read_size,
+                session=session,
             )
             if sink.hasher.hexdigest() == task.digest:
                 return True

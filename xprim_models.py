@@ -783,30 +783,29 @@ def _read_pieces(fd: int, offset: int, count: int, size: int) -> Iterator[bytes]
         offset, count = offset + len(data), count - len(data)
 
 
-def _copy_range(source: int, offset: int, count: int, target: int, buffer: bytearray) -> None:
-    """Append ``count`` bytes of ``source`` from ``offset`` to ``target``, in the kernel if possible."""
+def _copy_range(source: int, offset: int, count: int, target: int, target_offset: int) -> None:
+    """Copy ``count`` bytes of ``source`` at ``offset`` into ``target`` at ``target_offset``,
+    in the kernel where it can (``copy_file_range``), else through a buffer."""
     copy_file_range = getattr(os, "copy_file_range", None)
     while count > 0 and copy_file_range is not None:
         try:
-            copied = copy_file_range(source, target, count, offset)
+            copied = copy_file_range(source, target, count, offset, target_offset)
         except OSError as exc:
             if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
                 break  # not supported between these files: copy through user space
             raise
         if copied == 0:
             raise OSError(errno.EIO, "chunk file is shorter than expected")
-        offset += copied
-        count -= copied
-    view = memoryview(buffer)
-    while count > 0:
-        data = _pread(source, min(count, len(buffer)), offset)
-        if not data:
-            raise OSError(errno.EIO, "chunk file is shorter than expected")
-        size = len(data)
-        view[:size] = data
-        _write_all(target, view[:size])
-        offset += size
-        count -= size
+        offset, count, target_offset = offset + copied, count - copied, target_offset + copied
+    for data in _read_pieces(source, offset, count, _BUFFER_SIZE):
+        view = memoryview(data)
+        while view:
+            if hasattr(os, "pwrite"):
+                written = os.pwrite(target, view, target_offset)
+            else:  # Windows: each descriptor here belongs to one thread
+                os.lseek(target, target_offset, os.SEEK_SET)
+                written = os.write(target, view)
+            view, target_offset = view[written:], target_offset + written
 
 
 # --- Registry documents ---------------------------------------------------------
@@ -1459,13 +1458,11 @@ class _RegistryClient:
 
 @dataclass
 class _Task:
-    """One chunk to verify or download, serving a run of positions."""
+    """One distinct chunk to verify or download, and the positions it fills."""
 
     digest: str
     size: int
-    first: int  # the first position it serves
-    last: int  # the last position it serves; its descriptor closes after that
-    positions: int = 0
+    positions: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -1496,7 +1493,12 @@ class _RateLimiter:
 
 
 class _PullJob:
-    """Obtains a list of chunks with worker threads and hands them, in order, to a consumer."""
+    """Obtains chunks with worker threads; each worker hands its verified chunk to a consumer.
+
+    The consumer (writing into staging files, or comparing for a repair) runs in
+    the workers, so copying is as parallel as downloading and hashing; the
+    calling thread waits, reports progress, and re-raises a worker's error.
+    """
 
     def __init__(
         self,
@@ -1517,28 +1519,17 @@ class _PullJob:
         self.limiter = _RateLimiter(limit_rate) if limit_rate else None
         # Reads stay small under a low rate limit, so the cap holds over short spans too.
         self.read_size = min(_BUFFER_SIZE, max(4096, int(limit_rate / 16))) if limit_rate else _BUFFER_SIZE
-        self.window = 2 * concurrency + 2  # chunk positions ready ahead of the consumer
         self.condition = threading.Condition()
         self.cancel = threading.Event()
         self.error: BaseException | None = None
-        # A chunk listed again within the window reuses its open descriptor;
-        # listed again later, it is a new task served from the cache. Either
-        # way it is downloaded once, and open descriptors stay within the window.
-        self.tasks: list[_Task] = []
-        self.task_of: list[int] = []
-        latest: dict[str, int] = {}
+        # One task per distinct chunk, in the order of its first position: a
+        # chunk listed twice is obtained once and written to both places.
+        tasks: dict[str, _Task] = {}
         for position, (digest, size) in enumerate(chunks):
-            index = latest.get(digest)
-            if index is None or position - self.tasks[index].last > self.window:
-                index = latest[digest] = len(self.tasks)
-                self.tasks.append(_Task(digest, size, position, position))
-            self.tasks[index].last = position
-            self.tasks[index].positions += 1
-            self.task_of.append(index)
+            tasks.setdefault(digest, _Task(digest, size)).positions.append(position)
+        self.tasks = list(tasks.values())
         self.next_task = 0
         self.tasks_done = 0
-        self.consumed = 0  # chunk positions handed to the consumer
-        self.ready: dict[int, int] = {}  # task -> open descriptor of its verified chunk
         self.partials: set[str] = set()  # files workers are writing into
         self.reported: dict[int, int] = {}  # task -> bytes already counted as completed
         self.chunks_completed = 0
@@ -1546,7 +1537,7 @@ class _PullJob:
         self.bytes_downloaded = 0
         self.current_file = ""
         self.dirty = True
-        self.last_emit = 0.0
+        self.consume: Callable[[int, int], None] = lambda position, fd: None
 
     # Progress ----------------------------------------------------------------
 
@@ -1577,58 +1568,53 @@ class _PullJob:
             self.limiter.take(count, self.cancel)
 
     def set_current_file(self, path: str) -> None:
-        """The consumer started on ``path``; said at once once all chunks are in."""
+        """The finishing step moved on to ``path``: say so at once."""
         with self.condition:
             self.current_file = path
-            self.dirty = True
-            extracting = self.tasks_done == len(self.tasks)
-        if extracting:
-            self._emit_now()
+        self._emit_now()
+
+    def _emit_now(self) -> None:
+        with self.condition:
+            snapshot = self.snapshot()
+            self.dirty = False
+        self.emit(snapshot)
 
     # Workers -----------------------------------------------------------------
 
     def _worker(self) -> None:
         session = _Session()
+        buffer = bytearray(_BUFFER_SIZE)
         try:
-            self._work(session)
+            while True:
+                with self.condition:
+                    if self.cancel.is_set() or self.next_task >= len(self.tasks):
+                        return
+                    index = self.next_task
+                    self.next_task += 1
+                task = self.tasks[index]
+                fd = self._obtain(index, task, buffer, session)
+                try:
+                    for position in task.positions:
+                        if self.cancel.is_set():
+                            raise _Cancelled()
+                        self.consume(position, fd)
+                finally:
+                    os.close(fd)
+                with self.condition:
+                    self.tasks_done += 1
+                    self.chunks_completed += len(task.positions)
+                    self.bytes_completed += task.size * len(task.positions) - self.reported.get(index, 0)
+                    self.reported[index] = task.size * len(task.positions)
+                    self.dirty = True
+                    self.condition.notify_all()
+        except BaseException as exc:  # handed to the calling thread, which re-raises it
+            with self.condition:
+                if self.error is None and not isinstance(exc, _Cancelled):
+                    self.error = exc
+                self.cancel.set()
+                self.condition.notify_all()
         finally:
             session.close()
-
-    def _work(self, session: _Session) -> None:
-        buffer = bytearray(_BUFFER_SIZE)
-        while True:
-            with self.condition:
-                while (
-                    not self.cancel.is_set()
-                    and self.next_task < len(self.tasks)
-                    and self.tasks[self.next_task].first >= self.consumed + self.window
-                ):
-                    self.condition.wait()
-                if self.cancel.is_set() or self.next_task >= len(self.tasks):
-                    return
-                index = self.next_task
-                self.next_task += 1
-            task = self.tasks[index]
-            try:
-                fd = self._obtain(index, task, buffer, session)
-            except BaseException as exc:  # handed to the calling thread, which re-raises it
-                with self.condition:
-                    if self.error is None and not isinstance(exc, _Cancelled):
-                        self.error = exc
-                    self.cancel.set()
-                    self.condition.notify_all()
-                return
-            with self.condition:
-                if self.cancel.is_set():
-                    os.close(fd)
-                    return
-                self.ready[index] = fd
-                self.tasks_done += 1
-                self.chunks_completed += task.positions
-                self.bytes_completed += task.size * task.positions - self.reported.get(index, 0)
-                self.reported[index] = task.size * task.positions
-                self.dirty = True
-                self.condition.notify_all()
 
     def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> int:
         """An open descriptor of the verified chunk: from the cache, an installed version, or the network."""
@@ -1646,42 +1632,42 @@ class _PullJob:
 
     def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:
         """Fill a partial file with ``fill``; if it verifies, move it into the cache and return it open."""
-        partial = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
+        partial_path = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
         with self.condition:
             if self.cancel.is_set():
                 raise _Cancelled()
-            self.partials.add(partial)
+            self.partials.add(partial_path)
         fd = -1
         try:
             try:
-                fd = _create_new(partial, os.O_RDWR)
+                fd = _create_new(partial_path, os.O_RDWR)
             except OSError as exc:
-                raise _storage_error("create", partial, exc) from exc
-            if not fill(_ChunkSink(fd, partial, lambda kept, _count: None)):
+                raise _storage_error("create", partial_path, exc) from exc
+            if not fill(_ChunkSink(fd, partial_path, lambda kept, _count: None)):
                 os.close(fd)
-                _remove_file(partial)
+                _remove_file(partial_path)
                 return -1
             if os.name == "nt":  # Windows cannot rename a file that is open
                 os.close(fd)
                 fd = -1
-                os.replace(partial, path)
+                os.replace(partial_path, path)
                 fd = os.open(path, os.O_RDONLY | _O_BINARY)
             else:
-                os.replace(partial, path)
+                os.replace(partial_path, path)
             return fd
         except BaseException as exc:
             if fd >= 0:
                 os.close(fd)
-            _remove_file(partial)
+            _remove_file(partial_path)
             if isinstance(exc, OSError):
                 raise _storage_error("store", path, exc) from exc
             raise
         finally:
             with self.condition:
-                self.partials.discard(partial)
+                self.partials.discard(partial_path)
 
     def _download(self, index: int, task: _Task, sink: _ChunkSink, session: _Session) -> bool:
-        what = f"{self.label}: chunk {task.first + 1}/{self.chunk_count} ({task.digest[:12]})"
+        what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
         sink.on_bytes = lambda kept, _count: self._on_bytes(index, kept)
         client = self.manager._client()
         for attempt in range(client.retries + 1):
@@ -1743,36 +1729,12 @@ class _PullJob:
         _remove_file(path)
         return -1
 
-    # The consumer ------------------------------------------------------------
-
-    def _wait_for(self, index: int) -> int:
-        """The descriptor of task ``index`` once a worker has it; emits progress meanwhile."""
-        while True:
-            with self.condition:
-                if self.error is not None:
-                    raise self.error
-                fd = self.ready.get(index)
-                # Emit on change, and at least once a second so speeds and ETAs stay live.
-                due = self.dirty or time.monotonic() - self.last_emit >= 1.0
-                snapshot = self.snapshot() if due else None
-                self.dirty = False
-                if fd is None and snapshot is None:
-                    self.condition.wait(_PROGRESS_INTERVAL)
-                    continue
-            if snapshot is not None:
-                self.last_emit = time.monotonic()
-                self.emit(snapshot)
-            if fd is not None:
-                return fd
-
-    def _emit_now(self) -> None:
-        with self.condition:
-            snapshot = self.snapshot()
-            self.dirty = False
-        self.emit(snapshot)
+    # The calling thread ------------------------------------------------------
 
     def run(self, consume: Callable[[int, int], None], finish: Callable[[], None]) -> None:
-        """Call ``consume(position, descriptor)`` for every chunk in order, then ``finish()``."""
+        """Obtain every chunk; workers call ``consume(position, descriptor)`` for each position;
+        then ``finish()`` runs here."""
+        self.consume = consume
         self.emit(PullProgress("chunks", self.chunk_count, 0, self.total_size, 0, 0))
         threads = [
             threading.Thread(target=self._worker, name=f"xprim-models-{n}", daemon=True)
@@ -1781,88 +1743,92 @@ class _PullJob:
         for thread in threads:
             thread.start()
         try:
-            for position in range(self.chunk_count):
-                index = self.task_of[position]
-                consume(position, self._wait_for(index))
+            last_emit = time.monotonic()
+            while True:
                 with self.condition:
-                    if self.tasks[index].last == position:
-                        os.close(self.ready.pop(index))
-                    self.consumed = position + 1
-                    self.condition.notify_all()
+                    if self.error is not None:
+                        raise self.error
+                    if self.tasks_done == len(self.tasks):
+                        break
+                    # Emit on change, and at least once a second so speeds and ETAs stay live.
+                    if not self.dirty and time.monotonic() - last_emit < 1.0:
+                        self.condition.wait(_PROGRESS_INTERVAL)
+                        continue
+                    snapshot = self.snapshot()
+                    self.dirty = False
+                last_emit = time.monotonic()
+                self.emit(snapshot)
+                with self.condition:  # pace the callbacks: at most one per interval
+                    if self.error is None and self.tasks_done < len(self.tasks):
+                        self.condition.wait(_PROGRESS_INTERVAL)
             finish()
         finally:
             with self.condition:
                 self.cancel.set()
                 self.condition.notify_all()
-                for fd in self.ready.values():
-                    os.close(fd)
-                self.ready.clear()
                 # A worker stuck in a stalled read may never get to clean up.
-                for partial in self.partials:
-                    _remove_file(partial)
+                for partial_path in self.partials:
+                    _remove_file(partial_path)
         self._emit_now()
 
 
-class _Extractor:
-    """Writes a manifest's files under ``staging`` from its chunks, handed over in order."""
+class _Staging:
+    """The files of a manifest under a staging directory, written in place from chunks in any order."""
 
-    def __init__(self, job: _PullJob, manifest: _Manifest, staging: str) -> None:
-        self.job, self.manifest, self.staging = job, manifest, staging
-        self.files = iter(manifest.files)
-        self.buffer = bytearray(_BUFFER_SIZE)
-        self.target, self.target_path, self.left = -1, "", 0
+    def __init__(self, job: _PullJob, manifest: _Manifest, root: str) -> None:
+        self.job, self.manifest, self.root = job, manifest, root
         self.directories: set[str] = set()
 
-    def _create(self, relative: str) -> tuple[int, str]:
-        parts = relative.split("/")
-        path = os.path.join(self.staging, *parts)
-        try:
-            for depth in range(1, len(parts)):
-                directory = os.path.join(self.staging, *parts[:depth])
-                if directory not in self.directories:
-                    os.makedirs(directory, exist_ok=True)
-                    self.directories.add(directory)
-            return _create_new(path), path
-        except OSError as exc:
-            raise _storage_error("create", path, exc) from exc
+    def path(self, index: int) -> str:
+        return os.path.join(self.root, *self.manifest.files[index].path.split("/"))
 
-    def _next_file(self) -> None:
-        """Open the next file with content, creating empty files on the way."""
-        for info in self.files:
-            self.job.set_current_file(info.path)
-            fd, path = self._create(info.path)
-            if info.size:
-                self.target, self.target_path, self.left = fd, path, info.size
-                return
-            _close_file(fd, path)
-
-    def __call__(self, position: int, source: int) -> None:
-        offset, length = 0, self.manifest.chunk_length(position)
-        while length:
-            if not self.left:
-                self._next_file()
-            step = min(self.left, length)
+    def create(self) -> None:
+        """Every file at its final size (sparse until written), so chunks can land anywhere."""
+        for index, info in enumerate(self.manifest.files):
+            parts = info.path.split("/")
+            path = self.path(index)
             try:
-                _copy_range(source, offset, step, self.target, self.buffer)
+                for depth in range(1, len(parts)):
+                    directory = os.path.join(self.root, *parts[:depth])
+                    if directory not in self.directories:
+                        os.makedirs(directory, exist_ok=True)
+                        self.directories.add(directory)
+                fd = _create_new(path)
+                try:
+                    if info.size:
+                        os.ftruncate(fd, info.size)
+                finally:
+                    os.close(fd)
             except OSError as exc:
-                raise _storage_error("write", self.target_path, exc) from exc
-            offset, length, self.left = offset + step, length - step, self.left - step
-            if not self.left:
-                fd, self.target = self.target, -1
-                _close_file(fd, self.target_path)
+                raise _storage_error("create", path, exc) from exc
+
+    def write(self, position: int, source: int) -> None:
+        """Copy chunk ``position`` (open as ``source``) into the files it belongs to; any thread."""
+        manifest = self.manifest
+        start = position * manifest.chunk_size
+        for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
+            path = self.path(index)
+            try:
+                target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
+                try:
+                    _copy_range(source, manifest.starts[index] + offset - start, count, target, offset)
+                finally:
+                    os.close(target)
+            except OSError as exc:
+                raise _storage_error("write", path, exc) from exc
 
     def finish(self) -> None:
-        if self.left or self.target >= 0:
-            raise StorageError(f"{self.job.label}: internal error: files and chunks disagree")
-        self._next_file()  # the empty files after the last byte
+        """Flush every file and directory to stable storage (the "extracting" phase)."""
+        for index, info in enumerate(self.manifest.files):
+            self.job.set_current_file(info.path)
+            path = self.path(index)
+            try:
+                fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+            except OSError as exc:
+                raise _storage_error("write", path, exc) from exc
+            _close_file(fd, path)
         for directory in sorted(self.directories, key=len, reverse=True):
             _fsync_directory(directory)
-        self.job.current_file = self.manifest.files[-1].path if self.manifest.files else ""
-
-    def close(self) -> None:
-        if self.target >= 0:
-            os.close(self.target)
-            self.target = -1
 
 
 def _close_file(fd: int, path: str) -> None:
@@ -2501,15 +2467,16 @@ class Manager:
             for digest, found in self._seeds(manifest).items()
         }
         repaired = set(missing)
-        buffer = bytearray(_BUFFER_SIZE)
+        guard = threading.Lock()  # compare runs in the job's worker threads
 
         def compare(number: int, source: int) -> None:
             position = positions[number]
             start = position * manifest.chunk_size
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
                 info = manifest.files[index]
-                if info.path in repaired:
-                    continue
+                with guard:
+                    if info.path in repaired:
+                        continue
                 expected = _pread(source, count, manifest.starts[index] + offset - start)
                 path = os.path.join(root, *info.path.split("/"))
                 try:
@@ -2521,20 +2488,20 @@ class Manager:
                 except OSError:
                     same = False
                 if not same:
-                    repaired.add(info.path)
+                    with guard:
+                        repaired.add(info.path)
 
         emit = progress if progress is not None else (lambda snapshot: None)
         _PullJob(self, f"repair {installed.ref}", chunks, concurrency, emit, seeds=seeds,
                  limit_rate=limit_rate).run(compare, lambda: None)
         for index, info in enumerate(manifest.files):
             if info.path in repaired:
-                self._rewrite(root, manifest, index, bad_positions, buffer)
+                self._rewrite(root, manifest, index, bad_positions)
         for digest in {manifest.chunks[p] for p in positions}:
             _remove_file(os.path.join(self._chunks_dir, digest))
         return repaired
 
-    def _rewrite(self, root: str, manifest: _Manifest, index: int, bad_positions: set[int],
-                 buffer: bytearray) -> None:
+    def _rewrite(self, root: str, manifest: _Manifest, index: int, bad_positions: set[int]) -> None:
         """Rebuild one file: damaged chunks from the cache, intact ones from the file itself."""
         info = manifest.files[index]
         path = os.path.join(root, *info.path.split("/"))
@@ -2555,13 +2522,13 @@ class Manager:
                         chunk = os.path.join(self._chunks_dir, manifest.chunks[position])
                         source = os.open(chunk, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
                         try:
-                            _copy_range(source, low - start, high - low, target, buffer)
+                            _copy_range(source, low - start, high - low, target, low - begin)
                         finally:
                             os.close(source)
                     else:  # this range of the file hashed right: keep its bytes
                         if old < 0:
                             old = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
-                        _copy_range(old, low - begin, high - low, target, buffer)
+                        _copy_range(old, low - begin, high - low, target, low - begin)
                 os.fsync(target)
             finally:
                 os.close(target)
@@ -2729,11 +2696,9 @@ class Manager:
         try:
             chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
             job = _PullJob(self, f"pull {ref}", chunks, concurrency, emit, seeds=seeds, limit_rate=limit_rate)
-            extractor = _Extractor(job, manifest, staging)
-            try:
-                job.run(extractor, extractor.finish)
-            finally:
-                extractor.close()  # a file left open if the progress callback raised between chunks
+            files = _Staging(job, manifest, staging)
+            files.create()
+            job.run(files.write, files.finish)
             _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
             _fsync_directory(staging)
             # The swap: the old version stays whole until the new one is complete.

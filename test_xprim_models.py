@@ -2295,6 +2295,27 @@ class TestReliability:
         manager.remove("org/tiny v1")
         self.assert_outside_untouched(outside)
 
+    @pytest.mark.parametrize("link", ["cache", "cache/chunks", "cache/manifests", ".locks", ".locks/models/org"])
+    def test_linked_private_directories_are_refused(self, manager: xm.Manager, model: dict[str, bytes],
+                                                    data_dir: Path, outside: Path, link: str) -> None:
+        (data_dir / link).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(outside, data_dir / link)
+        with pytest.raises(xm.StorageError, match=f"{data_dir / link} is a symbolic link"):
+            manager.pull("org/tiny v1")
+        self.assert_outside_untouched(outside)
+
+    def test_verify_works_on_a_read_only_data_directory(self, manager: xm.Manager, model: dict[str, bytes],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        manager.pull("org/tiny v1")
+
+        def read_only(self: Any) -> None:
+            raise xm.StorageError("cannot lock ...: Read-only file system")
+
+        monkeypatch.setattr(xm._FileLock, "__enter__", read_only)  # as root, no real read-only mount here
+        assert manager.verify("org/tiny v1") == []
+        with pytest.raises(xm.StorageError, match="Read-only"):
+            manager.verify("org/tiny v1", repair=True)
+
     def test_stray_files_where_directories_go(self, manager: xm.Manager, model: dict[str, bytes],
                                               data_dir: Path) -> None:
         (data_dir / "org" / "tiny").mkdir(parents=True)

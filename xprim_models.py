@@ -1945,8 +1945,21 @@ class Manager:
         """A hidden path beside the version directory (staging, old copy)."""
         return os.path.join(self._data_dir, ref.group, ref.model, f".{ref.version}.{suffix}")
 
+    def _private(self, path: str) -> str:
+        """``path``, after checking that nothing on the way to it below the data directory is
+        a symbolic link: the cache and locks are never followed outside it."""
+        current = self._data_dir
+        for part in os.path.relpath(path, self._data_dir).split(os.sep):
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                raise StorageError(
+                    f"{current} is a symbolic link; xprim-models keeps its cache and locks as plain "
+                    f"directories inside {self._data_dir} and does not follow links there: remove the link"
+                )
+        return path
+
     def _registry_lock(self) -> AbstractContextManager[Any]:
-        return _FileLock(os.path.join(self._data_dir, _LOCKS_DIR, "registry.lock"))
+        return _FileLock(self._private(os.path.join(self._data_dir, _LOCKS_DIR, "registry.lock")))
 
     def _cache_lock(self, *, shared: bool) -> AbstractContextManager[Any]:
         """Pulls share it; prune_cache takes it alone, so it never deletes what a pull holds."""
@@ -1958,14 +1971,16 @@ class Manager:
         def waiting() -> None:
             self._logger.warning("Waiting for running downloads to finish...")
 
-        return _FileLock(os.path.join(self._data_dir, _LOCKS_DIR, "cache.lock"), waiting, shared=shared)
+        return _FileLock(self._private(os.path.join(self._data_dir, _LOCKS_DIR, "cache.lock")), waiting,
+                         shared=shared)
 
     def _model_lock(self, ref: ModelRef) -> _FileLock:
         def waiting() -> None:
             self._logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
 
         return _FileLock(
-            os.path.join(self._data_dir, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock"), waiting
+            self._private(os.path.join(self._data_dir, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock")),
+            waiting,
         )
 
     def _read_registry(self) -> dict[str, Any]:
@@ -2058,7 +2073,7 @@ class Manager:
         raw = self._client().fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES)
         manifest = _parse_manifest(digest, raw, self._metadata_dir)
         try:
-            _atomic_write(cached, raw)
+            _atomic_write(self._private(cached), raw)
         except StorageError as exc:
             self._logger.debug("manifest cache not written: %s", exc)
         return manifest
@@ -2110,7 +2125,7 @@ class Manager:
     def _clean_cache(self, keep: set[str]) -> None:
         """Remove what dead processes left half-written, and cached chunks older than a day
         that this pull does not need."""
-        for directory in (self._data_dir, self._chunks_dir, self._manifests_dir):
+        for directory in (self._data_dir, self._private(self._chunks_dir), self._private(self._manifests_dir)):
             _remove_abandoned(directory)
         try:
             names = os.listdir(self._chunks_dir)
@@ -2381,8 +2396,17 @@ class Manager:
             NetworkError, HashMismatchError, StorageError: the repair failed.
         """
         ref = _versioned(ref, "verify")
-        with self._model_lock(ref):
-            self._recover(ref)
+        from contextlib import ExitStack
+
+        with ExitStack() as locked:
+            try:
+                locked.enter_context(self._model_lock(ref))
+                self._recover(ref)
+            except StorageError:
+                if repair:
+                    raise
+                # A read-only data directory has no room for a lock file; checking only reads.
+                self._logger.debug("verify %s: going on without the model lock", ref)
             installed = self.get_installed(ref)
             manifest_path = f"{self._metadata_dir}/manifest.json"
             try:
@@ -2560,9 +2584,10 @@ class Manager:
             if not os.path.lexists(leftover):
                 freed += size
         horizon = None if max_age is None else time.time() - max_age
-        for directory in (self._data_dir, self._manifests_dir):
+        for directory in (self._data_dir, self._private(self._manifests_dir)):
             _remove_abandoned(directory)
         with self._cache_lock(shared=False):
+            self._private(self._chunks_dir)
             try:
                 names = os.listdir(self._chunks_dir)
             except FileNotFoundError:
@@ -2676,7 +2701,7 @@ class Manager:
         final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
         try:
             os.makedirs(os.path.join(staging, self._metadata_dir))
-            os.makedirs(self._chunks_dir, exist_ok=True)
+            os.makedirs(self._private(self._chunks_dir), exist_ok=True)
         except OSError as exc:
             raise _storage_error("create", staging, exc) from exc
         installed = InstalledModel(

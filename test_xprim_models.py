@@ -92,6 +92,13 @@ class Fault:
         self.reset_after = reset_after  # send this many body bytes, then a TCP reset
 
 
+class Hold:
+    """A request the server keeps waiting: ``arrived`` when it comes, answered once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.arrived, self.release = threading.Event(), threading.Event()
+
+
 class RegistryServer:
     """Serves a registry directory on 127.0.0.1; counts requests and bytes per path."""
 
@@ -111,6 +118,7 @@ class RegistryServer:
         self.max_active = 0
         self.gate = 0  # hold requests for gated paths until this many are in flight at once
         self.gated: set[str] = set()
+        self.holds: dict[str, Hold] = {}
         self.gate_open = False
         self.stop = threading.Event()
         server = self
@@ -136,6 +144,12 @@ class RegistryServer:
     def fail(self, path: str, *faults: Fault) -> None:
         self.faults[path].extend(faults)
 
+    def hold(self, path: str) -> Hold:
+        """Keep the next request for ``path`` waiting until released (or the server closes)."""
+        with self.condition:
+            self.holds[path] = Hold()
+            return self.holds[path]
+
     def chunk_requests(self) -> int:
         return sum(count for path, count in self.requests.items() if path.startswith("data/"))
 
@@ -144,6 +158,8 @@ class RegistryServer:
         with self.condition:
             self.gate_open = True
             self.condition.notify_all()
+            for hold in self.holds.values():
+                hold.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join()
@@ -155,6 +171,9 @@ class RegistryServer:
             self.user_agents.add(request.headers.get("User-Agent", ""))
             self.connections.add(request.client_address)
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
+            hold = self.holds.get(path)
+            if hold is not None and hold.arrived.is_set():
+                hold = None  # only the first request is held
             self.active += 1
             self.max_active = max(self.max_active, self.active)
             if self.gate and path in self.gated:
@@ -162,6 +181,9 @@ class RegistryServer:
                     self.gate_open = True
                     self.condition.notify_all()
                 self.condition.wait_for(lambda: self.gate_open, timeout=10)
+        if hold is not None:
+            hold.arrived.set()
+            hold.release.wait(30)
         try:
             self.respond(request, path, fault)
         except (BrokenPipeError, ConnectionResetError):
@@ -1235,16 +1257,7 @@ class TestConcurrency:
     def test_ctrl_c_stops_the_pull_and_keeps_verified_chunks(self, model: dict[str, bytes], server: RegistryServer,
                                                              registry_dir: Path, data_dir: Path) -> None:
         chunks = chunk_paths(registry_dir)
-        server.always[chunks[3]] = Fault(stall=True)
-        arrived = threading.Event()
-        original = server.handle
-
-        def handle(request: http.server.BaseHTTPRequestHandler) -> None:
-            if request.path.lstrip("/") == chunks[3]:
-                arrived.set()
-            original(request)
-
-        server.handle = handle  # type: ignore[method-assign]
+        arrived = server.hold(chunks[3]).arrived
         script = PULL_SCRIPT.replace("concurrency=2", "concurrency=1")
         process = subprocess.Popen([sys.executable, "-c", script, server.url, str(data_dir), "org/tiny v1"],
                                    cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -2329,21 +2342,10 @@ class TestReliability:
     def hold_lock(self, server: RegistryServer, registry_dir: Path, data_dir: Path,
                   ref: str = "org/tiny v1") -> tuple[subprocess.Popen[str], threading.Event]:
         """A child process stuck mid-pull of ``ref`` (so holding its model lock) on a stalled chunk."""
-        chunk = chunk_paths(registry_dir, ref.split()[1])[2]
-        server.always[chunk] = Fault(stall=True)
-        arrived = threading.Event()
-        original = server.handle
-
-        def handle(request: http.server.BaseHTTPRequestHandler) -> None:
-            if request.path.lstrip("/") == chunk:
-                arrived.set()
-            original(request)
-
-        server.handle = handle  # type: ignore[method-assign]
+        arrived = server.hold(chunk_paths(registry_dir, ref.split()[1])[2]).arrived
         child = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, server.url, str(data_dir), ref],
                                  cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert arrived.wait(20)
-        del server.always[chunk]
         return child, arrived
 
     def test_lock_of_a_killed_process_is_released(self, manager: xm.Manager, model: dict[str, bytes],
@@ -2374,17 +2376,8 @@ class TestReliability:
                                                server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
         manager.pull("org/tiny v2")
         (chunk,) = set(chunk_paths(registry_dir, "v1")) - set(chunk_paths(registry_dir, "v2"))  # not seeded
-        release = threading.Event()
-        arrived = threading.Event()
-        original = server.handle
-
-        def handle(request: http.server.BaseHTTPRequestHandler) -> None:
-            if request.path.lstrip("/") == chunk:
-                arrived.set()
-                release.wait(20)
-            original(request)
-
-        server.handle = handle  # type: ignore[method-assign]
+        held = server.hold(chunk)
+        arrived, release = held.arrived, held.release
         child = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, server.url, str(data_dir), "org/tiny v1"],
                                  cwd=HERE, stdout=subprocess.PIPE, text=True)
         assert arrived.wait(20)
@@ -2548,17 +2541,8 @@ class TestPrune:
 
     def test_prune_waits_for_a_running_pull(self, manager: xm.Manager, model: dict[str, bytes],
                                             server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
-        stalled = chunk_paths(registry_dir)[4]
-        release, arrived = threading.Event(), threading.Event()
-        original = server.handle
-
-        def handle(request: http.server.BaseHTTPRequestHandler) -> None:
-            if request.path.lstrip("/") == stalled:
-                arrived.set()
-                release.wait(20)
-            original(request)
-
-        server.handle = handle  # type: ignore[method-assign]
+        held = server.hold(chunk_paths(registry_dir)[4])
+        arrived, release = held.arrived, held.release
         results: list[object] = []
         puller = threading.Thread(target=lambda: results.append(manager.pull("org/tiny v1", concurrency=1)))
         puller.start()

@@ -2507,6 +2507,36 @@ class TestVerify:
         assert manager.verify("org/tiny v1", repair=True) == [".test-app/manifest.json"]
         assert manager.verify("org/tiny v1") == []
 
+    def test_repair_restores_a_missing_empty_file_and_metadata_directory(
+        self, manager: xm.Manager, registry_dir: Path
+    ) -> None:
+        files = {"a": b"12345", "empty": b"", "b": b"67890"}
+        publish.publish(str(registry_dir), "org", "small", "v1", files, chunk_size=16)
+        root = Path(manager.pull("org/small v1").path)
+        (root / "empty").unlink()
+        assert manager.verify("org/small v1") == ["empty"]
+        assert manager.verify("org/small v1", repair=True) == ["empty"]
+        (root / "a").write_bytes(b"xxxxx")
+        shutil.rmtree(root / ".test-app")
+        assert manager.verify("org/small v1", repair=True) == [".test-app/manifest.json", "a"]
+        assert tree(root) == dict(sorted(files.items())) and manager.verify("org/small v1") == []
+
+    def test_repair_does_not_write_through_a_linked_directory(self, manager: xm.Manager, model: dict[str, bytes],
+                                                              tmp_path: Path) -> None:
+        root = Path(manager.pull("org/tiny v1").path)
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        shutil.rmtree(root / "sub")
+        os.symlink(outside, root / "sub")
+        with pytest.raises(xm.StorageError, match="is a symbolic link"):
+            manager.verify("org/tiny v1", repair=True)
+        assert list(outside.iterdir()) == []
+
+    def test_verify_checks_its_options(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
+        manager.pull("org/tiny v1")
+        with pytest.raises(ValueError, match="concurrency"):
+            manager.verify("org/tiny v1", repair=True, concurrency=0)
+
     def test_cli_verify_exit_codes(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
         assert cli_run(server, data_dir, "verify").stdout == "org/tiny v1: ok\n"
@@ -2557,6 +2587,32 @@ class TestPrune:
         pruner.join(30)
         assert pruned.is_set() and isinstance(results[0], xm.InstalledModel)
         assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
+
+    def test_prune_counts_only_what_it_deleted(self, manager: xm.Manager, model: dict[str, bytes],
+                                               data_dir: Path) -> None:
+        installed = manager.pull("org/tiny v1")
+        os.rename(installed.path, data_dir / "org" / "tiny" / ".v1.old")  # a crash between a swap's renames
+        assert manager.prune_cache() == 0  # the old copy was put back, not deleted
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+
+    def test_partial_file_of_a_live_writer_is_kept(self, manager: xm.Manager, model: dict[str, bytes],
+                                                   data_dir: Path) -> None:
+        import fcntl
+
+        # A writer in another PID namespace: its process id means nothing here, its lock does.
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        dead_pid = child.pid  # exited and reaped
+        cache = data_dir / "cache" / "chunks"
+        cache.mkdir(parents=True)
+        held = cache / f"{'d' * 64}.{dead_pid}.1.part"
+        gone = cache / f"{'e' * 64}.{dead_pid}.1.part"
+        held.write_bytes(b"being written")
+        gone.write_bytes(b"left by a crash")
+        with open(held, "rb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            manager.pull("org/tiny v1")
+            assert held.exists() and not gone.exists()
 
     def test_cli_prune(self, server: RegistryServer, data_dir: Path) -> None:
         cache = data_dir / "cache" / "chunks"
@@ -2651,9 +2707,12 @@ class TestPreflight:
 
         manager.pull("org/tiny v1")
         usage = shutil.disk_usage(".")
-        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=8 * 1024))
-        installed = manager.pull("org/tiny v2")  # 6.4 KB of files + one changed 1 KB chunk fit in 8 KB
-        assert installed.total_size == 6514
+        # 6.4 KB of files + one changed 1 KB chunk + 4 chunks copied from v1 at a time (concurrency 4)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=11 * 1024))
+        with pytest.raises(xm.StorageError, match=r"needs 11\.4 KB .* but only 11 KB is free"):
+            manager.pull("org/tiny v2")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=12 * 1024))
+        assert manager.pull("org/tiny v2").total_size == 6514
 
 
 # --- Crash safety: SIGKILL at any moment of a pull -------------------------------------------

@@ -518,13 +518,25 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _create_new(path: str, flags: int = os.O_WRONLY) -> int:
-    """Create ``path`` as a new file; a stray file or planted link there is replaced, never followed."""
+    """Create ``path`` as a new file; a stray file or planted link there is replaced, never followed.
+
+    On POSIX the new file is locked while open, so a cleaner in another process
+    (even in another PID namespace) can tell it is still being written.
+    """
     flags |= os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW
     try:
-        return os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o644)
     except FileExistsError:
         os.unlink(path)  # removes a link itself, not its target
-        return os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o644)
+    if os.name != "nt":
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # a file system without locks: cleaners fall back to process ids
+    return fd
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
@@ -699,6 +711,18 @@ def _remove_tree(path: str) -> None:
         raise _storage_error("remove", path, exc) from exc
 
 
+def _no_links(root: str, path: str, why: str = "") -> str:
+    """``path``, after checking that nothing between ``root`` and it is a symbolic link."""
+    current = root
+    for part in os.path.relpath(path, root).split(os.sep):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            raise StorageError(
+                f"{current} is a symbolic link; {why or f'nothing inside {root} may be one'}: remove the link"
+            )
+    return path
+
+
 def _tree_size(path: str) -> int:
     """Bytes of the files under ``path`` (links not followed)."""
     try:
@@ -731,21 +755,38 @@ def _remove_abandoned(directory: str) -> None:
         if not match or int(match.group(1)) == os.getpid():
             continue
         path = os.path.join(directory, name)
-        if os.name == "nt":  # os.kill would terminate the process there: go by age instead
-            try:
-                abandoned = time.time() - os.lstat(path).st_mtime > 3600
-            except OSError:
-                continue
-        else:
-            try:
-                os.kill(int(match.group(1)), 0)
-                abandoned = False
-            except ProcessLookupError:
-                abandoned = True
-            except OSError:
-                abandoned = False  # alive, under another user
-        if abandoned:
+        if _writer_gone(path, int(match.group(1))):
             _remove_file(path)
+
+
+def _writer_gone(path: str, pid: int) -> bool:
+    """Whether the process that wrote the temporary file ``path`` is gone."""
+    try:
+        age = time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return False
+    if os.name == "nt":  # os.kill would terminate the process there: go by age alone
+        return age > 3600
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # its writer still holds it, whatever its process id says here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass  # alive, under another user
+        return age > 3600  # that process id may be reused, or belong to another PID namespace
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -1228,7 +1269,9 @@ class _RegistryClient:
                 raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
             except (OSError, http.client.HTTPException) as exc:
                 session.close()
-                if not reused:
+                stale = isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                                         ConnectionAbortedError))
+                if not (reused and stale):
                     raise _Transient(str(exc) or type(exc).__name__) from exc
                 # The server closed a kept-alive connection meanwhile: reconnect, not a retry.
         if response.status in (301, 302, 303, 307, 308):
@@ -1593,7 +1636,7 @@ class _PullJob:
                     index = self.next_task
                     self.next_task += 1
                 task = self.tasks[index]
-                fd = self._obtain(index, task, buffer, session)
+                fd, seeded = self._obtain(index, task, buffer, session)
                 try:
                     for position in task.positions:
                         if self.cancel.is_set():
@@ -1601,6 +1644,8 @@ class _PullJob:
                         self.consume(position, fd)
                 finally:
                     os.close(fd)
+                if seeded:  # the installed copy can seed it again: no need to keep it twice
+                    _remove_file(os.path.join(self.manager._chunks_dir, task.digest))
                 with self.condition:
                     self.tasks_done += 1
                     self.chunks_completed += len(task.positions)
@@ -1617,19 +1662,19 @@ class _PullJob:
         finally:
             session.close()
 
-    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> int:
-        """An open descriptor of the verified chunk: from the cache, an installed version, or the network."""
+    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> tuple[int, bool]:
+        """An open descriptor of the verified chunk, from the cache, an installed version or the
+        network; and whether it came from an installed version."""
         path = os.path.join(self.manager._chunks_dir, task.digest)
         fd = self._open_cached(path, task, buffer)
-        if fd < 0:
-            for seed in self.seeds.get(task.digest, ()):
-                fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
-                if fd >= 0:
-                    self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
-                    break
-        if fd < 0:
-            fd = self._store(path, task, lambda sink: self._download(index, task, sink, session))
-        return fd
+        if fd >= 0:
+            return fd, False
+        for seed in self.seeds.get(task.digest, ()):
+            fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
+            if fd >= 0:
+                self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
+                return fd, True
+        return self._store(path, task, lambda sink: self._download(index, task, sink, session)), False
 
     def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:
         """Fill a partial file with ``fill``; if it verifies, move it into the cache and return it open."""
@@ -1830,7 +1875,7 @@ class _Staging:
             self.job.set_current_file(info.path)
             path = self.path(index)
             try:
-                fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)  # Windows flushes writable handles only
             except OSError as exc:
                 raise _storage_error("write", path, exc) from exc
             _close_file(fd, path)
@@ -1861,6 +1906,15 @@ def _parse_time(text: str) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
+
+
+def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
+    """The concurrency to use (capped at 16); ValueError for values that make no sense."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
+    if limit_rate is not None and not limit_rate > 0:
+        raise ValueError(f"limit_rate must be a positive number of bytes per second, not {limit_rate!r}")
+    return min(concurrency, _MAX_CONCURRENCY)
 
 
 class Manager:
@@ -1953,17 +2007,10 @@ class Manager:
         return os.path.join(self._data_dir, ref.group, ref.model, f".{ref.version}.{suffix}")
 
     def _private(self, path: str) -> str:
-        """``path``, after checking that nothing on the way to it below the data directory is
-        a symbolic link: the cache and locks are never followed outside it."""
-        current = self._data_dir
-        for part in os.path.relpath(path, self._data_dir).split(os.sep):
-            current = os.path.join(current, part)
-            if os.path.islink(current):
-                raise StorageError(
-                    f"{current} is a symbolic link; xprim-models keeps its cache and locks as plain "
-                    f"directories inside {self._data_dir} and does not follow links there: remove the link"
-                )
-        return path
+        """``path`` below the data directory, with no symbolic link on the way: the cache and
+        locks are never followed outside it."""
+        return _no_links(self._data_dir, path, "xprim-models keeps its cache and locks as plain "
+                                               f"directories inside {self._data_dir} and does not follow links there")
 
     def _registry_lock(self) -> AbstractContextManager[Any]:
         return _FileLock(self._private(os.path.join(self._data_dir, _LOCKS_DIR, "registry.lock")))
@@ -2100,7 +2147,7 @@ class Manager:
         except OSError:
             return ""
 
-    def _recover(self, ref: ModelRef) -> None:
+    def _recover(self, ref: ModelRef) -> int:
         """Finish or undo what a crashed pull or remove of ``ref`` left (model lock held).
 
         A swap renames the installed copy to ``.<version>.old``, the staging
@@ -2108,26 +2155,32 @@ class Manager:
         registry.json names is the one that stays.
         """
         final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
+        freed = _tree_size(staging) if os.path.lexists(staging) else 0
         _remove_tree(staging)
         metadata = os.path.join(final, self._metadata_dir)
         if os.path.isdir(metadata) and not os.path.islink(metadata):
             for name in os.listdir(metadata):
                 if name.startswith("repair-") and name.endswith(".tmp"):  # an interrupted repair
+                    freed += _tree_size(os.path.join(metadata, name))
                     _remove_file(os.path.join(metadata, name))
         if not os.path.lexists(old):
-            return
+            return freed
         entry = self._entry(self._read_registry(), ref)
         committed = entry.get("manifest_hash") if isinstance(entry, dict) else None
         if committed and os.path.lexists(final) and self._stored_manifest_hash(final) == committed:
-            _remove_tree(old)  # the swap was committed; only the old copy was left
+            discard = old  # the swap was committed; only the old copy was left
         elif committed and self._stored_manifest_hash(old) == committed:
-            _remove_tree(final)  # the swap was not committed: put the old copy back
+            discard = final  # the swap was not committed: put the old copy back
+        else:
+            discard = old  # nothing names it: a committed remove, or a stray copy
+        freed += _tree_size(discard) if os.path.lexists(discard) else 0
+        _remove_tree(discard)
+        if discard == final:
             try:
                 os.rename(old, final)
             except OSError as exc:
                 raise _storage_error("restore", final, exc) from exc
-        else:
-            _remove_tree(old)  # nothing names it: a committed remove, or a stray copy
+        return freed
 
     def _clean_cache(self, keep: set[str]) -> None:
         """Remove what dead processes left half-written, and cached chunks older than a day
@@ -2320,11 +2373,7 @@ class Manager:
             HashMismatchError, StorageError, InvalidRefError.
         """
         ref = _versioned(ref, "pull")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
-        concurrency = min(concurrency, _MAX_CONCURRENCY)
-        if limit_rate is not None and not limit_rate > 0:
-            raise ValueError(f"limit_rate must be a positive number of bytes per second, not {limit_rate!r}")
+        concurrency = _check_download_options(concurrency, limit_rate)
         emit = progress if progress is not None else (lambda snapshot: None)
         remote = self._lookup(self._index(), ref)
         if not force and not os.path.lexists(self._sibling(ref, "old")):  # else recover first, under the lock
@@ -2344,7 +2393,7 @@ class Manager:
             with self._cache_lock(shared=True):
                 self._clean_cache(set(manifest.chunks))
                 seeds = self._seeds(manifest)
-                self._check_space(ref, manifest, seeds)
+                self._check_space(ref, manifest, seeds, concurrency)
                 started = time.monotonic()
                 installed = self._install(ref, remote, manifest, concurrency, emit, seeds, limit_rate)
             self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
@@ -2403,6 +2452,7 @@ class Manager:
             NetworkError, HashMismatchError, StorageError: the repair failed.
         """
         ref = _versioned(ref, "verify")
+        concurrency = _check_download_options(concurrency, limit_rate)
         from contextlib import ExitStack
 
         with ExitStack() as locked:
@@ -2429,7 +2479,8 @@ class Manager:
                 repaired = self._repair(installed, manifest, bad_positions, missing, concurrency,
                                         progress, limit_rate)
             if damaged_manifest:
-                _atomic_write(os.path.join(installed.path, *manifest_path.split("/")), manifest.raw)
+                target = os.path.join(installed.path, *manifest_path.split("/"))
+                _atomic_write(_no_links(installed.path, target), manifest.raw)
                 repaired.add(manifest_path)
             self._logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
             return sorted(repaired)
@@ -2489,31 +2540,40 @@ class Manager:
         progress: Callable[[PullProgress], None] | None,
         limit_rate: float | None,
     ) -> set[str]:
-        """Fetch the damaged chunks, find the files that differ from them, rewrite only those."""
-        root = installed.path
-        positions = sorted(bad_positions)
-        chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
-        seeds = {
-            digest: [seed for seed in found if seed.directory != root]
-            for digest, found in self._seeds(manifest).items()
-        }
-        repaired = set(missing)
-        guard = threading.Lock()  # compare runs in the job's worker threads
+        """Fetch the damaged chunks, find the files that differ from them, rewrite only those.
 
-        def compare(number: int, source: int) -> None:
-            position = positions[number]
-            start = position * manifest.chunk_size
-            for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
+        Each damaged chunk is written, while the job holds it open, into a scratch
+        copy of every file it touches; a file found to differ then gets its intact
+        ranges from its old self and replaces it. The others' scratch copies go.
+        """
+        root = installed.path
+        metadata = _no_links(root, os.path.join(root, self._metadata_dir))
+        positions = sorted(bad_positions)
+        chunk_size = manifest.chunk_size
+        touched = {
+            index
+            for position in positions
+            for index, _, _ in _segments(manifest, position * chunk_size, manifest.chunk_length(position))
+        } | {index for index, info in enumerate(manifest.files) if info.path in missing}
+        scratch = {index: os.path.join(metadata, f"repair-{index}.tmp") for index in sorted(touched)}
+        repaired = set(missing)
+        guard = threading.Lock()  # consume runs in the job's worker threads
+
+        def consume(number: int, source: int) -> None:
+            start = positions[number] * chunk_size
+            for index, offset, count in _segments(manifest, start, manifest.chunk_length(positions[number])):
                 info = manifest.files[index]
+                from_chunk = manifest.starts[index] + offset - start
+                with open(scratch[index], "r+b") as target:
+                    _copy_range(source, from_chunk, count, target.fileno(), offset)
                 with guard:
                     if info.path in repaired:
                         continue
-                expected = _pread(source, count, manifest.starts[index] + offset - start)
-                path = os.path.join(root, *info.path.split("/"))
                 try:
+                    path = os.path.join(root, *info.path.split("/"))
                     fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
                     try:
-                        same = _pread(fd, count, offset) == expected
+                        same = _pread(fd, count, offset) == _pread(source, count, from_chunk)
                     finally:
                         os.close(fd)
                 except OSError:
@@ -2522,56 +2582,66 @@ class Manager:
                     with guard:
                         repaired.add(info.path)
 
-        emit = progress if progress is not None else (lambda snapshot: None)
-        _PullJob(self, f"repair {installed.ref}", chunks, concurrency, emit, seeds=seeds,
-                 limit_rate=limit_rate).run(compare, lambda: None)
-        for index, info in enumerate(manifest.files):
-            if info.path in repaired:
-                self._rewrite(root, manifest, index, bad_positions)
-        for digest in {manifest.chunks[p] for p in positions}:
-            _remove_file(os.path.join(self._chunks_dir, digest))
+        try:
+            try:
+                os.makedirs(metadata, exist_ok=True)
+                for index, path in scratch.items():
+                    fd = _create_new(path)
+                    try:
+                        os.ftruncate(fd, manifest.files[index].size)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                raise _storage_error("repair", metadata, exc) from exc
+            chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
+            seeds = {
+                digest: [seed for seed in found if seed.directory != root]
+                for digest, found in self._seeds(manifest).items()
+            }
+            emit = progress if progress is not None else (lambda snapshot: None)
+            _PullJob(self, f"repair {installed.ref}", chunks, concurrency, emit, seeds=seeds,
+                     limit_rate=limit_rate).run(consume, lambda: None)
+            for index, path in scratch.items():
+                if manifest.files[index].path in repaired:
+                    self._replace_from_scratch(root, manifest, index, bad_positions, path)
+        finally:
+            for path in scratch.values():
+                _remove_file(path)
+            for digest in {manifest.chunks[p] for p in positions}:
+                _remove_file(os.path.join(self._chunks_dir, digest))
         return repaired
 
-    def _rewrite(self, root: str, manifest: _Manifest, index: int, bad_positions: set[int]) -> None:
-        """Rebuild one file: damaged chunks from the cache, intact ones from the file itself."""
+    def _replace_from_scratch(self, root: str, manifest: _Manifest, index: int, bad_positions: set[int],
+                              scratch: str) -> None:
+        """Complete a scratch copy with the file's intact ranges, then put it in the file's place."""
         info = manifest.files[index]
-        path = os.path.join(root, *info.path.split("/"))
-        temporary = os.path.join(root, self._metadata_dir, f"repair-{index}.tmp")
-        old = -1
+        path = _no_links(root, os.path.join(root, *info.path.split("/")))
+        begin, end = manifest.starts[index], manifest.starts[index] + info.size
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            target = _create_new(temporary)
-            try:
-                begin, end = manifest.starts[index], manifest.starts[index] + info.size
-                first = begin // manifest.chunk_size if manifest.chunk_size else 0
-                for position in range(first, len(manifest.chunks)):
-                    start = position * manifest.chunk_size
-                    if start >= end:
-                        break
-                    low, high = max(begin, start), min(end, start + manifest.chunk_length(position))
-                    if position in bad_positions:
-                        chunk = os.path.join(self._chunks_dir, manifest.chunks[position])
-                        source = os.open(chunk, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
-                        try:
-                            _copy_range(source, low - start, high - low, target, low - begin)
-                        finally:
-                            os.close(source)
-                    else:  # this range of the file hashed right: keep its bytes
-                        if old < 0:
+            with open(scratch, "r+b") as target:
+                old = -1
+                try:
+                    first = begin // manifest.chunk_size if manifest.chunk_size else len(manifest.chunks)
+                    for position in range(first, len(manifest.chunks)):
+                        start = position * manifest.chunk_size
+                        if start >= end:
+                            break
+                        low, high = max(begin, start), min(end, start + manifest.chunk_length(position))
+                        if position in bad_positions or high <= low:
+                            continue  # written from the fetched chunk already, or nothing to copy
+                        if old < 0:  # this range hashed right: keep the file's own bytes
                             old = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
-                        _copy_range(old, low - begin, high - low, target, low - begin)
-                os.fsync(target)
-            finally:
-                os.close(target)
+                        _copy_range(old, low - begin, high - low, target.fileno(), low - begin)
+                finally:
+                    if old >= 0:
+                        os.close(old)  # before the replace: Windows cannot replace an open file
+                os.fsync(target.fileno())
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             if os.path.isdir(path) and not os.path.islink(path):
                 _remove_tree(path)
-            os.replace(temporary, path)
+            os.replace(scratch, path)
         except OSError as exc:
-            _remove_file(temporary)
             raise _storage_error("repair", path, exc) from exc
-        finally:
-            if old >= 0:
-                os.close(old)
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete cached chunks older than ``max_age`` seconds (all of them with None),
@@ -2584,12 +2654,9 @@ class Manager:
             StorageError: something could not be deleted.
         """
         freed = 0
-        for ref, leftover in self._leftovers():
-            size = _tree_size(leftover)
+        for ref in sorted(set(self._leftovers())):
             with self._model_lock(ref):
-                self._recover(ref)
-            if not os.path.lexists(leftover):
-                freed += size
+                freed += self._recover(ref)
         horizon = None if max_age is None else time.time() - max_age
         for directory in (self._data_dir, self._private(self._manifests_dir)):
             _remove_abandoned(directory)
@@ -2613,8 +2680,8 @@ class Manager:
         self._logger.info("pruned %d bytes from %s", freed, self._data_dir)
         return freed
 
-    def _leftovers(self) -> Iterator[tuple[ModelRef, str]]:
-        """Staging and old copies that crashed pulls or removes left, with their versions."""
+    def _leftovers(self) -> Iterator[ModelRef]:
+        """The versions whose staging or old copy a crashed pull or remove left behind."""
         try:
             groups = os.listdir(self._data_dir)
         except OSError:
@@ -2638,7 +2705,7 @@ class Manager:
                             ref = ModelRef(group, model, match.group(1))
                         except InvalidRefError:
                             continue
-                        yield ref, os.path.join(self._data_dir, group, model, name)
+                        yield ref
 
     def _stored_manifest(self, installed: InstalledModel) -> _Manifest:
         """The manifest kept in an installed version's metadata directory."""
@@ -2666,16 +2733,17 @@ class Manager:
                     seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
         return seeds
 
-    def _check_space(self, ref: ModelRef, manifest: _Manifest, seeds: Mapping[str, Sequence[_Seed]]) -> None:
+    def _check_space(self, ref: ModelRef, manifest: _Manifest, seeds: Mapping[str, Sequence[_Seed]],
+                     concurrency: int) -> None:
         """Fail before the first request when the disk cannot hold the model and its downloads."""
         import shutil
 
         sizes = {digest: manifest.chunk_length(p) for p, digest in enumerate(manifest.chunks)}
-        downloads = sum(
-            size for digest, size in sizes.items()
-            if digest not in seeds and not os.path.exists(os.path.join(self._chunks_dir, digest))
-        )
-        needed = manifest.total_size + downloads
+        missing = [digest for digest in sizes if not os.path.exists(os.path.join(self._chunks_dir, digest))]
+        downloads = sum(sizes[digest] for digest in missing if digest not in seeds)
+        # Chunks copied from installed versions pass through the cache, a few at a time.
+        copies = sorted((sizes[digest] for digest in missing if digest in seeds), reverse=True)[:concurrency]
+        needed = manifest.total_size + downloads + sum(copies)
         try:
             os.makedirs(self._data_dir, exist_ok=True)
             free = shutil.disk_usage(self._data_dir).free

@@ -722,6 +722,21 @@ class TestPull:
         publish.publish(str(registry_dir), "org", "mixed", "v1", files, chunk_size=777)
         assert tree(Path(manager.pull("org/mixed v1", concurrency=3).path)) == dict(sorted(files.items()))
 
+    def test_total_size_is_verified(self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        original = xm._Staging.write
+
+        def write_then_grow(self: Any, position: int, source: int) -> None:
+            original(self, position, source)
+            if position == 0:  # something outside the pull writes into staging
+                with open(self.path(len(self.manifest.files) - 1), "ab") as stray:
+                    stray.write(b"!")
+
+        monkeypatch.setattr(xm._Staging, "write", write_then_grow)
+        with pytest.raises(xm.StorageError, match="hold 6515 bytes, not the manifest's 6514"):
+            manager.pull("org/tiny v1")
+        assert manager.list_installed() == []
+
     def test_duplicate_chunk_is_fetched_once(self, manager: xm.Manager, registry_dir: Path,
                                              server: RegistryServer) -> None:
         same = blob(2048, "same")

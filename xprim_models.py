@@ -1866,6 +1866,17 @@ class _Staging:
     def finish(self) -> None:
         """Flush every file and directory to stable storage (the "extracting" phase)."""
         files = self.manifest.files
+        written = 0
+        for index in range(len(files)):
+            try:
+                written += os.lstat(self.path(index)).st_size
+            except OSError as exc:
+                raise _storage_error("check", self.path(index), exc) from exc
+        if written != self.manifest.total_size:  # every byte of the stream landed, and no more
+            raise StorageError(
+                f"{self.job.label}: the staged files hold {written} bytes, not the manifest's "
+                f"{self.manifest.total_size}; did something else write into {self.root}?"
+            )
         if len(files) > _FSYNC_EACH_UP_TO and hasattr(os, "sync"):
             # One flush of everything beats a hundred thousand fsyncs of tiny files.
             self.job.set_current_file(files[-1].path)

@@ -763,7 +763,7 @@ class TestPull:
         assert server.requests[bad] == 4  # the first attempt and 3 retries
         assert tree(data_dir / "org" / "tiny" / "v1") == before
         assert (data_dir / "registry.json").read_bytes() == record
-        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == [".v1.staging", "v1"]  # the new one, to resume
 
     def test_corrupt_once_is_retried(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer,
                                      registry_dir: Path) -> None:
@@ -820,7 +820,10 @@ class TestPull:
         with pytest.raises(xm.NetworkError):
             make_manager(retries=0).pull("org/tiny v1", concurrency=1)
         assert not (data_dir / "org" / "tiny" / "v1").exists()
-        assert len(os.listdir(data_dir / "cache" / "chunks")) == 5  # verified chunks are kept
+        # What was verified stays: written into the staging files, which the next pull resumes.
+        assert (data_dir / "org" / "tiny" / ".v1.staging" / "model.safetensors").read_bytes()[:5 * 1024] == \
+            model["model.safetensors"][:5 * 1024]
+        assert os.listdir(data_dir / "cache" / "chunks") == []  # chunks leave the cache once written
         first = dict(server.requests)
         make_manager(retries=0).pull("org/tiny v1", concurrency=1)
         for path in chunks[:5]:
@@ -937,7 +940,7 @@ class TestProgress:
         with pytest.raises(Stop):
             manager.pull("org/tiny v1", progress=progress)
         assert manager.list_installed() == []
-        assert os.listdir(data_dir / "org" / "tiny") == []
+        assert os.listdir(data_dir / "org" / "tiny") == [".v1.staging"]  # kept, to resume
         assert manager.pull("org/tiny v1").ref.version == "v1"  # nothing is left locked
 
     @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
@@ -952,7 +955,7 @@ class TestProgress:
             with pytest.raises(KeyError):
                 manager.pull("org/tiny v1", progress=progress)
         assert open_under(data_dir) == []
-        assert os.listdir(data_dir / "org" / "tiny") == []
+        assert os.listdir(data_dir / "org" / "tiny") == [".v1.staging"]
 
     @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
     def test_open_descriptors_stay_bounded_when_chunks_repeat(self, manager: xm.Manager, registry_dir: Path,
@@ -1283,8 +1286,12 @@ class TestConcurrency:
         finally:
             process.kill()
         assert "KeyboardInterrupt" in stderr
-        assert sorted(os.listdir(data_dir / "cache" / "chunks")) == sorted(path[5:] for path in chunks[:3])
         assert not (data_dir / "registry.json").exists()
+        before = server.requests.copy()
+        server.holds.clear()
+        xm.Manager(xm.Config("test-app", server.url, str(data_dir))).pull("org/tiny v1")
+        fetched = server.requests - before
+        assert all(fetched[path] == 0 for path in chunks[:3])  # the verified chunks were kept
 
 
 # --- Command line ------------------------------------------------------------------
@@ -2592,7 +2599,7 @@ class TestPrune:
         puller = threading.Thread(target=lambda: results.append(manager.pull("org/tiny v1", concurrency=1)))
         puller.start()
         assert arrived.wait(20)
-        assert len(os.listdir(data_dir / "cache" / "chunks")) >= 4  # verified chunks the pull holds
+        assert (data_dir / "org" / "tiny" / ".v1.staging").is_dir()  # the pull is under way
         pruned = threading.Event()
         pruner = threading.Thread(target=lambda: (manager.prune_cache(None), pruned.set()))
         pruner.start()
@@ -2709,25 +2716,25 @@ class TestPreflight:
         usage = shutil.disk_usage(".")
         # A nearly full disk cannot be made for real here: the free space is what is mocked.
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
-        with pytest.raises(xm.StorageError, match=r"needs 12\.7 KB of disk space .* \(6\.4 KB of files, "
-                                                  r"6\.4 KB of chunks to download\) but only 9\.8 KB is free"):
+        with pytest.raises(xm.StorageError, match=r"needs 10\.4 KB of disk space .* \(6\.4 KB for the files, "
+                                                  r"4 KB for chunks in flight\) but only 9\.8 KB is free"):
             manager.pull("org/tiny v1")
         assert server.chunk_requests() == 1  # the manifest only
         assert manager.list_installed() == []
 
-    def test_seeded_and_cached_chunks_need_no_download_space(
-        self, manager: xm.Manager, model: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+    def test_a_resumed_pull_needs_room_only_for_what_is_missing(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        registry_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         import shutil
 
-        manager.pull("org/tiny v1")
+        server.fail(chunk_paths(registry_dir)[4], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)  # 4 KB landed in staging
         usage = shutil.disk_usage(".")
-        # 6.4 KB of files + one changed 1 KB chunk + 4 chunks copied from v1 at a time (concurrency 4)
-        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=11 * 1024))
-        with pytest.raises(xm.StorageError, match=r"needs 11\.4 KB .* but only 11 KB is free"):
-            manager.pull("org/tiny v2")
-        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=12 * 1024))
-        assert manager.pull("org/tiny v2").total_size == 6514
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=7 * 1024))
+        # 6.4 KB of files less the 4 KB already written, plus 4 chunks in flight: fits in 7 KB
+        assert make_manager().pull("org/tiny v1").total_size == 6514
 
 
 # --- Crash safety: SIGKILL at any moment of a pull -------------------------------------------

@@ -723,18 +723,24 @@ def _no_links(root: str, path: str, why: str = "") -> str:
     return path
 
 
-def _tree_size(path: str) -> int:
-    """Bytes of the files under ``path`` (links not followed)."""
+def _tree_size(path: str, *, allocated: bool = False) -> int:
+    """Bytes of the files under ``path`` (links not followed); with ``allocated``, the disk
+    space they take (sparse files take less)."""
+
+    def size(status: os.stat_result) -> int:
+        blocks = getattr(status, "st_blocks", None)
+        return blocks * 512 if allocated and blocks is not None else status.st_size
+
     try:
         if not os.path.isdir(path) or os.path.islink(path):
-            return os.lstat(path).st_size
+            return size(os.lstat(path))
     except OSError:
         return 0
     total = 0
     for directory, _, names in os.walk(path):
         for name in names:
             try:
-                total += os.lstat(os.path.join(directory, name)).st_size
+                total += size(os.lstat(os.path.join(directory, name)))
             except OSError:
                 pass
     return total
@@ -1636,7 +1642,7 @@ class _PullJob:
                     index = self.next_task
                     self.next_task += 1
                 task = self.tasks[index]
-                fd, seeded = self._obtain(index, task, buffer, session)
+                fd = self._obtain(index, task, buffer, session)
                 try:
                     for position in task.positions:
                         if self.cancel.is_set():
@@ -1644,8 +1650,9 @@ class _PullJob:
                         self.consume(position, fd)
                 finally:
                     os.close(fd)
-                if seeded:  # the installed copy can seed it again: no need to keep it twice
-                    _remove_file(os.path.join(self.manager._chunks_dir, task.digest))
+                # Written where it belongs: the cache copy goes, so a pull needs about
+                # concurrency x chunk size of extra disk, not the model's size again.
+                _remove_file(os.path.join(self.manager._chunks_dir, task.digest))
                 with self.condition:
                     self.tasks_done += 1
                     self.chunks_completed += len(task.positions)
@@ -1662,19 +1669,19 @@ class _PullJob:
         finally:
             session.close()
 
-    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> tuple[int, bool]:
-        """An open descriptor of the verified chunk, from the cache, an installed version or the
-        network; and whether it came from an installed version."""
+    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> int:
+        """An open descriptor of the verified chunk, from the cache, a seed (an installed version
+        or the staging directory being resumed) or the network."""
         path = os.path.join(self.manager._chunks_dir, task.digest)
         fd = self._open_cached(path, task, buffer)
         if fd >= 0:
-            return fd, False
+            return fd
         for seed in self.seeds.get(task.digest, ()):
             fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
             if fd >= 0:
                 self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
-                return fd, True
-        return self._store(path, task, lambda sink: self._download(index, task, sink, session)), False
+                return fd
+        return self._store(path, task, lambda sink: self._download(index, task, sink, session))
 
     def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:
         """Fill a partial file with ``fill``; if it verifies, move it into the cache and return it open."""
@@ -1828,8 +1835,14 @@ class _Staging:
     def path(self, index: int) -> str:
         return os.path.join(self.root, *self.manifest.files[index].path.split("/"))
 
-    def create(self) -> None:
-        """Every file at its final size (sparse until written), so chunks can land anywhere."""
+    def create(self, *, resume: bool = False) -> None:
+        """Every file at its final size (sparse until written), so chunks can land anywhere.
+
+        When resuming, files already there keep their bytes (a link or a
+        directory in a file's place is not followed, but replaced).
+        """
+        import stat
+
         for index, info in enumerate(self.manifest.files):
             parts = info.path.split("/")
             path = self.path(index)
@@ -1837,9 +1850,17 @@ class _Staging:
                 for depth in range(1, len(parts)):
                     directory = os.path.join(self.root, *parts[:depth])
                     if directory not in self.directories:
+                        if resume and os.path.islink(directory):
+                            os.unlink(directory)
                         os.makedirs(directory, exist_ok=True)
                         self.directories.add(directory)
-                fd = _create_new(path)
+                try:
+                    kept = resume and stat.S_ISREG(os.lstat(path).st_mode)
+                except FileNotFoundError:
+                    kept = False
+                if resume and not kept and os.path.lexists(path):
+                    _remove_tree(path)
+                fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW) if kept else _create_new(path)
                 try:
                     if info.size:
                         os.ftruncate(fd, info.size)
@@ -2158,16 +2179,20 @@ class Manager:
         except OSError:
             return ""
 
-    def _recover(self, ref: ModelRef) -> int:
-        """Finish or undo what a crashed pull or remove of ``ref`` left (model lock held).
+    def _recover(self, ref: ModelRef, *, keep_staging: bool = True) -> int:
+        """Finish or undo what a crashed pull or remove of ``ref`` left (model lock held);
+        return the bytes deleted.
 
         A swap renames the installed copy to ``.<version>.old``, the staging
         directory into place, then commits registry.json. Whichever copy
-        registry.json names is the one that stays.
+        registry.json names is the one that stays. A staging directory is kept
+        for the next pull to resume from, unless ``keep_staging`` is false.
         """
         final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
-        freed = _tree_size(staging) if os.path.lexists(staging) else 0
-        _remove_tree(staging)
+        freed = 0
+        if not keep_staging and os.path.lexists(staging):
+            freed += _tree_size(staging)
+            _remove_tree(staging)
         metadata = os.path.join(final, self._metadata_dir)
         if os.path.isdir(metadata) and not os.path.islink(metadata):
             for name in os.listdir(metadata):
@@ -2404,7 +2429,7 @@ class Manager:
             with self._cache_lock(shared=True):
                 self._clean_cache(set(manifest.chunks))
                 seeds = self._seeds(manifest)
-                self._check_space(ref, manifest, seeds, concurrency)
+                self._check_space(ref, manifest, concurrency)
                 started = time.monotonic()
                 installed = self._install(ref, remote, manifest, concurrency, emit, seeds, limit_rate)
             self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
@@ -2667,7 +2692,7 @@ class Manager:
         freed = 0
         for ref in sorted(set(self._leftovers())):
             with self._model_lock(ref):
-                freed += self._recover(ref)
+                freed += self._recover(ref, keep_staging=False)
         horizon = None if max_age is None else time.time() - max_age
         for directory in (self._data_dir, self._private(self._manifests_dir)):
             _remove_abandoned(directory)
@@ -2744,17 +2769,19 @@ class Manager:
                     seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
         return seeds
 
-    def _check_space(self, ref: ModelRef, manifest: _Manifest, seeds: Mapping[str, Sequence[_Seed]],
-                     concurrency: int) -> None:
-        """Fail before the first request when the disk cannot hold the model and its downloads."""
+    def _check_space(self, ref: ModelRef, manifest: _Manifest, concurrency: int) -> None:
+        """Fail before the first request when the disk cannot hold the model and its chunks in flight."""
         import shutil
 
         sizes = {digest: manifest.chunk_length(p) for p, digest in enumerate(manifest.chunks)}
         missing = [digest for digest in sizes if not os.path.exists(os.path.join(self._chunks_dir, digest))]
-        downloads = sum(sizes[digest] for digest in missing if digest not in seeds)
-        # Chunks copied from installed versions pass through the cache, a few at a time.
-        copies = sorted((sizes[digest] for digest in missing if digest in seeds), reverse=True)[:concurrency]
-        needed = manifest.total_size + downloads + sum(copies)
+        # Chunks pass through the cache a few at a time: each leaves once written into its files.
+        in_flight = sum(sorted((sizes[digest] for digest in missing), reverse=True)[:concurrency])
+        staging = self._sibling(ref, "staging")
+        files = manifest.total_size
+        if self._resumable(staging, manifest):  # what the interrupted pull wrote needs no more room
+            files = max(0, files - _tree_size(staging, allocated=True))
+        needed = files + in_flight
         try:
             os.makedirs(self._data_dir, exist_ok=True)
             free = shutil.disk_usage(self._data_dir).free
@@ -2763,7 +2790,7 @@ class Manager:
         if needed > free:
             raise StorageError(
                 f"pull {ref}: needs {_format_size(needed)} of disk space in {self._data_dir} "
-                f"({_format_size(manifest.total_size)} of files, {_format_size(downloads)} of chunks to download) "
+                f"({_format_size(files)} for the files, {_format_size(in_flight)} for chunks in flight) "
                 f"but only {_format_size(free)} is free; free some space or choose another data directory"
             )
 
@@ -2785,11 +2812,22 @@ class Manager:
         limit_rate: float | None,
     ) -> InstalledModel:
         final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
+        resume = self._resumable(staging, manifest)
         try:
-            os.makedirs(os.path.join(staging, self._metadata_dir))
+            if not resume:
+                _remove_tree(staging)
+                os.makedirs(os.path.join(staging, self._metadata_dir))
+                # Written first: it names what this staging directory holds, should a pull resume it.
+                _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
             os.makedirs(self._private(self._chunks_dir), exist_ok=True)
         except OSError as exc:
             raise _storage_error("create", staging, exc) from exc
+        if resume:  # what an interrupted pull already wrote there is a seed like any other (verified on use)
+            self._logger.info("resuming %s from %s", ref, staging)
+            local: dict[str, list[_Seed]] = {}
+            for position, digest in enumerate(manifest.chunks):
+                local.setdefault(digest, []).append(_Seed(staging, manifest, position))
+            seeds = {digest: [*local.get(digest, []), *seeds.get(digest, [])] for digest in {*local, *seeds}}
         installed = InstalledModel(
             ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size,
             file_count=len(manifest.files), installed_at=datetime.now(timezone.utc).replace(microsecond=0),
@@ -2808,9 +2846,8 @@ class Manager:
             chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
             job = _PullJob(self, f"pull {ref}", chunks, concurrency, emit, seeds=seeds, limit_rate=limit_rate)
             files = _Staging(job, manifest, staging)
-            files.create()
+            files.create(resume=resume)
             job.run(files.write, files.finish)
-            _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
             _fsync_directory(staging)
             # The swap: the old version stays whole until the new one is complete.
             try:
@@ -2833,7 +2870,11 @@ class Manager:
                     if swapped and not os.path.lexists(old):
                         entry = self._entry(self._read_registry(), ref) or {}
                         if entry.get("manifest_hash") != manifest.digest:
-                            _remove_tree(final)  # installed in place of nothing, never committed
+                            # Installed in place of nothing, never committed: back to staging, to resume.
+                            if os.path.lexists(staging):
+                                _remove_tree(final)
+                            else:
+                                os.rename(final, staging)
                 except StorageError as exc:
                     self._logger.warning("could not clean up after a failed pull: %s", exc)
             raise
@@ -2841,6 +2882,14 @@ class Manager:
         for digest in set(manifest.chunks):
             _remove_file(os.path.join(self._chunks_dir, digest))
         return installed
+
+    def _resumable(self, staging: str, manifest: _Manifest) -> bool:
+        """Whether ``staging`` is an interrupted pull of this very manifest."""
+        try:
+            _no_links(os.path.dirname(staging), os.path.join(staging, self._metadata_dir, "manifest.json"))
+        except StorageError:
+            return False
+        return os.path.isdir(staging) and self._stored_manifest_hash(staging) == manifest.digest
 
     def _discard(self, path: str) -> None:
         """Delete a directory that is no longer installed; a failure only costs disk space."""
@@ -2858,7 +2907,7 @@ class Manager:
         ref = _versioned(ref, "remove")
         final, old = self._version_dir(ref), self._sibling(ref, "old")
         with self._model_lock(ref):
-            self._recover(ref)
+            self._recover(ref, keep_staging=False)
             with self._registry_lock():
                 doc = self._read_registry()
                 if self._entry(doc, ref) is None:

@@ -1501,9 +1501,9 @@ class _RegistryClient:
 
 
 # --- Pull engine ------------------------------------------------------------------
-# Workers verify cached chunks or download missing ones (streamed and hashed,
-# never whole in memory) while the calling thread writes the files in manifest
-# order, a bounded window behind them. Progress callbacks run in the caller.
+# Workers take each distinct chunk from the cache, a seed or the network (streamed
+# and hashed, never whole in memory) and write it into the staging files at its
+# offsets. The calling thread waits, reports progress, and re-raises any error.
 
 
 @dataclass

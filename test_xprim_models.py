@@ -831,6 +831,25 @@ class TestPull:
         for path in chunks[5:]:
             assert server.requests[path] == first.get(path, 0) + 1
 
+    def test_resume_repairs_whatever_the_staging_directory_became(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        registry_dir: Path, data_dir: Path, tmp_path: Path
+    ) -> None:
+        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        (staging / "empty.txt").write_bytes(b"should be empty")
+        shutil.rmtree(staging / "sub")
+        (staging / "sub").write_bytes(b"a file where a directory belongs")
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (staging / "config.json").unlink()
+        os.symlink(outside / "config.json", staging / "config.json")
+        installed = make_manager().pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert list(outside.iterdir()) == []
+
     def test_damaged_cached_chunk_is_downloaded_again(self, manager: xm.Manager, model: dict[str, bytes],
                                                       server: RegistryServer, registry_dir: Path,
                                                       data_dir: Path) -> None:

@@ -1850,8 +1850,10 @@ class _Staging:
                 for depth in range(1, len(parts)):
                     directory = os.path.join(self.root, *parts[:depth])
                     if directory not in self.directories:
-                        if resume and os.path.islink(directory):
-                            os.unlink(directory)
+                        if resume and os.path.lexists(directory) and (
+                            os.path.islink(directory) or not os.path.isdir(directory)
+                        ):
+                            _remove_tree(directory)  # a link or a file where a directory belongs
                         os.makedirs(directory, exist_ok=True)
                         self.directories.add(directory)
                 try:
@@ -1862,8 +1864,7 @@ class _Staging:
                     _remove_tree(path)
                 fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW) if kept else _create_new(path)
                 try:
-                    if info.size:
-                        os.ftruncate(fd, info.size)
+                    os.ftruncate(fd, info.size)  # a kept file may have grown, even where it should be empty
                 finally:
                     os.close(fd)
             except OSError as exc:

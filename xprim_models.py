@@ -3533,11 +3533,12 @@ def register_subcommands(
         return parser
 
     def model_argument(parser: argparse.ArgumentParser, version: str = "required") -> None:
-        parser.add_argument("model", metavar="GROUP/MODEL")
+        parser.add_argument("model", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
         if version == "required":
-            parser.add_argument("version", metavar="VERSION")
+            parser.add_argument("version", metavar="VERSION", help="for example fp16, or an alias")
         elif version == "optional":
-            parser.add_argument("version", metavar="VERSION", nargs="?", default="")
+            parser.add_argument("version", metavar="VERSION", nargs="?", default="",
+                                help="for example fp16, or an alias")
 
     def download_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
@@ -3604,7 +3605,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             registry_url=known.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""),
         )
         parser = argparse.ArgumentParser(
-            prog="xprim-models", description="Download and manage models from an XPRIM registry."
+            prog="xprim-models", description="Download and manage models from an XPRIM registry.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=(
+                "examples:\n"
+                "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
+                "  xprim-models list\n"
+                "  xprim-models path fast-whisper/tiny fp16\n"
+                "  xprim-models --registry https://models.example.com update --apply"
+            ),
         )
         global_options(parser)
         parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")

@@ -47,7 +47,6 @@ unchanged into your project (any package, any module name).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import sys
@@ -60,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 
 if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import argparse
+    import hashlib
     import logging
     import ssl
     from collections.abc import Iterator, Mapping, Sequence
@@ -800,6 +800,13 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
+def _sha256(data: bytes = b"") -> hashlib._Hash:
+    """A SHA-256 hasher; hashlib (and OpenSSL behind it) loads on first use, not at import."""
+    import hashlib
+
+    return hashlib.sha256(data)
+
+
 def _pread(fd: int, count: int, offset: int) -> bytes:
     if hasattr(os, "pread"):
         return os.pread(fd, count, offset)
@@ -809,7 +816,7 @@ def _pread(fd: int, count: int, offset: int) -> bytes:
 
 def _hash_file(fd: int, buffer: bytearray, cancel: threading.Event | None = None) -> tuple[str, int]:
     """SHA-256 and size of what ``fd`` holds, read from its start in ``buffer``-sized pieces."""
-    hasher = hashlib.sha256()
+    hasher = _sha256()
     total = 0
     while True:
         if cancel is not None and cancel.is_set():
@@ -877,15 +884,16 @@ def _is_size(value: Any, limit: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
 
 
-@dataclass(frozen=True)
 class _Manifest:
-    digest: str
-    raw: bytes
-    total_size: int
-    chunk_size: int
-    chunks: tuple[str, ...]
-    files: tuple[FileInfo, ...]
-    starts: tuple[int, ...] = ()  # where each file begins in the byte stream
+    """A validated manifest: its bytes as fetched, and what they say."""
+
+    __slots__ = ("chunk_size", "chunks", "digest", "files", "raw", "starts", "total_size")
+
+    def __init__(self, digest: str, raw: bytes, total_size: int, chunk_size: int, chunks: tuple[str, ...],
+                 files: tuple[FileInfo, ...], starts: tuple[int, ...]) -> None:
+        self.digest, self.raw, self.total_size, self.chunk_size = digest, raw, total_size, chunk_size
+        self.chunks, self.files = chunks, files
+        self.starts = starts  # where each file begins in the byte stream
 
     def chunk_length(self, position: int) -> int:
         if position < len(self.chunks) - 1:
@@ -896,7 +904,7 @@ class _Manifest:
 def _parse_manifest(digest: str, raw: bytes, metadata_dir: str) -> _Manifest:
     """Validate a manifest's bytes by every rule of DESIGN.md §1."""
     what = f"manifest {digest}"
-    actual = hashlib.sha256(raw).hexdigest()
+    actual = _sha256(raw).hexdigest()
     if actual != digest:
         raise HashMismatchError(f"{what}: the registry sent bytes that hash to {actual}")
 
@@ -1083,10 +1091,10 @@ class _ChunkSink(_Sink):
 
     def __init__(self, fd: int, path: str, on_bytes: Callable[[int, int], None]) -> None:
         self.fd, self.path, self.on_bytes = fd, path, on_bytes
-        self.hasher = hashlib.sha256()
+        self.hasher = _sha256()
 
     def reset(self) -> None:
-        self.hasher = hashlib.sha256()
+        self.hasher = _sha256()
         self.kept = 0
         try:
             os.ftruncate(self.fd, 0)
@@ -1506,22 +1514,23 @@ class _RegistryClient:
 # offsets. The calling thread waits, reports progress, and re-raises any error.
 
 
-@dataclass
 class _Task:
     """One distinct chunk to verify or download, and the positions it fills."""
 
-    digest: str
-    size: int
-    positions: list[int] = field(default_factory=list)
+    __slots__ = ("digest", "positions", "size")
+
+    def __init__(self, digest: str, size: int) -> None:
+        self.digest, self.size = digest, size
+        self.positions: list[int] = []
 
 
-@dataclass(frozen=True)
 class _Seed:
-    """Where an installed version holds the bytes of a chunk."""
+    """Where an installed version (or a staging directory) holds the bytes of a chunk."""
 
-    directory: str
-    manifest: _Manifest
-    position: int
+    __slots__ = ("directory", "manifest", "position")
+
+    def __init__(self, directory: str, manifest: _Manifest, position: int) -> None:
+        self.directory, self.manifest, self.position = directory, manifest, position
 
 
 class _RateLimiter:
@@ -2176,7 +2185,7 @@ class Manager:
     def _stored_manifest_hash(self, directory: str) -> str:
         try:
             with open(os.path.join(directory, self._metadata_dir, "manifest.json"), "rb") as handle:
-                return hashlib.sha256(handle.read(_MAX_MANIFEST_BYTES + 1)).hexdigest()
+                return _sha256(handle.read(_MAX_MANIFEST_BYTES + 1)).hexdigest()
         except OSError:
             return ""
 
@@ -2543,7 +2552,7 @@ class Manager:
             for position, digest in enumerate(manifest.chunks):
                 pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
                 paths = [manifest.files[index].path for index, _, _ in pieces]
-                hasher = hashlib.sha256()
+                hasher = _sha256()
                 try:
                     if missing.intersection(paths):
                         raise OSError(errno.ENOENT, "missing")

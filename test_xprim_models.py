@@ -3201,6 +3201,17 @@ class TestPerformance:
         assert server.chunk_requests() == 61
         assert len(server.connections) <= 4 + 2  # a connection per worker, plus index and manifest
 
+    def test_redirects_are_followed(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer,
+                                    registry_dir: Path) -> None:
+        mirror = registry_dir / "mirror" / "data"
+        mirror.mkdir(parents=True)
+        for path in chunk_paths(registry_dir):
+            shutil.copy(registry_dir / path, mirror)
+            server.always[path] = Fault(status=302, headers={"Location": f"/mirror/{path}"})
+        installed = manager.pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert all(server.requests[f"mirror/{path}"] == 1 for path in chunk_paths(registry_dir))
+
     def test_dropped_keep_alive_connections_are_reopened_without_retrying(
         self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer
     ) -> None:

@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import hashlib
     import logging
     import ssl
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Collection, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
 
 __version__ = "0.1.0"
@@ -1129,6 +1129,12 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def _content_length(value: str | None) -> int | None:
+    """A Content-Length header's value, or None when absent or not plain digits."""
+    value = (value or "").strip()
+    return int(value) if _DIGITS_RE.fullmatch(value) else None
+
+
 class _Response:
     """The parts of an HTTP or file response the transfer loop uses."""
 
@@ -1169,8 +1175,7 @@ class _SessionResponse(_Response):
     """A response on a session's connection: one not read to its end spoils the connection."""
 
     def __init__(self, session: _Session, response: Any) -> None:
-        length_header = (response.getheader("Content-Length") or "").strip()
-        length = int(length_header) if _DIGITS_RE.fullmatch(length_header) else None
+        length = _content_length(response.getheader("Content-Length"))
         super().__init__(response.status, length, response, response.getheader("Content-Range") or "")
         self.session = session
 
@@ -1356,8 +1361,7 @@ class _RegistryClient:
             raise _Transient(str(reason)) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise _Transient(str(exc) or type(exc).__name__) from exc
-        length_header = (response.headers.get("Content-Length") or "").strip()
-        length = int(length_header) if _DIGITS_RE.fullmatch(length_header) else None
+        length = _content_length(response.headers.get("Content-Length"))
         status = getattr(response, "status", None) or response.getcode() or 200
         return _Response(status, length, response, response.headers.get("Content-Range") or "")
 
@@ -2234,19 +2238,34 @@ class Manager:
         for directory in (self._data_dir, self._private(self._chunks_dir), self._private(self._manifests_dir)):
             _remove_abandoned(directory)
         try:
+            self._expire_chunks(time.time() - _CACHE_MAX_AGE, keep=keep)
+        except StorageError as exc:
+            self._logger.debug("cache not cleaned: %s", exc)  # the pull itself does not need it
+
+    def _expire_chunks(self, horizon: float | None, *, keep: Collection[str] = (), parts: bool = False) -> int:
+        """Delete cached files last touched before ``horizon`` (all of them with None), but
+        not those in ``keep``; with ``parts``, partial downloads whatever their age.
+        Return the bytes freed."""
+        try:
             names = os.listdir(self._chunks_dir)
-        except OSError:
-            return
-        horizon = time.time() - _CACHE_MAX_AGE
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise _storage_error("read", self._chunks_dir, exc) from exc
+        freed = 0
         for name in names:
             if name in keep:
                 continue
             path = os.path.join(self._chunks_dir, name)
             try:
-                if os.lstat(path).st_mtime < horizon and _remove_file(path):
-                    self._logger.debug("removed stale cache file %s", path)
+                status = os.lstat(path)
             except OSError:
-                pass
+                continue
+            expired = horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon
+            if expired and _remove_file(path):
+                self._logger.debug("removed cache file %s", path)
+                freed += status.st_size
+        return freed
 
     # Public API --------------------------------------------------------------
 
@@ -2422,13 +2441,14 @@ class Manager:
         concurrency = _check_download_options(concurrency, limit_rate)
         emit = progress if progress is not None else (lambda snapshot: None)
         remote = self._lookup(self._index(), ref)
-        if not force and not os.path.lexists(self._sibling(ref, "old")):  # else recover first, under the lock
+        if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             self._raise_if_installed(ref, remote.manifest_hash)
         with self._model_lock(ref):
             self._recover(ref)
             if not force:  # another thread or process may have installed it meanwhile
                 self._raise_if_installed(ref, remote.manifest_hash)
-            for item in self.list_installed():
+            installed_models = self.list_installed()
+            for item in installed_models:
                 if str(item.ref).casefold() == str(ref).casefold() and item.ref != ref:
                     raise InvalidRefError(
                         f"pull {ref}: differs only in letter case from the installed {item.ref}, and "
@@ -2438,7 +2458,7 @@ class Manager:
             manifest = self._manifest(remote.manifest_hash)
             with self._cache_lock(shared=True):
                 self._clean_cache(set(manifest.chunks))
-                seeds = self._seeds(manifest)
+                seeds = self._seeds(manifest, installed_models)
                 self._check_space(ref, manifest, concurrency)
                 started = time.monotonic()
                 installed = self._install(ref, remote, manifest, concurrency, emit, seeds, limit_rate)
@@ -2460,11 +2480,9 @@ class Manager:
             the errors of ``pull``, except ``AlreadyInstalledError``.
         """
         ref = _versioned(ref, "ensure")
-        entry = self._entry(self._read_registry(), ref)
-        if entry is not None and not os.path.lexists(self._sibling(ref, "old")):
-            installed = self._installed(ref, entry)
-            if os.path.isdir(installed.path):
-                return installed.path
+        installed = self._intact(ref)
+        if installed is not None:
+            return installed.path
         try:
             return self.pull(ref, **pull_options).path
         except AlreadyInstalledError as exc:
@@ -2706,23 +2724,9 @@ class Manager:
         horizon = None if max_age is None else time.time() - max_age
         for directory in (self._data_dir, self._private(self._manifests_dir)):
             _remove_abandoned(directory)
-        with self._cache_lock(shared=False):
+        with self._cache_lock(shared=False):  # no pull runs: partial downloads are all dead
             self._private(self._chunks_dir)
-            try:
-                names = os.listdir(self._chunks_dir)
-            except FileNotFoundError:
-                names = []
-            except OSError as exc:
-                raise _storage_error("read", self._chunks_dir, exc) from exc
-            for name in names:
-                path = os.path.join(self._chunks_dir, name)
-                try:
-                    status = os.lstat(path)
-                except OSError:
-                    continue
-                expired = horizon is None or name.endswith(".part") or status.st_mtime < horizon
-                if expired and _remove_file(path):
-                    freed += status.st_size
+            freed += self._expire_chunks(horizon, parts=True)
         self._logger.info("pruned %d bytes from %s", freed, self._data_dir)
         return freed
 
@@ -2765,11 +2769,12 @@ class Manager:
         except ModelsError as exc:
             raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
 
-    def _seeds(self, manifest: _Manifest) -> dict[str, list[_Seed]]:
+    def _seeds(self, manifest: _Manifest, installed_models: Sequence[InstalledModel] | None = None
+               ) -> dict[str, list[_Seed]]:
         """Where installed versions hold chunks this manifest needs (their bytes are verified on use)."""
         wanted = set(manifest.chunks)
         seeds: dict[str, list[_Seed]] = {}
-        for installed in self.list_installed():
+        for installed in self.list_installed() if installed_models is None else installed_models:
             try:
                 stored = self._stored_manifest(installed)
             except StorageError:
@@ -2804,12 +2809,19 @@ class Manager:
                 f"but only {_format_size(free)} is free; free some space or choose another data directory"
             )
 
-    def _raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
+    def _intact(self, ref: ModelRef) -> InstalledModel | None:
+        """``ref`` as installed, if registry.json lists it, its directory is there, and no
+        crashed swap is waiting to be recovered; else None."""
         entry = self._entry(self._read_registry(), ref)
-        if entry is not None and entry.get("manifest_hash") == manifest_hash:
-            installed = self._installed(ref, entry)
-            if os.path.isdir(installed.path):
-                raise AlreadyInstalledError(f"model already installed: {ref}", installed)
+        if entry is None or os.path.lexists(self._sibling(ref, "old")):
+            return None
+        installed = self._installed(ref, entry)
+        return installed if os.path.isdir(installed.path) else None
+
+    def _raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
+        installed = self._intact(ref)
+        if installed is not None and installed.manifest_hash == manifest_hash:
+            raise AlreadyInstalledError(f"model already installed: {ref}", installed)
 
     def _install(
         self,

@@ -84,12 +84,16 @@ class Fault:
         extra_hidden: bool = False,
         stall: bool = False,
         reset_after: int | None = None,
+        framing: str = "",
     ) -> None:
         self.status, self.headers = status, headers or {}
         self.cut_after, self.corrupt, self.extra = cut_after, corrupt, extra
         self.extra_hidden = extra_hidden  # extra bytes not announced in Content-Length
         self.stall = stall
         self.reset_after = reset_after  # send this many body bytes, then a TCP reset
+        # "chunked", "unsized" (no Content-Length; the connection closes), "interim" (a 103
+        # response first) or "long-head" (over 64 KiB of headers): legal, if less usual.
+        self.framing = framing
 
 
 class Hold:
@@ -213,9 +217,28 @@ class RegistryServer:
             start = int(header[len("bytes=") : -1])
             self.range_requests.append((path, start))
         announced = body[start:] + (fault.extra if fault is not None and not fault.extra_hidden else b"")
+        framing = fault.framing if fault is not None else ""
+        if framing == "interim":
+            request.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </data>; rel=preload\r\n\r\n")
         request.send_response(206 if start else 200)
         if start:
             request.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        if framing == "long-head":
+            for n in range(20):
+                request.send_header(f"X-Padding-{n}", "x" * 4000)
+        if framing == "chunked":
+            request.send_header("Transfer-Encoding", "chunked")
+            request.end_headers()
+            for offset in range(0, len(announced), 700):
+                piece = announced[offset : offset + 700]
+                request.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            request.wfile.write(b"0\r\n\r\n")
+            return
+        if framing == "unsized":
+            request.end_headers()
+            request.wfile.write(announced)
+            request.close_connection = True
+            return
         request.send_header("Content-Length", str(len(announced)))
         request.end_headers()
         if fault is not None and fault.stall:
@@ -282,6 +305,13 @@ def make_manager(server: RegistryServer, data_dir: Path) -> Callable[..., xm.Man
 @pytest.fixture
 def manager(make_manager: Callable[..., xm.Manager]) -> xm.Manager:
     return make_manager()
+
+
+@pytest.fixture(params=["memory", "cache"])
+def chunk_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks up to 256 KiB are verified in a worker's memory, bigger ones in cache/chunks: try both."""
+    if request.param == "cache":
+        monkeypatch.setattr(xm, "_IN_MEMORY_UP_TO", 0)
 
 
 MODEL_FILES = {
@@ -747,6 +777,7 @@ class TestPull:
         assert tree(Path(installed.path)) == {"a": same, "b": same}
         assert all(server.requests[f"data/{digest}"] == 1 for digest in chunks)
 
+    @pytest.mark.usefixtures("chunk_route")
     def test_corrupt_chunk_is_hash_mismatch_and_old_version_survives(
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
         data_dir: Path
@@ -765,6 +796,7 @@ class TestPull:
         assert (data_dir / "registry.json").read_bytes() == record
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == [".v1.staging", "v1"]  # the new one, to resume
 
+    @pytest.mark.usefixtures("chunk_route")
     def test_corrupt_once_is_retried(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer,
                                      registry_dir: Path) -> None:
         bad = chunk_paths(registry_dir)[0]
@@ -772,6 +804,7 @@ class TestPull:
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
         assert server.requests[bad] == 2
 
+    @pytest.mark.usefixtures("chunk_route")
     def test_chunk_body_too_long_is_hash_mismatch(self, make_manager: Callable[..., xm.Manager],
                                                   model: dict[str, bytes], server: RegistryServer,
                                                   registry_dir: Path) -> None:
@@ -780,6 +813,7 @@ class TestPull:
         with pytest.raises(xm.HashMismatchError, match="expected 1024"):
             make_manager(retries=0).pull("org/tiny v1")
 
+    @pytest.mark.usefixtures("chunk_route")
     def test_chunk_body_too_long_without_content_length(self, make_manager: Callable[..., xm.Manager],
                                                         model: dict[str, bytes], server: RegistryServer,
                                                         registry_dir: Path) -> None:
@@ -789,6 +823,7 @@ class TestPull:
         server.always[bad] = Fault(extra=b"x" * 4096, extra_hidden=True)
         assert tree(Path(make_manager(retries=0).pull("org/tiny v1").path)) == dict(sorted(model.items()))
 
+    @pytest.mark.usefixtures("chunk_route")
     def test_cut_transfer_resumes_with_range(self, manager: xm.Manager, model: dict[str, bytes],
                                              server: RegistryServer, registry_dir: Path) -> None:
         cut = chunk_paths(registry_dir)[0]
@@ -796,6 +831,7 @@ class TestPull:
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
         assert server.range_requests == [(cut, 300)]
 
+    @pytest.mark.usefixtures("chunk_route")
     def test_cut_transfer_restarts_when_range_is_ignored(self, manager: xm.Manager, model: dict[str, bytes],
                                                          server: RegistryServer, registry_dir: Path) -> None:
         server.range_enabled = False
@@ -2264,6 +2300,7 @@ print("installed")
 
 
 class TestReliability:
+    @pytest.mark.usefixtures("chunk_route")
     def test_connection_reset_mid_chunk_is_retried(self, manager: xm.Manager, model: dict[str, bytes],
                                                    server: RegistryServer, registry_dir: Path) -> None:
         chunk = chunk_paths(registry_dir)[1]
@@ -2280,6 +2317,7 @@ class TestReliability:
             make_manager(retries=2).pull("org/tiny v1")
         assert "reset" in str(caught.value) or "closed" in str(caught.value) or "broken" in str(caught.value)
 
+    @pytest.mark.usefixtures("chunk_route")
     def test_stalled_chunk_is_retried(self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes],
                                       server: RegistryServer, registry_dir: Path) -> None:
         chunk = chunk_paths(registry_dir)[2]
@@ -2805,6 +2843,8 @@ def progress(snapshot):
         die("progress %s %d/%d" % (snapshot.phase, snapshot.chunks_completed, snapshot.chunks_total))
 
 owners = {"os": os, "xm": xm, "xm.Manager": xm.Manager}
+for name, value in plan.get("module", {}).items():
+    setattr(xm, name, value)
 for owner, name, pattern, when in plan.get("hooks", []):
     hook(owners[owner], name, pattern, when)
 manager = xm.Manager(xm.Config("test-app", url, data_dir), retry_backoff=0.01, timeout=5.0)
@@ -2817,6 +2857,7 @@ print(json.dumps({"outcome": outcome, "events": events[0]}))
 """
 
 CRASH_CHUNK = 1024
+THROUGH_CACHE = {"_IN_MEMORY_UP_TO": 0}  # chunks pass through cache/chunks, as real ones over 256 KiB do
 CRASH_OLD_FILES = {  # org/big v1 as installed before every crash: 12 chunks
     "weights.bin": blob(9_000, "old-weights"),
     "config.json": b'{"layers": 1}\n',
@@ -3057,7 +3098,8 @@ class TestCrash:
         if mode == "progress":
             plan = sc.plan(progress_at=rng.randint(1, len(sc.chunks) - 1))
         elif mode == "chunk-enters-cache":  # a verified .part about to be renamed into cache/chunks
-            plan = sc.plan(hooks=[["os", "replace", r"\.part ", "before"]], kill_at=rng.randint(1, len(sc.chunks)))
+            plan = sc.plan(hooks=[["os", "replace", r"\.part ", "before"]], kill_at=rng.randint(1, len(sc.chunks)),
+                           module=THROUGH_CACHE)
         elif mode == "copy-into-file":  # the staging files half written
             plan = sc.plan(hooks=[["xm", "_copy_range", "", "before"]], kill_at=rng.randint(1, len(sc.chunks)))
         else:
@@ -3073,7 +3115,7 @@ class TestCrash:
         make_manager: Callable[..., xm.Manager]
     ) -> None:
         sc = CrashScenario(("new", "update")[seed % 2], registry_dir, data_dir, server, make_manager)
-        self.kill_in_flight(sc, server, random.Random(seed).randint(1, len(sc.chunks)))
+        self.kill_in_flight(sc, server, random.Random(seed).randint(1, len(sc.chunks)), through_cache=seed == 1)
         crash_verify(sc, "in flight")
 
     @pytest.mark.parametrize(
@@ -3137,7 +3179,7 @@ class TestCrash:
         self, registry_dir: Path, data_dir: Path, server: RegistryServer, make_manager: Callable[..., xm.Manager]
     ) -> None:
         sc = CrashScenario("new", registry_dir, data_dir, server, make_manager)
-        self.kill_in_flight(sc, server, 30)
+        self.kill_in_flight(sc, server, 30, through_cache=True)
         assert any(path.endswith(".part") for path in crash_leftovers(data_dir))
         crash_resume(sc, strict_leftovers=True)
 
@@ -3154,7 +3196,7 @@ class TestCrash:
         crash_resume(sc, strict_leftovers=True)
 
     @staticmethod
-    def kill_in_flight(sc: CrashScenario, server: RegistryServer, n: int) -> None:
+    def kill_in_flight(sc: CrashScenario, server: RegistryServer, n: int, *, through_cache: bool = False) -> None:
         """SIGKILL the pulling child from outside while the server holds its n-th chunk request."""
         wanted = {f"data/{digest}" for digest in sc.chunks}
         lock, seen = threading.Lock(), [0]
@@ -3177,7 +3219,8 @@ class TestCrash:
                     finished.set()
 
         server.handle = handle  # type: ignore[method-assign]
-        process = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, server.url, str(sc.data_dir), sc.plan()],
+        plan = sc.plan(module=THROUGH_CACHE if through_cache else {})
+        process = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, server.url, str(sc.data_dir), plan],
                                    cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert reached.wait(20), "the child never asked for its chunk"
@@ -3195,6 +3238,14 @@ class TestCrash:
 
 
 class TestPerformance:
+    @pytest.mark.parametrize("framing", ["chunked", "unsized", "interim", "long-head"])
+    def test_every_response_framing_is_read(self, manager: xm.Manager, model: dict[str, bytes],
+                                            server: RegistryServer, registry_dir: Path, framing: str) -> None:
+        # Chunks are fetched on a lean HTTP/1.1 connection of our own; what it does not read, urllib does.
+        for path in chunk_paths(registry_dir):
+            server.always[path] = Fault(framing=framing)
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+
     def test_connections_are_reused(self, manager: xm.Manager, registry_dir: Path, server: RegistryServer) -> None:
         publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
         manager.pull("org/many v1", concurrency=4)

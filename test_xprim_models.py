@@ -2766,15 +2766,22 @@ class TestEnsure:
 
 
 class TestPreflight:
+    @pytest.mark.parametrize("route", ["memory", "cache"])
     def test_not_enough_space_fails_before_any_chunk(self, manager: xm.Manager, model: dict[str, bytes],
-                                                     server: RegistryServer, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     server: RegistryServer, monkeypatch: pytest.MonkeyPatch,
+                                                     route: str) -> None:
         import shutil
 
         usage = shutil.disk_usage(".")
         # A nearly full disk cannot be made for real here: the free space is what is mocked.
-        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
-        with pytest.raises(xm.StorageError, match=r"needs 10\.4 KB of disk space .* \(6\.4 KB for the files, "
-                                                  r"4 KB for chunks in flight\) but only 9\.8 KB is free"):
+        if route == "memory":  # 1 KiB chunks go from memory into the files: room for the files is enough
+            monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=6_000))
+            expected = r"needs 6\.4 KB of disk space in \S+ but only 5\.9 KB is free; free some space"
+        else:  # chunks over 256 KiB pass through the cache, four at a time
+            monkeypatch.setattr(xm, "_IN_MEMORY_UP_TO", 0)
+            monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
+            expected = r"needs 10\.4 KB of disk space .* \(6\.4 KB for the files, 4 KB for chunks in flight\) but"
+        with pytest.raises(xm.StorageError, match=expected):
             manager.pull("org/tiny v1")
         assert server.chunk_requests() == 1  # the manifest only
         assert manager.list_installed() == []
@@ -2785,6 +2792,7 @@ class TestPreflight:
     ) -> None:
         import shutil
 
+        monkeypatch.setattr(xm, "_IN_MEMORY_UP_TO", 0)  # chunks pass through the cache, as big ones do
         server.fail(chunk_paths(registry_dir)[4], Fault(status=500))
         with pytest.raises(xm.NetworkError):
             make_manager(retries=0).pull("org/tiny v1", concurrency=1)  # 4 KB landed in staging
@@ -3071,7 +3079,7 @@ def crash_verify(sc: CrashScenario, where: str) -> None:
 
 CRASH_MODES = ("progress", "chunk-enters-cache", "copy-into-file", "close-file")
 
-CRASH_STEPS = {  # kill points of the install proper, after every chunk is verified and every file written
+CRASH_STEPS = {  # kill points of the install proper (after every chunk is verified and every file written)
     "manifest-json": ([["os", "replace", r"\.staging/\.test-app/manifest\.json\.\S+\.tmp ", "before"]], 1),
     "before-swap": ([["os", "rename", "", "before"]], 1),
     "between-renames": ([["os", "rename", r"/v1 ", "after"]], 1),  # installed v1 set aside as .v1.old
@@ -3079,7 +3087,8 @@ CRASH_STEPS = {  # kill points of the install proper, after every chunk is verif
     "registry-temp": ([["os", "replace", r"registry\.json\.\S+\.tmp ", "before"]], 1),
     "registry-replaced": ([["os", "replace", r"registry\.json\.\S+\.tmp ", "after"]], 1),
     "discard-old": ([["xm", "_remove_tree", r"\.old$", "before"]], 1),
-    "chunk-cleanup": ([["os", "unlink", r"/cache/chunks/[0-9a-f]{64}$", "before"]], 40),
+    # A chunk written into its files, about to leave the cache (chunks up to 256 KiB never enter it).
+    "chunk-leaves-cache": ([["os", "unlink", r"/cache/chunks/[0-9a-f]{64}$", "before"]], 40),
 }
 
 CRASH_OPERATIONS: dict[str, int] = {}  # scenario -> file operations of an uninterrupted pull
@@ -3122,7 +3131,7 @@ class TestCrash:
         ("scenario", "step"),
         [
             # ("new", "registry-temp") is test_temporary_files_of_a_crash_are_cleaned_by_the_next_pull[registry]
-            *[("new", step) for step in ("before-swap", "after-swap", "registry-replaced", "chunk-cleanup")],
+            *[("new", step) for step in ("before-swap", "after-swap", "registry-replaced", "chunk-leaves-cache")],
             ("update", "manifest-json"),
             ("update", "before-swap"),
             ("update", "between-renames"),
@@ -3130,7 +3139,7 @@ class TestCrash:
             ("update", "registry-temp"),
             ("update", "registry-replaced"),
             ("update", "discard-old"),
-            ("update", "chunk-cleanup"),
+            ("update", "chunk-leaves-cache"),
             ("reinstall", "between-renames"),
             ("reinstall", "after-swap"),
         ],
@@ -3141,7 +3150,8 @@ class TestCrash:
     ) -> None:
         sc = CrashScenario(scenario, registry_dir, data_dir, server, make_manager)
         hooks, kill_at = CRASH_STEPS[step]
-        where = crash_expect_killed(crash_run_child(server, data_dir, sc.plan(hooks=hooks, kill_at=kill_at)))
+        plan = sc.plan(hooks=hooks, kill_at=kill_at, module=THROUGH_CACHE if step == "chunk-leaves-cache" else {})
+        where = crash_expect_killed(crash_run_child(server, data_dir, plan))
         crash_verify(sc, where)
 
     @pytest.mark.parametrize("seed", range(3))

@@ -1322,6 +1322,7 @@ class _RegistryClient:
         self._own_opener = opener is None  # only then may sessions bypass it
         self._ssl_context = ssl_context
         self._proxied: dict[tuple[str, str], bool] = {}
+        self._routes: dict[str, tuple[tuple[str, str, int], str, str] | None] = {}
         self._opener_guard = threading.Lock()
         self.timeout, self.retries, self.backoff, self.logger = timeout, retries, backoff, logger
 
@@ -1356,43 +1357,41 @@ class _RegistryClient:
         return f"{self.url}/{relative}"
 
     def _uses_proxy(self, scheme: str, host: str) -> bool:
-        import urllib.request
-
         with self._opener_guard:
             if (scheme, host) not in self._proxied:
-                self._proxied[(scheme, host)] = scheme in urllib.request.getproxies() and not (
-                    urllib.request.proxy_bypass(host)
-                )
+                self._proxied[(scheme, host)] = self._proxy_applies(scheme, host)
             return self._proxied[(scheme, host)]
+
+    @staticmethod
+    def _proxy_applies(scheme: str, host: str) -> bool:
+        if sys.platform not in ("darwin", "win32") and not any(
+            name.lower().endswith("_proxy") for name in os.environ
+        ):
+            return False  # only the environment could name one: no need to import urllib.request
+        import urllib.request
+
+        return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
 
     def _open_session(self, url: str, headers: Mapping[str, str], session: _Session) -> _Response | None:
         """GET ``url`` on the session's persistent connection; None when urllib must handle it
         (a custom opener, a proxy, a redirect, or a response other than a plain sized body)."""
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        scheme, host = parts.scheme.lower(), parts.hostname or ""
-        if not self._own_opener or self._uses_proxy(scheme, host):
+        directory, _, name = url.rpartition("/")
+        if directory not in self._routes:  # parsed once per directory: chunks share theirs
+            self._routes[directory] = self._route(directory + "/")
+        route = self._routes[directory]
+        if route is None:
             return None
-        default_port = 443 if scheme == "https" else 80
-        try:
-            port = parts.port or default_port
-            authority = host.encode("idna").decode("ascii")
-        except (ValueError, UnicodeError) as exc:
-            raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
-        authority = f"[{authority}]" if ":" in authority else authority
-        authority += f":{port}" if port != default_port else ""
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        key, authority, target = route
+        target += name
         if not target.isascii() or re.search(r"[\x00-\x20\x7f]", target):
             raise RegistryError(f"invalid registry URL {url!r}: quote spaces and other special characters")
         lines = [f"GET {target} HTTP/1.1", f"Host: {authority}", *(f"{k}: {v}" for k, v in headers.items())]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-        key = (scheme, host, port)
         for _ in range(2):
             reused = session.sock is not None and session.key == key
             try:
                 if not reused:
-                    session.connect(key, self.timeout, self._default_ssl_context() if scheme == "https" else None)
+                    session.connect(key, self.timeout, self._default_ssl_context() if key[0] == "https" else None)
                 head = session.exchange(request)
                 break
             except OSError as exc:
@@ -1425,6 +1424,30 @@ class _RegistryClient:
         keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
         return _SessionResponse(session, status, length, fields, keep_alive)
 
+    def _route(self, url: str) -> tuple[tuple[str, str, int], str, str] | None:
+        """(scheme, host, port), Host header and request path for a session to GET ``url``;
+        None when urllib must (a custom opener, a proxy, a query string)."""
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
+        scheme, host = parts.scheme.lower(), parts.hostname or ""
+        if not host:
+            raise RegistryError(f"invalid registry URL {url!r}: no host name")
+        if not self._own_opener or parts.query or parts.fragment or self._uses_proxy(scheme, host):
+            return None
+        default_port = 443 if scheme == "https" else 80
+        try:
+            authority = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
+        authority = f"[{authority}]" if ":" in authority else authority
+        authority += f":{port}" if port not in (None, default_port) else ""
+        return (scheme, host, port or default_port), authority, parts.path or "/"
+
     def _default_ssl_context(self) -> ssl.SSLContext:
         import ssl
 
@@ -1443,21 +1466,20 @@ class _RegistryClient:
             raise _Transient(f"HTTP {code} {reason}", retry_after)
         raise NetworkError(f"{url}: HTTP {code} {reason}")
 
-    def _open_url(self, url: str, start: int, session: _Session | None = None) -> _Response:
-        import http.client
-        import urllib.error
-        import urllib.request
-
+    def _open_url(self, url: str, start: int, session: _Session) -> _Response:
         headers = {
             "User-Agent": f"xprim-models/{__version__} python/{sys.version.split()[0]}",
             "Accept-Encoding": "identity",
         }
         if start:
             headers["Range"] = f"bytes={start}-"
-        if session is not None:
-            direct = self._open_session(url, headers, session)
-            if direct is not None:
-                return direct
+        direct = self._open_session(url, headers, session)
+        if direct is not None:
+            return direct
+        import http.client  # loaded only here: importing urllib.request costs 20 ms
+        import urllib.error
+        import urllib.request
+
         with self._opener_guard:
             if self._opener is None:  # urllib's opener honours the *_proxy variables
                 handlers = [urllib.request.HTTPSHandler(context=self._ssl_context)] if self._ssl_context else []
@@ -1513,7 +1535,7 @@ class _RegistryClient:
         cancel: threading.Event | None = None,
         on_network_bytes: Callable[[int], None] | None = None,
         read_size: int = _BUFFER_SIZE,
-        session: _Session | None = None,
+        session: _Session,
     ) -> None:
         """Transfer one body into ``sink``, retrying per policy.
 
@@ -1562,7 +1584,7 @@ class _RegistryClient:
         cancel: threading.Event | None,
         on_network_bytes: Callable[[int], None] | None,
         read_size: int,
-        session: _Session | None,
+        session: _Session,
     ) -> None:
         start = sink.kept if sink.resumable and exact else 0
         if not start and sink.kept:
@@ -1611,15 +1633,17 @@ class _RegistryClient:
         on_network_bytes: Callable[[int], None] | None,
         read_size: int,
     ) -> None:
-        import http.client
-
         buffer = memoryview(bytearray(min(read_size, max(remaining, 1))))
         while remaining > 0:
             if cancel is not None and cancel.is_set():
                 raise _Cancelled()
             try:
                 count = response.readinto(buffer[: min(len(buffer), remaining)])
-            except (OSError, http.client.HTTPException) as exc:
+            except Exception as exc:
+                import http.client  # loaded already when urllib made the response
+
+                if not isinstance(exc, (OSError, http.client.HTTPException)):
+                    raise
                 raise _Transient(f"connection broken: {exc or type(exc).__name__}") from exc
             if not count:
                 return
@@ -1630,7 +1654,11 @@ class _RegistryClient:
 
     def fetch_document(self, relative: str, what: str, limit: int) -> bytes:
         sink = _MemorySink()
-        self.fetch(relative, what, sink, size=limit, exact=False)
+        session = _Session()
+        try:
+            self.fetch(relative, what, sink, size=limit, exact=False, session=session)
+        finally:
+            session.close()
         return bytes(sink.data)
 
 
@@ -1701,6 +1729,7 @@ class _PullJob:
         self.total_size = sum(size for _, size in chunks)
         self.concurrency = concurrency
         self.seeds = seeds or {}
+        self.cached = manager._cached_chunks()  # one listing, rather than a failed open per chunk
         self.limiter = _RateLimiter(limit_rate) if limit_rate else None
         # Reads stay small under a low rate limit, so the cap holds over short spans too.
         self.read_size = min(_BUFFER_SIZE, max(4096, int(limit_rate / 16))) if limit_rate else _BUFFER_SIZE
@@ -1796,7 +1825,8 @@ class _PullJob:
                     self.bytes_completed += task.size * len(task.positions) - self.reported.get(index, 0)
                     self.reported[index] = task.size * len(task.positions)
                     self.dirty = True
-                    self.condition.notify_all()
+                    if self.tasks_done == len(self.tasks):  # progress itself is polled, not pushed
+                        self.condition.notify_all()
         except BaseException as exc:  # handed to the calling thread, which re-raises it
             with self.condition:
                 if self.error is None and not isinstance(exc, _Cancelled):
@@ -1810,9 +1840,10 @@ class _PullJob:
         """The verified chunk, from the cache, a seed (an installed version or the staging
         directory being resumed) or the network: open in the cache, or in ``buffer``."""
         path = os.path.join(self.manager._chunks_dir, task.digest)
-        fd = self._open_cached(path, task, buffer)
-        if fd >= 0:
-            return fd
+        if task.digest in self.cached:
+            fd = self._open_cached(path, task, buffer)
+            if fd >= 0:
+                return fd
         for seed in self.seeds.get(task.digest, ()):
             fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
             if fd >= 0:
@@ -2372,6 +2403,13 @@ class Manager:
         except StorageError as exc:
             self._logger.debug("cache not cleaned: %s", exc)  # the pull itself does not need it
 
+    def _cached_chunks(self) -> set[str]:
+        """The names in cache/chunks (none when it cannot be read: the cache only saves downloads)."""
+        try:
+            return set(os.listdir(self._chunks_dir))
+        except OSError:
+            return set()
+
     def _expire_chunks(self, horizon: float | None, *, keep: Collection[str] = (), parts: bool = False) -> int:
         """Delete cached files last touched before ``horizon`` (all of them with None), but
         not those in ``keep``; with ``parts``, partial downloads whatever their age.
@@ -2919,9 +2957,11 @@ class Manager:
         import shutil
 
         sizes = {digest: manifest.chunk_length(p) for p, digest in enumerate(manifest.chunks)}
-        missing = [digest for digest in sizes if not os.path.exists(os.path.join(self._chunks_dir, digest))]
-        # Chunks pass through the cache a few at a time: each leaves once written into its files.
-        in_flight = sum(sorted((sizes[digest] for digest in missing), reverse=True)[:concurrency])
+        cached = self._cached_chunks()
+        # Chunks over _IN_MEMORY_UP_TO pass through the cache a few at a time: each leaves
+        # once written into its files.
+        passing = [size for digest, size in sizes.items() if size > _IN_MEMORY_UP_TO and digest not in cached]
+        in_flight = sum(sorted(passing, reverse=True)[:concurrency])
         staging = self._sibling(ref, "staging")
         files = manifest.total_size
         if self._resumable(staging, manifest):  # what the interrupted pull wrote needs no more room
@@ -2933,10 +2973,11 @@ class Manager:
         except OSError as exc:
             raise _storage_error("use", self._data_dir, exc) from exc
         if needed > free:
+            parts = f" ({_format_size(files)} for the files, {_format_size(in_flight)} for chunks in flight)"
             raise StorageError(
-                f"pull {ref}: needs {_format_size(needed)} of disk space in {self._data_dir} "
-                f"({_format_size(files)} for the files, {_format_size(in_flight)} for chunks in flight) "
-                f"but only {_format_size(free)} is free; free some space or choose another data directory"
+                f"pull {ref}: needs {_format_size(needed)} of disk space in {self._data_dir}"
+                f"{parts if in_flight else ''} but only {_format_size(free)} is free; "
+                "free some space or choose another data directory"
             )
 
     def _intact(self, ref: ModelRef) -> InstalledModel | None:
@@ -3031,7 +3072,7 @@ class Manager:
                     self._logger.warning("could not clean up after a failed pull: %s", exc)
             raise
         self._discard(old)
-        for digest in set(manifest.chunks):
+        for digest in self._cached_chunks().intersection(manifest.chunks):
             _remove_file(os.path.join(self._chunks_dir, digest))
         return installed
 

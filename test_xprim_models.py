@@ -1122,6 +1122,20 @@ class TestStorage:
         assert tree(data_dir / "org" / "tiny" / "v1") == before
         assert [item.ref.version for item in manager.list_installed()] == ["v1"]
 
+    def test_disk_full_while_writing_a_downloaded_chunk_into_its_file(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def full(target: int, view: memoryview, offset: int) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(xm, "_pwrite_all", full)  # chunks this small go from memory into the files
+        with pytest.raises(xm.StorageError, match=r"cannot write \S+/org/tiny/\.v1\.staging/\S+: "
+                                                  r"No space left on device; free some disk space"):
+            manager.pull("org/tiny v1")
+        assert manager.list_installed() == []
+        monkeypatch.undo()
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+
     def test_versions_differing_only_in_case_cannot_share_a_directory(
         self, manager: xm.Manager, registry_dir: Path
     ) -> None:

@@ -1269,10 +1269,14 @@ class _Session:
         headers: dict[str, str] = {}
         for line in fields:
             name, colon, value = line.partition(":")
-            name = name.lower()
-            if not colon or name != name.strip() or name in headers:  # folded or repeated: urllib's job
+            name, value = name.lower(), value.strip()
+            if not colon or name != name.strip():  # a folded or malformed line: urllib's job
                 return None
-            headers[name] = value.strip()
+            if name in headers and headers[name] != value:
+                if name in ("content-length", "content-range", "transfer-encoding"):
+                    return None  # conflicting framing: let urllib decide
+                value = f"{headers[name]}, {value}"
+            headers[name] = value
         return version, int(code), reason.strip(), headers
 
 

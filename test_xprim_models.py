@@ -3276,6 +3276,17 @@ class TestPerformance:
         assert server.chunk_requests() == 61
         assert len(server.connections) <= 4 + 2  # a connection per worker, plus index and manifest
 
+    def test_listing_fetches_manifests_on_a_few_connections(self, manager: xm.Manager, registry_dir: Path,
+                                                             server: RegistryServer) -> None:
+        for n in range(40):
+            publish.publish(str(registry_dir), "org", "many", f"v{n}", {"f": f"{n}".encode()})
+        assert len(manager.list_remote(detail=True)) == 40
+        assert server.chunk_requests() == 40  # a manifest each
+        assert len(server.connections) <= 8 + 1  # a connection per pool thread, plus the index
+        server.connections.clear()
+        assert [item.total_size for item in manager.list_remote(detail=True)][:3] == [1, 1, 2]
+        assert server.chunk_requests() == 40 and len(server.connections) == 1  # manifests come from the cache
+
     def test_redirects_are_followed(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer,
                                     registry_dir: Path) -> None:
         mirror = registry_dir / "mirror" / "data"

@@ -668,8 +668,9 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: readers see the old or the new file, never half."""
+def _atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data``: readers see the old or the new file, never half.
+    With ``durable``, the new file is on stable storage when this returns."""
     directory = os.path.dirname(path)
     temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
@@ -679,14 +680,23 @@ def _atomic_write(path: str, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, path)
     except OSError as exc:
         _remove_file(temporary)
         raise _storage_error("write", path, exc) from exc
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
+
+
+def _read_small(path: str, limit: int) -> bytes:
+    """A small file's bytes: at most ``limit`` + 1 of them, so a caller can tell one too big."""
+    with open(path, "rb") as handle:
+        # read(limit + 1) alone would allocate the whole limit (64 MiB) for every call.
+        return handle.read(min(os.fstat(handle.fileno()).st_size, limit) + 1)
 
 
 def _remove_file(path: str) -> bool:
@@ -1656,13 +1666,15 @@ class _RegistryClient:
             sink.write(buffer[:count])
             remaining -= count
 
-    def fetch_document(self, relative: str, what: str, limit: int) -> bytes:
+    def fetch_document(self, relative: str, what: str, limit: int, *, session: _Session | None = None) -> bytes:
+        """A whole document of at most ``limit`` bytes, on ``session`` or on a connection of its own."""
         sink = _MemorySink()
-        session = _Session()
+        connection = session or _Session()
         try:
-            self.fetch(relative, what, sink, size=limit, exact=False, session=session)
+            self.fetch(relative, what, sink, size=limit, exact=False, session=connection)
         finally:
-            session.close()
+            if connection is not session:
+                connection.close()
         return bytes(sink.data)
 
 
@@ -2328,17 +2340,22 @@ class Manager:
 
     def _manifest(self, digest: str) -> _Manifest:
         """The validated manifest, from the local manifest cache or the registry."""
-        cached = os.path.join(self._manifests_dir, digest)
+        return self._cached_manifest(digest) or self._fetch_manifest(digest)
+
+    def _cached_manifest(self, digest: str) -> _Manifest | None:
         try:
-            with open(cached, "rb") as handle:
-                raw = handle.read(_MAX_MANIFEST_BYTES + 1)
-            return _parse_manifest(digest, raw, self._metadata_dir)
+            path = os.path.join(self._manifests_dir, digest)
+            return _parse_manifest(digest, _read_small(path, _MAX_MANIFEST_BYTES), self._metadata_dir)
         except (OSError, ModelsError):
-            pass  # absent or damaged: fetch it again
-        raw = self._client().fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES)
+            return None  # absent or damaged: fetch it again
+
+    def _fetch_manifest(self, digest: str, session: _Session | None = None) -> _Manifest:
+        raw = self._client().fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES,
+                                            session=session)
         manifest = _parse_manifest(digest, raw, self._metadata_dir)
         try:
-            _atomic_write(self._private(cached), raw)
+            # No fsync: a cached manifest is checked against its hash whenever it is read.
+            _atomic_write(self._private(os.path.join(self._manifests_dir, digest)), raw, durable=False)
         except StorageError as exc:
             self._logger.debug("manifest cache not written: %s", exc)
         return manifest
@@ -2353,8 +2370,8 @@ class Manager:
 
     def _stored_manifest_hash(self, directory: str) -> str:
         try:
-            with open(os.path.join(directory, self._metadata_dir, "manifest.json"), "rb") as handle:
-                return _sha256(handle.read(_MAX_MANIFEST_BYTES + 1)).hexdigest()
+            path = os.path.join(directory, self._metadata_dir, "manifest.json")
+            return _sha256(_read_small(path, _MAX_MANIFEST_BYTES)).hexdigest()
         except OSError:
             return ""
 
@@ -2495,11 +2512,26 @@ class Manager:
         remote = sorted(self._index().values(), key=lambda item: item.ref)
         if not detail:
             return remote
-        from concurrent.futures import ThreadPoolExecutor
-
         digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xprim-models-manifest") as pool:
-            manifests = dict(zip(digests, pool.map(self._manifest, digests)))
+        manifests = {digest: self._cached_manifest(digest) for digest in digests}
+        missing = [digest for digest, manifest in manifests.items() if manifest is None]
+        if missing:
+            from concurrent.futures import ThreadPoolExecutor
+
+            local, sessions = threading.local(), []
+
+            def fetch(digest: str) -> _Manifest:
+                if not hasattr(local, "session"):  # one connection per pool thread
+                    local.session = _Session()
+                    sessions.append(local.session)
+                return self._fetch_manifest(digest, local.session)
+
+            try:
+                with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xprim-models-manifest") as pool:
+                    manifests.update(zip(missing, pool.map(fetch, missing)))
+            finally:
+                for session in sessions:
+                    session.close()
         return [self._detail(item, manifests[item.manifest_hash]) for item in remote]
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
@@ -2933,9 +2965,8 @@ class Manager:
         """The manifest kept in an installed version's metadata directory."""
         path = os.path.join(installed.path, self._metadata_dir, "manifest.json")
         try:
-            with open(path, "rb") as handle:
-                raw = handle.read(_MAX_MANIFEST_BYTES + 1)
-            return _parse_manifest(installed.manifest_hash, raw, self._metadata_dir)
+            return _parse_manifest(installed.manifest_hash, _read_small(path, _MAX_MANIFEST_BYTES),
+                                   self._metadata_dir)
         except OSError as exc:
             raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
         except ModelsError as exc:

@@ -307,11 +307,14 @@ def manager(make_manager: Callable[..., xm.Manager]) -> xm.Manager:
     return make_manager()
 
 
-@pytest.fixture(params=["memory", "cache"])
+@pytest.fixture(params=["memory", "files", "cache"])
 def chunk_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks up to 256 KiB are verified in a worker's memory, bigger ones in cache/chunks: try both."""
-    if request.param == "cache":
+    """Each way a chunk can take: verified in a worker's memory (up to 256 KiB), streamed
+    straight into its file (bigger ones), or through cache/chunks (big ones needed twice)."""
+    if request.param != "memory":
         monkeypatch.setattr(xm, "_IN_MEMORY_UP_TO", 0)
+    if request.param == "cache":
+        monkeypatch.setattr(xm, "_STRAIGHT_INTO_FILES", False)
 
 
 MODEL_FILES = {
@@ -1116,7 +1119,9 @@ class TestStorage:
         def failing(fd: int, data: memoryview) -> None:
             raise OSError(code, os.strerror(code))
 
-        monkeypatch.setattr(xm, "_write_all", failing)  # a full or read-only disk cannot be made here as root
+        # A full or read-only disk cannot be made here as root: writes into the cache and the files fail.
+        monkeypatch.setattr(xm, "_write_all", failing)
+        monkeypatch.setattr(xm, "_pwrite_all", lambda fd, data, offset: failing(fd, data))
         with pytest.raises(xm.StorageError, match=f"{os.strerror(code)}; {hint}"):
             manager.pull("org/tiny v1", force=True)
         assert tree(data_dir / "org" / "tiny" / "v1") == before
@@ -2791,8 +2796,9 @@ class TestPreflight:
         if route == "memory":  # 1 KiB chunks go from memory into the files: room for the files is enough
             monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=6_000))
             expected = r"needs 6\.4 KB of disk space in \S+ but only 5\.9 KB is free; free some space"
-        else:  # chunks over 256 KiB pass through the cache, four at a time
-            monkeypatch.setattr(xm, "_IN_MEMORY_UP_TO", 0)
+        else:  # big chunks needed twice pass through the cache, four at a time
+            for name, value in THROUGH_CACHE.items():
+                monkeypatch.setattr(xm, name, value)
             monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
             expected = r"needs 10\.4 KB of disk space .* \(6\.4 KB for the files, 4 KB for chunks in flight\) but"
         with pytest.raises(xm.StorageError, match=expected):
@@ -2806,7 +2812,8 @@ class TestPreflight:
     ) -> None:
         import shutil
 
-        monkeypatch.setattr(xm, "_IN_MEMORY_UP_TO", 0)  # chunks pass through the cache, as big ones do
+        for name, value in THROUGH_CACHE.items():  # chunks pass through the cache, as big ones needed twice do
+            monkeypatch.setattr(xm, name, value)
         server.fail(chunk_paths(registry_dir)[4], Fault(status=500))
         with pytest.raises(xm.NetworkError):
             make_manager(retries=0).pull("org/tiny v1", concurrency=1)  # 4 KB landed in staging
@@ -2879,7 +2886,9 @@ print(json.dumps({"outcome": outcome, "events": events[0]}))
 """
 
 CRASH_CHUNK = 1024
-THROUGH_CACHE = {"_IN_MEMORY_UP_TO": 0}  # chunks pass through cache/chunks, as real ones over 256 KiB do
+# Chunks pass through cache/chunks, as real ones over 256 KiB do when needed in several places.
+THROUGH_CACHE = {"_IN_MEMORY_UP_TO": 0, "_STRAIGHT_INTO_FILES": False}
+INTO_FILES = {"_IN_MEMORY_UP_TO": 0}  # chunks stream into their files unverified, as real ones over 256 KiB do
 CRASH_OLD_FILES = {  # org/big v1 as installed before every crash: 12 chunks
     "weights.bin": blob(9_000, "old-weights"),
     "config.json": b'{"layers": 1}\n',
@@ -3124,7 +3133,8 @@ class TestCrash:
             plan = sc.plan(hooks=[["os", "replace", r"\.part ", "before"]], kill_at=rng.randint(1, len(sc.chunks)),
                            module=THROUGH_CACHE)
         elif mode == "copy-into-file":  # the staging files half written
-            plan = sc.plan(hooks=[["xm", "_copy_range", "", "before"]], kill_at=rng.randint(1, len(sc.chunks)))
+            plan = sc.plan(hooks=[["xm", "_copy_range", "", "before"]], kill_at=rng.randint(1, len(sc.chunks)),
+                           module=INTO_FILES if seed >= 4 else {})
         else:
             plan = sc.plan(hooks=[["xm", "_close_file", "", rng.choice(["before", "after"])]],
                            kill_at=rng.randint(1, len(sc.files)))
@@ -3138,7 +3148,8 @@ class TestCrash:
         make_manager: Callable[..., xm.Manager]
     ) -> None:
         sc = CrashScenario(("new", "update")[seed % 2], registry_dir, data_dir, server, make_manager)
-        self.kill_in_flight(sc, server, random.Random(seed).randint(1, len(sc.chunks)), through_cache=seed == 1)
+        route = ({}, THROUGH_CACHE, INTO_FILES)[seed]
+        self.kill_in_flight(sc, server, random.Random(seed).randint(1, len(sc.chunks)), route=route)
         crash_verify(sc, "in flight")
 
     @pytest.mark.parametrize(
@@ -3203,7 +3214,7 @@ class TestCrash:
         self, registry_dir: Path, data_dir: Path, server: RegistryServer, make_manager: Callable[..., xm.Manager]
     ) -> None:
         sc = CrashScenario("new", registry_dir, data_dir, server, make_manager)
-        self.kill_in_flight(sc, server, 30, through_cache=True)
+        self.kill_in_flight(sc, server, 30, route=THROUGH_CACHE)
         assert any(path.endswith(".part") for path in crash_leftovers(data_dir))
         crash_resume(sc, strict_leftovers=True)
 
@@ -3220,7 +3231,7 @@ class TestCrash:
         crash_resume(sc, strict_leftovers=True)
 
     @staticmethod
-    def kill_in_flight(sc: CrashScenario, server: RegistryServer, n: int, *, through_cache: bool = False) -> None:
+    def kill_in_flight(sc: CrashScenario, server: RegistryServer, n: int, *, route: dict[str, Any]) -> None:
         """SIGKILL the pulling child from outside while the server holds its n-th chunk request."""
         wanted = {f"data/{digest}" for digest in sc.chunks}
         lock, seen = threading.Lock(), [0]
@@ -3243,7 +3254,7 @@ class TestCrash:
                     finished.set()
 
         server.handle = handle  # type: ignore[method-assign]
-        plan = sc.plan(module=THROUGH_CACHE if through_cache else {})
+        plan = sc.plan(module=route)
         process = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, server.url, str(sc.data_dir), plan],
                                    cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

@@ -124,7 +124,8 @@ _MAX_SEGMENT_LENGTH = 255
 _MAX_CONCURRENCY = 16
 _CACHE_MAX_AGE = 24 * 60 * 60  # seconds a cached chunk no pull needs is kept
 _BUFFER_SIZE = 256 << 10
-_IN_MEMORY_UP_TO = _BUFFER_SIZE  # chunks this small are verified in memory, not in cache/chunks
+_IN_MEMORY_UP_TO = _BUFFER_SIZE  # chunks this small are verified in a worker's buffer
+_STRAIGHT_INTO_FILES = True  # bigger chunks needed once stream into their files, not cache/chunks
 _HEAD_LIMIT = 64 << 10  # bytes of status line and headers read by a session
 _PROGRESS_INTERVAL = 0.1  # seconds between byte-progress callbacks
 _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
@@ -1130,6 +1131,27 @@ class _BufferSink(_Sink):
         self.on_bytes(self.kept, len(data))
 
 
+class _PlacedSink(_Sink):
+    """Writes a chunk straight into its place in the files, hashing it on the way."""
+
+    resumable = True
+
+    def __init__(self, place: Callable[[int, memoryview, int], None], position: int) -> None:
+        self.place, self.position = place, position
+        self.hasher = _sha256()
+        self.on_bytes: Callable[[int, int], None] = lambda kept, count: None
+
+    def reset(self) -> None:
+        self.hasher = _sha256()
+        self.kept = 0  # what was written stays until overwritten
+
+    def write(self, data: memoryview) -> None:
+        self.hasher.update(data)
+        self.place(self.position, data, self.kept)
+        self.kept += len(data)
+        self.on_bytes(self.kept, len(data))
+
+
 class _ChunkSink(_Sink):
     """Streams a chunk to a file while hashing it; can resume after a cut."""
 
@@ -1768,6 +1790,7 @@ class _PullJob:
         self.current_file = ""
         self.dirty = True
         self.consume: Callable[[int, _Source], None] = lambda position, source: None
+        self.place: Callable[[int, memoryview, int], None] | None = None
 
     # Progress ----------------------------------------------------------------
 
@@ -1825,6 +1848,8 @@ class _PullJob:
                 source = self._obtain(index, task, buffer, session)
                 try:
                     for position in task.positions:
+                        if source is None:  # already in its place
+                            break
                         if self.cancel.is_set():
                             raise _Cancelled()
                         self.consume(position, source)
@@ -1852,26 +1877,47 @@ class _PullJob:
         finally:
             session.close()
 
-    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> _Source:
+    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> _Source | None:
         """The verified chunk, from the cache, a seed (an installed version or the staging
-        directory being resumed) or the network: open in the cache, or in ``buffer``."""
+        directory being resumed) or the network: open in the cache, in ``buffer``, or (None)
+        already in its place in the files."""
         path = os.path.join(self.manager._chunks_dir, task.digest)
         if task.digest in self.cached:
             fd = self._open_cached(path, task, buffer)
             if fd >= 0:
                 return fd
-        for seed in self.seeds.get(task.digest, ()):
-            fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
-            if fd >= 0:
+        seeds = self.seeds.get(task.digest, ())
+        sink = self._direct_sink(task, buffer)
+        if sink is None:  # through the cache: a big chunk needed in several places, or a repair's
+            for seed in seeds:
+                fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
+                if fd >= 0:
+                    self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
+                    return fd
+            return self._store(path, task, lambda sink: self._download(index, task, sink, session))
+        for seed in seeds:
+            sink.reset()
+            if self._copy_seed(seed, buffer, sink):
                 self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
-                return fd
-        if task.size <= min(_IN_MEMORY_UP_TO, len(buffer)):
-            # It fits in memory: verified there, it goes straight into its files, and the
-            # cache is spared four file operations per chunk, which count with small chunks.
-            sink = _BufferSink(memoryview(buffer)[: task.size], lambda kept, _count: None)
+                break
+        else:
+            sink.reset()
             self._download(index, task, sink, session)
-            return sink.view
-        return self._store(path, task, lambda sink: self._download(index, task, sink, session))
+        return sink.view if isinstance(sink, _BufferSink) else None
+
+    def _direct_sink(self, task: _Task, buffer: bytearray) -> _BufferSink | _PlacedSink | None:
+        """Where a chunk can go without passing through the cache, if anywhere.
+
+        A small one is verified in ``buffer``, then written. A bigger one needed in
+        one place streams straight there: bytes that fail the hash are overwritten
+        by the next attempt, and a resumed pull verifies every chunk again. That
+        saves writing it twice, which costs as much as the download on fast disks.
+        """
+        if task.size <= min(_IN_MEMORY_UP_TO, len(buffer)):
+            return _BufferSink(memoryview(buffer)[: task.size], lambda kept, _count: None)
+        if self.place is not None and _STRAIGHT_INTO_FILES and len(task.positions) == 1:
+            return _PlacedSink(self.place, task.positions[0])
+        return None
 
     def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:
         """Fill a partial file with ``fill``; if it verifies, move it into the cache and return it open."""
@@ -1909,7 +1955,8 @@ class _PullJob:
             with self.condition:
                 self.partials.discard(partial_path)
 
-    def _download(self, index: int, task: _Task, sink: _ChunkSink | _BufferSink, session: _Session) -> bool:
+    def _download(self, index: int, task: _Task, sink: _ChunkSink | _BufferSink | _PlacedSink,
+                  session: _Session) -> bool:
         what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
         sink.on_bytes = lambda kept, _count: self._on_bytes(index, kept)
         client = self.manager._client()
@@ -1929,7 +1976,7 @@ class _PullJob:
             f"(got {sink.hasher.hexdigest()}); the registry serves corrupt data"
         )
 
-    def _copy_seed(self, seed: _Seed, buffer: bytearray, sink: _ChunkSink) -> bool:
+    def _copy_seed(self, seed: _Seed, buffer: bytearray, sink: _ChunkSink | _BufferSink | _PlacedSink) -> bool:
         """Copy a chunk's bytes out of an installed version; True if they still hash right."""
         manifest = seed.manifest
         start = seed.position * manifest.chunk_size
@@ -1974,10 +2021,12 @@ class _PullJob:
 
     # The calling thread ------------------------------------------------------
 
-    def run(self, consume: Callable[[int, _Source], None], finish: Callable[[], None]) -> None:
-        """Obtain every chunk; workers call ``consume(position, source)`` for each position;
-        then ``finish()`` runs here."""
-        self.consume = consume
+    def run(self, consume: Callable[[int, _Source], None], finish: Callable[[], None],
+            place: Callable[[int, memoryview, int], None] | None = None) -> None:
+        """Obtain every chunk; workers call ``consume(position, source)`` for each position,
+        or, given ``place``, may write a chunk's bytes as they come with
+        ``place(position, data, offset in the chunk)``; then ``finish()`` runs here."""
+        self.consume, self.place = consume, place
         self.emit(PullProgress("chunks", self.chunk_count, 0, self.total_size, 0, 0))
         threads = [
             threading.Thread(target=self._worker, name=f"xprim-models-{n}", daemon=True)
@@ -2062,14 +2111,20 @@ class _Staging:
 
     def write(self, position: int, source: _Source) -> None:
         """Copy chunk ``position`` (open as ``source``, or in it) into the files it belongs to; any thread."""
+        self.place(position, source, 0)
+
+    def place(self, position: int, source: _Source, start: int) -> None:
+        """Write bytes of chunk ``position`` from offset ``start`` on: all the rest of the chunk
+        from an open file, or the bytes of a buffer; any thread."""
         manifest = self.manifest
-        start = position * manifest.chunk_size
-        for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
+        first = position * manifest.chunk_size + start  # where source's bytes begin in the stream
+        count = manifest.chunk_length(position) - start if isinstance(source, int) else len(source)
+        for index, offset, length in _segments(manifest, first, count):
             path = self.path(index)
             try:
                 target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
                 try:
-                    _copy_range(source, manifest.starts[index] + offset - start, count, target, offset)
+                    _copy_range(source, manifest.starts[index] + offset - first, length, target, offset)
                 finally:
                     os.close(target)
             except OSError as exc:
@@ -2991,11 +3046,19 @@ class Manager:
         """Fail before the first request when the disk cannot hold the model and its chunks in flight."""
         import shutil
 
-        sizes = {digest: manifest.chunk_length(p) for p, digest in enumerate(manifest.chunks)}
+        sizes: dict[str, int] = {}
+        repeated: set[str] = set()
+        for position, digest in enumerate(manifest.chunks):
+            if digest in sizes:
+                repeated.add(digest)
+            sizes[digest] = manifest.chunk_length(position)
         cached = self._cached_chunks()
-        # Chunks over _IN_MEMORY_UP_TO pass through the cache a few at a time: each leaves
-        # once written into its files.
-        passing = [size for digest, size in sizes.items() if size > _IN_MEMORY_UP_TO and digest not in cached]
+        # Only big chunks needed in several places pass through the cache, a few at a
+        # time: each leaves once written into its files.
+        passing = [
+            size for digest, size in sizes.items()
+            if size > _IN_MEMORY_UP_TO and (digest in repeated or not _STRAIGHT_INTO_FILES) and digest not in cached
+        ]
         in_flight = sum(sorted(passing, reverse=True)[:concurrency])
         staging = self._sibling(ref, "staging")
         files = manifest.total_size
@@ -3075,7 +3138,7 @@ class Manager:
             job = _PullJob(self, f"pull {ref}", chunks, concurrency, emit, seeds=seeds, limit_rate=limit_rate)
             files = _Staging(job, manifest, staging)
             files.create(resume=resume)
-            job.run(files.write, files.finish)
+            job.run(files.write, files.finish, files.place)
             _fsync_directory(staging)
             # The swap: the old version stays whole until the new one is complete.
             try:

@@ -3315,3 +3315,93 @@ class TestPerformance:
         server.keep_alive = False
         installed = make_manager(retries=0).pull("org/tiny v1", concurrency=2)
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
+
+
+# --- Scale: many files, files past 4 GiB (sparse data keeps them cheap) ------------
+
+
+def sparse_files_work(directory: Path) -> bool:
+    """Whether a file extended with truncate takes (almost) no disk space here."""
+    probe = directory / "sparse-probe"
+    with open(probe, "wb") as handle:
+        handle.truncate(64 << 20)
+    try:
+        blocks = getattr(os.stat(probe), "st_blocks", None)
+    finally:
+        probe.unlink()
+    return blocks is not None and blocks * 512 < (1 << 20)
+
+
+def publish_chunks(registry_dir: Path, group: str, model: str, version: str, chunks: list[bytes],
+                   files: list[tuple[str, int]], chunk_size: int) -> str:
+    """Publish a stream given as chunks (each distinct one stored once) cut into ``files``."""
+    (registry_dir / "data").mkdir(parents=True, exist_ok=True)
+    named: dict[bytes, str] = {}  # a chunk repeated 4096 times is hashed once
+    for chunk in chunks:
+        if chunk not in named:
+            named[chunk] = hashlib.sha256(chunk).hexdigest()
+            (registry_dir / "data" / named[chunk]).write_bytes(chunk)
+    digests = [named[chunk] for chunk in chunks]
+    total = sum(len(chunk) for chunk in chunks)
+    assert sum(size for _, size in files) == total
+    return write_manifest(registry_dir, group, model, version, {
+        "total_size": total, "chunk_size": chunk_size, "chunks": digests,
+        "files": [{"path": path, "size": size} for path, size in files],
+    })
+
+
+def read_at(path: Path, offset: int, count: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(count)
+
+
+class TestScale:
+    def test_file_larger_than_4_gib(self, manager: xm.Manager, registry_dir: Path, server: RegistryServer,
+                                    data_dir: Path, tmp_path: Path) -> None:
+        mib = 1 << 20
+        if not sparse_files_work(tmp_path):
+            pytest.skip("no sparse files here: the pull would write 4 GiB of zeros")
+        head, zero, past, tail = blob(100, "head"), bytes(mib), blob(mib, "past 4 GiB"), blob(5000, "tail")
+        # The stream: 4 GiB (head, then zeros), a chunk starting at 2**32, a zero chunk, a short tail.
+        chunks = [head + zero[100:], *[zero] * 4095, past, zero, tail]
+        total = 4098 * mib + 5000
+        if shutil.disk_usage(tmp_path).free < total + (1 << 30):
+            pytest.skip("the pull checks for room for the whole model first")
+        files = [("head.txt", 100), ("big.bin", total - 2100), ("after.txt", 2000)]
+        publish_chunks(registry_dir, "org", "huge", "v1", chunks, files, mib)
+
+        installed = manager.pull("org/huge v1")
+
+        root = Path(installed.path)
+        big = root / "big.bin"
+        assert big.stat().st_size == total - 2100 > 1 << 32
+        assert (root / "head.txt").read_bytes() == head
+        assert read_at(big, 0, 4096) == bytes(4096)
+        # big.bin starts 100 bytes into the stream: its byte 2**32 is byte 100 of the chunk past 4 GiB.
+        assert read_at(big, (1 << 32) - 116, mib + 32) == bytes(16) + past + bytes(16)
+        assert read_at(big, big.stat().st_size - 3016, 4000) == bytes(16) + tail[:3000]
+        assert (root / "after.txt").read_bytes() == tail[3000:]  # starts past 4 GiB in the stream
+        zero_chunk = f"data/{hashlib.sha256(zero).hexdigest()}"
+        assert server.requests[zero_chunk] == 1
+        assert big.stat().st_blocks * 512 < 64 * mib  # the zeros were never written: holes
+        record = json.loads((data_dir / "registry.json").read_text())["org"]["huge"]["v1"]
+        assert (record["total_size"], record["file_count"]) == (total, 3)
+        assert manager.list_installed()[0].total_size == total
+
+    def test_resumed_staging_gets_its_zero_chunks_written(
+        self, make_manager: Callable[..., xm.Manager], registry_dir: Path, server: RegistryServer, data_dir: Path
+    ) -> None:
+        first, zero, tail = blob(1024, "first"), bytes(1024), blob(300, "tail")
+        stream = first + zero * 3 + tail
+        publish_chunks(registry_dir, "org", "padded", "v1", [first, zero, zero, zero, tail],
+                       [("weights.bin", len(stream))], 1024)
+        server.fail(f"data/{hashlib.sha256(tail).hexdigest()}", Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/padded v1", concurrency=1)
+        staging = data_dir / "org" / "padded" / ".v1.staging" / "weights.bin"
+        with open(staging, "r+b") as handle:  # where the second zero chunk goes
+            handle.seek(2048)
+            handle.write(b"garbage" * 100)
+        installed = make_manager().pull("org/padded v1")
+        assert (Path(installed.path) / "weights.bin").read_bytes() == stream

@@ -821,6 +821,16 @@ def _sha256(data: bytes = b"") -> hashlib._Hash:
     return hashlib.sha256(data)
 
 
+def _zeros_digest(size: int) -> str:
+    """SHA-256 of ``size`` zero bytes, hashed a megabyte at a time."""
+    hasher = _sha256()
+    zeros = memoryview(bytes(min(size, 1 << 20)))
+    while size > 0:
+        hasher.update(zeros[: min(size, len(zeros))])
+        size -= len(zeros)
+    return hasher.hexdigest()
+
+
 _Source = Union[int, memoryview]  # where a verified chunk is: an open file, or a worker's buffer
 
 
@@ -2070,6 +2080,7 @@ class _Staging:
     def __init__(self, job: _PullJob, manifest: _Manifest, root: str) -> None:
         self.job, self.manifest, self.root = job, manifest, root
         self.directories: set[str] = set()
+        self.zero_chunks: set[str] = set()  # chunks write() may skip: the files read as zeros there
 
     def path(self, index: int) -> str:
         return os.path.join(self.root, *self.manifest.files[index].path.split("/"))
@@ -2108,9 +2119,26 @@ class _Staging:
                     os.close(fd)
             except OSError as exc:
                 raise _storage_error("create", path, exc) from exc
+        if not resume:  # a kept file may hold anything where a zero chunk goes
+            self.zero_chunks = self._repeated_zero_chunks()
+
+    def _repeated_zero_chunks(self) -> set[str]:
+        """The chunks listed more than once that are all zeros (sparse data: padding, empty
+        tensors), found by hash alone; fresh files are sparse, so they need no writing."""
+        manifest = self.manifest
+        seen: set[str] = set()
+        repeated: dict[str, int] = {}
+        for position, digest in enumerate(manifest.chunks):
+            if digest in seen:
+                repeated.setdefault(digest, manifest.chunk_length(position))
+            seen.add(digest)
+        zeros = {size: _zeros_digest(size) for size in set(repeated.values())}  # hashed once per size
+        return {digest for digest, size in repeated.items() if digest == zeros[size]}
 
     def write(self, position: int, source: _Source) -> None:
         """Copy chunk ``position`` (open as ``source``, or in it) into the files it belongs to; any thread."""
+        if self.manifest.chunks[position] in self.zero_chunks:
+            return  # a hole of a freshly created file already reads as these zeros
         self.place(position, source, 0)
 
     def place(self, position: int, source: _Source, start: int) -> None:

@@ -129,6 +129,7 @@ class RegistryServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real registries (and nginx) do
+            disable_nagle_algorithm = True  # the body is a second write: Nagle would hold it for a 40 ms delayed ACK
 
             def log_message(self, *args: Any) -> None:
                 pass

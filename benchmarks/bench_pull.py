@@ -432,26 +432,10 @@ class Bench:
         os.makedirs(self.target)
         os.sync()
         mark = self.server.mark()
-        with tempfile.TemporaryFile() as errors:
-            # A session of its own, so that an interrupted benchmark can end the command with it.
-            launcher = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, *command],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
-                                        start_new_session=True)
-            try:
-                output, _ = launcher.communicate()
-            except BaseException:
-                launcher.terminate()  # the launcher kills the command, reaps it and exits
-                try:
-                    launcher.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(launcher.pid, signal.SIGKILL)
-                    launcher.wait()
-                raise
-            fields = output.split()
-            if launcher.returncode != 0 or len(fields) != 4 or fields[0] != b"0":
-                errors.seek(0)
-                raise RuntimeError(f"{' '.join(command)} failed ({output!r}):\n"
-                                   f"{errors.read().decode(errors='replace')}")
+        returncode, output, stderr = launch(LAUNCHER, command)
+        fields = output.split()
+        if returncode != 0 or len(fields) != 4 or fields[0] != b"0":
+            raise RuntimeError(f"{' '.join(command)} failed ({output!r}):\n{stderr}")
         seconds, peak_rss_kib, self.rss_floor_kib = float(fields[1]), int(fields[2]), int(fields[3])
         connections = self.server.connections_since(mark)
         self.verify(key)
@@ -521,6 +505,38 @@ def filesystem(path: str) -> str:
             if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
                 best, kind = mount, fields[2]
     return kind
+
+
+def launch(launcher: str, arguments: Sequence[str]) -> tuple[int, bytes, str]:
+    """Run ``launcher``, a ``python -c`` program that runs a command and prints its figures;
+    return its exit status, what it printed, and the command's stderr."""
+    with tempfile.TemporaryFile() as errors:
+        # A session of its own, so that an interrupted benchmark can end the command with it.
+        process = subprocess.Popen([sys.executable, "-I", "-S", "-c", launcher, *arguments],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
+                                   start_new_session=True)
+        try:
+            output, _ = process.communicate()
+        except BaseException:
+            process.terminate()  # the launcher kills the command, reaps it and exits
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            raise
+        errors.seek(0)
+        return process.returncode, output, errors.read().decode(errors="replace").strip()
+
+
+def write_json(target: str, document: dict[str, Any]) -> None:
+    """Raw results as JSON, on stdout for "-"."""
+    text = json.dumps(document, indent=2)
+    if target == "-":
+        print(text)
+        return
+    with open(target, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
 
 
 def table(tools: list[Tool], args: argparse.Namespace, bench: Bench) -> str:
@@ -652,12 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "tools": [{"key": t.key, "label": t.label, "version": t.version,
                                "runs": [asdict(run) for run in t.runs]} for t in tools],
                 }
-                text = json.dumps(document, indent=2)
-                if args.json == "-":
-                    print(text)
-                else:
-                    with open(args.json, "w", encoding="utf-8") as handle:
-                        handle.write(text + "\n")
+                write_json(args.json, document)
     finally:
         server.stop()
     return 0

@@ -57,7 +57,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -283,25 +282,9 @@ class Bench:
         stdout = os.path.join(self.out, "stdout")
         os.sync()
         mark = self.server.mark()
-        with tempfile.TemporaryFile() as errors:
-            # A session of its own, so that an interrupted benchmark can end the command with it.
-            launcher = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, stdout, *command],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
-                                        start_new_session=True)
-            try:
-                output, _ = launcher.communicate()
-            except BaseException:
-                launcher.terminate()  # the launcher kills the command, reaps it and exits
-                try:
-                    launcher.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(launcher.pid, signal.SIGKILL)
-                    launcher.wait()
-                raise
-            errors.seek(0)
-            stderr = errors.read().decode(errors="replace").strip()
+        returncode, output, stderr = bench_pull.launch(LAUNCHER, [stdout, *command])
         fields = output.split()
-        if launcher.returncode != 0 or len(fields) != 4 or fields[0] != b"0":
+        if returncode != 0 or len(fields) != 4 or fields[0] != b"0":
             raise RuntimeError(f"{' '.join(command)} failed ({output!r}):\n{stderr}")
         if stderr and stderr not in self.stderr_seen:  # a warning is worth seeing, once
             self.stderr_seen.add(stderr)
@@ -467,12 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "load_average": os.getloadavg(),
                     "phases": [{"key": p.key, "runs": [asdict(run) for run in p.runs]} for p in phases],
                 }
-                text = json.dumps(document, indent=2)
-                if args.json == "-":
-                    print(text)
-                else:
-                    with open(args.json, "w", encoding="utf-8") as handle:
-                        handle.write(text + "\n")
+                bench_pull.write_json(args.json, document)
     finally:
         server.stop()
     return 0

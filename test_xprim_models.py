@@ -86,6 +86,8 @@ class Fault:
         stall: bool = False,
         reset_after: int | None = None,
         framing: str = "",
+        pause_after: int | None = None,
+        raw: bytes = b"",
     ) -> None:
         self.status, self.headers = status, headers or {}
         self.cut_after, self.corrupt, self.extra = cut_after, corrupt, extra
@@ -95,6 +97,9 @@ class Fault:
         # "chunked", "unsized" (no Content-Length; the connection closes), "interim" (a 103
         # response first) or "long-head" (over 64 KiB of headers): legal, if less usual.
         self.framing = framing
+        self.pause_after = pause_after  # send this many body bytes, then wait for ``resume``
+        self.paused, self.resume = threading.Event(), threading.Event()
+        self.raw = raw  # the whole answer, as is; the connection closes after it
 
 
 class Hold:
@@ -199,6 +204,10 @@ class RegistryServer:
                 self.active -= 1
 
     def respond(self, request: http.server.BaseHTTPRequestHandler, path: str, fault: Fault | None) -> None:
+        if fault is not None and fault.raw:
+            request.wfile.write(fault.raw)
+            request.close_connection = True
+            return
         if fault is not None and fault.status:
             request.send_response(fault.status)
             for name, value in fault.headers.items():
@@ -220,6 +229,9 @@ class RegistryServer:
             self.range_requests.append((path, start))
         announced = body[start:] + (fault.extra if fault is not None and not fault.extra_hidden else b"")
         framing = fault.framing if fault is not None else ""
+        if framing == "bare-lf":
+            request.wfile.write(b"HTTP/1.1 200 OK\nContent-Length: %d\n\n%s" % (len(announced), announced))
+            return
         if framing == "interim":
             request.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </data>; rel=preload\r\n\r\n")
         request.send_response(206 if start else 200)
@@ -258,6 +270,11 @@ class RegistryServer:
             return
         if fault is not None and fault.cut_after is not None:
             payload = payload[: fault.cut_after]
+        if fault is not None and fault.pause_after is not None:
+            request.wfile.write(payload[: fault.pause_after])
+            fault.paused.set()
+            fault.resume.wait(30)
+            payload = payload[fault.pause_after :]
         request.wfile.write(payload)
         if not self.keep_alive:
             request.close_connection = True
@@ -1306,6 +1323,59 @@ except xm.AlreadyInstalledError:
 
 
 class TestConcurrency:
+    def test_a_failed_pull_writes_nothing_once_it_has_returned(
+        self, make_manager: Callable[..., xm.Manager], registry_dir: Path, server: RegistryServer
+    ) -> None:
+        # Chunks over 256 KiB stream into the staging files. A worker of a failed pull, still
+        # waiting on the network, must not write into the next pull's staging directory.
+        size = 512 << 10
+        publish.publish(str(registry_dir), "org", "big", "v1", {"model.bin": blob(2 * size, "old")}, chunk_size=size)
+        a1, b1 = (f"data/{digest}" for digest in manifest_of(registry_dir, "org", "big", "v1")["chunks"])
+        slow = server.always[a1] = Fault(pause_after=64 << 10)
+        server.always[b1] = Fault(status=404)
+        b1_held = server.hold(b1)
+        manager = make_manager(retries=0)
+        failures: list[xm.ModelsError] = []
+
+        def fail() -> None:
+            try:
+                manager.pull("org/big v1", concurrency=2)
+            except xm.ModelsError as exc:
+                failures.append(exc)
+
+        first = threading.Thread(target=fail)
+        before = set(threading.enumerate())
+        first.start()
+        assert slow.paused.wait(10) and b1_held.arrived.wait(10)
+        b1_held.release.set()  # the 404 fails the pull while a1's worker waits for the rest of a1
+        first.join(10)
+        assert [type(exc) for exc in failures] == [xm.RegistryError]
+        late = [thread for thread in set(threading.enumerate()) - before if thread.name.startswith("xprim-models")]
+        assert late, "a1's worker should still be waiting"
+
+        new = blob(2 * size, "new")
+        publish.publish(str(registry_dir), "org", "big", "v1", {"model.bin": new}, chunk_size=size)
+        b2_held = server.hold(f"data/{manifest_of(registry_dir, 'org', 'big', 'v1')['chunks'][1]}")
+        a2_written = threading.Event()
+        pulled: list[xm.InstalledModel] = []
+
+        def progress(snapshot: xm.PullProgress) -> None:
+            if snapshot.chunks_completed:
+                a2_written.set()
+
+        second = threading.Thread(target=lambda: pulled.append(manager.pull("org/big v1", concurrency=2,
+                                                                            progress=progress)))
+        second.start()
+        assert a2_written.wait(10)
+        slow.resume.set()  # the rest of a1 reaches the failed pull's worker, which must drop it
+        for thread in late:
+            thread.join(10)
+            assert not thread.is_alive()
+        b2_held.release.set()
+        second.join(10)
+        assert (Path(pulled[0].path) / "model.bin").read_bytes() == new
+        assert manager.verify("org/big v1") == []
+
     def test_threads_racing_on_one_model(self, manager: xm.Manager, model: dict[str, bytes],
                                          server: RegistryServer, registry_dir: Path) -> None:
         outcomes: list[str] = []
@@ -3275,13 +3345,29 @@ class TestCrash:
 
 
 class TestPerformance:
-    @pytest.mark.parametrize("framing", ["chunked", "unsized", "interim", "long-head"])
+    def test_a_status_other_than_200_is_not_taken_for_the_document(
+        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, model: dict[str, bytes]
+    ) -> None:
+        server.always["models.json"] = Fault(status=300)
+        with pytest.raises(xm.NetworkError, match=r"models\.json: HTTP 300"):
+            make_manager(retries=0).list_remote()
+
+    def test_status_with_non_ascii_digits_is_a_network_error(self, make_manager: Callable[..., xm.Manager],
+                                                             server: RegistryServer, model: dict[str, bytes]) -> None:
+        server.always["models.json"] = Fault(raw=b"HTTP/1.1 \xb200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        with pytest.raises(xm.NetworkError, match=r"models\.json"):
+            make_manager(retries=0).list_remote()
+
+    @pytest.mark.parametrize("framing", ["chunked", "unsized", "interim", "long-head", "bare-lf"])
     def test_every_response_framing_is_read(self, manager: xm.Manager, model: dict[str, bytes],
                                             server: RegistryServer, registry_dir: Path, framing: str) -> None:
         # Chunks are fetched on a lean HTTP/1.1 connection of our own; what it does not read, urllib does.
         for path in chunk_paths(registry_dir):
             server.always[path] = Fault(framing=framing)
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        # The manifest and 7 chunks; once urllib had to step in, it takes the rest at once,
+        # so only requests already under way (4 workers) are made twice.
+        assert server.chunk_requests() <= 8 + (4 if framing != "interim" else 0)
 
     def test_connections_are_reused(self, manager: xm.Manager, registry_dir: Path, server: RegistryServer) -> None:
         publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)

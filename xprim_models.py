@@ -1107,6 +1107,9 @@ class _Sink:
     def write(self, data: memoryview) -> None:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the sink holds open (nothing, for most)."""
+
 
 class _MemorySink(_Sink):
     def __init__(self) -> None:
@@ -1146,10 +1149,11 @@ class _PlacedSink(_Sink):
 
     resumable = True
 
-    def __init__(self, place: Callable[[int, memoryview, int], None], position: int) -> None:
+    def __init__(self, place: Callable[[int, _Source, int, dict[int, int]], None], position: int) -> None:
         self.place, self.position = place, position
         self.hasher = _sha256()
         self.on_bytes: Callable[[int, int], None] = lambda kept, count: None
+        self.opened: dict[int, int] = {}  # file index -> descriptor, kept for the chunk's life
 
     def reset(self) -> None:
         self.hasher = _sha256()
@@ -1157,9 +1161,14 @@ class _PlacedSink(_Sink):
 
     def write(self, data: memoryview) -> None:
         self.hasher.update(data)
-        self.place(self.position, data, self.kept)
+        self.place(self.position, data, self.kept, self.opened)
         self.kept += len(data)
         self.on_bytes(self.kept, len(data))
+
+    def close(self) -> None:
+        for fd in self.opened.values():
+            os.close(fd)
+        self.opened.clear()
 
 
 class _ChunkSink(_Sink):
@@ -1293,8 +1302,9 @@ class _Session:
             view[: self.end - self.start] = view[self.start : self.end]
         end, self.start = self.end - self.start, 0
         while True:
-            found = buffer.find(b"\r\n\r\n", 0, end)
-            if found >= 0:
+            # The blank line ends the head; a bare LF one is legal but left to urllib.
+            ends = [found for found in (buffer.find(b"\n\r\n", 0, end), buffer.find(b"\n\n", 0, end)) if found >= 0]
+            if ends:
                 break
             if end == len(buffer):
                 return None  # a head this large is not the plain kind
@@ -1302,11 +1312,15 @@ class _Session:
             if not count:
                 raise ConnectionResetError(errno.ECONNRESET, "the server closed the connection")
             end += count
-        self.start, self.end = found + 4, end
-        status_line, *fields = buffer[:found].decode("latin-1").split("\r\n")
+        found = min(ends)
+        self.start, self.end = found + (3 if buffer[found + 1] == 0x0D else 2), end
+        lines = buffer[:found].decode("latin-1").split("\n")
+        if not all(line.endswith("\r") for line in lines):
+            return None
+        status_line, *fields = (line[:-1] for line in lines)
         version, _, rest = status_line.partition(" ")
         code, _, reason = rest.partition(" ")
-        if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not re.fullmatch(r"[0-9]{3}", code):
             return None
         headers: dict[str, str] = {}
         for line in fields:
@@ -1451,21 +1465,18 @@ class _RegistryClient:
                 if not (reused and stale):
                     raise _Transient(str(exc) or type(exc).__name__) from exc
                 # The server closed a kept-alive connection meanwhile: reconnect, not a retry.
-        if head is None:
+        if head is not None and head[1] >= 400:
             session.close()
+            retry_after = _retry_after_seconds(head[3].get("retry-after"))
+            self._raise_for_status(url, head[1], head[2], retry_after, bool(headers.get("Range")))
+        length = _content_length(head[3].get("content-length")) if head is not None else None
+        if head is None or head[1] not in (200, 206) or length is None or "transfer-encoding" in head[3]:
+            # A redirect, a chunked or unsized body, or anything odd: urllib takes it from
+            # here, and takes the next requests to this directory at once.
+            session.close()
+            self._routes[directory] = None
             return None
-        version, status, reason, fields = head
-        if status in (301, 302, 303, 307, 308):
-            session.close()
-            return None
-        if status >= 400:
-            session.close()
-            retry_after = _retry_after_seconds(fields.get("retry-after"))
-            self._raise_for_status(url, status, reason, retry_after, bool(headers.get("Range")))
-        length = _content_length(fields.get("content-length"))
-        if length is None or "transfer-encoding" in fields:  # chunked or unsized: urllib reads those
-            session.close()
-            return None
+        version, status, _, fields = head
         connection = fields.get("connection", "").lower()
         keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
         return _SessionResponse(session, status, length, fields, keep_alive)
@@ -1800,7 +1811,8 @@ class _PullJob:
         self.current_file = ""
         self.dirty = True
         self.consume: Callable[[int, _Source], None] = lambda position, source: None
-        self.place: Callable[[int, memoryview, int], None] | None = None
+        self.place: Callable[[int, _Source, int, dict[int, int]], None] | None = None
+        self.writing = 0  # workers writing into the consumer's files right now
 
     # Progress ----------------------------------------------------------------
 
@@ -1860,9 +1872,7 @@ class _PullJob:
                     for position in task.positions:
                         if source is None:  # already in its place
                             break
-                        if self.cancel.is_set():
-                            raise _Cancelled()
-                        self.consume(position, source)
+                        self._write_files(self.consume, position, source)
                 finally:
                     if isinstance(source, int):
                         os.close(source)
@@ -1905,14 +1915,17 @@ class _PullJob:
                     self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
                     return fd
             return self._store(path, task, lambda sink: self._download(index, task, sink, session))
-        for seed in seeds:
-            sink.reset()
-            if self._copy_seed(seed, buffer, sink):
-                self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
-                break
-        else:
-            sink.reset()
-            self._download(index, task, sink, session)
+        try:
+            for seed in seeds:
+                sink.reset()
+                if self._copy_seed(seed, buffer, sink):
+                    self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
+                    break
+            else:
+                sink.reset()
+                self._download(index, task, sink, session)
+        finally:
+            sink.close()
         return sink.view if isinstance(sink, _BufferSink) else None
 
     def _direct_sink(self, task: _Task, buffer: bytearray) -> _BufferSink | _PlacedSink | None:
@@ -1926,8 +1939,23 @@ class _PullJob:
         if task.size <= min(_IN_MEMORY_UP_TO, len(buffer)):
             return _BufferSink(memoryview(buffer)[: task.size], lambda kept, _count: None)
         if self.place is not None and _STRAIGHT_INTO_FILES and len(task.positions) == 1:
-            return _PlacedSink(self.place, task.positions[0])
+            return _PlacedSink(partial(self._write_files, self.place), task.positions[0])
         return None
+
+    def _write_files(self, write: Callable[..., None], *args: Any) -> None:
+        """``write(*args)`` into the consumer's files, unless the job is over: a worker that was
+        still waiting on the network when ``run`` returned must not write after it."""
+        with self.condition:
+            if self.cancel.is_set():
+                raise _Cancelled()
+            self.writing += 1
+        try:
+            write(*args)
+        finally:
+            with self.condition:
+                self.writing -= 1
+                if not self.writing:
+                    self.condition.notify_all()
 
     def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:
         """Fill a partial file with ``fill``; if it verifies, move it into the cache and return it open."""
@@ -2032,10 +2060,11 @@ class _PullJob:
     # The calling thread ------------------------------------------------------
 
     def run(self, consume: Callable[[int, _Source], None], finish: Callable[[], None],
-            place: Callable[[int, memoryview, int], None] | None = None) -> None:
+            place: Callable[[int, _Source, int, dict[int, int]], None] | None = None) -> None:
         """Obtain every chunk; workers call ``consume(position, source)`` for each position,
         or, given ``place``, may write a chunk's bytes as they come with
-        ``place(position, data, offset in the chunk)``; then ``finish()`` runs here."""
+        ``place(position, data, offset in the chunk, descriptors)``; then ``finish()`` runs here.
+        No write starts after this returns."""
         self.consume, self.place = consume, place
         self.emit(PullProgress("chunks", self.chunk_count, 0, self.total_size, 0, 0))
         threads = [
@@ -2071,6 +2100,7 @@ class _PullJob:
                 # A worker stuck in a stalled read may never get to clean up.
                 for partial_path in self.partials:
                     _remove_file(partial_path)
+                self.condition.wait_for(lambda: not self.writing)  # writes already under way end first
         self._emit_now()
 
 
@@ -2141,20 +2171,26 @@ class _Staging:
             return  # a hole of a freshly created file already reads as these zeros
         self.place(position, source, 0)
 
-    def place(self, position: int, source: _Source, start: int) -> None:
+    def place(self, position: int, source: _Source, start: int, opened: dict[int, int] | None = None) -> None:
         """Write bytes of chunk ``position`` from offset ``start`` on: all the rest of the chunk
-        from an open file, or the bytes of a buffer; any thread."""
+        from an open file, or the bytes of a buffer; any thread. Files are opened for the
+        call, or once and left in ``opened`` (file index -> descriptor) for the caller to close."""
         manifest = self.manifest
         first = position * manifest.chunk_size + start  # where source's bytes begin in the stream
         count = manifest.chunk_length(position) - start if isinstance(source, int) else len(source)
         for index, offset, length in _segments(manifest, first, count):
             path = self.path(index)
             try:
-                target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
+                target = opened.get(index, -1) if opened is not None else -1
+                if target < 0:
+                    target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
+                    if opened is not None:
+                        opened[index] = target
                 try:
                     _copy_range(source, manifest.starts[index] + offset - first, length, target, offset)
                 finally:
-                    os.close(target)
+                    if opened is None:
+                        os.close(target)
             except OSError as exc:
                 raise _storage_error("write", path, exc) from exc
 

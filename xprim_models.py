@@ -1302,9 +1302,11 @@ class _Session:
             view[: self.end - self.start] = view[self.start : self.end]
         end, self.start = self.end - self.start, 0
         while True:
-            # The blank line ends the head; a bare LF one is legal but left to urllib.
-            ends = [found for found in (buffer.find(b"\n\r\n", 0, end), buffer.find(b"\n\n", 0, end)) if found >= 0]
-            if ends:
+            # The blank line ends the head; bare LFs are legal but left to urllib.
+            found = buffer.find(b"\n\r\n", 0, end)
+            bare = buffer.find(b"\n\n", 0, found if found >= 0 else end)
+            found = bare if bare >= 0 else found
+            if found >= 0:
                 break
             if end == len(buffer):
                 return None  # a head this large is not the plain kind
@@ -1312,7 +1314,6 @@ class _Session:
             if not count:
                 raise ConnectionResetError(errno.ECONNRESET, "the server closed the connection")
             end += count
-        found = min(ends)
         self.start, self.end = found + (3 if buffer[found + 1] == 0x0D else 2), end
         lines = buffer[:found].decode("latin-1").split("\n")
         if not all(line.endswith("\r") for line in lines):
@@ -1954,7 +1955,7 @@ class _PullJob:
         finally:
             with self.condition:
                 self.writing -= 1
-                if not self.writing:
+                if not self.writing and self.cancel.is_set():  # run() may be waiting for this
                     self.condition.notify_all()
 
     def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:

@@ -889,6 +889,24 @@ class TestPull:
         for path in chunks[5:]:
             assert server.requests[path] == first.get(path, 0) + 1
 
+    def test_resume_does_not_rewrite_what_is_already_in_place(
+        self, make_manager: Callable[..., xm.Manager], registry_dir: Path, server: RegistryServer,
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(xm, "_IN_MEMORY_UP_TO", 0)  # chunks stream into their files, as big ones do
+        files = {"a.bin": blob(4096, "a"), "b.bin": blob(4096, "b")}
+        publish.publish(str(registry_dir), "org", "two", "v1", files, chunk_size=1024)
+        last = chunk_paths(registry_dir, model="two")[-1]
+        server.always[last] = Fault(status=404)
+        with pytest.raises(xm.RegistryError):
+            make_manager(retries=0).pull("org/two v1", concurrency=1)  # a.bin is complete, b.bin is not
+        staged = data_dir / "org" / "two" / ".v1.staging" / "a.bin"
+        os.utime(staged, ns=(1_000_000_000, 1_000_000_000))
+        del server.always[last]
+        installed = Path(make_manager().pull("org/two v1").path)
+        assert tree(installed) == files
+        assert (installed / "a.bin").stat().st_mtime_ns == 1_000_000_000  # verified, not written again
+
     def test_resume_repairs_whatever_the_staging_directory_became(
         self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
         registry_dir: Path, data_dir: Path, tmp_path: Path

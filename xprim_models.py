@@ -1165,6 +1165,11 @@ class _PlacedSink(_Sink):
         self.kept += len(data)
         self.on_bytes(self.kept, len(data))
 
+    def found(self, data: memoryview) -> None:
+        """Count bytes that are already in their place (a resumed pull's), without writing them."""
+        self.hasher.update(data)
+        self.kept += len(data)
+
     def close(self) -> None:
         for fd in self.opened.values():
             os.close(fd)
@@ -1741,10 +1746,11 @@ class _Task:
 class _Seed:
     """Where an installed version (or a staging directory) holds the bytes of a chunk."""
 
-    __slots__ = ("directory", "manifest", "position")
+    __slots__ = ("directory", "in_place", "manifest", "position")
 
-    def __init__(self, directory: str, manifest: _Manifest, position: int) -> None:
+    def __init__(self, directory: str, manifest: _Manifest, position: int, *, in_place: bool = False) -> None:
         self.directory, self.manifest, self.position = directory, manifest, position
+        self.in_place = in_place  # the staging directory being resumed: its bytes are where they go
 
 
 class _RateLimiter:
@@ -2019,6 +2025,9 @@ class _PullJob:
         """Copy a chunk's bytes out of an installed version; True if they still hash right."""
         manifest = seed.manifest
         start = seed.position * manifest.chunk_size
+        # Bytes of a resumed staging directory that belong where they are: hashed, not written again.
+        in_place = seed.in_place and isinstance(sink, _PlacedSink) and sink.position == seed.position
+        put = sink.found if isinstance(sink, _PlacedSink) and in_place else sink.write
         try:
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(seed.position)):
                 path = os.path.join(seed.directory, *manifest.files[index].path.split("/"))
@@ -2027,7 +2036,7 @@ class _PullJob:
                     for data in _read_pieces(fd, offset, count, len(buffer)):
                         if self.cancel.is_set():
                             raise _Cancelled()
-                        sink.write(memoryview(data))
+                        put(memoryview(data))
                 finally:
                     os.close(fd)
         except OSError:
@@ -2145,7 +2154,8 @@ class _Staging:
                     _remove_tree(path)
                 fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW) if kept else _create_new(path)
                 try:
-                    os.ftruncate(fd, info.size)  # a kept file may have grown, even where it should be empty
+                    if not kept or os.fstat(fd).st_size != info.size:  # a kept file may have grown
+                        os.ftruncate(fd, info.size)
                 finally:
                     os.close(fd)
             except OSError as exc:
@@ -3182,7 +3192,7 @@ class Manager:
             self._logger.info("resuming %s from %s", ref, staging)
             local: dict[str, list[_Seed]] = {}
             for position, digest in enumerate(manifest.chunks):
-                local.setdefault(digest, []).append(_Seed(staging, manifest, position))
+                local.setdefault(digest, []).append(_Seed(staging, manifest, position, in_place=True))
             seeds = {digest: [*local.get(digest, []), *seeds.get(digest, [])] for digest in {*local, *seeds}}
         installed = InstalledModel(
             ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size,

@@ -1320,13 +1320,13 @@ class _Session:
                 raise ConnectionResetError(errno.ECONNRESET, "the server closed the connection")
             end += count
         self.start, self.end = found + (3 if buffer[found + 1] == 0x0D else 2), end
-        lines = buffer[:found].decode("latin-1").split("\n")
-        if not all(line.endswith("\r") for line in lines):
+        text = buffer[: found + 1].decode("latin-1")  # up to the last header line's end
+        if text.count("\n") != text.count("\r\n"):
             return None
-        status_line, *fields = (line[:-1] for line in lines)
+        status_line, *fields = text[:-2].split("\r\n")
         version, _, rest = status_line.partition(" ")
         code, _, reason = rest.partition(" ")
-        if version not in ("HTTP/1.1", "HTTP/1.0") or not re.fullmatch(r"[0-9]{3}", code):
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not (len(code) == 3 and code.isascii() and code.isdigit()):
             return None
         headers: dict[str, str] = {}
         for line in fields:
@@ -1449,7 +1449,7 @@ class _RegistryClient:
             return None
         key, authority, target = route
         target += name
-        if not target.isascii() or re.search(r"[\x00-\x20\x7f]", target):
+        if not (target.isascii() and target.isprintable()) or " " in target:  # it goes on the request line
             raise RegistryError(f"invalid registry URL {url!r}: quote spaces and other special characters")
         lines = [f"GET {target} HTTP/1.1", f"Host: {authority}", *(f"{k}: {v}" for k, v in headers.items())]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
@@ -1596,7 +1596,6 @@ class _RegistryClient:
         size: int,
         exact: bool,
         cancel: threading.Event | None = None,
-        on_network_bytes: Callable[[int], None] | None = None,
         read_size: int = _BUFFER_SIZE,
         session: _Session,
     ) -> None:
@@ -1624,7 +1623,7 @@ class _RegistryClient:
             elif sink.kept:
                 sink.reset()
             try:
-                self._attempt(location, what, sink, size, exact, cancel, on_network_bytes, read_size, session)
+                self._attempt(location, what, sink, size, exact, cancel, read_size, session)
                 return
             except _Transient as exc:
                 last = exc
@@ -1645,7 +1644,6 @@ class _RegistryClient:
         size: int,
         exact: bool,
         cancel: threading.Event | None,
-        on_network_bytes: Callable[[int], None] | None,
         read_size: int,
         session: _Session,
     ) -> None:
@@ -1664,7 +1662,7 @@ class _RegistryClient:
             remaining = size - start
             if response.length is not None and response.length > remaining:
                 raise self._too_long(what, location, size, start + response.length, exact)
-            self._stream(response, sink, remaining, cancel, on_network_bytes, read_size)
+            self._stream(response, sink, remaining, cancel, read_size)
             expected = size if exact else start + (response.length if response.length is not None else 0)
             if sink.kept < expected:
                 raise _Transient(f"connection closed after {sink.kept} of {expected} bytes")
@@ -1693,7 +1691,6 @@ class _RegistryClient:
         sink: _Sink,
         remaining: int,
         cancel: threading.Event | None,
-        on_network_bytes: Callable[[int], None] | None,
         read_size: int,
     ) -> None:
         buffer = memoryview(bytearray(min(read_size, max(remaining, 1))))
@@ -1710,8 +1707,6 @@ class _RegistryClient:
                 raise _Transient(f"connection broken: {exc or type(exc).__name__}") from exc
             if not count:
                 return
-            if on_network_bytes is not None:
-                on_network_bytes(count)
             sink.write(buffer[:count])
             remaining -= count
 
@@ -1835,17 +1830,15 @@ class _PullJob:
             self.current_file,
         )
 
-    def _on_bytes(self, index: int, kept: int) -> None:
+    def _on_network(self, index: int, kept: int, count: int) -> None:
+        """``count`` more bytes of task ``index`` came from the network; ``kept`` are in hand."""
         with self.condition:
+            self.bytes_downloaded += count
             grown = kept - self.reported.get(index, 0)
             if grown > 0:  # a restarted transfer does not move progress back
                 self.reported[index] = kept
                 self.bytes_completed += grown
                 self.dirty = True
-
-    def _on_network(self, count: int) -> None:
-        with self.condition:
-            self.bytes_downloaded += count
         if self.limiter is not None:
             self.limiter.take(count, self.cancel)
 
@@ -2003,7 +1996,7 @@ class _PullJob:
     def _download(self, index: int, task: _Task, sink: _ChunkSink | _BufferSink | _PlacedSink,
                   session: _Session) -> bool:
         what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
-        sink.on_bytes = lambda kept, _count: self._on_bytes(index, kept)
+        sink.on_bytes = partial(self._on_network, index)  # every byte written here came from the network
         client = self.manager._client()
         for attempt in range(client.retries + 1):
             if attempt:
@@ -2011,7 +2004,7 @@ class _PullJob:
                 sink.reset()
             client.fetch(
                 f"data/{task.digest}", what, sink, size=task.size, exact=True,
-                cancel=self.cancel, on_network_bytes=self._on_network, read_size=self.read_size,
+                cancel=self.cancel, read_size=self.read_size,
                 session=session,
             )
             if sink.hasher.hexdigest() == task.digest:
@@ -2121,9 +2114,10 @@ class _Staging:
         self.job, self.manifest, self.root = job, manifest, root
         self.directories: set[str] = set()
         self.zero_chunks: set[str] = set()  # chunks write() may skip: the files read as zeros there
+        self.paths = [os.path.join(root, *info.path.split("/")) for info in manifest.files]
 
     def path(self, index: int) -> str:
-        return os.path.join(self.root, *self.manifest.files[index].path.split("/"))
+        return self.paths[index]
 
     def create(self, *, resume: bool = False) -> None:
         """Every file at its final size (sparse until written), so chunks can land anywhere.

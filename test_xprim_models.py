@@ -1354,17 +1354,22 @@ class TestConcurrency:
         b1_held = server.hold(b1)
         manager = make_manager(retries=0)
         failures: list[xm.ModelsError] = []
+        a1_begun = threading.Event()
 
         def fail() -> None:
+            def progress(snapshot: xm.PullProgress) -> None:
+                if snapshot.bytes_completed >= 64 << 10:  # a1's first bytes are in their place
+                    a1_begun.set()
+
             try:
-                manager.pull("org/big v1", concurrency=2)
+                manager.pull("org/big v1", concurrency=2, progress=progress)
             except xm.ModelsError as exc:
                 failures.append(exc)
 
         first = threading.Thread(target=fail)
         before = set(threading.enumerate())
         first.start()
-        assert slow.paused.wait(10) and b1_held.arrived.wait(10)
+        assert a1_begun.wait(10) and b1_held.arrived.wait(10)
         b1_held.release.set()  # the 404 fails the pull while a1's worker waits for the rest of a1
         first.join(10)
         assert [type(exc) for exc in failures] == [xm.RegistryError]
@@ -3511,6 +3516,20 @@ class TestScale:
             handle.write(b"garbage" * 100)
         installed = make_manager().pull("org/padded v1")
         assert (Path(installed.path) / "weights.bin").read_bytes() == stream
+
+    def test_a_big_chunk_spanning_thousands_of_files(self, registry_dir: Path, server: RegistryServer,
+                                                     data_dir: Path) -> None:
+        # A 1 MiB chunk streams into its 1,500 files: with 256 descriptors allowed (macOS's
+        # default), no more than a few may be open at once.
+        files = {f"d/f{n:04d}.txt": blob(700, f"f{n}") for n in range(1500)}
+        publish.publish(str(registry_dir), "org", "small-files", "v1", files, chunk_size=1 << 20)
+        command = [sys.executable, "-c", "import resource, runpy, sys; "
+                   "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
+                   "sys.argv[0] = 'xprim_models'; runpy.run_module('xprim_models', run_name='__main__')",
+                   "--registry", server.url, "--data-dir", str(data_dir), "-q", "pull", "org/small-files", "v1"]
+        result = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert tree(data_dir / "org" / "small-files" / "v1") == files
 
     @pytest.fixture
     def roomy_dir(self, tmp_path: Path) -> Iterator[Path]:

@@ -1107,9 +1107,6 @@ class _Sink:
     def write(self, data: memoryview) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Release what the sink holds open (nothing, for most)."""
-
 
 class _MemorySink(_Sink):
     def __init__(self) -> None:
@@ -1149,11 +1146,10 @@ class _PlacedSink(_Sink):
 
     resumable = True
 
-    def __init__(self, place: Callable[[int, _Source, int, dict[int, int]], None], position: int) -> None:
+    def __init__(self, place: Callable[[int, _Source, int], None], position: int) -> None:
         self.place, self.position = place, position
         self.hasher = _sha256()
         self.on_bytes: Callable[[int, int], None] = lambda kept, count: None
-        self.opened: dict[int, int] = {}  # file index -> descriptor, kept for the chunk's life
 
     def reset(self) -> None:
         self.hasher = _sha256()
@@ -1161,7 +1157,7 @@ class _PlacedSink(_Sink):
 
     def write(self, data: memoryview) -> None:
         self.hasher.update(data)
-        self.place(self.position, data, self.kept, self.opened)
+        self.place(self.position, data, self.kept)
         self.kept += len(data)
         self.on_bytes(self.kept, len(data))
 
@@ -1170,10 +1166,6 @@ class _PlacedSink(_Sink):
         self.hasher.update(data)
         self.kept += len(data)
 
-    def close(self) -> None:
-        for fd in self.opened.values():
-            os.close(fd)
-        self.opened.clear()
 
 
 class _ChunkSink(_Sink):
@@ -1813,7 +1805,7 @@ class _PullJob:
         self.current_file = ""
         self.dirty = True
         self.consume: Callable[[int, _Source], None] = lambda position, source: None
-        self.place: Callable[[int, _Source, int, dict[int, int]], None] | None = None
+        self.place: Callable[[int, _Source, int], None] | None = None
         self.writing = 0  # workers writing into the consumer's files right now
 
     # Progress ----------------------------------------------------------------
@@ -1915,17 +1907,14 @@ class _PullJob:
                     self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
                     return fd
             return self._store(path, task, lambda sink: self._download(index, task, sink, session))
-        try:
-            for seed in seeds:
-                sink.reset()
-                if self._copy_seed(seed, buffer, sink):
-                    self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
-                    break
-            else:
-                sink.reset()
-                self._download(index, task, sink, session)
-        finally:
-            sink.close()
+        for seed in seeds:
+            sink.reset()
+            if self._copy_seed(seed, buffer, sink):
+                self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
+                break
+        else:
+            sink.reset()
+            self._download(index, task, sink, session)
         return sink.view if isinstance(sink, _BufferSink) else None
 
     def _direct_sink(self, task: _Task, buffer: bytearray) -> _BufferSink | _PlacedSink | None:
@@ -2063,10 +2052,10 @@ class _PullJob:
     # The calling thread ------------------------------------------------------
 
     def run(self, consume: Callable[[int, _Source], None], finish: Callable[[], None],
-            place: Callable[[int, _Source, int, dict[int, int]], None] | None = None) -> None:
+            place: Callable[[int, _Source, int], None] | None = None) -> None:
         """Obtain every chunk; workers call ``consume(position, source)`` for each position,
         or, given ``place``, may write a chunk's bytes as they come with
-        ``place(position, data, offset in the chunk, descriptors)``; then ``finish()`` runs here.
+        ``place(position, data, offset in the chunk)``; then ``finish()`` runs here.
         No write starts after this returns."""
         self.consume, self.place = consume, place
         self.emit(PullProgress("chunks", self.chunk_count, 0, self.total_size, 0, 0))
@@ -2103,7 +2092,8 @@ class _PullJob:
                 # A worker stuck in a stalled read may never get to clean up.
                 for partial_path in self.partials:
                     _remove_file(partial_path)
-                self.condition.wait_for(lambda: not self.writing)  # writes already under way end first
+                while self.writing:  # writes already under way end first (in steps: Ctrl-C on Windows)
+                    self.condition.wait(0.1)
         self._emit_now()
 
 
@@ -2176,26 +2166,23 @@ class _Staging:
             return  # a hole of a freshly created file already reads as these zeros
         self.place(position, source, 0)
 
-    def place(self, position: int, source: _Source, start: int, opened: dict[int, int] | None = None) -> None:
+    def place(self, position: int, source: _Source, start: int) -> None:
         """Write bytes of chunk ``position`` from offset ``start`` on: all the rest of the chunk
-        from an open file, or the bytes of a buffer; any thread. Files are opened for the
-        call, or once and left in ``opened`` (file index -> descriptor) for the caller to close."""
+        from an open file, or the bytes of a buffer; any thread."""
         manifest = self.manifest
         first = position * manifest.chunk_size + start  # where source's bytes begin in the stream
         count = manifest.chunk_length(position) - start if isinstance(source, int) else len(source)
         for index, offset, length in _segments(manifest, first, count):
             path = self.path(index)
             try:
-                target = opened.get(index, -1) if opened is not None else -1
-                if target < 0:
-                    target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
-                    if opened is not None:
-                        opened[index] = target
+                # Opened for each write: a chunk may span thousands of small files, and no
+                # descriptor outlives the write (a worker left waiting after a failed pull
+                # holds none, so Windows can still delete or rename the staging directory).
+                target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
                 try:
                     _copy_range(source, manifest.starts[index] + offset - first, length, target, offset)
                 finally:
-                    if opened is None:
-                        os.close(target)
+                    os.close(target)
             except OSError as exc:
                 raise _storage_error("write", path, exc) from exc
 

@@ -937,6 +937,16 @@ class _Manifest:
             return self.chunk_size
         return self.total_size - self.chunk_size * (len(self.chunks) - 1)
 
+    def repeated(self) -> dict[str, int]:
+        """The chunks listed more than once, with their length."""
+        seen: set[str] = set()
+        repeated: dict[str, int] = {}
+        for position, digest in enumerate(self.chunks):
+            if digest in seen:
+                repeated.setdefault(digest, self.chunk_length(position))
+            seen.add(digest)
+        return repeated
+
 
 def _parse_manifest(digest: str, raw: bytes, metadata_dir: str) -> _Manifest:
     """Validate a manifest's bytes by every rule of DESIGN.md §1."""
@@ -2150,13 +2160,7 @@ class _Staging:
     def _repeated_zero_chunks(self) -> set[str]:
         """The chunks listed more than once that are all zeros (sparse data: padding, empty
         tensors), found by hash alone; fresh files are sparse, so they need no writing."""
-        manifest = self.manifest
-        seen: set[str] = set()
-        repeated: dict[str, int] = {}
-        for position, digest in enumerate(manifest.chunks):
-            if digest in seen:
-                repeated.setdefault(digest, manifest.chunk_length(position))
-            seen.add(digest)
+        repeated = self.manifest.repeated()
         zeros = {size: _zeros_digest(size) for size in set(repeated.values())}  # hashed once per size
         return {digest for digest, size in repeated.items() if digest == zeros[size]}
 
@@ -3102,19 +3106,13 @@ class Manager:
         """Fail before the first request when the disk cannot hold the model and its chunks in flight."""
         import shutil
 
-        sizes: dict[str, int] = {}
-        repeated: set[str] = set()
-        for position, digest in enumerate(manifest.chunks):
-            if digest in sizes:
-                repeated.add(digest)
-            sizes[digest] = manifest.chunk_length(position)
-        cached = self._cached_chunks()
         # Only big chunks needed in several places pass through the cache, a few at a
         # time: each leaves once written into its files.
-        passing = [
-            size for digest, size in sizes.items()
-            if size > _IN_MEMORY_UP_TO and (digest in repeated or not _STRAIGHT_INTO_FILES) and digest not in cached
-        ]
+        through_cache = manifest.repeated() if _STRAIGHT_INTO_FILES else {
+            digest: manifest.chunk_length(position) for position, digest in enumerate(manifest.chunks)
+        }
+        cached = self._cached_chunks()
+        passing = [size for digest, size in through_cache.items() if size > _IN_MEMORY_UP_TO and digest not in cached]
         in_flight = sum(sorted(passing, reverse=True)[:concurrency])
         staging = self._sibling(ref, "staging")
         files = manifest.total_size

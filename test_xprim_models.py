@@ -1211,7 +1211,8 @@ class TestStorage:
         assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
         assert manager.files("org/tiny v1")[0].path == "model.safetensors"
         # A pull's never-committed copy goes back to staging, where a pull of it would resume.
-        assert sorted(os.listdir(data_dir / "org" / "tiny")) == (["v1"] if crash_in == "remove" else [".v1.staging", "v1"])
+        expected = ["v1"] if crash_in == "remove" else [".v1.staging", "v1"]
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == expected
 
     def test_crash_after_remove_commit_leaves_it_removed(
         self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, server: RegistryServer

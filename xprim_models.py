@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Union
 
@@ -110,8 +110,9 @@ _WINDOWS_RESERVED = frozenset(
 )
 # Characters Windows refuses in file names, plus the ones DESIGN.md §1 names.
 _FORBIDDEN_PATH_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\]')
-# Top-level names the storage layout uses itself (DESIGN.md §2).
-_RESERVED_GROUPS = frozenset(["cache", "registry.json"])
+# Top-level names the storage layout uses itself (README: Storage layout), and the Go original's lock
+# file, which shares the directory (its chunk cache .chunks cannot be a group name).
+_RESERVED_GROUPS = frozenset(["cache", "registry.json", "registry.json.lock"])
 
 _MAX_INDEX_BYTES = 32 << 20
 _MAX_MANIFEST_BYTES = 64 << 20
@@ -999,17 +1000,27 @@ class _Manifest:
         return repeated
 
 
-def _parse_manifest(digest: str, raw: bytes, metadata_dir: str) -> _Manifest:
-    """Validate a manifest's bytes by every rule of DESIGN.md §1."""
-    what = f"manifest {digest}"
+def _parse_manifest(digest: str, raw: bytes, metadata_dir: str, *, source: str = "",
+                    copy: bool = False) -> _Manifest:
+    """Validate a manifest's bytes by every rule of the README's registry format.
+
+    ``source`` names the local file they were read from ("" when the registry sent
+    them): a problem is then a StorageError, not a RegistryError. With ``copy`` the
+    bytes may be a re-serialized copy of the manifest ``digest`` names (the Go
+    original stores it re-marshalled): the same document in other bytes, which do
+    not hash to ``digest``; ``raw`` keeps them as read.
+    """
+    what = f"manifest {digest}" + (f" in {source}" if source else "")
     actual = _sha256(raw).hexdigest()
-    if actual != digest:
-        raise HashMismatchError(f"{what}: the registry sent bytes that hash to {actual}")
+    if actual != digest and not copy:
+        raise HashMismatchError(f"{what}: {'the file holds' if source else 'the registry sent'} bytes that "
+                                f"hash to {actual}")
+    error = StorageError if source else RegistryError
 
-    def fail(problem: str) -> RegistryError:
-        return RegistryError(f"{what} is invalid: {problem}; the registry's publisher must fix it")
+    def fail(problem: str) -> ModelsError:
+        return error(f"{what} is invalid: {problem}" + ("" if source else "; the registry's publisher must fix it"))
 
-    doc = _parse_json(raw, what, RegistryError)
+    doc = _parse_json(raw, what, error)
     if not isinstance(doc, dict):
         raise fail("it is not a JSON object")
     total: Any = doc.get("total_size")
@@ -2297,11 +2308,37 @@ def _format_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# RFC 3339 section 5.6, as registry.json's installed_at holds it: ours in UTC with a Z, the
+# Go original's as Go's time.Time marshals it, with up to nine fraction digits and the local
+# offset (2026-11-28T23:30:36.123456789+01:00). datetime.fromisoformat reads neither before 3.11.
+_RFC3339_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+# What InstalledModel.installed_at holds when registry.json's value cannot be read: the Unix
+# epoch, a time no install of ours has, which the CLI shows as "unknown" (see the README).
+_UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _parse_time(text: str) -> datetime:
-    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    """An RFC 3339 date and time, in UTC (digits past microseconds dropped); ValueError if it is none."""
+    match = _RFC3339_RE.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an RFC 3339 date and time")
+    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    fraction, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10)
+    leap = int(second == 60)  # RFC 3339 allows a leap second, datetime does not: the next second
+    try:
+        moment = datetime(year, month, day, hour, minute, second - leap, int((fraction or "")[:6].ljust(6, "0")),
+                          tzinfo=timezone.utc) + timedelta(seconds=leap)
+        if sign:
+            if int(offset_hours) > 23 or int(offset_minutes) > 59:
+                raise ValueError(f"offset {sign}{offset_hours}:{offset_minutes} is out of range")
+            offset = timedelta(hours=int(offset_hours), minutes=int(offset_minutes))
+            moment -= offset if sign == "+" else -offset
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{text!r} is not a valid RFC 3339 date and time: {exc}") from exc
+    return moment
 
 
 _LEFTOVER_RE = re.compile(r"\.(.+)\.(staging|old)")
@@ -2425,7 +2462,7 @@ class _Store:
                 raise ValueError(f"total_size {total!r} or file_count {count!r}")
             return InstalledModel(
                 ref=ref, manifest_hash=digest, total_size=total, file_count=count,
-                installed_at=_parse_time(str(entry["installed_at"])), path=self.version_dir(ref),
+                installed_at=self._installed_at(ref, entry.get("installed_at")), path=self.version_dir(ref),
                 alias_of=str(entry.get("alias_of", "")),
             )
         except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
@@ -2433,6 +2470,17 @@ class _Store:
                 f"{self.registry_path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
                 f"fix or delete {self.registry_path} (model files are not affected)"
             ) from exc
+
+    def _installed_at(self, ref: ModelRef, value: Any) -> datetime:
+        """An entry's install time. One that is no RFC 3339 time makes only this entry's
+        time unknown (_UNKNOWN_TIME), not the whole registry.json unreadable."""
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not an RFC 3339 date and time")
+            return _parse_time(value)
+        except ValueError as exc:
+            self.logger.warning("%s: the install time of %s is unknown: %s", self.registry_path, ref, exc)
+            return _UNKNOWN_TIME
 
     def commit(self, ref: ModelRef, record: Mapping[str, Any] | None) -> None:
         """Make ``record`` the registry.json entry of ``ref``; None removes it."""
@@ -2467,21 +2515,24 @@ class _Store:
             return ""
 
     def stored_manifest(self, installed: InstalledModel) -> _Manifest:
-        """The manifest kept in an installed version's metadata directory."""
+        """The manifest kept in an installed version's metadata directory: the bytes as
+        published, or a copy the Go original re-serialized, whose ``raw`` does not hash to
+        ``installed.manifest_hash`` (only the published bytes can vouch for its content)."""
         path = self.manifest_path(installed.path)
+        advice = f"run verify --repair on {installed.ref} to restore it"
         try:
             return _parse_manifest(installed.manifest_hash, _read_small(path, _MAX_MANIFEST_BYTES),
-                                   self.metadata_dir)
+                                   self.metadata_dir, source=path, copy=True)
         except OSError as exc:
-            raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
+            raise _storage_error("read", path, exc, advice) from exc
         except ModelsError as exc:
-            raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
+            raise StorageError(f"{exc}; {advice}") from exc
 
     def cached_manifest(self, digest: str) -> _Manifest | None:
         """A manifest from cache/manifests (checked against its hash), or None."""
         path = os.path.join(self.manifests_dir, digest)
         try:
-            return _parse_manifest(digest, _read_small(path, _MAX_MANIFEST_BYTES), self.metadata_dir)
+            return _parse_manifest(digest, _read_small(path, _MAX_MANIFEST_BYTES), self.metadata_dir, source=path)
         except _NotRegular:
             _remove_file(path)  # a link, pipe or device planted there: never read or waited on
         except (OSError, ModelsError):
@@ -3281,6 +3332,31 @@ class Manager:
         except AlreadyInstalledError as exc:
             return exc.installed.path
 
+    def _published(self, installed: InstalledModel, stored: _Manifest, *, held: bool) -> _Manifest:
+        """The manifest ``installed`` was built from, when its stored copy ``stored`` is a
+        re-serialized one (the Go original's): the published bytes, fetched by their hash and,
+        with the model's lock ``held``, written over the copy. When they cannot be had (no
+        registry), the copy, with a warning that nothing vouches for it."""
+        path = self._store.manifest_path(installed.path)
+        try:
+            published = self._manifest(installed.manifest_hash)
+        except ModelsError as exc:
+            self._logger.warning(
+                "verify %s: the manifest itself could not be checked: %s is a re-serialized copy (written by "
+                "another tool, such as the Go original), and the published manifest could not be fetched (%s); "
+                "the files are checked against that copy", installed.ref, path, exc,
+            )
+            return stored
+        if held:
+            try:
+                _atomic_write(self._store.private(path), published.raw)
+                self._logger.info("verify %s: %s was a re-serialized copy; it now holds the published bytes",
+                                  installed.ref, path)
+            except StorageError as exc:
+                self._logger.warning("verify %s: the published manifest was not written over the copy: %s",
+                                     installed.ref, exc)
+        return published
+
     def verify(
         self,
         ref: RefLike,
@@ -3291,6 +3367,11 @@ class Manager:
         limit_rate: float | None = None,
     ) -> list[str]:
         """Re-hash an installed version's files against its manifest's chunk hashes.
+
+        A stored manifest that another tool re-serialized (the Go original does) is
+        replaced by the published one, fetched by its hash, and the files are checked
+        against that; with no registry to fetch it from, they are checked against the
+        copy, and a warning says the manifest itself could not be checked.
 
         Args:
             ref: the installed version.
@@ -3314,8 +3395,10 @@ class Manager:
         from contextlib import ExitStack
 
         with ExitStack() as locked:
+            held = False
             try:
                 locked.enter_context(store.model_lock(ref))
+                held = True
                 store.reclaim(ref)
             except StorageError:
                 if repair:
@@ -3330,6 +3413,8 @@ class Manager:
             except StorageError:
                 manifest = self._manifest(installed.manifest_hash)
                 damaged_manifest = True
+            if not damaged_manifest and _sha256(manifest.raw).hexdigest() != installed.manifest_hash:
+                manifest = self._published(installed, manifest, held=held)
             bad_positions, damaged, missing = _scan(installed.path, manifest)
             if not repair or not (damaged or damaged_manifest):
                 return sorted(damaged | ({manifest_path} if damaged_manifest else set()))
@@ -3609,6 +3694,8 @@ def _files_json(files: Sequence[FileInfo]) -> list[dict[str, Any]]:
 
 
 def _local_time(moment: datetime, with_time: bool) -> str:
+    if moment == _UNKNOWN_TIME:
+        return "unknown"
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
 
 

@@ -3696,7 +3696,12 @@ def _files_json(files: Sequence[FileInfo]) -> list[dict[str, Any]]:
 def _local_time(moment: datetime, with_time: bool) -> str:
     if moment == _UNKNOWN_TIME:
         return "unknown"
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
+    try:
+        moment = moment.astimezone()
+    except (OverflowError, ValueError):  # Go's zero time, 0001-01-01T00:00:00Z, west of Greenwich
+        pass
+    date = f"{moment.year:04d}-{moment:%m-%d}"  # %Y drops leading zeros on some platforms
+    return f"{date} {moment:%H:%M:%S}" if with_time else date
 
 
 def _version_label(ref: ModelRef, alias_of: str) -> str:

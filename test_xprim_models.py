@@ -2974,6 +2974,8 @@ class TestGoOriginal:
         assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[-1] == "0001-01-01"
         info = cli_run(server, data_dir, "info", "org/tiny", "v1", env={"TZ": "XYZ+5"})
         assert info.returncode == 0 and "Installed:    0001-01-01 00:00:00\n" in info.stdout
+        item = cli_document(cli_run(server, data_dir, "--json", "list", env={"TZ": "XYZ+5"}))["models"][0]
+        assert item["installed_at"] == "0001-01-01T00:00:00Z"
 
     def test_cli_list_path_info_files_and_verify_work_on_a_go_directory(
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
@@ -3081,8 +3083,28 @@ class TestGoOriginal:
         assert tree(root) == dict(sorted(model.items())) and installed.path == str(root)
         assert stored.read_bytes() == published_bytes(registry_dir, "v1")
         assert registry_entry(data_dir, "v1")["manifest_hash"] == go_entry["manifest_hash"]
-        assert go_own_files(data_dir) == theirs
+        assert go_own_files(data_dir) == theirs and not list((data_dir / "org" / "tiny").glob(".v1.*"))
         assert manager.verify("org/tiny v1") == [] and manager.verify("org/tiny v2") == []
+
+    def test_force_pull_over_a_go_directory_killed_between_renames(
+        self, manager: xm.Manager, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        # What a kill leaves when `pull --force` had moved the Go copy aside: first before the
+        # new copy took its place (the Go copy comes back), then after (the new copy stays).
+        root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        old, staging = data_dir / "org" / "tiny" / ".v1.old", data_dir / "org" / "tiny" / ".v1.staging"
+        go_copy = (root / ".test-app" / "manifest.json").read_bytes()
+        shutil.copytree(root, staging)
+        (staging / ".test-app" / "manifest.json").write_bytes(published_bytes(registry_dir, "v1"))
+        os.rename(root, old)
+        assert manager.get_installed("org/tiny v1").installed_at == GO_INSTALLED_UTC
+        assert (root / ".test-app" / "manifest.json").read_bytes() == go_copy and not old.exists()
+        assert tree(root) == dict(sorted(model.items()))
+        os.rename(root, old)
+        os.rename(staging, root)
+        assert [str(item.ref) for item in manager.list_installed()] == ["org/tiny v1"]
+        assert not old.exists() and not staging.exists() and tree(root) == dict(sorted(model.items()))
+        assert (root / ".test-app" / "manifest.json").read_bytes() == published_bytes(registry_dir, "v1")
 
     def test_pull_and_remove_beside_go_versions(self, manager: xm.Manager, data_dir: Path, registry_dir: Path,
                                                model: dict[str, bytes]) -> None:

@@ -2305,7 +2305,8 @@ def _close_file(fd: int, path: str) -> None:
 
 
 def _format_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = moment.astimezone(timezone.utc)
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}Z"  # %Y drops leading zeros on some platforms
 
 
 # RFC 3339 section 5.6, as registry.json's installed_at holds it: ours in UTC with a Z, the

@@ -342,7 +342,8 @@ class InstalledModel:
         manifest_hash: SHA-256 of the installed manifest.
         total_size: bytes of all files.
         file_count: number of files.
-        installed_at: when the install completed (timezone-aware UTC).
+        installed_at: when the install completed (timezone-aware UTC); the Unix epoch,
+            with a logged warning, when registry.json's value is not RFC 3339.
         path: the absolute directory holding the files.
         alias_of: the concrete version an alias resolved to, or "".
     """

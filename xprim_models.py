@@ -55,7 +55,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Union
 
 if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import argparse
@@ -63,6 +63,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import logging
     import socket
     import ssl
+    import urllib.request
     from collections.abc import Collection, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
 
@@ -75,13 +76,16 @@ __all__ = [
     "HashMismatchError",
     "InstalledModel",
     "InvalidRefError",
+    "LoggerLike",
     "Manager",
     "ModelNotFoundError",
     "ModelRef",
     "ModelsError",
     "NetworkError",
     "NotInstalledError",
+    "OpenerLike",
     "PullProgress",
+    "RefLike",
     "RegistryError",
     "RemoteModel",
     "RemoteModelDetail",
@@ -131,6 +135,7 @@ _PROGRESS_INTERVAL = 0.1  # seconds between byte-progress callbacks
 _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
 _BACKOFF_CAP = 10.0
 _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
+_ATTEMPT_KEY = "xprim_models_attempt"  # logging ``extra`` of each request: (url, attempt, attempts)
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
 
 _REGISTRY_FILE = "registry.json"
@@ -396,7 +401,7 @@ class PullProgress:
     cache and only grow; ``bytes_downloaded`` counts network bytes only.
     """
 
-    phase: str
+    phase: Literal["manifest", "chunks", "extracting"]
     chunks_total: int
     chunks_completed: int
     bytes_total: int
@@ -406,6 +411,50 @@ class PullProgress:
 
 
 RefLike = Union[ModelRef, str]
+"""A ``ModelRef``, or its text form ``"group/model version"``: what every ``Manager`` method takes."""
+
+
+class OpenerLike(Protocol):
+    """What ``Manager(opener=...)`` takes: ``urllib.request.OpenerDirector`` or anything with its ``open``."""
+
+    def open(self, request: urllib.request.Request, /, *, timeout: float) -> Any:
+        """Send ``request``; return a response with ``status``, ``headers`` and ``readinto``."""
+
+
+class LoggerLike(Protocol):
+    """What ``Manager(logger=...)`` takes: a ``logging.Logger``, or anything with these methods.
+
+    Calls pass ``%``-style arguments, and may pass ``extra=`` as ``logging`` does.
+    """
+
+    def debug(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+    def info(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+    def warning(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+    def error(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+
+
+def _did_you_mean(ref: ModelRef, known: Collection[tuple[str, str, str]]) -> str:
+    """`` (did you mean ...?)`` naming what in ``known`` (group, model, version) is closest to
+    ``ref``: the same name in another letter case, else a close spelling; "" if nothing is close."""
+    import difflib
+
+    def closest(wanted: str, names: Collection[str]) -> list[str]:
+        by_fold = {name.casefold(): name for name in sorted(names, reverse=True)}
+        if wanted.casefold() in by_fold:
+            return [by_fold[wanted.casefold()]]
+        return [by_fold[name] for name in difflib.get_close_matches(wanted.casefold(), list(by_fold), 3, 0.75)]
+
+    base = f"{ref.group}/{ref.model}"
+    models = {f"{group}/{model}" for group, model, _ in known}
+    if base in models:
+        versions = {version for group, model, version in known if (group, model) == (ref.group, ref.model)}
+        found = [f"{base} {version}" for version in closest(ref.version, versions)]
+    else:
+        found = [
+            f"{name} {ref.version}" if (*name.split("/"), ref.version) in known else name
+            for name in closest(base, models)
+        ]
+    return f" (did you mean {' or '.join(found)}?)" if found else ""
 
 
 def _as_ref(ref: RefLike) -> ModelRef:
@@ -737,13 +786,19 @@ def _no_links(root: str, path: str, why: str = "") -> str:
     return path
 
 
+def _disk_size(status: os.stat_result) -> int:
+    """The disk space a file takes: its allocated blocks where the system says (a sparse file
+    takes less than its size), else its size."""
+    blocks = getattr(status, "st_blocks", None)
+    return blocks * 512 if blocks is not None else status.st_size
+
+
 def _tree_size(path: str, *, allocated: bool = False) -> int:
     """Bytes of the files under ``path`` (links not followed); with ``allocated``, the disk
     space they take (sparse files take less)."""
 
     def size(status: os.stat_result) -> int:
-        blocks = getattr(status, "st_blocks", None)
-        return blocks * 512 if allocated and blocks is not None else status.st_size
+        return _disk_size(status) if allocated else status.st_size
 
     try:
         if not os.path.isdir(path) or os.path.islink(path):
@@ -1625,7 +1680,8 @@ class _RegistryClient:
             elif sink.kept:
                 sink.reset()
             try:
-                self._attempt(location, what, sink, size, exact, cancel, read_size, session)
+                self._attempt(location, what, sink, size, exact, cancel, read_size, session,
+                              (attempt + 1, self.retries + 1))
                 return
             except _Transient as exc:
                 last = exc
@@ -1648,11 +1704,14 @@ class _RegistryClient:
         cancel: threading.Event | None,
         read_size: int,
         session: _Session,
+        attempt: tuple[int, int],
     ) -> None:
         start = sink.kept if sink.resumable and exact else 0
         if not start and sink.kept:
             sink.reset()
-        self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "")
+        # The extra tells the CLI what it waits for, should the request stall (see _Console).
+        self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "",
+                          extra={_ATTEMPT_KEY: (location, *attempt)})
         local = self.local_root is not None
         response = self._open_local(location, start) if local else self._open_url(location, start, session)
         try:
@@ -1813,6 +1872,7 @@ class _PullJob:
         self.bytes_completed = 0
         self.bytes_downloaded = 0
         self.current_file = ""
+        self.file_of: Callable[[int], str] = lambda position: ""  # a file chunk ``position`` fills
         self.dirty = True
         self.consume: Callable[[int, _Source], None] = lambda position, source: None
         self.place: Callable[[int, _Source, int], None] | None = None
@@ -1820,8 +1880,11 @@ class _PullJob:
 
     # Progress ----------------------------------------------------------------
 
-    def snapshot(self) -> PullProgress:
-        phase = "chunks" if self.tasks_done < len(self.tasks) else "extracting"
+    def snapshot(self, *, done: bool = False) -> PullProgress:
+        """The progress now; ``done`` keeps the phase at ``chunks`` for the event that completes it."""
+        phase: Literal["chunks", "extracting"] = (
+            "chunks" if done or self.tasks_done < len(self.tasks) else "extracting"
+        )
         return PullProgress(
             phase,
             self.chunk_count,
@@ -1884,6 +1947,7 @@ class _PullJob:
                     _remove_file(os.path.join(self.manager._chunks_dir, task.digest))
                 with self.condition:
                     self.tasks_done += 1
+                    self.current_file = self.file_of(task.positions[0])
                     self.chunks_completed += len(task.positions)
                     self.bytes_completed += task.size * len(task.positions) - self.reported.get(index, 0)
                     self.reported[index] = task.size * len(task.positions)
@@ -2082,6 +2146,7 @@ class _PullJob:
                     if self.error is not None:
                         raise self.error
                     if self.tasks_done == len(self.tasks):
+                        snapshot = self.snapshot(done=True)  # every chunk and byte: the last chunks event
                         break
                     # Emit on change, and at least once a second so speeds and ETAs stay live.
                     if not self.dirty and time.monotonic() - last_emit < 1.0:
@@ -2094,6 +2159,7 @@ class _PullJob:
                 with self.condition:  # pace the callbacks: at most one per interval
                     if self.error is None and self.tasks_done < len(self.tasks):
                         self.condition.wait(_PROGRESS_INTERVAL)
+            self.emit(snapshot)
             finish()
         finally:
             with self.condition:
@@ -2115,6 +2181,12 @@ class _Staging:
         self.directories: set[str] = set()
         self.zero_chunks: set[str] = set()  # chunks write() may skip: the files read as zeros there
         self.paths = [os.path.join(root, *info.path.split("/")) for info in manifest.files]
+        job.file_of = self.file_of
+
+    def file_of(self, position: int) -> str:
+        """The first file chunk ``position`` fills, for progress (empty files hold no chunk)."""
+        start, length = position * self.manifest.chunk_size, self.manifest.chunk_length(position)
+        return next((self.manifest.files[index].path for index, _, _ in _segments(self.manifest, start, length)), "")
 
     def path(self, index: int) -> str:
         return self.paths[index]
@@ -2246,6 +2318,18 @@ def _parse_time(text: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+def _only_sharing(manifest: _Manifest, bad_positions: Collection[int], missing: Collection[str]) -> set[str]:
+    """The files a damaged chunk touches that may be intact: each damaged chunk spans
+    several files, and none of them is known damaged (missing, of the wrong size, or
+    holding a damaged chunk of its own)."""
+    touched = []
+    for position in bad_positions:
+        start, length = position * manifest.chunk_size, manifest.chunk_length(position)
+        touched.append({manifest.files[index].path for index, _, _ in _segments(manifest, start, length)})
+    known = set(missing).union(*(paths for paths in touched if len(paths) == 1))
+    return set().union(*(paths for paths in touched if len(paths) > 1)) - known
+
+
 def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
     """The concurrency to use (capped at 16); ValueError for values that make no sense."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -2281,8 +2365,8 @@ class Manager:
         self,
         config: Config,
         *,
-        opener: Any = None,
-        logger: Any = None,
+        opener: OpenerLike | None = None,
+        logger: LoggerLike | None = None,
         timeout: float = 30.0,
         retries: int = 3,
         retry_backoff: float = 0.5,
@@ -2447,10 +2531,10 @@ class Manager:
         versions = sorted(v for (g, m, v) in index if (g, m) == (ref.group, ref.model))
         if not versions:
             raise ModelNotFoundError(
-                f"model not found in registry: {ref.group}/{ref.model}; run 'list --remote' to see what it has"
+                f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, index)}"
             )
         raise VersionNotFoundError(
-            f"version not found: {ref} (available: {', '.join(versions)})"
+            f"version not found: {ref}{_did_you_mean(ref, index)} (available: {', '.join(versions)})"
         )
 
     def _manifest(self, digest: str) -> _Manifest:
@@ -2502,13 +2586,13 @@ class Manager:
         final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
         freed = 0
         if not keep_staging and os.path.lexists(staging):
-            freed += _tree_size(staging)
+            freed += _tree_size(staging, allocated=True)
             _remove_tree(staging)
         metadata = os.path.join(final, self._metadata_dir)
         if os.path.isdir(metadata) and not os.path.islink(metadata):
             for name in os.listdir(metadata):
                 if name.startswith("repair-") and name.endswith(".tmp"):  # an interrupted repair
-                    freed += _tree_size(os.path.join(metadata, name))
+                    freed += _tree_size(os.path.join(metadata, name), allocated=True)
                     _remove_file(os.path.join(metadata, name))
         if not os.path.lexists(old):
             return freed
@@ -2520,7 +2604,7 @@ class Manager:
             discard = final  # the swap was not committed: put the old copy back
         else:
             discard = old  # nothing names it: a committed remove, or a stray copy
-        freed += _tree_size(discard) if os.path.lexists(discard) else 0
+        freed += _tree_size(discard, allocated=True) if os.path.lexists(discard) else 0
         _remove_tree(discard)
         if discard == final:
             try:
@@ -2568,7 +2652,7 @@ class Manager:
             expired = horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon
             if expired and _remove_file(path):
                 self._logger.debug("removed cache file %s", path)
-                freed += status.st_size
+                freed += _disk_size(status)
         return freed
 
     # Public API --------------------------------------------------------------
@@ -2673,9 +2757,11 @@ class Manager:
         """
         ref = _versioned(ref, "get_installed")
         self._recover_after_crash(ref)
-        entry = self._entry(self._read_registry(), ref)
+        doc = self._read_registry()
+        entry = self._entry(doc, ref)
         if entry is None:
-            raise NotInstalledError(f"model not installed: {ref}")
+            installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
+            raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
         return self._installed(ref, entry)
 
     def get_remote(self, ref: RefLike) -> RemoteModel:
@@ -2834,6 +2920,21 @@ class Manager:
             NotInstalledError: ``ref`` is not installed.
             NetworkError, HashMismatchError, StorageError: the repair failed.
         """
+        damaged, sharing = self._verify(ref, repair=repair, concurrency=concurrency, progress=progress,
+                                        limit_rate=limit_rate)
+        return sorted(damaged + sharing)
+
+    def _verify(
+        self,
+        ref: RefLike,
+        *,
+        repair: bool,
+        concurrency: int,
+        progress: Callable[[PullProgress], None] | None,
+        limit_rate: float | None,
+    ) -> tuple[list[str], list[str]]:
+        """``verify``, telling apart (files damaged or missing, files that only share a damaged
+        chunk with another file: the hash cannot say which of them holds the damage)."""
         ref = _versioned(ref, "verify")
         concurrency = _check_download_options(concurrency, limit_rate)
         from contextlib import ExitStack
@@ -2857,7 +2958,8 @@ class Manager:
                 damaged_manifest = True
             bad_positions, damaged, missing = self._scan(installed.path, manifest)
             if not repair or not (damaged or damaged_manifest):
-                return sorted(damaged | ({manifest_path} if damaged_manifest else set()))
+                sharing = _only_sharing(manifest, bad_positions, missing)
+                return sorted(damaged - sharing | ({manifest_path} if damaged_manifest else set())), sorted(sharing)
             with self._cache_lock(shared=True):
                 repaired = self._repair(installed, manifest, bad_positions, missing, concurrency,
                                         progress, limit_rate)
@@ -2866,7 +2968,7 @@ class Manager:
                 _atomic_write(_no_links(installed.path, target), manifest.raw)
                 repaired.add(manifest_path)
             self._logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
-            return sorted(repaired)
+            return sorted(repaired), []
 
     def _scan(self, root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]:
         """(chunk positions that fail their hash, files they touch, files missing or of the wrong size)."""
@@ -3319,14 +3421,50 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-class _Console:
-    """Where the CLI's words go: stdout for results, stderr for the rest."""
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
-    def __init__(self, args: argparse.Namespace) -> None:
+
+_STALL_NOTICE_AFTER = 5.0  # seconds without progress before a terminal says what it waits for
+
+
+def _terminal_width(stream: Any) -> int:
+    """Columns of the terminal ``stream`` writes to, read afresh (it may have been resized)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        columns = os.environ.get("COLUMNS", "")
+        return int(columns) if columns.isdigit() and int(columns) > 0 else 80
+
+
+def _fit(candidates: Sequence[str], width: int) -> str:
+    """The first candidate shorter than ``width`` (the last column is left free: no wrapping
+    on any terminal), else the last one cut to fit."""
+    for candidate in candidates:
+        if len(candidate) < width:
+            return candidate
+    return candidates[-1][: max(width - 1, 0)]
+
+
+class _Console:
+    """Where the CLI's words go: stdout for results, stderr for the rest.
+
+    Also the Manager's logger. On a terminal it keeps one unfinished line (progress)
+    that log lines break and restore, and a stall notice may stand in for it.
+    """
+
+    def __init__(self, args: argparse.Namespace, prog: str = "xprim-models") -> None:
         self.json = bool(getattr(args, "models_json", False))
         self.quiet = bool(getattr(args, "models_quiet", False))
         self.verbose = bool(getattr(args, "models_verbose", False))
+        self.prog = prog  # the command words before ours ("mytool models"), for hints
+        self.terminal = not (self.quiet or self.json) and sys.stderr.isatty()
         self.partial = ""
+        self.lock = threading.RLock()  # the Manager's worker threads log too
+        self.request: tuple[str, int, int] | None = None  # the last request: (url, attempt, attempts)
+        self.moved = time.monotonic()  # when progress or output last moved
+        self.notice = ""  # the stall notice on screen, if any
+        self.downloading = False  # a pull reached its chunks: a failure now leaves something to resume
 
     @staticmethod
     def _write(stream: Any, text: str) -> None:
@@ -3338,42 +3476,114 @@ class _Console:
         stream.flush()
 
     def out(self, text: str = "") -> None:
-        self._write(sys.stdout, text + "\n")
+        with self.lock:
+            self._clear_notice()
+            self._write(sys.stdout, text + "\n")
 
     def err(self, text: str, end: str = "\n") -> None:
-        self._write(sys.stderr, text + end)
-        # Remember an unfinished line (progress) so a log line can break and restore it.
-        if end:
-            self.partial = ""
-        else:
-            self.partial = text if text.startswith("\r") else self.partial + text
+        with self.lock:
+            self._clear_notice()
+            self._write(sys.stderr, text + end)
+            if not text.startswith("\r"):  # a redrawn progress line is not news
+                self.moved = time.monotonic()
+            # Remember an unfinished line (progress) so a log line can break and restore it.
+            if end:
+                self.partial = ""
+            else:
+                self.partial = text if text.startswith("\r") else self.partial + text
 
     def document(self, doc: Any) -> None:
         import json
 
         self.out(json.dumps(doc, indent=2, ensure_ascii=False))
 
+    # Stall notices: what a terminal shows when nothing has moved for a while.
+
+    def _clear_notice(self) -> None:
+        if self.notice:
+            self.notice = ""
+            self._write(sys.stderr, "\r\x1b[2K" + self.partial.lstrip("\r"))
+
+    def check_stall(self) -> None:
+        """Say what the CLI is waiting for, once nothing has moved for a few seconds (a watcher
+        thread calls this about twice a second)."""
+        with self.lock:
+            idle = time.monotonic() - self.moved
+            if not self.terminal or self.request is None or idle < _STALL_NOTICE_AFTER:
+                return
+            from urllib.parse import urlsplit
+
+            url, attempt, attempts = self.request
+            host = urlsplit(url).netloc or url
+            notice = f"waiting for {host} (attempt {attempt} of {attempts}, {int(idle)}s without progress)"
+            if notice == self.notice:
+                return
+            self.notice = notice
+            shown = self.partial.lstrip("\r").replace("\x1b[2K", "")
+            width = _terminal_width(sys.stderr)
+            alone = f"{notice[0].upper()}{notice[1:]}"
+            line = _fit([f"{shown} {notice}", alone] if shown else [alone], width)
+            self._write(sys.stderr, f"\r\x1b[2K{line}")
+
     # The Manager's logger: debug lines with --verbose, warnings unless --quiet.
     def _log(self, level: str, message: str, *args: Any) -> None:
-        partial = self.partial
-        self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
-        if partial:
-            self.err(partial.lstrip("\r"), end="")
+        with self.lock:
+            partial = self.partial
+            self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
+            if partial:
+                self.err(partial.lstrip("\r"), end="")
 
-    def debug(self, message: str, *args: Any, **_: Any) -> None:
+    def _track(self, extra: Mapping[str, Any] | None) -> None:
+        attempt = (extra or {}).get(_ATTEMPT_KEY)
+        if attempt is not None:
+            with self.lock:
+                self.request = attempt
+
+    def debug(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         if self.verbose:
             self._log("debug", message, *args)
 
-    def info(self, message: str, *args: Any, **_: Any) -> None:
+    def info(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         if self.verbose:
             self._log("info", message, *args)
 
-    def warning(self, message: str, *args: Any, **_: Any) -> None:
+    def warning(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         if not self.quiet:
             self._log("warning", message, *args)
 
-    def error(self, message: str, *args: Any, **_: Any) -> None:
+    def error(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         self._log("error", message, *args)
+
+
+class _StallWatch:
+    """A thread that lets the console notice a stall while the command waits on the network."""
+
+    def __init__(self, console: _Console) -> None:
+        self.console = console
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _StallWatch:
+        if self.console.terminal:
+            self.thread = threading.Thread(target=self._watch, name="xprim-models-stall", daemon=True)
+            self.thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                self.console.check_stall()
+            except (OSError, ValueError):  # stderr went away: the command itself will notice
+                return
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
 
 
 class _ProgressPrinter:
@@ -3384,20 +3594,27 @@ class _ProgressPrinter:
     def __init__(self, console: _Console) -> None:
         self.console = console
         self.enabled = not (console.quiet or console.json)
-        self.terminal = self.enabled and sys.stderr.isatty()
+        self.terminal = console.terminal
         self.phase = ""
         self.last_draw = 0.0
         self.next_step = 0  # quarter of the download last reported off a terminal
         self.samples: list[tuple[float, int]] = []
         self.last: PullProgress | None = None
+        self.completed = -1  # bytes_completed last seen: progress moves when it grows
 
     def __call__(self, progress: PullProgress) -> None:
+        if progress.phase == "chunks":
+            self.console.downloading = True
+        moved = progress.bytes_completed != self.completed or progress.phase != self.phase
+        if moved:
+            self.completed = progress.bytes_completed
+            self.console.moved = time.monotonic()
         if not self.enabled:
             return
         self.last = progress
         if progress.phase != self.phase:
             self._enter(progress.phase, progress)
-        if progress.phase in ("chunks", "extracting") and self.phase == "chunks":
+        if progress.phase == "chunks" and progress.chunks_total and (moved or not self.console.notice):
             self._download(progress)
 
     def _enter(self, phase: str, progress: PullProgress) -> None:
@@ -3408,13 +3625,13 @@ class _ProgressPrinter:
             self.console.err("Fetching manifest... ", end="")
         elif phase == "chunks":
             self.started = time.monotonic()
-            if not self.terminal:
+            if not self.terminal and progress.chunks_total:
                 self.console.err(
-                    f"Downloading: {progress.chunks_total} chunks, {_format_size(progress.bytes_total)}"
+                    f"Getting {_plural(progress.chunks_total, 'chunk')} ({_format_size(progress.bytes_total)})"
                 )
         elif phase == "extracting":
             if previous == "chunks" or not previous:
-                self._download(progress, final=True)
+                self._summary(progress)
             self.console.err("Extracting files... ", end="")
 
     def _speed(self, progress: PullProgress, now: float) -> float:
@@ -3424,48 +3641,72 @@ class _ProgressPrinter:
         elapsed = now - self.samples[0][0]
         return (progress.bytes_downloaded - self.samples[0][1]) / elapsed if elapsed > 0 else 0.0
 
-    def _download(self, progress: PullProgress, final: bool = False) -> None:
+    @staticmethod
+    def _verb(progress: PullProgress) -> str:
+        # Bytes found on this disk (the cache, another installed version, an interrupted
+        # pull's files) are verified, not downloaded: say so.
+        return "Verifying" if progress.bytes_completed and not progress.bytes_downloaded else "Downloading"
+
+    def _download(self, progress: PullProgress) -> None:
         now = time.monotonic()
         total = progress.bytes_total
         fraction = progress.bytes_completed / total if total else 1.0
-        percent = min(int(fraction * 100), 99)  # 100% only once every chunk is verified
-        counts = f"Downloading: {progress.chunks_completed}/{progress.chunks_total} chunks"
+        percent = min(int(fraction * 100), 99)  # 100% comes with the summary, once every chunk is verified
+        counts = f"{progress.chunks_completed}/{_plural(progress.chunks_total, 'chunk')}"
+        sizes = f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
+        verb = self._verb(progress)
         if not self.terminal:
-            step = min(int(fraction * 4), 3)  # 25%, 50%, 75%; 100% comes with final
-            if final or step > self.next_step:
+            step = min(int(fraction * 4), 3)  # 25%, 50%, 75%; the summary says the rest
+            if step > self.next_step and progress.chunks_completed < progress.chunks_total:
                 self.next_step = step
-                if final and fraction >= 1.0:
-                    self.console.err(f"{counts} 100% {_format_size(total)}")
-                elif not final:
-                    self.console.err(
-                        f"{counts} {percent}% "
-                        f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
-                    )
+                self.console.err(f"{verb}: {counts} {percent}% {sizes}")
             return
         speed = self._speed(progress, now)
-        if not final and now - self.last_draw < 0.1:
+        if now - self.last_draw < 0.1:
             return
         self.last_draw = now
-        filled = int(fraction * self._BAR)
-        bar = "=" * filled + (">" if filled < self._BAR else "") + " " * (self._BAR - filled - 1)
-        if final:
-            line = f"{counts} [{'=' * self._BAR}] 100% {_format_size(total)}"
+        rate = f" {_format_size(speed)}/s" if speed > 0 and progress.bytes_downloaded else ""
+        eta = f" ETA {_format_duration((total - progress.bytes_completed) / speed)}" if rate else ""
+        head, tail = f"{verb}: {counts}", f" {percent}% {sizes}"
+        # As the terminal narrows: a shorter bar, no bar, no ETA, no speed, no sizes, no words.
+        width = _terminal_width(sys.stderr)
+        bar_room = width - 1 - len(head + tail + rate + eta) - 3
+        candidates = []
+        if bar_room >= 5:
+            cells = min(self._BAR, bar_room)
+            filled = int(fraction * cells)
+            bar = "=" * filled + (">" if filled < cells else "") + " " * (cells - filled - 1)
+            candidates.append(f"{head} [{bar}]{tail}{rate}{eta}")
+        candidates += [f"{head}{tail}{rate}{eta}", f"{head}{tail}{rate}", f"{head}{tail}",
+                       f"{head} {percent}%", f"{counts} {percent}%", f"{percent}%"]
+        self.console.err(f"\r\x1b[2K{_fit(candidates, width)}", end="")
+
+    def _summary(self, progress: PullProgress) -> None:
+        """The line that ends the chunks phase: what was downloaded, and what was already here."""
+        if not progress.chunks_total:
+            if self.terminal and self.console.partial:
+                self.console.err("\r\x1b[2K", end="")
+            return  # an empty model: nothing to show
+        total = progress.bytes_total
+        downloaded = min(progress.bytes_downloaded, total)
+        chunks = _plural(progress.chunks_total, "chunk")
+        if downloaded >= total:
+            line = f"Downloaded {chunks} ({_format_size(total)})"
+        elif not downloaded:
+            line = f"Reused {chunks} ({_format_size(total)}) already on this disk; nothing downloaded"
         else:
-            line = (
-                f"{counts} [{bar}] {percent}% "
-                f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
-            )
-            if speed > 0:
-                eta = (total - progress.bytes_completed) / speed
-                line += f" {_format_size(speed)}/s ETA {_format_duration(eta)}"
-        self.console.err(f"\r\x1b[2K{line}", end="\n" if final else "")
+            line = (f"Downloaded {_format_size(downloaded)}, reused {_format_size(total - downloaded)} "
+                    f"already on this disk ({chunks})")
+        if self.terminal:
+            line = f"\r\x1b[2K{_fit([line, line.split(' (')[0], line.split(';')[0]], _terminal_width(sys.stderr))}"
+        self.console.err(line)
 
     def finish(self) -> None:
         """The pull returned: close whatever line is open."""
         if not self.enabled or not self.phase:
             return
         if self.phase == "chunks" and self.last is not None:
-            self._download(self.last, final=True)
+            self._summary(self.last)
             self.console.err("Extracting files... ", end="")
         self.console.err("done")
         self.phase = ""
@@ -3566,7 +3807,7 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
 
 
 def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(f"{args.model} {args.version}", "pull")
+    ref = _versioned(f"{args.model} {args.version}", "pull")  # "g/m v" also comes as one word
     try:
         installed = _pull_one(manager, ref, console, args, force=args.force)
     except AlreadyInstalledError as exc:
@@ -3587,14 +3828,14 @@ def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console)
 
 
 def _command_remove(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    base = _as_ref(args.model)
-    if args.all == bool(args.version) or base.version:
+    base = _as_ref(f"{args.model} {args.version}")
+    if args.all == bool(base.version):
         raise InvalidRefError("remove: give either a version or --all")
     if args.all:
         removed = manager.remove_all(base.group, base.model)
     else:
-        removed = [_versioned(f"{args.model} {args.version}", "remove")]
-        manager.remove(removed[0])
+        removed = [base]
+        manager.remove(base)
     if console.json:
         console.document({"removed": [_ref_fields(ref) for ref in removed]})
         return 0
@@ -3732,10 +3973,12 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
 
 
 def _command_verify(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    if args.repair and not manager.config.registry_url:
+        raise RegistryError("verify --repair: no registry URL is configured")  # _run_command says how to give one
     if args.model:
-        if not args.version:
+        refs = [_as_ref(f"{args.model} {args.version}")]
+        if not refs[0].version:
             raise InvalidRefError("verify: give a version too ('verify group/model version'), or no model at all")
-        refs = [_versioned(f"{args.model} {args.version}", "verify")]
     else:
         refs = [item.ref for item in manager.list_installed()]
         if not refs:
@@ -3749,8 +3992,8 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     for ref in refs:
         printer = _ProgressPrinter(console) if args.repair else None
         try:
-            files = manager.verify(ref, repair=args.repair, concurrency=args.concurrency, progress=printer,
-                                   limit_rate=args.limit_rate)
+            files, sharing = manager._verify(ref, repair=args.repair, concurrency=args.concurrency,
+                                             progress=printer, limit_rate=args.limit_rate)
         except BaseException:
             if printer is not None:
                 printer.abort()
@@ -3758,18 +4001,27 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
         if printer is not None and printer.phase:
             printer.finish()
         damaged = [] if args.repair else files
-        results.append({**_ref_fields(ref), "damaged": damaged, "repaired": files if args.repair else []})
-        if damaged:
+        results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
+                        "repaired": files if args.repair else []})
+        if damaged or sharing:
             exit_code = HashMismatchError.exit_code
         if console.json:
             continue
-        if not files:
+        if not files and not sharing:
             console.out(f"{ref}: ok")
-        else:
+            continue
+        if files:
             verb = "repaired" if args.repair else "damaged or missing"
-            console.out(f"{ref}: {len(files)} file{'s' if len(files) != 1 else ''} {verb}")
+            console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
             for path in files:
                 console.out(f"  {path}")
+        if sharing:
+            console.out(f"{ref}: {_plural(len(sharing), 'file')} sharing a damaged chunk (perhaps intact: "
+                        "the chunk's hash cannot say which of its files holds the damage)")
+            for path in sharing:
+                console.out(f"  {path}")
+        if not args.repair:
+            console.out(f"To repair it: {console.prog} verify {ref} --repair")
     if console.json:
         console.document({"results": results})
     return exit_code
@@ -3822,21 +4074,44 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> No
                        help="log requests, retries and cache hits on stderr")
 
 
+def _with_hints(exc: ModelsError, config: Config, console: _Console, registry_hint: str) -> str:
+    """The error's message, and what the user can do about it on this command line."""
+    message = str(exc)
+    url = config.registry_url
+    if isinstance(exc, RegistryError) and not url:
+        # Only the parent tool knows how its users set a registry: embedded, stay neutral.
+        return f"no registry URL is configured{': ' + registry_hint if registry_hint else f' for {config.app_name}'}"
+    if isinstance(exc, ModelNotFoundError) and url:
+        message += f"; '{console.prog} list --remote' shows what the registry has"
+    if (isinstance(exc, (RegistryError, NetworkError, ModelNotFoundError)) and url
+            and not re.match(r"(?i)[a-z][a-z0-9+.-]*://", url) and not os.path.isdir(os.path.expanduser(url))):
+        message += f"\nhint: {url} is not a directory; if it is a server, write http://{url}"
+    if isinstance(exc, NetworkError) and console.downloading:
+        message += "\nthe verified chunks are kept: run the same command again to resume"
+    return message
+
+
 def _run_command(
     handler: Callable[[Manager, argparse.Namespace, _Console], int],
     config: Config,
     manager_options: Mapping[str, Any],
+    parser: argparse.ArgumentParser,
+    registry_hint: str,
     args: argparse.Namespace,
 ) -> int:
-    console = _Console(args)
+    console = _Console(args, parser.prog.rsplit(" ", 1)[0])  # "mytool models pull": "mytool models"
     try:
-        return handler(Manager(config, **{"logger": console, **manager_options}), args, console)
+        with _StallWatch(console):
+            return handler(Manager(config, **{"logger": console, **manager_options}), args, console)
     except ModelsError as exc:
         code = exc.exit_code
+        message = _with_hints(exc, config, console, registry_hint)
         try:
             if console.json:
-                console.document({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}})
-            console.err(f"error: {exc}")
+                console.document({"error": {"type": type(exc).__name__, "message": message, "exit_code": code}})
+            if code == 2:  # a usage error found after parsing: show the usage, as argparse does
+                console.err(parser.format_usage().rstrip())
+            console.err(f"error: {message}")
         except BrokenPipeError:
             _silence_stdout()
         return code
@@ -3856,6 +4131,9 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+_COMMANDS = ("list", "pull", "remove", "info", "path", "update", "verify", "prune")
+
+
 def register_subcommands(
     subparsers: argparse._SubParsersAction[Any], config: Config, **manager_options: Any
 ) -> None:
@@ -3870,19 +4148,37 @@ def register_subcommands(
         config: the application's name and registry.
         **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
     """
+    _register(subparsers, config, manager_options)
+
+
+def _register(
+    subparsers: argparse._SubParsersAction[Any],
+    config: Config,
+    manager_options: Mapping[str, Any],
+    *,
+    registry_hint: str = "",
+    only: str | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """``register_subcommands``, and for ``main``: how its users give a registry, the one
+    command to build in full (the others only get their name and summary: start-up
+    time), and ``extra`` options each command also takes."""
+
     def command(name: str, handler: Callable[[Manager, argparse.Namespace, _Console], int],
-                summary: str) -> argparse.ArgumentParser:
+                summary: str) -> argparse.ArgumentParser | None:
         parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
-        parser.set_defaults(func=partial(_run_command, handler, config, manager_options))
+        if only is not None and name != only:
+            return None
+        parser.set_defaults(func=partial(_run_command, handler, config, manager_options, parser, registry_hint))
+        _add_output_flags(parser, top_level=False)
+        if extra is not None:
+            extra(parser)
         return parser
 
     def model_argument(parser: argparse.ArgumentParser, version: str = "required") -> None:
         parser.add_argument("model", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
-        if version == "required":
-            parser.add_argument("version", metavar="VERSION", help="for example fp16, or an alias")
-        elif version == "optional":
-            parser.add_argument("version", metavar="VERSION", nargs="?", default="",
-                                help="for example fp16, or an alias")
+        parser.add_argument("version", metavar="VERSION", nargs="?", default="",
+                            help="for example fp16, or an alias" + (" (required)" if version == "required" else ""))
 
     def download_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
@@ -3891,59 +4187,66 @@ def register_subcommands(
                             help="cap the download rate, e.g. 500K or 2M (bytes per second)")
 
     listing = command("list", _command_list, "list installed models (or the registry's, with --remote)")
-    listing.add_argument("--remote", action="store_true", help="list what the registry offers")
+    if listing:
+        listing.add_argument("--remote", action="store_true", help="list what the registry offers")
 
     pull = command("pull", _command_pull, "download and install a model version")
-    model_argument(pull)
-    pull.add_argument("--force", action="store_true", help="install again even if installed")
-    download_options(pull)
+    if pull:
+        model_argument(pull)
+        pull.add_argument("--force", action="store_true", help="install again even if installed")
+        download_options(pull)
 
     remove = command("remove", _command_remove, "remove an installed model version")
-    model_argument(remove, "optional")
-    remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
+    if remove:
+        model_argument(remove, "optional")
+        remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
 
     info = command("info", _command_info, "show details of a model version")
-    model_argument(info)
-    info.add_argument("--remote", action="store_true", help="also show the registry's copy")
+    if info:
+        model_argument(info)
+        info.add_argument("--remote", action="store_true", help="also show the registry's copy")
 
     path = command("path", _command_path, "print the directory of an installed model version")
-    model_argument(path)
+    if path:
+        model_argument(path)
 
     update = command("update", _command_update, "check installed models for updates")
-    update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-    update.add_argument("--apply", action="store_true", help="download the updates")
-    download_options(update)
+    if update:
+        update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
+        update.add_argument("--apply", action="store_true", help="download the updates")
+        download_options(update)
 
     verify = command("verify", _command_verify, "re-hash installed files; --repair fixes what is damaged")
-    verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-    verify.add_argument("version", metavar="VERSION", nargs="?", default="")
-    verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
-    download_options(verify)
+    if verify:
+        verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
+        verify.add_argument("version", metavar="VERSION", nargs="?", default="")
+        verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
+        download_options(verify)
 
     prune = command("prune", _command_prune, "delete cached chunks older than a day, and crash leftovers")
-    prune.add_argument("--all", action="store_true", help="delete every cached chunk, whatever its age")
-
-    for parser in (listing, pull, remove, info, path, update, verify, prune):
-        _add_output_flags(parser, top_level=False)
+    if prune:
+        prune.add_argument("--all", action="store_true", help="delete every cached chunk, whatever its age")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
     import argparse
 
-    def global_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--registry", metavar="URL", default=None,
-                            help="registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
-        parser.add_argument("--data-dir", metavar="DIR", default=None,
-                            help="where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
+    def global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
+        # Also accepted after the command word (read by the first pass below), but listed once.
+        hidden: Any = argparse.SUPPRESS if after_command else None
+        parser.add_argument("--registry", metavar="URL", default=hidden,
+                            help=hidden or "registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
+        parser.add_argument("--data-dir", metavar="DIR", default=hidden,
+                            help=hidden or "where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
 
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        # The registry and data directory must be known before the commands
-        # are registered: read them in a first pass.
+        # The registry and data directory must be known before the commands are
+        # registered: read them in a first pass, wherever they are on the line.
         early = argparse.ArgumentParser(add_help=False)
         global_options(early)
-        known, _ = early.parse_known_args(arguments)
+        known, rest = early.parse_known_args(arguments)
         config = Config(
             app_name="xprim-models",
             registry_url=known.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""),
@@ -3964,7 +4267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _add_output_flags(parser, top_level=True)
         commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
         options = {"data_dir": known.data_dir} if known.data_dir else {}
-        register_subcommands(commands, config, **options)
+        # Only the command given is built in full: the others' arguments cost start-up time.
+        word = next((item for item in rest if not item.startswith("-")), None)
+        _register(commands, config, options, registry_hint="give --registry URL, or set XPRIM_MODELS_REGISTRY_URL",
+                  only=word if word in _COMMANDS else None,
+                  extra=lambda command: global_options(command, after_command=True))
         args = parser.parse_args(arguments)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)

@@ -15,7 +15,6 @@ import importlib.util
 import io
 import json
 import os
-import pty
 import random
 import re
 import select
@@ -1704,6 +1703,51 @@ class TestCli:
         result = cli_run(server, data_dir, "list", "--remote")
         assert (result.returncode, result.stderr) == (0, "")
 
+    def test_registry_and_data_dir_after_the_command_word(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert xm.main(["pull", "org/tiny", "v1", "--registry", server.url, f"--data-dir={data_dir}", "-q"]) == 0
+        capsys.readouterr()
+        assert xm.main(["list", "--data-dir", str(data_dir), "--json"]) == 0
+        assert [item["version"] for item in json.loads(capsys.readouterr().out)["models"]] == ["v1"]
+        assert xm.main(["path", "org/tiny v1", "--data-dir", str(data_dir)]) == 0  # the one-word form
+        assert capsys.readouterr().out == f"{data_dir / 'org' / 'tiny' / 'v1'}\n"
+
+    @pytest.mark.parametrize(
+        ("argv", "code", "message"),
+        [
+            (["pull", "org/tiny", "V1"], 3, "version not found: org/tiny V1 (did you mean org/tiny v1?) (available: "),
+            (["pull", "org/tiyn", "v1"], 3, "model not found in registry: org/tiyn (did you mean org/tiny v1?)"),
+            (["pull", "Org/Tiny", "v2"], 3, "model not found in registry: Org/Tiny (did you mean org/tiny v2?)"),
+            (["pull", "org/tiny", "lates"], 3, "version not found: org/tiny lates (did you mean org/tiny latest?)"),
+            (["pull", "acme/nothing", "v1"], 3, "model not found in registry: acme/nothing; 'xprim-models list"),
+            (["path", "org/tiny", "V1"], 4, "model not installed: org/tiny V1 (did you mean org/tiny v1?)"),
+            (["info", "org/tin", "v1"], 4, "model not installed: org/tin v1 (did you mean org/tiny v1?)"),
+        ],
+        ids=["version-case", "model-typo", "group-and-model-case", "version-typo", "nothing-close",
+             "installed-version-case", "installed-typo"],
+    )
+    def test_did_you_mean(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str],
+        argv: list[str], code: int, message: str
+    ) -> None:
+        cli_install(server, data_dir, "v1")
+        assert xm.main(["--registry", server.url, "--data-dir", str(data_dir), *argv]) == code
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+
+    def test_registry_without_a_scheme_gets_a_hint(
+        self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        host = server.url.split("//")[1]
+        assert xm.main(["--registry", host, "list", "--remote"]) == 1
+        assert capsys.readouterr().err.endswith(
+            f"\nhint: {host} is not a directory; if it is a server, write http://{host}\n")
+        (tmp_path / "not-a-registry").mkdir()  # a directory: no hint, it is one
+        assert xm.main(["--registry", "not-a-registry", "list", "--remote"]) == 1
+        assert "hint:" not in capsys.readouterr().err
+
     # Human output --------------------------------------------------------------
 
     def test_list_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
@@ -2082,7 +2126,8 @@ class TestCli:
         base = ["--registry", server.url, "--data-dir", str(data_dir)]
         assert xm.main([*base, "pull", "org/tiny", "v1", "--concurrency", "1"]) == 5
         error = capsys.readouterr().err
-        assert error.endswith("(after 4 attempts)\nthe verified chunks are kept: run the same command again to resume\n")
+        assert error.endswith(
+            "(after 4 attempts)\nthe verified chunks are kept: run the same command again to resume\n")
         del server.always[chunk_paths(registry_dir)[4]]
         assert xm.main([*base, "pull", "org/tiny", "v1"]) == 0
         # Chunks 1 to 4 came before the failure; 5 to 7 come now.
@@ -2376,6 +2421,35 @@ class TestEmbedding:
         result = self.run_tool(whisper_tool, server.url, "models", "pull", "org/tiny")
         assert result.returncode == 2
         assert "usage: whisper-tool models pull" in result.stderr
+
+    def test_messages_name_only_what_the_parent_tool_has(
+        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import argparse
+
+        def tool(registry: str) -> argparse.ArgumentParser:
+            parser = argparse.ArgumentParser(prog="whisper-tool")
+            commands = parser.add_subparsers(dest="command", required=True)
+            models = commands.add_parser("models").add_subparsers(dest="models_command", required=True)
+            xm.register_subcommands(models, xm.Config("whisper-tool", registry, data_dir), retries=0)
+            return parser
+
+        def run(parser: argparse.ArgumentParser, *argv: str) -> tuple[int, str]:
+            args = parser.parse_args(["models", *argv])
+            code = args.func(args)
+            return code, capsys.readouterr().err
+
+        no_registry = tool("")
+        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"], ["update"], ["verify", "--repair"]):
+            if argv == ["update"]:
+                xm.Manager(xm.Config("whisper-tool", server.url, data_dir)).pull("org/tiny v1")
+            code, err = run(no_registry, *argv)
+            assert (code, err) == (1, "error: no registry URL is configured for whisper-tool\n"), argv
+        code, err = run(tool(server.url), "pull", "org/tiyn", "v1")
+        assert code == 3
+        assert err == ("error: model not found in registry: org/tiyn (did you mean org/tiny v1?); "
+                       "'whisper-tool models list --remote' shows what the registry has\n")
+        assert "XPRIM_MODELS" not in err and "--registry" not in err
 
 
 # --- Python conventions: vendoring, packaging, proxies, TLS ----------------------
@@ -2889,6 +2963,17 @@ class TestVerify:
         manager.pull("org/tiny v1")
         with pytest.raises(ValueError, match="concurrency"):
             manager.verify("org/tiny v1", repair=True, concurrency=0)
+
+    def test_cli_repair_without_a_registry_fails_before_it_starts(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        cli_install(server, data_dir, "v1")
+        self.damage(data_dir / "org" / "tiny" / "v1")
+        before = tree(data_dir / "org" / "tiny" / "v1")
+        assert xm.main(["--data-dir", str(data_dir), "verify", "--repair"]) == 1
+        assert capsys.readouterr().err == (
+            "error: no registry URL is configured: give --registry URL, or set XPRIM_MODELS_REGISTRY_URL\n")
+        assert tree(data_dir / "org" / "tiny" / "v1") == before
 
     def test_cli_verify_exit_codes(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")

@@ -1452,10 +1452,7 @@ class _RegistryClient:
     @staticmethod
     def _local_root(url: str) -> str | None:
         if not url:
-            raise RegistryError(
-                "no registry URL is configured: set Config.registry_url "
-                "(or --registry / XPRIM_MODELS_REGISTRY_URL on the command line)"
-            )
+            raise RegistryError("no registry URL is configured: set Config.registry_url")
         match = re.match(r"(?i)([a-z][a-z0-9+.-]*)://", url)
         if not match:
             return os.path.abspath(os.path.expanduser(url))
@@ -3458,6 +3455,7 @@ class _Console:
         self.quiet = bool(getattr(args, "models_quiet", False))
         self.verbose = bool(getattr(args, "models_verbose", False))
         self.prog = prog  # the command words before ours ("mytool models"), for hints
+        self.registry_hint = ""  # how this command line takes a registry URL; "" when embedded
         self.terminal = not (self.quiet or self.json) and sys.stderr.isatty()
         self.partial = ""
         self.lock = threading.RLock()  # the Manager's worker threads log too
@@ -3931,6 +3929,8 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         else:
             console.out("No models installed")
         return 0
+    if not manager.config.registry_url:
+        raise RegistryError("update: no registry URL is configured")  # _run_command says how to give one
     if not console.json:
         console.out("Checking for updates...")
         console.out()
@@ -3966,7 +3966,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         except ModelsError as exc:
             exit_code = exit_code or exc.exit_code or 1
             result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
-            console.err(f"error: {item.ref}: {exc}")
+            console.err(f"error: {item.ref}: {_with_hints(exc, manager.config, console)}")
     if console.json:
         console.document({"updates": results})
     return exit_code
@@ -4074,13 +4074,14 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> No
                        help="log requests, retries and cache hits on stderr")
 
 
-def _with_hints(exc: ModelsError, config: Config, console: _Console, registry_hint: str) -> str:
+def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
     """The error's message, and what the user can do about it on this command line."""
     message = str(exc)
     url = config.registry_url
     if isinstance(exc, RegistryError) and not url:
         # Only the parent tool knows how its users set a registry: embedded, stay neutral.
-        return f"no registry URL is configured{': ' + registry_hint if registry_hint else f' for {config.app_name}'}"
+        hint = console.registry_hint
+        return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"
     if isinstance(exc, ModelNotFoundError) and url:
         message += f"; '{console.prog} list --remote' shows what the registry has"
     if (isinstance(exc, (RegistryError, NetworkError, ModelNotFoundError)) and url
@@ -4100,12 +4101,13 @@ def _run_command(
     args: argparse.Namespace,
 ) -> int:
     console = _Console(args, parser.prog.rsplit(" ", 1)[0])  # "mytool models pull": "mytool models"
+    console.registry_hint = registry_hint
     try:
         with _StallWatch(console):
             return handler(Manager(config, **{"logger": console, **manager_options}), args, console)
     except ModelsError as exc:
         code = exc.exit_code
-        message = _with_hints(exc, config, console, registry_hint)
+        message = _with_hints(exc, config, console)
         try:
             if console.json:
                 console.document({"error": {"type": type(exc).__name__, "message": message, "exit_code": code}})

@@ -2452,6 +2452,78 @@ class TestEmbedding:
         assert "XPRIM_MODELS" not in err and "--registry" not in err
 
 
+# --- examples/publish.py: the publisher's side --------------------------------------
+
+
+class TestPublish:
+    @pytest.fixture
+    def source(self, tmp_path: Path) -> Path:
+        source = tmp_path / "source"
+        (source / "sub").mkdir(parents=True)
+        (source / "weights.bin").write_bytes(blob(3000, "publish"))
+        (source / "sub" / "config.json").write_bytes(b"{}")
+        return source
+
+    def test_publishes_what_the_client_reads(self, tmp_path: Path, source: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+        registry = tmp_path / "registry"
+        assert publish.main([str(registry), "org/pub", "v1", str(source), "--chunk-size", "1024",
+                             "--metadata", "license=MIT"]) == 0
+        assert publish.main([str(registry), "org/pub", "latest", "--alias-of", "v1"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith("org/pub v1: manifest ") and out[1].startswith("org/pub latest: alias of v1, ")
+        manager = xm.Manager(xm.Config("publish-test", str(registry)), data_dir=tmp_path / "data")
+        detail = manager.get_remote_detail("org/pub latest")
+        assert (detail.alias_of, detail.chunk_count, dict(detail.metadata)) == ("v1", 3, {"license": "MIT"})
+        assert [info.path for info in detail.files] == ["weights.bin", "sub/config.json"]
+        assert tree(Path(manager.pull("org/pub latest").path)) == tree(source)
+
+    @pytest.mark.parametrize(
+        ("case", "code", "message"),
+        [
+            ("alias-of-missing", 1, "error: org/pub has no version 'v9' to alias (it has: v1)"),
+            ("missing-source", 1, "error: source directory {tmp}/nowhere does not exist or is not a directory"),
+            ("empty-source", 1, "error: source directory {tmp}/empty holds no files: there is nothing to publish"),
+            ("no-slash", 2, "error: invalid model reference 'pub v2': expected 'group/model'"),
+            ("bad-version", 2, "error: invalid model reference 'org/pub v2!': version 'v2!' must be"),
+            ("client-rejects", 1, "error: the registry fails the client's checks after publishing org/pub v2: "
+                                  "manifest "),
+        ],
+    )
+    def test_refuses_with_a_message_and_leaves_the_index_alone(
+        self, tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str], case: str, code: int, message: str
+    ) -> None:
+        registry = tmp_path / "registry"
+        assert publish.main([str(registry), "org/pub", "v1", str(source)]) == 0
+        index = (registry / "models.json").read_bytes()
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "a:b.txt").write_bytes(b"a colon: Windows cannot name a file so")
+        argv = {
+            "alias-of-missing": ["org/pub", "latest", "--alias-of", "v9"],
+            "missing-source": ["org/pub", "v2", str(tmp_path / "nowhere")],
+            "empty-source": ["org/pub", "v2", str(tmp_path / "empty")],
+            "no-slash": ["pub", "v2", str(source)],
+            "bad-version": ["org/pub", "v2!", str(source)],
+            "client-rejects": ["org/pub", "v2", str(tmp_path / "bad")],
+        }[case]
+        capsys.readouterr()
+        assert publish.main([str(registry), *argv]) == code
+        output = capsys.readouterr()
+        assert output.out == ""
+        assert output.err.startswith(message.format(tmp=tmp_path)), output.err
+        assert (registry / "models.json").read_bytes() == index
+
+    def test_runs_as_a_script_from_a_checkout(self, tmp_path: Path, source: Path) -> None:
+        result = subprocess.run(
+            [sys.executable, str(HERE / "examples" / "publish.py"), str(tmp_path / "registry"), "org/pub", "v1",
+             str(source)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("org/pub v1: manifest ")
+
+
 # --- Python conventions: vendoring, packaging, proxies, TLS ----------------------
 
 

@@ -2628,27 +2628,74 @@ class TestConventions:
         assert f"Path: {data_dir / 'org' / 'tiny' / 'v1'}" in result.stdout
         assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
 
-    def test_wheel_installs_offline_with_no_dependencies(self, tmp_path: Path) -> None:
-        import zipfile
-
-        pytest.importorskip("flit_core", reason="the build backend is installed by the README's test command")
+    @staticmethod
+    def install_wheel(work: Path) -> tuple[Path, Path]:
+        """(the wheel, a venv's python with it installed), built and installed offline."""
+        pytest.importorskip("hatchling", reason="the build backend is installed by the README's test command")
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                        "-q", "-w", str(tmp_path / "dist"), str(HERE)], check=True, timeout=120)
-        (wheel,) = (tmp_path / "dist").glob("xprim_models-*.whl")
-        with zipfile.ZipFile(wheel) as archive:
-            names = archive.namelist()
-            metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
-        assert [n for n in names if not n.startswith("xprim_models-")] == ["xprim_models.py"]
-        assert "Requires-Dist" not in metadata
-        assert "Requires-Python: >=3.9" in metadata and "License" in metadata and "Classifier:" in metadata
-        venv = tmp_path / "venv"
+                        "-q", "-w", str(work / "dist"), str(HERE)], check=True, timeout=120)
+        (wheel,) = (work / "dist").glob("xprim_models-*.whl")
+        venv = work / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
         python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q",
                         str(wheel)], check=True, timeout=120)
-        script = venv / ("Scripts" if os.name == "nt" else "bin") / "xprim-models"
-        result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-        assert result.stdout.strip() == f"xprim-models {xm.__version__}"
+        return wheel, python
+
+    def test_wheel_installs_offline_with_no_dependencies_and_real_types(self, tmp_path: Path) -> None:
+        import zipfile
+
+        wheel, python = self.install_wheel(tmp_path)
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+            metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+            # The one file of the repository, as the package's __init__, with py.typed beside it.
+            assert archive.read("xprim_models/__init__.py") == (HERE / "xprim_models.py").read_bytes()
+        assert sorted(n for n in names if not n.startswith("xprim_models-")) == [
+            "xprim_models/__init__.py", "xprim_models/__main__.py", "xprim_models/py.typed"]
+        assert "Requires-Dist" not in metadata
+        assert "Requires-Python: >=3.9" in metadata and "License" in metadata and "Classifier:" in metadata
+        script = python.parent / "xprim-models"
+        for command in ([str(script)], [str(python), "-m", "xprim_models"]):
+            result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+            assert result.stdout.strip() == f"xprim-models {xm.__version__}", result.stderr
+        # mypy --strict on a user's file, against the installed wheel, sees the real types.
+        pytest.importorskip("mypy", reason="mypy is installed by .ci/run")
+        (tmp_path / "user.py").write_text(textwrap.dedent("""\
+            import logging
+            import urllib.request
+
+            from xprim_models import Config, LoggerLike, Manager, OpenerLike, PullProgress, RefLike
+
+            reveal_type(Manager.pull)
+            ref: RefLike = "org/tiny v1"
+            logger: LoggerLike = logging.getLogger("mytool")
+            opener: OpenerLike = urllib.request.build_opener()
+
+
+            def show(progress: PullProgress) -> None:
+                reveal_type(progress.phase)
+
+
+            Manager(Config("mytool"), logger=logger, opener=opener).pull(ref, progress=show)
+            Manager(Config("mytool"), logger=42)
+        """))
+        result = subprocess.run(
+            [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--no-error-summary",
+             "--python-executable", str(python), "user.py"],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+            env={key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "MYPYPATH")},
+        )
+        lines = result.stdout.splitlines()
+        pull = next(line for line in lines if line.startswith("user.py:6: note: Revealed type is "))
+        assert re.search(r'"def \(self: xprim_models\.Manager, ref: .*xprim_models\.ModelRef.*, \*, force: '
+                         r'(builtins\.)?bool =, .*progress: .*xprim_models\.PullProgress.*\) -> '
+                         r'xprim_models\.InstalledModel"', pull), pull
+        assert "Any" not in pull
+        phase = next(line for line in lines if line.startswith("user.py:13: note: Revealed type is "))
+        assert all(f"Literal['{name}']" in phase for name in ("manifest", "chunks", "extracting")), phase
+        errors = [line for line in lines if ": error: " in line]
+        assert len(errors) == 1 and errors[0].startswith("user.py:17: error: ") and "LoggerLike" in errors[0], lines
 
     def test_user_agent(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes]) -> None:
         manager.pull("org/tiny v1")

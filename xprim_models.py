@@ -55,8 +55,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Union
 
+# typing.TYPE_CHECKING, without importing typing at run time: it costs a tenth of the
+# start-up of `xprim-models path`. Type checkers take it as True.
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import argparse
     import hashlib
@@ -66,6 +68,8 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import urllib.request
     from collections.abc import Collection, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
+    from typing import Any, Callable, Literal, Union
+    from typing import Protocol as _Protocol
 
 __version__ = "0.1.0"
 
@@ -410,18 +414,29 @@ class PullProgress:
     current_file: str = ""
 
 
-RefLike = Union[ModelRef, str]
-"""A ``ModelRef``, or its text form ``"group/model version"``: what every ``Manager`` method takes."""
+if TYPE_CHECKING:
+    # A ModelRef, or its text form "group/model version": what every Manager method takes.
+    RefLike = Union[ModelRef, str]
+else:
+    _Protocol = object  # the classes below are protocols to type checkers, plain classes at run time
+
+    def __getattr__(name: str) -> Any:
+        if name == "RefLike":  # made on first use, as it needs typing
+            from typing import Union
+
+            globals()[name] = Union[ModelRef, str]
+            return globals()[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class OpenerLike(Protocol):
+class OpenerLike(_Protocol):
     """What ``Manager(opener=...)`` takes: ``urllib.request.OpenerDirector`` or anything with its ``open``."""
 
     def open(self, request: urllib.request.Request, /, *, timeout: float) -> Any:
         """Send ``request``; return a response with ``status``, ``headers`` and ``readinto``."""
 
 
-class LoggerLike(Protocol):
+class LoggerLike(_Protocol):
     """What ``Manager(logger=...)`` takes: a ``logging.Logger``, or anything with these methods.
 
     Calls pass ``%``-style arguments, and may pass ``extra=`` as ``logging`` does.
@@ -886,7 +901,8 @@ def _zeros_digest(size: int) -> str:
     return hasher.hexdigest()
 
 
-_Source = Union[int, memoryview]  # where a verified chunk is: an open file, or a worker's buffer
+if TYPE_CHECKING:
+    _Source = Union[int, memoryview]  # where a verified chunk is: an open file, or a worker's buffer
 
 
 def _pread(fd: _Source, count: int, offset: int) -> bytes:
@@ -4094,13 +4110,17 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
 
 def _run_command(
     handler: Callable[[Manager, argparse.Namespace, _Console], int],
-    config: Config,
+    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     manager_options: Mapping[str, Any],
-    parser: argparse.ArgumentParser,
+    prog: str,
+    usage: Callable[[], str],
     registry_hint: str,
     args: argparse.Namespace,
 ) -> int:
-    console = _Console(args, parser.prog.rsplit(" ", 1)[0])  # "mytool models pull": "mytool models"
+    """Run ``handler`` as command ``prog`` ("mytool models pull"); ``usage`` is its usage text."""
+    if not isinstance(config, Config):  # main's: from --registry and --data-dir, wherever they were
+        config, manager_options = config(args)
+    console = _Console(args, prog.rsplit(" ", 1)[0])
     console.registry_hint = registry_hint
     try:
         with _StallWatch(console):
@@ -4112,7 +4132,7 @@ def _run_command(
             if console.json:
                 console.document({"error": {"type": type(exc).__name__, "message": message, "exit_code": code}})
             if code == 2:  # a usage error found after parsing: show the usage, as argparse does
-                console.err(parser.format_usage().rstrip())
+                console.err(usage().rstrip())
             console.err(f"error: {message}")
         except BrokenPipeError:
             _silence_stdout()
@@ -4155,23 +4175,26 @@ def register_subcommands(
 
 def _register(
     subparsers: argparse._SubParsersAction[Any],
-    config: Config,
+    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     manager_options: Mapping[str, Any],
     *,
     registry_hint: str = "",
     only: str | None = None,
+    formatter: type[argparse.HelpFormatter] | None = None,
     extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> None:
-    """``register_subcommands``, and for ``main``: how its users give a registry, the one
-    command to build in full (the others only get their name and summary: start-up
-    time), and ``extra`` options each command also takes."""
+    """``register_subcommands``, and for ``main``: the configuration taken from the parsed
+    arguments, how its users give a registry, the one command to register (start-up
+    time), the help formatter, and ``extra`` options each command also takes."""
 
     def command(name: str, handler: Callable[[Manager, argparse.Namespace, _Console], int],
                 summary: str) -> argparse.ArgumentParser | None:
-        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
         if only is not None and name != only:
             return None
-        parser.set_defaults(func=partial(_run_command, handler, config, manager_options, parser, registry_hint))
+        options: dict[str, Any] = {"formatter_class": formatter} if formatter else {}
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary, **options)
+        parser.set_defaults(func=partial(_run_command, handler, config, manager_options, parser.prog,
+                                         parser.format_usage, registry_hint))
         _add_output_flags(parser, top_level=False)
         if extra is not None:
             extra(parser)
@@ -4230,55 +4253,117 @@ def _register(
         prune.add_argument("--all", action="store_true", help="delete every cached chunk, whatever its age")
 
 
+def _quick_args(arguments: Sequence[str]) -> dict[str, Any] | None:
+    """The arguments of the commonest command lines, ``path GROUP/MODEL VERSION`` and
+    ``list [--remote]`` with the global and output options, read without argparse: its
+    import and parsers take longer than the command itself. None for anything else, which
+    argparse reads (and explains, if it is wrong)."""
+    values: dict[str, Any] = {"registry": None, "data_dir": None, "models_json": False, "models_quiet": False,
+                              "models_verbose": False}
+    flags = {"--json": "models_json", "--quiet": "models_quiet", "-q": "models_quiet",
+             "--verbose": "models_verbose", "-v": "models_verbose"}
+    words: list[str] = []
+    items = iter(arguments)
+    for item in items:
+        name, _, value = item.partition("=")
+        if item in flags:
+            values[flags[item]] = True
+        elif name in ("--registry", "--data-dir"):
+            value = value if "=" in item else next(items, "-")
+            if value.startswith("-"):
+                return None
+            values[name[2:].replace("-", "_")] = value
+        elif item == "--remote" and words == ["list"]:
+            values["remote"] = True
+        elif item.startswith("-") or not item:
+            return None
+        else:
+            words.append(item)
+    if words == ["list"]:
+        return {"command": "list", "remote": False, **values}
+    if len(words) in (2, 3) and words[0] == "path":
+        return {"command": "path", "model": words[1], "version": words[2] if len(words) == 3 else "", **values}
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    registry_hint = "give --registry URL, or set XPRIM_MODELS_REGISTRY_URL"
+
+    def configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+        config = Config("xprim-models", args.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
+        return config, {"data_dir": args.data_dir} if args.data_dir else {}
+
+    # Only the command given is built in full (its parser costs start-up time); --help and
+    # mistakes get them all. The word is the first that is not an option or its value.
+    word, value_next = None, False
+    for item in arguments:
+        if value_next:
+            value_next = False
+        elif item in ("--registry", "--data-dir"):
+            value_next = True
+        elif not item.startswith("-"):
+            word = item
+            break
+    quick = _quick_args(arguments)
+    if quick is not None:  # the same namespace argparse would make
+        from types import SimpleNamespace
+
+        handler = _command_path if quick["command"] == "path" else _command_list
+        args: Any = SimpleNamespace(**quick)
+        return _run_command(handler, configure, {}, f"xprim-models {quick['command']}",
+                            lambda: _main_parser(word, configure, registry_hint)[1], registry_hint, args)
+    try:
+        args = _main_parser(word, configure, registry_hint)[0].parse_args(arguments)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    result: int = args.func(args)
+    return result
+
+
+def _main_parser(
+    word: str | None, configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]], registry_hint: str
+) -> tuple[argparse.ArgumentParser, str]:
+    """``main``'s parser, with command ``word`` only if it is one, and that command's usage."""
     import argparse
 
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        """argparse's, sized without importing shutil (which every argument's check would)."""
+
+        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                     width: int | None = None) -> None:
+            columns = os.environ.get("COLUMNS", "")
+            width = width or (int(columns) if columns.isdigit() else _terminal_width(sys.stdout)) - 2
+            super().__init__(prog, indent_increment, max_help_position, width)
+
     def global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
-        # Also accepted after the command word (read by the first pass below), but listed once.
+        # Also accepted after the command word, but listed once.
         hidden: Any = argparse.SUPPRESS if after_command else None
         parser.add_argument("--registry", metavar="URL", default=hidden,
                             help=hidden or "registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
         parser.add_argument("--data-dir", metavar="DIR", default=hidden,
                             help=hidden or "where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
 
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    try:
-        # The registry and data directory must be known before the commands are
-        # registered: read them in a first pass, wherever they are on the line.
-        early = argparse.ArgumentParser(add_help=False)
-        global_options(early)
-        known, rest = early.parse_known_args(arguments)
-        config = Config(
-            app_name="xprim-models",
-            registry_url=known.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""),
-        )
-        parser = argparse.ArgumentParser(
-            prog="xprim-models", description="Download and manage models from an XPRIM registry.",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=(
-                "examples:\n"
-                "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
-                "  xprim-models list\n"
-                "  xprim-models path fast-whisper/tiny fp16\n"
-                "  xprim-models --registry https://models.example.com update --apply"
-            ),
-        )
-        global_options(parser)
-        parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
-        _add_output_flags(parser, top_level=True)
-        commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-        options = {"data_dir": known.data_dir} if known.data_dir else {}
-        # Only the command given is built in full: the others' arguments cost start-up time.
-        word = next((item for item in rest if not item.startswith("-")), None)
-        _register(commands, config, options, registry_hint="give --registry URL, or set XPRIM_MODELS_REGISTRY_URL",
-                  only=word if word in _COMMANDS else None,
-                  extra=lambda command: global_options(command, after_command=True))
-        args = parser.parse_args(arguments)
-    except SystemExit as exc:  # --help, --version and usage errors
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    result: int = args.func(args)
-    return result
+    parser = argparse.ArgumentParser(
+        prog="xprim-models", description="Download and manage models from an XPRIM registry.",
+        formatter_class=Formatter,
+        epilog=(
+            "examples:\n"
+            "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
+            "  xprim-models list\n"
+            "  xprim-models path fast-whisper/tiny fp16\n"
+            "  xprim-models --registry https://models.example.com update --apply"
+        ),
+    )
+    global_options(parser)
+    parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
+    _add_output_flags(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    only = word if word in _COMMANDS else None
+    _register(commands, configure, {}, registry_hint=registry_hint, only=only, formatter=Formatter,
+              extra=lambda command: global_options(command, after_command=True))
+    return parser, commands.choices[only].format_usage() if only else parser.format_usage()
 
 
 if __name__ == "__main__":

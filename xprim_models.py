@@ -3589,6 +3589,7 @@ class _Console:
         self.moved = time.monotonic()  # when progress or output last moved
         self.notice = ""  # the stall notice on screen, if any
         self.downloading = False  # a pull reached its chunks: a failure now leaves something to resume
+        self.watch: _StallWatch | None = None
 
     @staticmethod
     def _write(stream: Any, text: str) -> None:
@@ -3669,6 +3670,16 @@ class _Console:
         if attempt is not None:
             with self.lock:
                 self.request = attempt
+                if self.terminal and self.watch is None:  # the first request: from now on, stalls are news
+                    self.watch = _StallWatch(self)
+                    self.watch.start()
+
+    def close(self) -> None:
+        """The command is over: no more stall notices."""
+        with self.lock:
+            watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.stop()
 
     def debug(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
         self._track(extra)
@@ -3695,25 +3706,22 @@ class _StallWatch:
 
     def __init__(self, console: _Console) -> None:
         self.console = console
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="xprim-models-stall", daemon=True)
 
-    def __enter__(self) -> _StallWatch:
-        if self.console.terminal:
-            self.thread = threading.Thread(target=self._watch, name="xprim-models-stall", daemon=True)
-            self.thread.start()
-        return self
+    def start(self) -> None:
+        self.thread.start()
 
     def _watch(self) -> None:
-        while not self.stop.wait(0.5):
+        while not self.stopped.wait(0.5):
             try:
                 self.console.check_stall()
             except (OSError, ValueError):  # stderr went away: the command itself will notice
                 return
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop.set()
-        if self.thread is not None:
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread is not threading.current_thread():
             self.thread.join()
 
 
@@ -4240,8 +4248,10 @@ def _run_command(
     console = _Console(args, prog.rsplit(" ", 1)[0])
     console.registry_hint = registry_hint
     try:
-        with _StallWatch(console):
+        try:
             return handler(Manager(config, **{"logger": console, **manager_options}), args, console)
+        finally:
+            console.close()
     except ModelsError as exc:
         code = exc.exit_code
         message = _with_hints(exc, config, console)

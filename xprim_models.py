@@ -3740,6 +3740,7 @@ class _ProgressPrinter:
         self.samples: list[tuple[float, int]] = []
         self.last: PullProgress | None = None
         self.completed = -1  # bytes_completed last seen: progress moves when it grows
+        self.started = 0.0  # when the chunks phase began
 
     def __call__(self, progress: PullProgress) -> None:
         if progress.phase == "chunks":
@@ -3801,8 +3802,8 @@ class _ProgressPrinter:
                 self.console.err(f"{verb}: {counts} {percent}% {sizes}")
             return
         speed = self._speed(progress, now)
-        if now - self.last_draw < 0.1:
-            return
+        if now - self.last_draw < 0.1 or (not progress.bytes_completed and now - self.started < 0.5):
+            return  # nothing yet: what is on this disk is often found at once, and says Verifying
         self.last_draw = now
         rate = f" {_format_size(speed)}/s" if speed > 0 and progress.bytes_downloaded else ""
         eta = f" ETA {_format_duration((total - progress.bytes_completed) / speed)}" if rate else ""
@@ -3837,7 +3838,7 @@ class _ProgressPrinter:
             line = (f"Downloaded {_format_size(downloaded)}, reused {_format_size(total - downloaded)} "
                     f"already on this disk ({chunks})")
         if self.terminal:
-            line = f"\r\x1b[2K{_fit([line, line.split(' (')[0], line.split(';')[0]], _terminal_width(sys.stderr))}"
+            line = f"\r\x1b[2K{_fit([line, line.split(';')[0], line.split(' (')[0]], _terminal_width(sys.stderr))}"
         self.console.err(line)
 
     def finish(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import hashlib
 import http.server
 import importlib.util
@@ -385,6 +386,12 @@ def open_under(root: Path) -> list[str]:
         if target.startswith(str(root) + os.sep):
             found.append(target)
     return found
+
+
+def dead_pid() -> int:
+    """The process id of a process that has exited."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
 
 
 def data_dir_of(manager: xm.Manager) -> Path:
@@ -1241,6 +1248,60 @@ class TestStorage:
         assert manager.list_installed() == []
         manager.pull("org/tiny v1")
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def crash_before_commit(self, server: RegistryServer, data_dir: Path, action: str) -> None:
+        """Run ``action`` on a fresh Manager in a child that dies where registry.json would be committed."""
+        script = (
+            "import os, sys, xprim_models as xm\n"
+            "xm._Store.commit = lambda self, ref, record: os._exit(9)\n"
+            "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
+            f"{action}\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
+        assert result.returncode == 9
+
+    def test_an_unlisted_complete_version_is_adopted_by_the_next_pull(
+        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
+        data_dir: Path
+    ) -> None:
+        self.crash_before_commit(server, data_dir, 'manager.pull("org/tiny v1")')
+        assert (data_dir / "org" / "tiny" / "v1").is_dir() and manager.list_installed() == []
+        before = sum(server.requests[path] for path in chunk_paths(registry_dir))
+        installed = manager.pull("org/tiny v1")
+        assert sum(server.requests[path] for path in chunk_paths(registry_dir)) == before  # verified, not fetched
+        assert tree(Path(installed.path)) == dict(sorted(model.items())) and manager.verify("org/tiny v1") == []
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def test_an_unlisted_version_is_removed_by_prune_or_a_pull_of_other_bytes(
+        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
+        data_dir: Path
+    ) -> None:
+        self.crash_before_commit(server, data_dir, 'manager.pull("org/tiny v1")')
+        assert manager.prune_cache() > 0
+        assert not (data_dir / "org" / "tiny").exists() or os.listdir(data_dir / "org" / "tiny") == []
+        self.crash_before_commit(server, data_dir, 'manager.pull("org/tiny v1")')
+        publish.publish(str(registry_dir), "org", "tiny", "v1", {"other.bin": b"republished"})
+        assert tree(Path(manager.pull("org/tiny v1").path)) == {"other.bin": b"republished"}
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def test_the_next_command_cleans_an_old_copy_and_dead_writers_files(
+        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, data_dir: Path
+    ) -> None:
+        manager.pull("org/tiny v1")
+        manager.pull("org/tiny v2")
+        script = (
+            "import os, sys, xprim_models as xm\n"
+            "xm._Store.discard = lambda self, path: os._exit(9)\n"
+            "xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).remove('org/tiny v1')\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
+        assert result.returncode == 9 and (data_dir / "org" / "tiny" / ".v1.old").is_dir()
+        temporary = data_dir / f"registry.json.{dead_pid()}.1.tmp"
+        temporary.write_bytes(b"{}")
+        assert [item.ref.version for item in manager.list_installed()] == ["v2"]
+        assert not (data_dir / "org" / "tiny" / ".v1.old").exists()  # list holds the model's lock for a moment
+        manager.remove("org/tiny v2")  # commits registry.json, under its lock
+        assert not temporary.exists()
 
     def test_leftover_staging_is_cleaned(self, manager: xm.Manager, model: dict[str, bytes],
                                          data_dir: Path) -> None:
@@ -2612,6 +2673,15 @@ def https_registry(tmp_path: Path, registry_dir: Path, model: dict[str, bytes]) 
 
 
 class TestConventions:
+    def test_every_test_the_docs_cite_exists(self) -> None:
+        cited = set()
+        for page in [HERE / "README.md", *sorted((HERE / "docs").glob("*.md"))]:
+            cited.update(re.findall(r"\b(Test\w+)::(test_\w+)", page.read_text(encoding="utf-8")))
+        assert cited
+        missing = [f"{cls}::{name}" for cls, name in sorted(cited)
+                   if not callable(getattr(globals().get(cls), name, None))]
+        assert not missing, f"cited in README.md or docs/ but not defined: {missing}"
+
     def test_import_is_silent(self, tmp_path: Path) -> None:
         script = (
             "import sys, threading, os\n"
@@ -2887,6 +2957,59 @@ class TestReliability:
         with pytest.raises(xm.StorageError, match=f"{data_dir / link} is a symbolic link"):
             manager.pull("org/tiny v1")
         self.assert_outside_untouched(outside)
+
+    # Hostile local files: a hard link, pipe or device is never written through or waited on.
+
+    def test_hard_link_in_a_resumed_staging_directory_is_replaced(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        registry_dir: Path, data_dir: Path, outside: Path
+    ) -> None:
+        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        planted = data_dir / "org" / "tiny" / ".v1.staging" / "model.safetensors"
+        planted.unlink()
+        os.link(outside / "precious", planted)
+        installed = make_manager().pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        self.assert_outside_untouched(outside)
+
+    @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on Windows")
+    def test_planted_pipes_are_neither_read_nor_waited_on(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        registry_dir: Path, data_dir: Path
+    ) -> None:
+        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
+        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        planted = [staging / "config.json", data_dir / "cache" / "manifests" / digest,
+                   data_dir / f"registry.json.{dead_pid()}.1.tmp",
+                   data_dir / "cache" / "chunks" / chunk_paths(registry_dir)[6][5:],
+                   data_dir / "cache" / "chunks" / f"{chunk_paths(registry_dir)[6][5:]}.{dead_pid()}.1.part"]
+        (data_dir / "cache" / "manifests").mkdir(exist_ok=True)
+        for path in planted:
+            path.unlink(missing_ok=True)
+            os.mkfifo(path)
+        installed = make_manager().pull("org/tiny v1")  # a pipe opened to read or write would hang it
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        for path in planted[1:]:  # the caches drop what is not a plain file (a fresh copy may take its place)
+            assert not path.exists() or (path.is_file() and not path.is_fifo()), path
+
+    def test_repair_refuses_a_linked_version_directory_as_pull_does(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, outside: Path
+    ) -> None:
+        installed = Path(manager.pull("org/tiny v1").path)
+        shutil.move(str(installed), str(outside / "v1"))
+        os.symlink(outside / "v1", installed)
+        (outside / "v1" / "model.safetensors").write_bytes(b"damaged")
+        for action in (lambda: manager.verify("org/tiny v1", repair=True),
+                       lambda: manager.pull("org/tiny v1", force=True)):
+            with pytest.raises(xm.StorageError, match=f"{installed} is a symbolic link"):
+                action()
+        assert (outside / "v1" / "model.safetensors").read_bytes() == b"damaged"
+        assert sorted(p.name for p in outside.iterdir()) == ["precious", "v1"]
 
     def test_verify_works_on_a_read_only_data_directory(self, manager: xm.Manager, model: dict[str, bytes],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
@@ -4041,12 +4164,22 @@ for line in sys.stdin:
 SWEEP_LINE = re.compile(r"^(\d+) +(?:<\.\.\. )?(\w+)(\(| resumed>)")
 
 
+@functools.cache
 def sweep_enabled() -> str:
     """Why the sweep does not run here ("" when it does)."""
     if os.environ.get("XPRIM_MODELS_FAULT_SWEEP") != "1":
         return "the strace fault sweep runs with XPRIM_MODELS_FAULT_SWEEP=1 (its own CI step)"
     if not sys.platform.startswith("linux") or shutil.which("strace") is None:
-        return "the fault sweep needs strace on Linux"
+        return "the fault sweep needs strace on Linux (Debian package strace)"
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as child:
+        tracer = subprocess.Popen(["strace", "-p", str(child.pid), "-e", "trace=none", "-o", os.devnull],
+                                  stderr=subprocess.PIPE, text=True)
+        assert tracer.stderr is not None and child.stdin is not None
+        said = tracer.stderr.readline()
+        child.stdin.close()
+        tracer.wait(10)
+    if "attached" not in said:
+        return f"strace cannot attach to a process here (ptrace not permitted?): {said.strip()}"
     return ""
 
 
@@ -4058,6 +4191,8 @@ class SweepScenario:
         self.template = root / "template"
         root.mkdir()
         self.zygotes, self.guard, self.started = threading.local(), threading.Lock(), []
+        self.streams = root / "streams"  # each command's stdout, stderr and strace log
+        self.streams.mkdir()
         self.contents: dict[str, dict[str, bytes]] = {}  # manifest hash -> the files it makes
         self.before: dict[str, str] = {}  # version as "group/model version" -> manifest hash
         small = {"a.bin": blob(5_000, f"{name}-a"), "sub/b.txt": b"config\n", "empty": b"", "c.bin": blob(3_000)}
@@ -4132,7 +4267,7 @@ class SweepScenario:
             with self.guard:
                 self.started.append(zygote)
         assert zygote.stdin is not None and zygote.stdout is not None
-        out, err, log = (data_dir.with_name(f"{data_dir.name}.{kind}") for kind in ("out", "err", "strace"))
+        out, err, log = (self.streams / f"{data_dir.name}.{kind}" for kind in ("out", "err", "strace"))
         argv = self.argv(data_dir)
         zygote.stdin.write(json.dumps({"argv": argv, "out": str(out), "err": str(err)}) + "\n")
         zygote.stdin.flush()
@@ -4177,8 +4312,8 @@ class SweepScenario:
         states = {}
         for item in self.manager(data_dir).list_installed():
             files = self.contents.get(item.manifest_hash)
-            intact = (files is not None and os.path.isdir(item.path)
-                      and tree(Path(item.path)) == dict(sorted(files.items())))
+            root = Path(item.path)
+            intact = files is not None and root.is_dir() and tree(root) == dict(sorted(files.items()))
             states[str(item.ref)] = item.manifest_hash if intact else f"NOT INTACT: {item.path}"
         return states
 
@@ -4191,14 +4326,17 @@ class SweepScenario:
         elif result.returncode not in (0, 5, 6, 7) or "Traceback" in result.stderr or (
                 result.returncode and "error:" not in result.stderr):
             problems.append(f"exit {result.returncode}: {result.stderr.strip()[-300:]}")
+        inside = (str(data_dir) + os.sep, str(self.streams) + os.sep, "/dev/")
         for line in trace.splitlines():
             match = SWEEP_LINE.match(line)
-            writes = match and (match.group(2) != "openat" or re.search(r"O_WRONLY|O_RDWR|O_CREAT", line))
-            if writes and match.group(2) not in ("close", "fsync", "fdatasync"):
-                for path in re.findall(r'"(/[^"]*)"|<(/[^>]*)>', line):
-                    where = path[0] or path[1]
-                    if not where.startswith((str(data_dir), "/dev/")) and where != str(HERE):
-                        problems.append(f"wrote outside the data directory: {line.strip()[:200]}")
+            if not match or match.group(3) != "(" or match.group(2) in ("close", "fsync", "fdatasync") or (
+                    match.group(2) == "openat" and not re.search(r"O_WRONLY|O_RDWR|O_CREAT", line)):
+                continue
+            # Descriptors as strace -y names them; quoted paths too, but not the data a write carries.
+            quoted = [] if "write" in match.group(2) else re.findall(r'"(/[^"]*)"', line)
+            for where in re.findall(r"<(/[^>]*)>", line) + quoted:
+                if where not in (str(data_dir), str(HERE)) and not where.startswith(inside):
+                    problems.append(f"wrote outside the data directory: {line.strip()[:200]}")
         try:
             states = self.state(data_dir)
         except xm.ModelsError as exc:

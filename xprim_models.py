@@ -2208,7 +2208,7 @@ class _PullJob:
         try:
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(seed.position)):
                 path = os.path.join(seed.directory, *manifest.files[index].path.split("/"))
-                fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                fd = _open_regular(path)  # a pipe planted in an installed version is not waited on
                 try:
                     for data in _read_pieces(fd, offset, count, len(buffer)):
                         if self.cancel.is_set():
@@ -2222,7 +2222,10 @@ class _PullJob:
 
     def _open_cached(self, path: str, task: _Task, buffer: bytearray) -> int:
         try:
-            fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+            fd = _open_regular(path)
+        except _NotRegular:
+            _remove_file(path)  # a link, pipe or device planted in the cache: dropped, never read
+            return -1
         except OSError:
             return -1
         try:
@@ -2665,7 +2668,8 @@ class _Store:
                 build: Callable[[str, bool], None]) -> InstalledModel:
         """Build ``manifest``'s files with ``build(staging, resume)``, swap them in and commit
         them as ``ref`` (model lock held)."""
-        final, old, staging = self.version_dir(ref), self.sibling(ref, "old"), self.sibling(ref, "staging")
+        final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
+        old, staging = self.sibling(ref, "old"), self.sibling(ref, "staging")
         installed = InstalledModel(
             ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size, file_count=len(manifest.files),
             installed_at=datetime.now(timezone.utc).replace(microsecond=0), path=final, alias_of=alias_of,

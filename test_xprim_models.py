@@ -3567,3 +3567,207 @@ class TestScale:
             assert (root / paths[i]).read_bytes() == content[i], paths[i]
         assert [(item.ref, item.file_count) for item in manager.list_installed()] == \
             [(xm.ModelRef("org", "many", "v1"), count)]
+
+
+# --- Transport: hostile servers, framing, proxies, headers --------------------------
+
+
+class RawServer:
+    """An HTTP/1.1 server on raw loopback sockets, for answers no library would send.
+
+    It serves ``root`` with keep-alive and Content-Length; ``scripts[path]``, given the
+    connection, the file's bytes and how many times the path was asked for, replaces
+    the answer and returns whether the connection stays open.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.scripts: dict[str, Callable[[socket.socket, bytes, int], bool]] = {}
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.headers: list[dict[str, str]] = []
+        self.connections = 0
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        pending = b""
+        with conn:
+            while not self.stop.is_set():
+                while b"\r\n\r\n" not in pending:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1].lstrip("/")
+                self.headers.append({k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])})
+                self.requests[path] += 1
+                file = self.root / path
+                body = file.read_bytes() if file.is_file() else b""
+                try:
+                    if path in self.scripts:
+                        if not self.scripts[path](conn, body, self.requests[path]):
+                            return
+                    elif file.is_file():
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    else:
+                        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    return
+
+    def trickle(self, conn: socket.socket, data: bytes) -> bool:
+        """Send ``data`` a byte at a time, 20 bytes a second, until done or stopped."""
+        for byte in data:
+            if self.stop.wait(0.05):
+                return False
+            conn.sendall(bytes([byte]))
+        return True
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_server(registry_dir: Path, model: dict[str, bytes]) -> Iterator[RawServer]:
+    running = RawServer(registry_dir)
+    yield running
+    running.close()
+
+
+def raw_manager(raw_server: RawServer, data_dir: Path, **options: Any) -> xm.Manager:
+    options.setdefault("retry_backoff", 0.01)
+    options.setdefault("timeout", 5.0)
+    return xm.Manager(xm.Config("test-app", raw_server.url, str(data_dir)), **options)
+
+
+def ok_head(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra)
+
+
+class TestDeadlines:
+    """No server can hold a request past about ``timeout`` per attempt (README, Reliability)."""
+
+    def test_a_trickled_head_times_out(self, raw_server: RawServer, data_dir: Path) -> None:
+        head = ok_head(b"{}", b"X-Slow: " + b"x" * 60_000 + b"\r\n")
+        raw_server.scripts["models.json"] = lambda conn, body, n: raw_server.trickle(conn, head)
+        with pytest.raises(xm.NetworkError, match=r"timed out: no complete response within 0\.5s.*after 2 attempts"):
+            raw_manager(raw_server, data_dir, timeout=0.5, retries=1).list_remote()
+        assert raw_server.requests["models.json"] == 2
+
+    def test_a_trickled_index_body_times_out(self, raw_server: RawServer, data_dir: Path) -> None:
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body))
+            return raw_server.trickle(conn, body)
+
+        raw_server.scripts["models.json"] = script
+        with pytest.raises(xm.NetworkError, match=r"less than 64 KiB of the body arrived in 0\.5s"):
+            raw_manager(raw_server, data_dir, timeout=0.5, retries=0).list_remote()
+
+    def test_a_trickled_chunk_times_out_and_is_retried(self, raw_server: RawServer, data_dir: Path,
+                                                      registry_dir: Path, model: dict[str, bytes]) -> None:
+        path = chunk_paths(registry_dir)[1]
+
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body))
+            if n == 1:
+                return raw_server.trickle(conn, body)
+            conn.sendall(body)
+            return True
+
+        raw_server.scripts[path] = script
+        installed = raw_manager(raw_server, data_dir, timeout=0.5).pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert raw_server.requests[path] == 2
+
+    def test_a_slow_but_steady_body_is_not_cut(self, raw_server: RawServer, data_dir: Path,
+                                             registry_dir: Path) -> None:
+        # The rule is progress, not speed: a chunk that takes four timeouts to arrive
+        # passes, since no 64 KiB of it takes longer than one.
+        content = blob(256 << 10, "steady")
+        publish.publish(str(registry_dir), "org", "steady", "v1", {"f": content}, chunk_size=256 << 10)
+        path = chunk_paths(registry_dir, model="steady")[0]
+
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body))
+            for offset in range(0, len(body), 16 << 10):
+                if raw_server.stop.wait(0.1):
+                    return False
+                conn.sendall(body[offset : offset + (16 << 10)])
+            return True
+
+        raw_server.scripts[path] = script
+        installed = raw_manager(raw_server, data_dir, timeout=0.5, retries=0).pull("org/steady v1")
+        assert (Path(installed.path) / "f").read_bytes() == content
+
+    @pytest.mark.parametrize("pace", [0.0, 0.05])
+    def test_endless_interim_responses_fail(self, raw_server: RawServer, data_dir: Path, pace: float) -> None:
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            while not raw_server.stop.wait(pace):
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return False
+
+        raw_server.scripts["models.json"] = script
+        expected = "interim" if not pace else "timed out"
+        with pytest.raises(xm.NetworkError, match=expected):
+            raw_manager(raw_server, data_dir, timeout=0.5, retries=0).list_remote()
+
+    def test_an_unsolicited_extra_response_is_never_read_as_the_next(
+        self, raw_server: RawServer, data_dir: Path, registry_dir: Path
+    ) -> None:
+        # Each chunk comes with a second, unasked-for answer of the same size. The chunks are
+        # bigger than a head's read, so the extra answer waits in the socket, not in our buffer:
+        # read as the next chunk's answer, it would fail its hash (and with retries=0, the pull).
+        content = blob(4 * (128 << 10), "wide")
+        publish.publish(str(registry_dir), "org", "wide", "v1", {"f": content}, chunk_size=128 << 10)
+
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            fake = bytes(len(body))
+            conn.sendall(ok_head(body) + body + ok_head(fake) + fake)
+            return True
+
+        for path in chunk_paths(registry_dir, model="wide"):
+            raw_server.scripts[path] = script
+        installed = raw_manager(raw_server, data_dir, retries=0).pull("org/wide v1", concurrency=1)
+        assert (Path(installed.path) / "f").read_bytes() == content
+        assert raw_server.connections >= 4  # each spoiled connection was dropped
+
+    def test_a_late_stray_response_costs_one_retry(self, raw_server: RawServer, data_dir: Path,
+                                                   registry_dir: Path, model: dict[str, bytes]) -> None:
+        # A stray answer that comes after the next request went out cannot be told
+        # from the real one; it fails the hash, and the retry uses a new connection.
+        paths = chunk_paths(registry_dir)
+
+        def first(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body) + body)
+            if n == 1:
+                select.select([conn], [], [], 10)  # the client's next request is on its way
+                fake = bytes(1024)
+                conn.sendall(ok_head(fake) + fake)
+            return True
+
+        def second(conn: socket.socket, body: bytes, n: int) -> bool:
+            if n == 1:
+                return True  # the stray answer above stands in for this one
+            conn.sendall(ok_head(body) + body)
+            return True
+
+        raw_server.scripts[paths[0]], raw_server.scripts[paths[1]] = first, second
+        installed = raw_manager(raw_server, data_dir, retries=1).pull("org/tiny v1", concurrency=1)
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert raw_server.requests[paths[1]] == 2

@@ -3771,3 +3771,34 @@ class TestDeadlines:
         installed = raw_manager(raw_server, data_dir, retries=1).pull("org/tiny v1", concurrency=1)
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
         assert raw_server.requests[paths[1]] == 2
+
+
+class TestRetryPolicy:
+    """``retries=N``: at most N+1 attempts per request, whatever fails, with backoff (README, Reliability)."""
+
+    # A bad hash, a 5xx, a cut body (the next attempt resumes from byte 10), a body too long.
+    FAULTS = (Fault(corrupt=True), Fault(status=503), Fault(reset_after=10), Fault(extra=b"x" * 10))
+
+    def test_every_kind_of_failure_counts_against_one_budget(self, make_manager: Callable[..., xm.Manager],
+                                                             model: dict[str, bytes], server: RegistryServer,
+                                                             registry_dir: Path) -> None:
+        bad = chunk_paths(registry_dir)[3]
+        server.fail(bad, *self.FAULTS)
+        with pytest.raises(xm.HashMismatchError, match=r"chunk 4/7 .*expected 1024, after 4 attempts"):
+            make_manager(retries=3).pull("org/tiny v1")
+        assert server.requests[bad] == 4
+
+    def test_one_more_retry_gets_through(self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes],
+                                         server: RegistryServer, registry_dir: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+        bad = chunk_paths(registry_dir)[3]
+        server.fail(bad, *self.FAULTS)
+        with caplog.at_level("INFO", logger="xprim_models"):
+            installed = make_manager(retries=4, retry_backoff=0.01).pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert server.requests[bad] == 5
+        waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"retrying {server.url}/{bad}")]
+        # A hash mismatch waits its backoff like any other failure: 0.01, 0.02, 0.04, 0.08 s.
+        assert [re.search(r" in (\S+)s \(attempt (\d) of 5\)", w).groups() for w in waits] == [  # type: ignore[union-attr]
+            ("0.0", "2"), ("0.0", "3"), ("0.0", "4"), ("0.1", "5")]
+        assert "hash mismatch" in waits[0] and "HTTP 503" in waits[1] and "expected 1024" in waits[3]

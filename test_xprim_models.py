@@ -3802,3 +3802,223 @@ class TestRetryPolicy:
         assert [re.search(r" in (\S+)s \(attempt (\d) of 5\)", w).groups() for w in waits] == [  # type: ignore[union-attr]
             ("0.0", "2"), ("0.0", "3"), ("0.0", "4"), ("0.1", "5")]
         assert "hash mismatch" in waits[0] and "HTTP 503" in waits[1] and "expected 1024" in waits[3]
+
+
+def framed(head: bytes, body: bytes = b"{}") -> bytes:
+    return head.replace(b"\n", b"\r\n") + b"\r\n" + body
+
+
+MALFORMED = {
+    "HTTP/2 status line": b"HTTP/2 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "two-digit status": b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "not HTTP": b"ICY 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "lower-case version": b"http/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "folded header": framed(b"HTTP/1.1 200 OK\nX-A: a\n folded\nContent-Length: 2\n"),
+    "folded first header": framed(b"HTTP/1.1 200 OK\n\tX-A: a\nContent-Length: 2\n"),
+    "space before colon": framed(b"HTTP/1.1 200 OK\nContent-Length : 2\n"),
+    "no colon": framed(b"HTTP/1.1 200 OK\nContent-Length 2\n"),
+    "NUL in a name": framed(b"HTTP/1.1 200 OK\nX\x00A: a\nContent-Length: 2\n"),
+    "non-ASCII name": framed(b"HTTP/1.1 200 OK\nX-\xc7: a\nContent-Length: 2\n"),
+    "control character in a value": framed(b"HTTP/1.1 200 OK\nX-A: a\x01b\nContent-Length: 2\n"),
+    "bare CR": b"HTTP/1.1 200 OK\rContent-Length: 2\r\n\r\n{}",
+    "bare CR in a value": framed(b"HTTP/1.1 200 OK\nX-A: a\rb\nContent-Length: 2\n"),
+    "conflicting Content-Length lines": framed(b"HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 3\n"),
+    "conflicting Content-Length list": framed(b"HTTP/1.1 200 OK\nContent-Length: 2, 3\n"),
+    "negative Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: -2\n"),
+    "hex Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: 0x2\n"),
+    "huge Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: 1234567890123456789012\n"),
+    "Content-Length and chunked": framed(b"HTTP/1.1 200 OK\nContent-Length: 2\nTransfer-Encoding: chunked\n",
+                                         b"2\r\n{}\r\n0\r\n\r\n"),
+    "gzip then chunked": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n", b"2\r\n{}\r\n0\r\n\r\n"),
+    "chunk size not hex": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"zz\r\n{}\r\n0\r\n\r\n"),
+    "signed chunk size": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"+2\r\n{}\r\n0\r\n\r\n"),
+    "chunk size overflow": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n",
+                                  b"10000000000000002\r\n{}\r\n0\r\n\r\n"),
+    "empty chunk size": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"\r\n{}\r\n0\r\n\r\n"),
+    "chunk longer than its size": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"1\r\n{}\r\n0\r\n\r\n"),
+    "chunked without the last chunk": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"2\r\n{}\r\n"),
+    "folded trailer": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"2\r\n{}\r\n0\r\n folded\r\n\r\n"),
+    "trailer without colon": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"2\r\n{}\r\n0\r\nX\r\n\r\n"),
+    "head over 256 KiB": framed(b"HTTP/1.1 200 OK\n" + b"X-Pad: " + b"x" * (300 << 10) + b"\nContent-Length: 2\n"),
+    "101 Switching Protocols": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+    "head cut short": b"HTTP/1.1 200 OK\r\nContent-Len",
+    "17 interim responses": b"HTTP/1.1 100 Continue\r\n\r\n" * 17 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+}
+
+LEGAL = {
+    "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 2\n\n{}",
+    "no reason phrase": b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n{}",
+    "empty reason phrase": b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\n{}",
+    "non-ASCII reason and value": framed(b"HTTP/1.1 200 D\xe9j\xe0 vu\nX-A: caf\xe9\nContent-Length: 2\n"),
+    "repeated equal Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: 2\ncontent-length: 2, 2\n"),
+    "chunked with extensions": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n",
+                                      b"1;a=b\r\n{\r\n1 ; c=\"d\"\r\n}\r\n0\r\n\r\n"),
+    "chunked with trailers": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: Chunked\n",
+                                    b"2\r\n{}\r\n0\r\nX-Checksum: 1\r\nX-More: 2\r\n\r\n"),
+    "chunked with bare LF": b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\n{}\n0\n\n",
+    "close-delimited HTTP/1.0": b"HTTP/1.0 200 OK\r\n\r\n{}",
+    "interim responses": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" * 3
+    + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "a 200 KiB head": framed(b"HTTP/1.1 200 OK\n" + b"X-Pad: x\n" * 20_000 + b"Content-Length: 2\n"),
+}
+
+
+class TestFraming:
+    """The one HTTP parser (``_Session``), against malformed framing of every kind and legal oddities."""
+
+    @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
+    def test_malformed_is_a_network_error(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+                                          model: dict[str, bytes], raw: bytes) -> None:
+        server.always["models.json"] = Fault(raw=raw)
+        with pytest.raises(xm.NetworkError, match=r"models\.json.*after 2 attempts"):
+            make_manager(retries=1).list_remote()
+        assert server.requests["models.json"] == 2
+
+    @pytest.mark.parametrize("raw", LEGAL.values(), ids=LEGAL.keys())
+    def test_legal_oddities_are_read(self, manager: xm.Manager, server: RegistryServer, raw: bytes) -> None:
+        server.always["models.json"] = Fault(raw=raw)
+        assert manager.list_remote() == []
+
+    def test_early_hints_after_a_redirect(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
+                                          model: dict[str, bytes]) -> None:
+        mirror = registry_dir / "mirror"
+        shutil.copytree(registry_dir / "data", mirror / "data")
+        shutil.copy(registry_dir / "models.json", mirror / "models.json")
+        for path in ["models.json", *chunk_paths(registry_dir)]:
+            server.always[path] = Fault(status=302, headers={"Location": f"/mirror/{path}"})
+            server.always[f"mirror/{path}"] = Fault(framing="interim")
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        assert server.requests["mirror/models.json"] == 1
+
+
+class TunnelProxy:
+    """An HTTP proxy on raw loopback sockets: CONNECT tunnels, and absolute-form GETs relayed
+    over one upstream connection per client connection. Counts connections and records heads."""
+
+    def __init__(self) -> None:
+        self.heads: list[str] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self, conn: socket.socket) -> None:
+        pending = b""
+        upstream: socket.socket | None = None
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                text = head.decode("latin-1")
+                self.heads.append(text)
+                method, target, _ = text.split("\r\n")[0].split(" ")
+                if method == "CONNECT":
+                    host, _, port = target.rpartition(":")
+                    upstream = socket.create_connection((host, int(port)))
+                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    threading.Thread(target=self._pipe, args=(upstream, conn), daemon=True).start()
+                    if pending:
+                        upstream.sendall(pending)
+                    self._pipe(conn, upstream)
+                    return
+                from urllib.parse import urlsplit
+
+                parts = urlsplit(target)
+                if upstream is None:
+                    upstream = socket.create_connection((parts.hostname, parts.port or 80))
+                lines = text.split("\r\n")
+                lines[0] = f"GET {parts.path} HTTP/1.1"
+                lines = [line for line in lines if not line.lower().startswith("proxy-authorization")]
+                upstream.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += upstream.recv(65536)
+                answer_head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+                length = int(re.search(r"content-length: *(\d+)", answer_head).group(1))  # type: ignore[union-attr]
+                while len(answer) < len(answer_head) + 4 + length:
+                    answer += upstream.recv(65536)
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class TestProxies:
+    def test_http_through_a_proxy_keeps_one_connection_per_worker(
+        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path,
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
+        proxy = TunnelProxy()
+        try:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%40ss@"))
+            monkeypatch.setenv("NO_PROXY", "example.com")
+            make_manager(headers={"X-Team": "ml"}).pull("org/many v1", concurrency=4)
+            assert server.chunk_requests() == 61  # the manifest and 60 chunks
+            assert proxy.connections <= 4 + 2  # a connection per worker, plus index and manifest
+            assert all(head.startswith(f"GET {server.url}/") for head in proxy.heads)  # absolute-form
+            credentials = "\r\nProxy-Authorization: Basic dXNlcjpwQHNz\r\n"  # user:p@ss
+            assert all(credentials in head + "\r\n" for head in proxy.heads)
+            assert all("\r\nX-Team: ml\r\n" in head + "\r\n" for head in proxy.heads)
+            assert "\r\nCache-Control: no-cache" in proxy.heads[0] and "Cache-Control" not in proxy.heads[-1]
+        finally:
+            proxy.close()
+
+    def test_https_through_a_proxy_tunnels_with_connect(self, tmp_path: Path, https_registry: tuple[str, Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        import ssl
+
+        url, cert = https_registry
+        proxy = TunnelProxy()
+        try:
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+            monkeypatch.setenv("NO_PROXY", "")
+            context = ssl.create_default_context(cafile=str(cert))
+            manager = xm.Manager(xm.Config("t", url, tmp_path / "a"), ssl_context=context, headers={"X-Team": "ml"})
+            installed = manager.pull("org/tiny v1", concurrency=2)
+            assert tree(Path(installed.path)) == dict(sorted(MODEL_FILES.items()))
+            target = url.removeprefix("https://")
+            assert proxy.heads and all(head.startswith(f"CONNECT {target} HTTP/1.1") for head in proxy.heads)
+            assert not any("X-Team" in head for head in proxy.heads)  # the caller's headers go inside the tunnel
+            assert proxy.connections <= 2 + 2
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            seen = len(proxy.heads)
+            xm.Manager(xm.Config("t", url, tmp_path / "b"), ssl_context=context).pull("org/tiny v1")
+            assert len(proxy.heads) == seen
+        finally:
+            proxy.close()
+
+    def test_an_unsupported_proxy_is_a_clear_network_error(self, make_manager: Callable[..., xm.Manager],
+                                                           server: RegistryServer, model: dict[str, bytes],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTP_PROXY", "socks5://user:secret@127.0.0.1:1080")
+        with pytest.raises(xm.NetworkError, match=r"socks5://127\.0\.0\.1:1080 is not a plain http") as caught:
+            make_manager().list_remote()
+        assert "secret" not in str(caught.value)

@@ -4022,3 +4022,86 @@ class TestProxies:
         with pytest.raises(xm.NetworkError, match=r"socks5://127\.0\.0\.1:1080 is not a plain http") as caught:
             make_manager().list_remote()
         assert "secret" not in str(caught.value)
+
+
+SECRET = "Bearer s3cr3t-t0ken"
+
+
+class TestHeaders:
+    def test_headers_go_with_every_request_and_are_never_logged(
+        self, raw_server: RawServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def busy_once(conn: socket.socket, body: bytes, n: int) -> bool:  # one retry, logged
+            conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n" if n == 1 else ok_head(body) + body)
+            return True
+
+        raw_server.scripts[chunk_paths(registry_dir)[2]] = busy_once
+        with caplog.at_level("DEBUG", logger="xprim_models"):
+            manager = raw_manager(raw_server, data_dir, headers={"Authorization": SECRET, "Cookie": "id=s3cr3t"})
+            manager.pull("org/tiny v1")
+        assert len(raw_server.headers) == 1 + 1 + 7 + 1  # index, manifest, chunks, the retried chunk
+        assert all(h.get("authorization") == SECRET and h.get("cookie") == "id=s3cr3t" for h in raw_server.headers)
+        assert raw_server.connections <= 4 + 2 + 1  # workers, index, manifest; the 503 closed one
+        assert "s3cr3t" not in caplog.text and "retrying" in caplog.text
+
+    def test_cli_header_option(self, raw_server: RawServer, data_dir: Path, model: dict[str, bytes]) -> None:
+        result = run_cli("--registry", raw_server.url, "--data-dir", str(data_dir), "-v",
+                         "--header", f"Authorization: {SECRET}", "--header", "X-Team:ml", "pull", "org/tiny", "v1")
+        cli_no_traceback(result)
+        assert result.returncode == 0, result.stderr
+        assert all(h.get("authorization") == SECRET and h.get("x-team") == "ml" for h in raw_server.headers)
+        assert "debug: GET" in result.stderr and "s3cr3t" not in result.stderr + result.stdout
+
+    @pytest.mark.parametrize("option", ["Authorization", ": value", "Bad Name: x", "X-A: a\x01b", "Host: evil"])
+    def test_cli_rejects_bad_headers_without_echoing_the_value(self, raw_server: RawServer, data_dir: Path,
+                                                               option: str, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+        code = xm.main(["--registry", raw_server.url, "--data-dir", str(data_dir), "--header", option, "list"])
+        err = capsys.readouterr().err
+        assert code == 2 and "error: " in err and "header" in err
+        assert "a\x01b" not in err and "evil" not in err and not raw_server.headers
+
+    @pytest.mark.parametrize("headers", [{"X-A": "line\r\nInjected: 1"}, {"Range": "bytes=0-"}, {"X A": "b"},
+                                         {"X-A": "caf\u00e9"}])
+    def test_manager_rejects_bad_headers(self, tmp_path: Path, headers: dict[str, str]) -> None:
+        with pytest.raises(ValueError, match="header") as caught:
+            xm.Manager(xm.Config("t", "http://127.0.0.1:1", tmp_path), headers=headers)
+        assert "Injected" not in str(caught.value) and "caf" not in str(caught.value)
+
+    @pytest.mark.parametrize("target", ["another host", "another port", "the same origin"])
+    def test_credentials_stay_with_their_origin_across_redirects(
+        self, raw_server: RawServer, registry_dir: Path, tmp_path: Path, model: dict[str, bytes], target: str
+    ) -> None:
+        mirror = RawServer(registry_dir)
+        try:
+            port = mirror.url.rsplit(":", 1)[1]
+            origin = {"another host": f"http://localhost:{port}", "another port": f"http://127.0.0.1:{port}",
+                      "the same origin": raw_server.url}[target]
+            paths = chunk_paths(registry_dir)
+            chunk = (registry_dir / paths[0]).read_bytes()
+
+            def redirect(conn: socket.socket, body: bytes, n: int) -> bool:
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s/data/x\r\nContent-Length: 3\r\n\r\nabc"
+                             % origin.encode())
+                return True
+
+            def serve(conn: socket.socket, body: bytes, n: int) -> bool:
+                conn.sendall(ok_head(chunk) + chunk)
+                return True
+
+            raw_server.scripts[paths[0]] = redirect
+            mirror.scripts["data/x"] = raw_server.scripts["data/x"] = serve
+            manager = xm.Manager(xm.Config("t", raw_server.url, tmp_path / "d"),
+                                 headers={"Authorization": SECRET, "Cookie": "c=1", "X-Team": "ml"})
+            assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+            seen = (raw_server if target == "the same origin" else mirror).headers
+            (followed,) = [h for h in seen if "authorization" not in h] or [seen[-1]]
+            assert followed["x-team"] == "ml"
+            if target == "the same origin":
+                assert all(h.get("authorization") == SECRET and h.get("cookie") == "c=1" for h in seen)
+            else:  # like curl and requests: credentials are not sent on to another origin
+                assert "authorization" not in followed and "cookie" not in followed
+                assert all(h.get("authorization") == SECRET for h in raw_server.headers)
+        finally:
+            mirror.close()

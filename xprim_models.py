@@ -4242,6 +4242,17 @@ def register_subcommands(
         _add_output_flags(parser, top_level=False)
 
 
+def _header_options(values: Sequence[str]) -> dict[str, str]:
+    """``--header 'Name: value'`` options as a mapping; a ValueError never quotes a value."""
+    headers: dict[str, str] = {}
+    for text in values:
+        name, colon, value = text.partition(":")
+        if not colon or not name.strip():
+            raise ValueError("--header takes 'Name: value', for example 'Authorization: Bearer TOKEN'")
+        headers[name.strip()] = value.strip()
+    return _check_headers(headers)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
     import argparse
@@ -4251,6 +4262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
         parser.add_argument("--data-dir", metavar="DIR", default=None,
                             help="where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
+        parser.add_argument("--header", metavar="'NAME: VALUE'", action="append", default=[],
+                            help="send this header with every registry request, like curl -H "
+                                 "(repeatable; e.g. 'Authorization: Bearer TOKEN')")
 
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -4278,7 +4292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
         _add_output_flags(parser, top_level=True)
         commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-        options = {"data_dir": known.data_dir} if known.data_dir else {}
+        options: dict[str, Any] = {"data_dir": known.data_dir} if known.data_dir else {}
+        try:
+            headers = _header_options(known.header)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if headers:
+            options["headers"] = headers
         register_subcommands(commands, config, **options)
         args = parser.parse_args(arguments)
     except SystemExit as exc:  # --help, --version and usage errors

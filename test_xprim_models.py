@@ -129,6 +129,7 @@ class RegistryServer:
         self.gate = 0  # hold requests for gated paths until this many are in flight at once
         self.gated: set[str] = set()
         self.holds: dict[str, Hold] = {}
+        self.cache_control: dict[str, str] = {}  # path prefix -> the Cache-Control of its answers
         self.gate_open = False
         self.stop = threading.Event()
         server = self
@@ -254,6 +255,9 @@ class RegistryServer:
             request.close_connection = True
             return
         request.send_header("Content-Length", str(len(announced)))
+        for prefix, value in self.cache_control.items():
+            if path.startswith(prefix):
+                request.send_header("Cache-Control", value)
         request.end_headers()
         if fault is not None and fault.stall:
             self.stop.wait(30)
@@ -4105,3 +4109,107 @@ class TestHeaders:
                 assert all(h.get("authorization") == SECRET for h in raw_server.headers)
         finally:
             mirror.close()
+
+
+SQUID_CONF = """\
+http_port 127.0.0.1:{port}
+pid_filename none
+cache_log stdio:/dev/stderr
+access_log none
+cache_store_log none
+cache_mem 64 MB
+maximum_object_size_in_memory 16 MB
+collapsed_forwarding on
+http_access allow all
+pinger_enable off
+shutdown_lifetime 0 seconds
+visible_hostname localhost
+coredump_dir {directory}
+"""
+
+
+@pytest.fixture
+def squid(tmp_path: Path) -> Iterator[str]:
+    """A squid forward caching proxy on loopback, with collapsed forwarding; yields its URL."""
+    binary = shutil.which("squid") or shutil.which("squid", path="/usr/sbin:/usr/local/sbin")
+    if binary is None:
+        pytest.skip("needs squid (the Debian package squid; .ci/run installs it)")
+    directory = tmp_path / "squid"
+    directory.mkdir()
+    for _ in range(3):  # another process may take the free port first
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        (directory / "squid.conf").write_text(SQUID_CONF.format(port=port, directory=directory))
+        process = subprocess.Popen([binary, "-N", "-d", "1", "-f", str(directory / "squid.conf")],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True, errors="replace")
+        assert process.stderr is not None
+        log: list[str] = []
+        for line in process.stderr:  # squid says when it listens, or why it cannot
+            log.append(line)
+            if "Accepting HTTP Socket connections" in line or "FATAL" in line:
+                break
+        if log and "Accepting HTTP Socket connections" in log[-1]:
+            break
+        process.kill()
+        process.wait()
+    else:
+        pytest.skip("squid could not be started: " + "".join(log[-5:]))
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep its pipe drained
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class TestFleet:
+    """Many machines behind one caching proxy (README, Serving a fleet)."""
+
+    def test_clients_pulling_at_once_through_squid_fetch_each_chunk_about_once(
+        self, squid: str, server: RegistryServer, registry_dir: Path, tmp_path: Path
+    ) -> None:
+        content = blob(64 * (64 << 10), "fleet")
+        publish.publish(str(registry_dir), "org", "fleet", "v1", {"w.bin": content}, chunk_size=64 << 10)
+        server.cache_control["data/"] = "public, max-age=31536000, immutable"  # content-addressed: never changes
+        clients = 6
+        processes = [
+            subprocess.Popen([sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir",
+                              str(tmp_path / f"client{n}"), "pull", "org/fleet", "v1"], cwd=HERE,
+                             env={**os.environ, "HTTP_PROXY": squid, "NO_PROXY": ""},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for n in range(clients)
+        ]
+        for process in processes:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+        for n in range(clients):
+            assert (tmp_path / f"client{n}" / "org" / "fleet" / "v1" / "w.bin").read_bytes() == content
+        chunks = chunk_paths(registry_dir, model="fleet")
+        served = [server.requests[path] for path in chunks]
+        egress = sum(server.bytes_sent[path] for path in chunks)
+        print(f"{clients} clients: origin served {sum(served)} chunk requests for {len(chunks)} chunks, "
+              f"{egress / len(content):.2f}x the model")
+        assert max(served) <= 2 and egress <= 1.25 * len(content)  # about once, not once per client
+        assert server.requests["models.json"] == clients  # the index is revalidated every time
+
+    def test_update_sees_an_alias_move_behind_an_index_cached_for_an_hour(
+        self, squid: str, server: RegistryServer, registry_dir: Path, data_dir: Path, model: dict[str, bytes],
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        server.cache_control["models.json"] = "max-age=3600"
+        monkeypatch.setenv("HTTP_PROXY", squid)
+        monkeypatch.setenv("NO_PROXY", "")
+        assert cli_run(server, data_dir, "pull", "org/tiny", "latest").returncode == 0
+        # squid holds the index: a client that does not ask to revalidate gets the old one.
+        plain = urllib.request.build_opener(urllib.request.ProxyHandler({"http": squid}))
+        with plain.open(f"{server.url}/models.json", timeout=10) as response:
+            cached = response.read()
+        publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
+        with plain.open(f"{server.url}/models.json", timeout=10) as response:
+            assert response.read() == cached
+        result = cli_run(server, data_dir, "update")
+        assert result.returncode == 0 and "org/tiny latest: update available" in result.stdout, result.stdout

@@ -1088,8 +1088,8 @@ def _parse_index(doc: Any) -> dict[tuple[str, str, str], RemoteModel]:
 
 
 # --- Registry client --------------------------------------------------------------
-# Fetching from http(s)://, file:// or a directory: a timeout on every request,
-# bounded bodies, retries with exponential backoff on transient failures.
+# Fetching from http(s)://, file:// or a directory: one HTTP/1.1 transport with a
+# wait budget per request, bounded bodies, and one retry policy (``fetch``).
 
 
 class _Transient(Exception):
@@ -1550,6 +1550,7 @@ class _RegistryClient:
         self._opener = opener
         self._ssl_context = ssl_context
         self._proxies: dict[tuple[str, str], str] = {}
+        self._proxy_addresses: dict[str, tuple[tuple[str, int], str]] = {}
         self._routes: dict[str, _Route] = {}
         self._guard = threading.Lock()
         self.headers = dict(headers or {})
@@ -1691,6 +1692,13 @@ class _RegistryClient:
         return re.sub(r"//[^@/]*@", "//", proxy)
 
     def _proxy_address(self, proxy: str, url: str) -> tuple[tuple[str, int], str]:
+        """The proxy's (host, port) and its Proxy-Authorization value ("" without credentials)."""
+        known = self._proxy_addresses.get(proxy)
+        if known is None:
+            known = self._proxy_addresses[proxy] = self._parse_proxy(proxy, url)
+        return known
+
+    def _parse_proxy(self, proxy: str, url: str) -> tuple[tuple[str, int], str]:
         import base64
         from urllib.parse import unquote, urlsplit
 
@@ -2010,7 +2018,7 @@ class _RegistryClient:
             try:
                 count = response.readinto(buffer[: min(len(buffer), remaining)])
             except Exception as exc:
-                import http.client  # loaded already when urllib made the response
+                import http.client  # a caller's opener may raise its errors
 
                 if not isinstance(exc, (OSError, http.client.HTTPException)):
                     raise

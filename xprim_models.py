@@ -1263,6 +1263,7 @@ class _Malformed(_Transient):
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD_VALUE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no control characters but tab
 _STATUS_RE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+_FIELDS_RE = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r?\n)*")
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
 _HOP_HEADERS = frozenset([  # the transport's own: a caller may not set them
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
@@ -1309,6 +1310,8 @@ class _Session:
         self.timeout = 30.0
         self.budget = 0.0  # seconds of waiting left
         self.window = 0  # bytes still to arrive before the budget is renewed
+        self.poller: Any = None  # select.poll() on this connection, made when first needed
+        self.sock_timeout = -1.0  # what the socket's own timeout was last set to
 
     def close(self) -> None:
         if self.sock is not None:
@@ -1317,6 +1320,8 @@ class _Session:
             except OSError:
                 pass
             self.sock = None
+        self.poller = None
+        self.sock_timeout = -1.0
         self.start = self.end = 0
 
     def arm(self, timeout: float, window: int) -> None:
@@ -1334,9 +1339,10 @@ class _Session:
             return False
         try:
             if hasattr(select, "poll"):
-                poller = select.poll()
-                poller.register(sock.fileno(), select.POLLIN)
-                return not poller.poll(0)
+                if self.poller is None:
+                    self.poller = select.poll()
+                    self.poller.register(sock.fileno(), select.POLLIN)
+                return not self.poller.poll(0)
             return not select.select([sock], [], [], 0)[0]
         except (OSError, ValueError):
             return False
@@ -1349,7 +1355,7 @@ class _Session:
         budget = self.budget
         if budget <= 0:
             raise self._out_of_time()
-        sock.settimeout(budget)
+        self._limit(sock, budget)
         began = time.monotonic()
         try:
             count = sock.recv_into(view)
@@ -1371,9 +1377,16 @@ class _Session:
             return _Transient(f"timed out: no complete response within {self.timeout:g}s")
         return _Transient(f"timed out: less than 64 KiB of the body arrived in {self.timeout:g}s")
 
+    def _limit(self, sock: socket.socket, budget: float) -> None:
+        """Make the socket's own timeout at most the budget (and not much more than a 16th of
+        ``timeout`` below it: setting it costs a system call, so a close value is kept)."""
+        if not budget <= self.sock_timeout <= budget + self.timeout / 16:
+            sock.settimeout(budget)
+            self.sock_timeout = budget
+
     def send(self, data: bytes) -> None:
         assert self.sock is not None
-        self.sock.settimeout(max(self.budget, 0.001))
+        self._limit(self.sock, max(self.budget, 0.001))
         self.sock.sendall(data)
 
     def fill(self) -> None:
@@ -1415,23 +1428,23 @@ class _Session:
                 break
             self.fill()
         last = bare if bare >= 0 else found
-        text = self.buffer[self.start : last].decode("latin-1")
+        text = self.buffer[self.start : last + 1].decode("latin-1")  # through the last line's LF
         self.start = last + (2 if bare >= 0 else 3)
-        status_line, *lines = text.split("\n")
+        # One regular expression checks every field line at once (a token, a colon, a value of
+        # visible characters, spaces, tabs and obs-text), ruling out folded lines, space before
+        # the colon, control characters and a CR anywhere but before its LF.
+        status_line, _, lines = text.partition("\n")
         match = _STATUS_RE.fullmatch(status_line[:-1] if status_line.endswith("\r") else status_line)
         if match is None:
             raise _Malformed(f"status line {status_line[:80]!r}")
+        if not _FIELDS_RE.fullmatch(lines):
+            bad = next((line for line in lines.split("\n") if not _FIELDS_RE.fullmatch(line + "\n")), "")
+            what = "folded header line" if bad[:1] in (" ", "\t") else "header line"
+            raise _Malformed(f"{what} {bad.rstrip()[:80]!r}")
         fields: dict[str, str] = {}
-        for raw_line in lines:
-            line = raw_line[:-1] if raw_line.endswith("\r") else raw_line
-            name, colon, value = line.partition(":")
-            if not colon or not _TOKEN_RE.fullmatch(name):
-                what = "folded header line" if line[:1] in (" ", "\t") else "header line"
-                raise _Malformed(f"{what} {line[:80]!r}")
-            value = value.strip(" \t")
-            if not _FIELD_VALUE_RE.fullmatch(value):
-                raise _Malformed(f"a control character in header {name}")
-            name = name.lower()
+        for line in lines.split("\n")[:-1]:
+            name, _, value = line.partition(":")
+            name, value = name.lower(), value.strip(" \t\r")
             fields[name] = f"{fields[name]}, {value}" if name in fields else value
         return int(match.group(1)), int(match.group(2)), (match.group(3) or "").strip(), fields
 
@@ -1664,7 +1677,7 @@ class _RegistryClient:
         began = time.monotonic()
         sock = socket.create_connection(address, max(session.budget, 0.001))
         session.budget -= time.monotonic() - began
-        session.sock, session.key = sock, key
+        session.sock, session.key, session.sock_timeout = sock, key, -1.0
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one small write
         if proxy and scheme == "https":
             target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -1685,6 +1698,7 @@ class _RegistryClient:
             sock.settimeout(max(session.budget, 0.001))
             session.sock = context.wrap_socket(sock, server_hostname=host)
             session.budget -= time.monotonic() - began
+            session.sock_timeout = -1.0
 
     @staticmethod
     def _safe_proxy(proxy: str) -> str:

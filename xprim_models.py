@@ -1455,13 +1455,20 @@ class _SessionResponse(_Response):
     def __init__(self, session: _Session, head: tuple[int, int, str, dict[str, str]], *, bodiless: bool) -> None:
         minor, status, reason, fields = head
         self.session, self.fields, self.reason = session, fields, reason
-        connection = fields.get("connection", "").lower()
-        self.keep_alive = "close" not in connection and (minor == 1 or "keep-alive" in connection)
-        self.chunked, self.chunk_left, self.done = False, 0, False
+        connection = fields.get("connection")
+        if connection is None:
+            self.keep_alive = minor == 1
+        else:
+            connection = connection.lower()
+            self.keep_alive = "close" not in connection and (minor == 1 or "keep-alive" in connection)
+        self.chunked, self.chunk_left = False, 0
         coding = fields.get("transfer-encoding")
         length: int | None = None
+        sized = fields.get("content-length", "")
         if bodiless:
             length = 0
+        elif coding is None and 0 < len(sized) < 19 and sized.isdigit() and sized.isascii():
+            length = int(sized)  # the usual case, checked cheaply
         elif coding is not None:
             if "content-length" in fields:
                 raise _Malformed("both Transfer-Encoding and Content-Length")

@@ -1822,7 +1822,7 @@ class _RegistryClient:
             reused = session.key == key and session.idle()
             try:
                 if not reused:
-                    if session.sock is not None:
+                    if session.sock is not None and session.key == key:
                         self.logger.debug("%s: a new connection (the kept one was closed or had stray bytes)", url)
                     self._connect(session, key, url)
                 session.send(request)

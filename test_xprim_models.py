@@ -181,6 +181,7 @@ class RegistryServer:
         path = request.path.lstrip("/")
         with self.condition:
             self.requests[path] += 1
+            self.condition.notify_all()  # for tests waiting on request counts
             self.user_agents.add(request.headers.get("User-Agent", ""))
             self.connections.add(request.client_address)
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
@@ -4302,6 +4303,17 @@ class TestFleet:
         publish.publish(str(registry_dir), "org", "fleet", "v1", {"w.bin": content}, chunk_size=64 << 10)
         # The origin sends no Cache-Control: the README's refresh_pattern for data/ makes chunks cacheable.
         clients = 6
+        # The origin holds the manifest until every client has fetched the index, so all
+        # of them ask squid for the manifest, then for the chunks, at the same time.
+        manifest = f"data/{json.loads((registry_dir / 'models.json').read_text())['org']['fleet']['v1']['hash']}"
+        hold = server.hold(manifest)
+
+        def release() -> None:
+            with server.condition:
+                server.condition.wait_for(lambda: server.requests["models.json"] >= clients, timeout=60)
+            hold.release.set()
+
+        threading.Thread(target=release, daemon=True).start()
         processes = [
             subprocess.Popen([sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir",
                               str(tmp_path / f"client{n}"), "pull", "org/fleet", "v1"], cwd=HERE,
@@ -4320,6 +4332,7 @@ class TestFleet:
         print(f"{clients} clients: origin served {sum(served)} chunk requests for {len(chunks)} chunks, "
               f"{egress / len(content):.2f}x the model")
         assert max(served) <= 2 and egress <= 1.25 * len(content)  # about once, not once per client
+        assert server.requests[manifest] == 1  # six requests at once, collapsed into one
         assert server.requests["models.json"] == clients  # the index is revalidated every time
 
     def test_update_sees_an_alias_move_behind_an_index_cached_for_an_hour(

@@ -3843,6 +3843,15 @@ class TestDeadlines:
         installed = raw_manager(raw_server, data_dir, timeout=0.5, retries=0).pull("org/steady v1")
         assert (Path(installed.path) / "f").read_bytes() == content
 
+    def test_pauses_of_a_rate_limit_do_not_count(self, make_manager: Callable[..., xm.Manager],
+                                                 server: RegistryServer, registry_dir: Path) -> None:
+        # Only waiting on the server counts against the timeout: a pull slowed to take
+        # three timeouts by --limit-rate is not cut.
+        content = blob(192 << 10, "limited")
+        publish.publish(str(registry_dir), "org", "limited", "v1", {"f": content}, chunk_size=192 << 10)
+        installed = make_manager(timeout=0.5, retries=0).pull("org/limited v1", limit_rate=128 << 10)
+        assert (Path(installed.path) / "f").read_bytes() == content
+
     @pytest.mark.parametrize("pace", [0.0, 0.05])
     def test_endless_interim_responses_fail(self, raw_server: RawServer, data_dir: Path, pace: float) -> None:
         def script(conn: socket.socket, body: bytes, n: int) -> bool:

@@ -1680,7 +1680,7 @@ class _RegistryClient:
     # Routing ---------------------------------------------------------------
 
     def _proxy(self, scheme: str, host: str) -> str:
-        """The proxy URL for ``scheme://host``, or "" to connect directly. Read the urllib way:
+        """The proxy URL for ``scheme://host`` (``host[:port]``), or "" to connect directly. Read the urllib way:
         the ``*_proxy`` variables and ``NO_PROXY``, and on macOS and Windows the system's settings."""
         with self._guard:
             if (scheme, host) not in self._proxies:
@@ -1728,7 +1728,7 @@ class _RegistryClient:
             raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
         authority = f"[{authority}]" if ":" in authority else authority
         authority += f":{port}" if port not in (None, default_port) else ""
-        proxy = self._proxy(scheme, host)
+        proxy = self._proxy(scheme, parts.netloc.rpartition("@")[2])  # host[:port], as urllib matches NO_PROXY
         path = parts.path or "/"
         # Through a proxy, plain http asks for the absolute URL; https tunnels with CONNECT.
         prefix = f"http://{authority}{path}" if proxy and scheme == "http" else path

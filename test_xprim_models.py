@@ -1896,6 +1896,7 @@ class TestCli:
             Files:        4
             Installed:    {cli_local_time(installed_at, True)}
             Path:         {data_dir / "org" / "tiny" / "v1"}
+            Registry:     {server.url}
 
             Files:
               model.safetensors     4.9 KB
@@ -2413,6 +2414,53 @@ class TestCli:
 
 
 # --- CLI: embedded in a parent tool ------------------------------------------------
+
+
+class TestProvenance:
+    """Each install records the registry it came from; update checks each model there."""
+
+    def setup_registries(self, tmp_path: Path) -> tuple[Path, Path, Path]:
+        first, second, data = tmp_path / "first", tmp_path / "second", tmp_path / "data"
+        publish.publish(str(first), "org", "x", "v1", {"x.bin": b"x one"})
+        publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y one"})
+        for registry, model in ((first, "x"), (second, "y")):
+            argv = ["--registry", str(registry), "--data-dir", str(data), "-q", "pull", f"org/{model}", "v1"]
+            assert xm.main(argv) == 0
+        return first, second, data
+
+    def test_each_install_records_its_registry(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        first, second, data = self.setup_registries(tmp_path)
+        capsys.readouterr()
+        assert xm.main(["--data-dir", str(data), "list", "--json"]) == 0
+        listed = {item["model"]: item["registry_url"] for item in json.loads(capsys.readouterr().out)["models"]}
+        assert listed == {"x": str(first), "y": str(second)}
+        record = json.loads((data / "registry.json").read_text())["org"]["y"]["v1"]
+        assert record["registry_url"] == str(second)
+        assert xm.main(["--data-dir", str(data), "info", "org/y", "v1"]) == 0
+        assert f"Registry:     {second}" in capsys.readouterr().out
+
+    def test_update_checks_each_model_against_its_own_registry(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first, second, data = self.setup_registries(tmp_path)
+        publish.publish(str(first), "org", "x", "v1", {"x.bin": b"x two"})
+        publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y two"})
+        monkeypatch.setenv("XPRIM_MODELS_REGISTRY_URL", str(first))  # the default, not named on the command line
+        assert xm.main(["--data-dir", str(data), "-q", "update", "--apply"]) == 0
+        assert (data / "org" / "x" / "v1" / "x.bin").read_bytes() == b"x two"
+        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y two"
+
+    def test_update_with_a_named_registry_skips_the_others(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        first, second, data = self.setup_registries(tmp_path)
+        publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y two"})
+        capsys.readouterr()
+        assert xm.main(["--registry", str(first), "--data-dir", str(data), "update", "--apply"]) == 0
+        out = capsys.readouterr().out
+        assert "org/x v1: up to date" in out
+        assert f"org/y v1: skipped: installed from {second}, not {first}" in out
+        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y one"
 
 
 class TestEmbedding:

@@ -4599,7 +4599,7 @@ def ok_head(body: bytes, extra: bytes = b"") -> bytes:
 
 
 class TestDeadlines:
-    """No server can hold a request past about ``timeout`` per attempt (README, Reliability)."""
+    """No server can hold a request past about ``timeout`` per attempt (README, Retries)."""
 
     def test_a_trickled_head_times_out(self, raw_server: RawServer, data_dir: Path) -> None:
         head = ok_head(b"{}", b"X-Slow: " + b"x" * 60_000 + b"\r\n")
@@ -4721,7 +4721,7 @@ class TestDeadlines:
 
 
 class TestRetryPolicy:
-    """``retries=N``: at most N+1 attempts per request, whatever fails, with backoff (README, Reliability)."""
+    """``retries=N``: at most N+1 attempts per request, whatever fails, with backoff (README, Retries)."""
 
     # A bad hash, a 5xx, a cut body (the next attempt resumes from byte 10), a body too long.
     FAULTS = (Fault(corrupt=True), Fault(status=503), Fault(reset_after=10), Fault(extra=b"x" * 10))

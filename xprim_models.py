@@ -1444,8 +1444,8 @@ class _Session:
     This is the only HTTP parser in the module (urllib serves only a caller's
     ``opener``). It reads a head into a fixed 64 KiB buffer and a body straight
     into the caller's buffer; http.client hands every head to the email package,
-    which costs more than the transfer of a 64 KiB chunk (see the README's
-    Performance section).
+    which costs more than the transfer of a 64 KiB chunk (see
+    docs/performance.md).
 
     Time is bounded by a budget of waiting: connecting, sending the request and
     receiving the final head (1xx interim responses included) must take at most
@@ -3664,7 +3664,7 @@ class Manager:
         timeout: seconds a request may wait: for the connection and the
             response head together, then for each 64 KiB of the body.
         retries: a request is tried at most ``retries + 1`` times, whatever
-            fails (a hash mismatch included); see ``README.md``, Reliability.
+            fails (a hash mismatch included); see ``README.md``, Retries.
         retry_backoff: seconds before the first retry; doubled each time.
         data_dir: a base directory that wins over ``<APP>_MODELS_DIR`` and
             ``Config.data_dir`` (what the CLI's ``--data-dir`` passes).

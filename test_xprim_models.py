@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import hashlib
 import http.server
 import importlib.util
@@ -584,32 +585,149 @@ class TestRegistry:
         assert stable.alias_of == "v1" and stable.metadata == {"channel": "stable"}
 
     @pytest.mark.parametrize(
-        ("versions", "message"),
+        ("bad", "asked", "message"),
         [
-            ({"a": {"alias": "b"}, "b": {"alias": "a"}}, "cycle"),
-            ({"a": {"alias": "a"}}, "cycle"),
-            ({"a": {"alias": "gone"}}, "missing version"),
-            ({"a": {"hash": "ABC"}}, "64 lowercase hex"),
-            ({"a": {"hash": "0" * 63}}, "64 lowercase hex"),
-            ({"a": {}}, "exactly one"),
-            ({"a": {"hash": "0" * 64, "alias": "b"}}, "exactly one"),
-            ({"a": []}, "object"),
-            ({"a": {"hash": "0" * 64, "metadata": [1]}}, "metadata"),
-            ({"../x": {"hash": "0" * 64}}, "valid name"),
+            ({"a": {"alias": "b"}, "b": {"alias": "a"}}, "org/bad b", "cycle: b -> a -> b|cycle: a -> b -> a"),
+            ({"a": {"alias": "a"}}, "org/bad a", "cycle: a -> a"),
+            ({"a": {"alias": "gone"}}, "org/bad a", "alias of missing version 'gone'"),
+            ({"a": {"alias": "b"}, "b": {"alias": "gone"}}, "org/bad a", "through alias 'b'.*missing version 'gone'"),
+            ({"a": {"alias": "b"}, "b": {"hash": "ABC"}}, "org/bad a", "alias of version 'b', which cannot be used"),
+            ({"a": {"hash": "ABC"}}, "org/bad a", "hash 'ABC' is not 64 lowercase hex"),
+            ({"a": {"hash": "0" * 63}}, "org/bad a", "64 lowercase hex"),
+            ({"a": {"hash": 7}}, "org/bad a", "64 lowercase hex"),
+            ({"a": {}}, "org/bad a", "exactly one"),
+            ({"a": {"hash": "0" * 64, "alias": "b"}}, "org/bad a", "exactly one"),
+            ({"a": {"alias": "../x"}}, "org/bad a", "alias '../x' must be 1-128"),
+            ({"a": []}, "org/bad a", "not an object"),
+            ({"a": {"hash": "0" * 64, "metadata": [1]}}, "org/bad a", "metadata is not an object"),
+            ({"a": {"hash": "0" * 64, "metadata": {"size": "1E400"}}}, "org/bad a", "number 1E400, beyond the range"),
+            ({"a": {"hash": "0" * 64, "metadata": {"n": "-1" + "0" * 400}}}, "org/bad a",
+             "number -10000"),
+            ({"a": {"hash": "0" * 64, "metadata": {"n": "\ud800"}}}, "org/bad a", "unpaired surrogate"),
+            ({"a": {"hash": "0" * 64, "metadata": {"n": functools.reduce(lambda inner, _: [inner], range(32), [])}}},
+             "org/bad a", "nests more than 32 levels"),
+            ({"a": {"hash": "0" * 64}, "CON": {"hash": "0" * 64}, "x": {"alias": "CON"}}, "org/bad x",
+             "alias 'CON' is a reserved name on Windows"),
+            ({"NUL.json": {"hash": "0" * 64}, "../x": {"hash": "0" * 64}}, "org/bad v", "version not found"),
+            ([], "org/bad a", "the model is not an object of versions"),
         ],
+        ids=["cycle", "self-alias", "dangling", "dangling-chain", "alias-of-bad", "hash-case", "hash-short",
+             "hash-type", "neither", "both", "alias-name", "entry-type", "metadata-type", "float-1e400",
+             "int-400-digits", "surrogate", "deep-metadata", "alias-of-reserved", "reserved-and-bad-names",
+             "model-type"],
     )
-    def test_invalid_index_is_registry_error(self, manager: xm.Manager, registry_dir: Path,
-                                             versions: dict[str, Any], message: str) -> None:
-        index = {"org": {"ok": {"v": {"hash": "1" * 64}}, "bad": versions}}
-        (registry_dir / "models.json").write_text(json.dumps(index))
-        with pytest.raises(xm.RegistryError, match=message):
-            manager.list_remote()  # the whole index is validated, not just the entry asked for
+    def test_a_bad_entry_only_takes_itself_out(self, manager: xm.Manager, registry_dir: Path,
+                                               caplog: pytest.LogCaptureFixture, bad: Any, asked: str,
+                                               message: str) -> None:
+        index = {"org": {"ok": {"v": {"hash": "1" * 64, "metadata": {"big": 1e308, "tiny": 5e-324}},
+                                "w": {"alias": "v"}}, "bad": bad},
+                 "oops": 5, "CON": {"m": {"v": {"hash": "2" * 64}}}}
+        # json.dumps cannot write 1E400 or a 400-digit number: they go in as strings, then lose their quotes.
+        text = re.sub(r'"(1E400|-10{400})"', r"\1", json.dumps(index))
+        (registry_dir / "models.json").write_text(text)
+        caplog.set_level("WARNING", logger="xprim_models")
+        listed = [str(item.ref) for item in manager.list_remote()]
+        assert listed == (["org/bad a"] if asked == "org/bad x" else []) + ["org/ok v", "org/ok w"]
+        assert manager.get_remote("org/ok w").metadata == {"big": 1e308, "tiny": 5e-324}
+        assert [str(item.ref) for item in manager.list_remote_versions("org", "ok")] == ["org/ok v", "org/ok w"]
+        assert manager.list_remote_group("oops") == [] and manager.list_remote_versions("org", "none") == []
+        if message == "version not found":
+            with pytest.raises(xm.VersionNotFoundError):
+                manager.get_remote(asked)
+        else:
+            with pytest.raises(xm.RegistryError, match=rf"{asked}.*invalid: .*({message}).*publisher must fix"):
+                manager.get_remote(asked)
+            assert any(re.search(message, record.getMessage()) for record in caplog.records)
+        with pytest.raises(xm.RegistryError, match=r"oops/x v.*the group is not an object of models"):
+            manager.get_remote("oops/x v")
+        warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+        assert any("'oops': the group is not an object of models" in line for line in warnings)
+        assert any("group name 'CON' is a reserved name on Windows" in line for line in warnings)
+        assert len(warnings) == len(set(warnings))  # each bad entry is logged once per Manager
+        with pytest.raises(xm.ModelNotFoundError):
+            manager.get_remote("org/none v")
 
-    @pytest.mark.parametrize("doc", ["[]", "null", '{"g": []}', '{"g": {"m": null}}', "{not json", '{"a": NaN}'])
-    def test_index_of_wrong_shape(self, manager: xm.Manager, registry_dir: Path, doc: str) -> None:
-        (registry_dir / "models.json").write_text(doc)
+    def test_bad_entries_in_the_cli(self, server: RegistryServer, data_dir: Path, registry_dir: Path,
+                                    model: dict[str, bytes]) -> None:
+        cli_install(server, data_dir, "v1", "v2")
+        index = json.loads((registry_dir / "models.json").read_text())
+        index["org"]["tiny"]["v1"]["metadata"] = {"size": "1e400"}
+        index["org"]["tiny"]["v3"] = {"alias": "v9"}
+        (registry_dir / "models.json").write_text(json.dumps(index).replace('"1e400"', "1e400"))
+        listed = cli_run(server, data_dir, "--verbose", "list", "--remote")
+        assert listed.returncode == 0
+        assert "warning: models.json: leaving out 'org/tiny v1': its metadata holds the number 1e400" \
+            in listed.stderr
+        assert "warning: models.json: leaving out 'org/tiny latest'" in listed.stderr  # an alias of v1
+        assert [line.split()[2] for line in listed.stdout.splitlines()[1:]] == ["v2"]
+
+        def no_constants(name: str) -> None:
+            raise AssertionError(f"{name} in --json output")
+
+        as_json = cli_run(server, data_dir, "--json", "list", "--remote")
+        listed_json = json.loads(as_json.stdout, parse_constant=no_constants)
+        assert [item["version"] for item in listed_json["models"]] == ["v2"]
+        for args in (["pull", "org/tiny", "v1"], ["pull", "org/tiny", "v3"],
+                     ["info", "--remote", "org/tiny", "latest"]):
+            refused = cli_run(server, data_dir, *args)
+            assert refused.returncode == xm.RegistryError.exit_code, refused.stderr
+            assert "its entry is invalid" in refused.stderr and "publisher must fix" in refused.stderr
+        updates = cli_run(server, data_dir, "--json", "update")
+        first, second = json.loads(updates.stdout, parse_constant=no_constants)["updates"]
+        assert first["version"] == "v1" and first["error"]["type"] == "RegistryError"
+        assert "beyond the range of a 64-bit float" in first["error"]["message"]
+        assert second["version"] == "v2" and second["error"] is None
+
+    @pytest.mark.parametrize("doc", [b"[]", b"null", b"{not json", b'{"a": NaN}', b'{"a": Infinity}',
+                                     b'{"\xff": {}}', b"[" * 5000 + b"]" * 5000])
+    def test_index_of_wrong_shape(self, manager: xm.Manager, registry_dir: Path, doc: bytes) -> None:
+        (registry_dir / "models.json").write_bytes(doc)
         with pytest.raises(xm.RegistryError, match=r"models\.json"):
             manager.list_remote()
+
+    def test_values_are_counted_before_parsing(self, manager: xm.Manager, registry_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(xm, "_MAX_INDEX_VALUES", 100)
+        # Commas, colons and brackets inside strings are not values: this one passes.
+        punctuated = {"org": {"m": {"v": {"hash": "1" * 64, "metadata": {"text": ',:[{"\\' * 500}}}}}
+        (registry_dir / "models.json").write_text(json.dumps(punctuated))
+        assert manager.get_remote("org/m v").metadata == punctuated["org"]["m"]["v"]["metadata"]
+        (registry_dir / "models.json").write_text(json.dumps({"org": {"m": {"v": {"hash": "1" * 64,
+                                                                            "metadata": {"n": [[]] * 60}}}}}))
+        with pytest.raises(xm.RegistryError, match="more than 100 JSON values"):
+            manager.list_remote()
+
+    @pytest.mark.parametrize("shape", ["nested-lists", "strings", "aliases"])
+    def test_parsing_memory_is_bounded(self, server: RegistryServer, data_dir: Path, registry_dir: Path,
+                                       model: dict[str, bytes], shape: str) -> None:
+        if importlib.util.find_spec("resource") is None:
+            pytest.skip("no 'resource' module (Windows): peak RSS cannot be measured")
+        v1 = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
+        cap = 32 << 20
+        if shape == "nested-lists":  # the issue's document: json alone would build 850 MB of lists
+            text, expected = "[" + ",".join(["[]"] * (cap // 3 - 1)) + "]", 1
+        elif shape == "strings":  # just under the value cap, padded to the size cap
+            strings = ",".join(['"ab"'] * (xm._MAX_INDEX_VALUES - 20))
+            head = f'{{"org": {{"tiny": {{"v1": {{"hash": "{v1}", "metadata": {{"s": [{strings}], "pad": "'
+            text, expected = head + "x" * (cap - len(head) - 10) + '"}}}}}', 0
+        else:  # as many version entries as the value cap allows, each an alias (the costliest kind)
+            versions: dict[str, Any] = {"v1": {"hash": v1, "metadata": {"framework": "onnx"}}}
+            versions.update({f"a{number}": {"alias": "v1"} for number in range(xm._MAX_INDEX_VALUES // 4 - 10)})
+            text, expected = json.dumps({"org": {"tiny": versions}}, separators=(",", ":")), 0
+        assert len(text) <= cap
+        (registry_dir / "models.json").write_text(text)
+        child = (
+            "import io, resource, sys, xprim_models\n"
+            "sys.stdout = io.StringIO()\n"
+            f"code = xprim_models.main(['--registry', {server.url!r}, '--data-dir', {str(data_dir)!r}, "
+            "'--json', 'list', '--remote'])\n"
+            "scale = 1 if sys.platform == 'darwin' else 1024\n"  # ru_maxrss: bytes on macOS, KiB elsewhere
+            "sys.__stdout__.write(f'{code} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}')\n"
+        )
+        result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=HERE, timeout=120)
+        code, peak = map(int, result.stdout.split())
+        assert code == expected, result.stderr
+        assert peak <= 256 << 20, f"peak RSS {peak >> 20} MiB"
 
     def test_missing_index_names_the_url(self, manager: xm.Manager, server: RegistryServer) -> None:
         with pytest.raises(xm.RegistryError, match=r"models\.json.*check the registry URL"):

@@ -113,6 +113,11 @@ _FORBIDDEN_PATH_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\]')
 _RESERVED_GROUPS = frozenset(["cache", "registry.json"])
 
 _MAX_INDEX_BYTES = 32 << 20
+# json builds about 100 bytes of objects per value, so models.json is refused if it
+# holds more values than this (counted before parsing): a document within the size
+# cap could otherwise take gigabytes.
+_MAX_INDEX_VALUES = 500_000  # JSON values and object keys in models.json (containers count twice)
+_MAX_METADATA_DEPTH = 32  # containers nested in one entry's metadata: deeper, the entry is left out
 _MAX_MANIFEST_BYTES = 64 << 20
 _MAX_FILES = 1_000_000
 _MAX_CHUNKS = 1_000_000
@@ -257,14 +262,20 @@ class Config:
     data_dir: str | os.PathLike[str] | None = None
 
 
-def _check_name(kind: str, name: str, text: str) -> None:
+def _name_problem(kind: str, name: Any) -> str:
+    """Why ``name`` cannot be a group, model or version name (it becomes a directory), or ""."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise InvalidRefError(
-            f"invalid model reference {text!r}: {kind} {name!r} must be 1-128 letters, digits, "
-            "'.', '_', '+' or '-', starting with a letter or digit"
-        )
+        return (f"{kind} {name!r:.80} must be 1-128 letters, digits, '.', '_', '+' or '-', "
+                "starting with a letter or digit")
     if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
-        raise InvalidRefError(f"invalid model reference {text!r}: {kind} {name!r} is a reserved name")
+        return f"{kind} {name!r} is a reserved name on Windows"
+    return ""
+
+
+def _check_name(kind: str, name: str, text: str) -> None:
+    problem = _name_problem(kind, name)
+    if problem:
+        raise InvalidRefError(f"invalid model reference {text!r}: {problem}")
 
 
 @dataclass(frozen=True, order=True)
@@ -905,14 +916,39 @@ def _pwrite_all(target: int, view: memoryview, offset: int) -> None:
 # every hash, size, name and path is checked before anything is written.
 
 
+class _OutOfRange:
+    """A JSON number no IEEE double can hold (``1e400``): kept aside so its entry can be refused."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text[:40]
+
+
+def _finite_float(text: str) -> float | _OutOfRange:
+    import math
+
+    value = float(text)
+    return value if math.isfinite(value) else _OutOfRange(text)
+
+
 def _parse_json(data: bytes, what: str, error: type[ModelsError]) -> Any:
     import json
 
     def reject_constant(name: str) -> None:
         raise ValueError(f"{name} is not allowed")
 
+    def finite(text: str) -> float:
+        value = _finite_float(text)
+        if isinstance(value, _OutOfRange):
+            raise ValueError(f"the number {value.text[:40]} is beyond the range of a 64-bit float")
+        return value
+
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=reject_constant)
+        return json.loads(data.decode("utf-8"), parse_constant=reject_constant, parse_float=finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise error(f"{what} is not valid JSON: {exc}") from exc
 
@@ -1022,65 +1058,188 @@ def _segments(manifest: _Manifest, start: int, length: int) -> Iterator[tuple[in
         index += 1
 
 
-def _parse_index(doc: Any) -> dict[tuple[str, str, str], RemoteModel]:
-    """Validate a whole models.json and resolve every alias (DESIGN.md §5)."""
+_INDEX_SEPARATORS = (b",", b":", b"[", b"{")  # each value after the first follows one of these
+_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")  # a lone surrogate: valid JSON escapes, not text
+
+
+def _count_index_values(raw: bytes) -> int:
+    """An upper bound of the values and keys in the JSON document ``raw``, counted before parsing it.
+
+    Every value or key but the first follows a ',', ':', '[' or '{' outside a string.
+    Counting those bytes anywhere is quick; only if that says too many are the ones
+    inside strings subtracted, string by string, stopping once there are too many strings.
+    """
+    count = 1 + sum(raw.count(separator) for separator in _INDEX_SEPARATORS)
+    if count <= _MAX_INDEX_VALUES:
+        return count
+    for strings, match in enumerate(_JSON_STRING_RE.finditer(raw), 1):
+        if strings > _MAX_INDEX_VALUES:  # every string is a value or a key
+            return strings
+        start, end = match.span()
+        count -= sum(raw.count(separator, start, end) for separator in _INDEX_SEPARATORS)
+    return count
+
+
+def _bounded_int(text: str) -> int | _OutOfRange:
+    # Past 308 digits no double holds it either, and Python 3.11+ refuses ints over 4300 digits.
+    return int(text) if len(text.lstrip("-")) <= 308 else _OutOfRange(text)
+
+
+def _metadata_problem(metadata: Any) -> str:
+    """What makes ``metadata`` unfit to print as strict JSON (RFC 8259), or ""."""
+    if not isinstance(metadata, dict):
+        return "its metadata is not an object"
+    pending: list[tuple[Any, int]] = [(metadata, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, _OutOfRange):
+            return f"its metadata holds the number {value.text[:40]}, beyond the range of a 64-bit float"
+        if isinstance(value, str) and _SURROGATE_RE.search(value):
+            return f"its metadata holds the string {value[:40]!r} with an unpaired surrogate, which is not text"
+        if isinstance(value, (dict, list)):
+            if depth > _MAX_METADATA_DEPTH:
+                return f"its metadata nests more than {_MAX_METADATA_DEPTH} levels deep"
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
+    return ""
+
+
+class _Index:
+    """A validated models.json: the usable versions, and why each unusable entry is left out.
+
+    One malformed entry only takes itself out (README, "The registry index"): it is never
+    listed, and asking for it by name says what is wrong with it.
+    """
+
+    __slots__ = ("models", "problems")
+
+    def __init__(self, models: dict[tuple[str, str, str], RemoteModel], problems: dict[tuple[str, ...], str]) -> None:
+        self.models = models
+        self.problems = problems  # keyed by (group,), (group, model) or (group, model, version)
+
+    def lookup(self, ref: ModelRef) -> RemoteModel:
+        key = (ref.group, ref.model, ref.version)
+        found = self.models.get(key)
+        if found is not None:
+            return found
+        for length in (1, 2, 3):
+            problem = self.problems.get(key[:length])
+            if problem:
+                raise RegistryError(
+                    f"{ref} is listed in the registry's models.json, but its entry is invalid: {problem}; "
+                    "the registry's publisher must fix it"
+                )
+        versions = sorted(v for (g, m, v) in self.models if (g, m) == (ref.group, ref.model))
+        invalid = sum(1 for problem_key in self.problems if problem_key[:2] == key[:2])
+        if not versions and not invalid:
+            raise ModelNotFoundError(
+                f"model not found in registry: {ref.group}/{ref.model}; run 'list --remote' to see what it has"
+            )
+        raise VersionNotFoundError(
+            f"version not found: {ref} (available: {', '.join(versions) or 'none'}"
+            + (f"; {invalid} invalid entries of this model are left out, see the warnings)" if invalid else ")")
+        )
+
+
+def _parse_index(raw: bytes, location: str) -> _Index:
+    """Parse models.json: the document as a whole, then each entry on its own (DESIGN.md §5)."""
 
     def fail(problem: str) -> RegistryError:
-        return RegistryError(f"models.json is invalid: {problem}; the registry's publisher must fix it")
+        return RegistryError(f"models.json at {location} is invalid: {problem}; the registry's publisher must fix it")
 
-    def name_ok(name: Any) -> bool:
-        return isinstance(name, str) and bool(_NAME_RE.fullmatch(name))
+    if _count_index_values(raw) > _MAX_INDEX_VALUES:
+        raise fail(f"it holds more than {_MAX_INDEX_VALUES} JSON values, the most this client parses")
+    import json
 
+    def reject_constant(name: str) -> None:
+        raise ValueError(f"{name} is not allowed")
+
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=reject_constant, parse_float=_finite_float,
+                         parse_int=_bounded_int)
+    except RecursionError as exc:
+        raise fail("it nests containers too deeply to parse") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RegistryError(f"models.json at {location} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise fail("it is not a JSON object of groups")
+    problems: dict[tuple[str, ...], str] = {}
     entries: dict[tuple[str, str, str], dict[str, Any]] = {}
     for group, models in doc.items():
-        if not name_ok(group) or not isinstance(models, dict):
-            raise fail(f"group {group!r} is not a valid name mapping to an object of models")
+        problem = _name_problem("group name", group) or (
+            "" if isinstance(models, dict) else "the group is not an object of models")
+        if problem:
+            problems[(group,)] = problem
+            continue
         for model, versions in models.items():
-            if not name_ok(model) or not isinstance(versions, dict):
-                raise fail(f"model {group}/{model} is not a valid name mapping to an object of versions")
+            problem = _name_problem("model name", model) or (
+                "" if isinstance(versions, dict) else "the model is not an object of versions")
+            if problem:
+                problems[(group, model)] = problem
+                continue
             for version, entry in versions.items():
-                label = f"{group}/{model} {version}"
-                if not name_ok(version) or not isinstance(entry, dict):
-                    raise fail(f"version {label!r} is not a valid name mapping to an object")
-                if ("hash" in entry) == ("alias" in entry):
-                    raise fail(f"{label} must have exactly one of 'hash' and 'alias'")
-                if "hash" in entry and not (
-                    isinstance(entry["hash"], str) and _HASH_RE.fullmatch(entry["hash"])
-                ):
-                    raise fail(f"{label} has hash {entry['hash']!r}, not 64 lowercase hex characters")
-                if "alias" in entry and not name_ok(entry["alias"]):
-                    raise fail(f"{label} has alias {entry['alias']!r}, not a valid version name")
-                if not isinstance(entry.get("metadata", {}), dict):
-                    raise fail(f"{label} has metadata that is not an object")
-                entries[(group, model, version)] = entry
-    # Each alias chain is walked once: every key on it learns its final version.
+                problem = _name_problem("version name", version) or _entry_problem(entry)
+                if problem:
+                    problems[(group, model, version)] = problem
+                else:
+                    entries[(group, model, version)] = entry
+    # Each alias chain is walked once: every key on it learns its final version, or why it has none.
     final: dict[tuple[str, str, str], str] = {}
     for key in entries:
-        chain: list[str] = []
-        on_chain: set[str] = set()
-        current = key
-        while current not in final and "alias" in entries[current]:
-            chain.append(current[2])
-            on_chain.add(current[2])
+        chain: list[tuple[str, str, str]] = []
+        on_chain: set[tuple[str, str, str]] = set()
+        current, problem, cycle = key, "", False
+        while current not in final and current not in problems and "alias" in entries[current]:
+            chain.append(current)
+            on_chain.add(current)
             following = (key[0], key[1], entries[current]["alias"])
-            if following not in entries:
-                raise fail(f"{key[0]}/{key[1]} {current[2]} is an alias of missing version {following[2]!r}")
-            if following[2] in on_chain:
-                raise fail(f"aliases of {key[0]}/{key[1]} form a cycle: {' -> '.join([*chain, following[2]])}")
+            if following in on_chain:
+                names = [version for _, _, version in chain[chain.index(following):]]
+                problem = f"its aliases form a cycle: {' -> '.join([*names, following[2]])}"
+                cycle = True
+            elif following not in entries:
+                why = problems.get(following)
+                problem = (f"it is an alias of version {following[2]!r}, which cannot be used: {why}" if why
+                           else f"it is an alias of missing version {following[2]!r}")
+            if problem:
+                break
             current = following
+        if not problem and current in problems:
+            problem = f"it is an alias of version {current[2]!r}, which cannot be used: {problems[current]}"
+        if problem:
+            for position, link in enumerate(chain):
+                problems[link] = problem if position == len(chain) - 1 or cycle else (
+                    f"it resolves through alias {chain[-1][2]!r}, and {problem}")
+            continue
         resolved = final.get(current, current[2])
-        for version in chain:
-            final[(key[0], key[1], version)] = resolved
+        for link in chain:
+            final[link] = resolved
         final.setdefault(current, resolved)
-    result = {}
+    models = {}
     for key, entry in entries.items():
+        if key in problems:
+            continue
         target = entries[(key[0], key[1], final[key])]
         metadata = entry["metadata"] if "metadata" in entry else target.get("metadata", {})
         alias_of = final[key] if final[key] != key[2] else ""
-        result[key] = RemoteModel(ModelRef(*key), target["hash"], alias_of, dict(metadata))
-    return result
+        models[key] = RemoteModel(ModelRef(*key), target["hash"], alias_of, dict(metadata))
+    return _Index(models, problems)
+
+
+def _entry_problem(entry: Any) -> str:
+    """What is wrong with one version's entry in models.json, apart from its alias target, or ""."""
+    if not isinstance(entry, dict):
+        return "the entry is not an object"
+    if ("hash" in entry) == ("alias" in entry):
+        return "the entry must have exactly one of 'hash' and 'alias'"
+    if "hash" in entry and not (isinstance(entry["hash"], str) and _HASH_RE.fullmatch(entry["hash"])):
+        return f"its hash {entry['hash']!r:.80} is not 64 lowercase hex characters"
+    if "alias" in entry:
+        problem = _name_problem("alias", entry["alias"])
+        if problem:
+            return f"its {problem}"
+    return _metadata_problem(entry.get("metadata", {}))
 
 
 # --- Registry client --------------------------------------------------------------
@@ -2314,6 +2473,7 @@ class Manager:
         self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
         self._client_instance: _RegistryClient | None = None
         self._client_guard = threading.Lock()
+        self._index_warned: set[tuple[str, ...]] = set()  # bad models.json entries already logged
 
     @property
     def data_dir(self) -> str:
@@ -2435,23 +2595,16 @@ class Manager:
     def _entry(self, doc: Mapping[str, Any], ref: ModelRef) -> Any:
         return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)
 
-    def _index(self) -> dict[tuple[str, str, str], RemoteModel]:
+    def _index(self) -> _Index:
         client = self._client()
         raw = client.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES)
-        return _parse_index(_parse_json(raw, f"models.json at {client.location('models.json')}", RegistryError))
-
-    def _lookup(self, index: Mapping[tuple[str, str, str], RemoteModel], ref: ModelRef) -> RemoteModel:
-        found = index.get((ref.group, ref.model, ref.version))
-        if found is not None:
-            return found
-        versions = sorted(v for (g, m, v) in index if (g, m) == (ref.group, ref.model))
-        if not versions:
-            raise ModelNotFoundError(
-                f"model not found in registry: {ref.group}/{ref.model}; run 'list --remote' to see what it has"
-            )
-        raise VersionNotFoundError(
-            f"version not found: {ref} (available: {', '.join(versions)})"
-        )
+        index = _parse_index(raw, client.location("models.json"))
+        for key, problem in index.problems.items():
+            if key not in self._index_warned:  # once per Manager, not once per command step
+                self._index_warned.add(key)
+                label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
+                self._logger.warning("models.json: leaving out %r: %s", label, problem)
+        return index
 
     def _manifest(self, digest: str) -> _Manifest:
         """The validated manifest, from the local manifest cache or the registry."""
@@ -2624,7 +2777,7 @@ class Manager:
         Raises:
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        remote = sorted(self._index().values(), key=lambda item: item.ref)
+        remote = sorted(self._index().models.values(), key=lambda item: item.ref)
         if not detail:
             return remote
         digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
@@ -2686,7 +2839,7 @@ class Manager:
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
         ref = _versioned(ref, "get_remote")
-        return self._lookup(self._index(), ref)
+        return self._index().lookup(ref)
 
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
         """What the registry lists for ``ref``, with its manifest's sizes and files.
@@ -2759,7 +2912,7 @@ class Manager:
         ref = _versioned(ref, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
         emit = progress if progress is not None else (lambda snapshot: None)
-        remote = self._lookup(self._index(), ref)
+        remote = self._index().lookup(ref)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             self._raise_if_installed(ref, remote.manifest_hash)
         with self._model_lock(ref):
@@ -3349,9 +3502,18 @@ class _Console:
             self.partial = text if text.startswith("\r") else self.partial + text
 
     def document(self, doc: Any) -> None:
+        """Print ``doc`` as strict JSON (RFC 8259: no NaN or Infinity), streamed in pieces of about 64 KiB."""
         import json
 
-        self.out(json.dumps(doc, indent=2, ensure_ascii=False))
+        pieces: list[str] = []
+        size = 0
+        for piece in json.JSONEncoder(indent=2, ensure_ascii=False, allow_nan=False).iterencode(doc):
+            pieces.append(piece)
+            size += len(piece)
+            if size >= 1 << 16:
+                self._write(sys.stdout, "".join(pieces))
+                pieces, size = [], 0
+        self.out("".join(pieces))
 
     # The Manager's logger: debug lines with --verbose, warnings unless --quiet.
     def _log(self, level: str, message: str, *args: Any) -> None:

@@ -1108,7 +1108,7 @@ def _metadata_problem(metadata: Any) -> str:
 class _Index:
     """A validated models.json: the usable versions, and why each unusable entry is left out.
 
-    One malformed entry only takes itself out (README, "The registry index"): it is never
+    One malformed entry only takes itself out (README, "Registry format"): it is never
     listed, and asking for it by name says what is wrong with it.
     """
 
@@ -1143,7 +1143,7 @@ class _Index:
 
 
 def _parse_index(raw: bytes, location: str) -> _Index:
-    """Parse models.json: the document as a whole, then each entry on its own (DESIGN.md §5)."""
+    """Parse models.json: the document as a whole, then each entry on its own (README, "Registry format")."""
 
     def fail(problem: str) -> RegistryError:
         return RegistryError(f"models.json at {location} is invalid: {problem}; the registry's publisher must fix it")

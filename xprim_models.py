@@ -127,10 +127,7 @@ _MAX_PATH_LENGTH = 1024
 _MAX_SEGMENT_LENGTH = 255
 
 _MAX_CONCURRENCY = 16
-_CACHE_MAX_AGE = 24 * 60 * 60  # seconds a cached chunk no pull needs is kept
 _BUFFER_SIZE = 256 << 10
-_IN_MEMORY_UP_TO = _BUFFER_SIZE  # chunks this small are verified in a worker's buffer
-_STRAIGHT_INTO_FILES = True  # bigger chunks needed once stream into their files, not cache/chunks
 _HEAD_LIMIT = 64 << 10  # bytes of status line and headers read by a session
 _PROGRESS_INTERVAL = 0.1  # seconds between byte-progress callbacks
 _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
@@ -139,7 +136,7 @@ _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
 
 _REGISTRY_FILE = "registry.json"
-_CHUNKS_DIR = ("cache", "chunks")
+_CHUNKS_DIR = ("cache", "chunks")  # written by earlier versions only: prune deletes it
 _MANIFESTS_DIR = ("cache", "manifests")
 _LOCKS_DIR = ".locks"
 
@@ -879,6 +876,26 @@ def _read_pieces(fd: int, offset: int, count: int, size: int) -> Iterator[bytes]
         offset, count = offset + len(data), count - len(data)
 
 
+def _same_bytes(path: str, other: str, offset: int, count: int) -> bool:
+    """Whether two files hold the same ``count`` bytes at ``offset`` (False if either cannot be read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+        try:
+            other_fd = os.open(other, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+            try:
+                for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
+                    if _pread(other_fd, len(data), offset) != data:
+                        return False
+                    offset += len(data)
+            finally:
+                os.close(other_fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
 def _copy_range(source: _Source, offset: int, count: int, target: int, target_offset: int) -> None:
     """Copy ``count`` bytes of ``source`` at ``offset`` into ``target`` at ``target_offset``,
     in the kernel where it can (``copy_file_range``), else through a buffer."""
@@ -1290,43 +1307,36 @@ class _MemorySink(_Sink):
         self.kept += len(data)
 
 
-class _BufferSink(_Sink):
-    """Collects a chunk small enough for a worker's buffer, hashing it; can resume after a cut."""
+class _ChunkSink(_Sink):
+    """Streams one chunk into its first position in the files, hashing it on the way.
+
+    Bytes gather in ``buffer`` and are written when it is full or the chunk ends
+    (``flush``), so a small chunk costs one write however the network splits it.
+    Bytes that fail the hash stay until the next attempt overwrites them.
+    """
 
     resumable = True
 
-    def __init__(self, view: memoryview, on_bytes: Callable[[int, int], None]) -> None:
-        self.view, self.on_bytes = view, on_bytes
-        self.hasher = _sha256()
-
-    def reset(self) -> None:
-        self.hasher = _sha256()
-        self.kept = 0
-
-    def write(self, data: memoryview) -> None:
-        self.hasher.update(data)
-        self.view[self.kept : self.kept + len(data)] = data
-        self.kept += len(data)
-        self.on_bytes(self.kept, len(data))
-
-
-class _PlacedSink(_Sink):
-    """Writes a chunk straight into its place in the files, hashing it on the way."""
-
-    resumable = True
-
-    def __init__(self, place: Callable[[int, _Source, int], None], position: int) -> None:
+    def __init__(self, place: Callable[[int, memoryview, int], None], position: int, buffer: bytearray) -> None:
         self.place, self.position = place, position
+        self.buffer = memoryview(buffer)
+        self.pending = 0  # bytes at the start of the buffer, not written yet
         self.hasher = _sha256()
         self.on_bytes: Callable[[int, int], None] = lambda kept, count: None
 
     def reset(self) -> None:
         self.hasher = _sha256()
-        self.kept = 0  # what was written stays until overwritten
+        self.kept = self.pending = 0
 
     def write(self, data: memoryview) -> None:
         self.hasher.update(data)
-        self.place(self.position, data, self.kept)
+        if self.pending + len(data) > len(self.buffer):
+            self.flush()
+        if len(data) >= len(self.buffer):
+            self.place(self.position, data, self.kept)
+        else:
+            self.buffer[self.pending : self.pending + len(data)] = data
+            self.pending += len(data)
         self.kept += len(data)
         self.on_bytes(self.kept, len(data))
 
@@ -1335,34 +1345,10 @@ class _PlacedSink(_Sink):
         self.hasher.update(data)
         self.kept += len(data)
 
-
-
-class _ChunkSink(_Sink):
-    """Streams a chunk to a file while hashing it; can resume after a cut."""
-
-    resumable = True
-
-    def __init__(self, fd: int, path: str, on_bytes: Callable[[int, int], None]) -> None:
-        self.fd, self.path, self.on_bytes = fd, path, on_bytes
-        self.hasher = _sha256()
-
-    def reset(self) -> None:
-        self.hasher = _sha256()
-        self.kept = 0
-        try:
-            os.ftruncate(self.fd, 0)
-            os.lseek(self.fd, 0, os.SEEK_SET)
-        except OSError as exc:
-            raise _storage_error("write", self.path, exc) from exc
-
-    def write(self, data: memoryview) -> None:
-        self.hasher.update(data)
-        try:
-            _write_all(self.fd, data)
-        except OSError as exc:
-            raise _storage_error("write", self.path, exc) from exc
-        self.kept += len(data)
-        self.on_bytes(self.kept, len(data))
+    def flush(self) -> None:
+        if self.pending:
+            self.place(self.position, self.buffer[: self.pending], self.kept - self.pending)
+            self.pending = 0
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -1928,30 +1914,38 @@ class _RateLimiter:
 
 
 class _PullJob:
-    """Obtains chunks with worker threads; each worker hands its verified chunk to a consumer.
+    """Puts verified chunks into files with worker threads, through one path.
 
-    The consumer (writing into staging files, or comparing for a repair) runs in
-    the workers, so copying is as parallel as downloading and hashing; the
-    calling thread waits, reports progress, and re-raises a worker's error.
+    Each distinct chunk streams into its first position while it is hashed:
+    from bytes already there (a resumed pull's, verified again), from a seed (an
+    installed version holding it), or from the network. Once it verifies, its
+    other positions are copied from the first. The calling thread waits, reports
+    progress, and re-raises a worker's error.
+
+    It holds no ``Manager``: it is given the registry client, the ``writer`` (the
+    files, addressed by chunk number), the seeds and a logger.
     """
 
     def __init__(
         self,
-        manager: Manager,
+        client: _RegistryClient,
+        writer: _ChunkFiles,
         label: str,
         chunks: Sequence[tuple[str, int]],
+        *,
         concurrency: int,
         emit: Callable[[PullProgress], None],
-        *,
+        logger: Any,
         seeds: Mapping[str, Sequence[_Seed]] | None = None,
+        present: Collection[str] = (),
         limit_rate: float | None = None,
     ) -> None:
-        self.manager, self.label, self.emit = manager, label, emit
+        self.client, self.writer, self.label, self.emit, self.logger = client, writer, label, emit, logger
         self.chunk_count = len(chunks)
         self.total_size = sum(size for _, size in chunks)
         self.concurrency = concurrency
         self.seeds = seeds or {}
-        self.cached = manager._cached_chunks()  # one listing, rather than a failed open per chunk
+        self.present = present  # chunks the files already hold at every position (holes of zeros)
         self.limiter = _RateLimiter(limit_rate) if limit_rate else None
         # Reads stay small under a low rate limit, so the cap holds over short spans too.
         self.read_size = min(_BUFFER_SIZE, max(4096, int(limit_rate / 16))) if limit_rate else _BUFFER_SIZE
@@ -1959,23 +1953,20 @@ class _PullJob:
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         # One task per distinct chunk, in the order of its first position: a
-        # chunk listed twice is obtained once and written to both places.
+        # chunk listed twice is obtained once and copied to its other places.
         tasks: dict[str, _Task] = {}
         for position, (digest, size) in enumerate(chunks):
             tasks.setdefault(digest, _Task(digest, size)).positions.append(position)
         self.tasks = list(tasks.values())
         self.next_task = 0
         self.tasks_done = 0
-        self.partials: set[str] = set()  # files workers are writing into
         self.reported: dict[int, int] = {}  # task -> bytes already counted as completed
         self.chunks_completed = 0
         self.bytes_completed = 0
         self.bytes_downloaded = 0
         self.current_file = ""
         self.dirty = True
-        self.consume: Callable[[int, _Source], None] = lambda position, source: None
-        self.place: Callable[[int, _Source, int], None] | None = None
-        self.writing = 0  # workers writing into the consumer's files right now
+        self.writing = 0  # workers writing into the files right now
 
     # Progress ----------------------------------------------------------------
 
@@ -2028,19 +2019,10 @@ class _PullJob:
                     index = self.next_task
                     self.next_task += 1
                 task = self.tasks[index]
-                source = self._obtain(index, task, buffer, session)
-                try:
-                    for position in task.positions:
-                        if source is None:  # already in its place
-                            break
-                        self._write_files(self.consume, position, source)
-                finally:
-                    if isinstance(source, int):
-                        os.close(source)
-                if isinstance(source, int):
-                    # Written where it belongs: the cache copy goes, so a pull needs about
-                    # concurrency x chunk size of extra disk, not the model's size again.
-                    _remove_file(os.path.join(self.manager._chunks_dir, task.digest))
+                if task.digest not in self.present:
+                    self._obtain(index, task, buffer, session)
+                    for position in task.positions[1:]:
+                        self._write_files(self.writer.copy, task.positions[0], position)
                 with self.condition:
                     self.tasks_done += 1
                     self.chunks_completed += len(task.positions)
@@ -2058,51 +2040,21 @@ class _PullJob:
         finally:
             session.close()
 
-    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> _Source | None:
-        """The verified chunk, from the cache, a seed (an installed version or the staging
-        directory being resumed) or the network: open in the cache, in ``buffer``, or (None)
-        already in its place in the files."""
-        path = os.path.join(self.manager._chunks_dir, task.digest)
-        if task.digest in self.cached:
-            fd = self._open_cached(path, task, buffer)
-            if fd >= 0:
-                return fd
-        seeds = self.seeds.get(task.digest, ())
-        sink = self._direct_sink(task, buffer)
-        if sink is None:  # through the cache: a big chunk needed in several places, or a repair's
-            for seed in seeds:
-                fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
-                if fd >= 0:
-                    self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
-                    return fd
-            return self._store(path, task, lambda sink: self._download(index, task, sink, session))
-        for seed in seeds:
+    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> None:
+        """Put the verified chunk at its first position: the bytes already there (a resumed
+        pull's) or a seed's, if they still hash right, else the network's."""
+        sink = _ChunkSink(partial(self._write_files, self.writer.place), task.positions[0], buffer)
+        for seed in self.seeds.get(task.digest, ()):
             sink.reset()
-            if self._copy_seed(seed, buffer, sink):
-                self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
-                break
-        else:
-            sink.reset()
-            self._download(index, task, sink, session)
-        return sink.view if isinstance(sink, _BufferSink) else None
-
-    def _direct_sink(self, task: _Task, buffer: bytearray) -> _BufferSink | _PlacedSink | None:
-        """Where a chunk can go without passing through the cache, if anywhere.
-
-        A small one is verified in ``buffer``, then written. A bigger one needed in
-        one place streams straight there: bytes that fail the hash are overwritten
-        by the next attempt, and a resumed pull verifies every chunk again. That
-        saves writing it twice, which costs as much as the download on fast disks.
-        """
-        if task.size <= min(_IN_MEMORY_UP_TO, len(buffer)):
-            return _BufferSink(memoryview(buffer)[: task.size], lambda kept, _count: None)
-        if self.place is not None and _STRAIGHT_INTO_FILES and len(task.positions) == 1:
-            return _PlacedSink(partial(self._write_files, self.place), task.positions[0])
-        return None
+            if self._copy_seed(seed, sink):
+                self.logger.debug("chunk %s: verified from %s", task.digest[:12], seed.directory)
+                return
+        sink.reset()
+        self._download(index, task, sink, session)
 
     def _write_files(self, write: Callable[..., None], *args: Any) -> None:
-        """``write(*args)`` into the consumer's files, unless the job is over: a worker that was
-        still waiting on the network when ``run`` returned must not write after it."""
+        """``write(*args)`` into the files, unless the job is over: a worker that was still
+        waiting on the network when ``run`` returned must not write after it."""
         with self.condition:
             if self.cancel.is_set():
                 raise _Cancelled()
@@ -2115,76 +2067,39 @@ class _PullJob:
                 if not self.writing and self.cancel.is_set():  # run() may be waiting for this
                     self.condition.notify_all()
 
-    def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:
-        """Fill a partial file with ``fill``; if it verifies, move it into the cache and return it open."""
-        partial_path = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
-        with self.condition:
-            if self.cancel.is_set():
-                raise _Cancelled()
-            self.partials.add(partial_path)
-        fd = -1
-        try:
-            try:
-                fd = _create_new(partial_path, os.O_RDWR)
-            except OSError as exc:
-                raise _storage_error("create", partial_path, exc) from exc
-            if not fill(_ChunkSink(fd, partial_path, lambda kept, _count: None)):
-                os.close(fd)
-                _remove_file(partial_path)
-                return -1
-            if os.name == "nt":  # Windows cannot rename a file that is open
-                os.close(fd)
-                fd = -1
-                os.replace(partial_path, path)
-                fd = os.open(path, os.O_RDONLY | _O_BINARY)
-            else:
-                os.replace(partial_path, path)
-            return fd
-        except BaseException as exc:
-            if fd >= 0:
-                os.close(fd)
-            _remove_file(partial_path)
-            if isinstance(exc, OSError):
-                raise _storage_error("store", path, exc) from exc
-            raise
-        finally:
-            with self.condition:
-                self.partials.discard(partial_path)
-
-    def _download(self, index: int, task: _Task, sink: _ChunkSink | _BufferSink | _PlacedSink,
-                  session: _Session) -> bool:
+    def _download(self, index: int, task: _Task, sink: _ChunkSink, session: _Session) -> None:
         what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
         sink.on_bytes = partial(self._on_network, index)  # every byte written here came from the network
-        client = self.manager._client()
+        client = self.client
         for attempt in range(client.retries + 1):
             if attempt:
-                self.manager._logger.warning("%s: hash mismatch, downloading it again", what)
+                self.logger.warning("%s: hash mismatch, downloading it again", what)
                 sink.reset()
             client.fetch(
                 f"data/{task.digest}", what, sink, size=task.size, exact=True,
                 cancel=self.cancel, read_size=self.read_size,
                 session=session,
             )
+            sink.flush()
             if sink.hasher.hexdigest() == task.digest:
-                return True
+                return
         raise HashMismatchError(
             f"{what}: hash mismatch after {client.retries + 1} downloads "
             f"(got {sink.hasher.hexdigest()}); the registry serves corrupt data"
         )
 
-    def _copy_seed(self, seed: _Seed, buffer: bytearray, sink: _ChunkSink | _BufferSink | _PlacedSink) -> bool:
-        """Copy a chunk's bytes out of an installed version; True if they still hash right."""
+    def _copy_seed(self, seed: _Seed, sink: _ChunkSink) -> bool:
+        """Copy a chunk's bytes out of a seed into the sink; True if they still hash right.
+        Bytes of a resumed staging directory that are where they belong are only hashed."""
         manifest = seed.manifest
         start = seed.position * manifest.chunk_size
-        # Bytes of a resumed staging directory that belong where they are: hashed, not written again.
-        in_place = seed.in_place and isinstance(sink, _PlacedSink) and sink.position == seed.position
-        put = sink.found if isinstance(sink, _PlacedSink) and in_place else sink.write
+        put = sink.found if seed.in_place and sink.position == seed.position else sink.write
         try:
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(seed.position)):
                 path = os.path.join(seed.directory, *manifest.files[index].path.split("/"))
                 fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
                 try:
-                    for data in _read_pieces(fd, offset, count, len(buffer)):
+                    for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
                         if self.cancel.is_set():
                             raise _Cancelled()
                         put(memoryview(data))
@@ -2192,41 +2107,16 @@ class _PullJob:
                     os.close(fd)
         except OSError:
             return False  # unreadable, shorter, or a link where a file should be: not a seed after all
-        return sink.hasher.hexdigest() == manifest.chunks[seed.position]
-
-    def _open_cached(self, path: str, task: _Task, buffer: bytearray) -> int:
-        try:
-            fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
-        except OSError:
-            return -1
-        try:
-            valid = _hash_file(fd, buffer, self.cancel) == (task.digest, task.size)
-        except OSError:
-            valid = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if valid:
-            try:
-                os.utime(path)  # fresh again: age-based cleanup must leave it alone
-            except OSError:
-                pass  # a read-only cache still serves this pull
-            self.manager._logger.debug("chunk %s: verified from the cache", task.digest[:12])
-            return fd
-        self.manager._logger.warning("cached chunk %s is damaged; downloading it again", path)
-        os.close(fd)
-        _remove_file(path)
-        return -1
+        if sink.hasher.hexdigest() != manifest.chunks[seed.position]:
+            return False
+        sink.flush()
+        return True
 
     # The calling thread ------------------------------------------------------
 
-    def run(self, consume: Callable[[int, _Source], None], finish: Callable[[], None],
-            place: Callable[[int, _Source, int], None] | None = None) -> None:
-        """Obtain every chunk; workers call ``consume(position, source)`` for each position,
-        or, given ``place``, may write a chunk's bytes as they come with
-        ``place(position, data, offset in the chunk)``; then ``finish()`` runs here.
+    def run(self, finish: Callable[[], None]) -> None:
+        """Put every chunk into the files with the workers, then run ``finish()`` here.
         No write starts after this returns."""
-        self.consume, self.place = consume, place
         self.emit(PullProgress("chunks", self.chunk_count, 0, self.total_size, 0, 0))
         threads = [
             threading.Thread(target=self._worker, name=f"xprim-models-{n}", daemon=True)
@@ -2258,22 +2148,76 @@ class _PullJob:
             with self.condition:
                 self.cancel.set()
                 self.condition.notify_all()
-                # A worker stuck in a stalled read may never get to clean up.
-                for partial_path in self.partials:
-                    _remove_file(partial_path)
                 while self.writing:  # writes already under way end first (in steps: Ctrl-C on Windows)
                     self.condition.wait(0.1)
         self._emit_now()
 
 
-class _Staging:
+class _ChunkFiles:
+    """Files laid out as a manifest's byte stream, written by chunk from any thread.
+
+    ``paths`` maps the index of each file written to its path: all of a pull's
+    staging files, or the scratch copies a repair writes. ``positions`` maps the
+    job's chunk numbers to positions in the manifest (a repair fetches only some).
+    """
+
+    def __init__(self, manifest: _Manifest, paths: Mapping[int, str] | Sequence[str],
+                 positions: Sequence[int] | None = None) -> None:
+        self.manifest, self.paths = manifest, paths
+        self.positions = positions
+
+    def _start(self, number: int) -> tuple[int, int]:
+        """Where chunk ``number`` begins in the byte stream, and its length."""
+        position = self.positions[number] if self.positions is not None else number
+        return position * self.manifest.chunk_size, self.manifest.chunk_length(position)
+
+    def place(self, number: int, data: memoryview, start: int) -> None:
+        """Write ``data``, the bytes of chunk ``number`` from its offset ``start`` on."""
+        manifest = self.manifest
+        first = self._start(number)[0] + start  # where data begins in the stream
+        for index, offset, length in _segments(manifest, first, len(data)):
+            path = self.paths[index]
+            begin = manifest.starts[index] + offset - first
+            try:
+                # Opened for each write: a chunk may span thousands of small files, and no
+                # descriptor outlives the write (a worker left waiting after a failed pull
+                # holds none, so Windows can still delete or rename the staging directory).
+                target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
+                try:
+                    _pwrite_all(target, data[begin : begin + length], offset)
+                finally:
+                    os.close(target)
+            except OSError as exc:
+                raise _storage_error("write", path, exc) from exc
+
+    def copy(self, source: int, number: int) -> None:
+        """Copy chunk ``source``, verified in its place, to the place of chunk ``number`` (the same chunk)."""
+        start, length = self._start(source)
+        for index, offset, count in _segments(self.manifest, start, length):
+            path = self.paths[index]
+            done = self.manifest.starts[index] + offset - start  # offset in the chunk
+            try:
+                fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+            except OSError as exc:
+                raise _storage_error("read", path, exc) from exc
+            try:
+                for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
+                    self.place(number, memoryview(data), done)
+                    done += len(data)
+            except OSError as exc:
+                raise _storage_error("read", path, exc) from exc
+            finally:
+                os.close(fd)
+
+
+class _Staging(_ChunkFiles):
     """The files of a manifest under a staging directory, written in place from chunks in any order."""
 
-    def __init__(self, job: _PullJob, manifest: _Manifest, root: str) -> None:
-        self.job, self.manifest, self.root = job, manifest, root
+    def __init__(self, manifest: _Manifest, root: str, label: str) -> None:
+        super().__init__(manifest, [os.path.join(root, *info.path.split("/")) for info in manifest.files])
+        self.root, self.label = root, label
         self.directories: set[str] = set()
-        self.zero_chunks: set[str] = set()  # chunks write() may skip: the files read as zeros there
-        self.paths = [os.path.join(root, *info.path.split("/")) for info in manifest.files]
+        self.zero_chunks: set[str] = set()  # chunks the files already hold: they read as zeros there
 
     def path(self, index: int) -> str:
         return self.paths[index]
@@ -2323,34 +2267,9 @@ class _Staging:
         zeros = {size: _zeros_digest(size) for size in set(repeated.values())}  # hashed once per size
         return {digest for digest, size in repeated.items() if digest == zeros[size]}
 
-    def write(self, position: int, source: _Source) -> None:
-        """Copy chunk ``position`` (open as ``source``, or in it) into the files it belongs to; any thread."""
-        if self.manifest.chunks[position] in self.zero_chunks:
-            return  # a hole of a freshly created file already reads as these zeros
-        self.place(position, source, 0)
-
-    def place(self, position: int, source: _Source, start: int) -> None:
-        """Write bytes of chunk ``position`` from offset ``start`` on: all the rest of the chunk
-        from an open file, or the bytes of a buffer; any thread."""
-        manifest = self.manifest
-        first = position * manifest.chunk_size + start  # where source's bytes begin in the stream
-        count = manifest.chunk_length(position) - start if isinstance(source, int) else len(source)
-        for index, offset, length in _segments(manifest, first, count):
-            path = self.path(index)
-            try:
-                # Opened for each write: a chunk may span thousands of small files, and no
-                # descriptor outlives the write (a worker left waiting after a failed pull
-                # holds none, so Windows can still delete or rename the staging directory).
-                target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
-                try:
-                    _copy_range(source, manifest.starts[index] + offset - first, length, target, offset)
-                finally:
-                    os.close(target)
-            except OSError as exc:
-                raise _storage_error("write", path, exc) from exc
-
-    def finish(self) -> None:
-        """Flush every file and directory to stable storage (the "extracting" phase)."""
+    def finish(self, on_file: Callable[[str], None]) -> None:
+        """Flush every file and directory to stable storage (the "extracting" phase),
+        calling ``on_file`` with each file's path as it goes."""
         files = self.manifest.files
         written = 0
         for index in range(len(files)):
@@ -2360,16 +2279,16 @@ class _Staging:
                 raise _storage_error("check", self.path(index), exc) from exc
         if written != self.manifest.total_size:  # every byte of the stream landed, and no more
             raise StorageError(
-                f"{self.job.label}: the staged files hold {written} bytes, not the manifest's "
+                f"{self.label}: the staged files hold {written} bytes, not the manifest's "
                 f"{self.manifest.total_size}; did something else write into {self.root}?"
             )
         if len(files) > _FSYNC_EACH_UP_TO and hasattr(os, "sync"):
             # One flush of everything beats a hundred thousand fsyncs of tiny files.
-            self.job.set_current_file(files[-1].path)
+            on_file(files[-1].path)
             os.sync()
             return
         for index, info in enumerate(files):
-            self.job.set_current_file(info.path)
+            on_file(info.path)
             path = self.path(index)
             try:
                 fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)  # Windows flushes writable handles only
@@ -2682,27 +2601,15 @@ class Manager:
                 raise _storage_error("restore", final, exc) from exc
         return freed
 
-    def _clean_cache(self, keep: set[str]) -> None:
-        """Remove what dead processes left half-written, and cached chunks older than a day
-        that this pull does not need."""
-        for directory in (self._data_dir, self._private(self._chunks_dir), self._private(self._manifests_dir)):
+    def _clean_cache(self) -> None:
+        """Remove what dead processes left half-written."""
+        for directory in (self._data_dir, self._private(self._manifests_dir)):
             _remove_abandoned(directory)
-        try:
-            self._expire_chunks(time.time() - _CACHE_MAX_AGE, keep=keep)
-        except StorageError as exc:
-            self._logger.debug("cache not cleaned: %s", exc)  # the pull itself does not need it
-
-    def _cached_chunks(self) -> set[str]:
-        """The names in cache/chunks (none when it cannot be read: the cache only saves downloads)."""
-        try:
-            return set(os.listdir(self._chunks_dir))
-        except OSError:
-            return set()
 
     def _expire_chunks(self, horizon: float | None, *, keep: Collection[str] = (), parts: bool = False) -> int:
-        """Delete cached files last touched before ``horizon`` (all of them with None), but
-        not those in ``keep``; with ``parts``, partial downloads whatever their age.
-        Return the bytes freed."""
+        """Delete files in cache/chunks, which earlier versions filled and nothing reads now,
+        last touched before ``horizon`` (all of them with None), but not those in ``keep``;
+        with ``parts``, partial downloads whatever their age. Return the bytes freed."""
         try:
             names = os.listdir(self._chunks_dir)
         except FileNotFoundError:
@@ -2929,9 +2836,9 @@ class Manager:
             emit(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)
             with self._cache_lock(shared=True):
-                self._clean_cache(set(manifest.chunks))
+                self._clean_cache()
                 seeds = self._seeds(manifest, installed_models)
-                self._check_space(ref, manifest, concurrency)
+                self._check_space(ref, manifest)
                 started = time.monotonic()
                 installed = self._install(ref, remote, manifest, concurrency, emit, seeds, limit_rate)
             self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
@@ -3078,9 +2985,9 @@ class Manager:
     ) -> set[str]:
         """Fetch the damaged chunks, find the files that differ from them, rewrite only those.
 
-        Each damaged chunk is written, while the job holds it open, into a scratch
-        copy of every file it touches; a file found to differ then gets its intact
-        ranges from its old self and replaces it. The others' scratch copies go.
+        Each damaged chunk is written into a scratch copy of every file it touches;
+        a file found to differ from the chunks then gets its intact ranges from its
+        old self and replaces it. The others' scratch copies go.
         """
         root = installed.path
         metadata = _no_links(root, os.path.join(root, self._metadata_dir))
@@ -3093,31 +3000,6 @@ class Manager:
         } | {index for index, info in enumerate(manifest.files) if info.path in missing}
         scratch = {index: os.path.join(metadata, f"repair-{index}.tmp") for index in sorted(touched)}
         repaired = set(missing)
-        guard = threading.Lock()  # consume runs in the job's worker threads
-
-        def consume(number: int, source: _Source) -> None:
-            start = positions[number] * chunk_size
-            for index, offset, count in _segments(manifest, start, manifest.chunk_length(positions[number])):
-                info = manifest.files[index]
-                from_chunk = manifest.starts[index] + offset - start
-                with open(scratch[index], "r+b") as target:
-                    _copy_range(source, from_chunk, count, target.fileno(), offset)
-                with guard:
-                    if info.path in repaired:
-                        continue
-                try:
-                    path = os.path.join(root, *info.path.split("/"))
-                    fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
-                    try:
-                        same = _pread(fd, count, offset) == _pread(source, count, from_chunk)
-                    finally:
-                        os.close(fd)
-                except OSError:
-                    same = False
-                if not same:
-                    with guard:
-                        repaired.add(info.path)
-
         try:
             try:
                 os.makedirs(metadata, exist_ok=True)
@@ -3135,16 +3017,22 @@ class Manager:
                 for digest, found in self._seeds(manifest).items()
             }
             emit = progress if progress is not None else (lambda snapshot: None)
-            _PullJob(self, f"repair {installed.ref}", chunks, concurrency, emit, seeds=seeds,
-                     limit_rate=limit_rate).run(consume, lambda: None)
+            _PullJob(self._client(), _ChunkFiles(manifest, scratch, positions), f"repair {installed.ref}", chunks,
+                     concurrency=concurrency, emit=emit, logger=self._logger, seeds=seeds,
+                     limit_rate=limit_rate).run(lambda: None)
+            for position in positions:
+                start = position * chunk_size
+                for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
+                    path = manifest.files[index].path
+                    if path not in repaired and not _same_bytes(
+                            scratch[index], os.path.join(root, *path.split("/")), offset, count):
+                        repaired.add(path)
             for index, path in scratch.items():
                 if manifest.files[index].path in repaired:
                     self._replace_from_scratch(root, manifest, index, bad_positions, path)
         finally:
             for path in scratch.values():
                 _remove_file(path)
-            for digest in {manifest.chunks[p] for p in positions}:
-                _remove_file(os.path.join(self._chunks_dir, digest))
         return repaired
 
     def _replace_from_scratch(self, root: str, manifest: _Manifest, index: int, bad_positions: set[int],
@@ -3199,6 +3087,10 @@ class Manager:
         with self._cache_lock(shared=False):  # no pull runs: partial downloads are all dead
             self._private(self._chunks_dir)
             freed += self._expire_chunks(horizon, parts=True)
+            try:
+                os.rmdir(self._chunks_dir)  # gone once empty: pulls no longer write there
+            except OSError:
+                pass  # absent, or chunks younger than max_age remain
         self._logger.info("pruned %d bytes from %s", freed, self._data_dir)
         return freed
 
@@ -3255,33 +3147,24 @@ class Manager:
                     seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
         return seeds
 
-    def _check_space(self, ref: ModelRef, manifest: _Manifest, concurrency: int) -> None:
-        """Fail before the first request when the disk cannot hold the model and its chunks in flight."""
+    def _check_space(self, ref: ModelRef, manifest: _Manifest) -> None:
+        """Fail before the first request when the disk cannot hold the model (chunks stream
+        straight into the staging files: nothing else is written)."""
         import shutil
 
-        # Only big chunks needed in several places pass through the cache, a few at a
-        # time: each leaves once written into its files.
-        through_cache = manifest.repeated() if _STRAIGHT_INTO_FILES else {
-            digest: manifest.chunk_length(position) for position, digest in enumerate(manifest.chunks)
-        }
-        cached = self._cached_chunks()
-        passing = [size for digest, size in through_cache.items() if size > _IN_MEMORY_UP_TO and digest not in cached]
-        in_flight = sum(sorted(passing, reverse=True)[:concurrency])
         staging = self._sibling(ref, "staging")
-        files = manifest.total_size
+        needed = manifest.total_size
         if self._resumable(staging, manifest):  # what the interrupted pull wrote needs no more room
-            files = max(0, files - _tree_size(staging, allocated=True))
-        needed = files + in_flight
+            needed = max(0, needed - _tree_size(staging, allocated=True))
         try:
             os.makedirs(self._data_dir, exist_ok=True)
             free = shutil.disk_usage(self._data_dir).free
         except OSError as exc:
             raise _storage_error("use", self._data_dir, exc) from exc
         if needed > free:
-            parts = f" ({_format_size(files)} for the files, {_format_size(in_flight)} for chunks in flight)"
             raise StorageError(
                 f"pull {ref}: needs {_format_size(needed)} of disk space in {self._data_dir}"
-                f"{parts if in_flight else ''} but only {_format_size(free)} is free; "
+                f" but only {_format_size(free)} is free; "
                 "free some space or choose another data directory"
             )
 
@@ -3317,7 +3200,6 @@ class Manager:
                 os.makedirs(os.path.join(staging, self._metadata_dir))
                 # Written first: it names what this staging directory holds, should a pull resume it.
                 _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
-            os.makedirs(self._private(self._chunks_dir), exist_ok=True)
         except OSError as exc:
             raise _storage_error("create", staging, exc) from exc
         if resume:  # what an interrupted pull already wrote there is a seed like any other (verified on use)
@@ -3342,10 +3224,11 @@ class Manager:
         swapped = committed = False
         try:
             chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
-            job = _PullJob(self, f"pull {ref}", chunks, concurrency, emit, seeds=seeds, limit_rate=limit_rate)
-            files = _Staging(job, manifest, staging)
+            files = _Staging(manifest, staging, f"pull {ref}")
             files.create(resume=resume)
-            job.run(files.write, files.finish, files.place)
+            job = _PullJob(self._client(), files, f"pull {ref}", chunks, concurrency=concurrency, emit=emit,
+                           logger=self._logger, seeds=seeds, present=files.zero_chunks, limit_rate=limit_rate)
+            job.run(partial(files.finish, job.set_current_file))
             _fsync_directory(staging)
             # The swap: the old version stays whole until the new one is complete.
             try:
@@ -3377,8 +3260,6 @@ class Manager:
                     self._logger.warning("could not clean up after a failed pull: %s", exc)
             raise
         self._discard(old)
-        for digest in self._cached_chunks().intersection(manifest.chunks):
-            _remove_file(os.path.join(self._chunks_dir, digest))
         return installed
 
     def _resumable(self, staging: str, manifest: _Manifest) -> bool:

@@ -839,13 +839,8 @@ def _zeros_digest(size: int) -> str:
     return hasher.hexdigest()
 
 
-_Source = Union[int, memoryview]  # where a verified chunk is: an open file, or a worker's buffer
-
-
-def _pread(fd: _Source, count: int, offset: int) -> bytes:
-    """``count`` bytes at ``offset`` of an open file (fewer at its end), or of a buffer."""
-    if isinstance(fd, memoryview):
-        return bytes(fd[offset : offset + count])
+def _pread(fd: int, count: int, offset: int) -> bytes:
+    """``count`` bytes at ``offset`` of an open file (fewer at its end)."""
     if hasattr(os, "pread"):
         return os.pread(fd, count, offset)
     os.lseek(fd, offset, os.SEEK_SET)  # Windows
@@ -896,12 +891,9 @@ def _same_bytes(path: str, other: str, offset: int, count: int) -> bool:
     return True
 
 
-def _copy_range(source: _Source, offset: int, count: int, target: int, target_offset: int) -> None:
+def _copy_range(source: int, offset: int, count: int, target: int, target_offset: int) -> None:
     """Copy ``count`` bytes of ``source`` at ``offset`` into ``target`` at ``target_offset``,
     in the kernel where it can (``copy_file_range``), else through a buffer."""
-    if isinstance(source, memoryview):
-        _pwrite_all(target, source[offset : offset + count], target_offset)
-        return
     copy_file_range = getattr(os, "copy_file_range", None)
     while count > 0 and copy_file_range is not None:
         try:
@@ -1870,9 +1862,10 @@ class _RegistryClient:
 
 
 # --- Pull engine ------------------------------------------------------------------
-# Workers take each distinct chunk from the cache, a seed or the network (streamed
-# and hashed, never whole in memory) and write it into the staging files at its
-# offsets. The calling thread waits, reports progress, and re-raises any error.
+# Workers stream each distinct chunk (from a resumed pull's bytes, a seed or the
+# network, hashed on the way, never whole in memory) into its first place in the
+# files, then copy it to its other places. The calling thread waits, reports
+# progress, and re-raises any error.
 
 
 class _Task:
@@ -3068,11 +3061,11 @@ class Manager:
             raise _storage_error("repair", path, exc) from exc
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
-        """Delete cached chunks older than ``max_age`` seconds (all of them with None),
-        partial downloads, and what crashed pulls left; return the bytes freed.
+        """Delete what crashed pulls left, partial files, and the chunks earlier versions left
+        in cache/chunks older than ``max_age`` seconds (all of them with None); return the
+        bytes freed.
 
-        Chunks a running pull holds are never deleted: this waits for running
-        pulls to finish first.
+        This waits for running pulls to finish first.
 
         Raises:
             StorageError: something could not be deleted.
@@ -3963,8 +3956,8 @@ def register_subcommands(
     verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
     download_options(verify)
 
-    prune = command("prune", _command_prune, "delete cached chunks older than a day, and crash leftovers")
-    prune.add_argument("--all", action="store_true", help="delete every cached chunk, whatever its age")
+    prune = command("prune", _command_prune, "delete crash leftovers, and chunks earlier versions cached")
+    prune.add_argument("--all", action="store_true", help="delete every chunk left in cache/chunks, whatever its age")
 
     for parser in (listing, pull, remove, info, path, update, verify, prune):
         _add_output_flags(parser, top_level=False)

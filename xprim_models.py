@@ -49,6 +49,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -119,6 +120,7 @@ _MAX_INDEX_BYTES = 32 << 20
 _MAX_INDEX_VALUES = 500_000  # JSON values and object keys in models.json (containers count twice)
 _MAX_METADATA_DEPTH = 32  # containers nested in one entry's metadata: deeper, the entry is left out
 _MAX_MANIFEST_BYTES = 64 << 20
+_MAX_REGISTRY_BYTES = 256 << 20
 _MAX_FILES = 1_000_000
 _MAX_CHUNKS = 1_000_000
 _MAX_CHUNK_SIZE = 1 << 34  # 16 GiB: chunks are streamed, never held in memory
@@ -527,6 +529,41 @@ def _check_file_paths(files: Sequence[FileInfo], metadata_dir: str) -> str:
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+class _NotRegular(OSError):
+    """A path that must be a plain file is a link, pipe, device or directory, or a file
+    with other hard links (writing would change it elsewhere too)."""
+
+
+def _open_regular(path: str, flags: int = os.O_RDONLY) -> int:
+    """Open ``path`` only if it is a plain file, without following a link or waiting on a
+    pipe; for writing, only if no other hard link shares it."""
+    try:
+        fd = os.open(path, flags | _O_BINARY | _O_NOFOLLOW | _O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            raise _NotRegular(exc.errno, "a symbolic link", path) from exc
+        raise
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise _NotRegular(errno.EINVAL, "not a plain file", path)
+        if flags & (os.O_WRONLY | os.O_RDWR) and status.st_nlink > 1:
+            raise _NotRegular(errno.EMLINK, "a file with other hard links", path)
+    except BaseException:
+        _close_quietly(fd)
+        raise
+    return fd
+
+
+def _close_quietly(fd: int) -> None:
+    """Close a descriptor whose data no longer matters (read-only, or being discarded)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # the descriptor is released whatever close() reports
 
 
 def _create_new(path: str, flags: int = os.O_WRONLY) -> int:
@@ -657,7 +694,7 @@ class _FileLock:
 
     def _release(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            _close_quietly(self._fd)  # the lock goes with the descriptor, whatever close() says
             self._fd = -1
         self._thread_lock.release()
 
@@ -674,7 +711,7 @@ def _fsync_directory(path: str) -> None:
     except OSError:
         pass  # some file systems refuse fsync on directories; the rename stands
     finally:
-        os.close(fd)
+        _close_quietly(fd)
 
 
 def _atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
@@ -702,8 +739,8 @@ def _atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
 
 
 def _read_small(path: str, limit: int) -> bytes:
-    """A small file's bytes: at most ``limit`` + 1 of them, so a caller can tell one too big."""
-    with open(path, "rb") as handle:
+    """A small plain file's bytes: at most ``limit`` + 1 of them, so a caller can tell one too big."""
+    with open(_open_regular(path), "rb") as handle:
         # read(limit + 1) alone would allocate the whole limit (64 MiB) for every call.
         return handle.read(min(os.fstat(handle.fileno()).st_size, limit) + 1)
 
@@ -745,13 +782,25 @@ def _no_links(root: str, path: str, why: str = "") -> str:
     return path
 
 
+def _allocated(status: os.stat_result) -> int:
+    """The disk space a file takes (less than its size when sparse; its size where unknown)."""
+    blocks = getattr(status, "st_blocks", None)
+    return blocks * 512 if blocks is not None else status.st_size
+
+
+def _list_directory(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def _tree_size(path: str, *, allocated: bool = False) -> int:
     """Bytes of the files under ``path`` (links not followed); with ``allocated``, the disk
     space they take (sparse files take less)."""
 
     def size(status: os.stat_result) -> int:
-        blocks = getattr(status, "st_blocks", None)
-        return blocks * 512 if allocated and blocks is not None else status.st_size
+        return _allocated(status) if allocated else status.st_size
 
     try:
         if not os.path.isdir(path) or os.path.islink(path):
@@ -798,7 +847,9 @@ def _writer_gone(path: str, pid: int) -> bool:
     import fcntl
 
     try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW)
+        fd = _open_regular(path)
+    except _NotRegular:
+        return True  # a link or pipe under a temporary name is no one's file: never opened or waited on
     except OSError:
         return False
     try:
@@ -814,7 +865,7 @@ def _writer_gone(path: str, pid: int) -> bool:
             pass  # alive, under another user
         return age > 3600  # that process id may be reused, or belong to another PID namespace
     finally:
-        os.close(fd)
+        _close_quietly(fd)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -874,9 +925,9 @@ def _read_pieces(fd: int, offset: int, count: int, size: int) -> Iterator[bytes]
 def _same_bytes(path: str, other: str, offset: int, count: int) -> bool:
     """Whether two files hold the same ``count`` bytes at ``offset`` (False if either cannot be read)."""
     try:
-        fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+        fd = _open_regular(path)
         try:
-            other_fd = os.open(other, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+            other_fd = _open_regular(other)
             try:
                 for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
                     if _pread(other_fd, len(data), offset) != data:
@@ -2175,7 +2226,7 @@ class _ChunkFiles:
                 # Opened for each write: a chunk may span thousands of small files, and no
                 # descriptor outlives the write (a worker left waiting after a failed pull
                 # holds none, so Windows can still delete or rename the staging directory).
-                target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
+                target = _open_regular(path, os.O_WRONLY)
                 try:
                     _pwrite_all(target, data[begin : begin + length], offset)
                 finally:
@@ -2190,7 +2241,7 @@ class _ChunkFiles:
             path = self.paths[index]
             done = self.manifest.starts[index] + offset - start  # offset in the chunk
             try:
-                fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                fd = _open_regular(path)
             except OSError as exc:
                 raise _storage_error("read", path, exc) from exc
             try:
@@ -2221,8 +2272,6 @@ class _Staging(_ChunkFiles):
         When resuming, files already there keep their bytes (a link or a
         directory in a file's place is not followed, but replaced).
         """
-        import stat
-
         for index, info in enumerate(self.manifest.files):
             parts = info.path.split("/")
             path = self.path(index)
@@ -2236,13 +2285,17 @@ class _Staging(_ChunkFiles):
                             _remove_tree(directory)  # a link or a file where a directory belongs
                         os.makedirs(directory, exist_ok=True)
                         self.directories.add(directory)
-                try:
-                    kept = resume and stat.S_ISREG(os.lstat(path).st_mode)
-                except FileNotFoundError:
-                    kept = False
-                if resume and not kept and os.path.lexists(path):
-                    _remove_tree(path)
-                fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW) if kept else _create_new(path)
+                fd = -1
+                if resume:  # only a plain file with no other link is kept: nothing is written through
+                    try:
+                        fd = _open_regular(path, os.O_WRONLY)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        _remove_tree(path)  # a link, pipe, device, directory or hard link
+                kept = fd >= 0
+                if not kept:
+                    fd = _create_new(path)
                 try:
                     if not kept or os.fstat(fd).st_size != info.size:  # a kept file may have grown
                         os.ftruncate(fd, info.size)
@@ -2293,17 +2346,21 @@ class _Staging(_ChunkFiles):
 
 
 def _close_file(fd: int, path: str) -> None:
-    """Flush a finished file to stable storage and close it."""
+    """Flush a finished file to stable storage and close it (NFS reports write errors on close)."""
     try:
         os.fsync(fd)
     except OSError as exc:
-        os.close(fd)
+        _close_quietly(fd)
         raise _storage_error("write", path, exc) from exc
-    os.close(fd)
+    try:
+        os.close(fd)
+    except OSError as exc:
+        raise _storage_error("write", path, exc) from exc
 
 
-# --- Manager ----------------------------------------------------------------------
-# The public API: local registry.json, remote index, pulls, removal, updates.
+# --- Local store ------------------------------------------------------------------
+# The data directory of one application: its layout, locks, registry.json, the
+# manifests kept there, and the install transaction with its undo beside it.
 
 
 def _format_time(moment: datetime) -> str:
@@ -2317,6 +2374,551 @@ def _parse_time(text: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+_LEFTOVER_RE = re.compile(r"\.(.+)\.(staging|old)")
+
+
+class _Store:
+    """What one application keeps under its data directory.
+
+    ``<group>/<model>/<version>/`` holds an installed version, with the manifest
+    it was built from in ``.<app>/manifest.json``; ``.<version>.staging`` beside
+    it is a pull being built, ``.<version>.old`` a copy on its way out.
+    ``registry.json`` lists the installed versions. Locks are taken in this
+    order: a model's lock, the cache lock, the registry lock.
+    """
+
+    def __init__(self, root: str, app_name: str, logger: Any) -> None:
+        self.root = root
+        self.metadata_dir = f".{app_name}"
+        self.chunks_dir = os.path.join(root, *_CHUNKS_DIR)
+        self.manifests_dir = os.path.join(root, *_MANIFESTS_DIR)
+        self.registry_path = os.path.join(root, _REGISTRY_FILE)
+        self.logger = logger
+
+    # Layout ------------------------------------------------------------------
+
+    def version_dir(self, ref: ModelRef) -> str:
+        if ref.group.lower() in _RESERVED_GROUPS:
+            raise InvalidRefError(f"{ref}: the group name {ref.group!r} is reserved by the storage layout")
+        return os.path.join(self.root, ref.group, ref.model, ref.version)
+
+    def sibling(self, ref: ModelRef, suffix: str) -> str:
+        """A hidden path beside the version directory (staging, old copy)."""
+        return os.path.join(self.root, ref.group, ref.model, f".{ref.version}.{suffix}")
+
+    def private(self, path: str) -> str:
+        """``path`` below the data directory, with no symbolic link on the way: the cache,
+        locks and version directories are never followed outside it."""
+        return _no_links(self.root, path, "xprim-models keeps its models, cache and locks as plain "
+                                          f"directories inside {self.root} and does not follow links there")
+
+    def manifest_path(self, directory: str) -> str:
+        return os.path.join(directory, self.metadata_dir, "manifest.json")
+
+    # Locks -------------------------------------------------------------------
+
+    def registry_lock(self) -> _FileLock:
+        return _FileLock(self.private(os.path.join(self.root, _LOCKS_DIR, "registry.lock")))
+
+    def cache_lock(self, *, shared: bool) -> AbstractContextManager[Any]:
+        """Pulls share it; prune takes it alone, so it never deletes what a pull holds."""
+        if os.name == "nt":  # no shared locks; Windows refuses to delete open chunk files anyway
+            from contextlib import nullcontext
+
+            return nullcontext()
+
+        def waiting() -> None:
+            self.logger.warning("Waiting for running downloads to finish...")
+
+        return _FileLock(self.private(os.path.join(self.root, _LOCKS_DIR, "cache.lock")), waiting, shared=shared)
+
+    def model_lock(self, ref: ModelRef) -> _FileLock:
+        def waiting() -> None:
+            self.logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
+
+        return _FileLock(
+            self.private(os.path.join(self.root, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock")), waiting
+        )
+
+    # registry.json -----------------------------------------------------------
+
+    def read(self) -> dict[str, Any]:
+        """registry.json as {group: {model: {version: entry}}} ({} when there is none)."""
+        path = self.registry_path
+        try:
+            raw = _read_small(path, _MAX_REGISTRY_BYTES)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise _storage_error("read", path, exc) from exc
+        hint = f"; fix or delete {path} (model files are not affected)"
+        if len(raw) > _MAX_REGISTRY_BYTES:
+            raise StorageError(f"{path} is over {_format_size(_MAX_REGISTRY_BYTES)}{hint}")
+        try:
+            doc = _parse_json(raw, path, StorageError)
+        except StorageError as exc:
+            raise StorageError(f"{exc}{hint}") from exc.__cause__
+        shape_ok = isinstance(doc, dict) and all(
+            isinstance(models, dict)
+            and all(
+                isinstance(versions, dict) and all(isinstance(entry, dict) for entry in versions.values())
+                for versions in models.values()
+            )
+            for models in doc.values()
+        )
+        if not shape_ok:
+            raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
+        return doc  # type: ignore[no-any-return]
+
+    @staticmethod
+    def entry(doc: Mapping[str, Any], ref: ModelRef) -> dict[str, Any] | None:
+        return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)  # type: ignore[no-any-return]
+
+    def refs(self, doc: Mapping[str, Any]) -> list[ModelRef]:
+        refs = []
+        for group, models in doc.items():
+            for model, versions in models.items():
+                for version in versions:
+                    try:
+                        refs.append(ModelRef(group, model, version))
+                    except InvalidRefError as exc:
+                        raise StorageError(f"{self.registry_path} is corrupt: {exc}") from exc
+        return refs
+
+    def installed(self, ref: ModelRef, entry: Mapping[str, Any]) -> InstalledModel:
+        """The InstalledModel a registry.json entry describes."""
+        try:
+            digest, total, count = entry["manifest_hash"], entry["total_size"], entry["file_count"]
+            if not (isinstance(digest, str) and _HASH_RE.fullmatch(digest)):
+                raise ValueError(f"manifest_hash {digest!r}")
+            if not (_is_size(total, _MAX_TOTAL_SIZE) and _is_size(count, _MAX_FILES)):
+                raise ValueError(f"total_size {total!r} or file_count {count!r}")
+            return InstalledModel(
+                ref=ref, manifest_hash=digest, total_size=total, file_count=count,
+                installed_at=_parse_time(str(entry["installed_at"])), path=self.version_dir(ref),
+                alias_of=str(entry.get("alias_of", "")),
+            )
+        except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
+            raise StorageError(
+                f"{self.registry_path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
+                f"fix or delete {self.registry_path} (model files are not affected)"
+            ) from exc
+
+    def commit(self, ref: ModelRef, record: Mapping[str, Any] | None) -> None:
+        """Make ``record`` the registry.json entry of ``ref``; None removes it."""
+        import json
+
+        with self.registry_lock():
+            _remove_abandoned(self.root)  # temporary registry.json files of dead writers
+            doc = self.read()
+            versions = doc.setdefault(ref.group, {}).setdefault(ref.model, {})
+            if record is not None:
+                versions[ref.version] = dict(record)
+            else:
+                versions.pop(ref.version, None)
+                if not versions:
+                    del doc[ref.group][ref.model]
+                if not doc[ref.group]:
+                    del doc[ref.group]
+            _atomic_write(self.registry_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+    def committed_hash(self, ref: ModelRef) -> str:
+        entry = self.entry(self.read(), ref)
+        value = entry.get("manifest_hash") if entry is not None else None
+        return value if isinstance(value, str) else ""
+
+    # Manifests ---------------------------------------------------------------
+
+    def stored_hash(self, directory: str) -> str:
+        """The hash of the manifest stored in ``directory``'s metadata ("" if there is none)."""
+        try:
+            return _sha256(_read_small(self.manifest_path(directory), _MAX_MANIFEST_BYTES)).hexdigest()
+        except OSError:
+            return ""
+
+    def stored_manifest(self, installed: InstalledModel) -> _Manifest:
+        """The manifest kept in an installed version's metadata directory."""
+        path = self.manifest_path(installed.path)
+        try:
+            return _parse_manifest(installed.manifest_hash, _read_small(path, _MAX_MANIFEST_BYTES),
+                                   self.metadata_dir)
+        except OSError as exc:
+            raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
+        except ModelsError as exc:
+            raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
+
+    def cached_manifest(self, digest: str) -> _Manifest | None:
+        """A manifest from cache/manifests (checked against its hash), or None."""
+        path = os.path.join(self.manifests_dir, digest)
+        try:
+            return _parse_manifest(digest, _read_small(path, _MAX_MANIFEST_BYTES), self.metadata_dir)
+        except _NotRegular:
+            _remove_file(path)  # a link, pipe or device planted there: never read or waited on
+        except (OSError, ModelsError):
+            pass  # absent or damaged: fetch it again
+        return None
+
+    def cache_manifest(self, digest: str, raw: bytes) -> None:
+        try:
+            # No fsync: a cached manifest is checked against its hash whenever it is read.
+            _atomic_write(self.private(os.path.join(self.manifests_dir, digest)), raw, durable=False)
+        except StorageError as exc:
+            self.logger.debug("manifest cache not written: %s", exc)
+
+    # The install transaction -------------------------------------------------
+    # registry.json names the copy that stays. A pull builds the new copy in
+    # .<v>.staging, renames the installed copy (if any) to .<v>.old and the new
+    # one to <v>, then commits registry.json; only then does .<v>.old go. Until
+    # the commit, reclaim() undoes it, the same way after a failure here or a
+    # crash found by the next command: the new copy goes back to staging (a
+    # later pull of it resumes there, verifying every chunk) and the old comes back.
+
+    def install(self, ref: ModelRef, manifest: _Manifest, record: Mapping[str, Any],
+                build: Callable[[str, bool], None]) -> None:
+        """Build ``manifest``'s files with ``build(staging, resume)``, swap them in and commit
+        ``record`` for ``ref`` (model lock held)."""
+        final, old, staging = self.version_dir(ref), self.sibling(ref, "old"), self.sibling(ref, "staging")
+        resume = self.stored_hash(staging) == manifest.digest and self._plain_directory(staging)
+        if not resume:
+            try:
+                _remove_tree(staging)
+                os.makedirs(os.path.join(staging, self.metadata_dir))
+            except OSError as exc:
+                raise _storage_error("create", staging, exc) from exc
+            # Written first: it names what this staging directory holds, should a pull resume it.
+            _atomic_write(self.manifest_path(staging), manifest.raw)
+        build(staging, resume)  # every file complete, verified and flushed, or an exception
+        try:
+            _fsync_directory(staging)
+            try:
+                if os.path.lexists(final):
+                    os.rename(final, old)
+                os.rename(staging, final)
+            except OSError as exc:
+                raise _storage_error("install", final, exc) from exc
+            _fsync_directory(os.path.dirname(final))
+            self.commit(ref, record)
+        except BaseException:
+            self._reclaim_quietly(ref)
+            raise
+        self.discard(old)
+
+    def reclaim(self, ref: ModelRef, *, keep_staging: bool = True) -> int:
+        """Finish or undo what a failed or crashed install or remove of ``ref`` left
+        (model lock held); return the bytes deleted. ``keep_staging=False`` deletes the
+        staging directory too."""
+        final, old, staging = self.version_dir(ref), self.sibling(ref, "old"), self.sibling(ref, "staging")
+        committed = self.committed_hash(ref)
+        freed = 0
+        if os.path.lexists(old):
+            if committed and self.stored_hash(final) == committed:
+                freed += self.discard(old)  # the swap was committed; the old copy was on its way out
+            elif committed:
+                if os.path.lexists(final):  # a new copy never committed
+                    self._to_staging(final, staging)
+                try:
+                    os.rename(old, final)  # the committed copy back in its place
+                except OSError as exc:
+                    raise _storage_error("restore", final, exc) from exc
+            else:
+                freed += self.discard(old)  # a committed remove
+        if not committed and os.path.isfile(self.manifest_path(final)) and not os.path.islink(final):
+            self._to_staging(final, staging)  # complete but never committed: a pull of it adopts it
+        if not keep_staging and os.path.lexists(staging):
+            freed += self.discard(staging)
+        metadata = os.path.join(final, self.metadata_dir)
+        if os.path.isdir(metadata) and not os.path.islink(metadata):
+            for name in os.listdir(metadata):
+                if name.startswith("repair-") and name.endswith(".tmp"):  # an interrupted repair
+                    freed += self.discard(os.path.join(metadata, name))
+        return freed
+
+    def _to_staging(self, directory: str, staging: str) -> None:
+        try:
+            _remove_tree(staging)
+            os.rename(directory, staging)
+        except OSError as exc:
+            raise _storage_error("move", directory, exc) from exc
+
+    def _reclaim_quietly(self, ref: ModelRef) -> None:
+        try:
+            self.reclaim(ref)
+        except StorageError as exc:  # the next command that takes the model's lock finishes it
+            self.logger.warning("could not undo the failed install of %s yet: %s", ref, exc)
+
+    def _plain_directory(self, path: str) -> bool:
+        try:
+            self.private(self.manifest_path(path))
+        except StorageError:
+            return False
+        return os.path.isdir(path)
+
+    def remove(self, ref: ModelRef) -> None:
+        """Delete the installed version ``ref`` (model lock held): out of sight first, then
+        out of registry.json, then off the disk."""
+        self.reclaim(ref, keep_staging=False)
+        if self.entry(self.read(), ref) is None:
+            raise NotInstalledError(f"model not installed: {ref}")
+        final, old = self.version_dir(ref), self.sibling(ref, "old")
+        try:
+            if os.path.lexists(final):
+                os.rename(final, old)
+        except OSError as exc:
+            raise _storage_error("remove", final, exc) from exc
+        try:
+            self.commit(ref, None)
+        except BaseException:
+            self._reclaim_quietly(ref)
+            raise
+        self.discard(old)
+        for parent in (os.path.dirname(final), os.path.dirname(os.path.dirname(final))):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break  # not empty: other versions or models live there
+
+    def discard(self, path: str) -> int:
+        """Delete what is no longer installed; return the bytes freed. A failure only costs
+        disk space until the next command that holds the model's lock, or prune."""
+        size = _tree_size(path)
+        try:
+            _remove_tree(path)
+        except StorageError as exc:
+            self.logger.warning("%s; the next pull or prune removes it", exc)
+            return 0
+        return size
+
+    # Leftovers and the chunk cache -------------------------------------------
+
+    def leftovers(self, *, unlisted: bool = True) -> Iterator[ModelRef]:
+        """Versions with a staging directory or old copy beside them, or (with ``unlisted``)
+        a version directory that registry.json does not list."""
+        doc = self.read() if unlisted else {}
+        for group in _list_directory(self.root):
+            if group.startswith(".") or group.lower() in _RESERVED_GROUPS:
+                continue
+            for model in _list_directory(os.path.join(self.root, group)):
+                for name in _list_directory(os.path.join(self.root, group, model)):
+                    match = _LEFTOVER_RE.fullmatch(name)
+                    version = match.group(1) if match else name
+                    try:
+                        ref = ModelRef(group, model, version)
+                    except InvalidRefError:
+                        continue
+                    if match or (
+                        unlisted and self.entry(doc, ref) is None
+                        and os.path.isfile(self.manifest_path(os.path.join(self.root, group, model, name)))
+                    ):
+                        yield ref
+
+    def expire_chunks(self, horizon: float | None, *, keep: Collection[str] = (), parts: bool = False) -> int:
+        """Delete files in cache/chunks, which earlier versions filled and nothing reads now,
+        last touched before ``horizon`` (all of them with None), but not those in ``keep``;
+        with ``parts``, partial downloads whatever their age. Return the bytes freed."""
+        try:
+            names = os.listdir(self.chunks_dir)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise _storage_error("read", self.chunks_dir, exc) from exc
+        freed = 0
+        for name in names:
+            if name in keep:
+                continue
+            path = os.path.join(self.chunks_dir, name)
+            try:
+                status = os.lstat(path)
+            except OSError:
+                continue
+            expired = horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon
+            if expired and _remove_file(path):
+                self.logger.debug("removed cache file %s", path)
+                freed += status.st_size
+        return freed
+
+    def clean(self) -> None:
+        """Remove what dead processes left half-written (a pull's start, cache lock shared)."""
+        for directory in (self.root, self.private(self.manifests_dir)):
+            _remove_abandoned(directory)
+
+    def prune(self, max_age: float | None) -> int:
+        freed = 0
+        for ref in sorted(set(self.leftovers())):
+            with self.model_lock(ref):
+                freed += self.reclaim(ref, keep_staging=False)
+        horizon = None if max_age is None else time.time() - max_age
+        for directory in (self.root, self.private(self.manifests_dir)):
+            _remove_abandoned(directory)
+        with self.cache_lock(shared=False):  # no pull runs: partial downloads are all dead
+            self.private(self.chunks_dir)
+            freed += self.expire_chunks(horizon, parts=True)
+            try:
+                os.rmdir(self.chunks_dir)  # gone once empty: pulls no longer write there
+            except OSError:
+                pass  # absent, or chunks younger than max_age remain
+        return freed
+
+    def seeds(self, manifest: _Manifest, installed_models: Sequence[InstalledModel]) -> dict[str, list[_Seed]]:
+        """Where installed versions hold chunks this manifest needs (their bytes are verified on use)."""
+        wanted = set(manifest.chunks)
+        seeds: dict[str, list[_Seed]] = {}
+        for installed in installed_models:
+            try:
+                stored = self.stored_manifest(installed)
+            except StorageError:
+                continue  # damaged or half-removed: nothing to take from it
+            for position, digest in enumerate(stored.chunks):
+                if digest in wanted:
+                    seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
+        return seeds
+
+    def check_space(self, ref: ModelRef, manifest: _Manifest) -> None:
+        """Fail before the first request when the disk cannot hold the model (chunks stream
+        straight into the staging files: nothing else is written)."""
+        import shutil
+
+        staging = self.sibling(ref, "staging")
+        needed = manifest.total_size
+        if self.stored_hash(staging) == manifest.digest:  # what the interrupted pull wrote needs no more room
+            needed = max(0, needed - _tree_size(staging, allocated=True))
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise _storage_error("use", self.root, exc) from exc
+        if needed > free:
+            raise StorageError(
+                f"pull {ref}: needs {_format_size(needed)} of disk space in {self.root}"
+                f" but only {_format_size(free)} is free; "
+                "free some space or choose another data directory"
+            )
+
+    # Repair ------------------------------------------------------------------
+
+    def repair(self, installed: InstalledModel, manifest: _Manifest, bad_positions: set[int], missing: set[str],
+               fetch: Callable[[Sequence[int], _ChunkFiles], None]) -> set[str]:
+        """Fetch the damaged chunks with ``fetch(positions, writer)``, find the files that
+        differ from them, rewrite only those (model lock held).
+
+        Each damaged chunk is written into a scratch copy of every file it touches;
+        a file found to differ from the chunks then gets its intact ranges from its
+        old self and replaces it. The others' scratch copies go.
+        """
+        root = self.private(installed.path)  # a linked version directory is refused, as pull refuses it
+        metadata = _no_links(root, os.path.join(root, self.metadata_dir))
+        positions = sorted(bad_positions)
+        chunk_size = manifest.chunk_size
+        touched = {
+            index
+            for position in positions
+            for index, _, _ in _segments(manifest, position * chunk_size, manifest.chunk_length(position))
+        } | {index for index, info in enumerate(manifest.files) if info.path in missing}
+        scratch = {index: os.path.join(metadata, f"repair-{index}.tmp") for index in sorted(touched)}
+        repaired = set(missing)
+        try:
+            try:
+                os.makedirs(metadata, exist_ok=True)
+                for index, path in scratch.items():
+                    fd = _create_new(path)
+                    try:
+                        os.ftruncate(fd, manifest.files[index].size)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                raise _storage_error("repair", metadata, exc) from exc
+            fetch(positions, _ChunkFiles(manifest, scratch, positions))
+            for position in positions:
+                start = position * chunk_size
+                for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
+                    path = manifest.files[index].path
+                    if path not in repaired and not _same_bytes(
+                            scratch[index], os.path.join(root, *path.split("/")), offset, count):
+                        repaired.add(path)
+            for index, path in scratch.items():
+                if manifest.files[index].path in repaired:
+                    self._replace_from_scratch(root, manifest, index, bad_positions, path)
+        finally:
+            for path in scratch.values():
+                _remove_file(path)
+        return repaired
+
+    @staticmethod
+    def _replace_from_scratch(root: str, manifest: _Manifest, index: int, bad_positions: set[int],
+                              scratch: str) -> None:
+        """Complete a scratch copy with the file's intact ranges, then put it in the file's place."""
+        info = manifest.files[index]
+        path = _no_links(root, os.path.join(root, *info.path.split("/")))
+        begin, end = manifest.starts[index], manifest.starts[index] + info.size
+        try:
+            with open(scratch, "r+b") as target:
+                old = -1
+                try:
+                    first = begin // manifest.chunk_size if manifest.chunk_size else len(manifest.chunks)
+                    for position in range(first, len(manifest.chunks)):
+                        start = position * manifest.chunk_size
+                        if start >= end:
+                            break
+                        low, high = max(begin, start), min(end, start + manifest.chunk_length(position))
+                        if position in bad_positions or high <= low:
+                            continue  # written from the fetched chunk already, or nothing to copy
+                        if old < 0:  # this range hashed right: keep the file's own bytes
+                            old = _open_regular(path)
+                        _copy_range(old, low - begin, high - low, target.fileno(), low - begin)
+                finally:
+                    if old >= 0:
+                        os.close(old)  # before the replace: Windows cannot replace an open file
+                os.fsync(target.fileno())
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.isdir(path) and not os.path.islink(path):
+                _remove_tree(path)
+            os.replace(scratch, path)
+        except OSError as exc:
+            raise _storage_error("repair", path, exc) from exc
+
+
+def _scan(root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]:
+    """(chunk positions that fail their hash, files they touch, files missing or of the wrong size)."""
+    missing = set()
+    for info in manifest.files:
+        try:
+            status = os.lstat(os.path.join(root, *info.path.split("/")))
+            intact = stat.S_ISREG(status.st_mode) and status.st_size == info.size
+        except OSError:
+            intact = False
+        if not intact:
+            missing.add(info.path)
+    bad: set[int] = set()
+    damaged = set(missing)
+    buffer = bytearray(_BUFFER_SIZE)
+    handle = (-1, -1)  # (file index, descriptor): files are read in order, one open at a time
+    try:
+        for position, digest in enumerate(manifest.chunks):
+            pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
+            paths = [manifest.files[index].path for index, _, _ in pieces]
+            hasher = _sha256()
+            try:
+                if missing.intersection(paths):
+                    raise OSError(errno.ENOENT, "missing")
+                for index, offset, count in pieces:
+                    if handle[0] != index:
+                        if handle[1] >= 0:
+                            os.close(handle[1])
+                            handle = (-1, -1)
+                        handle = (index, _open_regular(os.path.join(root, *manifest.files[index].path.split("/"))))
+                    for data in _read_pieces(handle[1], offset, count, len(buffer)):
+                        hasher.update(data)
+                intact = hasher.hexdigest() == digest
+            except OSError:
+                intact = False
+            if not intact:
+                bad.add(position)
+                damaged.update(paths)
+    finally:
+        if handle[1] >= 0:
+            _close_quietly(handle[1])
+    return bad, damaged, missing
+
+
 def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
     """The concurrency to use (capped at 16); ValueError for values that make no sense."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -2324,6 +2926,11 @@ def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
     if limit_rate is not None and not limit_rate > 0:
         raise ValueError(f"limit_rate must be a positive number of bytes per second, not {limit_rate!r}")
     return min(concurrency, _MAX_CONCURRENCY)
+
+
+# --- Manager ----------------------------------------------------------------------
+# The public API: argument checks, lock order, and delegation to the registry
+# client, the pull engine and the local store.
 
 
 class Manager:
@@ -2367,14 +2974,6 @@ class Manager:
         if timeout <= 0 or retries < 0 or retry_backoff < 0:
             raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")
         self.config = config
-        self._data_dir = (
-            os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else _resolve_data_dir(config)
-        )
-        self._chunks_dir = os.path.join(self._data_dir, *_CHUNKS_DIR)
-        self._manifests_dir = os.path.join(self._data_dir, *_MANIFESTS_DIR)
-        self._metadata_dir = f".{config.app_name}"
-        self._opener = opener
-        self._ssl_context = ssl_context
         if logger is None:
             import logging
 
@@ -2382,6 +2981,9 @@ class Manager:
             if not logger.handlers:
                 logger.addHandler(logging.NullHandler())
         self._logger = logger
+        root = os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else _resolve_data_dir(config)
+        self._store = _Store(root, config.app_name, logger)
+        self._opener, self._ssl_context = opener, ssl_context
         self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
         self._client_instance: _RegistryClient | None = None
         self._client_guard = threading.Lock()
@@ -2390,122 +2992,21 @@ class Manager:
     @property
     def data_dir(self) -> str:
         """The resolved base directory of this application's models."""
-        return self._data_dir
+        return self._store.root
 
     def __repr__(self) -> str:
-        return f"Manager(app_name={self.config.app_name!r}, data_dir={self._data_dir!r})"
+        return f"Manager(app_name={self.config.app_name!r}, data_dir={self.data_dir!r})"
 
-    # Internals ---------------------------------------------------------------
+    # The remote side ---------------------------------------------------------
 
     def _client(self) -> _RegistryClient:
         with self._client_guard:
             if self._client_instance is None:
                 self._client_instance = _RegistryClient(
                     self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context,
-                    timeout=self._timeout,
-                    retries=self._retries, backoff=self._backoff, logger=self._logger,
+                    timeout=self._timeout, retries=self._retries, backoff=self._backoff, logger=self._logger,
                 )
             return self._client_instance
-
-    def _version_dir(self, ref: ModelRef) -> str:
-        if ref.group.lower() in _RESERVED_GROUPS:
-            raise InvalidRefError(f"{ref}: the group name {ref.group!r} is reserved by the storage layout")
-        return os.path.join(self._data_dir, ref.group, ref.model, ref.version)
-
-    def _sibling(self, ref: ModelRef, suffix: str) -> str:
-        """A hidden path beside the version directory (staging, old copy)."""
-        return os.path.join(self._data_dir, ref.group, ref.model, f".{ref.version}.{suffix}")
-
-    def _private(self, path: str) -> str:
-        """``path`` below the data directory, with no symbolic link on the way: the cache and
-        locks are never followed outside it."""
-        return _no_links(self._data_dir, path, "xprim-models keeps its cache and locks as plain "
-                                               f"directories inside {self._data_dir} and does not follow links there")
-
-    def _registry_lock(self) -> AbstractContextManager[Any]:
-        return _FileLock(self._private(os.path.join(self._data_dir, _LOCKS_DIR, "registry.lock")))
-
-    def _cache_lock(self, *, shared: bool) -> AbstractContextManager[Any]:
-        """Pulls share it; prune_cache takes it alone, so it never deletes what a pull holds."""
-        if os.name == "nt":  # no shared locks; Windows refuses to delete open chunk files anyway
-            from contextlib import nullcontext
-
-            return nullcontext()
-
-        def waiting() -> None:
-            self._logger.warning("Waiting for running downloads to finish...")
-
-        return _FileLock(self._private(os.path.join(self._data_dir, _LOCKS_DIR, "cache.lock")), waiting,
-                         shared=shared)
-
-    def _model_lock(self, ref: ModelRef) -> _FileLock:
-        def waiting() -> None:
-            self._logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
-
-        return _FileLock(
-            self._private(os.path.join(self._data_dir, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock")),
-            waiting,
-        )
-
-    def _read_registry(self) -> dict[str, Any]:
-        path = os.path.join(self._data_dir, _REGISTRY_FILE)
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise _storage_error("read", path, exc) from exc
-        hint = f"; fix or delete {path} (model files are not affected)"
-        try:
-            doc = _parse_json(raw, path, StorageError)
-        except StorageError as exc:
-            raise StorageError(f"{exc}{hint}") from exc.__cause__
-        shape_ok = isinstance(doc, dict) and all(
-            isinstance(models, dict)
-            and all(
-                isinstance(versions, dict) and all(isinstance(entry, dict) for entry in versions.values())
-                for versions in models.values()
-            )
-            for models in doc.values()
-        )
-        if not shape_ok:
-            raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
-        return doc  # type: ignore[no-any-return]
-
-    def _write_registry(self, doc: Mapping[str, Any]) -> None:
-        import json
-
-        _atomic_write(
-            os.path.join(self._data_dir, _REGISTRY_FILE),
-            (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"),
-        )
-
-    def _installed(self, ref: ModelRef, entry: Any) -> InstalledModel:
-        path = os.path.join(self._data_dir, _REGISTRY_FILE)
-        try:
-            digest, total, count = entry["manifest_hash"], entry["total_size"], entry["file_count"]
-            if not (isinstance(digest, str) and _HASH_RE.fullmatch(digest)):
-                raise ValueError(f"manifest_hash {digest!r}")
-            if not (_is_size(total, _MAX_TOTAL_SIZE) and _is_size(count, _MAX_FILES)):
-                raise ValueError(f"total_size {total!r} or file_count {count!r}")
-            return InstalledModel(
-                ref=ref,
-                manifest_hash=digest,
-                total_size=total,
-                file_count=count,
-                installed_at=_parse_time(str(entry["installed_at"])),
-                path=self._version_dir(ref),
-                alias_of=str(entry.get("alias_of", "")),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
-            raise StorageError(
-                f"{path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
-                f"fix or delete {path} (model files are not affected)"
-            ) from exc
-
-    def _entry(self, doc: Mapping[str, Any], ref: ModelRef) -> Any:
-        return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)
 
     def _index(self) -> _Index:
         client = self._client()
@@ -2518,111 +3019,30 @@ class Manager:
                 self._logger.warning("models.json: leaving out %r: %s", label, problem)
         return index
 
-    def _manifest(self, digest: str) -> _Manifest:
+    def _manifest(self, digest: str, session: _Session | None = None) -> _Manifest:
         """The validated manifest, from the local manifest cache or the registry."""
-        return self._cached_manifest(digest) or self._fetch_manifest(digest)
-
-    def _cached_manifest(self, digest: str) -> _Manifest | None:
-        try:
-            path = os.path.join(self._manifests_dir, digest)
-            return _parse_manifest(digest, _read_small(path, _MAX_MANIFEST_BYTES), self._metadata_dir)
-        except (OSError, ModelsError):
-            return None  # absent or damaged: fetch it again
-
-    def _fetch_manifest(self, digest: str, session: _Session | None = None) -> _Manifest:
-        raw = self._client().fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES,
-                                            session=session)
-        manifest = _parse_manifest(digest, raw, self._metadata_dir)
-        try:
-            # No fsync: a cached manifest is checked against its hash whenever it is read.
-            _atomic_write(self._private(os.path.join(self._manifests_dir, digest)), raw, durable=False)
-        except StorageError as exc:
-            self._logger.debug("manifest cache not written: %s", exc)
+        manifest = self._store.cached_manifest(digest)
+        if manifest is None:
+            raw = self._client().fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES,
+                                                session=session)
+            manifest = _parse_manifest(digest, raw, self._store.metadata_dir)
+            self._store.cache_manifest(digest, raw)
         return manifest
 
-    def _detail(self, remote: RemoteModel, manifest: _Manifest | None = None) -> RemoteModelDetail:
-        manifest = manifest or self._manifest(remote.manifest_hash)
+    @staticmethod
+    def _detail(remote: RemoteModel, manifest: _Manifest) -> RemoteModelDetail:
         return RemoteModelDetail(
             ref=remote.ref, manifest_hash=remote.manifest_hash, alias_of=remote.alias_of,
             metadata=remote.metadata, total_size=manifest.total_size, chunk_size=manifest.chunk_size,
             chunk_count=len(manifest.chunks), files=manifest.files,
         )
 
-    def _stored_manifest_hash(self, directory: str) -> str:
-        try:
-            path = os.path.join(directory, self._metadata_dir, "manifest.json")
-            return _sha256(_read_small(path, _MAX_MANIFEST_BYTES)).hexdigest()
-        except OSError:
-            return ""
-
-    def _recover(self, ref: ModelRef, *, keep_staging: bool = True) -> int:
-        """Finish or undo what a crashed pull or remove of ``ref`` left (model lock held);
-        return the bytes deleted.
-
-        A swap renames the installed copy to ``.<version>.old``, the staging
-        directory into place, then commits registry.json. Whichever copy
-        registry.json names is the one that stays. A staging directory is kept
-        for the next pull to resume from, unless ``keep_staging`` is false.
-        """
-        final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
-        freed = 0
-        if not keep_staging and os.path.lexists(staging):
-            freed += _tree_size(staging)
-            _remove_tree(staging)
-        metadata = os.path.join(final, self._metadata_dir)
-        if os.path.isdir(metadata) and not os.path.islink(metadata):
-            for name in os.listdir(metadata):
-                if name.startswith("repair-") and name.endswith(".tmp"):  # an interrupted repair
-                    freed += _tree_size(os.path.join(metadata, name))
-                    _remove_file(os.path.join(metadata, name))
-        if not os.path.lexists(old):
-            return freed
-        entry = self._entry(self._read_registry(), ref)
-        committed = entry.get("manifest_hash") if isinstance(entry, dict) else None
-        if committed and os.path.lexists(final) and self._stored_manifest_hash(final) == committed:
-            discard = old  # the swap was committed; only the old copy was left
-        elif committed and self._stored_manifest_hash(old) == committed:
-            discard = final  # the swap was not committed: put the old copy back
-        else:
-            discard = old  # nothing names it: a committed remove, or a stray copy
-        freed += _tree_size(discard) if os.path.lexists(discard) else 0
-        _remove_tree(discard)
-        if discard == final:
-            try:
-                os.rename(old, final)
-            except OSError as exc:
-                raise _storage_error("restore", final, exc) from exc
-        return freed
-
-    def _clean_cache(self) -> None:
-        """Remove what dead processes left half-written."""
-        for directory in (self._data_dir, self._private(self._manifests_dir)):
-            _remove_abandoned(directory)
-
-    def _expire_chunks(self, horizon: float | None, *, keep: Collection[str] = (), parts: bool = False) -> int:
-        """Delete files in cache/chunks, which earlier versions filled and nothing reads now,
-        last touched before ``horizon`` (all of them with None), but not those in ``keep``;
-        with ``parts``, partial downloads whatever their age. Return the bytes freed."""
-        try:
-            names = os.listdir(self._chunks_dir)
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise _storage_error("read", self._chunks_dir, exc) from exc
-        freed = 0
-        for name in names:
-            if name in keep:
-                continue
-            path = os.path.join(self._chunks_dir, name)
-            try:
-                status = os.lstat(path)
-            except OSError:
-                continue
-            expired = horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon
-            if expired and _remove_file(path):
-                self._logger.debug("removed cache file %s", path)
-                freed += status.st_size
-        return freed
+    def _job(self, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]], concurrency: int,
+             progress: Callable[[PullProgress], None] | None, seeds: Mapping[str, Sequence[_Seed]],
+             limit_rate: float | None, present: Collection[str] = ()) -> _PullJob:
+        emit = progress if progress is not None else (lambda snapshot: None)
+        return _PullJob(self._client(), writer, label, chunks, concurrency=concurrency, emit=emit,
+                        logger=self._logger, seeds=seeds, present=present, limit_rate=limit_rate)
 
     # Public API --------------------------------------------------------------
 
@@ -2632,36 +3052,24 @@ class Manager:
         Raises:
             StorageError: registry.json cannot be read or is corrupt.
         """
-        doc = self._read_registry()
-        refs = []
-        for group, models in doc.items():
-            for model, versions in models.items():
-                for version in versions:
-                    try:
-                        refs.append(ModelRef(group, model, version))
-                    except InvalidRefError as exc:
-                        raise StorageError(
-                            f"{os.path.join(self._data_dir, _REGISTRY_FILE)} is corrupt: {exc}"
-                        ) from exc
-        if any(self._recover_after_crash(ref) for ref in refs):
-            doc = self._read_registry()
-        return sorted(
-            (self._installed(ref, entry) for ref in refs if (entry := self._entry(doc, ref)) is not None),
-            key=lambda item: item.ref,
-        )
+        store = self._store
+        doc = store.read()
+        refs = store.refs(doc)
+        if any(self._recover_after_crash(ref) for ref in store.leftovers(unlisted=False)):
+            doc = store.read()
+        return sorted((store.installed(ref, entry) for ref in refs if (entry := store.entry(doc, ref)) is not None),
+                      key=lambda item: item.ref)
 
     def _recover_after_crash(self, ref: ModelRef) -> bool:
-        """Put a version a crashed swap left half-done right, unless a live pull is mid-swap.
-
-        Returns whether anything was recovered (registry.json may then differ).
-        """
-        if not os.path.lexists(self._sibling(ref, "old")):
+        """Put right what a crashed swap or remove of ``ref`` left, unless its pull or remove is
+        running (and will finish it itself); return whether registry.json may have changed."""
+        if not os.path.lexists(self._store.sibling(ref, "old")):
             return False
-        lock = self._model_lock(ref)
+        lock = self._store.model_lock(ref)
         if not lock.try_acquire():
-            return False  # its pull or remove is running and will finish the swap itself
+            return False
         try:
-            self._recover(ref)
+            self._store.reclaim(ref)
         finally:
             lock.__exit__(None, None, None)
         return True
@@ -2681,7 +3089,7 @@ class Manager:
         if not detail:
             return remote
         digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
-        manifests = {digest: self._cached_manifest(digest) for digest in digests}
+        manifests = {digest: self._store.cached_manifest(digest) for digest in digests}
         missing = [digest for digest, manifest in manifests.items() if manifest is None]
         if missing:
             from concurrent.futures import ThreadPoolExecutor
@@ -2692,7 +3100,7 @@ class Manager:
                 if not hasattr(local, "session"):  # one connection per pool thread
                     local.session = _Session()
                     sessions.append(local.session)
-                return self._fetch_manifest(digest, local.session)
+                return self._manifest(digest, local.session)
 
             try:
                 with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xprim-models-manifest") as pool:
@@ -2700,7 +3108,7 @@ class Manager:
             finally:
                 for session in sessions:
                     session.close()
-        return [self._detail(item, manifests[item.manifest_hash]) for item in remote]
+        return [self._detail(item, manifests[item.manifest_hash]) for item in remote]  # type: ignore[arg-type]
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
         """The versions of every model in ``group`` (empty if the group is unknown).
@@ -2726,10 +3134,10 @@ class Manager:
         """
         ref = _versioned(ref, "get_installed")
         self._recover_after_crash(ref)
-        entry = self._entry(self._read_registry(), ref)
+        entry = self._store.entry(self._store.read(), ref)
         if entry is None:
             raise NotInstalledError(f"model not installed: {ref}")
-        return self._installed(ref, entry)
+        return self._store.installed(ref, entry)
 
     def get_remote(self, ref: RefLike) -> RemoteModel:
         """What the registry lists for ``ref``.
@@ -2738,8 +3146,7 @@ class Manager:
             ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        ref = _versioned(ref, "get_remote")
-        return self._index().lookup(ref)
+        return self._index().lookup(_versioned(ref, "get_remote"))
 
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
         """What the registry lists for ``ref``, with its manifest's sizes and files.
@@ -2749,7 +3156,8 @@ class Manager:
             HashMismatchError, RegistryError: the manifest is corrupt or invalid.
             NetworkError: the registry cannot be reached.
         """
-        return self._detail(self.get_remote(ref))
+        remote = self.get_remote(ref)
+        return self._detail(remote, self._manifest(remote.manifest_hash))
 
     def files(self, ref: RefLike) -> list[FileInfo]:
         """The files of the installed version ``ref``, in manifest order.
@@ -2758,7 +3166,7 @@ class Manager:
             NotInstalledError: it is not installed.
             StorageError: its stored manifest is missing or damaged.
         """
-        return list(self._stored_manifest(self.get_installed(ref)).files)
+        return list(self._store.stored_manifest(self.get_installed(ref)).files)
 
     def path(self, ref: RefLike) -> str:
         """The directory of the installed version ``ref``.
@@ -2780,6 +3188,20 @@ class Manager:
         """
         installed = self.get_installed(ref)
         return installed.manifest_hash, self.get_remote(installed.ref).manifest_hash
+
+    def _intact(self, ref: ModelRef) -> InstalledModel | None:
+        """``ref`` as installed, if registry.json lists it, its directory is there, and no
+        crashed swap is waiting to be recovered; else None."""
+        entry = self._store.entry(self._store.read(), ref)
+        if entry is None or os.path.lexists(self._store.sibling(ref, "old")):
+            return None
+        installed = self._store.installed(ref, entry)
+        return installed if os.path.isdir(installed.path) else None
+
+    def _raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
+        installed = self._intact(ref)
+        if installed is not None and installed.manifest_hash == manifest_hash:
+            raise AlreadyInstalledError(f"model already installed: {ref}", installed)
 
     def pull(
         self,
@@ -2811,12 +3233,12 @@ class Manager:
         """
         ref = _versioned(ref, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
-        emit = progress if progress is not None else (lambda snapshot: None)
+        store = self._store
         remote = self._index().lookup(ref)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             self._raise_if_installed(ref, remote.manifest_hash)
-        with self._model_lock(ref):
-            self._recover(ref)
+        with store.model_lock(ref):
+            store.reclaim(ref)
             if not force:  # another thread or process may have installed it meanwhile
                 self._raise_if_installed(ref, remote.manifest_hash)
             installed_models = self.list_installed()
@@ -2826,14 +3248,41 @@ class Manager:
                         f"pull {ref}: differs only in letter case from the installed {item.ref}, and "
                         f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
                     )
-            emit(PullProgress("manifest", 0, 0, 0, 0, 0))
+            if progress is not None:
+                progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)
-            with self._cache_lock(shared=True):
-                self._clean_cache()
-                seeds = self._seeds(manifest, installed_models)
-                self._check_space(ref, manifest)
+            installed = InstalledModel(
+                ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size,
+                file_count=len(manifest.files), installed_at=datetime.now(timezone.utc).replace(microsecond=0),
+                path=store.version_dir(ref), alias_of=remote.alias_of,
+            )
+            record = {"manifest_hash": installed.manifest_hash, "total_size": installed.total_size,
+                      "file_count": installed.file_count, "installed_at": _format_time(installed.installed_at)}
+            if installed.alias_of:
+                record["alias_of"] = installed.alias_of
+            with store.cache_lock(shared=True):
+                store.clean()
+                seeds = store.seeds(manifest, installed_models)
+                store.check_space(ref, manifest)
                 started = time.monotonic()
-                installed = self._install(ref, remote, manifest, concurrency, emit, seeds, limit_rate)
+
+                def build(staging: str, resume: bool) -> None:
+                    sources = seeds
+                    if resume:  # what an interrupted pull wrote there is verified again, in place first
+                        self._logger.info("resuming %s from %s", ref, staging)
+                        local: dict[str, list[_Seed]] = {}
+                        for position, digest in enumerate(manifest.chunks):
+                            local.setdefault(digest, []).append(_Seed(staging, manifest, position, in_place=True))
+                        sources = {digest: [*local.get(digest, []), *seeds.get(digest, [])]
+                                   for digest in {*local, *seeds}}
+                    chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
+                    files = _Staging(manifest, staging, f"pull {ref}")
+                    files.create(resume=resume)
+                    job = self._job(files, f"pull {ref}", chunks, concurrency, progress, sources, limit_rate,
+                                    present=files.zero_chunks)
+                    job.run(partial(files.finish, job.set_current_file))
+
+                store.install(ref, manifest, record, build)
             self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
                               time.monotonic() - started)
             return installed
@@ -2889,176 +3338,44 @@ class Manager:
         """
         ref = _versioned(ref, "verify")
         concurrency = _check_download_options(concurrency, limit_rate)
+        store = self._store
         from contextlib import ExitStack
 
         with ExitStack() as locked:
             try:
-                locked.enter_context(self._model_lock(ref))
-                self._recover(ref)
+                locked.enter_context(store.model_lock(ref))
+                store.reclaim(ref)
             except StorageError:
                 if repair:
                     raise
                 # A read-only data directory has no room for a lock file; checking only reads.
                 self._logger.debug("verify %s: going on without the model lock", ref)
             installed = self.get_installed(ref)
-            manifest_path = f"{self._metadata_dir}/manifest.json"
+            manifest_path = f"{store.metadata_dir}/manifest.json"
             try:
-                manifest = self._stored_manifest(installed)
+                manifest = store.stored_manifest(installed)
                 damaged_manifest = False
             except StorageError:
                 manifest = self._manifest(installed.manifest_hash)
                 damaged_manifest = True
-            bad_positions, damaged, missing = self._scan(installed.path, manifest)
+            bad_positions, damaged, missing = _scan(installed.path, manifest)
             if not repair or not (damaged or damaged_manifest):
                 return sorted(damaged | ({manifest_path} if damaged_manifest else set()))
-            with self._cache_lock(shared=True):
-                repaired = self._repair(installed, manifest, bad_positions, missing, concurrency,
-                                        progress, limit_rate)
+
+            def fetch(positions: Sequence[int], writer: _ChunkFiles) -> None:
+                seeds = {digest: [seed for seed in found if seed.directory != installed.path]
+                         for digest, found in store.seeds(manifest, self.list_installed()).items()}
+                chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
+                self._job(writer, f"repair {ref}", chunks, concurrency, progress, seeds, limit_rate).run(lambda: None)
+
+            with store.cache_lock(shared=True):
+                repaired = store.repair(installed, manifest, bad_positions, missing, fetch)
             if damaged_manifest:
                 target = os.path.join(installed.path, *manifest_path.split("/"))
                 _atomic_write(_no_links(installed.path, target), manifest.raw)
                 repaired.add(manifest_path)
             self._logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
             return sorted(repaired)
-
-    def _scan(self, root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]:
-        """(chunk positions that fail their hash, files they touch, files missing or of the wrong size)."""
-        import stat
-
-        missing = set()
-        for info in manifest.files:
-            try:
-                status = os.lstat(os.path.join(root, *info.path.split("/")))
-                intact = stat.S_ISREG(status.st_mode) and status.st_size == info.size
-            except OSError:
-                intact = False
-            if not intact:
-                missing.add(info.path)
-        bad: set[int] = set()
-        damaged = set(missing)
-        buffer = bytearray(_BUFFER_SIZE)
-        handle = (-1, -1)  # (file index, descriptor): files are read in order, one open at a time
-        try:
-            for position, digest in enumerate(manifest.chunks):
-                pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
-                paths = [manifest.files[index].path for index, _, _ in pieces]
-                hasher = _sha256()
-                try:
-                    if missing.intersection(paths):
-                        raise OSError(errno.ENOENT, "missing")
-                    for index, offset, count in pieces:
-                        if handle[0] != index:
-                            if handle[1] >= 0:
-                                os.close(handle[1])
-                                handle = (-1, -1)
-                            path = os.path.join(root, *manifest.files[index].path.split("/"))
-                            handle = (index, os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW))
-                        for data in _read_pieces(handle[1], offset, count, len(buffer)):
-                            hasher.update(data)
-                    intact = hasher.hexdigest() == digest
-                except OSError:
-                    intact = False
-                if not intact:
-                    bad.add(position)
-                    damaged.update(paths)
-        finally:
-            if handle[1] >= 0:
-                os.close(handle[1])
-        return bad, damaged, missing
-
-    def _repair(
-        self,
-        installed: InstalledModel,
-        manifest: _Manifest,
-        bad_positions: set[int],
-        missing: set[str],
-        concurrency: int,
-        progress: Callable[[PullProgress], None] | None,
-        limit_rate: float | None,
-    ) -> set[str]:
-        """Fetch the damaged chunks, find the files that differ from them, rewrite only those.
-
-        Each damaged chunk is written into a scratch copy of every file it touches;
-        a file found to differ from the chunks then gets its intact ranges from its
-        old self and replaces it. The others' scratch copies go.
-        """
-        root = installed.path
-        metadata = _no_links(root, os.path.join(root, self._metadata_dir))
-        positions = sorted(bad_positions)
-        chunk_size = manifest.chunk_size
-        touched = {
-            index
-            for position in positions
-            for index, _, _ in _segments(manifest, position * chunk_size, manifest.chunk_length(position))
-        } | {index for index, info in enumerate(manifest.files) if info.path in missing}
-        scratch = {index: os.path.join(metadata, f"repair-{index}.tmp") for index in sorted(touched)}
-        repaired = set(missing)
-        try:
-            try:
-                os.makedirs(metadata, exist_ok=True)
-                for index, path in scratch.items():
-                    fd = _create_new(path)
-                    try:
-                        os.ftruncate(fd, manifest.files[index].size)
-                    finally:
-                        os.close(fd)
-            except OSError as exc:
-                raise _storage_error("repair", metadata, exc) from exc
-            chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
-            seeds = {
-                digest: [seed for seed in found if seed.directory != root]
-                for digest, found in self._seeds(manifest).items()
-            }
-            emit = progress if progress is not None else (lambda snapshot: None)
-            _PullJob(self._client(), _ChunkFiles(manifest, scratch, positions), f"repair {installed.ref}", chunks,
-                     concurrency=concurrency, emit=emit, logger=self._logger, seeds=seeds,
-                     limit_rate=limit_rate).run(lambda: None)
-            for position in positions:
-                start = position * chunk_size
-                for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
-                    path = manifest.files[index].path
-                    if path not in repaired and not _same_bytes(
-                            scratch[index], os.path.join(root, *path.split("/")), offset, count):
-                        repaired.add(path)
-            for index, path in scratch.items():
-                if manifest.files[index].path in repaired:
-                    self._replace_from_scratch(root, manifest, index, bad_positions, path)
-        finally:
-            for path in scratch.values():
-                _remove_file(path)
-        return repaired
-
-    def _replace_from_scratch(self, root: str, manifest: _Manifest, index: int, bad_positions: set[int],
-                              scratch: str) -> None:
-        """Complete a scratch copy with the file's intact ranges, then put it in the file's place."""
-        info = manifest.files[index]
-        path = _no_links(root, os.path.join(root, *info.path.split("/")))
-        begin, end = manifest.starts[index], manifest.starts[index] + info.size
-        try:
-            with open(scratch, "r+b") as target:
-                old = -1
-                try:
-                    first = begin // manifest.chunk_size if manifest.chunk_size else len(manifest.chunks)
-                    for position in range(first, len(manifest.chunks)):
-                        start = position * manifest.chunk_size
-                        if start >= end:
-                            break
-                        low, high = max(begin, start), min(end, start + manifest.chunk_length(position))
-                        if position in bad_positions or high <= low:
-                            continue  # written from the fetched chunk already, or nothing to copy
-                        if old < 0:  # this range hashed right: keep the file's own bytes
-                            old = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
-                        _copy_range(old, low - begin, high - low, target.fileno(), low - begin)
-                finally:
-                    if old >= 0:
-                        os.close(old)  # before the replace: Windows cannot replace an open file
-                os.fsync(target.fileno())
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if os.path.isdir(path) and not os.path.islink(path):
-                _remove_tree(path)
-            os.replace(scratch, path)
-        except OSError as exc:
-            raise _storage_error("repair", path, exc) from exc
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete what crashed pulls left, partial files, and the chunks earlier versions left
@@ -3070,205 +3387,9 @@ class Manager:
         Raises:
             StorageError: something could not be deleted.
         """
-        freed = 0
-        for ref in sorted(set(self._leftovers())):
-            with self._model_lock(ref):
-                freed += self._recover(ref, keep_staging=False)
-        horizon = None if max_age is None else time.time() - max_age
-        for directory in (self._data_dir, self._private(self._manifests_dir)):
-            _remove_abandoned(directory)
-        with self._cache_lock(shared=False):  # no pull runs: partial downloads are all dead
-            self._private(self._chunks_dir)
-            freed += self._expire_chunks(horizon, parts=True)
-            try:
-                os.rmdir(self._chunks_dir)  # gone once empty: pulls no longer write there
-            except OSError:
-                pass  # absent, or chunks younger than max_age remain
-        self._logger.info("pruned %d bytes from %s", freed, self._data_dir)
+        freed = self._store.prune(max_age)
+        self._logger.info("pruned %d bytes from %s", freed, self.data_dir)
         return freed
-
-    def _leftovers(self) -> Iterator[ModelRef]:
-        """The versions whose staging or old copy a crashed pull or remove left behind."""
-        try:
-            groups = os.listdir(self._data_dir)
-        except OSError:
-            return
-        for group in groups:
-            if group.startswith(".") or group.lower() in _RESERVED_GROUPS:
-                continue
-            try:
-                models = os.listdir(os.path.join(self._data_dir, group))
-            except OSError:
-                continue
-            for model in models:
-                try:
-                    names = os.listdir(os.path.join(self._data_dir, group, model))
-                except OSError:
-                    continue
-                for name in names:
-                    match = re.fullmatch(r"\.(.+)\.(staging|old)", name)
-                    if match:
-                        try:
-                            ref = ModelRef(group, model, match.group(1))
-                        except InvalidRefError:
-                            continue
-                        yield ref
-
-    def _stored_manifest(self, installed: InstalledModel) -> _Manifest:
-        """The manifest kept in an installed version's metadata directory."""
-        path = os.path.join(installed.path, self._metadata_dir, "manifest.json")
-        try:
-            return _parse_manifest(installed.manifest_hash, _read_small(path, _MAX_MANIFEST_BYTES),
-                                   self._metadata_dir)
-        except OSError as exc:
-            raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
-        except ModelsError as exc:
-            raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
-
-    def _seeds(self, manifest: _Manifest, installed_models: Sequence[InstalledModel] | None = None
-               ) -> dict[str, list[_Seed]]:
-        """Where installed versions hold chunks this manifest needs (their bytes are verified on use)."""
-        wanted = set(manifest.chunks)
-        seeds: dict[str, list[_Seed]] = {}
-        for installed in self.list_installed() if installed_models is None else installed_models:
-            try:
-                stored = self._stored_manifest(installed)
-            except StorageError:
-                continue  # damaged or half-removed: nothing to take from it
-            for position, digest in enumerate(stored.chunks):
-                if digest in wanted:
-                    seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
-        return seeds
-
-    def _check_space(self, ref: ModelRef, manifest: _Manifest) -> None:
-        """Fail before the first request when the disk cannot hold the model (chunks stream
-        straight into the staging files: nothing else is written)."""
-        import shutil
-
-        staging = self._sibling(ref, "staging")
-        needed = manifest.total_size
-        if self._resumable(staging, manifest):  # what the interrupted pull wrote needs no more room
-            needed = max(0, needed - _tree_size(staging, allocated=True))
-        try:
-            os.makedirs(self._data_dir, exist_ok=True)
-            free = shutil.disk_usage(self._data_dir).free
-        except OSError as exc:
-            raise _storage_error("use", self._data_dir, exc) from exc
-        if needed > free:
-            raise StorageError(
-                f"pull {ref}: needs {_format_size(needed)} of disk space in {self._data_dir}"
-                f" but only {_format_size(free)} is free; "
-                "free some space or choose another data directory"
-            )
-
-    def _intact(self, ref: ModelRef) -> InstalledModel | None:
-        """``ref`` as installed, if registry.json lists it, its directory is there, and no
-        crashed swap is waiting to be recovered; else None."""
-        entry = self._entry(self._read_registry(), ref)
-        if entry is None or os.path.lexists(self._sibling(ref, "old")):
-            return None
-        installed = self._installed(ref, entry)
-        return installed if os.path.isdir(installed.path) else None
-
-    def _raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
-        installed = self._intact(ref)
-        if installed is not None and installed.manifest_hash == manifest_hash:
-            raise AlreadyInstalledError(f"model already installed: {ref}", installed)
-
-    def _install(
-        self,
-        ref: ModelRef,
-        remote: RemoteModel,
-        manifest: _Manifest,
-        concurrency: int,
-        emit: Callable[[PullProgress], None],
-        seeds: Mapping[str, Sequence[_Seed]],
-        limit_rate: float | None,
-    ) -> InstalledModel:
-        final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
-        resume = self._resumable(staging, manifest)
-        try:
-            if not resume:
-                _remove_tree(staging)
-                os.makedirs(os.path.join(staging, self._metadata_dir))
-                # Written first: it names what this staging directory holds, should a pull resume it.
-                _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
-        except OSError as exc:
-            raise _storage_error("create", staging, exc) from exc
-        if resume:  # what an interrupted pull already wrote there is a seed like any other (verified on use)
-            self._logger.info("resuming %s from %s", ref, staging)
-            local: dict[str, list[_Seed]] = {}
-            for position, digest in enumerate(manifest.chunks):
-                local.setdefault(digest, []).append(_Seed(staging, manifest, position, in_place=True))
-            seeds = {digest: [*local.get(digest, []), *seeds.get(digest, [])] for digest in {*local, *seeds}}
-        installed = InstalledModel(
-            ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size,
-            file_count=len(manifest.files), installed_at=datetime.now(timezone.utc).replace(microsecond=0),
-            path=final, alias_of=remote.alias_of,
-        )
-        record = {
-            "manifest_hash": installed.manifest_hash,
-            "total_size": installed.total_size,
-            "file_count": installed.file_count,
-            "installed_at": _format_time(installed.installed_at),
-        }
-        if installed.alias_of:
-            record["alias_of"] = installed.alias_of
-        swapped = committed = False
-        try:
-            chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
-            files = _Staging(manifest, staging, f"pull {ref}")
-            files.create(resume=resume)
-            job = _PullJob(self._client(), files, f"pull {ref}", chunks, concurrency=concurrency, emit=emit,
-                           logger=self._logger, seeds=seeds, present=files.zero_chunks, limit_rate=limit_rate)
-            job.run(partial(files.finish, job.set_current_file))
-            _fsync_directory(staging)
-            # The swap: the old version stays whole until the new one is complete.
-            try:
-                if os.path.lexists(final):
-                    os.rename(final, old)
-                os.rename(staging, final)
-            except OSError as exc:
-                raise _storage_error("install", final, exc) from exc
-            swapped = True
-            _fsync_directory(os.path.dirname(final))
-            with self._registry_lock():
-                doc = self._read_registry()
-                doc.setdefault(ref.group, {}).setdefault(ref.model, {})[ref.version] = record
-                self._write_registry(doc)
-                committed = True
-        except BaseException:
-            if not committed:
-                try:
-                    self._recover(ref)  # registry.json still names the old copy, or none
-                    if swapped and not os.path.lexists(old):
-                        entry = self._entry(self._read_registry(), ref) or {}
-                        if entry.get("manifest_hash") != manifest.digest:
-                            # Installed in place of nothing, never committed: back to staging, to resume.
-                            if os.path.lexists(staging):
-                                _remove_tree(final)
-                            else:
-                                os.rename(final, staging)
-                except StorageError as exc:
-                    self._logger.warning("could not clean up after a failed pull: %s", exc)
-            raise
-        self._discard(old)
-        return installed
-
-    def _resumable(self, staging: str, manifest: _Manifest) -> bool:
-        """Whether ``staging`` is an interrupted pull of this very manifest."""
-        try:
-            _no_links(os.path.dirname(staging), os.path.join(staging, self._metadata_dir, "manifest.json"))
-        except StorageError:
-            return False
-        return os.path.isdir(staging) and self._stored_manifest_hash(staging) == manifest.digest
-
-    def _discard(self, path: str) -> None:
-        """Delete a directory that is no longer installed; a failure only costs disk space."""
-        try:
-            _remove_tree(path)
-        except StorageError as exc:
-            self._logger.warning("%s; the next pull or prune removes it", exc)
 
     def remove(self, ref: RefLike) -> None:
         """Delete the installed version ``ref``.
@@ -3277,32 +3398,8 @@ class Manager:
             NotInstalledError: it is not installed.
         """
         ref = _versioned(ref, "remove")
-        final, old = self._version_dir(ref), self._sibling(ref, "old")
-        with self._model_lock(ref):
-            self._recover(ref, keep_staging=False)
-            with self._registry_lock():
-                doc = self._read_registry()
-                if self._entry(doc, ref) is None:
-                    raise NotInstalledError(f"model not installed: {ref}")
-                # Out of sight first, then out of the index, then off the disk.
-                try:
-                    if os.path.lexists(final):
-                        os.rename(final, old)
-                except OSError as exc:
-                    raise _storage_error("remove", final, exc) from exc
-                versions = doc[ref.group][ref.model]
-                del versions[ref.version]
-                if not versions:
-                    del doc[ref.group][ref.model]
-                if not doc[ref.group]:
-                    del doc[ref.group]
-                self._write_registry(doc)
-            self._discard(old)
-            for parent in (os.path.dirname(final), os.path.dirname(os.path.dirname(final))):
-                try:
-                    os.rmdir(parent)
-                except OSError:
-                    break  # not empty: other versions or models live there
+        with self._store.model_lock(ref):
+            self._store.remove(ref)
 
     def remove_all(self, group: str, model: str) -> list[ModelRef]:
         """Delete every installed version of ``group/model``; return what was removed.

@@ -1070,7 +1070,18 @@ class TestPull:
         repeated = collections.Counter(chunks).most_common(1)[0]
         assert repeated[1] >= 2
         server.fail(f"data/{repeated[0]}", Fault(corrupt=True))
-        installed = manager.pull("org/big v1", concurrency=2)
+        held = server.hold(f"data/{chunks[-1]}")
+        pulled: list[xm.InstalledModel] = []
+        puller = threading.Thread(target=lambda: pulled.append(manager.pull("org/big v1", concurrency=2)))
+        puller.start()
+        assert held.arrived.wait(20)
+        # Mid-pull, nothing but the staging files (and the cached manifest, and locks) is on disk.
+        written = {str(path.relative_to(data_dir)) for path in data_dir.rglob("*") if path.is_file()}
+        assert {path for path in written if not path.startswith(("org/big/.v1.staging/", ".locks/",
+                                                                 "cache/manifests/"))} == set()
+        held.release.set()
+        puller.join(30)
+        installed = pulled[0]
         assert tree(Path(installed.path)) == files
         assert server.requests[f"data/{repeated[0]}"] == 2  # once corrupt, once right; copied to the others
         assert all(server.requests[f"data/{digest}"] == 1 for digest in set(chunks) - {repeated[0]})

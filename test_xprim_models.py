@@ -387,6 +387,12 @@ def open_under(root: Path) -> list[str]:
     return found
 
 
+def dead_pid() -> int:
+    """The process id of a process that has exited."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
 def data_dir_of(manager: xm.Manager) -> Path:
     return Path(manager.data_dir)
 
@@ -1362,6 +1368,60 @@ class TestStorage:
         assert manager.list_installed() == []
         manager.pull("org/tiny v1")
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def crash_before_commit(self, server: RegistryServer, data_dir: Path, action: str) -> None:
+        """Run ``action`` on a fresh Manager in a child that dies where registry.json would be committed."""
+        script = (
+            "import os, sys, xprim_models as xm\n"
+            "xm._Store.commit = lambda self, ref, record: os._exit(9)\n"
+            "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
+            f"{action}\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
+        assert result.returncode == 9
+
+    def test_an_unlisted_complete_version_is_adopted_by_the_next_pull(
+        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
+        data_dir: Path
+    ) -> None:
+        self.crash_before_commit(server, data_dir, 'manager.pull("org/tiny v1")')
+        assert (data_dir / "org" / "tiny" / "v1").is_dir() and manager.list_installed() == []
+        before = sum(server.requests[path] for path in chunk_paths(registry_dir))
+        installed = manager.pull("org/tiny v1")
+        assert sum(server.requests[path] for path in chunk_paths(registry_dir)) == before  # verified, not fetched
+        assert tree(Path(installed.path)) == dict(sorted(model.items())) and manager.verify("org/tiny v1") == []
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def test_an_unlisted_version_is_removed_by_prune_or_a_pull_of_other_bytes(
+        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
+        data_dir: Path
+    ) -> None:
+        self.crash_before_commit(server, data_dir, 'manager.pull("org/tiny v1")')
+        assert manager.prune_cache() > 0
+        assert not (data_dir / "org" / "tiny").exists() or os.listdir(data_dir / "org" / "tiny") == []
+        self.crash_before_commit(server, data_dir, 'manager.pull("org/tiny v1")')
+        publish.publish(str(registry_dir), "org", "tiny", "v1", {"other.bin": b"republished"})
+        assert tree(Path(manager.pull("org/tiny v1").path)) == {"other.bin": b"republished"}
+        assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
+
+    def test_the_next_command_cleans_an_old_copy_and_dead_writers_files(
+        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, data_dir: Path
+    ) -> None:
+        manager.pull("org/tiny v1")
+        manager.pull("org/tiny v2")
+        script = (
+            "import os, sys, xprim_models as xm\n"
+            "xm._Store.discard = lambda self, path: os._exit(9)\n"
+            "xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).remove('org/tiny v1')\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
+        assert result.returncode == 9 and (data_dir / "org" / "tiny" / ".v1.old").is_dir()
+        temporary = data_dir / f"registry.json.{dead_pid()}.1.tmp"
+        temporary.write_bytes(b"{}")
+        assert [item.ref.version for item in manager.list_installed()] == ["v2"]
+        assert not (data_dir / "org" / "tiny" / ".v1.old").exists()  # list holds the model's lock for a moment
+        manager.remove("org/tiny v2")  # commits registry.json, under its lock
+        assert not temporary.exists()
 
     def test_leftover_staging_is_cleaned(self, manager: xm.Manager, model: dict[str, bytes],
                                          data_dir: Path) -> None:
@@ -2646,6 +2706,64 @@ class TestReliability:
                 manager.pull("org/tiny v1")
         self.assert_outside_untouched(outside)
 
+    # Hostile local files: a hard link, pipe or device is never written through or waited on.
+
+    def test_hard_link_in_a_resumed_staging_directory_is_replaced(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        registry_dir: Path, data_dir: Path, outside: Path
+    ) -> None:
+        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        planted = data_dir / "org" / "tiny" / ".v1.staging" / "model.safetensors"
+        planted.unlink()
+        os.link(outside / "precious", planted)
+        installed = make_manager().pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        self.assert_outside_untouched(outside)
+
+    @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on Windows")
+    def test_planted_pipes_are_neither_read_nor_waited_on(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        registry_dir: Path, data_dir: Path
+    ) -> None:
+        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
+        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        planted = [staging / "config.json", data_dir / "cache" / "manifests" / digest,
+                   data_dir / f"registry.json.{dead_pid()}.1.tmp",
+                   data_dir / "cache" / "chunks" / chunk_paths(registry_dir)[6][5:],
+                   data_dir / "cache" / "chunks" / f"{chunk_paths(registry_dir)[6][5:]}.{dead_pid()}.1.part"]
+        (data_dir / "cache" / "manifests").mkdir(exist_ok=True)
+        (data_dir / "cache" / "chunks").mkdir()  # as earlier versions left it
+        for path in planted:
+            path.unlink(missing_ok=True)
+            os.mkfifo(path)
+        manager = make_manager()
+        installed = manager.pull("org/tiny v1")  # a pipe opened to read or write would hang it
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        for path in planted[1:3]:  # the caches drop what is not a plain file (a fresh copy may take its place)
+            assert not path.exists() or (path.is_file() and not path.is_fifo()), path
+        assert all(path.is_fifo() for path in planted[3:])  # pulls never look in cache/chunks
+        manager.prune_cache(None)  # which prune deletes without opening anything
+        assert not (data_dir / "cache" / "chunks").exists()
+
+    def test_repair_refuses_a_linked_version_directory_as_pull_does(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, outside: Path
+    ) -> None:
+        installed = Path(manager.pull("org/tiny v1").path)
+        shutil.move(str(installed), str(outside / "v1"))
+        os.symlink(outside / "v1", installed)
+        (outside / "v1" / "model.safetensors").write_bytes(b"damaged")
+        for action in (lambda: manager.verify("org/tiny v1", repair=True),
+                       lambda: manager.pull("org/tiny v1", force=True)):
+            with pytest.raises(xm.StorageError, match=f"{installed} is a symbolic link"):
+                action()
+        assert (outside / "v1" / "model.safetensors").read_bytes() == b"damaged"
+        assert sorted(p.name for p in outside.iterdir()) == ["precious", "v1"]
+
     def test_verify_works_on_a_read_only_data_directory(self, manager: xm.Manager, model: dict[str, bytes],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
         manager.pull("org/tiny v1")
@@ -3678,3 +3796,291 @@ class TestScale:
             assert (root / paths[i]).read_bytes() == content[i], paths[i]
         assert [(item.ref, item.file_count) for item in manager.list_installed()] == \
             [(xm.ModelRef("org", "many", "v1"), count)]
+
+
+# --- System-call fault sweep -------------------------------------------------------
+# Runs real commands under strace and fails each system call they make under the
+# data directory in turn: ENOSPC, EIO, or SIGKILL at that call. After each run the
+# target version must be whole (old or new) or absent, other models untouched, the
+# exit typed with no traceback, nothing written outside the data directory, and
+# the same command run again must succeed. docs/reliability.md shows the table.
+#
+# strace attaches once the child has imported everything, so its per-thread call
+# counts (which `inject=...:when=N` uses) start with the command itself; the
+# injection points are read from a baseline run, never picked by hand.
+
+SWEEP_SYSCALLS = ("write", "pwrite64", "fsync", "fdatasync", "rename", "renameat", "renameat2", "openat", "close",
+                  "ftruncate", "mkdir", "mkdirat", "unlink", "unlinkat", "rmdir", "copy_file_range")
+SWEEP_FAULTS = ("ENOSPC", "EIO", "KILL")
+SWEEP_ZYGOTE = r"""
+import encodings.idna, importlib, json, os, re, sys
+import xprim_models as xm
+# Every module a command may import, imported once, before any command runs: a
+# forked command then starts at once, and strace's counts start with its own calls.
+with open(xm.__file__, encoding="utf-8") as source:
+    for name in re.findall(r"^\s+(?:import|from) ([\w.]+)", source.read(), re.M):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+for line in sys.stdin:
+    job = json.loads(line)
+    go_read, go_write = os.pipe()
+    streams = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC) for path in (os.devnull, job["out"], job["err"])]
+    pid = os.fork()
+    if pid == 0:  # makes no traced call before strace is attached and says go
+        os.close(go_write)
+        for fd, stream in enumerate(streams):
+            os.dup2(stream, fd)
+        os.read(go_read, 1)
+        try:
+            code = xm.main(job["argv"])
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 70
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(go_read)
+    for stream in streams:
+        os.close(stream)
+    print(pid, flush=True)
+    sys.stdin.readline()  # go
+    os.write(go_write, b"x")
+    os.close(go_write)
+    print(os.waitpid(pid, 0)[1], flush=True)
+"""
+SWEEP_LINE = re.compile(r"^(\d+) +(?:<\.\.\. )?(\w+)(\(| resumed>)")
+
+
+def sweep_enabled() -> str:
+    """Why the sweep does not run here ("" when it does)."""
+    if os.environ.get("XPRIM_MODELS_FAULT_SWEEP") != "1":
+        return "the strace fault sweep runs with XPRIM_MODELS_FAULT_SWEEP=1 (its own CI step)"
+    if not sys.platform.startswith("linux") or shutil.which("strace") is None:
+        return "the fault sweep needs strace on Linux"
+    return ""
+
+
+class SweepScenario:
+    """A registry, a data directory as it stands before the command, and what each outcome may hold."""
+
+    def __init__(self, name: str, root: Path, server: RegistryServer, registry: Path) -> None:
+        self.name, self.root, self.server, self.registry = name, root, server, registry
+        self.template = root / "template"
+        root.mkdir()
+        self.zygotes, self.guard, self.started = threading.local(), threading.Lock(), []
+        self.streams = root / "streams"  # each command's stdout, stderr and strace log
+        self.streams.mkdir()
+        self.contents: dict[str, dict[str, bytes]] = {}  # manifest hash -> the files it makes
+        self.before: dict[str, str] = {}  # version as "group/model version" -> manifest hash
+        small = {"a.bin": blob(5_000, f"{name}-a"), "sub/b.txt": b"config\n", "empty": b"", "c.bin": blob(3_000)}
+        big = {"weights.bin": blob(700_000, f"{name}-w"), "tail.bin": blob(1_000, f"{name}-t")}
+        other = {"model.bin": blob(4_000, f"{name}-o")}
+        if name == "pull-small":
+            self.publish("org/m v1", small, 1024)
+            self.command, self.target, self.allowed = ["pull", "org/m", "v1"], "org/m v1", ["absent", "new"]
+        elif name == "pull-streamed":  # chunks over 256 KiB stream into their files
+            self.publish("org/m v1", big, 300 << 10)
+            self.command, self.target, self.allowed = ["pull", "org/m", "v1"], "org/m v1", ["absent", "new"]
+        elif name == "pull-force":
+            self.publish("org/m v1", small, 1024)
+            self.install("org/m v1")
+            self.publish("org/m v1", {**small, "a.bin": blob(5_000, f"{name}-republished")}, 1024)
+            self.command, self.target, self.allowed = ["pull", "org/m", "v1", "--force"], "org/m v1", ["old", "new"]
+        elif name == "update-alias":
+            self.publish("org/m v1", small, 1024)
+            self.publish("org/m v2", {**small, "c.bin": blob(3_000, "v2")}, 1024)
+            publish.add_alias(str(self.registry), "org", "m", "latest", "v1")
+            self.install("org/m latest")
+            publish.add_alias(str(self.registry), "org", "m", "latest", "v2")
+            self.command, self.target, self.allowed = ["update", "org/m", "--apply"], "org/m latest", ["old", "new"]
+        elif name == "remove":
+            self.publish("org/m v1", small, 1024)
+            self.publish("org/m v2", {**small, "c.bin": blob(3_000, "v2")}, 1024)
+            self.install("org/m v1")
+            self.install("org/m v2")
+            self.command, self.target, self.allowed = ["remove", "org/m", "v1"], "org/m v1", ["old", "absent"]
+        else:
+            assert name == "pull-beside"
+            self.publish("org/other v1", other, 1024)
+            self.install("org/other v1")
+            self.publish("org/m v1", small, 1024)
+            self.command, self.target, self.allowed = ["pull", "org/m", "v1"], "org/m v1", ["absent", "new"]
+        index = json.loads((self.registry / "models.json").read_text())
+        group, model, version = re.split(r"[/ ]", self.target)
+        entry = index[group][model][version]
+        self.new = index[group][model][entry["alias"]]["hash"] if "alias" in entry else entry["hash"]
+
+    def publish(self, ref: str, files: dict[str, bytes], chunk_size: int) -> None:
+        group, model, version = re.split(r"[/ ]", ref)
+        self.contents[publish.publish(str(self.registry), group, model, version, files, chunk_size=chunk_size)] = files
+
+    def install(self, ref: str) -> None:
+        installed = self.manager(self.template).pull(ref)
+        self.before[ref] = installed.manifest_hash
+
+    def manager(self, data_dir: Path) -> xm.Manager:
+        return xm.Manager(xm.Config("xprim-models", self.server.url, str(data_dir)), retry_backoff=0.01, timeout=5.0)
+
+    def argv(self, data_dir: Path) -> list[str]:
+        return ["--registry", self.server.url, "--data-dir", str(data_dir), "--quiet", *self.command,
+                *(["--concurrency", "1"] if self.command[0] != "remove" else [])]
+
+    def fresh(self, name: str) -> Path:
+        data_dir = self.root / name
+        if self.template.exists():
+            shutil.copytree(self.template, data_dir, symlinks=True)
+        else:
+            data_dir.mkdir()
+        return data_dir
+
+    def run(self, data_dir: Path, inject: str = "") -> tuple[subprocess.CompletedProcess[str], str]:
+        """The command in a child under strace (attached before it starts); its result and strace's log."""
+        zygote = getattr(self.zygotes, "process", None)
+        if zygote is None:
+            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(self.root)}
+            zygote = self.zygotes.process = subprocess.Popen(
+                [sys.executable, "-c", SWEEP_ZYGOTE], cwd=HERE, env=env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True)
+            with self.guard:
+                self.started.append(zygote)
+        assert zygote.stdin is not None and zygote.stdout is not None
+        out, err, log = (self.streams / f"{data_dir.name}.{kind}" for kind in ("out", "err", "strace"))
+        argv = self.argv(data_dir)
+        zygote.stdin.write(json.dumps({"argv": argv, "out": str(out), "err": str(err)}) + "\n")
+        zygote.stdin.flush()
+        pid = zygote.stdout.readline().strip()
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-y", "-p", pid, "-o", str(log), "-e", f"trace={','.join(SWEEP_SYSCALLS)}",
+             *(["-e", f"inject={inject}"] if inject else [])], stderr=subprocess.PIPE, text=True)
+        assert tracer.stderr is not None
+        attached = tracer.stderr.readline()
+        zygote.stdin.write("go\n")
+        zygote.stdin.flush()
+        status = int(zygote.stdout.readline())
+        tracer.wait(30)
+        assert "attached" in attached, f"strace could not attach: {attached}{tracer.stderr.read()}"
+        result = subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), out.read_text(), err.read_text())
+        trace = log.read_text()
+        for path in (out, err, log):
+            path.unlink()
+        return result, trace
+
+    def close(self) -> None:
+        for zygote in self.started:
+            zygote.kill()
+            zygote.wait()
+
+    def points(self, trace: str, data_dir: Path) -> list[tuple[str, int]]:
+        """(system call, N): the Nth call of that kind in some thread, made on the data directory."""
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        found = set()
+        for line in trace.splitlines():
+            match = SWEEP_LINE.match(line)
+            if not match or match.group(3) != "(":  # a resumed line: counted where it began
+                continue
+            tid, call = match.group(1), match.group(2)
+            counts[tid, call] += 1
+            if str(data_dir) in line:
+                found.add((call, counts[tid, call]))
+        return sorted(found)
+
+    def state(self, data_dir: Path) -> dict[str, str]:
+        """What each listed version holds, checked byte by byte: its manifest hash, or a problem."""
+        states = {}
+        for item in self.manager(data_dir).list_installed():
+            files = self.contents.get(item.manifest_hash)
+            root = Path(item.path)
+            intact = files is not None and root.is_dir() and tree(root) == dict(sorted(files.items()))
+            states[str(item.ref)] = item.manifest_hash if intact else f"NOT INTACT: {item.path}"
+        return states
+
+    def check(self, data_dir: Path, fault: str, result: subprocess.CompletedProcess[str], trace: str) -> list[str]:
+        """The invariants after a faulted run; returns what broke."""
+        problems = []
+        if fault == "KILL":
+            if result.returncode != -signal.SIGKILL:
+                problems.append(f"not killed: exit {result.returncode}")
+        elif result.returncode not in (0, 5, 6, 7) or "Traceback" in result.stderr or (
+                result.returncode and "error:" not in result.stderr):
+            problems.append(f"exit {result.returncode}: {result.stderr.strip()[-300:]}")
+        inside = (str(data_dir) + os.sep, str(self.streams) + os.sep, "/dev/")
+        for line in trace.splitlines():
+            match = SWEEP_LINE.match(line)
+            if not match or match.group(3) != "(" or match.group(2) in ("close", "fsync", "fdatasync") or (
+                    match.group(2) == "openat" and not re.search(r"O_WRONLY|O_RDWR|O_CREAT", line)):
+                continue
+            # Descriptors as strace -y names them; quoted paths too, but not the data a write carries.
+            quoted = [] if "write" in match.group(2) else re.findall(r'"(/[^"]*)"', line)
+            for where in re.findall(r"<(/[^>]*)>", line) + quoted:
+                if where not in (str(data_dir), str(HERE)) and not where.startswith(inside):
+                    problems.append(f"wrote outside the data directory: {line.strip()[:200]}")
+        try:
+            states = self.state(data_dir)
+        except xm.ModelsError as exc:
+            return [*problems, f"list failed after the fault: {exc}"]
+        outcome = {"absent": None, "old": self.before.get(self.target), "new": self.new}
+        if states.get(self.target) not in [outcome[name] for name in self.allowed]:
+            problems.append(f"{self.target} is {states.get(self.target)}, allowed: {self.allowed}")
+        for ref, digest in self.before.items():
+            if ref != self.target and states.get(ref) != digest:
+                problems.append(f"{ref} changed: {states.get(ref)}")
+        again = xm.main(self.argv(data_dir))
+        if again != 0 and not (self.command[0] == "remove" and again == 4):
+            problems.append(f"running it again exits {again}")
+        manager = self.manager(data_dir)
+        for item in manager.list_installed():
+            damaged = manager.verify(item.ref)
+            if damaged:
+                problems.append(f"verify {item.ref} after the rerun: {damaged}")
+        return problems
+
+
+SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-force", "update-alias", "remove", "pull-beside"]
+
+
+@pytest.mark.skipif(bool(sweep_enabled()), reason=sweep_enabled() or "runs")
+class TestFaultSweep:
+    @pytest.mark.timeout(600)
+    @pytest.mark.parametrize("scenario", SWEEP_SCENARIOS)
+    def test_no_fault_loses_or_mixes_a_model(self, scenario: str, tmp_path: Path, server: RegistryServer,
+                                             registry_dir: Path) -> None:
+        sc = SweepScenario(scenario, tmp_path / "sweep", server, registry_dir)
+        try:
+            self.sweep(scenario, sc)
+        finally:
+            sc.close()
+
+    def sweep(self, scenario: str, sc: SweepScenario) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        baseline = sc.fresh("baseline")
+        result, trace = sc.run(baseline)
+        assert result.returncode == 0, result.stderr
+        points = sc.points(trace, baseline)
+        assert points, "the baseline made no system call under the data directory"
+
+        def attempt(job: tuple[int, str, str, int]) -> dict[str, Any]:
+            number, fault, call, nth = job
+            data_dir = sc.fresh(f"run{number}")
+            action = "signal=KILL" if fault == "KILL" else f"error={fault}"
+            result, trace = sc.run(data_dir, f"{call}:{action}:when={nth}")
+            hit = "INJECTED" in trace or (fault == "KILL" and result.returncode == -signal.SIGKILL)
+            problems = sc.check(data_dir, fault, result, trace) if hit else []
+            shutil.rmtree(data_dir, ignore_errors=True)
+            return {"call": call, "nth": nth, "fault": fault, "hit": hit, "problems": problems}
+
+        jobs = [(n, fault, call, nth) for n, (fault, (call, nth)) in
+                enumerate((fault, point) for point in points for fault in SWEEP_FAULTS)]
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            results = list(pool.map(attempt, jobs))
+        report = os.environ.get("XPRIM_MODELS_FAULT_SWEEP_REPORT")
+        if report:
+            with open(f"{report}.{scenario}.json", "w") as handle:
+                json.dump(results, handle)
+        broken = [f"{r['fault']} at {r['call']} #{r['nth']}: {'; '.join(r['problems'])}"
+                  for r in results if r["problems"]]
+        assert sum(r["hit"] for r in results) >= len(results) * 0.9, "most injections missed their call"
+        assert not broken, "\n".join(broken)

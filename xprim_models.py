@@ -1302,6 +1302,14 @@ def _entry_problem(entry: Any) -> str:
     return _metadata_problem(entry.get("metadata", {}))
 
 
+def _detail(remote: RemoteModel, manifest: _Manifest) -> RemoteModelDetail:
+    return RemoteModelDetail(
+        ref=remote.ref, manifest_hash=remote.manifest_hash, alias_of=remote.alias_of,
+        metadata=remote.metadata, total_size=manifest.total_size, chunk_size=manifest.chunk_size,
+        chunk_count=len(manifest.chunks), files=manifest.files,
+    )
+
+
 # --- Registry client --------------------------------------------------------------
 # Fetching from http(s)://, file:// or a directory: a timeout on every request,
 # bounded bodies, retries with exponential backoff on transient failures.
@@ -1581,6 +1589,7 @@ class _RegistryClient:
         self._routes: dict[str, tuple[tuple[str, str, int], str, str] | None] = {}
         self._opener_guard = threading.Lock()
         self.timeout, self.retries, self.backoff, self.logger = timeout, retries, backoff, logger
+        self.index_warned: set[tuple[str, ...]] = set()  # bad models.json entries already logged
 
     @staticmethod
     def _local_root(url: str) -> str | None:
@@ -1911,6 +1920,44 @@ class _RegistryClient:
                 connection.close()
         return bytes(sink.data)
 
+    def index(self) -> _Index:
+        """The registry's models.json, validated entry by entry, with aliases resolved.
+        Each entry left out is logged as a warning, once per client (so once per Manager)."""
+        raw = self.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES)
+        index = _parse_index(raw, self.location("models.json"))
+        for key, problem in index.problems.items():
+            if key not in self.index_warned:
+                self.index_warned.add(key)
+                label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
+                self.logger.warning("models.json: leaving out %r: %s", label, problem)
+        return index
+
+    def manifest(self, digest: str, metadata_dir: str, session: _Session | None = None) -> tuple[_Manifest, bytes]:
+        """The manifest ``digest``, validated, and its bytes."""
+        raw = self.fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES, session=session)
+        return _parse_manifest(digest, raw, metadata_dir), raw
+
+    def manifests(self, digests: Sequence[str], metadata_dir: str) -> dict[str, tuple[_Manifest, bytes]]:
+        """Many manifests, fetched concurrently on a connection per pool thread."""
+        if not digests:
+            return {}
+        from concurrent.futures import ThreadPoolExecutor
+
+        local, sessions = threading.local(), []
+
+        def fetch(digest: str) -> tuple[_Manifest, bytes]:
+            if not hasattr(local, "session"):
+                local.session = _Session()
+                sessions.append(local.session)
+            return self.manifest(digest, metadata_dir, local.session)
+
+        try:
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xprim-models-manifest") as pool:
+                return dict(zip(digests, pool.map(fetch, digests)))
+        finally:
+            for session in sessions:
+                session.close()
+
 
 # --- Pull engine ------------------------------------------------------------------
 # Workers stream each distinct chunk (from a resumed pull's bytes, a seed or the
@@ -1937,6 +1984,17 @@ class _Seed:
     def __init__(self, directory: str, manifest: _Manifest, position: int, *, in_place: bool = False) -> None:
         self.directory, self.manifest, self.position = directory, manifest, position
         self.in_place = in_place  # the staging directory being resumed: its bytes are where they go
+
+
+def _with_staging(seeds: Mapping[str, Sequence[_Seed]], manifest: _Manifest, staging: str
+                  ) -> dict[str, list[_Seed]]:
+    """``seeds``, with what an interrupted pull already wrote in ``staging`` first (verified on use)."""
+    merged: dict[str, list[_Seed]] = {}
+    for position, digest in enumerate(manifest.chunks):
+        merged.setdefault(digest, []).append(_Seed(staging, manifest, position, in_place=True))
+    for digest, found in seeds.items():
+        merged.setdefault(digest, []).extend(found)
+    return merged
 
 
 class _RateLimiter:
@@ -1981,7 +2039,6 @@ class _PullJob:
         emit: Callable[[PullProgress], None],
         logger: Any,
         seeds: Mapping[str, Sequence[_Seed]] | None = None,
-        present: Collection[str] = (),
         limit_rate: float | None = None,
     ) -> None:
         self.client, self.writer, self.label, self.emit, self.logger = client, writer, label, emit, logger
@@ -1989,7 +2046,6 @@ class _PullJob:
         self.total_size = sum(size for _, size in chunks)
         self.concurrency = concurrency
         self.seeds = seeds or {}
-        self.present = present  # chunks the files already hold at every position (holes of zeros)
         self.limiter = _RateLimiter(limit_rate) if limit_rate else None
         # Reads stay small under a low rate limit, so the cap holds over short spans too.
         self.read_size = min(_BUFFER_SIZE, max(4096, int(limit_rate / 16))) if limit_rate else _BUFFER_SIZE
@@ -2063,7 +2119,7 @@ class _PullJob:
                     index = self.next_task
                     self.next_task += 1
                 task = self.tasks[index]
-                if task.digest not in self.present:
+                if task.digest not in self.writer.present:
                     self._obtain(index, task, buffer, session)
                     for position in task.positions[1:]:
                         self._write_files(self.writer.copy, task.positions[0], position)
@@ -2141,7 +2197,7 @@ class _PullJob:
         try:
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(seed.position)):
                 path = os.path.join(seed.directory, *manifest.files[index].path.split("/"))
-                fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                fd = _open_regular(path)  # a pipe planted in an installed version is not waited on
                 try:
                     for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
                         if self.cancel.is_set():
@@ -2209,6 +2265,7 @@ class _ChunkFiles:
                  positions: Sequence[int] | None = None) -> None:
         self.manifest, self.paths = manifest, paths
         self.positions = positions
+        self.present: Collection[str] = ()  # chunks the files already hold at all their places
 
     def _start(self, number: int) -> tuple[int, int]:
         """Where chunk ``number`` begins in the byte stream, and its length."""
@@ -2261,7 +2318,6 @@ class _Staging(_ChunkFiles):
         super().__init__(manifest, [os.path.join(root, *info.path.split("/")) for info in manifest.files])
         self.root, self.label = root, label
         self.directories: set[str] = set()
-        self.zero_chunks: set[str] = set()  # chunks the files already hold: they read as zeros there
 
     def path(self, index: int) -> str:
         return self.paths[index]
@@ -2304,7 +2360,12 @@ class _Staging(_ChunkFiles):
             except OSError as exc:
                 raise _storage_error("create", path, exc) from exc
         if not resume:  # a kept file may hold anything where a zero chunk goes
-            self.zero_chunks = self._repeated_zero_chunks()
+            self.present = self._repeated_zero_chunks()
+
+    def fill(self, job: _PullJob, *, resume: bool) -> None:
+        """Create the files, have ``job`` write every chunk into them, and flush them."""
+        self.create(resume=resume)
+        job.run(partial(self.finish, job.set_current_file))
 
     def _repeated_zero_chunks(self) -> set[str]:
         """The chunks listed more than once that are all zeros (sparse data: padding, empty
@@ -2573,18 +2634,27 @@ class _Store:
     # crash found by the next command: the new copy goes back to staging (a
     # later pull of it resumes there, verifying every chunk) and the old comes back.
 
-    def install(self, ref: ModelRef, manifest: _Manifest, record: Mapping[str, Any],
-                build: Callable[[str, bool], None]) -> None:
+    def install(self, ref: ModelRef, manifest: _Manifest, alias_of: str,
+                build: Callable[[str, bool], None]) -> InstalledModel:
         """Build ``manifest``'s files with ``build(staging, resume)``, swap them in and commit
-        ``record`` for ``ref`` (model lock held)."""
-        final, old, staging = self.version_dir(ref), self.sibling(ref, "old"), self.sibling(ref, "staging")
+        them as ``ref`` (model lock held)."""
+        final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
+        old, staging = self.sibling(ref, "old"), self.sibling(ref, "staging")
+        installed = InstalledModel(
+            ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size, file_count=len(manifest.files),
+            installed_at=datetime.now(timezone.utc).replace(microsecond=0), path=final, alias_of=alias_of,
+        )
+        record = {"manifest_hash": installed.manifest_hash, "total_size": installed.total_size,
+                  "file_count": installed.file_count, "installed_at": _format_time(installed.installed_at),
+                  **({"alias_of": alias_of} if alias_of else {})}
         resume = self.stored_hash(staging) == manifest.digest and self._plain_directory(staging)
-        if not resume:
-            try:
+        try:
+            if not resume:
                 _remove_tree(staging)
                 os.makedirs(os.path.join(staging, self.metadata_dir))
-            except OSError as exc:
-                raise _storage_error("create", staging, exc) from exc
+        except OSError as exc:
+            raise _storage_error("create", staging, exc) from exc
+        if not resume:
             # Written first: it names what this staging directory holds, should a pull resume it.
             _atomic_write(self.manifest_path(staging), manifest.raw)
         build(staging, resume)  # every file complete, verified and flushed, or an exception
@@ -2602,6 +2672,7 @@ class _Store:
             self._reclaim_quietly(ref)
             raise
         self.discard(old)
+        return installed
 
     def reclaim(self, ref: ModelRef, *, keep_staging: bool = True) -> int:
         """Finish or undo what a failed or crashed install or remove of ``ref`` left
@@ -2627,10 +2698,9 @@ class _Store:
         if not keep_staging and os.path.lexists(staging):
             freed += self.discard(staging)
         metadata = os.path.join(final, self.metadata_dir)
-        if os.path.isdir(metadata) and not os.path.islink(metadata):
-            for name in os.listdir(metadata):
-                if name.startswith("repair-") and name.endswith(".tmp"):  # an interrupted repair
-                    freed += self.discard(os.path.join(metadata, name))
+        for name in [] if os.path.islink(metadata) else _list_directory(metadata):
+            if name.startswith("repair-") and name.endswith(".tmp"):  # an interrupted repair
+                freed += self.discard(os.path.join(metadata, name))
         return freed
 
     def _to_staging(self, directory: str, staging: str) -> None:
@@ -2639,6 +2709,34 @@ class _Store:
             os.rename(directory, staging)
         except OSError as exc:
             raise _storage_error("move", directory, exc) from exc
+
+    def reclaim_if_idle(self, ref: ModelRef) -> bool:
+        """Put right what a crashed swap or remove of ``ref`` left, unless its pull or remove is
+        running (and will finish it itself); return whether registry.json may have changed."""
+        if not os.path.lexists(self.sibling(ref, "old")):
+            return False
+        lock = self.model_lock(ref)
+        if not lock.try_acquire():
+            return False
+        try:
+            self.reclaim(ref)
+        finally:
+            lock.__exit__(None, None, None)
+        return True
+
+    def intact(self, ref: ModelRef) -> InstalledModel | None:
+        """``ref`` as installed, if registry.json lists it, its directory is there, and no
+        crashed swap is waiting to be recovered; else None."""
+        entry = self.entry(self.read(), ref)
+        if entry is None or os.path.lexists(self.sibling(ref, "old")):
+            return None
+        installed = self.installed(ref, entry)
+        return installed if os.path.isdir(installed.path) else None
+
+    def raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
+        installed = self.intact(ref)
+        if installed is not None and installed.manifest_hash == manifest_hash:
+            raise AlreadyInstalledError(f"model already installed: {ref}", installed)
 
     def _reclaim_quietly(self, ref: ModelRef) -> None:
         try:
@@ -2757,6 +2855,15 @@ class _Store:
             except OSError:
                 pass  # absent, or chunks younger than max_age remain
         return freed
+
+    @staticmethod
+    def check_case(ref: ModelRef, installed_models: Sequence[InstalledModel]) -> None:
+        for item in installed_models:
+            if str(item.ref).casefold() == str(ref).casefold() and item.ref != ref:
+                raise InvalidRefError(
+                    f"pull {ref}: differs only in letter case from the installed {item.ref}, and "
+                    f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
+                )
 
     def seeds(self, manifest: _Manifest, installed_models: Sequence[InstalledModel]) -> dict[str, list[_Seed]]:
         """Where installed versions hold chunks this manifest needs (their bytes are verified on use)."""
@@ -2987,7 +3094,6 @@ class Manager:
         self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
         self._client_instance: _RegistryClient | None = None
         self._client_guard = threading.Lock()
-        self._index_warned: set[tuple[str, ...]] = set()  # bad models.json entries already logged
 
     @property
     def data_dir(self) -> str:
@@ -3008,41 +3114,20 @@ class Manager:
                 )
             return self._client_instance
 
-    def _index(self) -> _Index:
-        client = self._client()
-        raw = client.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES)
-        index = _parse_index(raw, client.location("models.json"))
-        for key, problem in index.problems.items():
-            if key not in self._index_warned:  # once per Manager, not once per command step
-                self._index_warned.add(key)
-                label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
-                self._logger.warning("models.json: leaving out %r: %s", label, problem)
-        return index
-
-    def _manifest(self, digest: str, session: _Session | None = None) -> _Manifest:
+    def _manifest(self, digest: str) -> _Manifest:
         """The validated manifest, from the local manifest cache or the registry."""
         manifest = self._store.cached_manifest(digest)
         if manifest is None:
-            raw = self._client().fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES,
-                                                session=session)
-            manifest = _parse_manifest(digest, raw, self._store.metadata_dir)
+            manifest, raw = self._client().manifest(digest, self._store.metadata_dir)
             self._store.cache_manifest(digest, raw)
         return manifest
 
-    @staticmethod
-    def _detail(remote: RemoteModel, manifest: _Manifest) -> RemoteModelDetail:
-        return RemoteModelDetail(
-            ref=remote.ref, manifest_hash=remote.manifest_hash, alias_of=remote.alias_of,
-            metadata=remote.metadata, total_size=manifest.total_size, chunk_size=manifest.chunk_size,
-            chunk_count=len(manifest.chunks), files=manifest.files,
-        )
-
     def _job(self, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]], concurrency: int,
              progress: Callable[[PullProgress], None] | None, seeds: Mapping[str, Sequence[_Seed]],
-             limit_rate: float | None, present: Collection[str] = ()) -> _PullJob:
+             limit_rate: float | None) -> _PullJob:
         emit = progress if progress is not None else (lambda snapshot: None)
         return _PullJob(self._client(), writer, label, chunks, concurrency=concurrency, emit=emit,
-                        logger=self._logger, seeds=seeds, present=present, limit_rate=limit_rate)
+                        logger=self._logger, seeds=seeds, limit_rate=limit_rate)
 
     # Public API --------------------------------------------------------------
 
@@ -3055,24 +3140,10 @@ class Manager:
         store = self._store
         doc = store.read()
         refs = store.refs(doc)
-        if any(self._recover_after_crash(ref) for ref in store.leftovers(unlisted=False)):
+        if any(self._store.reclaim_if_idle(ref) for ref in store.leftovers(unlisted=False)):
             doc = store.read()
         return sorted((store.installed(ref, entry) for ref in refs if (entry := store.entry(doc, ref)) is not None),
                       key=lambda item: item.ref)
-
-    def _recover_after_crash(self, ref: ModelRef) -> bool:
-        """Put right what a crashed swap or remove of ``ref`` left, unless its pull or remove is
-        running (and will finish it itself); return whether registry.json may have changed."""
-        if not os.path.lexists(self._store.sibling(ref, "old")):
-            return False
-        lock = self._store.model_lock(ref)
-        if not lock.try_acquire():
-            return False
-        try:
-            self._store.reclaim(ref)
-        finally:
-            lock.__exit__(None, None, None)
-        return True
 
     def list_remote(self, *, detail: bool = False) -> list[RemoteModel]:
         """Every version the registry lists, aliases resolved, sorted.
@@ -3085,30 +3156,16 @@ class Manager:
         Raises:
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        remote = sorted(self._index().models.values(), key=lambda item: item.ref)
+        remote = sorted(self._client().index().models.values(), key=lambda item: item.ref)
         if not detail:
             return remote
         digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
         manifests = {digest: self._store.cached_manifest(digest) for digest in digests}
         missing = [digest for digest, manifest in manifests.items() if manifest is None]
-        if missing:
-            from concurrent.futures import ThreadPoolExecutor
-
-            local, sessions = threading.local(), []
-
-            def fetch(digest: str) -> _Manifest:
-                if not hasattr(local, "session"):  # one connection per pool thread
-                    local.session = _Session()
-                    sessions.append(local.session)
-                return self._manifest(digest, local.session)
-
-            try:
-                with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xprim-models-manifest") as pool:
-                    manifests.update(zip(missing, pool.map(fetch, missing)))
-            finally:
-                for session in sessions:
-                    session.close()
-        return [self._detail(item, manifests[item.manifest_hash]) for item in remote]  # type: ignore[arg-type]
+        for digest, (manifest, raw) in self._client().manifests(missing, self._store.metadata_dir).items():
+            manifests[digest] = manifest
+            self._store.cache_manifest(digest, raw)
+        return [_detail(item, manifests[item.manifest_hash]) for item in remote]  # type: ignore[arg-type]
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
         """The versions of every model in ``group`` (empty if the group is unknown).
@@ -3133,7 +3190,7 @@ class Manager:
             NotInstalledError: it is not installed.
         """
         ref = _versioned(ref, "get_installed")
-        self._recover_after_crash(ref)
+        self._store.reclaim_if_idle(ref)
         entry = self._store.entry(self._store.read(), ref)
         if entry is None:
             raise NotInstalledError(f"model not installed: {ref}")
@@ -3146,7 +3203,7 @@ class Manager:
             ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        return self._index().lookup(_versioned(ref, "get_remote"))
+        return self._client().index().lookup(_versioned(ref, "get_remote"))
 
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
         """What the registry lists for ``ref``, with its manifest's sizes and files.
@@ -3157,7 +3214,7 @@ class Manager:
             NetworkError: the registry cannot be reached.
         """
         remote = self.get_remote(ref)
-        return self._detail(remote, self._manifest(remote.manifest_hash))
+        return _detail(remote, self._manifest(remote.manifest_hash))
 
     def files(self, ref: RefLike) -> list[FileInfo]:
         """The files of the installed version ``ref``, in manifest order.
@@ -3188,20 +3245,6 @@ class Manager:
         """
         installed = self.get_installed(ref)
         return installed.manifest_hash, self.get_remote(installed.ref).manifest_hash
-
-    def _intact(self, ref: ModelRef) -> InstalledModel | None:
-        """``ref`` as installed, if registry.json lists it, its directory is there, and no
-        crashed swap is waiting to be recovered; else None."""
-        entry = self._store.entry(self._store.read(), ref)
-        if entry is None or os.path.lexists(self._store.sibling(ref, "old")):
-            return None
-        installed = self._store.installed(ref, entry)
-        return installed if os.path.isdir(installed.path) else None
-
-    def _raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
-        installed = self._intact(ref)
-        if installed is not None and installed.manifest_hash == manifest_hash:
-            raise AlreadyInstalledError(f"model already installed: {ref}", installed)
 
     def pull(
         self,
@@ -3234,32 +3277,18 @@ class Manager:
         ref = _versioned(ref, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
-        remote = self._index().lookup(ref)
+        remote = self._client().index().lookup(ref)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
-            self._raise_if_installed(ref, remote.manifest_hash)
+            store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
             store.reclaim(ref)
             if not force:  # another thread or process may have installed it meanwhile
-                self._raise_if_installed(ref, remote.manifest_hash)
+                store.raise_if_installed(ref, remote.manifest_hash)
             installed_models = self.list_installed()
-            for item in installed_models:
-                if str(item.ref).casefold() == str(ref).casefold() and item.ref != ref:
-                    raise InvalidRefError(
-                        f"pull {ref}: differs only in letter case from the installed {item.ref}, and "
-                        f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
-                    )
+            store.check_case(ref, installed_models)
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)
-            installed = InstalledModel(
-                ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size,
-                file_count=len(manifest.files), installed_at=datetime.now(timezone.utc).replace(microsecond=0),
-                path=store.version_dir(ref), alias_of=remote.alias_of,
-            )
-            record = {"manifest_hash": installed.manifest_hash, "total_size": installed.total_size,
-                      "file_count": installed.file_count, "installed_at": _format_time(installed.installed_at)}
-            if installed.alias_of:
-                record["alias_of"] = installed.alias_of
             with store.cache_lock(shared=True):
                 store.clean()
                 seeds = store.seeds(manifest, installed_models)
@@ -3267,22 +3296,15 @@ class Manager:
                 started = time.monotonic()
 
                 def build(staging: str, resume: bool) -> None:
-                    sources = seeds
-                    if resume:  # what an interrupted pull wrote there is verified again, in place first
+                    if resume:
                         self._logger.info("resuming %s from %s", ref, staging)
-                        local: dict[str, list[_Seed]] = {}
-                        for position, digest in enumerate(manifest.chunks):
-                            local.setdefault(digest, []).append(_Seed(staging, manifest, position, in_place=True))
-                        sources = {digest: [*local.get(digest, []), *seeds.get(digest, [])]
-                                   for digest in {*local, *seeds}}
+                    sources = _with_staging(seeds, manifest, staging) if resume else seeds
                     chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
                     files = _Staging(manifest, staging, f"pull {ref}")
-                    files.create(resume=resume)
-                    job = self._job(files, f"pull {ref}", chunks, concurrency, progress, sources, limit_rate,
-                                    present=files.zero_chunks)
-                    job.run(partial(files.finish, job.set_current_file))
+                    files.fill(self._job(files, f"pull {ref}", chunks, concurrency, progress, sources, limit_rate),
+                               resume=resume)
 
-                store.install(ref, manifest, record, build)
+                installed = store.install(ref, manifest, remote.alias_of, build)
             self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
                               time.monotonic() - started)
             return installed
@@ -3301,7 +3323,7 @@ class Manager:
             the errors of ``pull``, except ``AlreadyInstalledError``.
         """
         ref = _versioned(ref, "ensure")
-        installed = self._intact(ref)
+        installed = self._store.intact(ref)
         if installed is not None:
             return installed.path
         try:
@@ -3455,11 +3477,18 @@ class _Console:
     @staticmethod
     def _write(stream: Any, text: str) -> None:
         try:
-            stream.write(text)
-        except UnicodeEncodeError:  # a terminal that cannot show the arrow or multiplication sign
-            encoding = getattr(stream, "encoding", None) or "ascii"
-            stream.write(text.encode(encoding, "replace").decode(encoding))
-        stream.flush()
+            try:
+                stream.write(text)
+            except UnicodeEncodeError:  # a terminal that cannot show the arrow or multiplication sign
+                encoding = getattr(stream, "encoding", None) or "ascii"
+                stream.write(text.encode(encoding, "replace").decode(encoding))
+            stream.flush()
+        except BrokenPipeError:
+            raise  # the reader went away: the command stops quietly
+        except OSError as exc:  # output redirected to a full or failing disk
+            name = "standard output" if stream is sys.stdout else "standard error"
+            raise StorageError(f"cannot write to {name}: {exc.strerror or exc}; free space where it goes, "
+                               "or send it elsewhere") from exc
 
     def out(self, text: str = "") -> None:
         self._write(sys.stdout, text + "\n")
@@ -3972,6 +4001,8 @@ def _run_command(
             console.err(f"error: {exc}")
         except BrokenPipeError:
             _silence_stdout()
+        except StorageError:
+            pass  # stderr itself cannot be written: the exit code is all that is left
         return code
     except KeyboardInterrupt:
         console.err("interrupted: run the same command again to resume (verified chunks are kept)")

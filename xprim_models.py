@@ -22,9 +22,9 @@
 
 A registry is a static file host holding ``models.json`` and ``data/<sha256>``
 blobs. This module fetches a model's manifest, downloads its chunks in
-parallel, verifies every byte with SHA-256, caches verified chunks so an
-interrupted pull resumes, rebuilds the model's files in a staging directory,
-swaps them into place atomically, and records the install in
+parallel, verifies every byte with SHA-256, streams each chunk into its place
+in a staging directory (which an interrupted pull resumes from, verifying it
+again), swaps the files into place atomically, and records the install in
 ``registry.json``::
 
     import xprim_models
@@ -402,8 +402,9 @@ class PullProgress:
     """A snapshot of a pull, passed to the ``progress`` callback.
 
     ``phase`` is ``"manifest"``, then ``"chunks"``, then ``"extracting"``.
-    ``chunks_completed`` and ``bytes_completed`` include chunks found in the
-    cache and only grow; ``bytes_downloaded`` counts network bytes only.
+    ``chunks_completed`` and ``bytes_completed`` include chunks copied from
+    installed versions or found intact in a resumed staging directory, and only
+    grow; ``bytes_downloaded`` counts network bytes only.
     """
 
     phase: str
@@ -2786,7 +2787,7 @@ class _Store:
             return 0
         return size
 
-    # Leftovers and the chunk cache -------------------------------------------
+    # Leftovers, and the chunk cache earlier versions left ---------------------
 
     def leftovers(self, *, unlisted: bool = True) -> Iterator[ModelRef]:
         """Versions with a staging directory or old copy beside them, or (with ``unlisted``)
@@ -3257,8 +3258,9 @@ class Manager:
     ) -> InstalledModel:
         """Download, verify and install ``ref``; return the installed model.
 
-        Chunks come from the cache, then from installed versions that hold the
-        same bytes (verified again), and only then from the network.
+        Chunks come from an interrupted pull's staging directory, then from
+        installed versions that hold the same bytes (verified again either way),
+        and only then from the network.
 
         Args:
             ref: ``ModelRef`` or ``"group/model version"``; an alias installs under its own name.
@@ -3981,7 +3983,7 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> No
     group.add_argument("--quiet", "-q", dest="models_quiet", action="store_true", default=default,
                        help="no progress or warnings")
     group.add_argument("--verbose", "-v", dest="models_verbose", action="store_true", default=default,
-                       help="log requests, retries and cache hits on stderr")
+                       help="log requests, retries and chunks reused on stderr")
 
 
 def _run_command(

@@ -2477,6 +2477,15 @@ def https_registry(tmp_path: Path, registry_dir: Path, model: dict[str, bytes]) 
 
 
 class TestConventions:
+    def test_every_test_the_docs_cite_exists(self) -> None:
+        cited = set()
+        for page in [HERE / "README.md", *sorted((HERE / "docs").glob("*.md"))]:
+            cited.update(re.findall(r"\b(Test\w+)::(test_\w+)", page.read_text(encoding="utf-8")))
+        assert cited
+        missing = [f"{cls}::{name}" for cls, name in sorted(cited)
+                   if not callable(getattr(globals().get(cls), name, None))]
+        assert not missing, f"cited in README.md or docs/ but not defined: {missing}"
+
     def test_import_is_silent(self, tmp_path: Path) -> None:
         script = (
             "import sys, threading, os\n"
@@ -3854,12 +3863,22 @@ for line in sys.stdin:
 SWEEP_LINE = re.compile(r"^(\d+) +(?:<\.\.\. )?(\w+)(\(| resumed>)")
 
 
+@functools.cache
 def sweep_enabled() -> str:
     """Why the sweep does not run here ("" when it does)."""
     if os.environ.get("XPRIM_MODELS_FAULT_SWEEP") != "1":
         return "the strace fault sweep runs with XPRIM_MODELS_FAULT_SWEEP=1 (its own CI step)"
     if not sys.platform.startswith("linux") or shutil.which("strace") is None:
-        return "the fault sweep needs strace on Linux"
+        return "the fault sweep needs strace on Linux (Debian package strace)"
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as child:
+        tracer = subprocess.Popen(["strace", "-p", str(child.pid), "-e", "trace=none", "-o", os.devnull],
+                                  stderr=subprocess.PIPE, text=True)
+        assert tracer.stderr is not None and child.stdin is not None
+        said = tracer.stderr.readline()
+        child.stdin.close()
+        tracer.wait(10)
+    if "attached" not in said:
+        return f"strace cannot attach to a process here (ptrace not permitted?): {said.strip()}"
     return ""
 
 

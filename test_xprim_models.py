@@ -13,9 +13,9 @@ import functools
 import hashlib
 import http.server
 import importlib.util
+import io
 import json
 import os
-import pty
 import random
 import re
 import select
@@ -1060,7 +1060,8 @@ class TestPull:
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
         assert all(server.requests[path] == 1 for path in chunks)
         assert os.listdir(cache) == [chunks[0].split("/")[1]]  # left for prune
-        assert manager.prune_cache(None) == len(b"not the chunk") and not cache.exists()
+        left = disk_usage(cache / chunks[0].split("/")[1])
+        assert manager.prune_cache(None) == left and not cache.exists()
 
     @pytest.mark.parametrize("chunk_kib", [300, 1024])
     def test_big_and_repeated_chunks_stream_into_their_places(
@@ -1131,6 +1132,19 @@ class TestProgress:
         assert (last.chunks_total, last.chunks_completed) == (7, 7)
         assert last.bytes_total == last.bytes_completed == last.bytes_downloaded == total
         assert {event.current_file for event in events if event.phase == "extracting"} <= set(model)
+
+    def test_chunks_phase_ends_complete_and_names_files(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
+        events: list[xm.PullProgress] = []
+        manager.pull("org/tiny v1", progress=events.append)
+        chunks = [event for event in events if event.phase == "chunks"]
+        first_extracting = next(i for i, event in enumerate(events) if event.phase == "extracting")
+        last_chunks = events[first_extracting - 1]
+        assert last_chunks.phase == "chunks"
+        assert (last_chunks.chunks_completed, last_chunks.bytes_completed) == (7, V1_SIZE)
+        # Each chunk event after the first completion names a file of the chunk completed last.
+        named = {event.current_file for event in chunks if event.chunks_completed}
+        assert named and named <= {"model.safetensors", "config.json", "sub/tokenizer.json"}
+        assert all(event.current_file for event in chunks if event.chunks_completed)
 
     def test_progress_keeps_coming_while_the_server_stalls(self, make_manager: Callable[..., xm.Manager],
                                                            model: dict[str, bytes], server: RegistryServer,
@@ -1719,6 +1733,14 @@ def cli_local_time(rfc3339: str, with_time: bool) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
 
 
+def cli_without_quarters(stderr: str, verb: str = "Downloading") -> str:
+    """Progress off a terminal without its 25/50/75% lines (how many come depends on timing), which
+    must all say ``verb``."""
+    quarters = re.findall(r"^(\w+): \d/7 chunks \d+% .*\n", stderr, flags=re.MULTILINE)
+    assert set(quarters) <= {verb}, stderr
+    return re.sub(r"^\w+: \d/7 chunks \d+% .*\n", "", stderr, flags=re.MULTILINE)
+
+
 def cli_chunk(registry_dir: Path, version: str, index: int) -> str:
     return str(manifest_of(registry_dir, "org", "tiny", version)["chunks"][index])
 
@@ -1795,7 +1817,9 @@ class TestCli:
         assert xm.main([]) == 2
         assert "usage:" in capsys.readouterr().err
         assert xm.main(["pull", "org/tiny"]) == 2  # the version is required
-        assert "the following arguments are required: VERSION" in capsys.readouterr().err
+        usage, error = capsys.readouterr().err.rsplit("\n", 2)[-3:-1]
+        assert "GROUP/MODEL [VERSION]" in usage
+        assert error == "error: pull org/tiny: a version is required ('org/tiny <version>')"
         base = ["--registry", server.url, "--data-dir", str(data_dir)]
         result = xm.main([*base, "path", "org/tiny", "v1"])
         assert result == 4 and isinstance(result, int)
@@ -1875,6 +1899,74 @@ class TestCli:
     ) -> None:
         result = cli_run(server, data_dir, "list", "--remote")
         assert (result.returncode, result.stderr) == (0, "")
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["path", "org/tiny", "v1"], ["--data-dir", "d", "path", "org/tiny v1", "--json"],
+            ["-q", "path", "org/tiny", "v1", "--registry=r", "-v"], ["list"], ["--registry", "r", "list", "--remote"],
+            ["list", "--data-dir=d", "--quiet", "--verbose"], ["path", "org/tiny"],
+        ],
+    )
+    def test_quick_reading_of_path_and_list_matches_argparse(self, argv: list[str]) -> None:
+        quick = xm._quick_args(argv)
+        assert quick is not None
+        word = next(item for item in argv if item in ("path", "list"))
+        parsed = vars(xm._main_parser(word, lambda args: (xm.Config("x"), {}), "")[0].parse_args(argv))
+        assert quick == {key: value for key, value in parsed.items() if key != "func"}
+
+    @pytest.mark.parametrize(
+        "argv",
+        [["path"], ["path", "a/b", "c", "d"], ["--remote", "list"], ["list", "-h"], ["list", "--jso"],
+         ["--registry", "-x", "list"], ["path", "--", "a/b", "c"], ["list", "-qv"], ["pull", "a/b", "c"]],
+    )
+    def test_anything_else_is_left_to_argparse(self, argv: list[str]) -> None:
+        assert xm._quick_args(argv) is None
+
+    def test_registry_and_data_dir_after_the_command_word(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert xm.main(["pull", "org/tiny", "v1", "--registry", server.url, f"--data-dir={data_dir}", "-q"]) == 0
+        capsys.readouterr()
+        assert xm.main(["list", "--data-dir", str(data_dir), "--json"]) == 0
+        assert [item["version"] for item in json.loads(capsys.readouterr().out)["models"]] == ["v1"]
+        assert xm.main(["path", "org/tiny v1", "--data-dir", str(data_dir)]) == 0  # the one-word form
+        assert capsys.readouterr().out == f"{data_dir / 'org' / 'tiny' / 'v1'}\n"
+
+    @pytest.mark.parametrize(
+        ("argv", "code", "message"),
+        [
+            (["pull", "org/tiny", "V1"], 3, "version not found: org/tiny V1 (did you mean org/tiny v1?) (available: "),
+            (["pull", "org/tiyn", "v1"], 3, "model not found in registry: org/tiyn (did you mean org/tiny v1?)"),
+            (["pull", "Org/Tiny", "v2"], 3, "model not found in registry: Org/Tiny (did you mean org/tiny v2?)"),
+            (["pull", "org/tiny", "lates"], 3, "version not found: org/tiny lates (did you mean org/tiny latest?)"),
+            (["pull", "acme/nothing", "v1"], 3, "model not found in registry: acme/nothing; 'xprim-models list"),
+            (["path", "org/tiny", "V1"], 4, "model not installed: org/tiny V1 (did you mean org/tiny v1?)"),
+            (["info", "org/tin", "v1"], 4, "model not installed: org/tin v1 (did you mean org/tiny v1?)"),
+        ],
+        ids=["version-case", "model-typo", "group-and-model-case", "version-typo", "nothing-close",
+             "installed-version-case", "installed-typo"],
+    )
+    def test_did_you_mean(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str],
+        argv: list[str], code: int, message: str
+    ) -> None:
+        cli_install(server, data_dir, "v1")
+        assert xm.main(["--registry", server.url, "--data-dir", str(data_dir), *argv]) == code
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+
+    def test_registry_without_a_scheme_gets_a_hint(
+        self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        host = server.url.split("//")[1]
+        assert xm.main(["--registry", host, "list", "--remote"]) == 1
+        assert capsys.readouterr().err.endswith(
+            f"\nhint: {host} is not a directory; if it is a server, write http://{host}\n")
+        (tmp_path / "not-a-registry").mkdir()  # a directory: no hint, it is one
+        assert xm.main(["--registry", "not-a-registry", "list", "--remote"]) == 1
+        assert "hint:" not in capsys.readouterr().err
 
     # Human output --------------------------------------------------------------
 
@@ -2100,19 +2192,49 @@ class TestCli:
     def test_progress_off_a_terminal(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
-        assert result.stderr.startswith("Fetching manifest... done\n")
-        assert result.stderr.endswith("Extracting files... done\n")
-        assert "Downloading: 7/7 chunks 100% 6.4 KB\n" in result.stderr
+        assert cli_without_quarters(result.stderr) == (
+            "Fetching manifest... done\nGetting 7 chunks (6.4 KB)\nDownloaded 7 chunks (6.4 KB)\n"
+            "Extracting files... done\n"
+        )
         assert "\r" not in result.stderr and "\x1b" not in result.stderr
 
-    @pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
-    def test_progress_on_a_terminal(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_progress_says_what_was_reused_and_counts_right(
+        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        base = ["--registry", server.url, "--data-dir", str(data_dir)]
+        assert xm.main([*base, "pull", "org/tiny v1"]) == 0  # one word, as the API takes it
+        capsys.readouterr()
+        assert xm.main([*base, "pull", "org/tiny", "latest"]) == 0  # an alias of what is installed
+        assert cli_without_quarters(capsys.readouterr().err, "Verifying") == (
+            "Fetching manifest... done\nGetting 7 chunks (6.4 KB)\n"
+            "Reused 7 chunks (6.4 KB) already on this disk; nothing downloaded\nExtracting files... done\n"
+        )
+        assert xm.main([*base, "pull", "org/tiny", "v2"]) == 0  # one chunk differs from v1
+        assert "Downloaded 1 KB, reused 5.4 KB already on this disk (7 chunks)\n" in capsys.readouterr().err
+        publish.publish(str(registry_dir), "org", "one", "v1", {"a.bin": b"abc"})
+        publish.publish(str(registry_dir), "org", "none", "v1", {})
+        assert xm.main([*base, "pull", "org/one", "v1"]) == 0
+        assert "Getting 1 chunk (3 B)\nDownloaded 1 chunk (3 B)\n" in capsys.readouterr().err
+        assert xm.main([*base, "pull", "org/none", "v1"]) == 0  # an empty model: no chunk line at all
+        assert capsys.readouterr().err == "Fetching manifest... done\nExtracting files... done\n"
+
+    @staticmethod
+    def pull_on_a_terminal(server: RegistryServer, data_dir: Path, columns: int, *args: str) -> str:
+        """What a pull writes to a pseudo-terminal ``columns`` wide (its size set as a resize does)."""
+        import fcntl
+        import pty
+        import struct
+        import termios
+
         master, slave = pty.openpty()
         try:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
             process = subprocess.Popen(
                 [sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
-                 "pull", "org/tiny", "v1"],
+                 "pull", "org/tiny", "v1", *args],
                 stdin=slave, stdout=slave, stderr=slave, cwd=HERE,
+                env={key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")},
             )
             os.close(slave)
             slave = -1
@@ -2123,11 +2245,116 @@ class TestCli:
             if slave >= 0:
                 os.close(slave)
         assert "Traceback" not in output
-        assert "\r" in output
-        assert PTY_BAR.search(output), output
-        assert "Downloading: 7/7 chunks [====================] 100% 6.4 KB" in output
+        return output
+
+    @staticmethod
+    def drawn(output: str) -> list[str]:
+        """Every state of every progress line a terminal shows: each redraw (after ``\\r``) on its own."""
+        states = [part.replace("\x1b[2K", "") for line in output.split("\r\n") for part in line.split("\r")]
+        return [state for state in states if not state.startswith(("Model installed: ", "Path: "))]
+
+    @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+    def test_progress_on_a_terminal_80_columns(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        # 4 KB/s: the 6.4 KB take over a second, so the line is redrawn with a speed and an ETA.
+        output = self.pull_on_a_terminal(server, data_dir, 80, "--limit-rate", "4K")
+        states = self.drawn(output)
+        assert all(len(state) < 80 for state in states), [state for state in states if len(state) >= 80]
+        assert any(PTY_BAR.match(state) and "/s ETA " in state for state in states), states
+        assert "Downloaded 7 chunks (6.4 KB)" in states
         assert "Model installed: org/tiny v1 (6.4 KB)" in output
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
+
+    @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+    def test_progress_on_a_terminal_40_columns(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        output = self.pull_on_a_terminal(server, data_dir, 40, "--limit-rate", "4K")
+        states = self.drawn(output)
+        assert all(len(state) < 40 for state in states), [state for state in states if len(state) >= 40]
+        progress = [state for state in states if state.startswith("Downloading: ")]
+        assert progress and not any("[" in state or "ETA" in state for state in progress), progress
+        assert "Downloaded 7 chunks (6.4 KB)" in states
+
+    def test_progress_line_narrows_in_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Bar first, then ETA, then speed: at each width, the fullest line that fits, never wider."""
+        import argparse
+
+        console = xm._Console(argparse.Namespace())
+        lines: list[str] = []
+        monkeypatch.setattr(console, "err", lambda text, end="\n": lines.append(text.replace("\r\x1b[2K", "")))
+        printer = xm._ProgressPrinter(console)
+        printer.terminal = True
+        printer.samples = [(time.monotonic() - 2, 0)]  # 2 s ago: a speed of about 1 MB/s
+        snapshot = xm.PullProgress("chunks", 70, 30, 4 << 20, 2 << 20, 2 << 20)
+        shapes = []
+        for width in (120, 80, 62, 55, 45, 40, 30, 20):
+            monkeypatch.setattr(xm, "_terminal_width", lambda stream, width=width: width)
+            printer.last_draw = 0.0
+            printer._download(snapshot)
+            assert len(lines[-1]) < width, (width, lines[-1])
+            shapes.append(("[" in lines[-1], "ETA" in lines[-1], "/s" in lines[-1]))
+        assert shapes == sorted(shapes, reverse=True)  # each thing, once gone, stays gone
+        assert shapes[0] == (True, True, True) and shapes[-1] == (False, False, False)
+        assert (False, True, True) in shapes and (False, False, True) in shapes  # the bar went first, then ETA
+
+    def test_stall_says_what_it_waits_for(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        class Terminal(io.StringIO):
+            def __init__(self) -> None:
+                super().__init__()
+                self.noticed = threading.Event()
+
+            def isatty(self) -> bool:
+                return True
+
+            def write(self, text: str) -> int:
+                written = super().write(text)
+                if "Waiting for" in self.getvalue():
+                    self.noticed.set()
+                return written
+
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        monkeypatch.setenv("COLUMNS", "120")
+        monkeypatch.setattr(xm, "_STALL_NOTICE_AFTER", 0.2)  # rather than 5 s
+        monkeypatch.setitem(xm.Manager.__init__.__kwdefaults__, "retry_backoff", 0.01)
+        stalled = Fault(pause_after=0)  # headers, then nothing until resumed
+        server.fail("models.json", Fault(status=503), stalled)
+        result: list[int] = []
+        listing = threading.Thread(target=lambda: result.append(
+            xm.main(["--registry", server.url, "--data-dir", str(data_dir), "list", "--remote"])))
+        listing.start()
+        try:
+            assert terminal.noticed.wait(20)
+        finally:
+            stalled.resume.set()
+            listing.join(30)
+        assert result == [0]
+        host = server.url.split("//")[1]
+        assert re.search(rf"\r\x1b\[2KWaiting for {re.escape(host)} \(attempt 2 of 4, \d+s without progress\)",
+                         terminal.getvalue()), terminal.getvalue()
+
+    def test_network_failure_mid_pull_says_the_next_run_resumes(
+        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setitem(xm.Manager.__init__.__kwdefaults__, "retry_backoff", 0.01)
+        server.always[chunk_paths(registry_dir)[4]] = Fault(status=503)
+        base = ["--registry", server.url, "--data-dir", str(data_dir)]
+        assert xm.main([*base, "pull", "org/tiny", "v1", "--concurrency", "1"]) == 5
+        error = capsys.readouterr().err
+        assert error.endswith(
+            "(after 4 attempts)\nthe verified chunks are kept: run the same command again to resume\n")
+        del server.always[chunk_paths(registry_dir)[4]]
+        assert xm.main([*base, "pull", "org/tiny", "v1"]) == 0
+        # Chunks 1 to 4 came before the failure; 5 to 7 come now.
+        assert "Downloaded 2.4 KB, reused 4 KB already on this disk (7 chunks)" in capsys.readouterr().err
+        server.fail("models.json", *[Fault(status=503)] * 4)  # before any chunk: nothing to resume
+        assert xm.main([*base, "pull", "org/tiny", "v2"]) == 5
+        assert "resume" not in capsys.readouterr().err
 
     # Exit codes and error messages -------------------------------------------------
 
@@ -2153,7 +2380,9 @@ class TestCli:
         args, code, message, check_json = case
         human = cli_run(server, data_dir, *args)
         assert (human.returncode, human.stdout) == (code, "")
-        assert human.stderr.startswith(message), human.stderr
+        error_line = next(line for line in human.stderr.splitlines() if line.startswith("error: "))
+        assert error_line.startswith(message), human.stderr
+        assert human.stderr.startswith("usage: " if code == 2 else "error: "), human.stderr
         if not check_json:
             return
         as_json = cli_run(server, data_dir, "--json", *args)
@@ -2161,7 +2390,7 @@ class TestCli:
         error = cli_document(as_json)["error"]
         assert set(error) == {"type", "message", "exit_code"}
         assert error["exit_code"] == code
-        assert as_json.stderr == f"error: {error['message']}\n"
+        assert as_json.stderr.endswith(f"error: {error['message']}\n")
 
     @pytest.mark.parametrize(
         "args",
@@ -2413,6 +2642,107 @@ class TestEmbedding:
         assert result.returncode == 2
         assert "usage: whisper-tool models pull" in result.stderr
 
+    def test_messages_name_only_what_the_parent_tool_has(
+        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import argparse
+
+        def tool(registry: str) -> argparse.ArgumentParser:
+            parser = argparse.ArgumentParser(prog="whisper-tool")
+            commands = parser.add_subparsers(dest="command", required=True)
+            models = commands.add_parser("models").add_subparsers(dest="models_command", required=True)
+            xm.register_subcommands(models, xm.Config("whisper-tool", registry, data_dir), retries=0)
+            return parser
+
+        def run(parser: argparse.ArgumentParser, *argv: str) -> tuple[int, str]:
+            args = parser.parse_args(["models", *argv])
+            code = args.func(args)
+            return code, capsys.readouterr().err
+
+        no_registry = tool("")
+        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"], ["update"], ["verify", "--repair"]):
+            if argv == ["update"]:
+                xm.Manager(xm.Config("whisper-tool", server.url, data_dir)).pull("org/tiny v1")
+            code, err = run(no_registry, *argv)
+            assert (code, err) == (1, "error: no registry URL is configured for whisper-tool\n"), argv
+        code, err = run(tool(server.url), "pull", "org/tiyn", "v1")
+        assert code == 3
+        assert err == ("error: model not found in registry: org/tiyn (did you mean org/tiny v1?); "
+                       "'whisper-tool models list --remote' shows what the registry has\n")
+        assert "XPRIM_MODELS" not in err and "--registry" not in err
+
+
+# --- examples/publish.py: the publisher's side --------------------------------------
+
+
+class TestPublish:
+    @pytest.fixture
+    def source(self, tmp_path: Path) -> Path:
+        source = tmp_path / "source"
+        (source / "sub").mkdir(parents=True)
+        (source / "weights.bin").write_bytes(blob(3000, "publish"))
+        (source / "sub" / "config.json").write_bytes(b"{}")
+        return source
+
+    def test_publishes_what_the_client_reads(self, tmp_path: Path, source: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+        registry = tmp_path / "registry"
+        assert publish.main([str(registry), "org/pub", "v1", str(source), "--chunk-size", "1024",
+                             "--metadata", "license=MIT"]) == 0
+        assert publish.main([str(registry), "org/pub", "latest", "--alias-of", "v1"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith("org/pub v1: manifest ") and out[1].startswith("org/pub latest: alias of v1, ")
+        manager = xm.Manager(xm.Config("publish-test", str(registry)), data_dir=tmp_path / "data")
+        detail = manager.get_remote_detail("org/pub latest")
+        assert (detail.alias_of, detail.chunk_count, dict(detail.metadata)) == ("v1", 3, {"license": "MIT"})
+        assert [info.path for info in detail.files] == ["weights.bin", "sub/config.json"]
+        assert tree(Path(manager.pull("org/pub latest").path)) == tree(source)
+
+    @pytest.mark.parametrize(
+        ("case", "code", "message"),
+        [
+            ("alias-of-missing", 1, "error: org/pub has no version 'v9' to alias (it has: v1)"),
+            ("missing-source", 1, "error: source directory {tmp}/nowhere does not exist or is not a directory"),
+            ("empty-source", 1, "error: source directory {tmp}/empty holds no files: there is nothing to publish"),
+            ("no-slash", 2, "error: invalid model reference 'pub v2': expected 'group/model'"),
+            ("bad-version", 2, "error: invalid model reference 'org/pub v2!': version 'v2!' must be"),
+            ("client-rejects", 1, "error: the registry fails the client's checks after publishing org/pub v2: "
+                                  "manifest "),
+        ],
+    )
+    def test_refuses_with_a_message_and_leaves_the_index_alone(
+        self, tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str], case: str, code: int, message: str
+    ) -> None:
+        registry = tmp_path / "registry"
+        assert publish.main([str(registry), "org/pub", "v1", str(source)]) == 0
+        index = (registry / "models.json").read_bytes()
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "a:b.txt").write_bytes(b"a colon: Windows cannot name a file so")
+        argv = {
+            "alias-of-missing": ["org/pub", "latest", "--alias-of", "v9"],
+            "missing-source": ["org/pub", "v2", str(tmp_path / "nowhere")],
+            "empty-source": ["org/pub", "v2", str(tmp_path / "empty")],
+            "no-slash": ["pub", "v2", str(source)],
+            "bad-version": ["org/pub", "v2!", str(source)],
+            "client-rejects": ["org/pub", "v2", str(tmp_path / "bad")],
+        }[case]
+        capsys.readouterr()
+        assert publish.main([str(registry), *argv]) == code
+        output = capsys.readouterr()
+        assert output.out == ""
+        assert output.err.startswith(message.format(tmp=tmp_path)), output.err
+        assert (registry / "models.json").read_bytes() == index
+
+    def test_runs_as_a_script_from_a_checkout(self, tmp_path: Path, source: Path) -> None:
+        result = subprocess.run(
+            [sys.executable, str(HERE / "examples" / "publish.py"), str(tmp_path / "registry"), "org/pub", "v1",
+             str(source)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("org/pub v1: manifest ")
+
 
 # --- Python conventions: vendoring, packaging, proxies, TLS ----------------------
 
@@ -2527,27 +2857,74 @@ class TestConventions:
         assert f"Path: {data_dir / 'org' / 'tiny' / 'v1'}" in result.stdout
         assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
 
-    def test_wheel_installs_offline_with_no_dependencies(self, tmp_path: Path) -> None:
-        import zipfile
-
-        pytest.importorskip("flit_core", reason="the build backend is installed by the README's test command")
+    @staticmethod
+    def install_wheel(work: Path) -> tuple[Path, Path]:
+        """(the wheel, a venv's python with it installed), built and installed offline."""
+        pytest.importorskip("hatchling", reason="the build backend is installed by the README's test command")
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                        "-q", "-w", str(tmp_path / "dist"), str(HERE)], check=True, timeout=120)
-        (wheel,) = (tmp_path / "dist").glob("xprim_models-*.whl")
-        with zipfile.ZipFile(wheel) as archive:
-            names = archive.namelist()
-            metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
-        assert [n for n in names if not n.startswith("xprim_models-")] == ["xprim_models.py"]
-        assert "Requires-Dist" not in metadata
-        assert "Requires-Python: >=3.9" in metadata and "License" in metadata and "Classifier:" in metadata
-        venv = tmp_path / "venv"
+                        "-q", "-w", str(work / "dist"), str(HERE)], check=True, timeout=120)
+        (wheel,) = (work / "dist").glob("xprim_models-*.whl")
+        venv = work / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
         python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q",
                         str(wheel)], check=True, timeout=120)
-        script = venv / ("Scripts" if os.name == "nt" else "bin") / "xprim-models"
-        result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-        assert result.stdout.strip() == f"xprim-models {xm.__version__}"
+        return wheel, python
+
+    def test_wheel_installs_offline_with_no_dependencies_and_real_types(self, tmp_path: Path) -> None:
+        import zipfile
+
+        wheel, python = self.install_wheel(tmp_path)
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+            metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+            # The one file of the repository, as the package's __init__, with py.typed beside it.
+            assert archive.read("xprim_models/__init__.py") == (HERE / "xprim_models.py").read_bytes()
+        assert sorted(n for n in names if not n.startswith("xprim_models-")) == [
+            "xprim_models/__init__.py", "xprim_models/__main__.py", "xprim_models/py.typed"]
+        assert "Requires-Dist" not in metadata
+        assert "Requires-Python: >=3.9" in metadata and "License" in metadata and "Classifier:" in metadata
+        script = python.parent / "xprim-models"
+        for command in ([str(script)], [str(python), "-m", "xprim_models"]):
+            result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+            assert result.stdout.strip() == f"xprim-models {xm.__version__}", result.stderr
+        # mypy --strict on a user's file, against the installed wheel, sees the real types.
+        pytest.importorskip("mypy", reason="mypy is installed by .ci/run")
+        (tmp_path / "user.py").write_text(textwrap.dedent("""\
+            import logging
+            import urllib.request
+
+            from xprim_models import Config, LoggerLike, Manager, OpenerLike, PullProgress, RefLike
+
+            reveal_type(Manager.pull)
+            ref: RefLike = "org/tiny v1"
+            logger: LoggerLike = logging.getLogger("mytool")
+            opener: OpenerLike = urllib.request.build_opener()
+
+
+            def show(progress: PullProgress) -> None:
+                reveal_type(progress.phase)
+
+
+            Manager(Config("mytool"), logger=logger, opener=opener).pull(ref, progress=show)
+            Manager(Config("mytool"), logger=42)
+        """))
+        result = subprocess.run(
+            [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--no-error-summary",
+             "--python-executable", str(python), "user.py"],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+            env={key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "MYPYPATH")},
+        )
+        lines = result.stdout.splitlines()
+        pull = next(line for line in lines if line.startswith("user.py:6: note: Revealed type is "))
+        assert re.search(r'"def \(self: xprim_models\.Manager, ref: .*xprim_models\.ModelRef.*, \*, force: '
+                         r'(builtins\.)?bool =, .*progress: .*xprim_models\.PullProgress.*\) -> '
+                         r'xprim_models\.InstalledModel"', pull), pull
+        assert "Any" not in pull
+        phase = next(line for line in lines if line.startswith("user.py:13: note: Revealed type is "))
+        assert all(f"Literal['{name}']" in phase for name in ("manifest", "chunks", "extracting")), phase
+        errors = [line for line in lines if ": error: " in line]
+        assert len(errors) == 1 and errors[0].startswith("user.py:17: error: ") and "LoggerLike" in errors[0], lines
 
     def test_user_agent(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes]) -> None:
         manager.pull("org/tiny v1")
@@ -2993,18 +3370,42 @@ class TestVerify:
         with pytest.raises(ValueError, match="concurrency"):
             manager.verify("org/tiny v1", repair=True, concurrency=0)
 
+    def test_cli_repair_without_a_registry_fails_before_it_starts(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        cli_install(server, data_dir, "v1")
+        self.damage(data_dir / "org" / "tiny" / "v1")
+        before = tree(data_dir / "org" / "tiny" / "v1")
+        assert xm.main(["--data-dir", str(data_dir), "verify", "--repair"]) == 1
+        assert capsys.readouterr().err == (
+            "error: no registry URL is configured: give --registry URL, or set XPRIM_MODELS_REGISTRY_URL\n")
+        assert tree(data_dir / "org" / "tiny" / "v1") == before
+
     def test_cli_verify_exit_codes(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
         assert cli_run(server, data_dir, "verify").stdout == "org/tiny v1: ok\n"
         self.damage(data_dir / "org" / "tiny" / "v1")
         damaged = cli_run(server, data_dir, "verify", "org/tiny", "v1")
         assert damaged.returncode == 6
-        assert damaged.stdout == ("org/tiny v1: 3 files damaged or missing\n  config.json\n  model.safetensors\n"
-                                  "  sub/tokenizer.json\n")
+        assert damaged.stdout == (
+            "org/tiny v1: 2 files damaged or missing\n  model.safetensors\n  sub/tokenizer.json\n"
+            "org/tiny v1: 1 file sharing a damaged chunk (perhaps intact: the chunk's hash cannot say which of "
+            "its files holds the damage)\n  config.json\n"
+            "To repair it: xprim-models verify org/tiny v1 --repair\n")
+        (result,) = cli_document(cli_run(server, data_dir, "verify", "org/tiny v1", "--json"))["results"]
+        assert (result["damaged"], result["sharing_damaged_chunk"]) == (
+            ["model.safetensors", "sub/tokenizer.json"], ["config.json"])
         repaired = cli_run(server, data_dir, "verify", "--repair", "--quiet")
         assert (repaired.returncode, repaired.stdout) == (
             0, "org/tiny v1: 2 files repaired\n  model.safetensors\n  sub/tokenizer.json\n")
         assert json.loads(cli_run(server, data_dir, "--json", "verify").stdout)["results"][0]["damaged"] == []
+
+
+def disk_usage(path: Path) -> int:
+    """The disk space a file takes: allocated blocks where the system says, else its size."""
+    status = path.lstat()
+    blocks = getattr(status, "st_blocks", None)
+    return blocks * 512 if blocks is not None else status.st_size
 
 
 class TestPrune:
@@ -3019,9 +3420,10 @@ class TestPrune:
         staging = data_dir / "org" / "tiny" / ".v1.staging"
         staging.mkdir(parents=True)
         (staging / "half").write_bytes(b"x" * 7)
-        assert manager.prune_cache() == 100 + 5 + 7
+        on_disk = {path.name: disk_usage(path) for path in [*cache.iterdir(), staging / "half"]}
+        assert manager.prune_cache() == on_disk["a" * 64] + on_disk[f"{'c' * 64}.1.1.part"] + on_disk["half"]
         assert os.listdir(cache) == ["b" * 64] and not staging.exists()
-        assert manager.prune_cache(None) == 10
+        assert manager.prune_cache(None) == on_disk["b" * 64]
         assert not cache.exists()  # pulls no longer write there: once empty, it goes
         assert manager.prune_cache(None) == 0
 
@@ -3073,9 +3475,23 @@ class TestPrune:
     def test_cli_prune(self, server: RegistryServer, data_dir: Path) -> None:
         cache = data_dir / "cache" / "chunks"
         cache.mkdir(parents=True)
-        (cache / ("a" * 64)).write_bytes(b"x" * 2048)
+        (cache / ("a" * 64)).write_bytes(b"x" * 8192)
+        freed = xm._format_size(disk_usage(cache / ("a" * 64)))
         assert cli_run(server, data_dir, "prune").stdout == "Nothing to prune\n"
-        assert cli_run(server, data_dir, "prune", "--all").stdout == "Freed 2 KB\n"
+        assert cli_run(server, data_dir, "prune", "--all").stdout == f"Freed {freed}\n"
+
+    def test_prune_reports_the_disk_space_of_sparse_files(self, manager: xm.Manager, data_dir: Path) -> None:
+        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        staging.mkdir(parents=True)
+        with open(staging / "weights.bin", "wb") as file:  # 64 MiB long, one 64 KiB block written
+            file.truncate(64 << 20)
+            file.write(b"x" * (64 << 10))
+        if not sparse_files_work(staging):
+            pytest.skip("this file system does not keep files sparse")
+        expected = disk_usage(staging / "weights.bin")
+        assert 64 << 10 <= expected < 8 << 20
+        assert manager.prune_cache() == expected  # not the apparent 64 MiB
+        assert not staging.exists()
 
 
 class TestRateLimit:

@@ -56,16 +56,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Union
 
+# typing.TYPE_CHECKING, without importing typing at run time: it costs a tenth of the
+# start-up of `xprim-models path`. Type checkers take it as True.
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import argparse
     import hashlib
     import logging
     import socket
     import ssl
+    import urllib.request
     from collections.abc import Collection, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
+    from typing import Any, Callable, Literal, Union
+    from typing import Protocol as _Protocol
 
 __version__ = "0.1.0"
 
@@ -76,13 +81,16 @@ __all__ = [
     "HashMismatchError",
     "InstalledModel",
     "InvalidRefError",
+    "LoggerLike",
     "Manager",
     "ModelNotFoundError",
     "ModelRef",
     "ModelsError",
     "NetworkError",
     "NotInstalledError",
+    "OpenerLike",
     "PullProgress",
+    "RefLike",
     "RegistryError",
     "RemoteModel",
     "RemoteModelDetail",
@@ -135,6 +143,7 @@ _PROGRESS_INTERVAL = 0.1  # seconds between byte-progress callbacks
 _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
 _BACKOFF_CAP = 10.0
 _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
+_ATTEMPT_KEY = "xprim_models_attempt"  # logging ``extra`` of each request: (url, attempt, attempts)
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
 
 _REGISTRY_FILE = "registry.json"
@@ -407,7 +416,7 @@ class PullProgress:
     grow; ``bytes_downloaded`` counts network bytes only.
     """
 
-    phase: str
+    phase: Literal["manifest", "chunks", "extracting"]
     chunks_total: int
     chunks_completed: int
     bytes_total: int
@@ -416,7 +425,62 @@ class PullProgress:
     current_file: str = ""
 
 
-RefLike = Union[ModelRef, str]
+if TYPE_CHECKING:
+    # A ModelRef, or its text form "group/model version": what every Manager method takes.
+    RefLike = Union[ModelRef, str]
+else:
+    _Protocol = object  # the classes below are protocols to type checkers, plain classes at run time
+
+    def __getattr__(name: str) -> Any:
+        if name == "RefLike":  # made on first use, as it needs typing
+            from typing import Union
+
+            globals()[name] = Union[ModelRef, str]
+            return globals()[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class OpenerLike(_Protocol):
+    """What ``Manager(opener=...)`` takes: ``urllib.request.OpenerDirector`` or anything with its ``open``."""
+
+    def open(self, request: urllib.request.Request, /, *, timeout: float) -> Any:
+        """Send ``request``; return a response with ``status``, ``headers`` and ``readinto``."""
+
+
+class LoggerLike(_Protocol):
+    """What ``Manager(logger=...)`` takes: a ``logging.Logger``, or anything with these methods.
+
+    Calls pass ``%``-style arguments, and may pass ``extra=`` as ``logging`` does.
+    """
+
+    def debug(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+    def info(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+    def warning(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+    def error(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+
+
+def _did_you_mean(ref: ModelRef, known: Collection[tuple[str, str, str]]) -> str:
+    """`` (did you mean ...?)`` naming what in ``known`` (group, model, version) is closest to
+    ``ref``: the same name in another letter case, else a close spelling; "" if nothing is close."""
+    import difflib
+
+    def closest(wanted: str, names: Collection[str]) -> list[str]:
+        by_fold = {name.casefold(): name for name in sorted(names, reverse=True)}
+        if wanted.casefold() in by_fold:
+            return [by_fold[wanted.casefold()]]
+        return [by_fold[name] for name in difflib.get_close_matches(wanted.casefold(), list(by_fold), 3, 0.75)]
+
+    base = f"{ref.group}/{ref.model}"
+    models = {f"{group}/{model}" for group, model, _ in known}
+    if base in models:
+        versions = {version for group, model, version in known if (group, model) == (ref.group, ref.model)}
+        found = [f"{base} {version}" for version in closest(ref.version, versions)]
+    else:
+        found = [
+            f"{name} {ref.version}" if (*name.split("/"), ref.version) in known else name
+            for name in closest(base, models)
+        ]
+    return f" (did you mean {' or '.join(found)}?)" if found else ""
 
 
 def _as_ref(ref: RefLike) -> ModelRef:
@@ -1195,10 +1259,10 @@ class _Index:
         invalid = sum(1 for problem_key in self.problems if problem_key[:2] == key[:2])
         if not versions and not invalid:
             raise ModelNotFoundError(
-                f"model not found in registry: {ref.group}/{ref.model}; run 'list --remote' to see what it has"
+                f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, self.models)}"
             )
         raise VersionNotFoundError(
-            f"version not found: {ref} (available: {', '.join(versions) or 'none'}"
+            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {', '.join(versions) or 'none'}"
             + (f"; {invalid} invalid entries of this model are left out, see the warnings)" if invalid else ")")
         )
 
@@ -1595,10 +1659,7 @@ class _RegistryClient:
     @staticmethod
     def _local_root(url: str) -> str | None:
         if not url:
-            raise RegistryError(
-                "no registry URL is configured: set Config.registry_url "
-                "(or --registry / XPRIM_MODELS_REGISTRY_URL on the command line)"
-            )
+            raise RegistryError("no registry URL is configured: set Config.registry_url")
         match = re.match(r"(?i)([a-z][a-z0-9+.-]*)://", url)
         if not match:
             return os.path.abspath(os.path.expanduser(url))
@@ -1823,7 +1884,8 @@ class _RegistryClient:
             elif sink.kept:
                 sink.reset()
             try:
-                self._attempt(location, what, sink, size, exact, cancel, read_size, session)
+                self._attempt(location, what, sink, size, exact, cancel, read_size, session,
+                              (attempt + 1, self.retries + 1))
                 return
             except _Transient as exc:
                 last = exc
@@ -1846,11 +1908,14 @@ class _RegistryClient:
         cancel: threading.Event | None,
         read_size: int,
         session: _Session,
+        attempt: tuple[int, int],
     ) -> None:
         start = sink.kept if sink.resumable and exact else 0
         if not start and sink.kept:
             sink.reset()
-        self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "")
+        # The extra tells the CLI what it waits for, should the request stall (see _Console).
+        self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "",
+                          extra={_ATTEMPT_KEY: (location, *attempt)})
         local = self.local_root is not None
         response = self._open_local(location, start) if local else self._open_url(location, start, session)
         try:
@@ -2071,8 +2136,11 @@ class _PullJob:
 
     # Progress ----------------------------------------------------------------
 
-    def snapshot(self) -> PullProgress:
-        phase = "chunks" if self.tasks_done < len(self.tasks) else "extracting"
+    def snapshot(self, *, done: bool = False) -> PullProgress:
+        """The progress now; ``done`` keeps the phase at ``chunks`` for the event that completes it."""
+        phase: Literal["chunks", "extracting"] = (
+            "chunks" if done or self.tasks_done < len(self.tasks) else "extracting"
+        )
         return PullProgress(
             phase,
             self.chunk_count,
@@ -2126,6 +2194,7 @@ class _PullJob:
                         self._write_files(self.writer.copy, task.positions[0], position)
                 with self.condition:
                     self.tasks_done += 1
+                    self.current_file = self.writer.file_of(task.positions[0])
                     self.chunks_completed += len(task.positions)
                     self.bytes_completed += task.size * len(task.positions) - self.reported.get(index, 0)
                     self.reported[index] = task.size * len(task.positions)
@@ -2232,6 +2301,7 @@ class _PullJob:
                     if self.error is not None:
                         raise self.error
                     if self.tasks_done == len(self.tasks):
+                        snapshot = self.snapshot(done=True)  # every chunk and byte: the last chunks event
                         break
                     # Emit on change, and at least once a second so speeds and ETAs stay live.
                     if not self.dirty and time.monotonic() - last_emit < 1.0:
@@ -2244,6 +2314,7 @@ class _PullJob:
                 with self.condition:  # pace the callbacks: at most one per interval
                     if self.error is None and self.tasks_done < len(self.tasks):
                         self.condition.wait(_PROGRESS_INTERVAL)
+            self.emit(snapshot)
             finish()
         finally:
             with self.condition:
@@ -2272,6 +2343,11 @@ class _ChunkFiles:
         """Where chunk ``number`` begins in the byte stream, and its length."""
         position = self.positions[number] if self.positions is not None else number
         return position * self.manifest.chunk_size, self.manifest.chunk_length(position)
+
+    def file_of(self, number: int) -> str:
+        """The first file chunk ``number`` fills, for progress (empty files hold no chunk)."""
+        start, length = self._start(number)
+        return next((self.manifest.files[index].path for index, _, _ in _segments(self.manifest, start, length)), "")
 
     def place(self, number: int, data: memoryview, start: int) -> None:
         """Write ``data``, the bytes of chunk ``number`` from its offset ``start`` on."""
@@ -2434,6 +2510,18 @@ def _parse_time(text: str) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
+
+
+def _only_sharing(manifest: _Manifest, bad_positions: Collection[int], missing: Collection[str]) -> set[str]:
+    """The files a damaged chunk touches that may be intact: each damaged chunk spans
+    several files, and none of them is known damaged (missing, of the wrong size, or
+    holding a damaged chunk of its own)."""
+    touched = []
+    for position in bad_positions:
+        start, length = position * manifest.chunk_size, manifest.chunk_length(position)
+        touched.append({manifest.files[index].path for index, _, _ in _segments(manifest, start, length)})
+    known = set(missing).union(*(paths for paths in touched if len(paths) == 1))
+    return set().union(*(paths for paths in touched if len(paths) > 1)) - known
 
 
 _LEFTOVER_RE = re.compile(r"\.(.+)\.(staging|old)")
@@ -2779,7 +2867,7 @@ class _Store:
     def discard(self, path: str) -> int:
         """Delete what is no longer installed; return the bytes freed. A failure only costs
         disk space until the next command that holds the model's lock, or prune."""
-        size = _tree_size(path)
+        size = _tree_size(path, allocated=True)
         try:
             _remove_tree(path)
         except StorageError as exc:
@@ -2832,7 +2920,7 @@ class _Store:
             expired = horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon
             if expired and _remove_file(path):
                 self.logger.debug("removed cache file %s", path)
-                freed += status.st_size
+                freed += _allocated(status)
         return freed
 
     def clean(self) -> None:
@@ -3067,8 +3155,8 @@ class Manager:
         self,
         config: Config,
         *,
-        opener: Any = None,
-        logger: Any = None,
+        opener: OpenerLike | None = None,
+        logger: LoggerLike | None = None,
         timeout: float = 30.0,
         retries: int = 3,
         retry_backoff: float = 0.5,
@@ -3192,9 +3280,11 @@ class Manager:
         """
         ref = _versioned(ref, "get_installed")
         self._store.reclaim_if_idle(ref)
-        entry = self._store.entry(self._store.read(), ref)
+        doc = self._store.read()
+        entry = self._store.entry(doc, ref)
         if entry is None:
-            raise NotInstalledError(f"model not installed: {ref}")
+            installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
+            raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
         return self._store.installed(ref, entry)
 
     def get_remote(self, ref: RefLike) -> RemoteModel:
@@ -3360,6 +3450,21 @@ class Manager:
             NotInstalledError: ``ref`` is not installed.
             NetworkError, HashMismatchError, StorageError: the repair failed.
         """
+        damaged, sharing = self._verify(ref, repair=repair, concurrency=concurrency, progress=progress,
+                                        limit_rate=limit_rate)
+        return sorted(damaged + sharing)
+
+    def _verify(
+        self,
+        ref: RefLike,
+        *,
+        repair: bool,
+        concurrency: int,
+        progress: Callable[[PullProgress], None] | None,
+        limit_rate: float | None,
+    ) -> tuple[list[str], list[str]]:
+        """``verify``, telling apart (files damaged or missing, files that only share a damaged
+        chunk with another file: the hash cannot say which of them holds the damage)."""
         ref = _versioned(ref, "verify")
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
@@ -3384,7 +3489,8 @@ class Manager:
                 damaged_manifest = True
             bad_positions, damaged, missing = _scan(installed.path, manifest)
             if not repair or not (damaged or damaged_manifest):
-                return sorted(damaged | ({manifest_path} if damaged_manifest else set()))
+                sharing = _only_sharing(manifest, bad_positions, missing)
+                return sorted(damaged - sharing | ({manifest_path} if damaged_manifest else set())), sorted(sharing)
 
             def fetch(positions: Sequence[int], writer: _ChunkFiles) -> None:
                 seeds = {digest: [seed for seed in found if seed.directory != installed.path]
@@ -3399,7 +3505,7 @@ class Manager:
                 _atomic_write(_no_links(installed.path, target), manifest.raw)
                 repaired.add(manifest_path)
             self._logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
-            return sorted(repaired)
+            return sorted(repaired), []
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete what crashed pulls left, partial files, and the chunks earlier versions left
@@ -3467,14 +3573,52 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-class _Console:
-    """Where the CLI's words go: stdout for results, stderr for the rest."""
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
-    def __init__(self, args: argparse.Namespace) -> None:
+
+_STALL_NOTICE_AFTER = 5.0  # seconds without progress before a terminal says what it waits for
+
+
+def _terminal_width(stream: Any) -> int:
+    """Columns of the terminal ``stream`` writes to, read afresh (it may have been resized)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        columns = os.environ.get("COLUMNS", "")
+        return int(columns) if columns.isdigit() and int(columns) > 0 else 80
+
+
+def _fit(candidates: Sequence[str], width: int) -> str:
+    """The first candidate shorter than ``width`` (the last column is left free: no wrapping
+    on any terminal), else the last one cut to fit."""
+    for candidate in candidates:
+        if len(candidate) < width:
+            return candidate
+    return candidates[-1][: max(width - 1, 0)]
+
+
+class _Console:
+    """Where the CLI's words go: stdout for results, stderr for the rest.
+
+    Also the Manager's logger. On a terminal it keeps one unfinished line (progress)
+    that log lines break and restore, and a stall notice may stand in for it.
+    """
+
+    def __init__(self, args: argparse.Namespace, prog: str = "xprim-models") -> None:
         self.json = bool(getattr(args, "models_json", False))
         self.quiet = bool(getattr(args, "models_quiet", False))
         self.verbose = bool(getattr(args, "models_verbose", False))
+        self.prog = prog  # the command words before ours ("mytool models"), for hints
+        self.registry_hint = ""  # how this command line takes a registry URL; "" when embedded
+        self.terminal = not (self.quiet or self.json) and sys.stderr.isatty()
         self.partial = ""
+        self.lock = threading.RLock()  # the Manager's worker threads log too
+        self.request: tuple[str, int, int] | None = None  # the last request: (url, attempt, attempts)
+        self.moved = time.monotonic()  # when progress or output last moved
+        self.notice = ""  # the stall notice on screen, if any
+        self.downloading = False  # a pull reached its chunks: a failure now leaves something to resume
+        self.watch: _StallWatch | None = None
 
     @staticmethod
     def _write(stream: Any, text: str) -> None:
@@ -3493,15 +3637,21 @@ class _Console:
                                "or send it elsewhere") from exc
 
     def out(self, text: str = "") -> None:
-        self._write(sys.stdout, text + "\n")
+        with self.lock:
+            self._clear_notice()
+            self._write(sys.stdout, text + "\n")
 
     def err(self, text: str, end: str = "\n") -> None:
-        self._write(sys.stderr, text + end)
-        # Remember an unfinished line (progress) so a log line can break and restore it.
-        if end:
-            self.partial = ""
-        else:
-            self.partial = text if text.startswith("\r") else self.partial + text
+        with self.lock:
+            self._clear_notice()
+            self._write(sys.stderr, text + end)
+            if not text.startswith("\r"):  # a redrawn progress line is not news
+                self.moved = time.monotonic()
+            # Remember an unfinished line (progress) so a log line can break and restore it.
+            if end:
+                self.partial = ""
+            else:
+                self.partial = text if text.startswith("\r") else self.partial + text
 
     def document(self, doc: Any) -> None:
         """Print ``doc`` as strict JSON (RFC 8259: no NaN or Infinity), streamed in pieces of about 64 KiB."""
@@ -3517,27 +3667,100 @@ class _Console:
                 pieces, size = [], 0
         self.out("".join(pieces))
 
+    # Stall notices: what a terminal shows when nothing has moved for a while.
+
+    def _clear_notice(self) -> None:
+        if self.notice:
+            self.notice = ""
+            self._write(sys.stderr, "\r\x1b[2K" + self.partial.lstrip("\r"))
+
+    def check_stall(self) -> None:
+        """Say what the CLI is waiting for, once nothing has moved for a few seconds (a watcher
+        thread calls this about twice a second)."""
+        with self.lock:
+            idle = time.monotonic() - self.moved
+            if not self.terminal or self.request is None or idle < _STALL_NOTICE_AFTER:
+                return
+            from urllib.parse import urlsplit
+
+            url, attempt, attempts = self.request
+            host = urlsplit(url).netloc or url
+            notice = f"waiting for {host} (attempt {attempt} of {attempts}, {int(idle)}s without progress)"
+            if notice == self.notice:
+                return
+            self.notice = notice
+            shown = self.partial.lstrip("\r").replace("\x1b[2K", "")
+            width = _terminal_width(sys.stderr)
+            alone = f"{notice[0].upper()}{notice[1:]}"
+            line = _fit([f"{shown} {notice}", alone] if shown else [alone], width)
+            self._write(sys.stderr, f"\r\x1b[2K{line}")
+
     # The Manager's logger: debug lines with --verbose, warnings unless --quiet.
     def _log(self, level: str, message: str, *args: Any) -> None:
-        partial = self.partial
-        self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
-        if partial:
-            self.err(partial.lstrip("\r"), end="")
+        with self.lock:
+            partial = self.partial
+            self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
+            if partial:
+                self.err(partial.lstrip("\r"), end="")
 
-    def debug(self, message: str, *args: Any, **_: Any) -> None:
+    def _track(self, extra: Mapping[str, Any] | None) -> None:
+        attempt = (extra or {}).get(_ATTEMPT_KEY)
+        if attempt is not None:
+            with self.lock:
+                self.request = attempt
+                if self.terminal and self.watch is None:  # the first request: from now on, stalls are news
+                    self.watch = _StallWatch(self)
+                    self.watch.start()
+
+    def close(self) -> None:
+        """The command is over: no more stall notices."""
+        with self.lock:
+            watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.stop()
+
+    def debug(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         if self.verbose:
             self._log("debug", message, *args)
 
-    def info(self, message: str, *args: Any, **_: Any) -> None:
+    def info(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         if self.verbose:
             self._log("info", message, *args)
 
-    def warning(self, message: str, *args: Any, **_: Any) -> None:
+    def warning(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         if not self.quiet:
             self._log("warning", message, *args)
 
-    def error(self, message: str, *args: Any, **_: Any) -> None:
+    def error(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         self._log("error", message, *args)
+
+
+class _StallWatch:
+    """A thread that lets the console notice a stall while the command waits on the network."""
+
+    def __init__(self, console: _Console) -> None:
+        self.console = console
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="xprim-models-stall", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(0.5):
+            try:
+                self.console.check_stall()
+            except (OSError, ValueError):  # stderr went away: the command itself will notice
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
 
 
 class _ProgressPrinter:
@@ -3548,20 +3771,28 @@ class _ProgressPrinter:
     def __init__(self, console: _Console) -> None:
         self.console = console
         self.enabled = not (console.quiet or console.json)
-        self.terminal = self.enabled and sys.stderr.isatty()
+        self.terminal = console.terminal
         self.phase = ""
         self.last_draw = 0.0
         self.next_step = 0  # quarter of the download last reported off a terminal
         self.samples: list[tuple[float, int]] = []
         self.last: PullProgress | None = None
+        self.completed = -1  # bytes_completed last seen: progress moves when it grows
+        self.started = 0.0  # when the chunks phase began
 
     def __call__(self, progress: PullProgress) -> None:
+        if progress.phase == "chunks":
+            self.console.downloading = True
+        moved = progress.bytes_completed != self.completed or progress.phase != self.phase
+        if moved:
+            self.completed = progress.bytes_completed
+            self.console.moved = time.monotonic()
         if not self.enabled:
             return
         self.last = progress
         if progress.phase != self.phase:
             self._enter(progress.phase, progress)
-        if progress.phase in ("chunks", "extracting") and self.phase == "chunks":
+        if progress.phase == "chunks" and progress.chunks_total and (moved or not self.console.notice):
             self._download(progress)
 
     def _enter(self, phase: str, progress: PullProgress) -> None:
@@ -3572,13 +3803,13 @@ class _ProgressPrinter:
             self.console.err("Fetching manifest... ", end="")
         elif phase == "chunks":
             self.started = time.monotonic()
-            if not self.terminal:
+            if not self.terminal and progress.chunks_total:
                 self.console.err(
-                    f"Downloading: {progress.chunks_total} chunks, {_format_size(progress.bytes_total)}"
+                    f"Getting {_plural(progress.chunks_total, 'chunk')} ({_format_size(progress.bytes_total)})"
                 )
         elif phase == "extracting":
             if previous == "chunks" or not previous:
-                self._download(progress, final=True)
+                self._summary(progress)
             self.console.err("Extracting files... ", end="")
 
     def _speed(self, progress: PullProgress, now: float) -> float:
@@ -3588,48 +3819,72 @@ class _ProgressPrinter:
         elapsed = now - self.samples[0][0]
         return (progress.bytes_downloaded - self.samples[0][1]) / elapsed if elapsed > 0 else 0.0
 
-    def _download(self, progress: PullProgress, final: bool = False) -> None:
+    @staticmethod
+    def _verb(progress: PullProgress) -> str:
+        # Bytes found on this disk (the cache, another installed version, an interrupted
+        # pull's files) are verified, not downloaded: say so.
+        return "Verifying" if progress.bytes_completed and not progress.bytes_downloaded else "Downloading"
+
+    def _download(self, progress: PullProgress) -> None:
         now = time.monotonic()
         total = progress.bytes_total
         fraction = progress.bytes_completed / total if total else 1.0
-        percent = min(int(fraction * 100), 99)  # 100% only once every chunk is verified
-        counts = f"Downloading: {progress.chunks_completed}/{progress.chunks_total} chunks"
+        percent = min(int(fraction * 100), 99)  # 100% comes with the summary, once every chunk is verified
+        counts = f"{progress.chunks_completed}/{_plural(progress.chunks_total, 'chunk')}"
+        sizes = f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
+        verb = self._verb(progress)
         if not self.terminal:
-            step = min(int(fraction * 4), 3)  # 25%, 50%, 75%; 100% comes with final
-            if final or step > self.next_step:
+            step = min(int(fraction * 4), 3)  # 25%, 50%, 75%; the summary says the rest
+            if step > self.next_step and progress.chunks_completed < progress.chunks_total:
                 self.next_step = step
-                if final and fraction >= 1.0:
-                    self.console.err(f"{counts} 100% {_format_size(total)}")
-                elif not final:
-                    self.console.err(
-                        f"{counts} {percent}% "
-                        f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
-                    )
+                self.console.err(f"{verb}: {counts} {percent}% {sizes}")
             return
         speed = self._speed(progress, now)
-        if not final and now - self.last_draw < 0.1:
-            return
+        if now - self.last_draw < 0.1 or (not progress.bytes_completed and now - self.started < 0.5):
+            return  # nothing yet: what is on this disk is often found at once, and says Verifying
         self.last_draw = now
-        filled = int(fraction * self._BAR)
-        bar = "=" * filled + (">" if filled < self._BAR else "") + " " * (self._BAR - filled - 1)
-        if final:
-            line = f"{counts} [{'=' * self._BAR}] 100% {_format_size(total)}"
+        rate = f" {_format_size(speed)}/s" if speed > 0 and progress.bytes_downloaded else ""
+        eta = f" ETA {_format_duration((total - progress.bytes_completed) / speed)}" if rate else ""
+        head, tail = f"{verb}: {counts}", f" {percent}% {sizes}"
+        # As the terminal narrows: a shorter bar, no bar, no ETA, no speed, no sizes, no words.
+        width = _terminal_width(sys.stderr)
+        bar_room = width - 1 - len(head + tail + rate + eta) - 3
+        candidates = []
+        if bar_room >= 5:
+            cells = min(self._BAR, bar_room)
+            filled = int(fraction * cells)
+            bar = "=" * filled + (">" if filled < cells else "") + " " * (cells - filled - 1)
+            candidates.append(f"{head} [{bar}]{tail}{rate}{eta}")
+        candidates += [f"{head}{tail}{rate}{eta}", f"{head}{tail}{rate}", f"{head}{tail}",
+                       f"{head} {percent}%", f"{counts} {percent}%", f"{percent}%"]
+        self.console.err(f"\r\x1b[2K{_fit(candidates, width)}", end="")
+
+    def _summary(self, progress: PullProgress) -> None:
+        """The line that ends the chunks phase: what was downloaded, and what was already here."""
+        if not progress.chunks_total:
+            if self.terminal and self.console.partial:
+                self.console.err("\r\x1b[2K", end="")
+            return  # an empty model: nothing to show
+        total = progress.bytes_total
+        downloaded = min(progress.bytes_downloaded, total)
+        chunks = _plural(progress.chunks_total, "chunk")
+        if downloaded >= total:
+            line = f"Downloaded {chunks} ({_format_size(total)})"
+        elif not downloaded:
+            line = f"Reused {chunks} ({_format_size(total)}) already on this disk; nothing downloaded"
         else:
-            line = (
-                f"{counts} [{bar}] {percent}% "
-                f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
-            )
-            if speed > 0:
-                eta = (total - progress.bytes_completed) / speed
-                line += f" {_format_size(speed)}/s ETA {_format_duration(eta)}"
-        self.console.err(f"\r\x1b[2K{line}", end="\n" if final else "")
+            line = (f"Downloaded {_format_size(downloaded)}, reused {_format_size(total - downloaded)} "
+                    f"already on this disk ({chunks})")
+        if self.terminal:
+            line = f"\r\x1b[2K{_fit([line, line.split(';')[0], line.split(' (')[0]], _terminal_width(sys.stderr))}"
+        self.console.err(line)
 
     def finish(self) -> None:
         """The pull returned: close whatever line is open."""
         if not self.enabled or not self.phase:
             return
         if self.phase == "chunks" and self.last is not None:
-            self._download(self.last, final=True)
+            self._summary(self.last)
             self.console.err("Extracting files... ", end="")
         self.console.err("done")
         self.phase = ""
@@ -3730,7 +3985,7 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
 
 
 def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(f"{args.model} {args.version}", "pull")
+    ref = _versioned(f"{args.model} {args.version}", "pull")  # "g/m v" also comes as one word
     try:
         installed = _pull_one(manager, ref, console, args, force=args.force)
     except AlreadyInstalledError as exc:
@@ -3751,14 +4006,14 @@ def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console)
 
 
 def _command_remove(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    base = _as_ref(args.model)
-    if args.all == bool(args.version) or base.version:
+    base = _as_ref(f"{args.model} {args.version}")
+    if args.all == bool(base.version):
         raise InvalidRefError("remove: give either a version or --all")
     if args.all:
         removed = manager.remove_all(base.group, base.model)
     else:
-        removed = [_versioned(f"{args.model} {args.version}", "remove")]
-        manager.remove(removed[0])
+        removed = [base]
+        manager.remove(base)
     if console.json:
         console.document({"removed": [_ref_fields(ref) for ref in removed]})
         return 0
@@ -3854,6 +4109,8 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         else:
             console.out("No models installed")
         return 0
+    if not manager.config.registry_url:
+        raise RegistryError("update: no registry URL is configured")  # _run_command says how to give one
     if not console.json:
         console.out("Checking for updates...")
         console.out()
@@ -3889,17 +4146,19 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         except ModelsError as exc:
             exit_code = exit_code or exc.exit_code or 1
             result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
-            console.err(f"error: {item.ref}: {exc}")
+            console.err(f"error: {item.ref}: {_with_hints(exc, manager.config, console)}")
     if console.json:
         console.document({"updates": results})
     return exit_code
 
 
 def _command_verify(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    if args.repair and not manager.config.registry_url:
+        raise RegistryError("verify --repair: no registry URL is configured")  # _run_command says how to give one
     if args.model:
-        if not args.version:
+        refs = [_as_ref(f"{args.model} {args.version}")]
+        if not refs[0].version:
             raise InvalidRefError("verify: give a version too ('verify group/model version'), or no model at all")
-        refs = [_versioned(f"{args.model} {args.version}", "verify")]
     else:
         refs = [item.ref for item in manager.list_installed()]
         if not refs:
@@ -3913,8 +4172,8 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     for ref in refs:
         printer = _ProgressPrinter(console) if args.repair else None
         try:
-            files = manager.verify(ref, repair=args.repair, concurrency=args.concurrency, progress=printer,
-                                   limit_rate=args.limit_rate)
+            files, sharing = manager._verify(ref, repair=args.repair, concurrency=args.concurrency,
+                                             progress=printer, limit_rate=args.limit_rate)
         except BaseException:
             if printer is not None:
                 printer.abort()
@@ -3922,18 +4181,27 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
         if printer is not None and printer.phase:
             printer.finish()
         damaged = [] if args.repair else files
-        results.append({**_ref_fields(ref), "damaged": damaged, "repaired": files if args.repair else []})
-        if damaged:
+        results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
+                        "repaired": files if args.repair else []})
+        if damaged or sharing:
             exit_code = HashMismatchError.exit_code
         if console.json:
             continue
-        if not files:
+        if not files and not sharing:
             console.out(f"{ref}: ok")
-        else:
+            continue
+        if files:
             verb = "repaired" if args.repair else "damaged or missing"
-            console.out(f"{ref}: {len(files)} file{'s' if len(files) != 1 else ''} {verb}")
+            console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
             for path in files:
                 console.out(f"  {path}")
+        if sharing:
+            console.out(f"{ref}: {_plural(len(sharing), 'file')} sharing a damaged chunk (perhaps intact: "
+                        "the chunk's hash cannot say which of its files holds the damage)")
+            for path in sharing:
+                console.out(f"  {path}")
+        if not args.repair:
+            console.out(f"To repair it: {console.prog} verify {ref} --repair")
     if console.json:
         console.document({"results": results})
     return exit_code
@@ -3986,21 +4254,52 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> No
                        help="log requests, retries and chunks reused on stderr")
 
 
+def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
+    """The error's message, and what the user can do about it on this command line."""
+    message = str(exc)
+    url = config.registry_url
+    if isinstance(exc, RegistryError) and not url:
+        # Only the parent tool knows how its users set a registry: embedded, stay neutral.
+        hint = console.registry_hint
+        return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"
+    if isinstance(exc, ModelNotFoundError) and url:
+        message += f"; '{console.prog} list --remote' shows what the registry has"
+    if (isinstance(exc, (RegistryError, NetworkError, ModelNotFoundError)) and url
+            and not re.match(r"(?i)[a-z][a-z0-9+.-]*://", url) and not os.path.isdir(os.path.expanduser(url))):
+        message += f"\nhint: {url} is not a directory; if it is a server, write http://{url}"
+    if isinstance(exc, NetworkError) and console.downloading:
+        message += "\nthe verified chunks are kept: run the same command again to resume"
+    return message
+
+
 def _run_command(
     handler: Callable[[Manager, argparse.Namespace, _Console], int],
-    config: Config,
+    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     manager_options: Mapping[str, Any],
+    prog: str,
+    usage: Callable[[], str],
+    registry_hint: str,
     args: argparse.Namespace,
 ) -> int:
-    console = _Console(args)
+    """Run ``handler`` as command ``prog`` ("mytool models pull"); ``usage`` is its usage text."""
+    if not isinstance(config, Config):  # main's: from --registry and --data-dir, wherever they were
+        config, manager_options = config(args)
+    console = _Console(args, prog.rsplit(" ", 1)[0])
+    console.registry_hint = registry_hint
     try:
-        return handler(Manager(config, **{"logger": console, **manager_options}), args, console)
+        try:
+            return handler(Manager(config, **{"logger": console, **manager_options}), args, console)
+        finally:
+            console.close()
     except ModelsError as exc:
         code = exc.exit_code
+        message = _with_hints(exc, config, console)
         try:
             if console.json:
-                console.document({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}})
-            console.err(f"error: {exc}")
+                console.document({"error": {"type": type(exc).__name__, "message": message, "exit_code": code}})
+            if code == 2:  # a usage error found after parsing: show the usage, as argparse does
+                console.err(usage().rstrip())
+            console.err(f"error: {message}")
         except BrokenPipeError:
             _silence_stdout()
         except StorageError:
@@ -4022,6 +4321,9 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+_COMMANDS = ("list", "pull", "remove", "info", "path", "update", "verify", "prune")
+
+
 def register_subcommands(
     subparsers: argparse._SubParsersAction[Any], config: Config, **manager_options: Any
 ) -> None:
@@ -4036,19 +4338,40 @@ def register_subcommands(
         config: the application's name and registry.
         **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
     """
+    _register(subparsers, config, manager_options)
+
+
+def _register(
+    subparsers: argparse._SubParsersAction[Any],
+    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
+    manager_options: Mapping[str, Any],
+    *,
+    registry_hint: str = "",
+    only: str | None = None,
+    formatter: type[argparse.HelpFormatter] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """``register_subcommands``, and for ``main``: the configuration taken from the parsed
+    arguments, how its users give a registry, the one command to register (start-up
+    time), the help formatter, and ``extra`` options each command also takes."""
+
     def command(name: str, handler: Callable[[Manager, argparse.Namespace, _Console], int],
-                summary: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
-        parser.set_defaults(func=partial(_run_command, handler, config, manager_options))
+                summary: str) -> argparse.ArgumentParser | None:
+        if only is not None and name != only:
+            return None
+        options: dict[str, Any] = {"formatter_class": formatter} if formatter else {}
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary, **options)
+        parser.set_defaults(func=partial(_run_command, handler, config, manager_options, parser.prog,
+                                         parser.format_usage, registry_hint))
+        _add_output_flags(parser, top_level=False)
+        if extra is not None:
+            extra(parser)
         return parser
 
     def model_argument(parser: argparse.ArgumentParser, version: str = "required") -> None:
         parser.add_argument("model", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
-        if version == "required":
-            parser.add_argument("version", metavar="VERSION", help="for example fp16, or an alias")
-        elif version == "optional":
-            parser.add_argument("version", metavar="VERSION", nargs="?", default="",
-                                help="for example fp16, or an alias")
+        parser.add_argument("version", metavar="VERSION", nargs="?", default="",
+                            help="for example fp16, or an alias" + (" (required)" if version == "required" else ""))
 
     def download_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
@@ -4057,85 +4380,159 @@ def register_subcommands(
                             help="cap the download rate, e.g. 500K or 2M (bytes per second)")
 
     listing = command("list", _command_list, "list installed models (or the registry's, with --remote)")
-    listing.add_argument("--remote", action="store_true", help="list what the registry offers")
+    if listing:
+        listing.add_argument("--remote", action="store_true", help="list what the registry offers")
 
     pull = command("pull", _command_pull, "download and install a model version")
-    model_argument(pull)
-    pull.add_argument("--force", action="store_true", help="install again even if installed")
-    download_options(pull)
+    if pull:
+        model_argument(pull)
+        pull.add_argument("--force", action="store_true", help="install again even if installed")
+        download_options(pull)
 
     remove = command("remove", _command_remove, "remove an installed model version")
-    model_argument(remove, "optional")
-    remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
+    if remove:
+        model_argument(remove, "optional")
+        remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
 
     info = command("info", _command_info, "show details of a model version")
-    model_argument(info)
-    info.add_argument("--remote", action="store_true", help="also show the registry's copy")
+    if info:
+        model_argument(info)
+        info.add_argument("--remote", action="store_true", help="also show the registry's copy")
 
     path = command("path", _command_path, "print the directory of an installed model version")
-    model_argument(path)
+    if path:
+        model_argument(path)
 
     update = command("update", _command_update, "check installed models for updates")
-    update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-    update.add_argument("--apply", action="store_true", help="download the updates")
-    download_options(update)
+    if update:
+        update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
+        update.add_argument("--apply", action="store_true", help="download the updates")
+        download_options(update)
 
     verify = command("verify", _command_verify, "re-hash installed files; --repair fixes what is damaged")
-    verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-    verify.add_argument("version", metavar="VERSION", nargs="?", default="")
-    verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
-    download_options(verify)
+    if verify:
+        verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
+        verify.add_argument("version", metavar="VERSION", nargs="?", default="")
+        verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
+        download_options(verify)
 
     prune = command("prune", _command_prune, "delete crash leftovers, and chunks earlier versions cached")
-    prune.add_argument("--all", action="store_true", help="delete every chunk left in cache/chunks, whatever its age")
+    if prune:
+        prune.add_argument("--all", action="store_true",
+                           help="delete every chunk left in cache/chunks, whatever its age")
 
-    for parser in (listing, pull, remove, info, path, update, verify, prune):
-        _add_output_flags(parser, top_level=False)
+
+def _quick_args(arguments: Sequence[str]) -> dict[str, Any] | None:
+    """The arguments of the commonest command lines, ``path GROUP/MODEL VERSION`` and
+    ``list [--remote]`` with the global and output options, read without argparse: its
+    import and parsers take longer than the command itself. None for anything else, which
+    argparse reads (and explains, if it is wrong)."""
+    values: dict[str, Any] = {"registry": None, "data_dir": None, "models_json": False, "models_quiet": False,
+                              "models_verbose": False}
+    flags = {"--json": "models_json", "--quiet": "models_quiet", "-q": "models_quiet",
+             "--verbose": "models_verbose", "-v": "models_verbose"}
+    words: list[str] = []
+    items = iter(arguments)
+    for item in items:
+        name, _, value = item.partition("=")
+        if item in flags:
+            values[flags[item]] = True
+        elif name in ("--registry", "--data-dir"):
+            value = value if "=" in item else next(items, "-")
+            if value.startswith("-"):
+                return None
+            values[name[2:].replace("-", "_")] = value
+        elif item == "--remote" and words == ["list"]:
+            values["remote"] = True
+        elif item.startswith("-") or not item:
+            return None
+        else:
+            words.append(item)
+    if words == ["list"]:
+        return {"command": "list", "remote": False, **values}
+    if len(words) in (2, 3) and words[0] == "path":
+        return {"command": "path", "model": words[1], "version": words[2] if len(words) == 3 else "", **values}
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
-    import argparse
-
-    def global_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--registry", metavar="URL", default=None,
-                            help="registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
-        parser.add_argument("--data-dir", metavar="DIR", default=None,
-                            help="where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
-
     arguments = list(sys.argv[1:] if argv is None else argv)
+    registry_hint = "give --registry URL, or set XPRIM_MODELS_REGISTRY_URL"
+
+    def configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+        config = Config("xprim-models", args.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
+        return config, {"data_dir": args.data_dir} if args.data_dir else {}
+
+    # Only the command given is built in full (its parser costs start-up time); --help and
+    # mistakes get them all. The word is the first that is not an option or its value.
+    word, value_next = None, False
+    for item in arguments:
+        if value_next:
+            value_next = False
+        elif item in ("--registry", "--data-dir"):
+            value_next = True
+        elif not item.startswith("-"):
+            word = item
+            break
+    quick = _quick_args(arguments)
+    if quick is not None:  # the same namespace argparse would make
+        from types import SimpleNamespace
+
+        handler = _command_path if quick["command"] == "path" else _command_list
+        args: Any = SimpleNamespace(**quick)
+        return _run_command(handler, configure, {}, f"xprim-models {quick['command']}",
+                            lambda: _main_parser(word, configure, registry_hint)[1], registry_hint, args)
     try:
-        # The registry and data directory must be known before the commands
-        # are registered: read them in a first pass.
-        early = argparse.ArgumentParser(add_help=False)
-        global_options(early)
-        known, _ = early.parse_known_args(arguments)
-        config = Config(
-            app_name="xprim-models",
-            registry_url=known.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""),
-        )
-        parser = argparse.ArgumentParser(
-            prog="xprim-models", description="Download and manage models from an XPRIM registry.",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=(
-                "examples:\n"
-                "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
-                "  xprim-models list\n"
-                "  xprim-models path fast-whisper/tiny fp16\n"
-                "  xprim-models --registry https://models.example.com update --apply"
-            ),
-        )
-        global_options(parser)
-        parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
-        _add_output_flags(parser, top_level=True)
-        commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-        options = {"data_dir": known.data_dir} if known.data_dir else {}
-        register_subcommands(commands, config, **options)
-        args = parser.parse_args(arguments)
+        args = _main_parser(word, configure, registry_hint)[0].parse_args(arguments)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     result: int = args.func(args)
     return result
+
+
+def _main_parser(
+    word: str | None, configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]], registry_hint: str
+) -> tuple[argparse.ArgumentParser, str]:
+    """``main``'s parser, with command ``word`` only if it is one, and that command's usage."""
+    import argparse
+
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        """argparse's, sized without importing shutil (which every argument's check would)."""
+
+        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                     width: int | None = None) -> None:
+            columns = os.environ.get("COLUMNS", "")
+            width = width or (int(columns) if columns.isdigit() else _terminal_width(sys.stdout)) - 2
+            super().__init__(prog, indent_increment, max_help_position, width)
+
+    def global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
+        # Also accepted after the command word, but listed once.
+        hidden: Any = argparse.SUPPRESS if after_command else None
+        parser.add_argument("--registry", metavar="URL", default=hidden,
+                            help=hidden or "registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
+        parser.add_argument("--data-dir", metavar="DIR", default=hidden,
+                            help=hidden or "where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
+
+    parser = argparse.ArgumentParser(
+        prog="xprim-models", description="Download and manage models from an XPRIM registry.",
+        formatter_class=Formatter,
+        epilog=(
+            "examples:\n"
+            "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
+            "  xprim-models list\n"
+            "  xprim-models path fast-whisper/tiny fp16\n"
+            "  xprim-models --registry https://models.example.com update --apply"
+        ),
+    )
+    global_options(parser)
+    parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
+    _add_output_flags(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    only = word if word in _COMMANDS else None
+    _register(commands, configure, {}, registry_hint=registry_hint, only=only, formatter=Formatter,
+              extra=lambda command: global_options(command, after_command=True))
+    return parser, commands.choices[only].format_usage() if only else parser.format_usage()
 
 
 if __name__ == "__main__":

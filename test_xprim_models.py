@@ -15,6 +15,7 @@ import http.server
 import importlib.util
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -30,7 +31,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,6 +131,7 @@ class RegistryServer:
         self.gate = 0  # hold requests for gated paths until this many are in flight at once
         self.gated: set[str] = set()
         self.holds: dict[str, Hold] = {}
+        self.cache_control: dict[str, str] = {}  # path prefix -> the Cache-Control of its answers
         self.gate_open = False
         self.stop = threading.Event()
         server = self
@@ -180,6 +182,7 @@ class RegistryServer:
         path = request.path.lstrip("/")
         with self.condition:
             self.requests[path] += 1
+            self.condition.notify_all()  # for tests waiting on request counts
             self.user_agents.add(request.headers.get("User-Agent", ""))
             self.connections.add(request.client_address)
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
@@ -255,6 +258,9 @@ class RegistryServer:
             request.close_connection = True
             return
         request.send_header("Content-Length", str(len(announced)))
+        for prefix, value in self.cache_control.items():
+            if path.startswith(prefix):
+                request.send_header("Cache-Control", value)
         request.end_headers()
         if fault is not None and fault.stall:
             self.stop.wait(30)
@@ -935,7 +941,8 @@ class TestPull:
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"other.bin": blob(7000, "other")}, chunk_size=1024)
         bad = chunk_paths(registry_dir)[2]
         server.always[bad] = Fault(corrupt=True)
-        expected = r"pull org/tiny v1: chunk 3/7 \([0-9a-f]{12}\): hash mismatch after 4 downloads \(got (?!e3b0)"
+        expected = (r"pull org/tiny v1: chunk 3/7 \([0-9a-f]{12}\): "
+                    r"hash mismatch \(got (?!e3b0)[0-9a-f]{64}\), after 4 attempts")
         with pytest.raises(xm.HashMismatchError, match=expected):
             manager.pull("org/tiny v1")
         assert server.requests[bad] == 4  # the first attempt and 3 retries
@@ -2948,7 +2955,7 @@ class TestConventions:
             if host == "silent":
                 assert result.stderr == ""
             else:
-                assert "hash mismatch, downloading it again" in result.stderr
+                assert re.search(r"hash mismatch .*, downloading it again", result.stderr), result.stderr
 
     def test_http_proxy_is_used_and_no_proxy_bypasses_it(self, make_manager: Callable[..., xm.Manager],
                                                          server: RegistryServer, model: dict[str, bytes],
@@ -3492,6 +3499,322 @@ class TestPrune:
         assert 64 << 10 <= expected < 8 << 20
         assert manager.prune_cache() == expected  # not the apparent 64 MiB
         assert not staging.exists()
+
+
+# --- A data directory written by the Go original ---------------------------------------
+
+# Go's time.Time in JSON: RFC 3339 with nanoseconds (trailing zeros dropped) and the local offset.
+GO_INSTALLED_AT = "2026-11-28T23:30:36.123456789+01:00"
+GO_INSTALLED_UTC = datetime(2026, 11, 28, 22, 30, 36, 123456, tzinfo=timezone.utc)
+# What Go's time.Time.UnmarshalJSON reads: RFC 3339 with an upper-case T and Z.
+GO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
+
+
+def go_json(value: Any) -> bytes:
+    """``json.MarshalIndent(value, "", "  ")`` as Go writes it: struct fields in declaration
+    order (the dicts here are built in that order; maps are sorted by the caller), ``<``,
+    ``>`` and ``&`` escaped, other text as UTF-8, no newline at the end."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text.encode()
+
+
+def go_install(registry_dir: Path, data_dir: Path, app: str, group: str, model: str, version: str,
+               installed_at: str = GO_INSTALLED_AT) -> Path:
+    """Install a published version as the Go original does; return its directory.
+
+    Its files; its manifest re-marshalled into ``.<app>/manifest.json`` from
+
+        type Manifest struct {
+            TotalSize int64      `json:"total_size"`
+            ChunkSize int64      `json:"chunk_size"`
+            Chunks    []string   `json:"chunks"`
+            Files     []FileInfo `json:"files"` // FileInfo{Path string `json:"path"`; Size int64 `json:"size"`}
+        }
+
+    (other bytes than the published ones); its registry.json, a map of maps of
+    ``{manifest_hash, total_size, file_count, installed_at}``; and beside them its chunk
+    cache ``.chunks`` (a chunk an interrupted pull left) and its lock file ``registry.json.lock``.
+    """
+    digest = json.loads((registry_dir / "models.json").read_text())[group][model][version]["hash"]
+    published = json.loads((registry_dir / "data" / digest).read_bytes())
+    stream = b"".join((registry_dir / "data" / chunk).read_bytes() for chunk in published["chunks"])
+    root = data_dir / group / model / version
+    offset = 0
+    for entry in published["files"]:
+        target = root / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(stream[offset:offset + entry["size"]])
+        offset += entry["size"]
+    manifest = {"total_size": published["total_size"], "chunk_size": published["chunk_size"],
+                "chunks": published["chunks"],
+                "files": [{"path": entry["path"], "size": entry["size"]} for entry in published["files"]]}
+    (root / f".{app}").mkdir(parents=True, exist_ok=True)
+    (root / f".{app}" / "manifest.json").write_bytes(go_json(manifest))
+    registry = data_dir / "registry.json"
+    doc = json.loads(registry.read_bytes()) if registry.exists() else {}
+    doc.setdefault(group, {}).setdefault(model, {})[version] = {
+        "manifest_hash": digest, "total_size": published["total_size"], "file_count": len(published["files"]),
+        "installed_at": installed_at,
+    }
+    registry.write_bytes(go_json({g: {m: dict(sorted(versions.items())) for m, versions in sorted(models.items())}
+                                  for g, models in sorted(doc.items())}))
+    (data_dir / ".chunks").mkdir(exist_ok=True)
+    if published["chunks"]:
+        cached = data_dir / ".chunks" / published["chunks"][-1]
+        cached.write_bytes(stream[(len(published["chunks"]) - 1) * published["chunk_size"]:])
+        long_ago = time.time() - 30 * 86400
+        os.utime(cached, (long_ago, long_ago))
+    (data_dir / "registry.json.lock").touch()
+    return root
+
+
+def go_own_files(data_dir: Path) -> dict[str, tuple[bytes, float]]:
+    """The Go original's chunk cache and lock file: content and modification time."""
+    paths = [data_dir / "registry.json.lock", *sorted((data_dir / ".chunks").iterdir())]
+    return {path.relative_to(data_dir).as_posix(): (path.read_bytes(), path.stat().st_mtime) for path in paths}
+
+
+def go_check_readable(doc: Any) -> None:
+    """registry.json as Go's json.Unmarshal into map[string]map[string]map[string]Entry reads it:
+    the keys it knows with the types it declares (int64/int, string, time.Time); others it ignores."""
+    for models in doc.values():
+        for versions in models.values():
+            for entry in versions.values():
+                assert isinstance(entry["manifest_hash"], str) and re.fullmatch(r"[0-9a-f]{64}", entry["manifest_hash"])
+                for key in ("total_size", "file_count"):
+                    assert isinstance(entry[key], int) and not isinstance(entry[key], bool)
+                assert GO_TIME.fullmatch(entry["installed_at"]), entry["installed_at"]
+
+
+def published_bytes(registry_dir: Path, version: str) -> bytes:
+    digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"][version]["hash"]
+    return (registry_dir / "data" / digest).read_bytes()
+
+
+def registry_entry(data_dir: Path, version: str) -> dict[str, Any]:
+    return dict(json.loads((data_dir / "registry.json").read_bytes())["org"]["tiny"][version])
+
+
+class TestGoOriginal:
+    @pytest.mark.parametrize(("text", "expected"), [
+        (GO_INSTALLED_AT, GO_INSTALLED_UTC),
+        ("2026-11-28T23:30:36Z", datetime(2026, 11, 28, 23, 30, 36, tzinfo=timezone.utc)),
+        ("2026-11-28T23:30:36.5-05:30", datetime(2026, 11, 29, 5, 0, 36, 500000, tzinfo=timezone.utc)),
+        ("2026-11-28t23:30:36.1z", datetime(2026, 11, 28, 23, 30, 36, 100000, tzinfo=timezone.utc)),
+        ("2026-11-28 23:30:36.000001+00:00", datetime(2026, 11, 28, 23, 30, 36, 1, tzinfo=timezone.utc)),
+        ("2026-11-28T23:30:36.12-00:00", datetime(2026, 11, 28, 23, 30, 36, 120000, tzinfo=timezone.utc)),
+        ("2026-11-29T00:30:36.1234567+14:00", datetime(2026, 11, 28, 10, 30, 36, 123456, tzinfo=timezone.utc)),
+        ("2016-12-31T23:59:60Z", datetime(2017, 1, 1, tzinfo=timezone.utc)),  # a leap second
+    ], ids=["go-nanoseconds-offset", "utc-z", "half-hour-offset", "lower-case", "space", "unknown-offset",
+            "seven-digits", "leap-second"])
+    def test_any_rfc3339_install_time_is_read(self, manager: xm.Manager, data_dir: Path, text: str,
+                                              expected: datetime) -> None:
+        data_dir.mkdir()
+        (data_dir / "registry.json").write_bytes(go_json({"org": {"tiny": {"v1": {
+            "manifest_hash": "a" * 64, "total_size": 0, "file_count": 0, "installed_at": text}}}}))
+        installed_at = manager.get_installed("org/tiny v1").installed_at
+        assert installed_at == expected and installed_at.utcoffset() == timedelta(0)
+
+    @pytest.mark.parametrize("value", ["yesterday", "2026-11-28T23:30:36", "2026-13-01T00:00:00Z",
+                                       "2026-11-28T23:30:36+24:00", "0000-01-01T00:00:00+01:00", 1764369036, None])
+    def test_unreadable_install_time_is_unknown_for_its_entry_only(
+        self, manager: xm.Manager, data_dir: Path, value: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        entry = {"manifest_hash": "a" * 64, "total_size": 0, "file_count": 0, "installed_at": value}
+        if value is None:
+            del entry["installed_at"]
+        good = {**entry, "installed_at": "2026-11-28T23:30:36Z"}
+        data_dir.mkdir()
+        (data_dir / "registry.json").write_bytes(go_json({"org": {"tiny": {"v1": entry, "v2": good}}}))
+        with caplog.at_level(logging.WARNING, logger="xprim_models"):
+            listed = manager.list_installed()
+        assert [(str(item.ref), item.installed_at) for item in listed] == [
+            ("org/tiny v1", datetime(1970, 1, 1, tzinfo=timezone.utc)),
+            ("org/tiny v2", datetime(2026, 11, 28, 23, 30, 36, tzinfo=timezone.utc)),
+        ]
+        assert any("install time of org/tiny v1 is unknown" in record.getMessage() for record in caplog.records)
+        assert not any("org/tiny v2" in record.getMessage() for record in caplog.records)
+
+    def test_cli_shows_an_unknown_install_time(self, server: RegistryServer, data_dir: Path,
+                                               registry_dir: Path, model: dict[str, bytes]) -> None:
+        go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="yesterday")
+        listed = cli_run(server, data_dir, "list")
+        assert listed.returncode == 0
+        assert listed.stdout.splitlines()[1].split() == ["org", "tiny", "v1", "6.4", "KB", "unknown"]
+        assert "install time of org/tiny v1 is unknown" in listed.stderr
+        info = cli_run(server, data_dir, "--quiet", "info", "org/tiny", "v1")
+        assert (info.returncode, info.stderr) == (0, "") and "Installed:    unknown\n" in info.stdout
+        item = cli_document(cli_run(server, data_dir, "--json", "--quiet", "list"))["models"][0]
+        assert item["installed_at"] == "1970-01-01T00:00:00Z"
+
+    def test_cli_shows_go_zero_time_west_of_greenwich(self, server: RegistryServer, data_dir: Path,
+                                                      registry_dir: Path, model: dict[str, bytes]) -> None:
+        go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="0001-01-01T00:00:00Z")
+        listed = cli_run(server, data_dir, "list", env={"TZ": "XYZ+5"})  # a local time would be before year 1
+        assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[-1] == "0001-01-01"
+        info = cli_run(server, data_dir, "info", "org/tiny", "v1", env={"TZ": "XYZ+5"})
+        assert info.returncode == 0 and "Installed:    0001-01-01 00:00:00\n" in info.stdout
+        item = cli_document(cli_run(server, data_dir, "--json", "list", env={"TZ": "XYZ+5"}))["models"][0]
+        assert item["installed_at"] == "0001-01-01T00:00:00Z"
+
+    def test_cli_list_path_info_files_and_verify_work_on_a_go_directory(
+        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        root = go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1")
+        stored = root / ".xprim-models" / "manifest.json"
+        go_copy = stored.read_bytes()
+        assert go_copy != published_bytes(registry_dir, "v1")
+        listed = cli_run(server, data_dir, "list")
+        assert listed.returncode == 0 and listed.stdout.splitlines()[1].split() == [
+            "org", "tiny", "v1", "6.4", "KB", "2026-11-28"]
+        assert cli_run(server, data_dir, "path", "org/tiny", "v1").stdout == f"{root}\n"
+        info = cli_run(server, data_dir, "info", "org/tiny", "v1")
+        assert info.returncode == 0, info.stderr
+        assert "Installed:    2026-11-28 22:30:36\n" in info.stdout  # TZ=UTC
+        assert all(f"  {name}" in info.stdout for name in model)
+        doc = cli_document(cli_run(server, data_dir, "--json", "info", "org/tiny", "v1"))["installed"]
+        assert doc["installed_at"] == "2026-11-28T22:30:36Z"
+        assert [item["path"] for item in doc["files"]] == list(model)
+        assert stored.read_bytes() == go_copy  # reading changes nothing
+
+        # Without a registry: the files against the copy, and a plain word that the manifest went unchecked.
+        offline = run_cli("--data-dir", str(data_dir), "verify", "org/tiny", "v1")
+        cli_no_traceback(offline)
+        assert (offline.returncode, offline.stdout) == (0, "org/tiny v1: ok\n")
+        assert "the manifest itself could not be checked" in offline.stderr
+        assert "no registry URL is configured" in offline.stderr and "registry sent" not in offline.stderr
+        assert stored.read_bytes() == go_copy
+        (root / "sub" / "tokenizer.json").write_bytes(b"x" * len(model["sub/tokenizer.json"]))
+        damaged = run_cli("--data-dir", str(data_dir), "verify", "org/tiny", "v1")
+        assert damaged.returncode == 6 and "  sub/tokenizer.json\n" in damaged.stdout
+        (root / "sub" / "tokenizer.json").write_bytes(model["sub/tokenizer.json"])
+
+        # With one: the published manifest, fetched by its hash, checks the files and replaces the copy.
+        checked = cli_run(server, data_dir, "verify", "org/tiny", "v1")
+        assert (checked.returncode, checked.stdout, checked.stderr) == (0, "org/tiny v1: ok\n", "")
+        assert stored.read_bytes() == published_bytes(registry_dir, "v1")
+        digest = registry_entry(data_dir, "v1")["manifest_hash"]
+        assert {path: n for path, n in server.requests.items() if path.startswith("data/")} == {f"data/{digest}": 1}
+
+    def test_verify_checks_the_files_against_the_published_manifest(
+        self, make_manager: Callable[..., xm.Manager], data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        server: RegistryServer,
+    ) -> None:
+        root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        stored = root / ".test-app" / "manifest.json"
+        # A copy that parses but is not what was published: a chunk hash differs.
+        lying = json.loads(stored.read_bytes())
+        lying["chunks"][0] = "0" * 64
+        stored.write_bytes(go_json(lying))
+        manager = make_manager()
+        assert manager.files("org/tiny v1") == [xm.FileInfo(name, len(data)) for name, data in model.items()]
+        assert make_manager(registry_url="").verify("org/tiny v1") == ["model.safetensors"]  # by the copy
+        assert manager.verify("org/tiny v1") == []  # by the published manifest
+        assert stored.read_bytes() == published_bytes(registry_dir, "v1")
+        weights = bytearray((root / "model.safetensors").read_bytes())
+        weights[10] ^= 0xFF
+        (root / "model.safetensors").write_bytes(bytes(weights))
+        stored.write_bytes(go_json(json.loads(stored.read_bytes())))
+        assert manager.verify("org/tiny v1", repair=True) == ["model.safetensors"]
+        assert tree(root) == dict(sorted(model.items())) and stored.read_bytes() == published_bytes(registry_dir, "v1")
+        assert server.chunk_requests() == 2  # the manifest, then the one damaged chunk
+
+    def test_damaged_stored_manifest_is_named_as_a_local_file(self, manager: xm.Manager, data_dir: Path,
+                                                              registry_dir: Path, model: dict[str, bytes]) -> None:
+        root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        stored = root / ".test-app" / "manifest.json"
+        for damage in (b'{"total_size": 1', go_json({**json.loads(stored.read_bytes()), "total_size": 1})):
+            stored.write_bytes(damage)
+            with pytest.raises(xm.StorageError) as caught:
+                manager.files("org/tiny v1")
+            message = str(caught.value)
+            assert str(stored) in message and "verify --repair" in message
+            assert "registry" not in message and "publisher" not in message
+
+    def test_go_directory_survives_pull_list_prune_verify_and_force(
+        self, make_manager: Callable[..., xm.Manager], data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        stored = root / ".test-app" / "manifest.json"
+        go_copy, go_entry, theirs = stored.read_bytes(), registry_entry(data_dir, "v1"), go_own_files(data_dir)
+        manager, offline = make_manager(), make_manager(registry_url="")
+
+        def intact() -> None:
+            assert tree(root) == dict(sorted(model.items()))
+            assert stored.read_bytes() == go_copy  # never taken for a half-done swap, never moved
+            assert registry_entry(data_dir, "v1") == go_entry  # kept as the Go original wrote it
+            assert go_own_files(data_dir) == theirs
+            assert sorted(p.name for p in (data_dir / "org" / "tiny").iterdir() if p.name.startswith(".")) == []
+            go_check_readable(json.loads((data_dir / "registry.json").read_bytes()))
+
+        manager.pull("org/tiny v2")
+        intact()
+        listed = manager.list_installed()
+        assert (str(listed[0].ref), listed[0].installed_at) == ("org/tiny v1", GO_INSTALLED_UTC)
+        intact()
+        with pytest.raises(xm.AlreadyInstalledError):
+            manager.pull("org/tiny v1")
+        intact()
+        manager.prune_cache(None)
+        intact()
+        assert offline.verify("org/tiny v1") == []
+        intact()
+        installed = manager.pull("org/tiny v1", force=True)
+        assert tree(root) == dict(sorted(model.items())) and installed.path == str(root)
+        assert stored.read_bytes() == published_bytes(registry_dir, "v1")
+        assert registry_entry(data_dir, "v1")["manifest_hash"] == go_entry["manifest_hash"]
+        assert go_own_files(data_dir) == theirs and not list((data_dir / "org" / "tiny").glob(".v1.*"))
+        assert manager.verify("org/tiny v1") == [] and manager.verify("org/tiny v2") == []
+
+    def test_force_pull_over_a_go_directory_killed_between_renames(
+        self, manager: xm.Manager, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        # What a kill leaves when `pull --force` had moved the Go copy aside: first before the
+        # new copy took its place (the Go copy comes back), then after (the new copy stays).
+        root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        old, staging = data_dir / "org" / "tiny" / ".v1.old", data_dir / "org" / "tiny" / ".v1.staging"
+        go_copy = (root / ".test-app" / "manifest.json").read_bytes()
+        shutil.copytree(root, staging)
+        (staging / ".test-app" / "manifest.json").write_bytes(published_bytes(registry_dir, "v1"))
+        os.rename(root, old)
+        assert manager.get_installed("org/tiny v1").installed_at == GO_INSTALLED_UTC
+        assert (root / ".test-app" / "manifest.json").read_bytes() == go_copy and not old.exists()
+        assert tree(root) == dict(sorted(model.items()))
+        os.rename(root, old)
+        os.rename(staging, root)
+        assert [str(item.ref) for item in manager.list_installed()] == ["org/tiny v1"]
+        assert not old.exists() and not staging.exists() and tree(root) == dict(sorted(model.items()))
+        assert (root / ".test-app" / "manifest.json").read_bytes() == published_bytes(registry_dir, "v1")
+
+    def test_pull_and_remove_beside_go_versions(self, manager: xm.Manager, data_dir: Path, registry_dir: Path,
+                                               model: dict[str, bytes]) -> None:
+        go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        v2 = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v2", "2026-11-27T08:00:00-08:00")
+        theirs, go_v2 = go_own_files(data_dir), registry_entry(data_dir, "v2")
+        manager.pull("org/tiny latest")
+        manager.remove("org/tiny v1")
+        assert not (data_dir / "org" / "tiny" / "v1").exists()
+        assert (v2 / "config.json").read_bytes() == b'{"layers": 3}\n'
+        doc = json.loads((data_dir / "registry.json").read_bytes())
+        assert sorted(doc["org"]["tiny"]) == ["latest", "v2"] and registry_entry(data_dir, "v2") == go_v2
+        go_check_readable(doc)
+        assert go_own_files(data_dir) == theirs
+        assert manager.remove_all("org", "tiny") == [xm.ModelRef("org", "tiny", "latest"),
+                                                     xm.ModelRef("org", "tiny", "v2")]
+        assert go_own_files(data_dir) == theirs and json.loads((data_dir / "registry.json").read_bytes()) == {}
+
+    def test_go_lock_file_is_never_taken_for_a_group(self, manager: xm.Manager, data_dir: Path,
+                                                     registry_dir: Path) -> None:
+        publish.publish(str(registry_dir), "registry.json.lock", "tiny", "v1", {"a": b"x"}, chunk_size=16)
+        data_dir.mkdir()
+        (data_dir / "registry.json.lock").touch()
+        with pytest.raises(xm.InvalidRefError, match="reserved"):
+            manager.pull("registry.json.lock/tiny v1")
+        assert (data_dir / "registry.json.lock").is_file() and manager.prune_cache(None) == 0
+        assert (data_dir / "registry.json.lock").is_file()
 
 
 class TestRateLimit:
@@ -4039,13 +4362,11 @@ class TestPerformance:
     @pytest.mark.parametrize("framing", ["chunked", "unsized", "interim", "long-head", "bare-lf"])
     def test_every_response_framing_is_read(self, manager: xm.Manager, model: dict[str, bytes],
                                             server: RegistryServer, registry_dir: Path, framing: str) -> None:
-        # Chunks are fetched on a lean HTTP/1.1 connection of our own; what it does not read, urllib does.
+        # Every framing is read by the one HTTP client: nothing is asked for twice.
         for path in chunk_paths(registry_dir):
             server.always[path] = Fault(framing=framing)
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
-        # The manifest and 7 chunks; once urllib had to step in, it takes the rest at once,
-        # so only requests already under way (4 workers) are made twice.
-        assert server.chunk_requests() <= 8 + (4 if framing != "interim" else 0)
+        assert server.chunk_requests() == 8  # the manifest and 7 chunks
 
     def test_connections_are_reused(self, manager: xm.Manager, registry_dir: Path, server: RegistryServer) -> None:
         publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
@@ -4221,6 +4542,677 @@ class TestScale:
             assert (root / paths[i]).read_bytes() == content[i], paths[i]
         assert [(item.ref, item.file_count) for item in manager.list_installed()] == \
             [(xm.ModelRef("org", "many", "v1"), count)]
+
+
+# --- Transport: hostile servers, framing, proxies, headers --------------------------
+
+
+class RawServer:
+    """An HTTP/1.1 server on raw loopback sockets, for answers no library would send.
+
+    It serves ``root`` with keep-alive and Content-Length; ``scripts[path]``, given the
+    connection, the file's bytes and how many times the path was asked for, replaces
+    the answer and returns whether the connection stays open.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.scripts: dict[str, Callable[[socket.socket, bytes, int], bool]] = {}
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.headers: list[dict[str, str]] = []
+        self.connections = 0
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        pending = b""
+        with conn:
+            while not self.stop.is_set():
+                while b"\r\n\r\n" not in pending:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1].lstrip("/")
+                self.headers.append({k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])})
+                self.requests[path] += 1
+                file = self.root / path
+                body = file.read_bytes() if file.is_file() else b""
+                try:
+                    if path in self.scripts:
+                        if not self.scripts[path](conn, body, self.requests[path]):
+                            return
+                    elif file.is_file():
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    else:
+                        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    return
+
+    def trickle(self, conn: socket.socket, data: bytes) -> bool:
+        """Send ``data`` a byte at a time, 20 bytes a second, until done or stopped."""
+        for byte in data:
+            if self.stop.wait(0.05):
+                return False
+            conn.sendall(bytes([byte]))
+        return True
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_server(registry_dir: Path, model: dict[str, bytes]) -> Iterator[RawServer]:
+    running = RawServer(registry_dir)
+    yield running
+    running.close()
+
+
+def raw_manager(raw_server: RawServer, data_dir: Path, **options: Any) -> xm.Manager:
+    options.setdefault("retry_backoff", 0.01)
+    options.setdefault("timeout", 5.0)
+    return xm.Manager(xm.Config("test-app", raw_server.url, str(data_dir)), **options)
+
+
+def ok_head(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra)
+
+
+class TestDeadlines:
+    """No server can hold a request past about ``timeout`` per attempt (README, Reliability)."""
+
+    def test_a_trickled_head_times_out(self, raw_server: RawServer, data_dir: Path) -> None:
+        head = ok_head(b"{}", b"X-Slow: " + b"x" * 60_000 + b"\r\n")
+        raw_server.scripts["models.json"] = lambda conn, body, n: raw_server.trickle(conn, head)
+        with pytest.raises(xm.NetworkError, match=r"timed out: no complete response within 0\.5s.*after 2 attempts"):
+            raw_manager(raw_server, data_dir, timeout=0.5, retries=1).list_remote()
+        assert raw_server.requests["models.json"] == 2
+
+    def test_a_trickled_index_body_times_out(self, raw_server: RawServer, data_dir: Path) -> None:
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body))
+            return raw_server.trickle(conn, body)
+
+        raw_server.scripts["models.json"] = script
+        with pytest.raises(xm.NetworkError, match=r"less than 64 KiB of the body arrived in 0\.5s"):
+            raw_manager(raw_server, data_dir, timeout=0.5, retries=0).list_remote()
+
+    def test_a_trickled_chunk_times_out_and_is_retried(self, raw_server: RawServer, data_dir: Path,
+                                                      registry_dir: Path, model: dict[str, bytes]) -> None:
+        path = chunk_paths(registry_dir)[1]
+
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body))
+            if n == 1:
+                return raw_server.trickle(conn, body)
+            conn.sendall(body)
+            return True
+
+        raw_server.scripts[path] = script
+        installed = raw_manager(raw_server, data_dir, timeout=0.5).pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert raw_server.requests[path] == 2
+
+    def test_a_slow_but_steady_body_is_not_cut(self, raw_server: RawServer, data_dir: Path,
+                                             registry_dir: Path) -> None:
+        # The rule is progress, not speed: a chunk that takes four timeouts to arrive
+        # passes, since no 64 KiB of it takes longer than one.
+        content = blob(256 << 10, "steady")
+        publish.publish(str(registry_dir), "org", "steady", "v1", {"f": content}, chunk_size=256 << 10)
+        path = chunk_paths(registry_dir, model="steady")[0]
+
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body))
+            for offset in range(0, len(body), 16 << 10):
+                if raw_server.stop.wait(0.1):
+                    return False
+                conn.sendall(body[offset : offset + (16 << 10)])
+            return True
+
+        raw_server.scripts[path] = script
+        installed = raw_manager(raw_server, data_dir, timeout=0.5, retries=0).pull("org/steady v1")
+        assert (Path(installed.path) / "f").read_bytes() == content
+
+    def test_pauses_of_a_rate_limit_do_not_count(self, make_manager: Callable[..., xm.Manager],
+                                                 server: RegistryServer, registry_dir: Path) -> None:
+        # Only waiting on the server counts against the timeout: a pull slowed to take
+        # three timeouts by --limit-rate is not cut.
+        content = blob(192 << 10, "limited")
+        publish.publish(str(registry_dir), "org", "limited", "v1", {"f": content}, chunk_size=192 << 10)
+        installed = make_manager(timeout=0.5, retries=0).pull("org/limited v1", limit_rate=128 << 10)
+        assert (Path(installed.path) / "f").read_bytes() == content
+
+    @pytest.mark.parametrize("pace", [0.0, 0.05])
+    def test_endless_interim_responses_fail(self, raw_server: RawServer, data_dir: Path, pace: float) -> None:
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            while not raw_server.stop.wait(pace):
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return False
+
+        raw_server.scripts["models.json"] = script
+        expected = "interim" if not pace else "timed out"
+        with pytest.raises(xm.NetworkError, match=expected):
+            raw_manager(raw_server, data_dir, timeout=0.5, retries=0).list_remote()
+
+    def test_an_unsolicited_extra_response_is_never_read_as_the_next(
+        self, raw_server: RawServer, data_dir: Path, registry_dir: Path
+    ) -> None:
+        # Each chunk comes with a second, unasked-for answer of the same size. The chunks are
+        # bigger than a head's read, so the extra answer waits in the socket, not in our buffer:
+        # read as the next chunk's answer, it would fail its hash (and with retries=0, the pull).
+        content = blob(4 * (128 << 10), "wide")
+        publish.publish(str(registry_dir), "org", "wide", "v1", {"f": content}, chunk_size=128 << 10)
+
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            fake = bytes(len(body))
+            conn.sendall(ok_head(body) + body + ok_head(fake) + fake)
+            return True
+
+        for path in chunk_paths(registry_dir, model="wide"):
+            raw_server.scripts[path] = script
+        installed = raw_manager(raw_server, data_dir, retries=0).pull("org/wide v1", concurrency=1)
+        assert (Path(installed.path) / "f").read_bytes() == content
+        assert raw_server.connections >= 4  # each spoiled connection was dropped
+
+    def test_a_late_stray_response_costs_one_retry(self, raw_server: RawServer, data_dir: Path,
+                                                   registry_dir: Path, model: dict[str, bytes]) -> None:
+        # A stray answer that comes after the next request went out cannot be told
+        # from the real one; it fails the hash, and the retry uses a new connection.
+        paths = chunk_paths(registry_dir)
+
+        def first(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body) + body)
+            if n == 1:
+                select.select([conn], [], [], 10)  # the client's next request is on its way
+                fake = bytes(1024)
+                conn.sendall(ok_head(fake) + fake)
+            return True
+
+        def second(conn: socket.socket, body: bytes, n: int) -> bool:
+            if n == 1:
+                return True  # the stray answer above stands in for this one
+            conn.sendall(ok_head(body) + body)
+            return True
+
+        raw_server.scripts[paths[0]], raw_server.scripts[paths[1]] = first, second
+        installed = raw_manager(raw_server, data_dir, retries=1).pull("org/tiny v1", concurrency=1)
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert raw_server.requests[paths[1]] == 2
+
+
+class TestRetryPolicy:
+    """``retries=N``: at most N+1 attempts per request, whatever fails, with backoff (README, Reliability)."""
+
+    # A bad hash, a 5xx, a cut body (the next attempt resumes from byte 10), a body too long.
+    FAULTS = (Fault(corrupt=True), Fault(status=503), Fault(reset_after=10), Fault(extra=b"x" * 10))
+
+    def test_every_kind_of_failure_counts_against_one_budget(self, make_manager: Callable[..., xm.Manager],
+                                                             model: dict[str, bytes], server: RegistryServer,
+                                                             registry_dir: Path) -> None:
+        bad = chunk_paths(registry_dir)[3]
+        server.fail(bad, *self.FAULTS)
+        with pytest.raises(xm.HashMismatchError, match=r"chunk 4/7 .*expected 1024, after 4 attempts"):
+            make_manager(retries=3).pull("org/tiny v1")
+        assert server.requests[bad] == 4
+
+    def test_one_more_retry_gets_through(self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes],
+                                         server: RegistryServer, registry_dir: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+        bad = chunk_paths(registry_dir)[3]
+        server.fail(bad, *self.FAULTS)
+        with caplog.at_level("INFO", logger="xprim_models"):
+            installed = make_manager(retries=4, retry_backoff=0.01).pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert server.requests[bad] == 5
+        waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"retrying {server.url}/{bad}")]
+        # A hash mismatch waits its backoff like any other failure: 0.01, 0.02, 0.04, 0.08 s.
+        assert [re.search(r" in (\S+)s \(attempt (\d) of 5\)", w).groups() for w in waits] == [  # type: ignore[union-attr]
+            ("0.0", "2"), ("0.0", "3"), ("0.0", "4"), ("0.1", "5")]
+        assert "hash mismatch" in waits[0] and "HTTP 503" in waits[1] and "expected 1024" in waits[3]
+
+
+def framed(head: bytes, body: bytes = b"{}") -> bytes:
+    return head.replace(b"\n", b"\r\n") + b"\r\n" + body
+
+
+MALFORMED = {
+    "HTTP/2 status line": b"HTTP/2 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "two-digit status": b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "not HTTP": b"ICY 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "lower-case version": b"http/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "folded header": framed(b"HTTP/1.1 200 OK\nX-A: a\n folded\nContent-Length: 2\n"),
+    "folded first header": framed(b"HTTP/1.1 200 OK\n\tX-A: a\nContent-Length: 2\n"),
+    "space before colon": framed(b"HTTP/1.1 200 OK\nContent-Length : 2\n"),
+    "no colon": framed(b"HTTP/1.1 200 OK\nContent-Length 2\n"),
+    "NUL in a name": framed(b"HTTP/1.1 200 OK\nX\x00A: a\nContent-Length: 2\n"),
+    "non-ASCII name": framed(b"HTTP/1.1 200 OK\nX-\xc7: a\nContent-Length: 2\n"),
+    "control character in a value": framed(b"HTTP/1.1 200 OK\nX-A: a\x01b\nContent-Length: 2\n"),
+    "bare CR": b"HTTP/1.1 200 OK\rContent-Length: 2\r\n\r\n{}",
+    "bare CR in a value": framed(b"HTTP/1.1 200 OK\nX-A: a\rb\nContent-Length: 2\n"),
+    "conflicting Content-Length lines": framed(b"HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 3\n"),
+    "conflicting Content-Length list": framed(b"HTTP/1.1 200 OK\nContent-Length: 2, 3\n"),
+    "negative Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: -2\n"),
+    "hex Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: 0x2\n"),
+    "huge Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: 1234567890123456789012\n"),
+    "Content-Length and chunked": framed(b"HTTP/1.1 200 OK\nContent-Length: 2\nTransfer-Encoding: chunked\n",
+                                         b"2\r\n{}\r\n0\r\n\r\n"),
+    "gzip then chunked": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n", b"2\r\n{}\r\n0\r\n\r\n"),
+    "chunk size not hex": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"zz\r\n{}\r\n0\r\n\r\n"),
+    "signed chunk size": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"+2\r\n{}\r\n0\r\n\r\n"),
+    "chunk size overflow": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n",
+                                  b"10000000000000002\r\n{}\r\n0\r\n\r\n"),
+    "empty chunk size": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"\r\n{}\r\n0\r\n\r\n"),
+    "chunk longer than its size": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"1\r\n{}\r\n0\r\n\r\n"),
+    "chunked without the last chunk": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"2\r\n{}\r\n"),
+    "folded trailer": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"2\r\n{}\r\n0\r\n folded\r\n\r\n"),
+    "trailer without colon": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"2\r\n{}\r\n0\r\nX\r\n\r\n"),
+    "head over 256 KiB": framed(b"HTTP/1.1 200 OK\n" + b"X-Pad: " + b"x" * (300 << 10) + b"\nContent-Length: 2\n"),
+    "101 Switching Protocols": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+    "head cut short": b"HTTP/1.1 200 OK\r\nContent-Len",
+    "17 interim responses": b"HTTP/1.1 100 Continue\r\n\r\n" * 17 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+}
+
+LEGAL = {
+    "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 2\n\n{}",
+    "no reason phrase": b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n{}",
+    "empty reason phrase": b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\n{}",
+    "non-ASCII reason and value": framed(b"HTTP/1.1 200 D\xe9j\xe0 vu\nX-A: caf\xe9\nContent-Length: 2\n"),
+    "repeated equal Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: 2\ncontent-length: 2, 2\n"),
+    "chunked with extensions": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n",
+                                      b"1;a=b\r\n{\r\n1 ; c=\"d\"\r\n}\r\n0\r\n\r\n"),
+    "chunked with trailers": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: Chunked\n",
+                                    b"2\r\n{}\r\n0\r\nX-Checksum: 1\r\nX-More: 2\r\n\r\n"),
+    "chunked with bare LF": b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\n{}\n0\n\n",
+    "close-delimited HTTP/1.0": b"HTTP/1.0 200 OK\r\n\r\n{}",
+    "interim responses": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" * 3
+    + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "a 200 KiB head": framed(b"HTTP/1.1 200 OK\n" + b"X-Pad: x\n" * 20_000 + b"Content-Length: 2\n"),
+}
+
+
+class TestFraming:
+    """The one HTTP parser (``_Session``), against malformed framing of every kind and legal oddities."""
+
+    @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
+    def test_malformed_is_a_network_error(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+                                          model: dict[str, bytes], raw: bytes) -> None:
+        server.always["models.json"] = Fault(raw=raw)
+        with pytest.raises(xm.NetworkError, match=r"models\.json.*after 2 attempts"):
+            make_manager(retries=1).list_remote()
+        assert server.requests["models.json"] == 2
+
+    @pytest.mark.parametrize("raw", LEGAL.values(), ids=LEGAL.keys())
+    def test_legal_oddities_are_read(self, manager: xm.Manager, server: RegistryServer, raw: bytes) -> None:
+        server.always["models.json"] = Fault(raw=raw)
+        assert manager.list_remote() == []
+
+    def test_early_hints_after_a_redirect(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
+                                          model: dict[str, bytes]) -> None:
+        mirror = registry_dir / "mirror"
+        shutil.copytree(registry_dir / "data", mirror / "data")
+        shutil.copy(registry_dir / "models.json", mirror / "models.json")
+        for path in ["models.json", *chunk_paths(registry_dir)]:
+            server.always[path] = Fault(status=302, headers={"Location": f"/mirror/{path}"})
+            server.always[f"mirror/{path}"] = Fault(framing="interim")
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        assert server.requests["mirror/models.json"] == 1
+
+
+class TunnelProxy:
+    """An HTTP proxy on raw loopback sockets: CONNECT tunnels, and absolute-form GETs relayed
+    over one upstream connection per client connection. Counts connections and records heads."""
+
+    def __init__(self) -> None:
+        self.heads: list[str] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self, conn: socket.socket) -> None:
+        pending = b""
+        upstream: socket.socket | None = None
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                text = head.decode("latin-1")
+                self.heads.append(text)
+                method, target, _ = text.split("\r\n")[0].split(" ")
+                if method == "CONNECT":
+                    host, _, port = target.rpartition(":")
+                    upstream = socket.create_connection((host, int(port)))
+                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    threading.Thread(target=self._pipe, args=(upstream, conn), daemon=True).start()
+                    if pending:
+                        upstream.sendall(pending)
+                    self._pipe(conn, upstream)
+                    return
+                from urllib.parse import urlsplit
+
+                parts = urlsplit(target)
+                if upstream is None:
+                    upstream = socket.create_connection((parts.hostname, parts.port or 80))
+                lines = text.split("\r\n")
+                lines[0] = f"GET {parts.path} HTTP/1.1"
+                lines = [line for line in lines if not line.lower().startswith("proxy-authorization")]
+                upstream.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += upstream.recv(65536)
+                answer_head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+                length = int(re.search(r"content-length: *(\d+)", answer_head).group(1))  # type: ignore[union-attr]
+                while len(answer) < len(answer_head) + 4 + length:
+                    answer += upstream.recv(65536)
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class TestProxies:
+    def test_http_through_a_proxy_keeps_one_connection_per_worker(
+        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path,
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
+        proxy = TunnelProxy()
+        try:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%40ss@"))
+            monkeypatch.setenv("NO_PROXY", "example.com")
+            make_manager(headers={"X-Team": "ml"}).pull("org/many v1", concurrency=4)
+            assert server.chunk_requests() == 61  # the manifest and 60 chunks
+            assert proxy.connections <= 4 + 2  # a connection per worker, plus index and manifest
+            assert all(head.startswith(f"GET {server.url}/") for head in proxy.heads)  # absolute-form
+            credentials = "\r\nProxy-Authorization: Basic dXNlcjpwQHNz\r\n"  # user:p@ss
+            assert all(credentials in head + "\r\n" for head in proxy.heads)
+            assert all("\r\nX-Team: ml\r\n" in head + "\r\n" for head in proxy.heads)
+            assert "\r\nCache-Control: no-cache" in proxy.heads[0] and "Cache-Control" not in proxy.heads[-1]
+        finally:
+            proxy.close()
+
+    def test_https_through_a_proxy_tunnels_with_connect(self, tmp_path: Path, https_registry: tuple[str, Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        import ssl
+
+        url, cert = https_registry
+        proxy = TunnelProxy()
+        try:
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+            monkeypatch.setenv("NO_PROXY", "")
+            context = ssl.create_default_context(cafile=str(cert))
+            manager = xm.Manager(xm.Config("t", url, tmp_path / "a"), ssl_context=context, headers={"X-Team": "ml"})
+            installed = manager.pull("org/tiny v1", concurrency=2)
+            assert tree(Path(installed.path)) == dict(sorted(MODEL_FILES.items()))
+            target = url.removeprefix("https://")
+            assert proxy.heads and all(head.startswith(f"CONNECT {target} HTTP/1.1") for head in proxy.heads)
+            assert not any("X-Team" in head for head in proxy.heads)  # the caller's headers go inside the tunnel
+            assert proxy.connections <= 2 + 2
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            seen = len(proxy.heads)
+            xm.Manager(xm.Config("t", url, tmp_path / "b"), ssl_context=context).pull("org/tiny v1")
+            assert len(proxy.heads) == seen
+        finally:
+            proxy.close()
+
+    def test_an_unsupported_proxy_is_a_clear_network_error(self, make_manager: Callable[..., xm.Manager],
+                                                           server: RegistryServer, model: dict[str, bytes],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTP_PROXY", "socks5://user:secret@127.0.0.1:1080")
+        with pytest.raises(xm.NetworkError, match=r"socks5://127\.0\.0\.1:1080 is not a plain http") as caught:
+            make_manager().list_remote()
+        assert "secret" not in str(caught.value)
+
+
+SECRET = "Bearer s3cr3t-t0ken"
+
+
+class TestHeaders:
+    def test_headers_go_with_every_request_and_are_never_logged(
+        self, raw_server: RawServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def busy_once(conn: socket.socket, body: bytes, n: int) -> bool:  # one retry, logged
+            conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n" if n == 1 else ok_head(body) + body)
+            return True
+
+        raw_server.scripts[chunk_paths(registry_dir)[2]] = busy_once
+        with caplog.at_level("DEBUG", logger="xprim_models"):
+            manager = raw_manager(raw_server, data_dir, headers={"Authorization": SECRET, "Cookie": "id=s3cr3t"})
+            manager.pull("org/tiny v1")
+        assert len(raw_server.headers) == 1 + 1 + 7 + 1  # index, manifest, chunks, the retried chunk
+        assert all(h.get("authorization") == SECRET and h.get("cookie") == "id=s3cr3t" for h in raw_server.headers)
+        assert raw_server.connections <= 4 + 2 + 1  # workers, index, manifest; the 503 closed one
+        assert "s3cr3t" not in caplog.text and "retrying" in caplog.text
+
+    def test_cli_header_option(self, raw_server: RawServer, data_dir: Path, model: dict[str, bytes]) -> None:
+        result = run_cli("--registry", raw_server.url, "--data-dir", str(data_dir), "-v",
+                         "--header", f"Authorization: {SECRET}", "--header", "X-Team:ml", "pull", "org/tiny", "v1")
+        cli_no_traceback(result)
+        assert result.returncode == 0, result.stderr
+        assert all(h.get("authorization") == SECRET and h.get("x-team") == "ml" for h in raw_server.headers)
+        assert "debug: GET" in result.stderr and "s3cr3t" not in result.stderr + result.stdout
+        seen = len(raw_server.headers)
+        after = run_cli("--registry", raw_server.url, "--data-dir", str(data_dir), "list", "--remote",
+                        "--header", "X-Team: after")  # also after the command word
+        assert after.returncode == 0, after.stderr
+        assert {h.get("x-team") for h in raw_server.headers[seen:]} == {"after"}
+
+    @pytest.mark.parametrize("option", ["Authorization", ": value", "Bad Name: x", "X-A: a\x01b", "Host: evil"])
+    def test_cli_rejects_bad_headers_without_echoing_the_value(self, raw_server: RawServer, data_dir: Path,
+                                                               option: str, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+        code = xm.main(["--registry", raw_server.url, "--data-dir", str(data_dir), "--header", option, "list"])
+        err = capsys.readouterr().err
+        assert code == 2 and "error: " in err and "header" in err
+        assert "a\x01b" not in err and "evil" not in err and not raw_server.headers
+
+    @pytest.mark.parametrize("headers", [{"X-A": "line\r\nInjected: 1"}, {"Range": "bytes=0-"}, {"X A": "b"},
+                                         {"X-A": "caf\u00e9"}])
+    def test_manager_rejects_bad_headers(self, tmp_path: Path, headers: dict[str, str]) -> None:
+        with pytest.raises(ValueError, match="header") as caught:
+            xm.Manager(xm.Config("t", "http://127.0.0.1:1", tmp_path), headers=headers)
+        assert "Injected" not in str(caught.value) and "caf" not in str(caught.value)
+
+    @pytest.mark.parametrize("target", ["another host", "another port", "the same origin"])
+    def test_credentials_stay_with_their_origin_across_redirects(
+        self, raw_server: RawServer, registry_dir: Path, tmp_path: Path, model: dict[str, bytes], target: str
+    ) -> None:
+        mirror = RawServer(registry_dir)
+        try:
+            port = mirror.url.rsplit(":", 1)[1]
+            origin = {"another host": f"http://localhost:{port}", "another port": f"http://127.0.0.1:{port}",
+                      "the same origin": raw_server.url}[target]
+            paths = chunk_paths(registry_dir)
+            chunk = (registry_dir / paths[0]).read_bytes()
+
+            def redirect(conn: socket.socket, body: bytes, n: int) -> bool:
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s/data/x\r\nContent-Length: 3\r\n\r\nabc"
+                             % origin.encode())
+                return True
+
+            def serve(conn: socket.socket, body: bytes, n: int) -> bool:
+                conn.sendall(ok_head(chunk) + chunk)
+                return True
+
+            raw_server.scripts[paths[0]] = redirect
+            mirror.scripts["data/x"] = raw_server.scripts["data/x"] = serve
+            manager = xm.Manager(xm.Config("t", raw_server.url, tmp_path / "d"),
+                                 headers={"Authorization": SECRET, "Cookie": "c=1", "X-Team": "ml"})
+            assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+            seen = (raw_server if target == "the same origin" else mirror).headers
+            (followed,) = [h for h in seen if "authorization" not in h] or [seen[-1]]
+            assert followed["x-team"] == "ml"
+            if target == "the same origin":
+                assert all(h.get("authorization") == SECRET and h.get("cookie") == "c=1" for h in seen)
+            else:  # like curl and requests: credentials are not sent on to another origin
+                assert "authorization" not in followed and "cookie" not in followed
+                assert all(h.get("authorization") == SECRET for h in raw_server.headers)
+        finally:
+            mirror.close()
+
+
+SQUID_CONF = """\
+http_port 127.0.0.1:{port}
+pid_filename none
+cache_log stdio:/dev/stderr
+access_log none
+cache_store_log none
+cache_mem 64 MB
+maximum_object_size_in_memory 16 MB
+collapsed_forwarding on
+maximum_object_size 1 GB
+refresh_pattern /data/[0-9a-f]{{64}}$ 525600 100% 525600
+refresh_pattern . 0 20% 4320
+http_access allow all
+pinger_enable off
+shutdown_lifetime 0 seconds
+visible_hostname localhost
+coredump_dir {directory}
+"""
+
+
+@pytest.fixture
+def squid(tmp_path: Path) -> Iterator[str]:
+    """A squid forward caching proxy on loopback, with collapsed forwarding; yields its URL."""
+    binary = shutil.which("squid") or shutil.which("squid", path="/usr/sbin:/usr/local/sbin")
+    if binary is None:
+        pytest.skip("needs squid (the Debian package squid; .ci/run installs it)")
+    directory = tmp_path / "squid"
+    directory.mkdir()
+    for _ in range(3):  # another process may take the free port first
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        (directory / "squid.conf").write_text(SQUID_CONF.format(port=port, directory=directory))
+        process = subprocess.Popen([binary, "-N", "-d", "1", "-f", str(directory / "squid.conf")],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True, errors="replace")
+        assert process.stderr is not None
+        log: list[str] = []
+        for line in process.stderr:  # squid says when it listens, or why it cannot
+            log.append(line)
+            if "Accepting HTTP Socket connections" in line or "FATAL" in line:
+                break
+        if log and "Accepting HTTP Socket connections" in log[-1]:
+            break
+        process.kill()
+        process.wait()
+    else:
+        pytest.skip("squid could not be started: " + "".join(log[-5:]))
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep its pipe drained
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class TestFleet:
+    """Many machines behind one caching proxy (README, Serving a fleet)."""
+
+    def test_clients_pulling_at_once_through_squid_fetch_each_chunk_about_once(
+        self, squid: str, server: RegistryServer, registry_dir: Path, tmp_path: Path
+    ) -> None:
+        content = blob(64 * (64 << 10), "fleet")
+        publish.publish(str(registry_dir), "org", "fleet", "v1", {"w.bin": content}, chunk_size=64 << 10)
+        # The origin sends no Cache-Control: the README's refresh_pattern for data/ makes chunks cacheable.
+        clients = 6
+        # The origin holds the manifest until every client has fetched the index, so all
+        # of them ask squid for the manifest, then for the chunks, at the same time.
+        manifest = f"data/{json.loads((registry_dir / 'models.json').read_text())['org']['fleet']['v1']['hash']}"
+        hold = server.hold(manifest)
+
+        def release() -> None:
+            with server.condition:
+                server.condition.wait_for(lambda: server.requests["models.json"] >= clients, timeout=60)
+            hold.release.set()
+
+        threading.Thread(target=release, daemon=True).start()
+        processes = [
+            subprocess.Popen([sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir",
+                              str(tmp_path / f"client{n}"), "pull", "org/fleet", "v1"], cwd=HERE,
+                             env={**os.environ, "HTTP_PROXY": squid, "NO_PROXY": ""},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for n in range(clients)
+        ]
+        for process in processes:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+        for n in range(clients):
+            assert (tmp_path / f"client{n}" / "org" / "fleet" / "v1" / "w.bin").read_bytes() == content
+        chunks = chunk_paths(registry_dir, model="fleet")
+        served = [server.requests[path] for path in chunks]
+        egress = sum(server.bytes_sent[path] for path in chunks)
+        print(f"{clients} clients: origin served {sum(served)} chunk requests for {len(chunks)} chunks, "
+              f"{egress / len(content):.2f}x the model")
+        assert max(served) <= 2 and egress <= 1.25 * len(content)  # about once, not once per client
+        assert server.requests[manifest] == 1  # six requests at once, collapsed into one
+        assert server.requests["models.json"] == clients  # the index is revalidated every time
+
+    def test_update_sees_an_alias_move_behind_an_index_cached_for_an_hour(
+        self, squid: str, server: RegistryServer, registry_dir: Path, data_dir: Path, model: dict[str, bytes],
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        server.cache_control["models.json"] = "max-age=3600"
+        monkeypatch.setenv("HTTP_PROXY", squid)
+        monkeypatch.setenv("NO_PROXY", "")
+        assert cli_run(server, data_dir, "pull", "org/tiny", "latest").returncode == 0
+        # squid holds the index: a client that does not ask to revalidate gets the old one.
+        plain = urllib.request.build_opener(urllib.request.ProxyHandler({"http": squid}))
+        with plain.open(f"{server.url}/models.json", timeout=10) as response:
+            cached = response.read()
+        publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
+        with plain.open(f"{server.url}/models.json", timeout=10) as response:
+            assert response.read() == cached
+        result = cli_run(server, data_dir, "update")
+        assert result.returncode == 0 and "org/tiny latest: update available" in result.stdout, result.stdout
 
 
 # --- System-call fault sweep -------------------------------------------------------

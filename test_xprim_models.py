@@ -149,6 +149,10 @@ class RegistryServer:
         class Server(http.server.ThreadingHTTPServer):
             request_queue_size = 128  # the default 5 drops bursts of connections into 1 s SYN retries
 
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):  # clients hang up: expected
+                    super().handle_error(request, client_address)
+
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -1691,10 +1695,35 @@ PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{20}\] \d+%")
 
 def cli_run(server: RegistryServer, data_dir: Path, *args: str, env: dict[str, str] | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``python -m xprim_models --registry <server> --data-dir <data_dir> ARGS``, checked for tracebacks."""
-    result = run_cli("--registry", server.url, "--data-dir", str(data_dir), *args, env=env, timeout=timeout)
+    """``xprim-models --registry <server> --data-dir <data_dir> ARGS`` through ``main(argv)`` in this
+    process (no real process matters here: run_cli starts one), checked for tracebacks."""
+    result = main_in_process("--registry", server.url, "--data-dir", str(data_dir), *args, env=env)
     cli_no_traceback(result)
     return result
+
+
+def main_in_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``main(args)`` with stdout and stderr captured as a pipe would (UTF-8, not a terminal)
+    and ``env`` added to the environment for the call."""
+    import contextlib
+    import io
+
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="") for _ in range(2)]
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]):
+            code = xm.main(list(args))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    for stream in streams:
+        stream.flush()
+    out, err = (stream.buffer.getvalue().decode() for stream in streams)  # type: ignore[attr-defined]
+    return subprocess.CompletedProcess(["xprim-models", *args], code, out, err)
 
 
 def cli_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
@@ -2030,6 +2059,7 @@ class TestCli:
             Files:        4
             Installed:    {cli_local_time(installed_at, True)}
             Path:         {data_dir / "org" / "tiny" / "v1"}
+            Registry:     {server.url}
 
             Files:
               model.safetensors     4.9 KB
@@ -2549,6 +2579,53 @@ class TestCli:
 # --- CLI: embedded in a parent tool ------------------------------------------------
 
 
+class TestProvenance:
+    """Each install records the registry it came from; update checks each model there."""
+
+    def setup_registries(self, tmp_path: Path) -> tuple[Path, Path, Path]:
+        first, second, data = tmp_path / "first", tmp_path / "second", tmp_path / "data"
+        publish.publish(str(first), "org", "x", "v1", {"x.bin": b"x one"})
+        publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y one"})
+        for registry, model in ((first, "x"), (second, "y")):
+            argv = ["--registry", str(registry), "--data-dir", str(data), "-q", "pull", f"org/{model}", "v1"]
+            assert xm.main(argv) == 0
+        return first, second, data
+
+    def test_each_install_records_its_registry(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        first, second, data = self.setup_registries(tmp_path)
+        capsys.readouterr()
+        assert xm.main(["--data-dir", str(data), "list", "--json"]) == 0
+        listed = {item["model"]: item["registry_url"] for item in json.loads(capsys.readouterr().out)["models"]}
+        assert listed == {"x": str(first), "y": str(second)}
+        record = json.loads((data / "registry.json").read_text())["org"]["y"]["v1"]
+        assert record["registry_url"] == str(second)
+        assert xm.main(["--data-dir", str(data), "info", "org/y", "v1"]) == 0
+        assert f"Registry:     {second}" in capsys.readouterr().out
+
+    def test_update_checks_each_model_against_its_own_registry(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first, second, data = self.setup_registries(tmp_path)
+        publish.publish(str(first), "org", "x", "v1", {"x.bin": b"x two"})
+        publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y two"})
+        monkeypatch.setenv("XPRIM_MODELS_REGISTRY_URL", str(first))  # the default, not named on the command line
+        assert xm.main(["--data-dir", str(data), "-q", "update", "--apply"]) == 0
+        assert (data / "org" / "x" / "v1" / "x.bin").read_bytes() == b"x two"
+        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y two"
+
+    def test_update_with_a_named_registry_skips_the_others(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        first, second, data = self.setup_registries(tmp_path)
+        publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y two"})
+        capsys.readouterr()
+        assert xm.main(["--registry", str(first), "--data-dir", str(data), "update", "--apply"]) == 0
+        out = capsys.readouterr().out
+        assert "org/x v1: up to date" in out
+        assert f"org/y v1: skipped: installed from {second}, not {first}" in out
+        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y one"
+
+
 class TestEmbedding:
     @pytest.fixture
     def whisper_tool(self, tmp_path: Path) -> Path:
@@ -2667,11 +2744,12 @@ class TestEmbedding:
             return code, capsys.readouterr().err
 
         no_registry = tool("")
-        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"], ["update"], ["verify", "--repair"]):
-            if argv == ["update"]:
+        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"], ["verify", "--repair"]):
+            if argv == ["verify", "--repair"]:
                 xm.Manager(xm.Config("whisper-tool", server.url, data_dir)).pull("org/tiny v1")
             code, err = run(no_registry, *argv)
             assert (code, err) == (1, "error: no registry URL is configured for whisper-tool\n"), argv
+        assert run(no_registry, "update") == (0, "")  # checked against the registry it was pulled from
         code, err = run(tool(server.url), "pull", "org/tiyn", "v1")
         assert code == 3
         assert err == ("error: model not found in registry: org/tiyn (did you mean org/tiny v1?); "

@@ -53,9 +53,9 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from functools import partial
+from functools import cached_property, partial
 
 # typing.TYPE_CHECKING, without importing typing at run time: it costs a tenth of the
 # start-up of `xprim-models path`. Type checkers take it as True.
@@ -367,6 +367,9 @@ class InstalledModel:
             with a logged warning, when registry.json's value is not RFC 3339.
         path: the absolute directory holding the files.
         alias_of: the concrete version an alias resolved to, or "".
+        registry_url: the registry it was pulled from (a URL, or a directory's
+            absolute path), or "" when unknown (installed by an older release or
+            another tool); ``update`` checks each model against it.
     """
 
     ref: ModelRef
@@ -376,6 +379,7 @@ class InstalledModel:
     installed_at: datetime
     path: str
     alias_of: str = ""
+    registry_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -1821,6 +1825,20 @@ class _Mismatch(_Transient):
 _Route = tuple[tuple[str, str, int, str], str, str]  # connection key, Host header, request-target prefix
 
 
+def _registry_origin(url: str) -> str:
+    """A registry URL as installs record it (``InstalledModel.registry_url``): a directory
+    or file:// URL as an absolute path, an http(s) URL without its trailing slash."""
+    if not url:
+        return ""
+    if re.match(r"(?i)https?://", url):
+        return url.rstrip("/")
+    try:
+        root = _RegistryClient._local_root(url)
+    except RegistryError:
+        return url
+    return root if root is not None else url
+
+
 class _RegistryClient:
     """Fetches from the registry: one transport (``_Session``) for every http(s) request,
     direct or through a proxy; files for ``file://`` and directories; urllib only for a
@@ -1871,6 +1889,11 @@ class _RegistryClient:
                 path = path[1:]
             return path
         raise RegistryError(f"registry URL {url}: unsupported scheme {scheme!r}; use http(s)://, file:// or a path")
+
+    @property
+    def origin(self) -> str:
+        """The registry as installs record it: a URL, or a directory's absolute path."""
+        return _registry_origin(self.url)
 
     def location(self, relative: str) -> str:
         if self.local_root is not None:
@@ -3018,7 +3041,7 @@ class _Store:
             return InstalledModel(
                 ref=ref, manifest_hash=digest, total_size=total, file_count=count,
                 installed_at=self._installed_at(ref, entry.get("installed_at")), path=self.version_dir(ref),
-                alias_of=str(entry.get("alias_of", "")),
+                alias_of=str(entry.get("alias_of", "")), registry_url=str(entry.get("registry_url", "")),
             )
         except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
             raise StorageError(
@@ -3094,6 +3117,15 @@ class _Store:
             pass  # absent or damaged: fetch it again
         return None
 
+    def manifests(self, digests: Sequence[str],
+                  fetch: Callable[[Sequence[str]], Mapping[str, tuple[_Manifest, bytes]]]) -> dict[str, _Manifest]:
+        """Manifests from the cache, and with ``fetch(missing)`` those not there (then cached)."""
+        found = {digest: self.cached_manifest(digest) for digest in digests}
+        for digest, (manifest, raw) in fetch([digest for digest, known in found.items() if known is None]).items():
+            found[digest] = manifest
+            self.cache_manifest(digest, raw)
+        return found  # type: ignore[return-value]
+
     def cache_manifest(self, digest: str, raw: bytes) -> None:
         try:
             # No fsync: a cached manifest is checked against its hash whenever it is read.
@@ -3110,18 +3142,33 @@ class _Store:
     # later pull of it resumes there, verifying every chunk) and the old comes back.
 
     def install(self, ref: ModelRef, manifest: _Manifest, alias_of: str,
-                build: Callable[[str, bool], None]) -> InstalledModel:
-        """Build ``manifest``'s files with ``build(staging, resume)``, swap them in and commit
-        them as ``ref`` (model lock held)."""
+                build: Callable[[str, Mapping[str, Sequence[_Seed]], bool], None], *,
+                others: Sequence[InstalledModel], registry_url: str) -> InstalledModel:
+        """Build ``manifest``'s files with ``build(staging, seeds, resume)``, swap them in and
+        commit them as ``ref`` (model lock held). ``seeds`` are where ``others``, the installed
+        versions, and an interrupted pull's staging directory hold chunks it needs."""
+        with self.cache_lock(shared=True):
+            self.clean()
+            seeds = self.seeds(manifest, others)
+            self.check_space(ref, manifest)
+            return self._install(ref, manifest, alias_of, registry_url, lambda staging, resume: build(
+                staging, _with_staging(seeds, manifest, staging) if resume else seeds, resume))
+
+    def _install(self, ref: ModelRef, manifest: _Manifest, alias_of: str, registry_url: str,
+                 build: Callable[[str, bool], None]) -> InstalledModel:
         final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
         old, staging = self.sibling(ref, "old"), self.sibling(ref, "staging")
         installed = InstalledModel(
             ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size, file_count=len(manifest.files),
             installed_at=datetime.now(timezone.utc).replace(microsecond=0), path=final, alias_of=alias_of,
+            registry_url=registry_url,
         )
+        # The keys the Go original reads, with its types; the others it ignores.
         record = {"manifest_hash": installed.manifest_hash, "total_size": installed.total_size,
                   "file_count": installed.file_count, "installed_at": _format_time(installed.installed_at),
-                  **({"alias_of": alias_of} if alias_of else {})}
+                  **({"alias_of": alias_of} if alias_of else {}),
+                  **({"registry_url": registry_url} if registry_url else {})}
+        started = time.monotonic()
         resume = self.stored_hash(staging) == manifest.digest and self._plain_directory(staging)
         try:
             if not resume:
@@ -3132,6 +3179,8 @@ class _Store:
         if not resume:
             # Written first: it names what this staging directory holds, should a pull resume it.
             _atomic_write(self.manifest_path(staging), manifest.raw)
+        else:
+            self.logger.info("resuming %s from %s", ref, staging)
         build(staging, resume)  # every file complete, verified and flushed, or an exception
         try:
             _fsync_directory(staging)
@@ -3147,6 +3196,7 @@ class _Store:
             self._reclaim_quietly(ref)
             raise
         self.discard(old)
+        self.logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size, time.monotonic() - started)
         return installed
 
     def reclaim(self, ref: ModelRef, *, keep_staging: bool = True) -> int:
@@ -3184,6 +3234,24 @@ class _Store:
             os.rename(directory, staging)
         except OSError as exc:
             raise _storage_error("move", directory, exc) from exc
+
+    def list_installed(self) -> list[InstalledModel]:
+        """Every installed version, sorted, once what a crash left beside them is put right."""
+        doc = self.read()
+        refs = self.refs(doc)
+        if any(self.reclaim_if_idle(ref) for ref in self.leftovers(unlisted=False)):
+            doc = self.read()
+        return sorted((self.installed(ref, entry) for ref in refs if (entry := self.entry(doc, ref)) is not None),
+                      key=lambda item: item.ref)
+
+    def get(self, ref: ModelRef) -> InstalledModel:
+        """The installed version ``ref``, or NotInstalledError (with a did-you-mean)."""
+        doc = self.read()
+        entry = self.entry(doc, ref)
+        if entry is None:
+            installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
+            raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
+        return self.installed(ref, entry)
 
     def reclaim_if_idle(self, ref: ModelRef) -> bool:
         """Put right what a crashed swap or remove of ``ref`` left, unless its pull or remove is
@@ -3501,6 +3569,87 @@ def _scan(root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]
     return bad, damaged, missing
 
 
+def _verify(store: _Store, ref: ModelRef, *, repair: bool, manifest: Callable[[str], _Manifest],
+            fetch: Callable[[InstalledModel, _Manifest, Sequence[int], _ChunkFiles], None]
+            ) -> tuple[list[str], list[str]]:
+    """Manager.verify: (files damaged or missing, files that only share a damaged chunk with
+    another file), or with ``repair`` (the files rewritten, []). ``manifest(digest)`` fetches a
+    published manifest; ``fetch(installed, manifest, positions, writer)`` writes chunks through ``writer``."""
+    from contextlib import ExitStack
+
+    with ExitStack() as locked:
+        held = False
+        try:
+            locked.enter_context(store.model_lock(ref))
+            held = True
+            store.reclaim(ref)
+        except StorageError:
+            if repair:
+                raise
+            # A read-only data directory has no room for a lock file; checking only reads.
+            store.logger.debug("verify %s: going on without the model lock", ref)
+        installed = store.get(ref)
+        manifest_path = f"{store.metadata_dir}/manifest.json"
+        try:
+            stored = store.stored_manifest(installed)
+            damaged_manifest = False
+        except StorageError:
+            stored = manifest(installed.manifest_hash)
+            damaged_manifest = True
+        if not damaged_manifest and _sha256(stored.raw).hexdigest() != installed.manifest_hash:
+            stored = _published(store, installed, stored, manifest, held=held)
+        bad_positions, damaged, missing = _scan(installed.path, stored)
+        if not repair or not (damaged or damaged_manifest):
+            sharing = _only_sharing(stored, bad_positions, missing)
+            return sorted(damaged - sharing | ({manifest_path} if damaged_manifest else set())), sorted(sharing)
+        with store.cache_lock(shared=True):
+            repaired = store.repair(installed, stored, bad_positions, missing,
+                                    lambda positions, writer: fetch(installed, stored, positions, writer))
+        if damaged_manifest:
+            target = os.path.join(installed.path, *manifest_path.split("/"))
+            _atomic_write(_no_links(installed.path, target), stored.raw)
+            repaired.add(manifest_path)
+        store.logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
+        return sorted(repaired), []
+
+
+def _published(store: _Store, installed: InstalledModel, stored: _Manifest, manifest: Callable[[str], _Manifest],
+               *, held: bool) -> _Manifest:
+    """The manifest ``installed`` was built from, when its stored copy ``stored`` is a
+    re-serialized one (the Go original's): the published bytes, fetched by their hash and,
+    with the model's lock ``held``, written over the copy. When they cannot be had (no
+    registry), the copy, with a warning that nothing vouches for it."""
+    path = store.manifest_path(installed.path)
+    try:
+        published = manifest(installed.manifest_hash)
+    except ModelsError as exc:
+        store.logger.warning(
+            "verify %s: the manifest itself could not be checked: %s is a re-serialized copy (written by "
+            "another tool, such as the Go original), and the published manifest could not be fetched (%s); "
+            "the files are checked against that copy", installed.ref, path, exc,
+        )
+        return stored
+    if held:
+        try:
+            _atomic_write(store.private(path), published.raw)
+            store.logger.info("verify %s: %s was a re-serialized copy; it now holds the published bytes",
+                              installed.ref, path)
+        except StorageError as exc:
+            store.logger.warning("verify %s: the published manifest was not written over the copy: %s",
+                                 installed.ref, exc)
+    return published
+
+
+def _default_logger() -> logging.Logger:
+    """The ``xprim_models`` logger, silent unless the application configures logging."""
+    import logging
+
+    logger = logging.getLogger("xprim_models")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
 def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
     """The concurrency to use (capped at 16); ValueError for values that make no sense."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -3566,19 +3715,11 @@ class Manager:
             raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")
         self.config = config
         self._headers = _check_headers(headers or {})
-        if logger is None:
-            import logging
-
-            logger = logging.getLogger("xprim_models")
-            if not logger.handlers:
-                logger.addHandler(logging.NullHandler())
-        self._logger = logger
+        self._logger = logger = logger if logger is not None else _default_logger()
         root = os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else _resolve_data_dir(config)
         self._store = _Store(root, config.app_name, logger)
         self._opener, self._ssl_context = opener, ssl_context
         self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
-        self._client_instance: _RegistryClient | None = None
-        self._client_guard = threading.Lock()
 
     @property
     def data_dir(self) -> str:
@@ -3590,29 +3731,23 @@ class Manager:
 
     # The remote side ---------------------------------------------------------
 
-    def _client(self) -> _RegistryClient:
-        with self._client_guard:
-            if self._client_instance is None:
-                self._client_instance = _RegistryClient(
-                    self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context,
-                    timeout=self._timeout, retries=self._retries, backoff=self._backoff, logger=self._logger,
-                    headers=self._headers,
-                )
-            return self._client_instance
+    @cached_property
+    def _client(self) -> _RegistryClient:  # made on first use: the local commands need none
+        return _RegistryClient(
+            self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context, timeout=self._timeout,
+            retries=self._retries, backoff=self._backoff, logger=self._logger, headers=self._headers,
+        )
 
     def _manifest(self, digest: str) -> _Manifest:
         """The validated manifest, from the local manifest cache or the registry."""
-        manifest = self._store.cached_manifest(digest)
-        if manifest is None:
-            manifest, raw = self._client().manifest(digest, self._store.metadata_dir)
-            self._store.cache_manifest(digest, raw)
-        return manifest
+        return self._store.manifests(
+            [digest], lambda missing: self._client.manifests(missing, self._store.metadata_dir))[digest]
 
     def _job(self, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]], concurrency: int,
              progress: Callable[[PullProgress], None] | None, seeds: Mapping[str, Sequence[_Seed]],
              limit_rate: float | None) -> _PullJob:
         emit = progress if progress is not None else (lambda snapshot: None)
-        return _PullJob(self._client(), writer, label, chunks, concurrency=concurrency, emit=emit,
+        return _PullJob(self._client, writer, label, chunks, concurrency=concurrency, emit=emit,
                         logger=self._logger, seeds=seeds, limit_rate=limit_rate)
 
     # Public API --------------------------------------------------------------
@@ -3623,13 +3758,7 @@ class Manager:
         Raises:
             StorageError: registry.json cannot be read or is corrupt.
         """
-        store = self._store
-        doc = store.read()
-        refs = store.refs(doc)
-        if any(self._store.reclaim_if_idle(ref) for ref in store.leftovers(unlisted=False)):
-            doc = store.read()
-        return sorted((store.installed(ref, entry) for ref in refs if (entry := store.entry(doc, ref)) is not None),
-                      key=lambda item: item.ref)
+        return self._store.list_installed()
 
     def list_remote(self, *, detail: bool = False) -> list[RemoteModel]:
         """Every version the registry lists, aliases resolved, sorted.
@@ -3642,47 +3771,29 @@ class Manager:
         Raises:
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        remote = sorted(self._client().index().models.values(), key=lambda item: item.ref)
+        remote = sorted(self._client.index().models.values(), key=lambda item: item.ref)
         if not detail:
             return remote
         digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
-        manifests = {digest: self._store.cached_manifest(digest) for digest in digests}
-        missing = [digest for digest, manifest in manifests.items() if manifest is None]
-        for digest, (manifest, raw) in self._client().manifests(missing, self._store.metadata_dir).items():
-            manifests[digest] = manifest
-            self._store.cache_manifest(digest, raw)
-        return [_detail(item, manifests[item.manifest_hash]) for item in remote]  # type: ignore[arg-type]
+        manifests = self._store.manifests(
+            digests, lambda missing: self._client.manifests(missing, self._store.metadata_dir))
+        return [_detail(item, manifests[item.manifest_hash]) for item in remote]
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
-        """The versions of every model in ``group`` (empty if the group is unknown).
-
-        Raises:
-            NetworkError, RegistryError: the index cannot be fetched or is invalid.
-        """
+        """The versions of every model in ``group`` (empty if the group is unknown); raises
+        NetworkError or RegistryError when the index cannot be fetched or is invalid."""
         return [item for item in self.list_remote() if item.ref.group == group]
 
     def list_remote_versions(self, group: str, model: str) -> list[RemoteModel]:
-        """The versions of ``group/model`` (empty if the model is unknown).
-
-        Raises:
-            NetworkError, RegistryError: the index cannot be fetched or is invalid.
-        """
+        """The versions of ``group/model`` (empty if the model is unknown); raises
+        NetworkError or RegistryError when the index cannot be fetched or is invalid."""
         return [item for item in self.list_remote() if (item.ref.group, item.ref.model) == (group, model)]
 
     def get_installed(self, ref: RefLike) -> InstalledModel:
-        """The installed version ``ref``.
-
-        Raises:
-            NotInstalledError: it is not installed.
-        """
+        """The installed version ``ref``; NotInstalledError if it is not installed."""
         ref = _versioned(ref, "get_installed")
         self._store.reclaim_if_idle(ref)
-        doc = self._store.read()
-        entry = self._store.entry(doc, ref)
-        if entry is None:
-            installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
-            raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
-        return self._store.installed(ref, entry)
+        return self._store.get(ref)
 
     def get_remote(self, ref: RefLike) -> RemoteModel:
         """What the registry lists for ``ref``.
@@ -3691,7 +3802,7 @@ class Manager:
             ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        return self._client().index().lookup(_versioned(ref, "get_remote"))
+        return self._client.index().lookup(_versioned(ref, "get_remote"))
 
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
         """What the registry lists for ``ref``, with its manifest's sizes and files.
@@ -3714,11 +3825,7 @@ class Manager:
         return list(self._store.stored_manifest(self.get_installed(ref)).files)
 
     def path(self, ref: RefLike) -> str:
-        """The directory of the installed version ``ref``.
-
-        Raises:
-            NotInstalledError: it is not installed.
-        """
+        """The directory of the installed version ``ref``; NotInstalledError if it is not installed."""
         return self.get_installed(ref).path
 
     def check_update(self, ref: RefLike) -> tuple[str, str]:
@@ -3766,7 +3873,7 @@ class Manager:
         ref = _versioned(ref, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
-        remote = self._client().index().lookup(ref)
+        remote = self._client.index().lookup(ref)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
@@ -3778,25 +3885,15 @@ class Manager:
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)
-            with store.cache_lock(shared=True):
-                store.clean()
-                seeds = store.seeds(manifest, installed_models)
-                store.check_space(ref, manifest)
-                started = time.monotonic()
 
-                def build(staging: str, resume: bool) -> None:
-                    if resume:
-                        self._logger.info("resuming %s from %s", ref, staging)
-                    sources = _with_staging(seeds, manifest, staging) if resume else seeds
-                    chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
-                    files = _Staging(manifest, staging, f"pull {ref}")
-                    files.fill(self._job(files, f"pull {ref}", chunks, concurrency, progress, sources, limit_rate),
-                               resume=resume)
+            def build(staging: str, seeds: Mapping[str, Sequence[_Seed]], resume: bool) -> None:
+                chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
+                files = _Staging(manifest, staging, f"pull {ref}")
+                files.fill(self._job(files, f"pull {ref}", chunks, concurrency, progress, seeds, limit_rate),
+                           resume=resume)
 
-                installed = store.install(ref, manifest, remote.alias_of, build)
-            self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
-                              time.monotonic() - started)
-            return installed
+            return store.install(ref, manifest, remote.alias_of, build, others=installed_models,
+                                 registry_url=self._client.origin)
 
     def ensure(self, ref: RefLike, **pull_options: Any) -> str:
         """The directory of ``ref``, pulling it first only if it is not installed.
@@ -3820,31 +3917,6 @@ class Manager:
         except AlreadyInstalledError as exc:
             return exc.installed.path
 
-    def _published(self, installed: InstalledModel, stored: _Manifest, *, held: bool) -> _Manifest:
-        """The manifest ``installed`` was built from, when its stored copy ``stored`` is a
-        re-serialized one (the Go original's): the published bytes, fetched by their hash and,
-        with the model's lock ``held``, written over the copy. When they cannot be had (no
-        registry), the copy, with a warning that nothing vouches for it."""
-        path = self._store.manifest_path(installed.path)
-        try:
-            published = self._manifest(installed.manifest_hash)
-        except ModelsError as exc:
-            self._logger.warning(
-                "verify %s: the manifest itself could not be checked: %s is a re-serialized copy (written by "
-                "another tool, such as the Go original), and the published manifest could not be fetched (%s); "
-                "the files are checked against that copy", installed.ref, path, exc,
-            )
-            return stored
-        if held:
-            try:
-                _atomic_write(self._store.private(path), published.raw)
-                self._logger.info("verify %s: %s was a re-serialized copy; it now holds the published bytes",
-                                  installed.ref, path)
-            except StorageError as exc:
-                self._logger.warning("verify %s: the published manifest was not written over the copy: %s",
-                                     installed.ref, exc)
-        return published
-
     def verify(
         self,
         ref: RefLike,
@@ -3853,7 +3925,8 @@ class Manager:
         concurrency: int = 4,
         progress: Callable[[PullProgress], None] | None = None,
         limit_rate: float | None = None,
-    ) -> list[str]:
+        split: bool = False,
+    ) -> Any:
         """Re-hash an installed version's files against its manifest's chunk hashes.
 
         A stored manifest that another tool re-serialized (the Go original does) is
@@ -3866,6 +3939,8 @@ class Manager:
             repair: fetch (or copy from other installed versions) only the damaged
                 chunks, and rewrite only the damaged files.
             concurrency, progress, limit_rate: as for ``pull``, when repairing.
+            split: return two sorted lists, ``(damaged or missing, only sharing a damaged
+                chunk)``: a chunk spanning several files cannot say which holds the damage.
 
         Returns:
             Without ``repair``: the damaged or missing files, sorted (a file that
@@ -3877,66 +3952,18 @@ class Manager:
             NotInstalledError: ``ref`` is not installed.
             NetworkError, HashMismatchError, StorageError: the repair failed.
         """
-        damaged, sharing = self._verify(ref, repair=repair, concurrency=concurrency, progress=progress,
-                                        limit_rate=limit_rate)
-        return sorted(damaged + sharing)
-
-    def _verify(
-        self,
-        ref: RefLike,
-        *,
-        repair: bool,
-        concurrency: int,
-        progress: Callable[[PullProgress], None] | None,
-        limit_rate: float | None,
-    ) -> tuple[list[str], list[str]]:
-        """``verify``, telling apart (files damaged or missing, files that only share a damaged
-        chunk with another file: the hash cannot say which of them holds the damage)."""
         ref = _versioned(ref, "verify")
         concurrency = _check_download_options(concurrency, limit_rate)
-        store = self._store
-        from contextlib import ExitStack
 
-        with ExitStack() as locked:
-            held = False
-            try:
-                locked.enter_context(store.model_lock(ref))
-                held = True
-                store.reclaim(ref)
-            except StorageError:
-                if repair:
-                    raise
-                # A read-only data directory has no room for a lock file; checking only reads.
-                self._logger.debug("verify %s: going on without the model lock", ref)
-            installed = self.get_installed(ref)
-            manifest_path = f"{store.metadata_dir}/manifest.json"
-            try:
-                manifest = store.stored_manifest(installed)
-                damaged_manifest = False
-            except StorageError:
-                manifest = self._manifest(installed.manifest_hash)
-                damaged_manifest = True
-            if not damaged_manifest and _sha256(manifest.raw).hexdigest() != installed.manifest_hash:
-                manifest = self._published(installed, manifest, held=held)
-            bad_positions, damaged, missing = _scan(installed.path, manifest)
-            if not repair or not (damaged or damaged_manifest):
-                sharing = _only_sharing(manifest, bad_positions, missing)
-                return sorted(damaged - sharing | ({manifest_path} if damaged_manifest else set())), sorted(sharing)
+        def fetch(installed: InstalledModel, manifest: _Manifest, positions: Sequence[int],
+                  writer: _ChunkFiles) -> None:
+            seeds = {digest: [seed for seed in found if seed.directory != installed.path]
+                     for digest, found in self._store.seeds(manifest, self.list_installed()).items()}
+            chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
+            self._job(writer, f"repair {ref}", chunks, concurrency, progress, seeds, limit_rate).run(lambda: None)
 
-            def fetch(positions: Sequence[int], writer: _ChunkFiles) -> None:
-                seeds = {digest: [seed for seed in found if seed.directory != installed.path]
-                         for digest, found in store.seeds(manifest, self.list_installed()).items()}
-                chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
-                self._job(writer, f"repair {ref}", chunks, concurrency, progress, seeds, limit_rate).run(lambda: None)
-
-            with store.cache_lock(shared=True):
-                repaired = store.repair(installed, manifest, bad_positions, missing, fetch)
-            if damaged_manifest:
-                target = os.path.join(installed.path, *manifest_path.split("/"))
-                _atomic_write(_no_links(installed.path, target), manifest.raw)
-                repaired.add(manifest_path)
-            self._logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
-            return sorted(repaired), []
+        damaged, sharing = _verify(self._store, ref, repair=repair, manifest=self._manifest, fetch=fetch)
+        return (damaged, sharing) if split else sorted(damaged + sharing)
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete what crashed pulls left, partial files, and the chunks earlier versions left
@@ -3968,17 +3995,16 @@ class Manager:
         Raises:
             NotInstalledError: no version of it is installed.
         """
-        base = ModelRef(group, model)
+        from contextlib import suppress
+
         refs = [item.ref for item in self.list_installed() if (item.ref.group, item.ref.model) == (group, model)]
         if not refs:
-            raise NotInstalledError(f"model not installed: {base} (no versions)")
+            raise NotInstalledError(f"model not installed: {ModelRef(group, model)} (no versions)")
         removed = []
         for ref in refs:
-            try:
+            with suppress(NotInstalledError):  # removed meanwhile by someone else
                 self.remove(ref)
-            except NotInstalledError:
-                continue  # removed meanwhile by someone else
-            removed.append(ref)
+                removed.append(ref)
         return removed
 
 
@@ -4340,6 +4366,7 @@ def _installed_json(item: InstalledModel) -> dict[str, Any]:
         "installed_at": _format_time(item.installed_at),
         "path": item.path,
         "alias_of": item.alias_of,
+        "registry_url": item.registry_url,
     }
 
 
@@ -4488,7 +4515,8 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
             status = "Installed (update available)"
         lines += [("Status", status), ("Size", _format_size(installed.total_size)),
                   ("Files", str(installed.file_count)),
-                  ("Installed", _local_time(installed.installed_at, True)), ("Path", installed.path)]
+                  ("Installed", _local_time(installed.installed_at, True)), ("Path", installed.path),
+                  ("Registry", installed.registry_url or "unknown")]
     else:
         assert remote is not None
         lines += [("Status", "Available (not installed)"), ("Size", _format_size(remote.total_size))]
@@ -4547,14 +4575,28 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         else:
             console.out("No models installed")
         return 0
-    if not manager.config.registry_url:
+    here = _registry_origin(manager.config.registry_url)
+    if not here and not all(item.registry_url for item in installed):
         raise RegistryError("update: no registry URL is configured")  # _run_command says how to give one
+    named = bool(getattr(args, "registry", None))  # --registry on this command line: check only there
+    others: dict[str, Manager] = {}
     if not console.json:
         console.out("Checking for updates...")
         console.out()
     exit_code = 0
     results = []
     for item in installed:
+        origin = item.registry_url or here
+        if origin != here and named:
+            results.append({**_ref_fields(item.ref), "installed_hash": item.manifest_hash, "skipped":
+                            f"installed from {origin}"})
+            if not console.json:
+                console.out(f"{item.ref}: skipped: installed from {origin}, not {here}")
+            continue
+        if origin != here and origin not in others:  # checked where it came from (without --header values)
+            others[origin] = Manager(replace(manager.config, registry_url=origin), data_dir=manager.data_dir,
+                                     logger=console)
+        source = others.get(origin, manager)
         result: dict[str, Any] = {
             **_ref_fields(item.ref), "installed_hash": item.manifest_hash, "installed_alias_of": item.alias_of,
             "remote_hash": None, "remote_alias_of": None, "update_available": False, "applied": False,
@@ -4562,7 +4604,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         }
         results.append(result)
         try:
-            remote = manager.get_remote(item.ref)
+            remote = source.get_remote(item.ref)
             result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of)
             if remote.manifest_hash == item.manifest_hash:
                 if not console.json:
@@ -4575,7 +4617,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
                 if not console.json:
                     console.out(f"Downloading update for {item.ref}...")
                 try:
-                    updated = _pull_one(manager, item.ref, console, args)
+                    updated = _pull_one(source, item.ref, console, args)
                 except AlreadyInstalledError as exc:
                     updated = exc.installed  # another process applied it meanwhile
                 result["applied"] = True
@@ -4610,8 +4652,8 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     for ref in refs:
         printer = _ProgressPrinter(console) if args.repair else None
         try:
-            files, sharing = manager._verify(ref, repair=args.repair, concurrency=args.concurrency,
-                                             progress=printer, limit_rate=args.limit_rate)
+            files, sharing = manager.verify(ref, repair=args.repair, concurrency=args.concurrency,
+                                            progress=printer, limit_rate=args.limit_rate, split=True)
         except BaseException:
             if printer is not None:
                 printer.abort()

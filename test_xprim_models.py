@@ -1283,7 +1283,7 @@ class TestStorage:
         manager.pull("org/tiny latest")
         doc = json.loads((data_dir / "registry.json").read_text())
         entry = doc["org"]["tiny"]["latest"]
-        assert set(entry) == {"manifest_hash", "total_size", "file_count", "installed_at", "alias_of"}
+        assert set(entry) == {"manifest_hash", "total_size", "file_count", "installed_at", "alias_of", "registry_url"}
         assert time.strptime(entry["installed_at"], "%Y-%m-%dT%H:%M:%SZ")
 
     @pytest.mark.parametrize("content", ["{broken", "[]", '{"g": {"m": {"v": 3}}}',

@@ -712,7 +712,7 @@ class TestRegistry:
         with pytest.raises(xm.RegistryError, match="more than 100 JSON values"):
             manager.list_remote()
 
-    @pytest.mark.parametrize("shape", ["nested-lists", "strings", "aliases"])
+    @pytest.mark.parametrize("shape", ["nested-lists", "strings", "aliases", "manifest-of-lists"])
     def test_parsing_memory_is_bounded(self, server: RegistryServer, data_dir: Path, registry_dir: Path,
                                        model: dict[str, bytes], shape: str) -> None:
         if importlib.util.find_spec("resource") is None:
@@ -725,6 +725,11 @@ class TestRegistry:
             strings = ",".join(['"ab"'] * (xm._MAX_INDEX_VALUES - 20))
             head = f'{{"org": {{"tiny": {{"v1": {{"hash": "{v1}", "metadata": {{"s": [{strings}], "pad": "'
             text, expected = head + "x" * (cap - len(head) - 10) + '"}}}}}', 0
+        elif shape == "manifest-of-lists":  # a manifest within its 64 MiB cap that json would make 1.7 GB of
+            bomb = b"[" + b"[]," * ((64 << 20) // 3 - 2) + b"[]]"
+            digest = hashlib.sha256(bomb).hexdigest()
+            (registry_dir / "data" / digest).write_bytes(bomb)
+            text, expected = json.dumps({"org": {"tiny": {"v1": {"hash": digest}}}}), 1
         else:  # as many version entries as the value cap allows, each an alias (the costliest kind)
             versions: dict[str, Any] = {"v1": {"hash": v1, "metadata": {"framework": "onnx"}}}
             versions.update({f"a{number}": {"alias": "v1"} for number in range(xm._MAX_INDEX_VALUES // 4 - 10)})

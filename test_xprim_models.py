@@ -712,7 +712,7 @@ class TestRegistry:
         with pytest.raises(xm.RegistryError, match="more than 100 JSON values"):
             manager.list_remote()
 
-    @pytest.mark.parametrize("shape", ["nested-lists", "strings", "aliases"])
+    @pytest.mark.parametrize("shape", ["nested-lists", "strings", "aliases", "manifest-of-lists"])
     def test_parsing_memory_is_bounded(self, server: RegistryServer, data_dir: Path, registry_dir: Path,
                                        model: dict[str, bytes], shape: str) -> None:
         if importlib.util.find_spec("resource") is None:
@@ -725,6 +725,11 @@ class TestRegistry:
             strings = ",".join(['"ab"'] * (xm._MAX_INDEX_VALUES - 20))
             head = f'{{"org": {{"tiny": {{"v1": {{"hash": "{v1}", "metadata": {{"s": [{strings}], "pad": "'
             text, expected = head + "x" * (cap - len(head) - 10) + '"}}}}}', 0
+        elif shape == "manifest-of-lists":  # a manifest within its 64 MiB cap that json would make 1.7 GB of
+            bomb = b"[" + b"[]," * ((64 << 20) // 3 - 2) + b"[]]"
+            digest = hashlib.sha256(bomb).hexdigest()
+            (registry_dir / "data" / digest).write_bytes(bomb)
+            text, expected = json.dumps({"org": {"tiny": {"v1": {"hash": digest}}}}), 1
         else:  # as many version entries as the value cap allows, each an alias (the costliest kind)
             versions: dict[str, Any] = {"v1": {"hash": v1, "metadata": {"framework": "onnx"}}}
             versions.update({f"a{number}": {"alias": "v1"} for number in range(xm._MAX_INDEX_VALUES // 4 - 10)})
@@ -5323,8 +5328,7 @@ for line in sys.stdin:
     go_read, go_write = os.pipe()
     streams = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC) for path in (os.devnull, job["out"], job["err"])]
     pid = os.fork()
-    if pid == 0:  # makes no traced call before strace is attached and says go
-        os.close(go_write)
+    if pid == 0:  # makes no traced call (close, open, write...) before strace is attached and says go
         for fd, stream in enumerate(streams):
             os.dup2(stream, fd)
         os.read(go_read, 1)
@@ -5366,6 +5370,10 @@ def sweep_enabled() -> str:
     if "attached" not in said:
         return f"strace cannot attach to a process here (ptrace not permitted?): {said.strip()}"
     return ""
+
+
+class SweepHarnessError(Exception):
+    """The harness itself failed (strace did not attach, the zygote died): the point is run again."""
 
 
 class SweepScenario:
@@ -5457,6 +5465,10 @@ class SweepScenario:
         zygote.stdin.write(json.dumps({"argv": argv, "out": str(out), "err": str(err)}) + "\n")
         zygote.stdin.flush()
         pid = zygote.stdout.readline().strip()
+        if not pid.isdigit():
+            self.zygotes.process = None
+            zygote.kill()
+            raise SweepHarnessError(f"the zygote did not fork: {pid!r}")
         tracer = subprocess.Popen(
             ["strace", "-f", "-y", "-p", pid, "-o", str(log), "-e", f"trace={','.join(SWEEP_SYSCALLS)}",
              *(["-e", f"inject={inject}"] if inject else [])], stderr=subprocess.PIPE, text=True)
@@ -5464,9 +5476,13 @@ class SweepScenario:
         attached = tracer.stderr.readline()
         zygote.stdin.write("go\n")
         zygote.stdin.flush()
-        status = int(zygote.stdout.readline())
+        status_line = zygote.stdout.readline()
         tracer.wait(30)
-        assert "attached" in attached, f"strace could not attach: {attached}{tracer.stderr.read()}"
+        if "attached" not in attached or not status_line.strip().lstrip("-").isdigit():
+            self.zygotes.process = None
+            zygote.kill()
+            raise SweepHarnessError(f"strace or the zygote failed: {attached}{tracer.stderr.read()} {status_line!r}")
+        status = int(status_line)
         result = subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), out.read_text(), err.read_text())
         trace = log.read_text()
         for path in (out, err, log):
@@ -5571,7 +5587,12 @@ class TestFaultSweep:
             number, fault, call, nth = job
             data_dir = sc.fresh(f"run{number}")
             action = "signal=KILL" if fault == "KILL" else f"error={fault}"
-            result, trace = sc.run(data_dir, f"{call}:{action}:when={nth}")
+            try:
+                result, trace = sc.run(data_dir, f"{call}:{action}:when={nth}")
+            except SweepHarnessError:  # once more, from a fresh copy and a fresh zygote
+                shutil.rmtree(data_dir, ignore_errors=True)
+                data_dir = sc.fresh(f"run{number}")
+                result, trace = sc.run(data_dir, f"{call}:{action}:when={nth}")
             hit = "INJECTED" in trace or (fault == "KILL" and result.returncode == -signal.SIGKILL)
             problems = sc.check(data_dir, fault, result, trace) if hit else []
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -1139,6 +1139,8 @@ def _parse_manifest(digest: str, raw: bytes, metadata_dir: str, *, source: str =
     def fail(problem: str) -> ModelsError:
         return error(f"{what} is invalid: {problem}" + ("" if source else "; the registry's publisher must fix it"))
 
+    if _count_containers(raw) > _MAX_FILES + 3:  # before json builds them: a bomb of empty lists is refused
+        raise fail(f"it holds more JSON objects and arrays than {_MAX_FILES} files need")
     doc = _parse_json(raw, what, error)
     if not isinstance(doc, dict):
         raise fail("it is not a JSON object")
@@ -1223,6 +1225,18 @@ def _count_index_values(raw: bytes) -> int:
             return strings
         start, end = match.span()
         count -= sum(raw.count(separator, start, end) for separator in _INDEX_SEPARATORS)
+    return count
+
+
+def _count_containers(raw: bytes) -> int:
+    """An upper bound of the objects and arrays in the JSON document ``raw``, counted before
+    parsing it (a manifest holds one per file, and three more), the way _count_index_values counts."""
+    count = raw.count(b"[") + raw.count(b"{")
+    if count <= _MAX_FILES + 3:
+        return count
+    for match in _JSON_STRING_RE.finditer(raw):
+        start, end = match.span()
+        count -= raw.count(b"[", start, end) + raw.count(b"{", start, end)
     return count
 
 

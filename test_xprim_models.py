@@ -3589,14 +3589,20 @@ class TestGoOriginal:
         item = cli_document(cli_run(server, data_dir, "--json", "--quiet", "list"))["models"][0]
         assert item["installed_at"] == "1970-01-01T00:00:00Z"
 
-    def test_cli_shows_go_zero_time_west_of_greenwich(self, server: RegistryServer, data_dir: Path,
-                                                      registry_dir: Path, model: dict[str, bytes]) -> None:
+    def test_cli_shows_go_zero_time_west_of_greenwich(self, data_dir: Path, registry_dir: Path,
+                                                      model: dict[str, bytes]) -> None:
         go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="0001-01-01T00:00:00Z")
-        listed = cli_run(server, data_dir, "list", env={"TZ": "XYZ+5"})  # a local time would be before year 1
+
+        def west(*args: str) -> subprocess.CompletedProcess[str]:  # a process of its own: TZ is read at start
+            result = run_cli("--data-dir", str(data_dir), *args, env={"TZ": "XYZ+5"})  # local time: before year 1
+            cli_no_traceback(result)
+            return result
+
+        listed = west("list")
         assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[-1] == "0001-01-01"
-        info = cli_run(server, data_dir, "info", "org/tiny", "v1", env={"TZ": "XYZ+5"})
+        info = west("info", "org/tiny", "v1")
         assert info.returncode == 0 and "Installed:    0001-01-01 00:00:00\n" in info.stdout
-        item = cli_document(cli_run(server, data_dir, "--json", "list", env={"TZ": "XYZ+5"}))["models"][0]
+        item = cli_document(west("--json", "list"))["models"][0]
         assert item["installed_at"] == "0001-01-01T00:00:00Z"
 
     def test_cli_list_path_info_files_and_verify_work_on_a_go_directory(

@@ -4770,13 +4770,13 @@ class TestDeadlines:
         def script(conn: socket.socket, body: bytes, n: int) -> bool:
             conn.sendall(ok_head(body))
             for offset in range(0, len(body), 16 << 10):
-                if raw_server.stop.wait(0.1):
+                if raw_server.stop.wait(0.15):  # 0.6 s a 64 KiB, 2.4 s in all
                     return False
                 conn.sendall(body[offset : offset + (16 << 10)])
             return True
 
         raw_server.scripts[path] = script
-        installed = raw_manager(raw_server, data_dir, timeout=0.5, retries=0).pull("org/steady v1")
+        installed = raw_manager(raw_server, data_dir, timeout=1.5, retries=0).pull("org/steady v1")
         assert (Path(installed.path) / "f").read_bytes() == content
 
     def test_pauses_of_a_rate_limit_do_not_count(self, make_manager: Callable[..., xm.Manager],
@@ -4785,7 +4785,7 @@ class TestDeadlines:
         # three timeouts by --limit-rate is not cut.
         content = blob(192 << 10, "limited")
         publish.publish(str(registry_dir), "org", "limited", "v1", {"f": content}, chunk_size=192 << 10)
-        installed = make_manager(timeout=0.5, retries=0).pull("org/limited v1", limit_rate=128 << 10)
+        installed = make_manager(timeout=1.0, retries=0).pull("org/limited v1", limit_rate=64 << 10)
         assert (Path(installed.path) / "f").read_bytes() == content
 
     @pytest.mark.parametrize("pace", [0.0, 0.05])

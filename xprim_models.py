@@ -1140,7 +1140,7 @@ def _parse_manifest(digest: str, raw: bytes, metadata_dir: str, *, source: str =
         return error(f"{what} is invalid: {problem}" + ("" if source else "; the registry's publisher must fix it"))
 
     if _count_containers(raw) > _MAX_FILES + 3:  # before json builds them: a bomb of empty lists is refused
-        raise fail(f"it holds more JSON objects and arrays than {_MAX_FILES} files need")
+        raise fail(f"it holds more JSON objects and arrays than a manifest of at most {_MAX_FILES} files can")
     doc = _parse_json(raw, what, error)
     if not isinstance(doc, dict):
         raise fail("it is not a JSON object")

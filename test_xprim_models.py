@@ -14,7 +14,6 @@ import http.server
 import importlib.util
 import json
 import os
-import pty
 import random
 import re
 import select
@@ -1911,6 +1910,8 @@ class TestCli:
 
     @pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
     def test_progress_on_a_terminal(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+        import pty  # POSIX only: it needs termios
+
         master, slave = pty.openpty()
         try:
             process = subprocess.Popen(

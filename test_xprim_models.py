@@ -254,6 +254,10 @@ class RegistryServer:
         class Server(http.server.ThreadingHTTPServer):
             request_queue_size = 128  # the default 5 drops bursts of connections into 1 s SYN retries
 
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # Windows: a client reset while we read
+                    super().handle_error(request, client_address)
+
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -1571,7 +1575,7 @@ class TestConcurrency:
     ) -> None:
         installed = manager.pull("org/tiny v1")
         monkeypatch.setattr(xm, "_SHARING_RETRY_SECONDS", 0.2)
-        held_open = r"registry\.json: another program kept it open for 0\.2 s \(.*\); close that program"
+        held_open = r"cannot write \S+registry\.json: another program has it open \(.*\); close that program"
         with open(data_dir / "registry.json", "rb"), pytest.raises(xm.StorageError, match=held_open):
             manager.remove("org/tiny v1")
         assert [item.ref.version for item in manager.list_installed()] == ["v1"]

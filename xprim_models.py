@@ -221,10 +221,8 @@ def _storage_error(action: str, path: str, exc: OSError, hint: str = "") -> Stor
     if blocker:
         reason = f"{blocker} is a file, not a directory"
         hint = hint or "move that file away, or choose another data directory"
-    elif _sharing_violation(exc):
-        # Windows refuses to replace, delete or (for some openers) read a file another
-        # process holds open; _retry_shared has already waited for it.
-        reason = f"another program kept it open for {_SHARING_RETRY_SECONDS:g} s ({reason})"
+    elif _sharing_violation(exc):  # Windows refuses to replace or delete a file that is open
+        reason = f"another program has it open ({reason})"
         hint = hint or "close that program (another xprim-models, an editor, a virus scanner) and try again"
     if not hint:
         if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
@@ -250,9 +248,26 @@ def _blocking_file(path: str, exc: OSError) -> str:
 
 
 def _sharing_violation(exc: OSError) -> bool:
-    """Whether Windows refused because another process has the file open: a sharing or lock
-    violation, or the access denial a replace of an open file gets."""
-    return os.name == "nt" and getattr(exc, "winerror", None) in (5, 32, 33)
+    """Whether Windows refused because another process has the file open.
+
+    A sharing or lock violation says so. A replace of an open file gets a plain access
+    denial instead; asking for delete access, which only an open handle can refuse as a
+    sharing violation, tells it from a real one (a directory, or no permission)."""
+    if sys.platform != "win32":
+        return False
+    if exc.winerror in (32, 33):  # ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION
+        return True
+    path = exc.filename2 or exc.filename  # a replace's target, or the file opened
+    if exc.winerror != 5 or not isinstance(path, str):  # ERROR_ACCESS_DENIED
+        return False
+    import _winapi
+
+    try:  # DELETE access, all sharing allowed, OPEN_EXISTING
+        handle = _winapi.CreateFile(path, 0x00010000, 7, 0, 3, 0, 0)
+    except OSError as probe:
+        return probe.winerror == 32
+    _winapi.CloseHandle(handle)
+    return True  # granted now: whoever had it open a moment ago has closed it
 
 
 _SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
@@ -3434,12 +3449,17 @@ class _Console:
     @staticmethod
     def _write(stream: Any, text: str) -> None:
         try:
-            stream.write(text)
-        except UnicodeEncodeError:
-            encoding = getattr(stream, "encoding", None) or "ascii"
-            text = text.translate(_Console._ASCII_FALLBACK)
-            stream.write(text.encode(encoding, "replace").decode(encoding))
-        stream.flush()
+            try:
+                stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(stream, "encoding", None) or "ascii"
+                text = text.translate(_Console._ASCII_FALLBACK)
+                stream.write(text.encode(encoding, "replace").decode(encoding))
+            stream.flush()
+        except OSError as exc:
+            if os.name == "nt" and exc.errno == errno.EINVAL:  # how Windows reports a pipe nobody reads
+                raise BrokenPipeError(errno.EPIPE, "the reading end of the pipe was closed") from exc
+            raise
 
     def out(self, text: str = "") -> None:
         self._write(sys.stdout, text + "\n")

@@ -2221,6 +2221,7 @@ class TestCli:
         reader = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.readline())"],
                                   stdin=writer.stdout, stdout=subprocess.PIPE)
         writer.stdout.close()
+        writer.stdout = None  # the reader's now: communicate() must not read it (on Windows it would try)
         try:
             first, _ = reader.communicate(timeout=30)
             _, errors = writer.communicate(timeout=30)

@@ -3443,7 +3443,7 @@ class _Console:
         self.partial = ""
 
     # What a stream that cannot encode a character (a cp1252 console or pipe on Windows,
-    # LANG=C) shows instead: ASCII that means the same, not "?".
+    # PYTHONIOENCODING=ascii) shows instead: ASCII that means the same, not "?".
     _ASCII_FALLBACK = str.maketrans({"\u2192": "->", "\u00d7": "x"})
 
     @staticmethod

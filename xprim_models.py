@@ -49,22 +49,28 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
+# typing.TYPE_CHECKING, without importing typing at run time: it costs a tenth of the
+# start-up of `xprim-models path`. Type checkers take it as True.
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import argparse
     import hashlib
     import logging
     import socket
     import ssl
+    import urllib.request
     from collections.abc import Collection, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
+    from typing import Any, Callable, Literal, Union
+    from typing import Protocol as _Protocol
 
 __version__ = "0.1.0"
 
@@ -75,13 +81,16 @@ __all__ = [
     "HashMismatchError",
     "InstalledModel",
     "InvalidRefError",
+    "LoggerLike",
     "Manager",
     "ModelNotFoundError",
     "ModelRef",
     "ModelsError",
     "NetworkError",
     "NotInstalledError",
+    "OpenerLike",
     "PullProgress",
+    "RefLike",
     "RegistryError",
     "RemoteModel",
     "RemoteModelDetail",
@@ -114,6 +123,7 @@ _RESERVED_GROUPS = frozenset(["cache", "registry.json"])
 
 _MAX_INDEX_BYTES = 32 << 20
 _MAX_MANIFEST_BYTES = 64 << 20
+_MAX_REGISTRY_BYTES = 256 << 20
 _MAX_FILES = 1_000_000
 _MAX_CHUNKS = 1_000_000
 _MAX_CHUNK_SIZE = 1 << 34  # 16 GiB: chunks are streamed, never held in memory
@@ -131,6 +141,7 @@ _PROGRESS_INTERVAL = 0.1  # seconds between byte-progress callbacks
 _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
 _BACKOFF_CAP = 10.0
 _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
+_ATTEMPT_KEY = "xprim_models_attempt"  # logging ``extra`` of each request: (url, attempt, attempts)
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
 # Windows refuses to replace or delete a file while another process has it open: how
 # long a replace (or a read racing one) keeps trying before it gives up.
@@ -444,7 +455,7 @@ class PullProgress:
     cache and only grow; ``bytes_downloaded`` counts network bytes only.
     """
 
-    phase: str
+    phase: Literal["manifest", "chunks", "extracting"]
     chunks_total: int
     chunks_completed: int
     bytes_total: int
@@ -453,7 +464,62 @@ class PullProgress:
     current_file: str = ""
 
 
-RefLike = Union[ModelRef, str]
+if TYPE_CHECKING:
+    # A ModelRef, or its text form "group/model version": what every Manager method takes.
+    RefLike = Union[ModelRef, str]
+else:
+    _Protocol = object  # the classes below are protocols to type checkers, plain classes at run time
+
+    def __getattr__(name: str) -> Any:
+        if name == "RefLike":  # made on first use, as it needs typing
+            from typing import Union
+
+            globals()[name] = Union[ModelRef, str]
+            return globals()[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class OpenerLike(_Protocol):
+    """What ``Manager(opener=...)`` takes: ``urllib.request.OpenerDirector`` or anything with its ``open``."""
+
+    def open(self, request: urllib.request.Request, /, *, timeout: float) -> Any:
+        """Send ``request``; return a response with ``status``, ``headers`` and ``readinto``."""
+
+
+class LoggerLike(_Protocol):
+    """What ``Manager(logger=...)`` takes: a ``logging.Logger``, or anything with these methods.
+
+    Calls pass ``%``-style arguments, and may pass ``extra=`` as ``logging`` does.
+    """
+
+    def debug(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+    def info(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+    def warning(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+    def error(self, msg: str, /, *args: Any, **kwargs: Any) -> None: ...
+
+
+def _did_you_mean(ref: ModelRef, known: Collection[tuple[str, str, str]]) -> str:
+    """`` (did you mean ...?)`` naming what in ``known`` (group, model, version) is closest to
+    ``ref``: the same name in another letter case, else a close spelling; "" if nothing is close."""
+    import difflib
+
+    def closest(wanted: str, names: Collection[str]) -> list[str]:
+        by_fold = {name.casefold(): name for name in sorted(names, reverse=True)}
+        if wanted.casefold() in by_fold:
+            return [by_fold[wanted.casefold()]]
+        return [by_fold[name] for name in difflib.get_close_matches(wanted.casefold(), list(by_fold), 3, 0.75)]
+
+    base = f"{ref.group}/{ref.model}"
+    models = {f"{group}/{model}" for group, model, _ in known}
+    if base in models:
+        versions = {version for group, model, version in known if (group, model) == (ref.group, ref.model)}
+        found = [f"{base} {version}" for version in closest(ref.version, versions)]
+    else:
+        found = [
+            f"{name} {ref.version}" if (*name.split("/"), ref.version) in known else name
+            for name in closest(base, models)
+        ]
+    return f" (did you mean {' or '.join(found)}?)" if found else ""
 
 
 def _as_ref(ref: RefLike) -> ModelRef:
@@ -569,6 +635,41 @@ def _check_file_paths(files: Sequence[FileInfo], metadata_dir: str) -> str:
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+class _NotRegular(OSError):
+    """A path that must be a plain file is a link, pipe, device or directory, or a file
+    with other hard links (writing would change it elsewhere too)."""
+
+
+def _open_regular(path: str, flags: int = os.O_RDONLY) -> int:
+    """Open ``path`` only if it is a plain file, without following a link or waiting on a
+    pipe; for writing, only if no other hard link shares it."""
+    try:
+        fd = os.open(path, flags | _O_BINARY | _O_NOFOLLOW | _O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            raise _NotRegular(exc.errno, "a symbolic link", path) from exc
+        raise
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise _NotRegular(errno.EINVAL, "not a plain file", path)
+        if flags & (os.O_WRONLY | os.O_RDWR) and status.st_nlink > 1:
+            raise _NotRegular(errno.EMLINK, "a file with other hard links", path)
+    except BaseException:
+        _close_quietly(fd)
+        raise
+    return fd
+
+
+def _close_quietly(fd: int) -> None:
+    """Close a descriptor whose data no longer matters (read-only, or being discarded)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # the descriptor is released whatever close() reports
 
 
 def _create_new(path: str, flags: int = os.O_WRONLY) -> int:
@@ -699,7 +800,7 @@ class _FileLock:
 
     def _release(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            _close_quietly(self._fd)  # the lock goes with the descriptor, whatever close() says
             self._fd = -1
         self._thread_lock.release()
 
@@ -716,10 +817,13 @@ def _fsync_directory(path: str) -> None:
     except OSError:
         pass  # some file systems refuse fsync on directories; the rename stands
     finally:
-        os.close(fd)
+        _close_quietly(fd)
 
 
-_T = TypeVar("_T")
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _T = TypeVar("_T")
 
 
 def _retry_shared(operation: Callable[[], _T]) -> _T:
@@ -770,17 +874,17 @@ def _atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
         _fsync_directory(directory)
 
 
-def _read_small(path: str, limit: int = -1) -> bytes:
-    """A small file's bytes, read even while ``_atomic_write`` replaces it: at most ``limit`` + 1
-    of them, so a caller can tell one too big.
+def _read_small(path: str, limit: int) -> bytes:
+    """A small plain file's bytes, read even while ``_atomic_write`` replaces it: at most
+    ``limit`` + 1 of them, so a caller can tell one too big.
 
     FileNotFoundError means the file is absent; a file where a directory above it should be
     raises NotADirectoryError on every OS (Windows reports it as "path not found")."""
 
     def read() -> bytes:
-        with open(path, "rb") as handle:
+        with open(_open_regular(path), "rb") as handle:
             # read(limit + 1) alone would allocate the whole limit (64 MiB) for every call.
-            return handle.read(-1 if limit < 0 else min(os.fstat(handle.fileno()).st_size, limit) + 1)
+            return handle.read(min(os.fstat(handle.fileno()).st_size, limit) + 1)
 
     try:
         return _retry_shared(read)
@@ -828,13 +932,25 @@ def _no_links(root: str, path: str, why: str = "") -> str:
     return path
 
 
+def _allocated(status: os.stat_result) -> int:
+    """The disk space a file takes (less than its size when sparse; its size where unknown)."""
+    blocks = getattr(status, "st_blocks", None)
+    return blocks * 512 if blocks is not None else status.st_size
+
+
+def _list_directory(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def _tree_size(path: str, *, allocated: bool = False) -> int:
     """Bytes of the files under ``path`` (links not followed); with ``allocated``, the disk
     space they take (sparse files take less)."""
 
     def size(status: os.stat_result) -> int:
-        blocks = getattr(status, "st_blocks", None)
-        return blocks * 512 if allocated and blocks is not None else status.st_size
+        return _allocated(status) if allocated else status.st_size
 
     try:
         if not os.path.isdir(path) or os.path.islink(path):
@@ -911,7 +1027,9 @@ def _writer_gone(path: str, pid: int) -> bool:
     import fcntl
 
     try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW)
+        fd = _open_regular(path)
+    except _NotRegular:
+        return True  # a link or pipe under a temporary name is no one's file: never opened or waited on
     except OSError:
         return False
     try:
@@ -921,7 +1039,7 @@ def _writer_gone(path: str, pid: int) -> bool:
             return False  # its writer still holds it, whatever its process id says here
         return age > 3600 or not _process_running(pid)
     finally:
-        os.close(fd)
+        _close_quietly(fd)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -946,7 +1064,8 @@ def _zeros_digest(size: int) -> str:
     return hasher.hexdigest()
 
 
-_Source = Union[int, memoryview]  # where a verified chunk is: an open file, or a worker's buffer
+if TYPE_CHECKING:
+    _Source = Union[int, memoryview]  # where a verified chunk is: an open file, or a worker's buffer
 
 
 def _pread(fd: _Source, count: int, offset: int) -> bytes:
@@ -1196,6 +1315,26 @@ def _parse_index(doc: Any) -> dict[tuple[str, str, str], RemoteModel]:
         alias_of = final[key] if final[key] != key[2] else ""
         result[key] = RemoteModel(ModelRef(*key), target["hash"], alias_of, dict(metadata))
     return result
+
+
+def _lookup(index: Mapping[tuple[str, str, str], RemoteModel], ref: ModelRef) -> RemoteModel:
+    found = index.get((ref.group, ref.model, ref.version))
+    if found is not None:
+        return found
+    versions = sorted(v for (g, m, v) in index if (g, m) == (ref.group, ref.model))
+    if not versions:
+        raise ModelNotFoundError(f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, index)}")
+    raise VersionNotFoundError(
+        f"version not found: {ref}{_did_you_mean(ref, index)} (available: {', '.join(versions)})"
+    )
+
+
+def _detail(remote: RemoteModel, manifest: _Manifest) -> RemoteModelDetail:
+    return RemoteModelDetail(
+        ref=remote.ref, manifest_hash=remote.manifest_hash, alias_of=remote.alias_of,
+        metadata=remote.metadata, total_size=manifest.total_size, chunk_size=manifest.chunk_size,
+        chunk_count=len(manifest.chunks), files=manifest.files,
+    )
 
 
 # --- Registry client --------------------------------------------------------------
@@ -1512,10 +1651,7 @@ class _RegistryClient:
     @staticmethod
     def _local_root(url: str) -> str | None:
         if not url:
-            raise RegistryError(
-                "no registry URL is configured: set Config.registry_url "
-                "(or --registry / XPRIM_MODELS_REGISTRY_URL on the command line)"
-            )
+            raise RegistryError("no registry URL is configured: set Config.registry_url")
         match = re.match(r"(?i)([a-z][a-z0-9+.-]*)://", url)
         if not match:
             return os.path.abspath(os.path.expanduser(url))
@@ -1740,7 +1876,8 @@ class _RegistryClient:
             elif sink.kept:
                 sink.reset()
             try:
-                self._attempt(location, what, sink, size, exact, cancel, read_size, session)
+                self._attempt(location, what, sink, size, exact, cancel, read_size, session,
+                              (attempt + 1, self.retries + 1))
                 return
             except _Transient as exc:
                 last = exc
@@ -1763,11 +1900,14 @@ class _RegistryClient:
         cancel: threading.Event | None,
         read_size: int,
         session: _Session,
+        attempt: tuple[int, int],
     ) -> None:
         start = sink.kept if sink.resumable and exact else 0
         if not start and sink.kept:
             sink.reset()
-        self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "")
+        # The extra tells the CLI what it waits for, should the request stall (see _Console).
+        self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "",
+                          extra={_ATTEMPT_KEY: (location, *attempt)})
         local = self.local_root is not None
         response = self._open_local(location, start) if local else self._open_url(location, start, session)
         try:
@@ -1838,6 +1978,37 @@ class _RegistryClient:
                 connection.close()
         return bytes(sink.data)
 
+    def index(self) -> dict[tuple[str, str, str], RemoteModel]:
+        """The registry's models.json, validated, with aliases resolved."""
+        raw = self.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES)
+        return _parse_index(_parse_json(raw, f"models.json at {self.location('models.json')}", RegistryError))
+
+    def manifest(self, digest: str, metadata_dir: str, session: _Session | None = None) -> tuple[_Manifest, bytes]:
+        """The manifest ``digest``, validated, and its bytes."""
+        raw = self.fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES, session=session)
+        return _parse_manifest(digest, raw, metadata_dir), raw
+
+    def manifests(self, digests: Sequence[str], metadata_dir: str) -> dict[str, tuple[_Manifest, bytes]]:
+        """Many manifests, fetched concurrently on a connection per pool thread."""
+        if not digests:
+            return {}
+        from concurrent.futures import ThreadPoolExecutor
+
+        local, sessions = threading.local(), []
+
+        def fetch(digest: str) -> tuple[_Manifest, bytes]:
+            if not hasattr(local, "session"):
+                local.session = _Session()
+                sessions.append(local.session)
+            return self.manifest(digest, metadata_dir, local.session)
+
+        try:
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xprim-models-manifest") as pool:
+                return dict(zip(digests, pool.map(fetch, digests)))
+        finally:
+            for session in sessions:
+                session.close()
+
 
 # --- Pull engine ------------------------------------------------------------------
 # Workers take each distinct chunk from the cache, a seed or the network (streamed
@@ -1863,6 +2034,17 @@ class _Seed:
     def __init__(self, directory: str, manifest: _Manifest, position: int, *, in_place: bool = False) -> None:
         self.directory, self.manifest, self.position = directory, manifest, position
         self.in_place = in_place  # the staging directory being resumed: its bytes are where they go
+
+
+def _with_staging(seeds: Mapping[str, Sequence[_Seed]], manifest: _Manifest, staging: str
+                  ) -> dict[str, list[_Seed]]:
+    """``seeds``, with what an interrupted pull already wrote in ``staging`` first (verified on use)."""
+    merged: dict[str, list[_Seed]] = {}
+    for position, digest in enumerate(manifest.chunks):
+        merged.setdefault(digest, []).append(_Seed(staging, manifest, position, in_place=True))
+    for digest, found in seeds.items():
+        merged.setdefault(digest, []).extend(found)
+    return merged
 
 
 class _RateLimiter:
@@ -1893,7 +2075,8 @@ class _PullJob:
 
     def __init__(
         self,
-        manager: Manager,
+        client: _RegistryClient,
+        store: _Store,
         label: str,
         chunks: Sequence[tuple[str, int]],
         concurrency: int,
@@ -1902,12 +2085,12 @@ class _PullJob:
         seeds: Mapping[str, Sequence[_Seed]] | None = None,
         limit_rate: float | None = None,
     ) -> None:
-        self.manager, self.label, self.emit = manager, label, emit
+        self.client, self.store, self.label, self.emit = client, store, label, emit
         self.chunk_count = len(chunks)
         self.total_size = sum(size for _, size in chunks)
         self.concurrency = concurrency
         self.seeds = seeds or {}
-        self.cached = manager._cached_chunks()  # one listing, rather than a failed open per chunk
+        self.cached = store.cached_chunks()  # one listing, rather than a failed open per chunk
         self.limiter = _RateLimiter(limit_rate) if limit_rate else None
         # Reads stay small under a low rate limit, so the cap holds over short spans too.
         self.read_size = min(_BUFFER_SIZE, max(4096, int(limit_rate / 16))) if limit_rate else _BUFFER_SIZE
@@ -1928,6 +2111,7 @@ class _PullJob:
         self.bytes_completed = 0
         self.bytes_downloaded = 0
         self.current_file = ""
+        self.file_of: Callable[[int], str] = lambda position: ""  # a file chunk ``position`` fills
         self.dirty = True
         self.consume: Callable[[int, _Source], None] = lambda position, source: None
         self.place: Callable[[int, _Source, int], None] | None = None
@@ -1935,8 +2119,11 @@ class _PullJob:
 
     # Progress ----------------------------------------------------------------
 
-    def snapshot(self) -> PullProgress:
-        phase = "chunks" if self.tasks_done < len(self.tasks) else "extracting"
+    def snapshot(self, *, done: bool = False) -> PullProgress:
+        """The progress now; ``done`` keeps the phase at ``chunks`` for the event that completes it."""
+        phase: Literal["chunks", "extracting"] = (
+            "chunks" if done or self.tasks_done < len(self.tasks) else "extracting"
+        )
         return PullProgress(
             phase,
             self.chunk_count,
@@ -1996,9 +2183,10 @@ class _PullJob:
                 if isinstance(source, int):
                     # Written where it belongs: the cache copy goes, so a pull needs about
                     # concurrency x chunk size of extra disk, not the model's size again.
-                    _remove_file(os.path.join(self.manager._chunks_dir, task.digest))
+                    _remove_file(os.path.join(self.store.chunks_dir, task.digest))
                 with self.condition:
                     self.tasks_done += 1
+                    self.current_file = self.file_of(task.positions[0])
                     self.chunks_completed += len(task.positions)
                     self.bytes_completed += task.size * len(task.positions) - self.reported.get(index, 0)
                     self.reported[index] = task.size * len(task.positions)
@@ -2018,7 +2206,7 @@ class _PullJob:
         """The verified chunk, from the cache, a seed (an installed version or the staging
         directory being resumed) or the network: open in the cache, in ``buffer``, or (None)
         already in its place in the files."""
-        path = os.path.join(self.manager._chunks_dir, task.digest)
+        path = os.path.join(self.store.chunks_dir, task.digest)
         if task.digest in self.cached:
             fd = self._open_cached(path, task, buffer)
             if fd >= 0:
@@ -2029,13 +2217,13 @@ class _PullJob:
             for seed in seeds:
                 fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
                 if fd >= 0:
-                    self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
+                    self.store.logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
                     return fd
             return self._store(path, task, lambda sink: self._download(index, task, sink, session))
         for seed in seeds:
             sink.reset()
             if self._copy_seed(seed, buffer, sink):
-                self.manager._logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
+                self.store.logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
                 break
         else:
             sink.reset()
@@ -2111,10 +2299,10 @@ class _PullJob:
                   session: _Session) -> bool:
         what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
         sink.on_bytes = partial(self._on_network, index)  # every byte written here came from the network
-        client = self.manager._client()
+        client = self.client
         for attempt in range(client.retries + 1):
             if attempt:
-                self.manager._logger.warning("%s: hash mismatch, downloading it again", what)
+                self.store.logger.warning("%s: hash mismatch, downloading it again", what)
                 sink.reset()
             client.fetch(
                 f"data/{task.digest}", what, sink, size=task.size, exact=True,
@@ -2138,7 +2326,7 @@ class _PullJob:
         try:
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(seed.position)):
                 path = os.path.join(seed.directory, *manifest.files[index].path.split("/"))
-                fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+                fd = _open_regular(path)  # a pipe planted in an installed version is not waited on
                 try:
                     for data in _read_pieces(fd, offset, count, len(buffer)):
                         if self.cancel.is_set():
@@ -2152,7 +2340,10 @@ class _PullJob:
 
     def _open_cached(self, path: str, task: _Task, buffer: bytearray) -> int:
         try:
-            fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+            fd = _open_regular(path)
+        except _NotRegular:
+            _remove_file(path)  # a link, pipe or device planted in the cache: dropped, never read
+            return -1
         except OSError:
             return -1
         try:
@@ -2167,9 +2358,9 @@ class _PullJob:
                 os.utime(path)  # fresh again: age-based cleanup must leave it alone
             except OSError:
                 pass  # a read-only cache still serves this pull
-            self.manager._logger.debug("chunk %s: verified from the cache", task.digest[:12])
+            self.store.logger.debug("chunk %s: verified from the cache", task.digest[:12])
             return fd
-        self.manager._logger.warning("cached chunk %s is damaged; downloading it again", path)
+        self.store.logger.warning("cached chunk %s is damaged; downloading it again", path)
         os.close(fd)
         _remove_file(path)
         return -1
@@ -2197,6 +2388,7 @@ class _PullJob:
                     if self.error is not None:
                         raise self.error
                     if self.tasks_done == len(self.tasks):
+                        snapshot = self.snapshot(done=True)  # every chunk and byte: the last chunks event
                         break
                     # Emit on change, and at least once a second so speeds and ETAs stay live.
                     if not self.dirty and time.monotonic() - last_emit < 1.0:
@@ -2209,6 +2401,7 @@ class _PullJob:
                 with self.condition:  # pace the callbacks: at most one per interval
                     if self.error is None and self.tasks_done < len(self.tasks):
                         self.condition.wait(_PROGRESS_INTERVAL)
+            self.emit(snapshot)
             finish()
         finally:
             with self.condition:
@@ -2230,6 +2423,12 @@ class _Staging:
         self.directories: set[str] = set()
         self.zero_chunks: set[str] = set()  # chunks write() may skip: the files read as zeros there
         self.paths = [os.path.join(root, *info.path.split("/")) for info in manifest.files]
+        job.file_of = self.file_of
+
+    def file_of(self, position: int) -> str:
+        """The first file chunk ``position`` fills, for progress (empty files hold no chunk)."""
+        start, length = position * self.manifest.chunk_size, self.manifest.chunk_length(position)
+        return next((self.manifest.files[index].path for index, _, _ in _segments(self.manifest, start, length)), "")
 
     def path(self, index: int) -> str:
         return self.paths[index]
@@ -2240,8 +2439,6 @@ class _Staging:
         When resuming, files already there keep their bytes (a link or a
         directory in a file's place is not followed, but replaced).
         """
-        import stat
-
         for index, info in enumerate(self.manifest.files):
             parts = info.path.split("/")
             path = self.path(index)
@@ -2255,13 +2452,17 @@ class _Staging:
                             _remove_tree(directory)  # a link or a file where a directory belongs
                         os.makedirs(directory, exist_ok=True)
                         self.directories.add(directory)
-                try:
-                    kept = resume and stat.S_ISREG(os.lstat(path).st_mode)
-                except FileNotFoundError:
-                    kept = False
-                if resume and not kept and os.path.lexists(path):
-                    _remove_tree(path)
-                fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW) if kept else _create_new(path)
+                fd = -1
+                if resume:  # only a plain file with no other link is kept: nothing is written through
+                    try:
+                        fd = _open_regular(path, os.O_WRONLY)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        _remove_tree(path)  # a link, pipe, device, directory or hard link
+                kept = fd >= 0
+                if not kept:
+                    fd = _create_new(path)
                 try:
                     if not kept or os.fstat(fd).st_size != info.size:  # a kept file may have grown
                         os.ftruncate(fd, info.size)
@@ -2271,6 +2472,11 @@ class _Staging:
                 raise _storage_error("create", path, exc) from exc
         if not resume:  # a kept file may hold anything where a zero chunk goes
             self.zero_chunks = self._repeated_zero_chunks()
+
+    def fill(self, *, resume: bool) -> None:
+        """Create the files, write every chunk into them, and flush them."""
+        self.create(resume=resume)
+        self.job.run(self.write, self.finish, self.place)
 
     def _repeated_zero_chunks(self) -> set[str]:
         """The chunks listed more than once that are all zeros (sparse data: padding, empty
@@ -2297,7 +2503,7 @@ class _Staging:
                 # Opened for each write: a chunk may span thousands of small files, and no
                 # descriptor outlives the write (a worker left waiting after a failed pull
                 # holds none, so Windows can still delete or rename the staging directory).
-                target = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)
+                target = _open_regular(path, os.O_WRONLY)
                 try:
                     _copy_range(source, manifest.starts[index] + offset - first, length, target, offset)
                 finally:
@@ -2337,17 +2543,21 @@ class _Staging:
 
 
 def _close_file(fd: int, path: str) -> None:
-    """Flush a finished file to stable storage and close it."""
+    """Flush a finished file to stable storage and close it (NFS reports write errors on close)."""
     try:
         os.fsync(fd)
     except OSError as exc:
-        os.close(fd)
+        _close_quietly(fd)
         raise _storage_error("write", path, exc) from exc
-    os.close(fd)
+    try:
+        os.close(fd)
+    except OSError as exc:
+        raise _storage_error("write", path, exc) from exc
 
 
-# --- Manager ----------------------------------------------------------------------
-# The public API: local registry.json, remote index, pulls, removal, updates.
+# --- Local store ------------------------------------------------------------------
+# The data directory of one application: its layout, locks, registry.json, the
+# manifests kept there, and the install transaction with its undo beside it.
 
 
 def _format_time(moment: datetime) -> str:
@@ -2361,6 +2571,645 @@ def _parse_time(text: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+def _only_sharing(manifest: _Manifest, bad_positions: Collection[int], missing: Collection[str]) -> set[str]:
+    """The files a damaged chunk touches that may be intact: each damaged chunk spans
+    several files, and none of them is known damaged (missing, of the wrong size, or
+    holding a damaged chunk of its own)."""
+    touched = []
+    for position in bad_positions:
+        start, length = position * manifest.chunk_size, manifest.chunk_length(position)
+        touched.append({manifest.files[index].path for index, _, _ in _segments(manifest, start, length)})
+    known = set(missing).union(*(paths for paths in touched if len(paths) == 1))
+    return set().union(*(paths for paths in touched if len(paths) > 1)) - known
+
+
+_LEFTOVER_RE = re.compile(r"\.(.+)\.(staging|old)")
+
+
+class _Store:
+    """What one application keeps under its data directory.
+
+    ``<group>/<model>/<version>/`` holds an installed version, with the manifest
+    it was built from in ``.<app>/manifest.json``; ``.<version>.staging`` beside
+    it is a pull being built, ``.<version>.old`` a copy on its way out.
+    ``registry.json`` lists the installed versions. Locks are taken in this
+    order: a model's lock, the cache lock, the registry lock.
+    """
+
+    def __init__(self, root: str, app_name: str, logger: Any) -> None:
+        self.root = root
+        self.metadata_dir = f".{app_name}"
+        self.chunks_dir = os.path.join(root, *_CHUNKS_DIR)
+        self.manifests_dir = os.path.join(root, *_MANIFESTS_DIR)
+        self.registry_path = os.path.join(root, _REGISTRY_FILE)
+        self.logger = logger
+
+    # Layout ------------------------------------------------------------------
+
+    def version_dir(self, ref: ModelRef) -> str:
+        if ref.group.lower() in _RESERVED_GROUPS:
+            raise InvalidRefError(f"{ref}: the group name {ref.group!r} is reserved by the storage layout")
+        return os.path.join(self.root, ref.group, ref.model, ref.version)
+
+    def sibling(self, ref: ModelRef, suffix: str) -> str:
+        """A hidden path beside the version directory (staging, old copy)."""
+        return os.path.join(self.root, ref.group, ref.model, f".{ref.version}.{suffix}")
+
+    def private(self, path: str) -> str:
+        """``path`` below the data directory, with no symbolic link on the way: the cache,
+        locks and version directories are never followed outside it."""
+        return _no_links(self.root, path, "xprim-models keeps its models, cache and locks as plain "
+                                          f"directories inside {self.root} and does not follow links there")
+
+    def manifest_path(self, directory: str) -> str:
+        return os.path.join(directory, self.metadata_dir, "manifest.json")
+
+    # Locks -------------------------------------------------------------------
+
+    def registry_lock(self) -> _FileLock:
+        return _FileLock(self.private(os.path.join(self.root, _LOCKS_DIR, "registry.lock")))
+
+    def cache_lock(self, *, shared: bool) -> AbstractContextManager[Any]:
+        """Pulls share it; prune takes it alone, so it never deletes what a pull holds."""
+        if os.name == "nt":  # no shared locks; Windows refuses to delete open chunk files anyway
+            from contextlib import nullcontext
+
+            return nullcontext()
+
+        def waiting() -> None:
+            self.logger.warning("Waiting for running downloads to finish...")
+
+        return _FileLock(self.private(os.path.join(self.root, _LOCKS_DIR, "cache.lock")), waiting, shared=shared)
+
+    def model_lock(self, ref: ModelRef) -> _FileLock:
+        def waiting() -> None:
+            self.logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
+
+        return _FileLock(
+            self.private(os.path.join(self.root, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock")), waiting
+        )
+
+    # registry.json -----------------------------------------------------------
+
+    def read(self) -> dict[str, Any]:
+        """registry.json as {group: {model: {version: entry}}} ({} when there is none)."""
+        path = self.registry_path
+        try:
+            raw = _read_small(path, _MAX_REGISTRY_BYTES)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise _storage_error("read", path, exc) from exc
+        hint = f"; fix or delete {path} (model files are not affected)"
+        if len(raw) > _MAX_REGISTRY_BYTES:
+            raise StorageError(f"{path} is over {_format_size(_MAX_REGISTRY_BYTES)}{hint}")
+        try:
+            doc = _parse_json(raw, path, StorageError)
+        except StorageError as exc:
+            raise StorageError(f"{exc}{hint}") from exc.__cause__
+        shape_ok = isinstance(doc, dict) and all(
+            isinstance(models, dict)
+            and all(
+                isinstance(versions, dict) and all(isinstance(entry, dict) for entry in versions.values())
+                for versions in models.values()
+            )
+            for models in doc.values()
+        )
+        if not shape_ok:
+            raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
+        return doc  # type: ignore[no-any-return]
+
+    @staticmethod
+    def entry(doc: Mapping[str, Any], ref: ModelRef) -> dict[str, Any] | None:
+        return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)  # type: ignore[no-any-return]
+
+    def refs(self, doc: Mapping[str, Any]) -> list[ModelRef]:
+        refs = []
+        for group, models in doc.items():
+            for model, versions in models.items():
+                for version in versions:
+                    try:
+                        refs.append(ModelRef(group, model, version))
+                    except InvalidRefError as exc:
+                        raise StorageError(f"{self.registry_path} is corrupt: {exc}") from exc
+        return refs
+
+    def installed(self, ref: ModelRef, entry: Mapping[str, Any]) -> InstalledModel:
+        """The InstalledModel a registry.json entry describes."""
+        try:
+            digest, total, count = entry["manifest_hash"], entry["total_size"], entry["file_count"]
+            if not (isinstance(digest, str) and _HASH_RE.fullmatch(digest)):
+                raise ValueError(f"manifest_hash {digest!r}")
+            if not (_is_size(total, _MAX_TOTAL_SIZE) and _is_size(count, _MAX_FILES)):
+                raise ValueError(f"total_size {total!r} or file_count {count!r}")
+            return InstalledModel(
+                ref=ref, manifest_hash=digest, total_size=total, file_count=count,
+                installed_at=_parse_time(str(entry["installed_at"])), path=self.version_dir(ref),
+                alias_of=str(entry.get("alias_of", "")),
+            )
+        except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
+            raise StorageError(
+                f"{self.registry_path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
+                f"fix or delete {self.registry_path} (model files are not affected)"
+            ) from exc
+
+    def commit(self, ref: ModelRef, record: Mapping[str, Any] | None) -> None:
+        """Make ``record`` the registry.json entry of ``ref``; None removes it."""
+        import json
+
+        with self.registry_lock():
+            _remove_abandoned(self.root)  # temporary registry.json files of dead writers
+            doc = self.read()
+            versions = doc.setdefault(ref.group, {}).setdefault(ref.model, {})
+            if record is not None:
+                versions[ref.version] = dict(record)
+            else:
+                versions.pop(ref.version, None)
+                if not versions:
+                    del doc[ref.group][ref.model]
+                if not doc[ref.group]:
+                    del doc[ref.group]
+            _atomic_write(self.registry_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+    def committed_hash(self, ref: ModelRef) -> str:
+        entry = self.entry(self.read(), ref)
+        value = entry.get("manifest_hash") if entry is not None else None
+        return value if isinstance(value, str) else ""
+
+    # Manifests ---------------------------------------------------------------
+
+    def stored_hash(self, directory: str) -> str:
+        """The hash of the manifest stored in ``directory``'s metadata ("" if there is none)."""
+        try:
+            return _sha256(_read_small(self.manifest_path(directory), _MAX_MANIFEST_BYTES)).hexdigest()
+        except OSError:
+            return ""
+
+    def stored_manifest(self, installed: InstalledModel) -> _Manifest:
+        """The manifest kept in an installed version's metadata directory."""
+        path = self.manifest_path(installed.path)
+        try:
+            return _parse_manifest(installed.manifest_hash, _read_small(path, _MAX_MANIFEST_BYTES),
+                                   self.metadata_dir)
+        except OSError as exc:
+            raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
+        except ModelsError as exc:
+            raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
+
+    def cached_manifest(self, digest: str) -> _Manifest | None:
+        """A manifest from cache/manifests (checked against its hash), or None."""
+        path = os.path.join(self.manifests_dir, digest)
+        try:
+            return _parse_manifest(digest, _read_small(path, _MAX_MANIFEST_BYTES), self.metadata_dir)
+        except _NotRegular:
+            _remove_file(path)  # a link, pipe or device planted there: never read or waited on
+        except (OSError, ModelsError):
+            pass  # absent or damaged: fetch it again
+        return None
+
+    def cache_manifest(self, digest: str, raw: bytes) -> None:
+        try:
+            # No fsync: a cached manifest is checked against its hash whenever it is read.
+            _atomic_write(self.private(os.path.join(self.manifests_dir, digest)), raw, durable=False)
+        except StorageError as exc:
+            self.logger.debug("manifest cache not written: %s", exc)
+
+    # The install transaction -------------------------------------------------
+    # registry.json names the copy that stays. A pull builds the new copy in
+    # .<v>.staging, renames the installed copy (if any) to .<v>.old and the new
+    # one to <v>, then commits registry.json; only then does .<v>.old go. Until
+    # the commit, reclaim() undoes it, the same way after a failure here or a
+    # crash found by the next command: the new copy goes back to staging (a
+    # later pull of it resumes there, verifying every chunk) and the old comes back.
+
+    def install(self, ref: ModelRef, manifest: _Manifest, alias_of: str,
+                build: Callable[[str, bool], None]) -> InstalledModel:
+        """Build ``manifest``'s files with ``build(staging, resume)``, swap them in and commit
+        them as ``ref`` (model lock held)."""
+        final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
+        old, staging = self.sibling(ref, "old"), self.sibling(ref, "staging")
+        installed = InstalledModel(
+            ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size, file_count=len(manifest.files),
+            installed_at=datetime.now(timezone.utc).replace(microsecond=0), path=final, alias_of=alias_of,
+        )
+        record = {"manifest_hash": installed.manifest_hash, "total_size": installed.total_size,
+                  "file_count": installed.file_count, "installed_at": _format_time(installed.installed_at),
+                  **({"alias_of": alias_of} if alias_of else {})}
+        resume = self.stored_hash(staging) == manifest.digest and self._plain_directory(staging)
+        try:
+            os.makedirs(self.private(self.chunks_dir), exist_ok=True)
+            if not resume:
+                _remove_tree(staging)
+                os.makedirs(os.path.join(staging, self.metadata_dir))
+        except OSError as exc:
+            raise _storage_error("create", staging, exc) from exc
+        if not resume:
+            # Written first: it names what this staging directory holds, should a pull resume it.
+            _atomic_write(self.manifest_path(staging), manifest.raw)
+        build(staging, resume)  # every file complete, verified and flushed, or an exception
+        try:
+            _fsync_directory(staging)
+            try:
+                if os.path.lexists(final):
+                    os.rename(final, old)
+                os.rename(staging, final)
+            except OSError as exc:
+                raise _storage_error("install", final, exc) from exc
+            _fsync_directory(os.path.dirname(final))
+            self.commit(ref, record)
+        except BaseException:
+            self._reclaim_quietly(ref)
+            raise
+        self.discard(old)
+        for digest in self.cached_chunks().intersection(manifest.chunks):
+            _remove_file(os.path.join(self.chunks_dir, digest))
+        return installed
+
+    def reclaim(self, ref: ModelRef, *, keep_staging: bool = True) -> int:
+        """Finish or undo what a failed or crashed install or remove of ``ref`` left
+        (model lock held); return the bytes deleted. ``keep_staging=False`` deletes the
+        staging directory too."""
+        final, old, staging = self.version_dir(ref), self.sibling(ref, "old"), self.sibling(ref, "staging")
+        committed = self.committed_hash(ref)
+        freed = 0
+        if os.path.lexists(old):
+            if committed and self.stored_hash(final) == committed:
+                freed += self.discard(old)  # the swap was committed; the old copy was on its way out
+            elif committed:
+                if os.path.lexists(final):  # a new copy never committed
+                    self._to_staging(final, staging)
+                try:
+                    os.rename(old, final)  # the committed copy back in its place
+                except OSError as exc:
+                    raise _storage_error("restore", final, exc) from exc
+            else:
+                freed += self.discard(old)  # a committed remove
+        if not committed and os.path.isfile(self.manifest_path(final)) and not os.path.islink(final):
+            self._to_staging(final, staging)  # complete but never committed: a pull of it adopts it
+        if not keep_staging and os.path.lexists(staging):
+            freed += self.discard(staging)
+        metadata = os.path.join(final, self.metadata_dir)
+        for name in [] if os.path.islink(metadata) else _list_directory(metadata):
+            if name.startswith("repair-") and name.endswith(".tmp"):  # an interrupted repair
+                freed += self.discard(os.path.join(metadata, name))
+        return freed
+
+    def _to_staging(self, directory: str, staging: str) -> None:
+        try:
+            _remove_tree(staging)
+            os.rename(directory, staging)
+        except OSError as exc:
+            raise _storage_error("move", directory, exc) from exc
+
+    def reclaim_if_idle(self, ref: ModelRef) -> bool:
+        """Put right what a crashed swap or remove of ``ref`` left, unless its pull or remove is
+        running (and will finish it itself); return whether registry.json may have changed."""
+        if not os.path.lexists(self.sibling(ref, "old")):
+            return False
+        lock = self.model_lock(ref)
+        if not lock.try_acquire():
+            return False
+        try:
+            self.reclaim(ref)
+        finally:
+            lock.__exit__(None, None, None)
+        return True
+
+    def intact(self, ref: ModelRef) -> InstalledModel | None:
+        """``ref`` as installed, if registry.json lists it, its directory is there, and no
+        crashed swap is waiting to be recovered; else None."""
+        entry = self.entry(self.read(), ref)
+        if entry is None or os.path.lexists(self.sibling(ref, "old")):
+            return None
+        installed = self.installed(ref, entry)
+        return installed if os.path.isdir(installed.path) else None
+
+    def raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
+        installed = self.intact(ref)
+        if installed is not None and installed.manifest_hash == manifest_hash:
+            raise AlreadyInstalledError(f"model already installed: {ref}", installed)
+
+    def _reclaim_quietly(self, ref: ModelRef) -> None:
+        try:
+            self.reclaim(ref)
+        except StorageError as exc:  # the next command that takes the model's lock finishes it
+            self.logger.warning("could not undo the failed install of %s yet: %s", ref, exc)
+
+    def _plain_directory(self, path: str) -> bool:
+        try:
+            self.private(self.manifest_path(path))
+        except StorageError:
+            return False
+        return os.path.isdir(path)
+
+    def remove(self, ref: ModelRef) -> None:
+        """Delete the installed version ``ref`` (model lock held): out of sight first, then
+        out of registry.json, then off the disk."""
+        self.reclaim(ref, keep_staging=False)
+        if self.entry(self.read(), ref) is None:
+            raise NotInstalledError(f"model not installed: {ref}")
+        final, old = self.version_dir(ref), self.sibling(ref, "old")
+        try:
+            if os.path.lexists(final):
+                os.rename(final, old)
+        except OSError as exc:
+            raise _storage_error("remove", final, exc) from exc
+        try:
+            self.commit(ref, None)
+        except BaseException:
+            self._reclaim_quietly(ref)
+            raise
+        self.discard(old)
+        for parent in (os.path.dirname(final), os.path.dirname(os.path.dirname(final))):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break  # not empty: other versions or models live there
+
+    def discard(self, path: str) -> int:
+        """Delete what is no longer installed; return the bytes freed. A failure only costs
+        disk space until the next command that holds the model's lock, or prune."""
+        size = _tree_size(path, allocated=True)
+        try:
+            _remove_tree(path)
+        except StorageError as exc:
+            self.logger.warning("%s; the next pull or prune removes it", exc)
+            return 0
+        return size
+
+    # Leftovers and the chunk cache -------------------------------------------
+
+    def leftovers(self, *, unlisted: bool = True) -> Iterator[ModelRef]:
+        """Versions with a staging directory or old copy beside them, or (with ``unlisted``)
+        a version directory that registry.json does not list."""
+        doc = self.read() if unlisted else {}
+        for group in _list_directory(self.root):
+            if group.startswith(".") or group.lower() in _RESERVED_GROUPS:
+                continue
+            for model in _list_directory(os.path.join(self.root, group)):
+                for name in _list_directory(os.path.join(self.root, group, model)):
+                    match = _LEFTOVER_RE.fullmatch(name)
+                    version = match.group(1) if match else name
+                    try:
+                        ref = ModelRef(group, model, version)
+                    except InvalidRefError:
+                        continue
+                    if match or (
+                        unlisted and self.entry(doc, ref) is None
+                        and os.path.isfile(self.manifest_path(os.path.join(self.root, group, model, name)))
+                    ):
+                        yield ref
+
+    def cached_chunks(self) -> set[str]:
+        """The names in cache/chunks (none when it cannot be read: the cache only saves downloads)."""
+        return set(_list_directory(self.chunks_dir))
+
+    def expire_chunks(self, horizon: float | None, *, keep: Collection[str] = (), parts: bool = False) -> int:
+        """Delete cached files last touched before ``horizon`` (all of them with None), but
+        not those in ``keep``; with ``parts``, partial downloads whatever their age.
+        Return the bytes freed."""
+        try:
+            names = os.listdir(self.chunks_dir)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise _storage_error("read", self.chunks_dir, exc) from exc
+        freed = 0
+        for name in names:
+            if name in keep:
+                continue
+            path = os.path.join(self.chunks_dir, name)
+            try:
+                status = os.lstat(path)
+            except OSError:
+                continue
+            expired = horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon
+            if expired and _remove_file(path):
+                self.logger.debug("removed cache file %s", path)
+                freed += _allocated(status)
+        return freed
+
+    def clean(self, keep: set[str]) -> None:
+        """Remove what dead processes left half-written, and cached chunks older than a day
+        that this pull does not need (a pull's start, cache lock shared)."""
+        for directory in (self.root, self.private(self.chunks_dir), self.private(self.manifests_dir)):
+            _remove_abandoned(directory)
+        try:
+            self.expire_chunks(time.time() - _CACHE_MAX_AGE, keep=keep)
+        except StorageError as exc:
+            self.logger.debug("cache not cleaned: %s", exc)  # the pull itself does not need it
+
+    def prune(self, max_age: float | None) -> int:
+        freed = 0
+        for ref in sorted(set(self.leftovers())):
+            with self.model_lock(ref):
+                freed += self.reclaim(ref, keep_staging=False)
+        horizon = None if max_age is None else time.time() - max_age
+        for directory in (self.root, self.private(self.manifests_dir)):
+            _remove_abandoned(directory)
+        with self.cache_lock(shared=False):  # no pull runs: partial downloads are all dead
+            self.private(self.chunks_dir)
+            freed += self.expire_chunks(horizon, parts=True)
+        return freed
+
+    @staticmethod
+    def check_case(ref: ModelRef, installed_models: Sequence[InstalledModel]) -> None:
+        for item in installed_models:
+            if str(item.ref).casefold() == str(ref).casefold() and item.ref != ref:
+                raise InvalidRefError(
+                    f"pull {ref}: differs only in letter case from the installed {item.ref}, and "
+                    f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
+                )
+
+    def seeds(self, manifest: _Manifest, installed_models: Sequence[InstalledModel]) -> dict[str, list[_Seed]]:
+        """Where installed versions hold chunks this manifest needs (their bytes are verified on use)."""
+        wanted = set(manifest.chunks)
+        seeds: dict[str, list[_Seed]] = {}
+        for installed in installed_models:
+            try:
+                stored = self.stored_manifest(installed)
+            except StorageError:
+                continue  # damaged or half-removed: nothing to take from it
+            for position, digest in enumerate(stored.chunks):
+                if digest in wanted:
+                    seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
+        return seeds
+
+    def check_space(self, ref: ModelRef, manifest: _Manifest, concurrency: int) -> None:
+        """Fail before the first request when the disk cannot hold the model and its chunks in flight."""
+        import shutil
+
+        # Only big chunks needed in several places pass through the cache, a few at a
+        # time: each leaves once written into its files.
+        through_cache = manifest.repeated() if _STRAIGHT_INTO_FILES else {
+            digest: manifest.chunk_length(position) for position, digest in enumerate(manifest.chunks)
+        }
+        cached = self.cached_chunks()
+        passing = [size for digest, size in through_cache.items() if size > _IN_MEMORY_UP_TO and digest not in cached]
+        in_flight = sum(sorted(passing, reverse=True)[:concurrency])
+        staging = self.sibling(ref, "staging")
+        files = manifest.total_size
+        if self.stored_hash(staging) == manifest.digest:  # what the interrupted pull wrote needs no more room
+            files = max(0, files - _tree_size(staging, allocated=True))
+        needed = files + in_flight
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise _storage_error("use", self.root, exc) from exc
+        if needed > free:
+            parts = f" ({_format_size(files)} for the files, {_format_size(in_flight)} for chunks in flight)"
+            raise StorageError(
+                f"pull {ref}: needs {_format_size(needed)} of disk space in {self.root}"
+                f"{parts if in_flight else ''} but only {_format_size(free)} is free; "
+                "free some space or choose another data directory"
+            )
+
+    # Repair ------------------------------------------------------------------
+
+    def repair(self, installed: InstalledModel, manifest: _Manifest, bad_positions: set[int], missing: set[str],
+               fetch: Callable[[Sequence[int], Callable[[int, _Source], None]], None]) -> set[str]:
+        """Fetch the damaged chunks with ``fetch(positions, consume)``, find the files that
+        differ from them, rewrite only those (model lock held).
+
+        Each damaged chunk is written, while the job holds it open, into a scratch
+        copy of every file it touches; a file found to differ then gets its intact
+        ranges from its old self and replaces it. The others' scratch copies go.
+        """
+        root = self.private(installed.path)  # a linked version directory is refused, as pull refuses it
+        metadata = _no_links(root, os.path.join(root, self.metadata_dir))
+        positions = sorted(bad_positions)
+        chunk_size = manifest.chunk_size
+        touched = {
+            index
+            for position in positions
+            for index, _, _ in _segments(manifest, position * chunk_size, manifest.chunk_length(position))
+        } | {index for index, info in enumerate(manifest.files) if info.path in missing}
+        scratch = {index: os.path.join(metadata, f"repair-{index}.tmp") for index in sorted(touched)}
+        repaired = set(missing)
+        guard = threading.Lock()  # consume runs in the job's worker threads
+
+        def consume(number: int, source: _Source) -> None:
+            start = positions[number] * chunk_size
+            for index, offset, count in _segments(manifest, start, manifest.chunk_length(positions[number])):
+                info = manifest.files[index]
+                from_chunk = manifest.starts[index] + offset - start
+                with open(scratch[index], "r+b") as target:
+                    _copy_range(source, from_chunk, count, target.fileno(), offset)
+                with guard:
+                    if info.path in repaired:
+                        continue
+                try:
+                    fd = _open_regular(os.path.join(root, *info.path.split("/")))
+                    try:
+                        same = _pread(fd, count, offset) == _pread(source, count, from_chunk)
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    same = False
+                if not same:
+                    with guard:
+                        repaired.add(info.path)
+
+        try:
+            try:
+                os.makedirs(metadata, exist_ok=True)
+                for index, path in scratch.items():
+                    fd = _create_new(path)
+                    try:
+                        os.ftruncate(fd, manifest.files[index].size)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                raise _storage_error("repair", metadata, exc) from exc
+            fetch(positions, consume)
+            for index, path in scratch.items():
+                if manifest.files[index].path in repaired:
+                    self._replace_from_scratch(root, manifest, index, bad_positions, path)
+        finally:
+            for path in scratch.values():
+                _remove_file(path)
+            for digest in {manifest.chunks[p] for p in positions}:
+                _remove_file(os.path.join(self.chunks_dir, digest))
+        return repaired
+
+    @staticmethod
+    def _replace_from_scratch(root: str, manifest: _Manifest, index: int, bad_positions: set[int],
+                              scratch: str) -> None:
+        """Complete a scratch copy with the file's intact ranges, then put it in the file's place."""
+        info = manifest.files[index]
+        path = _no_links(root, os.path.join(root, *info.path.split("/")))
+        begin, end = manifest.starts[index], manifest.starts[index] + info.size
+        try:
+            with open(scratch, "r+b") as target:
+                old = -1
+                try:
+                    first = begin // manifest.chunk_size if manifest.chunk_size else len(manifest.chunks)
+                    for position in range(first, len(manifest.chunks)):
+                        start = position * manifest.chunk_size
+                        if start >= end:
+                            break
+                        low, high = max(begin, start), min(end, start + manifest.chunk_length(position))
+                        if position in bad_positions or high <= low:
+                            continue  # written from the fetched chunk already, or nothing to copy
+                        if old < 0:  # this range hashed right: keep the file's own bytes
+                            old = _open_regular(path)
+                        _copy_range(old, low - begin, high - low, target.fileno(), low - begin)
+                finally:
+                    if old >= 0:
+                        os.close(old)  # before the replace: Windows cannot replace an open file
+                os.fsync(target.fileno())
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.isdir(path) and not os.path.islink(path):
+                _remove_tree(path)
+            os.replace(scratch, path)
+        except OSError as exc:
+            raise _storage_error("repair", path, exc) from exc
+
+
+def _scan(root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]:
+    """(chunk positions that fail their hash, files they touch, files missing or of the wrong size)."""
+    missing = set()
+    for info in manifest.files:
+        try:
+            status = os.lstat(os.path.join(root, *info.path.split("/")))
+            intact = stat.S_ISREG(status.st_mode) and status.st_size == info.size
+        except OSError:
+            intact = False
+        if not intact:
+            missing.add(info.path)
+    bad: set[int] = set()
+    damaged = set(missing)
+    buffer = bytearray(_BUFFER_SIZE)
+    handle = (-1, -1)  # (file index, descriptor): files are read in order, one open at a time
+    try:
+        for position, digest in enumerate(manifest.chunks):
+            pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
+            paths = [manifest.files[index].path for index, _, _ in pieces]
+            hasher = _sha256()
+            try:
+                if missing.intersection(paths):
+                    raise OSError(errno.ENOENT, "missing")
+                for index, offset, count in pieces:
+                    if handle[0] != index:
+                        if handle[1] >= 0:
+                            os.close(handle[1])
+                            handle = (-1, -1)
+                        handle = (index, _open_regular(os.path.join(root, *manifest.files[index].path.split("/"))))
+                    for data in _read_pieces(handle[1], offset, count, len(buffer)):
+                        hasher.update(data)
+                intact = hasher.hexdigest() == digest
+            except OSError:
+                intact = False
+            if not intact:
+                bad.add(position)
+                damaged.update(paths)
+    finally:
+        if handle[1] >= 0:
+            _close_quietly(handle[1])
+    return bad, damaged, missing
+
+
 def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
     """The concurrency to use (capped at 16); ValueError for values that make no sense."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -2368,6 +3217,11 @@ def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
     if limit_rate is not None and not limit_rate > 0:
         raise ValueError(f"limit_rate must be a positive number of bytes per second, not {limit_rate!r}")
     return min(concurrency, _MAX_CONCURRENCY)
+
+
+# --- Manager ----------------------------------------------------------------------
+# The public API: argument checks, lock order, and delegation to the registry
+# client, the pull engine and the local store.
 
 
 class Manager:
@@ -2396,8 +3250,8 @@ class Manager:
         self,
         config: Config,
         *,
-        opener: Any = None,
-        logger: Any = None,
+        opener: OpenerLike | None = None,
+        logger: LoggerLike | None = None,
         timeout: float = 30.0,
         retries: int = 3,
         retry_backoff: float = 0.5,
@@ -2411,14 +3265,6 @@ class Manager:
         if timeout <= 0 or retries < 0 or retry_backoff < 0:
             raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")
         self.config = config
-        self._data_dir = (
-            os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else _resolve_data_dir(config)
-        )
-        self._chunks_dir = os.path.join(self._data_dir, *_CHUNKS_DIR)
-        self._manifests_dir = os.path.join(self._data_dir, *_MANIFESTS_DIR)
-        self._metadata_dir = f".{config.app_name}"
-        self._opener = opener
-        self._ssl_context = ssl_context
         if logger is None:
             import logging
 
@@ -2426,6 +3272,9 @@ class Manager:
             if not logger.handlers:
                 logger.addHandler(logging.NullHandler())
         self._logger = logger
+        root = os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else _resolve_data_dir(config)
+        self._store = _Store(root, config.app_name, logger)
+        self._opener, self._ssl_context = opener, ssl_context
         self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
         self._client_instance: _RegistryClient | None = None
         self._client_guard = threading.Lock()
@@ -2433,257 +3282,36 @@ class Manager:
     @property
     def data_dir(self) -> str:
         """The resolved base directory of this application's models."""
-        return self._data_dir
+        return self._store.root
 
     def __repr__(self) -> str:
-        return f"Manager(app_name={self.config.app_name!r}, data_dir={self._data_dir!r})"
+        return f"Manager(app_name={self.config.app_name!r}, data_dir={self.data_dir!r})"
 
-    # Internals ---------------------------------------------------------------
+    # The remote side ---------------------------------------------------------
 
     def _client(self) -> _RegistryClient:
         with self._client_guard:
             if self._client_instance is None:
                 self._client_instance = _RegistryClient(
                     self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context,
-                    timeout=self._timeout,
-                    retries=self._retries, backoff=self._backoff, logger=self._logger,
+                    timeout=self._timeout, retries=self._retries, backoff=self._backoff, logger=self._logger,
                 )
             return self._client_instance
 
-    def _version_dir(self, ref: ModelRef) -> str:
-        if ref.group.lower() in _RESERVED_GROUPS:
-            raise InvalidRefError(f"{ref}: the group name {ref.group!r} is reserved by the storage layout")
-        return os.path.join(self._data_dir, ref.group, ref.model, ref.version)
-
-    def _sibling(self, ref: ModelRef, suffix: str) -> str:
-        """A hidden path beside the version directory (staging, old copy)."""
-        return os.path.join(self._data_dir, ref.group, ref.model, f".{ref.version}.{suffix}")
-
-    def _private(self, path: str) -> str:
-        """``path`` below the data directory, with no symbolic link on the way: the cache and
-        locks are never followed outside it."""
-        return _no_links(self._data_dir, path, "xprim-models keeps its cache and locks as plain "
-                                               f"directories inside {self._data_dir} and does not follow links there")
-
-    def _registry_lock(self) -> AbstractContextManager[Any]:
-        return _FileLock(self._private(os.path.join(self._data_dir, _LOCKS_DIR, "registry.lock")))
-
-    def _cache_lock(self, *, shared: bool) -> AbstractContextManager[Any]:
-        """Pulls share it; prune_cache takes it alone, so it never deletes what a pull holds."""
-        if os.name == "nt":  # no shared locks; Windows refuses to delete open chunk files anyway
-            from contextlib import nullcontext
-
-            return nullcontext()
-
-        def waiting() -> None:
-            self._logger.warning("Waiting for running downloads to finish...")
-
-        return _FileLock(self._private(os.path.join(self._data_dir, _LOCKS_DIR, "cache.lock")), waiting,
-                         shared=shared)
-
-    def _model_lock(self, ref: ModelRef) -> _FileLock:
-        def waiting() -> None:
-            self._logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
-
-        return _FileLock(
-            self._private(os.path.join(self._data_dir, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock")),
-            waiting,
-        )
-
-    def _read_registry(self) -> dict[str, Any]:
-        path = os.path.join(self._data_dir, _REGISTRY_FILE)
-        try:
-            raw = _read_small(path)
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise _storage_error("read", path, exc) from exc
-        hint = f"; fix or delete {path} (model files are not affected)"
-        try:
-            doc = _parse_json(raw, path, StorageError)
-        except StorageError as exc:
-            raise StorageError(f"{exc}{hint}") from exc.__cause__
-        shape_ok = isinstance(doc, dict) and all(
-            isinstance(models, dict)
-            and all(
-                isinstance(versions, dict) and all(isinstance(entry, dict) for entry in versions.values())
-                for versions in models.values()
-            )
-            for models in doc.values()
-        )
-        if not shape_ok:
-            raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
-        return doc  # type: ignore[no-any-return]
-
-    def _write_registry(self, doc: Mapping[str, Any]) -> None:
-        import json
-
-        _atomic_write(
-            os.path.join(self._data_dir, _REGISTRY_FILE),
-            (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"),
-        )
-
-    def _installed(self, ref: ModelRef, entry: Any) -> InstalledModel:
-        path = os.path.join(self._data_dir, _REGISTRY_FILE)
-        try:
-            digest, total, count = entry["manifest_hash"], entry["total_size"], entry["file_count"]
-            if not (isinstance(digest, str) and _HASH_RE.fullmatch(digest)):
-                raise ValueError(f"manifest_hash {digest!r}")
-            if not (_is_size(total, _MAX_TOTAL_SIZE) and _is_size(count, _MAX_FILES)):
-                raise ValueError(f"total_size {total!r} or file_count {count!r}")
-            return InstalledModel(
-                ref=ref,
-                manifest_hash=digest,
-                total_size=total,
-                file_count=count,
-                installed_at=_parse_time(str(entry["installed_at"])),
-                path=self._version_dir(ref),
-                alias_of=str(entry.get("alias_of", "")),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
-            raise StorageError(
-                f"{path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
-                f"fix or delete {path} (model files are not affected)"
-            ) from exc
-
-    def _entry(self, doc: Mapping[str, Any], ref: ModelRef) -> Any:
-        return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)
-
-    def _index(self) -> dict[tuple[str, str, str], RemoteModel]:
-        client = self._client()
-        raw = client.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES)
-        return _parse_index(_parse_json(raw, f"models.json at {client.location('models.json')}", RegistryError))
-
-    def _lookup(self, index: Mapping[tuple[str, str, str], RemoteModel], ref: ModelRef) -> RemoteModel:
-        found = index.get((ref.group, ref.model, ref.version))
-        if found is not None:
-            return found
-        versions = sorted(v for (g, m, v) in index if (g, m) == (ref.group, ref.model))
-        if not versions:
-            raise ModelNotFoundError(
-                f"model not found in registry: {ref.group}/{ref.model}; run 'list --remote' to see what it has"
-            )
-        raise VersionNotFoundError(
-            f"version not found: {ref} (available: {', '.join(versions)})"
-        )
-
     def _manifest(self, digest: str) -> _Manifest:
         """The validated manifest, from the local manifest cache or the registry."""
-        return self._cached_manifest(digest) or self._fetch_manifest(digest)
-
-    def _cached_manifest(self, digest: str) -> _Manifest | None:
-        try:
-            path = os.path.join(self._manifests_dir, digest)
-            return _parse_manifest(digest, _read_small(path, _MAX_MANIFEST_BYTES), self._metadata_dir)
-        except (OSError, ModelsError):
-            return None  # absent or damaged: fetch it again
-
-    def _fetch_manifest(self, digest: str, session: _Session | None = None) -> _Manifest:
-        raw = self._client().fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES,
-                                            session=session)
-        manifest = _parse_manifest(digest, raw, self._metadata_dir)
-        try:
-            # No fsync: a cached manifest is checked against its hash whenever it is read.
-            _atomic_write(self._private(os.path.join(self._manifests_dir, digest)), raw, durable=False)
-        except StorageError as exc:
-            self._logger.debug("manifest cache not written: %s", exc)
+        manifest = self._store.cached_manifest(digest)
+        if manifest is None:
+            manifest, raw = self._client().manifest(digest, self._store.metadata_dir)
+            self._store.cache_manifest(digest, raw)
         return manifest
 
-    def _detail(self, remote: RemoteModel, manifest: _Manifest | None = None) -> RemoteModelDetail:
-        manifest = manifest or self._manifest(remote.manifest_hash)
-        return RemoteModelDetail(
-            ref=remote.ref, manifest_hash=remote.manifest_hash, alias_of=remote.alias_of,
-            metadata=remote.metadata, total_size=manifest.total_size, chunk_size=manifest.chunk_size,
-            chunk_count=len(manifest.chunks), files=manifest.files,
-        )
-
-    def _stored_manifest_hash(self, directory: str) -> str:
-        try:
-            path = os.path.join(directory, self._metadata_dir, "manifest.json")
-            return _sha256(_read_small(path, _MAX_MANIFEST_BYTES)).hexdigest()
-        except OSError:
-            return ""
-
-    def _recover(self, ref: ModelRef, *, keep_staging: bool = True) -> int:
-        """Finish or undo what a crashed pull or remove of ``ref`` left (model lock held);
-        return the bytes deleted.
-
-        A swap renames the installed copy to ``.<version>.old``, the staging
-        directory into place, then commits registry.json. Whichever copy
-        registry.json names is the one that stays. A staging directory is kept
-        for the next pull to resume from, unless ``keep_staging`` is false.
-        """
-        final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
-        freed = 0
-        if not keep_staging and os.path.lexists(staging):
-            freed += _tree_size(staging)
-            _remove_tree(staging)
-        metadata = os.path.join(final, self._metadata_dir)
-        if os.path.isdir(metadata) and not os.path.islink(metadata):
-            for name in os.listdir(metadata):
-                if name.startswith("repair-") and name.endswith(".tmp"):  # an interrupted repair
-                    freed += _tree_size(os.path.join(metadata, name))
-                    _remove_file(os.path.join(metadata, name))
-        if not os.path.lexists(old):
-            return freed
-        entry = self._entry(self._read_registry(), ref)
-        committed = entry.get("manifest_hash") if isinstance(entry, dict) else None
-        if committed and os.path.lexists(final) and self._stored_manifest_hash(final) == committed:
-            discard = old  # the swap was committed; only the old copy was left
-        elif committed and self._stored_manifest_hash(old) == committed:
-            discard = final  # the swap was not committed: put the old copy back
-        else:
-            discard = old  # nothing names it: a committed remove, or a stray copy
-        freed += _tree_size(discard) if os.path.lexists(discard) else 0
-        _remove_tree(discard)
-        if discard == final:
-            try:
-                os.rename(old, final)
-            except OSError as exc:
-                raise _storage_error("restore", final, exc) from exc
-        return freed
-
-    def _clean_cache(self, keep: set[str]) -> None:
-        """Remove what dead processes left half-written, and cached chunks older than a day
-        that this pull does not need."""
-        for directory in (self._data_dir, self._private(self._chunks_dir), self._private(self._manifests_dir)):
-            _remove_abandoned(directory)
-        try:
-            self._expire_chunks(time.time() - _CACHE_MAX_AGE, keep=keep)
-        except StorageError as exc:
-            self._logger.debug("cache not cleaned: %s", exc)  # the pull itself does not need it
-
-    def _cached_chunks(self) -> set[str]:
-        """The names in cache/chunks (none when it cannot be read: the cache only saves downloads)."""
-        try:
-            return set(os.listdir(self._chunks_dir))
-        except OSError:
-            return set()
-
-    def _expire_chunks(self, horizon: float | None, *, keep: Collection[str] = (), parts: bool = False) -> int:
-        """Delete cached files last touched before ``horizon`` (all of them with None), but
-        not those in ``keep``; with ``parts``, partial downloads whatever their age.
-        Return the bytes freed."""
-        try:
-            names = os.listdir(self._chunks_dir)
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise _storage_error("read", self._chunks_dir, exc) from exc
-        freed = 0
-        for name in names:
-            if name in keep:
-                continue
-            path = os.path.join(self._chunks_dir, name)
-            try:
-                status = os.lstat(path)
-            except OSError:
-                continue
-            expired = horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon
-            if expired and _remove_file(path):
-                self._logger.debug("removed cache file %s", path)
-                freed += status.st_size
-        return freed
+    def _job(self, label: str, chunks: Sequence[tuple[str, int]], concurrency: int,
+             progress: Callable[[PullProgress], None] | None, seeds: Mapping[str, Sequence[_Seed]],
+             limit_rate: float | None) -> _PullJob:
+        emit = progress if progress is not None else (lambda snapshot: None)
+        return _PullJob(self._client(), self._store, label, chunks, concurrency, emit, seeds=seeds,
+                        limit_rate=limit_rate)
 
     # Public API --------------------------------------------------------------
 
@@ -2693,39 +3321,13 @@ class Manager:
         Raises:
             StorageError: registry.json cannot be read or is corrupt.
         """
-        doc = self._read_registry()
-        refs = []
-        for group, models in doc.items():
-            for model, versions in models.items():
-                for version in versions:
-                    try:
-                        refs.append(ModelRef(group, model, version))
-                    except InvalidRefError as exc:
-                        raise StorageError(
-                            f"{os.path.join(self._data_dir, _REGISTRY_FILE)} is corrupt: {exc}"
-                        ) from exc
-        if any(self._recover_after_crash(ref) for ref in refs):
-            doc = self._read_registry()
-        return sorted(
-            (self._installed(ref, entry) for ref in refs if (entry := self._entry(doc, ref)) is not None),
-            key=lambda item: item.ref,
-        )
-
-    def _recover_after_crash(self, ref: ModelRef) -> bool:
-        """Put a version a crashed swap left half-done right, unless a live pull is mid-swap.
-
-        Returns whether anything was recovered (registry.json may then differ).
-        """
-        if not os.path.lexists(self._sibling(ref, "old")):
-            return False
-        lock = self._model_lock(ref)
-        if not lock.try_acquire():
-            return False  # its pull or remove is running and will finish the swap itself
-        try:
-            self._recover(ref)
-        finally:
-            lock.__exit__(None, None, None)
-        return True
+        store = self._store
+        doc = store.read()
+        refs = store.refs(doc)
+        if any(self._store.reclaim_if_idle(ref) for ref in store.leftovers(unlisted=False)):
+            doc = store.read()
+        return sorted((store.installed(ref, entry) for ref in refs if (entry := store.entry(doc, ref)) is not None),
+                      key=lambda item: item.ref)
 
     def list_remote(self, *, detail: bool = False) -> list[RemoteModel]:
         """Every version the registry lists, aliases resolved, sorted.
@@ -2738,30 +3340,16 @@ class Manager:
         Raises:
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        remote = sorted(self._index().values(), key=lambda item: item.ref)
+        remote = sorted(self._client().index().values(), key=lambda item: item.ref)
         if not detail:
             return remote
         digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
-        manifests = {digest: self._cached_manifest(digest) for digest in digests}
+        manifests = {digest: self._store.cached_manifest(digest) for digest in digests}
         missing = [digest for digest, manifest in manifests.items() if manifest is None]
-        if missing:
-            from concurrent.futures import ThreadPoolExecutor
-
-            local, sessions = threading.local(), []
-
-            def fetch(digest: str) -> _Manifest:
-                if not hasattr(local, "session"):  # one connection per pool thread
-                    local.session = _Session()
-                    sessions.append(local.session)
-                return self._fetch_manifest(digest, local.session)
-
-            try:
-                with ThreadPoolExecutor(max_workers=8, thread_name_prefix="xprim-models-manifest") as pool:
-                    manifests.update(zip(missing, pool.map(fetch, missing)))
-            finally:
-                for session in sessions:
-                    session.close()
-        return [self._detail(item, manifests[item.manifest_hash]) for item in remote]
+        for digest, (manifest, raw) in self._client().manifests(missing, self._store.metadata_dir).items():
+            manifests[digest] = manifest
+            self._store.cache_manifest(digest, raw)
+        return [_detail(item, manifests[item.manifest_hash]) for item in remote]  # type: ignore[arg-type]
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
         """The versions of every model in ``group`` (empty if the group is unknown).
@@ -2786,11 +3374,13 @@ class Manager:
             NotInstalledError: it is not installed.
         """
         ref = _versioned(ref, "get_installed")
-        self._recover_after_crash(ref)
-        entry = self._entry(self._read_registry(), ref)
+        self._store.reclaim_if_idle(ref)
+        doc = self._store.read()
+        entry = self._store.entry(doc, ref)
         if entry is None:
-            raise NotInstalledError(f"model not installed: {ref}")
-        return self._installed(ref, entry)
+            installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
+            raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
+        return self._store.installed(ref, entry)
 
     def get_remote(self, ref: RefLike) -> RemoteModel:
         """What the registry lists for ``ref``.
@@ -2799,8 +3389,7 @@ class Manager:
             ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        ref = _versioned(ref, "get_remote")
-        return self._lookup(self._index(), ref)
+        return _lookup(self._client().index(), _versioned(ref, "get_remote"))
 
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
         """What the registry lists for ``ref``, with its manifest's sizes and files.
@@ -2810,7 +3399,8 @@ class Manager:
             HashMismatchError, RegistryError: the manifest is corrupt or invalid.
             NetworkError: the registry cannot be reached.
         """
-        return self._detail(self.get_remote(ref))
+        remote = self.get_remote(ref)
+        return _detail(remote, self._manifest(remote.manifest_hash))
 
     def files(self, ref: RefLike) -> list[FileInfo]:
         """The files of the installed version ``ref``, in manifest order.
@@ -2819,7 +3409,7 @@ class Manager:
             NotInstalledError: it is not installed.
             StorageError: its stored manifest is missing or damaged.
         """
-        return list(self._stored_manifest(self.get_installed(ref)).files)
+        return list(self._store.stored_manifest(self.get_installed(ref)).files)
 
     def path(self, ref: RefLike) -> str:
         """The directory of the installed version ``ref``.
@@ -2872,29 +3462,34 @@ class Manager:
         """
         ref = _versioned(ref, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
-        emit = progress if progress is not None else (lambda snapshot: None)
-        remote = self._lookup(self._index(), ref)
+        store = self._store
+        remote = _lookup(self._client().index(), ref)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
-            self._raise_if_installed(ref, remote.manifest_hash)
-        with self._model_lock(ref):
-            self._recover(ref)
+            store.raise_if_installed(ref, remote.manifest_hash)
+        with store.model_lock(ref):
+            store.reclaim(ref)
             if not force:  # another thread or process may have installed it meanwhile
-                self._raise_if_installed(ref, remote.manifest_hash)
+                store.raise_if_installed(ref, remote.manifest_hash)
             installed_models = self.list_installed()
-            for item in installed_models:
-                if str(item.ref).casefold() == str(ref).casefold() and item.ref != ref:
-                    raise InvalidRefError(
-                        f"pull {ref}: differs only in letter case from the installed {item.ref}, and "
-                        f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
-                    )
-            emit(PullProgress("manifest", 0, 0, 0, 0, 0))
+            store.check_case(ref, installed_models)
+            if progress is not None:
+                progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)
-            with self._cache_lock(shared=True):
-                self._clean_cache(set(manifest.chunks))
-                seeds = self._seeds(manifest, installed_models)
-                self._check_space(ref, manifest, concurrency)
+            with store.cache_lock(shared=True):
+                store.clean(set(manifest.chunks))
+                seeds = store.seeds(manifest, installed_models)
+                store.check_space(ref, manifest, concurrency)
                 started = time.monotonic()
-                installed = self._install(ref, remote, manifest, concurrency, emit, seeds, limit_rate)
+
+                def build(staging: str, resume: bool) -> None:
+                    if resume:
+                        self._logger.info("resuming %s from %s", ref, staging)
+                    sources = _with_staging(seeds, manifest, staging) if resume else seeds
+                    chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
+                    job = self._job(f"pull {ref}", chunks, concurrency, progress, sources, limit_rate)
+                    _Staging(job, manifest, staging).fill(resume=resume)
+
+                installed = store.install(ref, manifest, remote.alias_of, build)
             self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
                               time.monotonic() - started)
             return installed
@@ -2913,7 +3508,7 @@ class Manager:
             the errors of ``pull``, except ``AlreadyInstalledError``.
         """
         ref = _versioned(ref, "ensure")
-        installed = self._intact(ref)
+        installed = self._store.intact(ref)
         if installed is not None:
             return installed.path
         try:
@@ -2948,197 +3543,62 @@ class Manager:
             NotInstalledError: ``ref`` is not installed.
             NetworkError, HashMismatchError, StorageError: the repair failed.
         """
+        damaged, sharing = self._verify(ref, repair=repair, concurrency=concurrency, progress=progress,
+                                        limit_rate=limit_rate)
+        return sorted(damaged + sharing)
+
+    def _verify(
+        self,
+        ref: RefLike,
+        *,
+        repair: bool,
+        concurrency: int,
+        progress: Callable[[PullProgress], None] | None,
+        limit_rate: float | None,
+    ) -> tuple[list[str], list[str]]:
+        """``verify``, telling apart (files damaged or missing, files that only share a damaged
+        chunk with another file: the hash cannot say which of them holds the damage)."""
         ref = _versioned(ref, "verify")
         concurrency = _check_download_options(concurrency, limit_rate)
+        store = self._store
         from contextlib import ExitStack
 
         with ExitStack() as locked:
             try:
-                locked.enter_context(self._model_lock(ref))
-                self._recover(ref)
+                locked.enter_context(store.model_lock(ref))
+                store.reclaim(ref)
             except StorageError:
                 if repair:
                     raise
                 # A read-only data directory has no room for a lock file; checking only reads.
                 self._logger.debug("verify %s: going on without the model lock", ref)
             installed = self.get_installed(ref)
-            manifest_path = f"{self._metadata_dir}/manifest.json"
+            manifest_path = f"{store.metadata_dir}/manifest.json"
             try:
-                manifest = self._stored_manifest(installed)
+                manifest = store.stored_manifest(installed)
                 damaged_manifest = False
             except StorageError:
                 manifest = self._manifest(installed.manifest_hash)
                 damaged_manifest = True
-            bad_positions, damaged, missing = self._scan(installed.path, manifest)
+            bad_positions, damaged, missing = _scan(installed.path, manifest)
             if not repair or not (damaged or damaged_manifest):
-                return sorted(damaged | ({manifest_path} if damaged_manifest else set()))
-            with self._cache_lock(shared=True):
-                repaired = self._repair(installed, manifest, bad_positions, missing, concurrency,
-                                        progress, limit_rate)
+                sharing = _only_sharing(manifest, bad_positions, missing)
+                return sorted(damaged - sharing | ({manifest_path} if damaged_manifest else set())), sorted(sharing)
+
+            def fetch(positions: Sequence[int], consume: Callable[[int, _Source], None]) -> None:
+                seeds = {digest: [seed for seed in found if seed.directory != installed.path]
+                         for digest, found in store.seeds(manifest, self.list_installed()).items()}
+                chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
+                self._job(f"repair {ref}", chunks, concurrency, progress, seeds, limit_rate).run(consume, lambda: None)
+
+            with store.cache_lock(shared=True):
+                repaired = store.repair(installed, manifest, bad_positions, missing, fetch)
             if damaged_manifest:
                 target = os.path.join(installed.path, *manifest_path.split("/"))
                 _atomic_write(_no_links(installed.path, target), manifest.raw)
                 repaired.add(manifest_path)
             self._logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
-            return sorted(repaired)
-
-    def _scan(self, root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]:
-        """(chunk positions that fail their hash, files they touch, files missing or of the wrong size)."""
-        import stat
-
-        missing = set()
-        for info in manifest.files:
-            try:
-                status = os.lstat(os.path.join(root, *info.path.split("/")))
-                intact = stat.S_ISREG(status.st_mode) and status.st_size == info.size
-            except OSError:
-                intact = False
-            if not intact:
-                missing.add(info.path)
-        bad: set[int] = set()
-        damaged = set(missing)
-        buffer = bytearray(_BUFFER_SIZE)
-        handle = (-1, -1)  # (file index, descriptor): files are read in order, one open at a time
-        try:
-            for position, digest in enumerate(manifest.chunks):
-                pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
-                paths = [manifest.files[index].path for index, _, _ in pieces]
-                hasher = _sha256()
-                try:
-                    if missing.intersection(paths):
-                        raise OSError(errno.ENOENT, "missing")
-                    for index, offset, count in pieces:
-                        if handle[0] != index:
-                            if handle[1] >= 0:
-                                os.close(handle[1])
-                                handle = (-1, -1)
-                            path = os.path.join(root, *manifest.files[index].path.split("/"))
-                            handle = (index, os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW))
-                        for data in _read_pieces(handle[1], offset, count, len(buffer)):
-                            hasher.update(data)
-                    intact = hasher.hexdigest() == digest
-                except OSError:
-                    intact = False
-                if not intact:
-                    bad.add(position)
-                    damaged.update(paths)
-        finally:
-            if handle[1] >= 0:
-                os.close(handle[1])
-        return bad, damaged, missing
-
-    def _repair(
-        self,
-        installed: InstalledModel,
-        manifest: _Manifest,
-        bad_positions: set[int],
-        missing: set[str],
-        concurrency: int,
-        progress: Callable[[PullProgress], None] | None,
-        limit_rate: float | None,
-    ) -> set[str]:
-        """Fetch the damaged chunks, find the files that differ from them, rewrite only those.
-
-        Each damaged chunk is written, while the job holds it open, into a scratch
-        copy of every file it touches; a file found to differ then gets its intact
-        ranges from its old self and replaces it. The others' scratch copies go.
-        """
-        root = installed.path
-        metadata = _no_links(root, os.path.join(root, self._metadata_dir))
-        positions = sorted(bad_positions)
-        chunk_size = manifest.chunk_size
-        touched = {
-            index
-            for position in positions
-            for index, _, _ in _segments(manifest, position * chunk_size, manifest.chunk_length(position))
-        } | {index for index, info in enumerate(manifest.files) if info.path in missing}
-        scratch = {index: os.path.join(metadata, f"repair-{index}.tmp") for index in sorted(touched)}
-        repaired = set(missing)
-        guard = threading.Lock()  # consume runs in the job's worker threads
-
-        def consume(number: int, source: _Source) -> None:
-            start = positions[number] * chunk_size
-            for index, offset, count in _segments(manifest, start, manifest.chunk_length(positions[number])):
-                info = manifest.files[index]
-                from_chunk = manifest.starts[index] + offset - start
-                with open(scratch[index], "r+b") as target:
-                    _copy_range(source, from_chunk, count, target.fileno(), offset)
-                with guard:
-                    if info.path in repaired:
-                        continue
-                try:
-                    path = os.path.join(root, *info.path.split("/"))
-                    fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
-                    try:
-                        same = _pread(fd, count, offset) == _pread(source, count, from_chunk)
-                    finally:
-                        os.close(fd)
-                except OSError:
-                    same = False
-                if not same:
-                    with guard:
-                        repaired.add(info.path)
-
-        try:
-            try:
-                os.makedirs(metadata, exist_ok=True)
-                for index, path in scratch.items():
-                    fd = _create_new(path)
-                    try:
-                        os.ftruncate(fd, manifest.files[index].size)
-                    finally:
-                        os.close(fd)
-            except OSError as exc:
-                raise _storage_error("repair", metadata, exc) from exc
-            chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
-            seeds = {
-                digest: [seed for seed in found if seed.directory != root]
-                for digest, found in self._seeds(manifest).items()
-            }
-            emit = progress if progress is not None else (lambda snapshot: None)
-            _PullJob(self, f"repair {installed.ref}", chunks, concurrency, emit, seeds=seeds,
-                     limit_rate=limit_rate).run(consume, lambda: None)
-            for index, path in scratch.items():
-                if manifest.files[index].path in repaired:
-                    self._replace_from_scratch(root, manifest, index, bad_positions, path)
-        finally:
-            for path in scratch.values():
-                _remove_file(path)
-            for digest in {manifest.chunks[p] for p in positions}:
-                _remove_file(os.path.join(self._chunks_dir, digest))
-        return repaired
-
-    def _replace_from_scratch(self, root: str, manifest: _Manifest, index: int, bad_positions: set[int],
-                              scratch: str) -> None:
-        """Complete a scratch copy with the file's intact ranges, then put it in the file's place."""
-        info = manifest.files[index]
-        path = _no_links(root, os.path.join(root, *info.path.split("/")))
-        begin, end = manifest.starts[index], manifest.starts[index] + info.size
-        try:
-            with open(scratch, "r+b") as target:
-                old = -1
-                try:
-                    first = begin // manifest.chunk_size if manifest.chunk_size else len(manifest.chunks)
-                    for position in range(first, len(manifest.chunks)):
-                        start = position * manifest.chunk_size
-                        if start >= end:
-                            break
-                        low, high = max(begin, start), min(end, start + manifest.chunk_length(position))
-                        if position in bad_positions or high <= low:
-                            continue  # written from the fetched chunk already, or nothing to copy
-                        if old < 0:  # this range hashed right: keep the file's own bytes
-                            old = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
-                        _copy_range(old, low - begin, high - low, target.fileno(), low - begin)
-                finally:
-                    if old >= 0:
-                        os.close(old)  # before the replace: Windows cannot replace an open file
-                os.fsync(target.fileno())
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if os.path.isdir(path) and not os.path.islink(path):
-                _remove_tree(path)
-            os.replace(scratch, path)
-        except OSError as exc:
-            raise _storage_error("repair", path, exc) from exc
+            return sorted(repaired), []
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete cached chunks older than ``max_age`` seconds (all of them with None),
@@ -3150,212 +3610,9 @@ class Manager:
         Raises:
             StorageError: something could not be deleted.
         """
-        freed = 0
-        for ref in sorted(set(self._leftovers())):
-            with self._model_lock(ref):
-                freed += self._recover(ref, keep_staging=False)
-        horizon = None if max_age is None else time.time() - max_age
-        for directory in (self._data_dir, self._private(self._manifests_dir)):
-            _remove_abandoned(directory)
-        with self._cache_lock(shared=False):  # no pull runs: partial downloads are all dead
-            self._private(self._chunks_dir)
-            freed += self._expire_chunks(horizon, parts=True)
-        self._logger.info("pruned %d bytes from %s", freed, self._data_dir)
+        freed = self._store.prune(max_age)
+        self._logger.info("pruned %d bytes from %s", freed, self.data_dir)
         return freed
-
-    def _leftovers(self) -> Iterator[ModelRef]:
-        """The versions whose staging or old copy a crashed pull or remove left behind."""
-        try:
-            groups = os.listdir(self._data_dir)
-        except OSError:
-            return
-        for group in groups:
-            if group.startswith(".") or group.lower() in _RESERVED_GROUPS:
-                continue
-            try:
-                models = os.listdir(os.path.join(self._data_dir, group))
-            except OSError:
-                continue
-            for model in models:
-                try:
-                    names = os.listdir(os.path.join(self._data_dir, group, model))
-                except OSError:
-                    continue
-                for name in names:
-                    match = re.fullmatch(r"\.(.+)\.(staging|old)", name)
-                    if match:
-                        try:
-                            ref = ModelRef(group, model, match.group(1))
-                        except InvalidRefError:
-                            continue
-                        yield ref
-
-    def _stored_manifest(self, installed: InstalledModel) -> _Manifest:
-        """The manifest kept in an installed version's metadata directory."""
-        path = os.path.join(installed.path, self._metadata_dir, "manifest.json")
-        try:
-            return _parse_manifest(installed.manifest_hash, _read_small(path, _MAX_MANIFEST_BYTES),
-                                   self._metadata_dir)
-        except OSError as exc:
-            raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
-        except ModelsError as exc:
-            raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
-
-    def _seeds(self, manifest: _Manifest, installed_models: Sequence[InstalledModel] | None = None
-               ) -> dict[str, list[_Seed]]:
-        """Where installed versions hold chunks this manifest needs (their bytes are verified on use)."""
-        wanted = set(manifest.chunks)
-        seeds: dict[str, list[_Seed]] = {}
-        for installed in self.list_installed() if installed_models is None else installed_models:
-            try:
-                stored = self._stored_manifest(installed)
-            except StorageError:
-                continue  # damaged or half-removed: nothing to take from it
-            for position, digest in enumerate(stored.chunks):
-                if digest in wanted:
-                    seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
-        return seeds
-
-    def _check_space(self, ref: ModelRef, manifest: _Manifest, concurrency: int) -> None:
-        """Fail before the first request when the disk cannot hold the model and its chunks in flight."""
-        import shutil
-
-        # Only big chunks needed in several places pass through the cache, a few at a
-        # time: each leaves once written into its files.
-        through_cache = manifest.repeated() if _STRAIGHT_INTO_FILES else {
-            digest: manifest.chunk_length(position) for position, digest in enumerate(manifest.chunks)
-        }
-        cached = self._cached_chunks()
-        passing = [size for digest, size in through_cache.items() if size > _IN_MEMORY_UP_TO and digest not in cached]
-        in_flight = sum(sorted(passing, reverse=True)[:concurrency])
-        staging = self._sibling(ref, "staging")
-        files = manifest.total_size
-        if self._resumable(staging, manifest):  # what the interrupted pull wrote needs no more room
-            files = max(0, files - _tree_size(staging, allocated=True))
-        needed = files + in_flight
-        try:
-            os.makedirs(self._data_dir, exist_ok=True)
-            free = shutil.disk_usage(self._data_dir).free
-        except OSError as exc:
-            raise _storage_error("use", self._data_dir, exc) from exc
-        if needed > free:
-            parts = f" ({_format_size(files)} for the files, {_format_size(in_flight)} for chunks in flight)"
-            raise StorageError(
-                f"pull {ref}: needs {_format_size(needed)} of disk space in {self._data_dir}"
-                f"{parts if in_flight else ''} but only {_format_size(free)} is free; "
-                "free some space or choose another data directory"
-            )
-
-    def _intact(self, ref: ModelRef) -> InstalledModel | None:
-        """``ref`` as installed, if registry.json lists it, its directory is there, and no
-        crashed swap is waiting to be recovered; else None."""
-        entry = self._entry(self._read_registry(), ref)
-        if entry is None or os.path.lexists(self._sibling(ref, "old")):
-            return None
-        installed = self._installed(ref, entry)
-        return installed if os.path.isdir(installed.path) else None
-
-    def _raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
-        installed = self._intact(ref)
-        if installed is not None and installed.manifest_hash == manifest_hash:
-            raise AlreadyInstalledError(f"model already installed: {ref}", installed)
-
-    def _install(
-        self,
-        ref: ModelRef,
-        remote: RemoteModel,
-        manifest: _Manifest,
-        concurrency: int,
-        emit: Callable[[PullProgress], None],
-        seeds: Mapping[str, Sequence[_Seed]],
-        limit_rate: float | None,
-    ) -> InstalledModel:
-        final, old, staging = self._version_dir(ref), self._sibling(ref, "old"), self._sibling(ref, "staging")
-        resume = self._resumable(staging, manifest)
-        try:
-            if not resume:
-                _remove_tree(staging)
-                os.makedirs(os.path.join(staging, self._metadata_dir))
-                # Written first: it names what this staging directory holds, should a pull resume it.
-                _atomic_write(os.path.join(staging, self._metadata_dir, "manifest.json"), manifest.raw)
-            os.makedirs(self._private(self._chunks_dir), exist_ok=True)
-        except OSError as exc:
-            raise _storage_error("create", staging, exc) from exc
-        if resume:  # what an interrupted pull already wrote there is a seed like any other (verified on use)
-            self._logger.info("resuming %s from %s", ref, staging)
-            local: dict[str, list[_Seed]] = {}
-            for position, digest in enumerate(manifest.chunks):
-                local.setdefault(digest, []).append(_Seed(staging, manifest, position, in_place=True))
-            seeds = {digest: [*local.get(digest, []), *seeds.get(digest, [])] for digest in {*local, *seeds}}
-        installed = InstalledModel(
-            ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size,
-            file_count=len(manifest.files), installed_at=datetime.now(timezone.utc).replace(microsecond=0),
-            path=final, alias_of=remote.alias_of,
-        )
-        record = {
-            "manifest_hash": installed.manifest_hash,
-            "total_size": installed.total_size,
-            "file_count": installed.file_count,
-            "installed_at": _format_time(installed.installed_at),
-        }
-        if installed.alias_of:
-            record["alias_of"] = installed.alias_of
-        swapped = committed = False
-        try:
-            chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
-            job = _PullJob(self, f"pull {ref}", chunks, concurrency, emit, seeds=seeds, limit_rate=limit_rate)
-            files = _Staging(job, manifest, staging)
-            files.create(resume=resume)
-            job.run(files.write, files.finish, files.place)
-            _fsync_directory(staging)
-            # The swap: the old version stays whole until the new one is complete.
-            try:
-                if os.path.lexists(final):
-                    os.rename(final, old)
-                os.rename(staging, final)
-            except OSError as exc:
-                raise _storage_error("install", final, exc) from exc
-            swapped = True
-            _fsync_directory(os.path.dirname(final))
-            with self._registry_lock():
-                doc = self._read_registry()
-                doc.setdefault(ref.group, {}).setdefault(ref.model, {})[ref.version] = record
-                self._write_registry(doc)
-                committed = True
-        except BaseException:
-            if not committed:
-                try:
-                    self._recover(ref)  # registry.json still names the old copy, or none
-                    if swapped and not os.path.lexists(old):
-                        entry = self._entry(self._read_registry(), ref) or {}
-                        if entry.get("manifest_hash") != manifest.digest:
-                            # Installed in place of nothing, never committed: back to staging, to resume.
-                            if os.path.lexists(staging):
-                                _remove_tree(final)
-                            else:
-                                os.rename(final, staging)
-                except StorageError as exc:
-                    self._logger.warning("could not clean up after a failed pull: %s", exc)
-            raise
-        self._discard(old)
-        for digest in self._cached_chunks().intersection(manifest.chunks):
-            _remove_file(os.path.join(self._chunks_dir, digest))
-        return installed
-
-    def _resumable(self, staging: str, manifest: _Manifest) -> bool:
-        """Whether ``staging`` is an interrupted pull of this very manifest."""
-        try:
-            _no_links(os.path.dirname(staging), os.path.join(staging, self._metadata_dir, "manifest.json"))
-        except StorageError:
-            return False
-        return os.path.isdir(staging) and self._stored_manifest_hash(staging) == manifest.digest
-
-    def _discard(self, path: str) -> None:
-        """Delete a directory that is no longer installed; a failure only costs disk space."""
-        try:
-            _remove_tree(path)
-        except StorageError as exc:
-            self._logger.warning("%s; the next pull or prune removes it", exc)
 
     def remove(self, ref: RefLike) -> None:
         """Delete the installed version ``ref``.
@@ -3364,32 +3621,8 @@ class Manager:
             NotInstalledError: it is not installed.
         """
         ref = _versioned(ref, "remove")
-        final, old = self._version_dir(ref), self._sibling(ref, "old")
-        with self._model_lock(ref):
-            self._recover(ref, keep_staging=False)
-            with self._registry_lock():
-                doc = self._read_registry()
-                if self._entry(doc, ref) is None:
-                    raise NotInstalledError(f"model not installed: {ref}")
-                # Out of sight first, then out of the index, then off the disk.
-                try:
-                    if os.path.lexists(final):
-                        os.rename(final, old)
-                except OSError as exc:
-                    raise _storage_error("remove", final, exc) from exc
-                versions = doc[ref.group][ref.model]
-                del versions[ref.version]
-                if not versions:
-                    del doc[ref.group][ref.model]
-                if not doc[ref.group]:
-                    del doc[ref.group]
-                self._write_registry(doc)
-            self._discard(old)
-            for parent in (os.path.dirname(final), os.path.dirname(os.path.dirname(final))):
-                try:
-                    os.rmdir(parent)
-                except OSError:
-                    break  # not empty: other versions or models live there
+        with self._store.model_lock(ref):
+            self._store.remove(ref)
 
     def remove_all(self, group: str, model: str) -> list[ModelRef]:
         """Delete every installed version of ``group/model``; return what was removed.
@@ -3433,14 +3666,52 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-class _Console:
-    """Where the CLI's words go: stdout for results, stderr for the rest."""
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
-    def __init__(self, args: argparse.Namespace) -> None:
+
+_STALL_NOTICE_AFTER = 5.0  # seconds without progress before a terminal says what it waits for
+
+
+def _terminal_width(stream: Any) -> int:
+    """Columns of the terminal ``stream`` writes to, read afresh (it may have been resized)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        columns = os.environ.get("COLUMNS", "")
+        return int(columns) if columns.isdigit() and int(columns) > 0 else 80
+
+
+def _fit(candidates: Sequence[str], width: int) -> str:
+    """The first candidate shorter than ``width`` (the last column is left free: no wrapping
+    on any terminal), else the last one cut to fit."""
+    for candidate in candidates:
+        if len(candidate) < width:
+            return candidate
+    return candidates[-1][: max(width - 1, 0)]
+
+
+class _Console:
+    """Where the CLI's words go: stdout for results, stderr for the rest.
+
+    Also the Manager's logger. On a terminal it keeps one unfinished line (progress)
+    that log lines break and restore, and a stall notice may stand in for it.
+    """
+
+    def __init__(self, args: argparse.Namespace, prog: str = "xprim-models") -> None:
         self.json = bool(getattr(args, "models_json", False))
         self.quiet = bool(getattr(args, "models_quiet", False))
         self.verbose = bool(getattr(args, "models_verbose", False))
+        self.prog = prog  # the command words before ours ("mytool models"), for hints
+        self.registry_hint = ""  # how this command line takes a registry URL; "" when embedded
+        self.terminal = not (self.quiet or self.json) and sys.stderr.isatty()
         self.partial = ""
+        self.lock = threading.RLock()  # the Manager's worker threads log too
+        self.request: tuple[str, int, int] | None = None  # the last request: (url, attempt, attempts)
+        self.moved = time.monotonic()  # when progress or output last moved
+        self.notice = ""  # the stall notice on screen, if any
+        self.downloading = False  # a pull reached its chunks: a failure now leaves something to resume
+        self.watch: _StallWatch | None = None
 
     # What a stream that cannot encode a character (a cp1252 console or pipe on Windows,
     # PYTHONIOENCODING=ascii) shows instead: ASCII that means the same, not "?".
@@ -3456,48 +3727,132 @@ class _Console:
                 text = text.translate(_Console._ASCII_FALLBACK)
                 stream.write(text.encode(encoding, "replace").decode(encoding))
             stream.flush()
+        except BrokenPipeError:
+            raise  # the reader went away: the command stops quietly
         except OSError as exc:
             if os.name == "nt" and exc.errno == errno.EINVAL:  # how Windows reports a pipe nobody reads
                 raise BrokenPipeError(errno.EPIPE, "the reading end of the pipe was closed") from exc
-            raise
+            # output redirected to a full or failing disk
+            name = "standard output" if stream is sys.stdout else "standard error"
+            raise StorageError(f"cannot write to {name}: {exc.strerror or exc}; free space where it goes, "
+                               "or send it elsewhere") from exc
 
     def out(self, text: str = "") -> None:
-        self._write(sys.stdout, text + "\n")
+        with self.lock:
+            self._clear_notice()
+            self._write(sys.stdout, text + "\n")
 
     def err(self, text: str, end: str = "\n") -> None:
-        self._write(sys.stderr, text + end)
-        # Remember an unfinished line (progress) so a log line can break and restore it.
-        if end:
-            self.partial = ""
-        else:
-            self.partial = text if text.startswith("\r") else self.partial + text
+        with self.lock:
+            self._clear_notice()
+            self._write(sys.stderr, text + end)
+            if not text.startswith("\r"):  # a redrawn progress line is not news
+                self.moved = time.monotonic()
+            # Remember an unfinished line (progress) so a log line can break and restore it.
+            if end:
+                self.partial = ""
+            else:
+                self.partial = text if text.startswith("\r") else self.partial + text
 
     def document(self, doc: Any) -> None:
         import json
 
         self.out(json.dumps(doc, indent=2, ensure_ascii=False))
 
+    # Stall notices: what a terminal shows when nothing has moved for a while.
+
+    def _clear_notice(self) -> None:
+        if self.notice:
+            self.notice = ""
+            self._write(sys.stderr, "\r\x1b[2K" + self.partial.lstrip("\r"))
+
+    def check_stall(self) -> None:
+        """Say what the CLI is waiting for, once nothing has moved for a few seconds (a watcher
+        thread calls this about twice a second)."""
+        with self.lock:
+            idle = time.monotonic() - self.moved
+            if not self.terminal or self.request is None or idle < _STALL_NOTICE_AFTER:
+                return
+            from urllib.parse import urlsplit
+
+            url, attempt, attempts = self.request
+            host = urlsplit(url).netloc or url
+            notice = f"waiting for {host} (attempt {attempt} of {attempts}, {int(idle)}s without progress)"
+            if notice == self.notice:
+                return
+            self.notice = notice
+            shown = self.partial.lstrip("\r").replace("\x1b[2K", "")
+            width = _terminal_width(sys.stderr)
+            alone = f"{notice[0].upper()}{notice[1:]}"
+            line = _fit([f"{shown} {notice}", alone] if shown else [alone], width)
+            self._write(sys.stderr, f"\r\x1b[2K{line}")
+
     # The Manager's logger: debug lines with --verbose, warnings unless --quiet.
     def _log(self, level: str, message: str, *args: Any) -> None:
-        partial = self.partial
-        self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
-        if partial:
-            self.err(partial.lstrip("\r"), end="")
+        with self.lock:
+            partial = self.partial
+            self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
+            if partial:
+                self.err(partial.lstrip("\r"), end="")
 
-    def debug(self, message: str, *args: Any, **_: Any) -> None:
+    def _track(self, extra: Mapping[str, Any] | None) -> None:
+        attempt = (extra or {}).get(_ATTEMPT_KEY)
+        if attempt is not None:
+            with self.lock:
+                self.request = attempt
+                if self.terminal and self.watch is None:  # the first request: from now on, stalls are news
+                    self.watch = _StallWatch(self)
+                    self.watch.start()
+
+    def close(self) -> None:
+        """The command is over: no more stall notices."""
+        with self.lock:
+            watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.stop()
+
+    def debug(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         if self.verbose:
             self._log("debug", message, *args)
 
-    def info(self, message: str, *args: Any, **_: Any) -> None:
+    def info(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         if self.verbose:
             self._log("info", message, *args)
 
-    def warning(self, message: str, *args: Any, **_: Any) -> None:
+    def warning(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         if not self.quiet:
             self._log("warning", message, *args)
 
-    def error(self, message: str, *args: Any, **_: Any) -> None:
+    def error(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
+        self._track(extra)
         self._log("error", message, *args)
+
+
+class _StallWatch:
+    """A thread that lets the console notice a stall while the command waits on the network."""
+
+    def __init__(self, console: _Console) -> None:
+        self.console = console
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="xprim-models-stall", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(0.5):
+            try:
+                self.console.check_stall()
+            except (OSError, ValueError):  # stderr went away: the command itself will notice
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
 
 
 class _ProgressPrinter:
@@ -3508,20 +3863,28 @@ class _ProgressPrinter:
     def __init__(self, console: _Console) -> None:
         self.console = console
         self.enabled = not (console.quiet or console.json)
-        self.terminal = self.enabled and sys.stderr.isatty()
+        self.terminal = console.terminal
         self.phase = ""
         self.last_draw = 0.0
         self.next_step = 0  # quarter of the download last reported off a terminal
         self.samples: list[tuple[float, int]] = []
         self.last: PullProgress | None = None
+        self.completed = -1  # bytes_completed last seen: progress moves when it grows
+        self.started = 0.0  # when the chunks phase began
 
     def __call__(self, progress: PullProgress) -> None:
+        if progress.phase == "chunks":
+            self.console.downloading = True
+        moved = progress.bytes_completed != self.completed or progress.phase != self.phase
+        if moved:
+            self.completed = progress.bytes_completed
+            self.console.moved = time.monotonic()
         if not self.enabled:
             return
         self.last = progress
         if progress.phase != self.phase:
             self._enter(progress.phase, progress)
-        if progress.phase in ("chunks", "extracting") and self.phase == "chunks":
+        if progress.phase == "chunks" and progress.chunks_total and (moved or not self.console.notice):
             self._download(progress)
 
     def _enter(self, phase: str, progress: PullProgress) -> None:
@@ -3532,13 +3895,13 @@ class _ProgressPrinter:
             self.console.err("Fetching manifest... ", end="")
         elif phase == "chunks":
             self.started = time.monotonic()
-            if not self.terminal:
+            if not self.terminal and progress.chunks_total:
                 self.console.err(
-                    f"Downloading: {progress.chunks_total} chunks, {_format_size(progress.bytes_total)}"
+                    f"Getting {_plural(progress.chunks_total, 'chunk')} ({_format_size(progress.bytes_total)})"
                 )
         elif phase == "extracting":
             if previous == "chunks" or not previous:
-                self._download(progress, final=True)
+                self._summary(progress)
             self.console.err("Extracting files... ", end="")
 
     def _speed(self, progress: PullProgress, now: float) -> float:
@@ -3548,48 +3911,72 @@ class _ProgressPrinter:
         elapsed = now - self.samples[0][0]
         return (progress.bytes_downloaded - self.samples[0][1]) / elapsed if elapsed > 0 else 0.0
 
-    def _download(self, progress: PullProgress, final: bool = False) -> None:
+    @staticmethod
+    def _verb(progress: PullProgress) -> str:
+        # Bytes found on this disk (the cache, another installed version, an interrupted
+        # pull's files) are verified, not downloaded: say so.
+        return "Verifying" if progress.bytes_completed and not progress.bytes_downloaded else "Downloading"
+
+    def _download(self, progress: PullProgress) -> None:
         now = time.monotonic()
         total = progress.bytes_total
         fraction = progress.bytes_completed / total if total else 1.0
-        percent = min(int(fraction * 100), 99)  # 100% only once every chunk is verified
-        counts = f"Downloading: {progress.chunks_completed}/{progress.chunks_total} chunks"
+        percent = min(int(fraction * 100), 99)  # 100% comes with the summary, once every chunk is verified
+        counts = f"{progress.chunks_completed}/{_plural(progress.chunks_total, 'chunk')}"
+        sizes = f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
+        verb = self._verb(progress)
         if not self.terminal:
-            step = min(int(fraction * 4), 3)  # 25%, 50%, 75%; 100% comes with final
-            if final or step > self.next_step:
+            step = min(int(fraction * 4), 3)  # 25%, 50%, 75%; the summary says the rest
+            if step > self.next_step and progress.chunks_completed < progress.chunks_total:
                 self.next_step = step
-                if final and fraction >= 1.0:
-                    self.console.err(f"{counts} 100% {_format_size(total)}")
-                elif not final:
-                    self.console.err(
-                        f"{counts} {percent}% "
-                        f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
-                    )
+                self.console.err(f"{verb}: {counts} {percent}% {sizes}")
             return
         speed = self._speed(progress, now)
-        if not final and now - self.last_draw < 0.1:
-            return
+        if now - self.last_draw < 0.1 or (not progress.bytes_completed and now - self.started < 0.5):
+            return  # nothing yet: what is on this disk is often found at once, and says Verifying
         self.last_draw = now
-        filled = int(fraction * self._BAR)
-        bar = "=" * filled + (">" if filled < self._BAR else "") + " " * (self._BAR - filled - 1)
-        if final:
-            line = f"{counts} [{'=' * self._BAR}] 100% {_format_size(total)}"
+        rate = f" {_format_size(speed)}/s" if speed > 0 and progress.bytes_downloaded else ""
+        eta = f" ETA {_format_duration((total - progress.bytes_completed) / speed)}" if rate else ""
+        head, tail = f"{verb}: {counts}", f" {percent}% {sizes}"
+        # As the terminal narrows: a shorter bar, no bar, no ETA, no speed, no sizes, no words.
+        width = _terminal_width(sys.stderr)
+        bar_room = width - 1 - len(head + tail + rate + eta) - 3
+        candidates = []
+        if bar_room >= 5:
+            cells = min(self._BAR, bar_room)
+            filled = int(fraction * cells)
+            bar = "=" * filled + (">" if filled < cells else "") + " " * (cells - filled - 1)
+            candidates.append(f"{head} [{bar}]{tail}{rate}{eta}")
+        candidates += [f"{head}{tail}{rate}{eta}", f"{head}{tail}{rate}", f"{head}{tail}",
+                       f"{head} {percent}%", f"{counts} {percent}%", f"{percent}%"]
+        self.console.err(f"\r\x1b[2K{_fit(candidates, width)}", end="")
+
+    def _summary(self, progress: PullProgress) -> None:
+        """The line that ends the chunks phase: what was downloaded, and what was already here."""
+        if not progress.chunks_total:
+            if self.terminal and self.console.partial:
+                self.console.err("\r\x1b[2K", end="")
+            return  # an empty model: nothing to show
+        total = progress.bytes_total
+        downloaded = min(progress.bytes_downloaded, total)
+        chunks = _plural(progress.chunks_total, "chunk")
+        if downloaded >= total:
+            line = f"Downloaded {chunks} ({_format_size(total)})"
+        elif not downloaded:
+            line = f"Reused {chunks} ({_format_size(total)}) already on this disk; nothing downloaded"
         else:
-            line = (
-                f"{counts} [{bar}] {percent}% "
-                f"{_format_size(progress.bytes_completed)}/{_format_size(total)}"
-            )
-            if speed > 0:
-                eta = (total - progress.bytes_completed) / speed
-                line += f" {_format_size(speed)}/s ETA {_format_duration(eta)}"
-        self.console.err(f"\r\x1b[2K{line}", end="\n" if final else "")
+            line = (f"Downloaded {_format_size(downloaded)}, reused {_format_size(total - downloaded)} "
+                    f"already on this disk ({chunks})")
+        if self.terminal:
+            line = f"\r\x1b[2K{_fit([line, line.split(';')[0], line.split(' (')[0]], _terminal_width(sys.stderr))}"
+        self.console.err(line)
 
     def finish(self) -> None:
         """The pull returned: close whatever line is open."""
         if not self.enabled or not self.phase:
             return
         if self.phase == "chunks" and self.last is not None:
-            self._download(self.last, final=True)
+            self._summary(self.last)
             self.console.err("Extracting files... ", end="")
         self.console.err("done")
         self.phase = ""
@@ -3690,7 +4077,7 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
 
 
 def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(f"{args.model} {args.version}", "pull")
+    ref = _versioned(f"{args.model} {args.version}", "pull")  # "g/m v" also comes as one word
     try:
         installed = _pull_one(manager, ref, console, args, force=args.force)
     except AlreadyInstalledError as exc:
@@ -3711,14 +4098,14 @@ def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console)
 
 
 def _command_remove(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    base = _as_ref(args.model)
-    if args.all == bool(args.version) or base.version:
+    base = _as_ref(f"{args.model} {args.version}")
+    if args.all == bool(base.version):
         raise InvalidRefError("remove: give either a version or --all")
     if args.all:
         removed = manager.remove_all(base.group, base.model)
     else:
-        removed = [_versioned(f"{args.model} {args.version}", "remove")]
-        manager.remove(removed[0])
+        removed = [base]
+        manager.remove(base)
     if console.json:
         console.document({"removed": [_ref_fields(ref) for ref in removed]})
         return 0
@@ -3814,6 +4201,8 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         else:
             console.out("No models installed")
         return 0
+    if not manager.config.registry_url:
+        raise RegistryError("update: no registry URL is configured")  # _run_command says how to give one
     if not console.json:
         console.out("Checking for updates...")
         console.out()
@@ -3849,17 +4238,19 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         except ModelsError as exc:
             exit_code = exit_code or exc.exit_code or 1
             result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
-            console.err(f"error: {item.ref}: {exc}")
+            console.err(f"error: {item.ref}: {_with_hints(exc, manager.config, console)}")
     if console.json:
         console.document({"updates": results})
     return exit_code
 
 
 def _command_verify(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    if args.repair and not manager.config.registry_url:
+        raise RegistryError("verify --repair: no registry URL is configured")  # _run_command says how to give one
     if args.model:
-        if not args.version:
+        refs = [_as_ref(f"{args.model} {args.version}")]
+        if not refs[0].version:
             raise InvalidRefError("verify: give a version too ('verify group/model version'), or no model at all")
-        refs = [_versioned(f"{args.model} {args.version}", "verify")]
     else:
         refs = [item.ref for item in manager.list_installed()]
         if not refs:
@@ -3873,8 +4264,8 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     for ref in refs:
         printer = _ProgressPrinter(console) if args.repair else None
         try:
-            files = manager.verify(ref, repair=args.repair, concurrency=args.concurrency, progress=printer,
-                                   limit_rate=args.limit_rate)
+            files, sharing = manager._verify(ref, repair=args.repair, concurrency=args.concurrency,
+                                             progress=printer, limit_rate=args.limit_rate)
         except BaseException:
             if printer is not None:
                 printer.abort()
@@ -3882,18 +4273,27 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
         if printer is not None and printer.phase:
             printer.finish()
         damaged = [] if args.repair else files
-        results.append({**_ref_fields(ref), "damaged": damaged, "repaired": files if args.repair else []})
-        if damaged:
+        results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
+                        "repaired": files if args.repair else []})
+        if damaged or sharing:
             exit_code = HashMismatchError.exit_code
         if console.json:
             continue
-        if not files:
+        if not files and not sharing:
             console.out(f"{ref}: ok")
-        else:
+            continue
+        if files:
             verb = "repaired" if args.repair else "damaged or missing"
-            console.out(f"{ref}: {len(files)} file{'s' if len(files) != 1 else ''} {verb}")
+            console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
             for path in files:
                 console.out(f"  {path}")
+        if sharing:
+            console.out(f"{ref}: {_plural(len(sharing), 'file')} sharing a damaged chunk (perhaps intact: "
+                        "the chunk's hash cannot say which of its files holds the damage)")
+            for path in sharing:
+                console.out(f"  {path}")
+        if not args.repair:
+            console.out(f"To repair it: {console.prog} verify {ref} --repair")
     if console.json:
         console.document({"results": results})
     return exit_code
@@ -3946,23 +4346,56 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> No
                        help="log requests, retries and cache hits on stderr")
 
 
+def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
+    """The error's message, and what the user can do about it on this command line."""
+    message = str(exc)
+    url = config.registry_url
+    if isinstance(exc, RegistryError) and not url:
+        # Only the parent tool knows how its users set a registry: embedded, stay neutral.
+        hint = console.registry_hint
+        return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"
+    if isinstance(exc, ModelNotFoundError) and url:
+        message += f"; '{console.prog} list --remote' shows what the registry has"
+    if (isinstance(exc, (RegistryError, NetworkError, ModelNotFoundError)) and url
+            and not re.match(r"(?i)[a-z][a-z0-9+.-]*://", url) and not os.path.isdir(os.path.expanduser(url))):
+        message += f"\nhint: {url} is not a directory; if it is a server, write http://{url}"
+    if isinstance(exc, NetworkError) and console.downloading:
+        message += "\nthe verified chunks are kept: run the same command again to resume"
+    return message
+
+
 def _run_command(
     handler: Callable[[Manager, argparse.Namespace, _Console], int],
-    config: Config,
+    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     manager_options: Mapping[str, Any],
+    prog: str,
+    usage: Callable[[], str],
+    registry_hint: str,
     args: argparse.Namespace,
 ) -> int:
-    console = _Console(args)
+    """Run ``handler`` as command ``prog`` ("mytool models pull"); ``usage`` is its usage text."""
+    if not isinstance(config, Config):  # main's: from --registry and --data-dir, wherever they were
+        config, manager_options = config(args)
+    console = _Console(args, prog.rsplit(" ", 1)[0])
+    console.registry_hint = registry_hint
     try:
-        return handler(Manager(config, **{"logger": console, **manager_options}), args, console)
+        try:
+            return handler(Manager(config, **{"logger": console, **manager_options}), args, console)
+        finally:
+            console.close()
     except ModelsError as exc:
         code = exc.exit_code
+        message = _with_hints(exc, config, console)
         try:
             if console.json:
-                console.document({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}})
-            console.err(f"error: {exc}")
+                console.document({"error": {"type": type(exc).__name__, "message": message, "exit_code": code}})
+            if code == 2:  # a usage error found after parsing: show the usage, as argparse does
+                console.err(usage().rstrip())
+            console.err(f"error: {message}")
         except BrokenPipeError:
             _silence_stdout()
+        except StorageError:
+            pass  # stderr itself cannot be written: the exit code is all that is left
         return code
     except KeyboardInterrupt:
         console.err("interrupted: run the same command again to resume (verified chunks are kept)")
@@ -3980,6 +4413,9 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+_COMMANDS = ("list", "pull", "remove", "info", "path", "update", "verify", "prune")
+
+
 def register_subcommands(
     subparsers: argparse._SubParsersAction[Any], config: Config, **manager_options: Any
 ) -> None:
@@ -3994,19 +4430,40 @@ def register_subcommands(
         config: the application's name and registry.
         **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
     """
+    _register(subparsers, config, manager_options)
+
+
+def _register(
+    subparsers: argparse._SubParsersAction[Any],
+    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
+    manager_options: Mapping[str, Any],
+    *,
+    registry_hint: str = "",
+    only: str | None = None,
+    formatter: type[argparse.HelpFormatter] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """``register_subcommands``, and for ``main``: the configuration taken from the parsed
+    arguments, how its users give a registry, the one command to register (start-up
+    time), the help formatter, and ``extra`` options each command also takes."""
+
     def command(name: str, handler: Callable[[Manager, argparse.Namespace, _Console], int],
-                summary: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
-        parser.set_defaults(func=partial(_run_command, handler, config, manager_options))
+                summary: str) -> argparse.ArgumentParser | None:
+        if only is not None and name != only:
+            return None
+        options: dict[str, Any] = {"formatter_class": formatter} if formatter else {}
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary, **options)
+        parser.set_defaults(func=partial(_run_command, handler, config, manager_options, parser.prog,
+                                         parser.format_usage, registry_hint))
+        _add_output_flags(parser, top_level=False)
+        if extra is not None:
+            extra(parser)
         return parser
 
     def model_argument(parser: argparse.ArgumentParser, version: str = "required") -> None:
         parser.add_argument("model", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
-        if version == "required":
-            parser.add_argument("version", metavar="VERSION", help="for example fp16, or an alias")
-        elif version == "optional":
-            parser.add_argument("version", metavar="VERSION", nargs="?", default="",
-                                help="for example fp16, or an alias")
+        parser.add_argument("version", metavar="VERSION", nargs="?", default="",
+                            help="for example fp16, or an alias" + (" (required)" if version == "required" else ""))
 
     def download_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
@@ -4015,85 +4472,158 @@ def register_subcommands(
                             help="cap the download rate, e.g. 500K or 2M (bytes per second)")
 
     listing = command("list", _command_list, "list installed models (or the registry's, with --remote)")
-    listing.add_argument("--remote", action="store_true", help="list what the registry offers")
+    if listing:
+        listing.add_argument("--remote", action="store_true", help="list what the registry offers")
 
     pull = command("pull", _command_pull, "download and install a model version")
-    model_argument(pull)
-    pull.add_argument("--force", action="store_true", help="install again even if installed")
-    download_options(pull)
+    if pull:
+        model_argument(pull)
+        pull.add_argument("--force", action="store_true", help="install again even if installed")
+        download_options(pull)
 
     remove = command("remove", _command_remove, "remove an installed model version")
-    model_argument(remove, "optional")
-    remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
+    if remove:
+        model_argument(remove, "optional")
+        remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
 
     info = command("info", _command_info, "show details of a model version")
-    model_argument(info)
-    info.add_argument("--remote", action="store_true", help="also show the registry's copy")
+    if info:
+        model_argument(info)
+        info.add_argument("--remote", action="store_true", help="also show the registry's copy")
 
     path = command("path", _command_path, "print the directory of an installed model version")
-    model_argument(path)
+    if path:
+        model_argument(path)
 
     update = command("update", _command_update, "check installed models for updates")
-    update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-    update.add_argument("--apply", action="store_true", help="download the updates")
-    download_options(update)
+    if update:
+        update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
+        update.add_argument("--apply", action="store_true", help="download the updates")
+        download_options(update)
 
     verify = command("verify", _command_verify, "re-hash installed files; --repair fixes what is damaged")
-    verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-    verify.add_argument("version", metavar="VERSION", nargs="?", default="")
-    verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
-    download_options(verify)
+    if verify:
+        verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
+        verify.add_argument("version", metavar="VERSION", nargs="?", default="")
+        verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
+        download_options(verify)
 
     prune = command("prune", _command_prune, "delete cached chunks older than a day, and crash leftovers")
-    prune.add_argument("--all", action="store_true", help="delete every cached chunk, whatever its age")
+    if prune:
+        prune.add_argument("--all", action="store_true", help="delete every cached chunk, whatever its age")
 
-    for parser in (listing, pull, remove, info, path, update, verify, prune):
-        _add_output_flags(parser, top_level=False)
+
+def _quick_args(arguments: Sequence[str]) -> dict[str, Any] | None:
+    """The arguments of the commonest command lines, ``path GROUP/MODEL VERSION`` and
+    ``list [--remote]`` with the global and output options, read without argparse: its
+    import and parsers take longer than the command itself. None for anything else, which
+    argparse reads (and explains, if it is wrong)."""
+    values: dict[str, Any] = {"registry": None, "data_dir": None, "models_json": False, "models_quiet": False,
+                              "models_verbose": False}
+    flags = {"--json": "models_json", "--quiet": "models_quiet", "-q": "models_quiet",
+             "--verbose": "models_verbose", "-v": "models_verbose"}
+    words: list[str] = []
+    items = iter(arguments)
+    for item in items:
+        name, _, value = item.partition("=")
+        if item in flags:
+            values[flags[item]] = True
+        elif name in ("--registry", "--data-dir"):
+            value = value if "=" in item else next(items, "-")
+            if value.startswith("-"):
+                return None
+            values[name[2:].replace("-", "_")] = value
+        elif item == "--remote" and words == ["list"]:
+            values["remote"] = True
+        elif item.startswith("-") or not item:
+            return None
+        else:
+            words.append(item)
+    if words == ["list"]:
+        return {"command": "list", "remote": False, **values}
+    if len(words) in (2, 3) and words[0] == "path":
+        return {"command": "path", "model": words[1], "version": words[2] if len(words) == 3 else "", **values}
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
-    import argparse
-
-    def global_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--registry", metavar="URL", default=None,
-                            help="registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
-        parser.add_argument("--data-dir", metavar="DIR", default=None,
-                            help="where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
-
     arguments = list(sys.argv[1:] if argv is None else argv)
+    registry_hint = "give --registry URL, or set XPRIM_MODELS_REGISTRY_URL"
+
+    def configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+        config = Config("xprim-models", args.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
+        return config, {"data_dir": args.data_dir} if args.data_dir else {}
+
+    # Only the command given is built in full (its parser costs start-up time); --help and
+    # mistakes get them all. The word is the first that is not an option or its value.
+    word, value_next = None, False
+    for item in arguments:
+        if value_next:
+            value_next = False
+        elif item in ("--registry", "--data-dir"):
+            value_next = True
+        elif not item.startswith("-"):
+            word = item
+            break
+    quick = _quick_args(arguments)
+    if quick is not None:  # the same namespace argparse would make
+        from types import SimpleNamespace
+
+        handler = _command_path if quick["command"] == "path" else _command_list
+        args: Any = SimpleNamespace(**quick)
+        return _run_command(handler, configure, {}, f"xprim-models {quick['command']}",
+                            lambda: _main_parser(word, configure, registry_hint)[1], registry_hint, args)
     try:
-        # The registry and data directory must be known before the commands
-        # are registered: read them in a first pass.
-        early = argparse.ArgumentParser(add_help=False)
-        global_options(early)
-        known, _ = early.parse_known_args(arguments)
-        config = Config(
-            app_name="xprim-models",
-            registry_url=known.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""),
-        )
-        parser = argparse.ArgumentParser(
-            prog="xprim-models", description="Download and manage models from an XPRIM registry.",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=(
-                "examples:\n"
-                "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
-                "  xprim-models list\n"
-                "  xprim-models path fast-whisper/tiny fp16\n"
-                "  xprim-models --registry https://models.example.com update --apply"
-            ),
-        )
-        global_options(parser)
-        parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
-        _add_output_flags(parser, top_level=True)
-        commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-        options = {"data_dir": known.data_dir} if known.data_dir else {}
-        register_subcommands(commands, config, **options)
-        args = parser.parse_args(arguments)
+        args = _main_parser(word, configure, registry_hint)[0].parse_args(arguments)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     result: int = args.func(args)
     return result
+
+
+def _main_parser(
+    word: str | None, configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]], registry_hint: str
+) -> tuple[argparse.ArgumentParser, str]:
+    """``main``'s parser, with command ``word`` only if it is one, and that command's usage."""
+    import argparse
+
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        """argparse's, sized without importing shutil (which every argument's check would)."""
+
+        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                     width: int | None = None) -> None:
+            columns = os.environ.get("COLUMNS", "")
+            width = width or (int(columns) if columns.isdigit() else _terminal_width(sys.stdout)) - 2
+            super().__init__(prog, indent_increment, max_help_position, width)
+
+    def global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
+        # Also accepted after the command word, but listed once.
+        hidden: Any = argparse.SUPPRESS if after_command else None
+        parser.add_argument("--registry", metavar="URL", default=hidden,
+                            help=hidden or "registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
+        parser.add_argument("--data-dir", metavar="DIR", default=hidden,
+                            help=hidden or "where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
+
+    parser = argparse.ArgumentParser(
+        prog="xprim-models", description="Download and manage models from an XPRIM registry.",
+        formatter_class=Formatter,
+        epilog=(
+            "examples:\n"
+            "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
+            "  xprim-models list\n"
+            "  xprim-models path fast-whisper/tiny fp16\n"
+            "  xprim-models --registry https://models.example.com update --apply"
+        ),
+    )
+    global_options(parser)
+    parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
+    _add_output_flags(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    only = word if word in _COMMANDS else None
+    _register(commands, configure, {}, registry_hint=registry_hint, only=only, formatter=Formatter,
+              extra=lambda command: global_options(command, after_command=True))
+    return parser, commands.choices[only].format_usage() if only else parser.format_usage()
 
 
 if __name__ == "__main__":

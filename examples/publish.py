@@ -8,6 +8,11 @@ and records the version (or an alias) in ``models.json``.
     python examples/publish.py REGISTRY_DIR group/model version SOURCE_DIR [--chunk-size BYTES]
     python examples/publish.py REGISTRY_DIR group/model alias --alias-of version
 
+It refuses a bad name, a missing or empty source directory and an alias of a
+version the registry does not have, and it checks what it wrote with the
+client's own parser, putting ``models.json`` back as it was if that fails.
+Errors go to stderr as ``error: ...`` with exit code 1 (2 for usage errors).
+
 The tests and the benchmark import ``publish`` and ``add_alias`` from here.
 """
 
@@ -17,6 +22,8 @@ import argparse
 import hashlib
 import json
 import os
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
@@ -56,9 +63,11 @@ def _index(registry: str) -> dict[str, Any]:
 
 def _save_index(registry: str, index: Mapping[str, Any]) -> None:
     os.makedirs(registry, exist_ok=True)
-    with open(os.path.join(registry, "models.json"), "w", encoding="utf-8") as handle:
+    path = os.path.join(registry, "models.json")
+    with open(f"{path}.tmp", "w", encoding="utf-8") as handle:  # readers never see half a file
         json.dump(index, handle, indent=2, sort_keys=True)
         handle.write("\n")
+    os.replace(f"{path}.tmp", path)
 
 
 def publish(
@@ -101,11 +110,60 @@ def publish(
 
 
 def add_alias(registry: str, group: str, model: str, alias: str, target: str) -> None:
-    """Make ``alias`` point at version ``target`` of ``group/model``."""
+    """Make ``alias`` point at version ``target`` of ``group/model``.
+
+    Raises:
+        ValueError: the registry has no version ``target`` of ``group/model``.
+    """
     index = _index(registry)
     versions = index.setdefault(group, {}).setdefault(model, {})
+    if target not in versions or target == alias:
+        have = ", ".join(sorted(version for version in versions if version != alias)) or "none"
+        raise ValueError(f"{group}/{model} has no version {target!r} to alias (it has: {have})")
     versions[alias] = {"alias": target}
     _save_index(registry, index)
+
+
+class PublishError(Exception):
+    """What the command line refuses to publish, or found wrong in what it wrote."""
+
+
+def _client() -> Any:
+    """xprim_models, from the installed package or this repository's copy next to ``examples/``."""
+    try:
+        import xprim_models
+    except ImportError:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import xprim_models
+    return xprim_models
+
+
+def _source_files(source: str) -> list[tuple[str, Source]]:
+    if not os.path.isdir(source):
+        raise PublishError(f"source directory {source} does not exist or is not a directory")
+    files: list[tuple[str, Source]] = []
+    for root, dirs, names in os.walk(source):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            files.append((os.path.relpath(path, source).replace(os.sep, "/"), path))
+    if not files:
+        raise PublishError(f"source directory {source} holds no files: there is nothing to publish")
+    return files
+
+
+def _check(registry: str, ref: Any, digest: str | None) -> Any:
+    """Read back ``ref`` as a client would (the index, aliases, the manifest and its rules)."""
+    models = _client()
+    with tempfile.TemporaryDirectory() as scratch:  # the manifest cache of a throwaway client
+        manager = models.Manager(models.Config("publish-check", os.path.abspath(registry)), data_dir=scratch)
+        try:
+            detail = manager.get_remote_detail(ref)
+        except models.ModelsError as exc:
+            raise PublishError(f"the registry fails the client's checks after publishing {ref}: {exc}") from exc
+    if digest is not None and detail.manifest_hash != digest:
+        raise PublishError(f"the registry lists {ref} with manifest {detail.manifest_hash}, not {digest}")
+    return detail
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,22 +176,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alias-of", metavar="VERSION", help="publish VERSION as an alias instead")
     parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    group, model = args.model.split("/")
-    if args.alias_of:
-        add_alias(args.registry, group, model, args.version, args.alias_of)
-        return 0
-    if not args.source:
+    if args.alias_of and args.source:
+        parser.error("give either SOURCE_DIR or --alias-of, not both")
+    if not args.alias_of and not args.source:
         parser.error("SOURCE_DIR is required unless --alias-of is given")
-    files = []
-    for root, dirs, names in os.walk(args.source):
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            files.append((os.path.relpath(path, args.source).replace(os.sep, "/"), path))
-    metadata = dict(item.split("=", 1) for item in args.metadata)
-    digest = publish(args.registry, group, model, args.version, files,
-                     chunk_size=args.chunk_size, metadata=metadata)
-    print(f"{args.model} {args.version}: manifest {digest}")
+    if args.chunk_size < 1:
+        parser.error(f"--chunk-size must be a positive number of bytes, not {args.chunk_size}")
+    if any("=" not in item for item in args.metadata):
+        parser.error("--metadata takes KEY=VALUE")
+    models = _client()
+    try:  # the names the client accepts, and nothing else
+        ref = models.ModelRef.parse(f"{args.model} {args.version}")
+        if not ref.version or len(args.version.split()) != 1:
+            raise models.InvalidRefError(f"invalid version {args.version!r}")
+        if args.alias_of:
+            models.ModelRef.parse(f"{args.model} {args.alias_of}")
+    except models.InvalidRefError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    index_path = os.path.join(args.registry, "models.json")
+    try:
+        with open(index_path, "rb") as handle:
+            before: bytes | None = handle.read()
+    except FileNotFoundError:
+        before = None
+    try:
+        if args.alias_of:
+            try:
+                add_alias(args.registry, ref.group, ref.model, ref.version, args.alias_of)
+            except ValueError as exc:
+                raise PublishError(str(exc)) from exc
+            detail = _check(args.registry, ref, None)
+            print(f"{ref}: alias of {detail.alias_of}, manifest {detail.manifest_hash}")
+            return 0
+        files = _source_files(args.source)
+        metadata = dict(item.split("=", 1) for item in args.metadata)
+        digest = publish(args.registry, ref.group, ref.model, ref.version, files,
+                         chunk_size=args.chunk_size, metadata=metadata)
+        _check(args.registry, ref, digest)
+    except (PublishError, OSError) as exc:
+        if before is None:  # the index as it was: nobody sees a broken model
+            if os.path.exists(index_path):
+                os.remove(index_path)
+        else:
+            with open(index_path, "wb") as handle:
+                handle.write(before)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{ref}: manifest {digest}")
     return 0
 
 

@@ -2718,8 +2718,8 @@ class TestPublish:
         ("case", "code", "message"),
         [
             ("alias-of-missing", 1, "error: org/pub has no version 'v9' to alias (it has: v1)"),
-            ("missing-source", 1, "error: source directory {tmp}/nowhere does not exist or is not a directory"),
-            ("empty-source", 1, "error: source directory {tmp}/empty holds no files: there is nothing to publish"),
+            ("missing-source", 1, "error: source directory {tmp}{sep}nowhere does not exist or is not a directory"),
+            ("empty-source", 1, "error: source directory {tmp}{sep}empty holds no files: there is nothing to publish"),
             ("no-slash", 2, "error: invalid model reference 'pub v2': expected 'group/model'"),
             ("bad-version", 2, "error: invalid model reference 'org/pub v2!': version 'v2!' must be"),
             ("client-rejects", 1, "error: the registry fails the client's checks after publishing org/pub v2: "
@@ -2734,7 +2734,10 @@ class TestPublish:
         index = (registry / "models.json").read_bytes()
         (tmp_path / "empty").mkdir()
         (tmp_path / "bad").mkdir()
-        (tmp_path / "bad" / "a:b.txt").write_bytes(b"a colon: Windows cannot name a file so")
+        # Names the client refuses: a colon (Windows cannot even create it), or where the OS
+        # keeps both, "café" in NFC and in NFD (one file on macOS).
+        for name in ["caf\u00e9.txt", "cafe\u0301.txt"] if WINDOWS else ["a:b.txt"]:
+            (tmp_path / "bad" / name).write_bytes(b"refused")
         argv = {
             "alias-of-missing": ["org/pub", "latest", "--alias-of", "v9"],
             "missing-source": ["org/pub", "v2", str(tmp_path / "nowhere")],
@@ -2747,7 +2750,7 @@ class TestPublish:
         assert publish.main([str(registry), *argv]) == code
         output = capsys.readouterr()
         assert output.out == ""
-        assert output.err.startswith(message.format(tmp=tmp_path)), output.err
+        assert output.err.startswith(message.format(tmp=tmp_path, sep=os.sep)), output.err
         assert (registry / "models.json").read_bytes() == index
 
     def test_runs_as_a_script_from_a_checkout(self, tmp_path: Path, source: Path) -> None:

@@ -3467,11 +3467,13 @@ class Manager:
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
+            # Before anything touches ref's directory: on a case-insensitive disk (Windows,
+            # macOS) it may be the directory of an installed version spelled otherwise.
+            installed_models = self.list_installed()
+            store.check_case(ref, installed_models)
             store.reclaim(ref)
             if not force:  # another thread or process may have installed it meanwhile
                 store.raise_if_installed(ref, remote.manifest_hash)
-            installed_models = self.list_installed()
-            store.check_case(ref, installed_models)
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)

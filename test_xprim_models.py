@@ -240,6 +240,7 @@ class RegistryServer:
         self.gate = 0  # hold requests for gated paths until this many are in flight at once
         self.gated: set[str] = set()
         self.holds: dict[str, Hold] = {}
+        self.cache_control: dict[str, str] = {}  # path prefix -> the Cache-Control of its answers
         self.gate_open = False
         self.stop = threading.Event()
         server = self
@@ -294,6 +295,7 @@ class RegistryServer:
         path = request.path.lstrip("/")
         with self.condition:
             self.requests[path] += 1
+            self.condition.notify_all()  # for tests waiting on request counts
             self.user_agents.add(request.headers.get("User-Agent", ""))
             self.connections.add(request.client_address)
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
@@ -369,6 +371,9 @@ class RegistryServer:
             request.close_connection = True
             return
         request.send_header("Content-Length", str(len(announced)))
+        for prefix, value in self.cache_control.items():
+            if path.startswith(prefix):
+                request.send_header("Cache-Control", value)
         request.end_headers()
         if fault is not None and fault.stall:
             self.stop.wait(30)
@@ -918,7 +923,8 @@ class TestPull:
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"other.bin": blob(7000, "other")}, chunk_size=1024)
         bad = chunk_paths(registry_dir)[2]
         server.always[bad] = Fault(corrupt=True)
-        expected = r"pull org/tiny v1: chunk 3/7 \([0-9a-f]{12}\): hash mismatch after 4 downloads \(got (?!e3b0)"
+        expected = (r"pull org/tiny v1: chunk 3/7 \([0-9a-f]{12}\): "
+                    r"hash mismatch \(got (?!e3b0)[0-9a-f]{64}\), after 4 attempts")
         with pytest.raises(xm.HashMismatchError, match=expected):
             manager.pull("org/tiny v1")
         assert server.requests[bad] == 4  # the first attempt and 3 retries
@@ -4081,13 +4087,11 @@ class TestPerformance:
     @pytest.mark.parametrize("framing", ["chunked", "unsized", "interim", "long-head", "bare-lf"])
     def test_every_response_framing_is_read(self, manager: xm.Manager, model: dict[str, bytes],
                                             server: RegistryServer, registry_dir: Path, framing: str) -> None:
-        # Chunks are fetched on a lean HTTP/1.1 connection of our own; what it does not read, urllib does.
+        # Every framing is read by the one HTTP client: nothing is asked for twice.
         for path in chunk_paths(registry_dir):
             server.always[path] = Fault(framing=framing)
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
-        # The manifest and 7 chunks; once urllib had to step in, it takes the rest at once,
-        # so only requests already under way (4 workers) are made twice.
-        assert server.chunk_requests() <= 8 + (4 if framing != "interim" else 0)
+        assert server.chunk_requests() == 8  # the manifest and 7 chunks
 
     def test_connections_are_reused(self, manager: xm.Manager, registry_dir: Path, server: RegistryServer) -> None:
         publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
@@ -4268,6 +4272,677 @@ class TestScale:
             assert (root / paths[i]).read_bytes() == content[i], paths[i]
         assert [(item.ref, item.file_count) for item in manager.list_installed()] == \
             [(xm.ModelRef("org", "many", "v1"), count)]
+
+
+# --- Transport: hostile servers, framing, proxies, headers --------------------------
+
+
+class RawServer:
+    """An HTTP/1.1 server on raw loopback sockets, for answers no library would send.
+
+    It serves ``root`` with keep-alive and Content-Length; ``scripts[path]``, given the
+    connection, the file's bytes and how many times the path was asked for, replaces
+    the answer and returns whether the connection stays open.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.scripts: dict[str, Callable[[socket.socket, bytes, int], bool]] = {}
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.headers: list[dict[str, str]] = []
+        self.connections = 0
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        pending = b""
+        with conn:
+            while not self.stop.is_set():
+                while b"\r\n\r\n" not in pending:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1].lstrip("/")
+                self.headers.append({k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])})
+                self.requests[path] += 1
+                file = self.root / path
+                body = file.read_bytes() if file.is_file() else b""
+                try:
+                    if path in self.scripts:
+                        if not self.scripts[path](conn, body, self.requests[path]):
+                            return
+                    elif file.is_file():
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    else:
+                        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    return
+
+    def trickle(self, conn: socket.socket, data: bytes) -> bool:
+        """Send ``data`` a byte at a time, 20 bytes a second, until done or stopped."""
+        for byte in data:
+            if self.stop.wait(0.05):
+                return False
+            conn.sendall(bytes([byte]))
+        return True
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_server(registry_dir: Path, model: dict[str, bytes]) -> Iterator[RawServer]:
+    running = RawServer(registry_dir)
+    yield running
+    running.close()
+
+
+def raw_manager(raw_server: RawServer, data_dir: Path, **options: Any) -> xm.Manager:
+    options.setdefault("retry_backoff", 0.01)
+    options.setdefault("timeout", 5.0)
+    return xm.Manager(xm.Config("test-app", raw_server.url, str(data_dir)), **options)
+
+
+def ok_head(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra)
+
+
+class TestDeadlines:
+    """No server can hold a request past about ``timeout`` per attempt (README, Reliability)."""
+
+    def test_a_trickled_head_times_out(self, raw_server: RawServer, data_dir: Path) -> None:
+        head = ok_head(b"{}", b"X-Slow: " + b"x" * 60_000 + b"\r\n")
+        raw_server.scripts["models.json"] = lambda conn, body, n: raw_server.trickle(conn, head)
+        with pytest.raises(xm.NetworkError, match=r"timed out: no complete response within 0\.5s.*after 2 attempts"):
+            raw_manager(raw_server, data_dir, timeout=0.5, retries=1).list_remote()
+        assert raw_server.requests["models.json"] == 2
+
+    def test_a_trickled_index_body_times_out(self, raw_server: RawServer, data_dir: Path) -> None:
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body))
+            return raw_server.trickle(conn, body)
+
+        raw_server.scripts["models.json"] = script
+        with pytest.raises(xm.NetworkError, match=r"less than 64 KiB of the body arrived in 0\.5s"):
+            raw_manager(raw_server, data_dir, timeout=0.5, retries=0).list_remote()
+
+    def test_a_trickled_chunk_times_out_and_is_retried(self, raw_server: RawServer, data_dir: Path,
+                                                      registry_dir: Path, model: dict[str, bytes]) -> None:
+        path = chunk_paths(registry_dir)[1]
+
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body))
+            if n == 1:
+                return raw_server.trickle(conn, body)
+            conn.sendall(body)
+            return True
+
+        raw_server.scripts[path] = script
+        installed = raw_manager(raw_server, data_dir, timeout=0.5).pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert raw_server.requests[path] == 2
+
+    def test_a_slow_but_steady_body_is_not_cut(self, raw_server: RawServer, data_dir: Path,
+                                             registry_dir: Path) -> None:
+        # The rule is progress, not speed: a chunk that takes four timeouts to arrive
+        # passes, since no 64 KiB of it takes longer than one.
+        content = blob(256 << 10, "steady")
+        publish.publish(str(registry_dir), "org", "steady", "v1", {"f": content}, chunk_size=256 << 10)
+        path = chunk_paths(registry_dir, model="steady")[0]
+
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body))
+            for offset in range(0, len(body), 16 << 10):
+                if raw_server.stop.wait(0.1):
+                    return False
+                conn.sendall(body[offset : offset + (16 << 10)])
+            return True
+
+        raw_server.scripts[path] = script
+        installed = raw_manager(raw_server, data_dir, timeout=0.5, retries=0).pull("org/steady v1")
+        assert (Path(installed.path) / "f").read_bytes() == content
+
+    def test_pauses_of_a_rate_limit_do_not_count(self, make_manager: Callable[..., xm.Manager],
+                                                 server: RegistryServer, registry_dir: Path) -> None:
+        # Only waiting on the server counts against the timeout: a pull slowed to take
+        # three timeouts by --limit-rate is not cut.
+        content = blob(192 << 10, "limited")
+        publish.publish(str(registry_dir), "org", "limited", "v1", {"f": content}, chunk_size=192 << 10)
+        installed = make_manager(timeout=0.5, retries=0).pull("org/limited v1", limit_rate=128 << 10)
+        assert (Path(installed.path) / "f").read_bytes() == content
+
+    @pytest.mark.parametrize("pace", [0.0, 0.05])
+    def test_endless_interim_responses_fail(self, raw_server: RawServer, data_dir: Path, pace: float) -> None:
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            while not raw_server.stop.wait(pace):
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return False
+
+        raw_server.scripts["models.json"] = script
+        expected = "interim" if not pace else "timed out"
+        with pytest.raises(xm.NetworkError, match=expected):
+            raw_manager(raw_server, data_dir, timeout=0.5, retries=0).list_remote()
+
+    def test_an_unsolicited_extra_response_is_never_read_as_the_next(
+        self, raw_server: RawServer, data_dir: Path, registry_dir: Path
+    ) -> None:
+        # Each chunk comes with a second, unasked-for answer of the same size. The chunks are
+        # bigger than a head's read, so the extra answer waits in the socket, not in our buffer:
+        # read as the next chunk's answer, it would fail its hash (and with retries=0, the pull).
+        content = blob(4 * (128 << 10), "wide")
+        publish.publish(str(registry_dir), "org", "wide", "v1", {"f": content}, chunk_size=128 << 10)
+
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            fake = bytes(len(body))
+            conn.sendall(ok_head(body) + body + ok_head(fake) + fake)
+            return True
+
+        for path in chunk_paths(registry_dir, model="wide"):
+            raw_server.scripts[path] = script
+        installed = raw_manager(raw_server, data_dir, retries=0).pull("org/wide v1", concurrency=1)
+        assert (Path(installed.path) / "f").read_bytes() == content
+        assert raw_server.connections >= 4  # each spoiled connection was dropped
+
+    def test_a_late_stray_response_costs_one_retry(self, raw_server: RawServer, data_dir: Path,
+                                                   registry_dir: Path, model: dict[str, bytes]) -> None:
+        # A stray answer that comes after the next request went out cannot be told
+        # from the real one; it fails the hash, and the retry uses a new connection.
+        paths = chunk_paths(registry_dir)
+
+        def first(conn: socket.socket, body: bytes, n: int) -> bool:
+            conn.sendall(ok_head(body) + body)
+            if n == 1:
+                select.select([conn], [], [], 10)  # the client's next request is on its way
+                fake = bytes(1024)
+                conn.sendall(ok_head(fake) + fake)
+            return True
+
+        def second(conn: socket.socket, body: bytes, n: int) -> bool:
+            if n == 1:
+                return True  # the stray answer above stands in for this one
+            conn.sendall(ok_head(body) + body)
+            return True
+
+        raw_server.scripts[paths[0]], raw_server.scripts[paths[1]] = first, second
+        installed = raw_manager(raw_server, data_dir, retries=1).pull("org/tiny v1", concurrency=1)
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert raw_server.requests[paths[1]] == 2
+
+
+class TestRetryPolicy:
+    """``retries=N``: at most N+1 attempts per request, whatever fails, with backoff (README, Reliability)."""
+
+    # A bad hash, a 5xx, a cut body (the next attempt resumes from byte 10), a body too long.
+    FAULTS = (Fault(corrupt=True), Fault(status=503), Fault(reset_after=10), Fault(extra=b"x" * 10))
+
+    def test_every_kind_of_failure_counts_against_one_budget(self, make_manager: Callable[..., xm.Manager],
+                                                             model: dict[str, bytes], server: RegistryServer,
+                                                             registry_dir: Path) -> None:
+        bad = chunk_paths(registry_dir)[3]
+        server.fail(bad, *self.FAULTS)
+        with pytest.raises(xm.HashMismatchError, match=r"chunk 4/7 .*expected 1024, after 4 attempts"):
+            make_manager(retries=3).pull("org/tiny v1")
+        assert server.requests[bad] == 4
+
+    def test_one_more_retry_gets_through(self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes],
+                                         server: RegistryServer, registry_dir: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+        bad = chunk_paths(registry_dir)[3]
+        server.fail(bad, *self.FAULTS)
+        with caplog.at_level("INFO", logger="xprim_models"):
+            installed = make_manager(retries=4, retry_backoff=0.01).pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert server.requests[bad] == 5
+        waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"retrying {server.url}/{bad}")]
+        # A hash mismatch waits its backoff like any other failure: 0.01, 0.02, 0.04, 0.08 s.
+        assert [re.search(r" in (\S+)s \(attempt (\d) of 5\)", w).groups() for w in waits] == [  # type: ignore[union-attr]
+            ("0.0", "2"), ("0.0", "3"), ("0.0", "4"), ("0.1", "5")]
+        assert "hash mismatch" in waits[0] and "HTTP 503" in waits[1] and "expected 1024" in waits[3]
+
+
+def framed(head: bytes, body: bytes = b"{}") -> bytes:
+    return head.replace(b"\n", b"\r\n") + b"\r\n" + body
+
+
+MALFORMED = {
+    "HTTP/2 status line": b"HTTP/2 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "two-digit status": b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "not HTTP": b"ICY 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "lower-case version": b"http/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "folded header": framed(b"HTTP/1.1 200 OK\nX-A: a\n folded\nContent-Length: 2\n"),
+    "folded first header": framed(b"HTTP/1.1 200 OK\n\tX-A: a\nContent-Length: 2\n"),
+    "space before colon": framed(b"HTTP/1.1 200 OK\nContent-Length : 2\n"),
+    "no colon": framed(b"HTTP/1.1 200 OK\nContent-Length 2\n"),
+    "NUL in a name": framed(b"HTTP/1.1 200 OK\nX\x00A: a\nContent-Length: 2\n"),
+    "non-ASCII name": framed(b"HTTP/1.1 200 OK\nX-\xc7: a\nContent-Length: 2\n"),
+    "control character in a value": framed(b"HTTP/1.1 200 OK\nX-A: a\x01b\nContent-Length: 2\n"),
+    "bare CR": b"HTTP/1.1 200 OK\rContent-Length: 2\r\n\r\n{}",
+    "bare CR in a value": framed(b"HTTP/1.1 200 OK\nX-A: a\rb\nContent-Length: 2\n"),
+    "conflicting Content-Length lines": framed(b"HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 3\n"),
+    "conflicting Content-Length list": framed(b"HTTP/1.1 200 OK\nContent-Length: 2, 3\n"),
+    "negative Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: -2\n"),
+    "hex Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: 0x2\n"),
+    "huge Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: 1234567890123456789012\n"),
+    "Content-Length and chunked": framed(b"HTTP/1.1 200 OK\nContent-Length: 2\nTransfer-Encoding: chunked\n",
+                                         b"2\r\n{}\r\n0\r\n\r\n"),
+    "gzip then chunked": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n", b"2\r\n{}\r\n0\r\n\r\n"),
+    "chunk size not hex": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"zz\r\n{}\r\n0\r\n\r\n"),
+    "signed chunk size": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"+2\r\n{}\r\n0\r\n\r\n"),
+    "chunk size overflow": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n",
+                                  b"10000000000000002\r\n{}\r\n0\r\n\r\n"),
+    "empty chunk size": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"\r\n{}\r\n0\r\n\r\n"),
+    "chunk longer than its size": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"1\r\n{}\r\n0\r\n\r\n"),
+    "chunked without the last chunk": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"2\r\n{}\r\n"),
+    "folded trailer": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"2\r\n{}\r\n0\r\n folded\r\n\r\n"),
+    "trailer without colon": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", b"2\r\n{}\r\n0\r\nX\r\n\r\n"),
+    "head over 256 KiB": framed(b"HTTP/1.1 200 OK\n" + b"X-Pad: " + b"x" * (300 << 10) + b"\nContent-Length: 2\n"),
+    "101 Switching Protocols": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+    "head cut short": b"HTTP/1.1 200 OK\r\nContent-Len",
+    "17 interim responses": b"HTTP/1.1 100 Continue\r\n\r\n" * 17 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+}
+
+LEGAL = {
+    "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 2\n\n{}",
+    "no reason phrase": b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\n{}",
+    "empty reason phrase": b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\n{}",
+    "non-ASCII reason and value": framed(b"HTTP/1.1 200 D\xe9j\xe0 vu\nX-A: caf\xe9\nContent-Length: 2\n"),
+    "repeated equal Content-Length": framed(b"HTTP/1.1 200 OK\nContent-Length: 2\ncontent-length: 2, 2\n"),
+    "chunked with extensions": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n",
+                                      b"1;a=b\r\n{\r\n1 ; c=\"d\"\r\n}\r\n0\r\n\r\n"),
+    "chunked with trailers": framed(b"HTTP/1.1 200 OK\nTransfer-Encoding: Chunked\n",
+                                    b"2\r\n{}\r\n0\r\nX-Checksum: 1\r\nX-More: 2\r\n\r\n"),
+    "chunked with bare LF": b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\n{}\n0\n\n",
+    "close-delimited HTTP/1.0": b"HTTP/1.0 200 OK\r\n\r\n{}",
+    "interim responses": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" * 3
+    + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "a 200 KiB head": framed(b"HTTP/1.1 200 OK\n" + b"X-Pad: x\n" * 20_000 + b"Content-Length: 2\n"),
+}
+
+
+class TestFraming:
+    """The one HTTP parser (``_Session``), against malformed framing of every kind and legal oddities."""
+
+    @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
+    def test_malformed_is_a_network_error(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+                                          model: dict[str, bytes], raw: bytes) -> None:
+        server.always["models.json"] = Fault(raw=raw)
+        with pytest.raises(xm.NetworkError, match=r"models\.json.*after 2 attempts"):
+            make_manager(retries=1).list_remote()
+        assert server.requests["models.json"] == 2
+
+    @pytest.mark.parametrize("raw", LEGAL.values(), ids=LEGAL.keys())
+    def test_legal_oddities_are_read(self, manager: xm.Manager, server: RegistryServer, raw: bytes) -> None:
+        server.always["models.json"] = Fault(raw=raw)
+        assert manager.list_remote() == []
+
+    def test_early_hints_after_a_redirect(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
+                                          model: dict[str, bytes]) -> None:
+        mirror = registry_dir / "mirror"
+        shutil.copytree(registry_dir / "data", mirror / "data")
+        shutil.copy(registry_dir / "models.json", mirror / "models.json")
+        for path in ["models.json", *chunk_paths(registry_dir)]:
+            server.always[path] = Fault(status=302, headers={"Location": f"/mirror/{path}"})
+            server.always[f"mirror/{path}"] = Fault(framing="interim")
+        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+        assert server.requests["mirror/models.json"] == 1
+
+
+class TunnelProxy:
+    """An HTTP proxy on raw loopback sockets: CONNECT tunnels, and absolute-form GETs relayed
+    over one upstream connection per client connection. Counts connections and records heads."""
+
+    def __init__(self) -> None:
+        self.heads: list[str] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self, conn: socket.socket) -> None:
+        pending = b""
+        upstream: socket.socket | None = None
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                text = head.decode("latin-1")
+                self.heads.append(text)
+                method, target, _ = text.split("\r\n")[0].split(" ")
+                if method == "CONNECT":
+                    host, _, port = target.rpartition(":")
+                    upstream = socket.create_connection((host, int(port)))
+                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    threading.Thread(target=self._pipe, args=(upstream, conn), daemon=True).start()
+                    if pending:
+                        upstream.sendall(pending)
+                    self._pipe(conn, upstream)
+                    return
+                from urllib.parse import urlsplit
+
+                parts = urlsplit(target)
+                if upstream is None:
+                    upstream = socket.create_connection((parts.hostname, parts.port or 80))
+                lines = text.split("\r\n")
+                lines[0] = f"GET {parts.path} HTTP/1.1"
+                lines = [line for line in lines if not line.lower().startswith("proxy-authorization")]
+                upstream.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += upstream.recv(65536)
+                answer_head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+                length = int(re.search(r"content-length: *(\d+)", answer_head).group(1))  # type: ignore[union-attr]
+                while len(answer) < len(answer_head) + 4 + length:
+                    answer += upstream.recv(65536)
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class TestProxies:
+    def test_http_through_a_proxy_keeps_one_connection_per_worker(
+        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path,
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
+        proxy = TunnelProxy()
+        try:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%40ss@"))
+            monkeypatch.setenv("NO_PROXY", "example.com")
+            make_manager(headers={"X-Team": "ml"}).pull("org/many v1", concurrency=4)
+            assert server.chunk_requests() == 61  # the manifest and 60 chunks
+            assert proxy.connections <= 4 + 2  # a connection per worker, plus index and manifest
+            assert all(head.startswith(f"GET {server.url}/") for head in proxy.heads)  # absolute-form
+            credentials = "\r\nProxy-Authorization: Basic dXNlcjpwQHNz\r\n"  # user:p@ss
+            assert all(credentials in head + "\r\n" for head in proxy.heads)
+            assert all("\r\nX-Team: ml\r\n" in head + "\r\n" for head in proxy.heads)
+            assert "\r\nCache-Control: no-cache" in proxy.heads[0] and "Cache-Control" not in proxy.heads[-1]
+        finally:
+            proxy.close()
+
+    def test_https_through_a_proxy_tunnels_with_connect(self, tmp_path: Path, https_registry: tuple[str, Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        import ssl
+
+        url, cert = https_registry
+        proxy = TunnelProxy()
+        try:
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+            monkeypatch.setenv("NO_PROXY", "")
+            context = ssl.create_default_context(cafile=str(cert))
+            manager = xm.Manager(xm.Config("t", url, tmp_path / "a"), ssl_context=context, headers={"X-Team": "ml"})
+            installed = manager.pull("org/tiny v1", concurrency=2)
+            assert tree(Path(installed.path)) == dict(sorted(MODEL_FILES.items()))
+            target = url.removeprefix("https://")
+            assert proxy.heads and all(head.startswith(f"CONNECT {target} HTTP/1.1") for head in proxy.heads)
+            assert not any("X-Team" in head for head in proxy.heads)  # the caller's headers go inside the tunnel
+            assert proxy.connections <= 2 + 2
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            seen = len(proxy.heads)
+            xm.Manager(xm.Config("t", url, tmp_path / "b"), ssl_context=context).pull("org/tiny v1")
+            assert len(proxy.heads) == seen
+        finally:
+            proxy.close()
+
+    def test_an_unsupported_proxy_is_a_clear_network_error(self, make_manager: Callable[..., xm.Manager],
+                                                           server: RegistryServer, model: dict[str, bytes],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HTTP_PROXY", "socks5://user:secret@127.0.0.1:1080")
+        with pytest.raises(xm.NetworkError, match=r"socks5://127\.0\.0\.1:1080 is not a plain http") as caught:
+            make_manager().list_remote()
+        assert "secret" not in str(caught.value)
+
+
+SECRET = "Bearer s3cr3t-t0ken"
+
+
+class TestHeaders:
+    def test_headers_go_with_every_request_and_are_never_logged(
+        self, raw_server: RawServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def busy_once(conn: socket.socket, body: bytes, n: int) -> bool:  # one retry, logged
+            conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n" if n == 1 else ok_head(body) + body)
+            return True
+
+        raw_server.scripts[chunk_paths(registry_dir)[2]] = busy_once
+        with caplog.at_level("DEBUG", logger="xprim_models"):
+            manager = raw_manager(raw_server, data_dir, headers={"Authorization": SECRET, "Cookie": "id=s3cr3t"})
+            manager.pull("org/tiny v1")
+        assert len(raw_server.headers) == 1 + 1 + 7 + 1  # index, manifest, chunks, the retried chunk
+        assert all(h.get("authorization") == SECRET and h.get("cookie") == "id=s3cr3t" for h in raw_server.headers)
+        assert raw_server.connections <= 4 + 2 + 1  # workers, index, manifest; the 503 closed one
+        assert "s3cr3t" not in caplog.text and "retrying" in caplog.text
+
+    def test_cli_header_option(self, raw_server: RawServer, data_dir: Path, model: dict[str, bytes]) -> None:
+        result = run_cli("--registry", raw_server.url, "--data-dir", str(data_dir), "-v",
+                         "--header", f"Authorization: {SECRET}", "--header", "X-Team:ml", "pull", "org/tiny", "v1")
+        cli_no_traceback(result)
+        assert result.returncode == 0, result.stderr
+        assert all(h.get("authorization") == SECRET and h.get("x-team") == "ml" for h in raw_server.headers)
+        assert "debug: GET" in result.stderr and "s3cr3t" not in result.stderr + result.stdout
+        seen = len(raw_server.headers)
+        after = run_cli("--registry", raw_server.url, "--data-dir", str(data_dir), "list", "--remote",
+                        "--header", "X-Team: after")  # also after the command word
+        assert after.returncode == 0, after.stderr
+        assert {h.get("x-team") for h in raw_server.headers[seen:]} == {"after"}
+
+    @pytest.mark.parametrize("option", ["Authorization", ": value", "Bad Name: x", "X-A: a\x01b", "Host: evil"])
+    def test_cli_rejects_bad_headers_without_echoing_the_value(self, raw_server: RawServer, data_dir: Path,
+                                                               option: str, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+        code = xm.main(["--registry", raw_server.url, "--data-dir", str(data_dir), "--header", option, "list"])
+        err = capsys.readouterr().err
+        assert code == 2 and "error: " in err and "header" in err
+        assert "a\x01b" not in err and "evil" not in err and not raw_server.headers
+
+    @pytest.mark.parametrize("headers", [{"X-A": "line\r\nInjected: 1"}, {"Range": "bytes=0-"}, {"X A": "b"},
+                                         {"X-A": "caf\u00e9"}])
+    def test_manager_rejects_bad_headers(self, tmp_path: Path, headers: dict[str, str]) -> None:
+        with pytest.raises(ValueError, match="header") as caught:
+            xm.Manager(xm.Config("t", "http://127.0.0.1:1", tmp_path), headers=headers)
+        assert "Injected" not in str(caught.value) and "caf" not in str(caught.value)
+
+    @pytest.mark.parametrize("target", ["another host", "another port", "the same origin"])
+    def test_credentials_stay_with_their_origin_across_redirects(
+        self, raw_server: RawServer, registry_dir: Path, tmp_path: Path, model: dict[str, bytes], target: str
+    ) -> None:
+        mirror = RawServer(registry_dir)
+        try:
+            port = mirror.url.rsplit(":", 1)[1]
+            origin = {"another host": f"http://localhost:{port}", "another port": f"http://127.0.0.1:{port}",
+                      "the same origin": raw_server.url}[target]
+            paths = chunk_paths(registry_dir)
+            chunk = (registry_dir / paths[0]).read_bytes()
+
+            def redirect(conn: socket.socket, body: bytes, n: int) -> bool:
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s/data/x\r\nContent-Length: 3\r\n\r\nabc"
+                             % origin.encode())
+                return True
+
+            def serve(conn: socket.socket, body: bytes, n: int) -> bool:
+                conn.sendall(ok_head(chunk) + chunk)
+                return True
+
+            raw_server.scripts[paths[0]] = redirect
+            mirror.scripts["data/x"] = raw_server.scripts["data/x"] = serve
+            manager = xm.Manager(xm.Config("t", raw_server.url, tmp_path / "d"),
+                                 headers={"Authorization": SECRET, "Cookie": "c=1", "X-Team": "ml"})
+            assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
+            seen = (raw_server if target == "the same origin" else mirror).headers
+            (followed,) = [h for h in seen if "authorization" not in h] or [seen[-1]]
+            assert followed["x-team"] == "ml"
+            if target == "the same origin":
+                assert all(h.get("authorization") == SECRET and h.get("cookie") == "c=1" for h in seen)
+            else:  # like curl and requests: credentials are not sent on to another origin
+                assert "authorization" not in followed and "cookie" not in followed
+                assert all(h.get("authorization") == SECRET for h in raw_server.headers)
+        finally:
+            mirror.close()
+
+
+SQUID_CONF = """\
+http_port 127.0.0.1:{port}
+pid_filename none
+cache_log stdio:/dev/stderr
+access_log none
+cache_store_log none
+cache_mem 64 MB
+maximum_object_size_in_memory 16 MB
+collapsed_forwarding on
+maximum_object_size 1 GB
+refresh_pattern /data/[0-9a-f]{{64}}$ 525600 100% 525600
+refresh_pattern . 0 20% 4320
+http_access allow all
+pinger_enable off
+shutdown_lifetime 0 seconds
+visible_hostname localhost
+coredump_dir {directory}
+"""
+
+
+@pytest.fixture
+def squid(tmp_path: Path) -> Iterator[str]:
+    """A squid forward caching proxy on loopback, with collapsed forwarding; yields its URL."""
+    binary = shutil.which("squid") or shutil.which("squid", path="/usr/sbin:/usr/local/sbin")
+    if binary is None:
+        pytest.skip("needs squid (the Debian package squid; .ci/run installs it)")
+    directory = tmp_path / "squid"
+    directory.mkdir()
+    for _ in range(3):  # another process may take the free port first
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        (directory / "squid.conf").write_text(SQUID_CONF.format(port=port, directory=directory))
+        process = subprocess.Popen([binary, "-N", "-d", "1", "-f", str(directory / "squid.conf")],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True, errors="replace")
+        assert process.stderr is not None
+        log: list[str] = []
+        for line in process.stderr:  # squid says when it listens, or why it cannot
+            log.append(line)
+            if "Accepting HTTP Socket connections" in line or "FATAL" in line:
+                break
+        if log and "Accepting HTTP Socket connections" in log[-1]:
+            break
+        process.kill()
+        process.wait()
+    else:
+        pytest.skip("squid could not be started: " + "".join(log[-5:]))
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep its pipe drained
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class TestFleet:
+    """Many machines behind one caching proxy (README, Serving a fleet)."""
+
+    def test_clients_pulling_at_once_through_squid_fetch_each_chunk_about_once(
+        self, squid: str, server: RegistryServer, registry_dir: Path, tmp_path: Path
+    ) -> None:
+        content = blob(64 * (64 << 10), "fleet")
+        publish.publish(str(registry_dir), "org", "fleet", "v1", {"w.bin": content}, chunk_size=64 << 10)
+        # The origin sends no Cache-Control: the README's refresh_pattern for data/ makes chunks cacheable.
+        clients = 6
+        # The origin holds the manifest until every client has fetched the index, so all
+        # of them ask squid for the manifest, then for the chunks, at the same time.
+        manifest = f"data/{json.loads((registry_dir / 'models.json').read_text())['org']['fleet']['v1']['hash']}"
+        hold = server.hold(manifest)
+
+        def release() -> None:
+            with server.condition:
+                server.condition.wait_for(lambda: server.requests["models.json"] >= clients, timeout=60)
+            hold.release.set()
+
+        threading.Thread(target=release, daemon=True).start()
+        processes = [
+            subprocess.Popen([sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir",
+                              str(tmp_path / f"client{n}"), "pull", "org/fleet", "v1"], cwd=HERE,
+                             env={**os.environ, "HTTP_PROXY": squid, "NO_PROXY": ""},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for n in range(clients)
+        ]
+        for process in processes:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+        for n in range(clients):
+            assert (tmp_path / f"client{n}" / "org" / "fleet" / "v1" / "w.bin").read_bytes() == content
+        chunks = chunk_paths(registry_dir, model="fleet")
+        served = [server.requests[path] for path in chunks]
+        egress = sum(server.bytes_sent[path] for path in chunks)
+        print(f"{clients} clients: origin served {sum(served)} chunk requests for {len(chunks)} chunks, "
+              f"{egress / len(content):.2f}x the model")
+        assert max(served) <= 2 and egress <= 1.25 * len(content)  # about once, not once per client
+        assert server.requests[manifest] == 1  # six requests at once, collapsed into one
+        assert server.requests["models.json"] == clients  # the index is revalidated every time
+
+    def test_update_sees_an_alias_move_behind_an_index_cached_for_an_hour(
+        self, squid: str, server: RegistryServer, registry_dir: Path, data_dir: Path, model: dict[str, bytes],
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        server.cache_control["models.json"] = "max-age=3600"
+        monkeypatch.setenv("HTTP_PROXY", squid)
+        monkeypatch.setenv("NO_PROXY", "")
+        assert cli_run(server, data_dir, "pull", "org/tiny", "latest").returncode == 0
+        # squid holds the index: a client that does not ask to revalidate gets the old one.
+        plain = urllib.request.build_opener(urllib.request.ProxyHandler({"http": squid}))
+        with plain.open(f"{server.url}/models.json", timeout=10) as response:
+            cached = response.read()
+        publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
+        with plain.open(f"{server.url}/models.json", timeout=10) as response:
+            assert response.read() == cached
+        result = cli_run(server, data_dir, "update")
+        assert result.returncode == 0 and "org/tiny latest: update available" in result.stdout, result.stdout
 
 
 # --- System-call fault sweep -------------------------------------------------------

@@ -136,7 +136,11 @@ _CACHE_MAX_AGE = 24 * 60 * 60  # seconds a cached chunk no pull needs is kept
 _BUFFER_SIZE = 256 << 10
 _IN_MEMORY_UP_TO = _BUFFER_SIZE  # chunks this small are verified in a worker's buffer
 _STRAIGHT_INTO_FILES = True  # bigger chunks needed once stream into their files, not cache/chunks
-_HEAD_LIMIT = 64 << 10  # bytes of status line and headers read by a session
+_HEAD_LIMIT = 64 << 10  # a session's buffer for status lines and headers
+_HEAD_MAX = 256 << 10  # the longest head a session reads, growing its buffer
+_PROGRESS_WINDOW = 64 << 10  # bytes of a body that must arrive within each ``timeout`` of waiting
+_INTERIM_LIMIT = 16  # 1xx responses before the final one
+_REDIRECT_LIMIT = 10
 _PROGRESS_INTERVAL = 0.1  # seconds between byte-progress callbacks
 _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
 _BACKOFF_CAP = 10.0
@@ -1338,8 +1342,8 @@ def _detail(remote: RemoteModel, manifest: _Manifest) -> RemoteModelDetail:
 
 
 # --- Registry client --------------------------------------------------------------
-# Fetching from http(s)://, file:// or a directory: a timeout on every request,
-# bounded bodies, retries with exponential backoff on transient failures.
+# Fetching from http(s)://, file:// or a directory: one HTTP/1.1 transport with a
+# wait budget per request, bounded bodies, and one retry policy (``fetch``).
 
 
 class _Transient(Exception):
@@ -1503,22 +1507,65 @@ class _Response:
             pass
 
 
+class _Malformed(_Transient):
+    """A response that breaks HTTP/1.1 framing: the connection is dropped, and the request retried."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"malformed response: {problem}", restart=True)
+
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no control characters but tab
+_STATUS_RE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+_FIELDS_RE = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r?\n)*")
+_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
+_HOP_HEADERS = frozenset([  # the transport's own: a caller may not set them
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
+    "expect", "range", "proxy-authorization", "proxy-connection",
+])
+_CREDENTIAL_HEADERS = frozenset(["authorization", "cookie"])  # not sent to another host after a redirect
+
+
+def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The caller's extra request headers, checked; a ValueError never quotes a value (it may be a secret)."""
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not a valid HTTP field name")
+        if name.lower() in _HOP_HEADERS:
+            raise ValueError(f"header {name} is set by xprim-models itself and cannot be given")
+        if not isinstance(value, str) or not (value.isascii() and _FIELD_VALUE_RE.fullmatch(value)):
+            raise ValueError(f"the value of header {name} must be ASCII text without control characters")
+        checked[name] = value.strip(" \t")
+    return checked
+
+
 class _Session:
     """One persistent HTTP/1.1 connection, used by one thread at a time (a pull's worker).
 
-    It speaks just enough HTTP/1.1 for a GET of a static file: one request, a
-    status line, headers, and a body of known length read straight into the
-    caller's buffer. Reusing the connection saves a TCP (and TLS) handshake per
-    chunk, and parsing the head here rather than in http.client (which hands
-    headers to the email package) halves the cost of a 64 KiB chunk. Any other
-    response shape is left to urllib.
+    This is the only HTTP parser in the module (urllib serves only a caller's
+    ``opener``). It reads a head into a fixed 64 KiB buffer and a body straight
+    into the caller's buffer; http.client hands every head to the email package,
+    which costs more than the transfer of a 64 KiB chunk (see the README's
+    Performance section).
+
+    Time is bounded by a budget of waiting: connecting, sending the request and
+    receiving the final head (1xx interim responses included) must take at most
+    ``timeout`` seconds in all, and then every 64 KiB of body (or the rest of it)
+    must arrive within ``timeout`` seconds of waiting. Only time spent waiting on
+    the socket counts, not a rate limit's pauses.
     """
 
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
-        self.key: tuple[str, str, int] | None = None
-        self.head = bytearray(_HEAD_LIMIT)
-        self.start = self.end = 0  # body bytes that arrived with the head: head[start:end]
+        self.key: tuple[str, str, int, str] | None = None
+        self.buffer = bytearray(_HEAD_LIMIT)
+        self.start = self.end = 0  # unread bytes: buffer[start:end]
+        self.timeout = 30.0
+        self.budget = 0.0  # seconds of waiting left
+        self.window = 0  # bytes still to arrive before the budget is renewed
+        self.poller: Any = None  # select.poll() on this connection, made when first needed
+        self.sock_timeout = -1.0  # what the socket's own timeout was last set to
 
     def close(self) -> None:
         if self.sock is not None:
@@ -1527,106 +1574,239 @@ class _Session:
             except OSError:
                 pass
             self.sock = None
-
-    def connect(self, key: tuple[str, str, int], timeout: float, context: ssl.SSLContext | None) -> None:
-        import socket
-
-        self.close()
-        _, host, port = key
-        sock = socket.create_connection((host, port), timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one small write
-            if context is not None:
-                sock = context.wrap_socket(sock, server_hostname=host)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock, self.key = sock, key
-
-    def exchange(self, request: bytes) -> tuple[str, int, str, dict[str, str]] | None:
-        """Send ``request``; return the final response's version, status, reason and headers
-        (names lower-cased), or None when the head is not the plain kind this class reads."""
-        assert self.sock is not None
-        self.sock.sendall(request)
+        self.poller = None
+        self.sock_timeout = -1.0
         self.start = self.end = 0
-        while True:
-            head = self._read_head()
-            if head is None:
-                return None
-            if not 100 <= head[1] < 200:  # skip interim responses (100 Continue, 103 Early Hints)
-                return head
 
-    def _read_head(self) -> tuple[str, int, str, dict[str, str]] | None:
+    def arm(self, timeout: float, window: int) -> None:
+        """Start a budget of ``timeout`` seconds of waiting, renewed after each ``window`` bytes."""
+        self.timeout, self.budget, self.window = timeout, timeout, window
+
+    def idle(self) -> bool:
+        """True when the kept-alive connection has nothing to read: no stray bytes, no close."""
+        import select
+
+        sock = self.sock
+        if sock is None or self.start < self.end:
+            return False
+        if getattr(sock, "pending", lambda: 0)():  # TLS bytes already decrypted
+            return False
+        try:
+            if hasattr(select, "poll"):
+                if self.poller is None:
+                    self.poller = select.poll()
+                    self.poller.register(sock.fileno(), select.POLLIN)
+                return not self.poller.poll(0)
+            return not select.select([sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+
+    def recv_into(self, view: memoryview) -> int:
+        """Receive into ``view`` within the budget; 0 at the end of the stream."""
+        sock = self.sock
+        if sock is None:
+            return 0
+        budget = self.budget
+        if budget <= 0:
+            raise self._out_of_time()
+        self._limit(sock, budget)
+        began = time.monotonic()
+        try:
+            count = sock.recv_into(view)
+        except TimeoutError as exc:  # socket.timeout is TimeoutError from Python 3.10 on
+            raise self._out_of_time() from exc
+        except OSError as exc:
+            if type(exc).__name__ == "timeout":  # socket.timeout on Python 3.9
+                raise self._out_of_time() from exc
+            raise
+        self.budget = budget - (time.monotonic() - began)
+        self.window -= count
+        if self.window <= 0:
+            self.budget, self.window = self.timeout, _PROGRESS_WINDOW
+        return count
+
+    def _out_of_time(self) -> _Transient:
+        self.close()
+        if self.window > _PROGRESS_WINDOW:
+            return _Transient(f"timed out: no complete response within {self.timeout:g}s")
+        return _Transient(f"timed out: less than 64 KiB of the body arrived in {self.timeout:g}s")
+
+    def _limit(self, sock: socket.socket, budget: float) -> None:
+        """Make the socket's own timeout at most the budget (and not much more than a 16th of
+        ``timeout`` below it: setting it costs a system call, so a close value is kept)."""
+        if not budget <= self.sock_timeout <= budget + self.timeout / 16:
+            sock.settimeout(budget)
+            self.sock_timeout = budget
+
+    def send(self, data: bytes) -> None:
         assert self.sock is not None
-        buffer, view = self.head, memoryview(self.head)
-        if self.start:  # the rest of the buffer after an interim response
+        self._limit(self.sock, max(self.budget, 0.001))
+        self.sock.sendall(data)
+
+    def fill(self) -> None:
+        """Read more bytes after ``buffer[start:end]``, moving them to the front first."""
+        if self.start:
+            view = memoryview(self.buffer)
             view[: self.end - self.start] = view[self.start : self.end]
-        end, self.start = self.end - self.start, 0
-        while True:
-            # The blank line ends the head; bare LFs are legal but left to urllib.
-            found = buffer.find(b"\n\r\n", 0, end)
-            bare = buffer.find(b"\n\n", 0, found if found >= 0 else end)
-            found = bare if bare >= 0 else found
-            if found >= 0:
-                break
-            if end == len(buffer):
-                return None  # a head this large is not the plain kind
-            count = self.sock.recv_into(view[end:])
-            if not count:
+            self.start, self.end = 0, self.end - self.start
+        if self.end == len(self.buffer):
+            if len(self.buffer) >= _HEAD_MAX:
+                raise _Malformed(f"a head or line longer than {_HEAD_MAX // 1024} KiB")
+            self.buffer += bytes(len(self.buffer))  # an unusually long head: grow, up to the cap
+        count = self.recv_into(memoryview(self.buffer)[self.end :])
+        if not count:
+            if not self.end:  # not a byte of an answer: a kept-alive connection the server had dropped
                 raise ConnectionResetError(errno.ECONNRESET, "the server closed the connection")
-            end += count
-        self.start, self.end = found + (3 if buffer[found + 1] == 0x0D else 2), end
-        text = buffer[: found + 1].decode("latin-1")  # up to the last header line's end
-        if text.count("\n") != text.count("\r\n"):
-            return None
-        status_line, *fields = text[:-2].split("\r\n")
-        version, _, rest = status_line.partition(" ")
-        code, _, reason = rest.partition(" ")
-        if version not in ("HTTP/1.1", "HTTP/1.0") or not (len(code) == 3 and code.isascii() and code.isdigit()):
-            return None
-        headers: dict[str, str] = {}
-        for line in fields:
-            name, colon, value = line.partition(":")
-            name, value = name.lower(), value.strip()
-            if not colon or name != name.strip():  # a folded or malformed line: urllib's job
-                return None
-            if name in headers and headers[name] != value:
-                if name in ("content-length", "content-range", "transfer-encoding"):
-                    return None  # conflicting framing: let urllib decide
-                value = f"{headers[name]}, {value}"
-            headers[name] = value
-        return version, int(code), reason.strip(), headers
+            raise _Transient("the server closed the connection inside a response head")
+        self.end += count
+
+    def read_line(self) -> bytes:
+        """One line (CRLF or bare LF ended), without its ending."""
+        while True:
+            found = self.buffer.find(b"\n", self.start, self.end)
+            if found >= 0:
+                line = bytes(self.buffer[self.start : found])
+                self.start = found + 1
+                line = line[:-1] if line.endswith(b"\r") else line
+                if b"\r" in line:
+                    raise _Malformed("a bare CR inside a line")
+                return line
+            self.fill()
+
+    def read_head(self) -> tuple[int, int, str, dict[str, str]]:
+        """The next response head: HTTP minor version, status, reason, and fields (names lower-cased)."""
+        while True:
+            found = self.buffer.find(b"\n\r\n", self.start, self.end)
+            bare = self.buffer.find(b"\n\n", self.start, found if found >= 0 else self.end)
+            if bare >= 0 or found >= 0:
+                break
+            self.fill()
+        last = bare if bare >= 0 else found
+        text = self.buffer[self.start : last + 1].decode("latin-1")  # through the last line's LF
+        self.start = last + (2 if bare >= 0 else 3)
+        # One regular expression checks every field line at once (a token, a colon, a value of
+        # visible characters, spaces, tabs and obs-text), ruling out folded lines, space before
+        # the colon, control characters and a CR anywhere but before its LF.
+        status_line, _, lines = text.partition("\n")
+        match = _STATUS_RE.fullmatch(status_line[:-1] if status_line.endswith("\r") else status_line)
+        if match is None:
+            raise _Malformed(f"status line {status_line[:80]!r}")
+        if not _FIELDS_RE.fullmatch(lines):
+            bad = next((line for line in lines.split("\n") if not _FIELDS_RE.fullmatch(line + "\n")), "")
+            what = "folded header line" if bad[:1] in (" ", "\t") else "header line"
+            raise _Malformed(f"{what} {bad.rstrip()[:80]!r}")
+        fields: dict[str, str] = {}
+        for line in lines.split("\n")[:-1]:
+            name, _, value = line.partition(":")
+            name, value = name.lower(), value.strip(" \t\r")
+            fields[name] = f"{fields[name]}, {value}" if name in fields else value
+        return int(match.group(1)), int(match.group(2)), (match.group(3) or "").strip(), fields
 
 
 class _SessionResponse(_Response):
-    """A Content-Length body on a session's connection; one not read to its end spoils it."""
+    """A response on a session's connection; one not read to its end spoils the connection."""
 
-    def __init__(self, session: _Session, status: int, length: int, headers: Mapping[str, str],
-                 keep_alive: bool) -> None:
-        super().__init__(status, length, None, headers.get("content-range", ""))
-        self.session, self.remaining, self.keep_alive = session, length, keep_alive
+    def __init__(self, session: _Session, head: tuple[int, int, str, dict[str, str]], *, bodiless: bool) -> None:
+        minor, status, reason, fields = head
+        self.session, self.fields, self.reason = session, fields, reason
+        connection = fields.get("connection")
+        if connection is None:
+            self.keep_alive = minor == 1
+        else:
+            connection = connection.lower()
+            self.keep_alive = "close" not in connection and (minor == 1 or "keep-alive" in connection)
+        self.chunked, self.chunk_left = False, 0
+        coding = fields.get("transfer-encoding")
+        length: int | None = None
+        sized = fields.get("content-length", "")
+        if bodiless:
+            length = 0
+        elif coding is None and 0 < len(sized) < 19 and sized.isdigit() and sized.isascii():
+            length = int(sized)  # the usual case, checked cheaply
+        elif coding is not None:
+            if "content-length" in fields:
+                raise _Malformed("both Transfer-Encoding and Content-Length")
+            if coding.lower().replace(" ", "") != "chunked":
+                raise _Malformed(f"unsupported Transfer-Encoding {coding[:40]!r}")
+            self.chunked = True
+        elif "content-length" in fields:
+            values = {value.strip() for value in fields["content-length"].split(",")}
+            if len(values) != 1 or not _DIGITS_RE.fullmatch(next(iter(values))):
+                raise _Malformed(f"Content-Length {fields['content-length'][:40]!r}")
+            length = int(values.pop())
+        else:
+            self.keep_alive = False  # the body ends when the connection does
+        super().__init__(status, length, None, fields.get("content-range", ""))
+        self.remaining = -1 if length is None else length
+        self.done = length == 0
 
     def readinto(self, view: memoryview) -> int:
-        session = self.session
-        if self.remaining <= 0 or session.sock is None:
+        if self.done:
             return 0
-        view = view[: self.remaining]
+        if self.chunked and not self.chunk_left:
+            self._next_chunk()
+            if self.done:
+                return 0
+        limit = self.chunk_left if self.chunked else self.remaining
+        if limit >= 0:
+            view = view[:limit]
+        session = self.session
         if session.start < session.end:
             count = min(len(view), session.end - session.start)
-            view[:count] = memoryview(session.head)[session.start : session.start + count]
+            view[:count] = memoryview(session.buffer)[session.start : session.start + count]
             session.start += count
         else:
-            count = session.sock.recv_into(view)
-        self.remaining -= count
+            count = session.recv_into(view)
+        if self.chunked:
+            if not count:
+                raise _Transient("the connection closed inside a chunked body")
+            self.chunk_left -= count
+        elif self.remaining >= 0:
+            self.remaining -= count
+            self.done = not self.remaining
+        elif not count:
+            self.done = True
         return count
 
+    def _next_chunk(self) -> None:
+        session = self.session
+        if self.chunk_left == 0 and self.remaining == -2 and session.read_line():
+            raise _Malformed("chunk data longer than its size")
+        match = _CHUNK_SIZE_RE.fullmatch(session.read_line())
+        if match is None:
+            raise _Malformed("a bad chunk-size line")
+        self.chunk_left, self.remaining = int(match.group(1), 16), -2  # -2: data lines end with CRLF
+        if not self.chunk_left:
+            for _ in range(100):  # trailer fields, then a blank line
+                line = session.read_line()
+                if not line:
+                    self.done = True
+                    return
+                if b":" not in line or line[:1] in (b" ", b"\t"):
+                    raise _Malformed("a bad trailer line")
+            raise _Malformed("more than 100 trailer fields")
+
     def close(self) -> None:
-        # Bytes past the body would be read as the next response: start afresh instead.
-        if self.remaining or not self.keep_alive or self.session.start < self.session.end:
+        # Anything but a clean end leaves the connection in an unknown state: start afresh.
+        if not (self.done and self.keep_alive) or self.session.start < self.session.end:
             self.session.close()
 
 
+class _Mismatch(_Transient):
+    """A chunk's bytes did not hash to its name (or there were too many): one failed attempt."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, restart=True)
+
+
+_Route = tuple[tuple[str, str, int, str], str, str]  # connection key, Host header, request-target prefix
+
+
 class _RegistryClient:
+    """Fetches from the registry: one transport (``_Session``) for every http(s) request,
+    direct or through a proxy; files for ``file://`` and directories; urllib only for a
+    caller's ``opener``. The retry policy lives in ``fetch``."""
+
     def __init__(
         self,
         url: str,
@@ -1637,15 +1817,17 @@ class _RegistryClient:
         retries: int,
         backoff: float,
         logger: logging.Logger | Any,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/") if re.match(r"(?i)(https?|file)://", url) else url
         self.local_root = self._local_root(url)
         self._opener = opener
-        self._own_opener = opener is None  # only then may sessions bypass it
         self._ssl_context = ssl_context
-        self._proxied: dict[tuple[str, str], bool] = {}
-        self._routes: dict[str, tuple[tuple[str, str, int], str, str] | None] = {}
-        self._opener_guard = threading.Lock()
+        self._proxies: dict[tuple[str, str], str] = {}
+        self._proxy_addresses: dict[str, tuple[tuple[str, int], str]] = {}
+        self._routes: dict[str, _Route] = {}
+        self._guard = threading.Lock()
+        self.headers = dict(headers or {})
         self.timeout, self.retries, self.backoff, self.logger = timeout, retries, backoff, logger
 
     @staticmethod
@@ -1675,44 +1857,168 @@ class _RegistryClient:
             return os.path.join(self.local_root, *relative.split("/"))
         return f"{self.url}/{relative}"
 
-    def _uses_proxy(self, scheme: str, host: str) -> bool:
-        with self._opener_guard:
-            if (scheme, host) not in self._proxied:
-                self._proxied[(scheme, host)] = self._proxy_applies(scheme, host)
-            return self._proxied[(scheme, host)]
+    # Routing ---------------------------------------------------------------
 
-    @staticmethod
-    def _proxy_applies(scheme: str, host: str) -> bool:
-        if sys.platform not in ("darwin", "win32") and not any(
-            name.lower().endswith("_proxy") for name in os.environ
-        ):
-            return False  # only the environment could name one: no need to import urllib.request
-        import urllib.request
+    def _proxy(self, scheme: str, host: str) -> str:
+        """The proxy URL for ``scheme://host`` (``host[:port]``), or "" to connect directly. Read the urllib way:
+        the ``*_proxy`` variables and ``NO_PROXY``, and on macOS and Windows the system's settings."""
+        with self._guard:
+            if (scheme, host) not in self._proxies:
+                proxy = ""
+                if sys.platform in ("darwin", "win32") or any(name.lower().endswith("_proxy") for name in os.environ):
+                    import urllib.request  # only then: importing it costs 20 ms
 
-        return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
+                    if not urllib.request.proxy_bypass(host):
+                        proxy = urllib.request.getproxies().get(scheme, "")
+                self._proxies[(scheme, host)] = proxy
+            return self._proxies[(scheme, host)]
 
-    def _open_session(self, url: str, headers: Mapping[str, str], session: _Session) -> _Response | None:
-        """GET ``url`` on the session's persistent connection; None when urllib must handle it
-        (a custom opener, a proxy, a redirect, or a response other than a plain sized body)."""
+    def _route(self, url: str) -> tuple[_Route, str]:
+        """How to GET ``url``: the connection, the Host header, and the request target."""
         directory, _, name = url.rpartition("/")
-        if directory not in self._routes:  # parsed once per directory: chunks share theirs
-            self._routes[directory] = self._route(directory + "/")
-        route = self._routes[directory]
+        cacheable = "?" not in name and "#" not in name
+        route = self._routes.get(directory) if cacheable else None
         if route is None:
-            return None
-        key, authority, target = route
-        target += name
+            route = self._parse_route(directory + "/")
+            if cacheable:
+                self._routes[directory] = route  # chunks share their directory's
+        _, _, prefix = route
+        target = prefix + name
         if not (target.isascii() and target.isprintable()) or " " in target:  # it goes on the request line
             raise RegistryError(f"invalid registry URL {url!r}: quote spaces and other special characters")
+        return route, target
+
+    def _parse_route(self, url: str) -> _Route:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
+        scheme, host = parts.scheme.lower(), parts.hostname or ""
+        if scheme not in ("http", "https"):
+            raise RegistryError(f"invalid registry URL {url!r}: not http(s)")
+        if not host:
+            raise RegistryError(f"invalid registry URL {url!r}: no host name")
+        default_port = 443 if scheme == "https" else 80
+        try:
+            authority = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
+        authority = f"[{authority}]" if ":" in authority else authority
+        authority += f":{port}" if port not in (None, default_port) else ""
+        proxy = self._proxy(scheme, parts.netloc.rpartition("@")[2])  # host[:port], as urllib matches NO_PROXY
+        path = parts.path or "/"
+        # Through a proxy, plain http asks for the absolute URL; https tunnels with CONNECT.
+        prefix = f"http://{authority}{path}" if proxy and scheme == "http" else path
+        return (scheme, host, port or default_port, proxy), authority, prefix
+
+    def _default_ssl_context(self) -> ssl.SSLContext:
+        import ssl
+
+        with self._guard:
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()  # honours SSL_CERT_FILE
+            return self._ssl_context
+
+    # One request -----------------------------------------------------------
+
+    def _connect(self, session: _Session, key: tuple[str, str, int, str], url: str) -> None:
+        import socket
+
+        session.close()
+        scheme, host, port, proxy = key
+        address, proxy_auth = (host, port), ""
+        if proxy:
+            address, proxy_auth = self._proxy_address(proxy, url)
+        began = time.monotonic()
+        sock = socket.create_connection(address, max(session.budget, 0.001))
+        session.budget -= time.monotonic() - began
+        session.sock, session.key, session.sock_timeout = sock, key, -1.0
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one small write
+        if proxy and scheme == "https":
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            auth = f"Proxy-Authorization: {proxy_auth}\r\n" if proxy_auth else ""
+            session.send(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode("idna"))
+            _, status, reason, _ = session.read_head()
+            if session.start < session.end:
+                raise _Malformed("bytes after the proxy's answer to CONNECT")
+            if status == 407:
+                raise NetworkError(f"{url}: the proxy {self._safe_proxy(proxy)} asks for credentials (HTTP 407); "
+                                   "put them in the proxy URL (http://user:password@host:port)")
+            if not 200 <= status < 300:
+                self._raise_for_status(f"{url} (through the proxy {self._safe_proxy(proxy)})", status, reason,
+                                       None, False)
+        if scheme == "https":
+            context = self._default_ssl_context()
+            began = time.monotonic()
+            sock.settimeout(max(session.budget, 0.001))
+            session.sock = context.wrap_socket(sock, server_hostname=host)
+            session.budget -= time.monotonic() - began
+            session.sock_timeout = -1.0
+
+    @staticmethod
+    def _safe_proxy(proxy: str) -> str:
+        """The proxy URL without its credentials, for messages."""
+        return re.sub(r"//[^@/]*@", "//", proxy)
+
+    def _proxy_address(self, proxy: str, url: str) -> tuple[tuple[str, int], str]:
+        """The proxy's (host, port) and its Proxy-Authorization value ("" without credentials)."""
+        known = self._proxy_addresses.get(proxy)
+        if known is None:
+            known = self._proxy_addresses[proxy] = self._parse_proxy(proxy, url)
+        return known
+
+    def _parse_proxy(self, proxy: str, url: str) -> tuple[tuple[str, int], str]:
+        import base64
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            port = -1
+        if parts.scheme.lower() != "http" or not parts.hostname or port < 0:
+            raise NetworkError(f"{url}: the proxy {self._safe_proxy(proxy)} is not a plain http://host:port proxy, "
+                               "the only kind supported; check HTTP_PROXY/HTTPS_PROXY")
+        auth = ""
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            auth = "Basic " + base64.b64encode(credentials).decode("ascii")
+        return (parts.hostname, port), auth
+
+    def _request(self, session: _Session, url: str, headers: Mapping[str, str]) -> _SessionResponse:
+        """Send one GET on ``session`` (reusing its connection when it is idle) and read the final head."""
+        route, target = self._route(url)
+        key, authority, _ = route
         lines = [f"GET {target} HTTP/1.1", f"Host: {authority}", *(f"{k}: {v}" for k, v in headers.items())]
+        if key[3] and key[0] == "http":
+            _, proxy_auth = self._proxy_address(key[3], url)
+            lines += [f"Proxy-Authorization: {proxy_auth}"] if proxy_auth else []
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+        session.arm(self.timeout, 1 << 62)  # connect, send and the head: one budget
         for _ in range(2):
-            reused = session.sock is not None and session.key == key
+            reused = session.key == key and session.idle()
             try:
                 if not reused:
-                    session.connect(key, self.timeout, self._default_ssl_context() if key[0] == "https" else None)
-                head = session.exchange(request)
+                    if session.sock is not None and session.key == key:
+                        self.logger.debug("%s: a new connection (the kept one was closed or had stray bytes)", url)
+                    self._connect(session, key, url)
+                session.send(request)
+                interim = 0
+                while True:
+                    head = session.read_head()
+                    if not 100 <= head[1] < 200:
+                        break
+                    interim += 1
+                    if head[1] == 101 or interim > _INTERIM_LIMIT:
+                        raise _Malformed(f"HTTP {head[1]}" if head[1] == 101 else
+                                         f"more than {_INTERIM_LIMIT} interim (1xx) responses")
                 break
+            except (_Transient, NetworkError):
+                session.close()
+                raise
             except OSError as exc:
                 session.close()
                 if type(exc).__name__ == "SSLCertVerificationError":
@@ -1724,53 +2030,56 @@ class _RegistryClient:
                 if not (reused and stale):
                     raise _Transient(str(exc) or type(exc).__name__) from exc
                 # The server closed a kept-alive connection meanwhile: reconnect, not a retry.
-        if head is not None and head[1] >= 400:
-            session.close()
-            retry_after = _retry_after_seconds(head[3].get("retry-after"))
-            self._raise_for_status(url, head[1], head[2], retry_after, bool(headers.get("Range")))
-        length = _content_length(head[3].get("content-length")) if head is not None else None
-        if head is None or head[1] not in (200, 206) or length is None or "transfer-encoding" in head[3]:
-            # A redirect, a chunked or unsized body, or anything odd: urllib takes it from
-            # here, and takes the next requests to this directory at once.
-            session.close()
-            self._routes[directory] = None
-            return None
-        version, status, _, fields = head
-        connection = fields.get("connection", "").lower()
-        keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-        return _SessionResponse(session, status, length, fields, keep_alive)
-
-    def _route(self, url: str) -> tuple[tuple[str, str, int], str, str] | None:
-        """(scheme, host, port), Host header and request path for a session to GET ``url``;
-        None when urllib must (a custom opener, a proxy, a query string)."""
-        from urllib.parse import urlsplit
-
+        session.arm(self.timeout, _PROGRESS_WINDOW)  # the body: 64 KiB per timeout
         try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
-        scheme, host = parts.scheme.lower(), parts.hostname or ""
-        if not host:
-            raise RegistryError(f"invalid registry URL {url!r}: no host name")
-        if not self._own_opener or parts.query or parts.fragment or self._uses_proxy(scheme, host):
-            return None
-        default_port = 443 if scheme == "https" else 80
-        try:
-            authority = host.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
-        authority = f"[{authority}]" if ":" in authority else authority
-        authority += f":{port}" if port not in (None, default_port) else ""
-        return (scheme, host, port or default_port), authority, parts.path or "/"
+            return _SessionResponse(session, head, bodiless=head[1] in (204, 304))
+        except _Transient:
+            session.close()
+            raise
 
-    def _default_ssl_context(self) -> ssl.SSLContext:
-        import ssl
+    def _open_http(self, url: str, headers: dict[str, str], session: _Session) -> _Response:
+        """GET ``url``, following redirects; credentials stay with the host they were given for."""
+        for _ in range(_REDIRECT_LIMIT + 1):
+            response = self._request(session, url, headers)
+            status = response.status
+            if status >= 400:
+                session.close()
+                retry_after = _retry_after_seconds(response.fields.get("retry-after"))
+                self._raise_for_status(url, status, response.reason, retry_after, "Range" in headers)
+            if status not in (301, 302, 303, 307, 308):
+                if status not in (200, 203, 206):
+                    session.close()
+                    raise NetworkError(f"{url}: HTTP {status} {response.reason}".rstrip())
+                return response
+            location = response.fields.get("location", "")
+            self._drain(response)
+            url = self._redirect(url, location, status, headers)
+        raise NetworkError(f"{url}: more than {_REDIRECT_LIMIT} redirects")
 
-        with self._opener_guard:
-            if self._ssl_context is None:
-                self._ssl_context = ssl.create_default_context()  # honours SSL_CERT_FILE
-            return self._ssl_context
+    def _redirect(self, url: str, location: str, status: int, headers: dict[str, str]) -> str:
+        from urllib.parse import quote, urljoin, urlsplit
+
+        if not location:
+            raise NetworkError(f"{url}: HTTP {status} redirect without a Location")
+        target = urljoin(url, quote(location.strip(), safe="/:?=&%;@+,$!*'()~#[]"))
+        old, new = urlsplit(url), urlsplit(target)
+        if new.scheme.lower() not in ("http", "https"):
+            raise NetworkError(f"{url}: redirected to {new.scheme}:, not http(s)")
+        # Like curl and requests: credentials go to no other host, and never down to plain http.
+        if (old.hostname, old.port) != (new.hostname, new.port) or (old.scheme, new.scheme) == ("https", "http"):
+            for name in [name for name in headers if name.lower() in _CREDENTIAL_HEADERS]:
+                del headers[name]
+        self.logger.debug("%s: HTTP %d to %s", url, status, target)
+        return target
+
+    @staticmethod
+    def _drain(response: _SessionResponse) -> None:
+        """Read a redirect's short body, so its connection stays usable; a longer one closes it."""
+        scrap = memoryview(bytearray(4096))
+        for _ in range(16):
+            if not response.readinto(scrap):
+                break
+        response.close()
 
     @staticmethod
     def _raise_for_status(url: str, code: int, reason: str, retry_after: float | None, ranged: bool) -> None:
@@ -1782,26 +2091,29 @@ class _RegistryClient:
             raise _Transient(f"HTTP {code} {reason}", retry_after)
         raise NetworkError(f"{url}: HTTP {code} {reason}")
 
-    def _open_url(self, url: str, start: int, session: _Session) -> _Response:
+    def _open_url(self, url: str, start: int, session: _Session, revalidate: bool) -> _Response:
         headers = {
             "User-Agent": f"xprim-models/{__version__} python/{sys.version.split()[0]}",
             "Accept-Encoding": "identity",
+            **self.headers,
         }
+        if revalidate:  # any cache on the way must ask the registry whether its copy is current
+            headers["Cache-Control"] = "no-cache"
+            headers["Pragma"] = "no-cache"
         if start:
             headers["Range"] = f"bytes={start}-"
-        direct = self._open_session(url, headers, session)
-        if direct is not None:
-            return direct
-        import http.client  # loaded only here: importing urllib.request costs 20 ms
+        if self._opener is None:
+            return self._open_http(url, headers, session)
+        return self._open_with_opener(url, headers, start)
+
+    def _open_with_opener(self, url: str, headers: Mapping[str, str], start: int) -> _Response:
+        """GET ``url`` through the caller's opener (urllib's interface)."""
+        import http.client
         import urllib.error
         import urllib.request
 
-        with self._opener_guard:
-            if self._opener is None:  # urllib's opener honours the *_proxy variables
-                handlers = [urllib.request.HTTPSHandler(context=self._ssl_context)] if self._ssl_context else []
-                self._opener = urllib.request.build_opener(*handlers)
         try:
-            response = self._opener.open(urllib.request.Request(url, headers=headers), timeout=self.timeout)
+            response = self._opener.open(urllib.request.Request(url, headers=dict(headers)), timeout=self.timeout)
         except ValueError as exc:  # includes UnicodeEncodeError; HTTPError is not one
             raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
         except urllib.error.HTTPError as exc:
@@ -1840,6 +2152,8 @@ class _RegistryClient:
             return _Response(206, size - start, handle, f"bytes {start}-{size - 1}/{size}")
         return _Response(200, size, handle)
 
+    # The retry policy --------------------------------------------------------
+
     def fetch(
         self,
         relative: str,
@@ -1851,12 +2165,21 @@ class _RegistryClient:
         cancel: threading.Event | None = None,
         read_size: int = _BUFFER_SIZE,
         session: _Session,
+        check: Callable[[], str] | None = None,
+        revalidate: bool = False,
     ) -> None:
-        """Transfer one body into ``sink``, retrying per policy.
+        """Transfer one body into ``sink``, under the one retry policy.
 
-        With ``exact`` the body must be exactly ``size`` bytes (a longer one is a
-        HashMismatchError, a shorter one a broken transfer); otherwise ``size``
-        is a cap and a longer body is a RegistryError.
+        At most ``retries + 1`` attempts, whatever fails: a connection error or
+        timeout, a 5xx or 429, a cut or malformed response, or a body that fails
+        ``check`` (which returns a problem, or "" when the bytes are right). Before
+        attempt n+1 it waits ``backoff * 2**(n-1)`` seconds, capped at 10 s, or
+        longer when a 429/503 asks with ``Retry-After`` (up to 30 s). A cut body
+        resumes with a Range request; a failed check starts over.
+
+        With ``exact`` the body must be exactly ``size`` bytes (a longer one fails
+        the attempt like a bad hash, a shorter one is a broken transfer); otherwise
+        ``size`` is a cap and a longer body is a RegistryError.
         """
         location = self.location(relative)
         last: _Transient | None = None
@@ -1876,18 +2199,30 @@ class _RegistryClient:
             elif sink.kept:
                 sink.reset()
             try:
-                self._attempt(location, what, sink, size, exact, cancel, read_size, session,
+                self._attempt(location, what, sink, size, exact, cancel, read_size, session, revalidate,
                               (attempt + 1, self.retries + 1))
-                return
+                problem = check() if check is not None else ""
+                if not problem:
+                    return
+                raise _Mismatch(problem)
             except _Transient as exc:
                 last = exc
-                self.logger.debug("%s: %s", location, exc)
+                if isinstance(exc, _Mismatch):
+                    session.close()  # a desynchronised connection could be the cause: take a new one
+                    if attempt < self.retries:
+                        self.logger.warning("%s: %s, downloading it again", what, exc)
+                else:
+                    self.logger.debug("%s: %s", location, exc)
             except _Missing as exc:
                 raise RegistryError(
                     f"{what} is missing from the registry ({location}: {exc}); "
                     "check the registry URL, or tell the registry's publisher"
                 ) from exc
         assert last is not None
+        if isinstance(last, _Mismatch):
+            raise HashMismatchError(
+                f"{what}: {last}, after {self.retries + 1} attempts; the registry serves corrupt data"
+            ) from None
         raise NetworkError(f"{what}: {location}: {last} (after {self.retries + 1} attempts)") from last
 
     def _attempt(
@@ -1900,6 +2235,7 @@ class _RegistryClient:
         cancel: threading.Event | None,
         read_size: int,
         session: _Session,
+        revalidate: bool,
         attempt: tuple[int, int],
     ) -> None:
         start = sink.kept if sink.resumable and exact else 0
@@ -1909,7 +2245,8 @@ class _RegistryClient:
         self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "",
                           extra={_ATTEMPT_KEY: (location, *attempt)})
         local = self.local_root is not None
-        response = self._open_local(location, start) if local else self._open_url(location, start, session)
+        response = (self._open_local(location, start) if local
+                    else self._open_url(location, start, session, revalidate))
         try:
             if start and response.status != 206:
                 sink.reset()  # the server ignored Range: take the whole body again
@@ -1929,10 +2266,10 @@ class _RegistryClient:
             response.close()
 
     @staticmethod
-    def _too_long(what: str, location: str, size: int, sent: int | None, exact: bool) -> ModelsError:
+    def _too_long(what: str, location: str, size: int, sent: int | None, exact: bool) -> Exception:
         amount = f"{sent} bytes" if sent is not None else "more bytes"
         if exact:
-            return HashMismatchError(f"{what}: {location} sent {amount}, expected {size}")
+            return _Mismatch(f"{location} sent {amount}, expected {size}")
         return RegistryError(f"{what}: {location} sent {amount}, more than the {size}-byte limit")
 
     @staticmethod
@@ -1957,7 +2294,7 @@ class _RegistryClient:
             try:
                 count = response.readinto(buffer[: min(len(buffer), remaining)])
             except Exception as exc:
-                import http.client  # loaded already when urllib made the response
+                import http.client  # a caller's opener may raise its errors
 
                 if not isinstance(exc, (OSError, http.client.HTTPException)):
                     raise
@@ -1967,12 +2304,14 @@ class _RegistryClient:
             sink.write(buffer[:count])
             remaining -= count
 
-    def fetch_document(self, relative: str, what: str, limit: int, *, session: _Session | None = None) -> bytes:
-        """A whole document of at most ``limit`` bytes, on ``session`` or on a connection of its own."""
+    def fetch_document(self, relative: str, what: str, limit: int, *, session: _Session | None = None,
+                       revalidate: bool = False) -> bytes:
+        """A whole document of at most ``limit`` bytes, on ``session`` or on a connection of its own;
+        with ``revalidate``, caches on the way must check with the registry that their copy is current."""
         sink = _MemorySink()
         connection = session or _Session()
         try:
-            self.fetch(relative, what, sink, size=limit, exact=False, session=connection)
+            self.fetch(relative, what, sink, size=limit, exact=False, session=connection, revalidate=revalidate)
         finally:
             if connection is not session:
                 connection.close()
@@ -1980,7 +2319,8 @@ class _RegistryClient:
 
     def index(self) -> dict[tuple[str, str, str], RemoteModel]:
         """The registry's models.json, validated, with aliases resolved."""
-        raw = self.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES)
+        raw = self.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES,
+                                  revalidate=True)  # caches must not hide an alias move
         return _parse_index(_parse_json(raw, f"models.json at {self.location('models.json')}", RegistryError))
 
     def manifest(self, digest: str, metadata_dir: str, session: _Session | None = None) -> tuple[_Manifest, bytes]:
@@ -2299,22 +2639,16 @@ class _PullJob:
                   session: _Session) -> bool:
         what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
         sink.on_bytes = partial(self._on_network, index)  # every byte written here came from the network
-        client = self.client
-        for attempt in range(client.retries + 1):
-            if attempt:
-                self.store.logger.warning("%s: hash mismatch, downloading it again", what)
-                sink.reset()
-            client.fetch(
-                f"data/{task.digest}", what, sink, size=task.size, exact=True,
-                cancel=self.cancel, read_size=self.read_size,
-                session=session,
-            )
-            if sink.hasher.hexdigest() == task.digest:
-                return True
-        raise HashMismatchError(
-            f"{what}: hash mismatch after {client.retries + 1} downloads "
-            f"(got {sink.hasher.hexdigest()}); the registry serves corrupt data"
+
+        def check() -> str:  # a mismatch is one failed attempt of the fetch's retry policy
+            got = sink.hasher.hexdigest()
+            return "" if got == task.digest else f"hash mismatch (got {got})"
+
+        self.client.fetch(
+            f"data/{task.digest}", what, sink, size=task.size, exact=True,
+            cancel=self.cancel, read_size=self.read_size, session=session, check=check,
         )
+        return True
 
     def _copy_seed(self, seed: _Seed, buffer: bytearray, sink: _ChunkSink | _BufferSink | _PlacedSink) -> bool:
         """Copy a chunk's bytes out of an installed version; True if they still hash right."""
@@ -3233,12 +3567,20 @@ class Manager:
     Args:
         config: the application name, registry URL and optional data directory.
         opener: an object with ``open(request, timeout=...)`` such as
-            ``urllib.request.OpenerDirector``; default: urllib's, which honours
-            the ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` variables.
+            ``urllib.request.OpenerDirector``, to take over every http(s)
+            request; default: the module's own HTTP/1.1 client, which honours
+            ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` (and on macOS and
+            Windows the system's proxy settings, as urllib reads them).
+        headers: extra request headers for every registry request, such as
+            ``{"Authorization": "Bearer ..."}``. Values are never logged;
+            ``Authorization`` and ``Cookie`` are not sent on to another host
+            (or from https to http) after a redirect.
         logger: receives debug/info/warning lines; default the
             ``xprim_models`` logger, silent unless logging is configured.
-        timeout: seconds any single network operation may take.
-        retries: retries after the first attempt, on transient failures.
+        timeout: seconds a request may wait: for the connection and the
+            response head together, then for each 64 KiB of the body.
+        retries: a request is tried at most ``retries + 1`` times, whatever
+            fails (a hash mismatch included); see ``README.md``, Reliability.
         retry_backoff: seconds before the first retry; doubled each time.
         data_dir: a base directory that wins over ``<APP>_MODELS_DIR`` and
             ``Config.data_dir`` (what the CLI's ``--data-dir`` passes).
@@ -3257,6 +3599,7 @@ class Manager:
         retry_backoff: float = 0.5,
         data_dir: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
@@ -3265,6 +3608,7 @@ class Manager:
         if timeout <= 0 or retries < 0 or retry_backoff < 0:
             raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")
         self.config = config
+        self._headers = _check_headers(headers or {})
         if logger is None:
             import logging
 
@@ -3295,6 +3639,7 @@ class Manager:
                 self._client_instance = _RegistryClient(
                     self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context,
                     timeout=self._timeout, retries=self._retries, backoff=self._backoff, logger=self._logger,
+                    headers=self._headers,
                 )
             return self._client_instance
 
@@ -4520,8 +4865,8 @@ def _quick_args(arguments: Sequence[str]) -> dict[str, Any] | None:
     ``list [--remote]`` with the global and output options, read without argparse: its
     import and parsers take longer than the command itself. None for anything else, which
     argparse reads (and explains, if it is wrong)."""
-    values: dict[str, Any] = {"registry": None, "data_dir": None, "models_json": False, "models_quiet": False,
-                              "models_verbose": False}
+    values: dict[str, Any] = {"registry": None, "data_dir": None, "header": None, "models_json": False,
+                              "models_quiet": False, "models_verbose": False}
     flags = {"--json": "models_json", "--quiet": "models_quiet", "-q": "models_quiet",
              "--verbose": "models_verbose", "-v": "models_verbose"}
     words: list[str] = []
@@ -4548,6 +4893,20 @@ def _quick_args(arguments: Sequence[str]) -> dict[str, Any] | None:
     return None
 
 
+def _header_option(text: str) -> tuple[str, str]:
+    """One ``--header 'Name: value'``, checked; the error never quotes the value (a secret)."""
+    import argparse
+
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError("takes 'Name: value', for example 'Authorization: Bearer TOKEN'")
+    try:
+        ((name, value),) = _check_headers({name.strip(): value.strip()}).items()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name, value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -4555,7 +4914,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
         config = Config("xprim-models", args.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
-        return config, {"data_dir": args.data_dir} if args.data_dir else {}
+        options: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
+        if getattr(args, "header", None):
+            options["headers"] = dict(args.header)
+        return config, options
 
     # Only the command given is built in full (its parser costs start-up time); --help and
     # mistakes get them all. The word is the first that is not an option or its value.
@@ -4563,7 +4925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in arguments:
         if value_next:
             value_next = False
-        elif item in ("--registry", "--data-dir"):
+        elif item in ("--registry", "--data-dir", "--header"):
             value_next = True
         elif not item.startswith("-"):
             word = item
@@ -4606,6 +4968,9 @@ def _main_parser(
                             help=hidden or "registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
         parser.add_argument("--data-dir", metavar="DIR", default=hidden,
                             help=hidden or "where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
+        parser.add_argument("--header", metavar="'NAME: VALUE'", action="append", type=_header_option,
+                            default=hidden, help=hidden or "send this header with every registry request, "
+                            "like curl -H (repeatable; e.g. 'Authorization: Bearer TOKEN')")
 
     parser = argparse.ArgumentParser(
         prog="xprim-models", description="Download and manage models from an XPRIM registry.",

@@ -15,7 +15,7 @@ import http.server
 import importlib.util
 import io
 import json
-import locale
+import logging
 import os
 import posixpath
 import random
@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,15 +97,6 @@ def ctrl_c(process: subprocess.Popen[str]) -> None:
         process.stdin.flush()
     else:
         process.send_signal(signal.SIGINT)
-
-
-def arrow() -> str:
-    """The arrow as the CLI shows it on a pipe: "->" where the pipe's encoding (cp1252 on Windows) has none."""
-    try:
-        "\u2192".encode(locale.getpreferredencoding(False))
-    except UnicodeEncodeError:
-        return "->"
-    return "\u2192"
 
 
 def symlink(target: Path, link: Path, *, or_skip: bool = True) -> bool:
@@ -259,7 +250,7 @@ class RegistryServer:
             request_queue_size = 128  # the default 5 drops bursts of connections into 1 s SYN retries
 
             def handle_error(self, request: Any, client_address: Any) -> None:
-                if not isinstance(sys.exc_info()[1], ConnectionError):  # Windows: a client reset while we read
+                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):  # clients hang up: expected
                     super().handle_error(request, client_address)
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
@@ -1245,7 +1236,7 @@ class TestStorage:
         manager.pull("org/tiny latest")
         doc = json.loads((data_dir / "registry.json").read_text())
         entry = doc["org"]["tiny"]["latest"]
-        assert set(entry) == {"manifest_hash", "total_size", "file_count", "installed_at", "alias_of"}
+        assert set(entry) == {"manifest_hash", "total_size", "file_count", "installed_at", "alias_of", "registry_url"}
         assert time.strptime(entry["installed_at"], "%Y-%m-%dT%H:%M:%SZ")
 
     @pytest.mark.parametrize("content", ["{broken", "[]", '{"g": {"m": {"v": 3}}}',
@@ -1697,10 +1688,35 @@ PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{20}\] \d+%")
 
 def cli_run(server: RegistryServer, data_dir: Path, *args: str, env: dict[str, str] | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``python -m xprim_models --registry <server> --data-dir <data_dir> ARGS``, checked for tracebacks."""
-    result = run_cli("--registry", server.url, "--data-dir", str(data_dir), *args, env=env, timeout=timeout)
+    """``xprim-models --registry <server> --data-dir <data_dir> ARGS`` through ``main(argv)`` in this
+    process (no real process matters here: run_cli starts one), checked for tracebacks."""
+    result = main_in_process("--registry", server.url, "--data-dir", str(data_dir), *args, env=env)
     cli_no_traceback(result)
     return result
+
+
+def main_in_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``main(args)`` with stdout and stderr captured as a pipe would (UTF-8, not a terminal)
+    and ``env`` added to the environment for the call."""
+    import contextlib
+    import io
+
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="") for _ in range(2)]
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]):
+            code = xm.main(list(args))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    for stream in streams:
+        stream.flush()
+    out, err = (stream.buffer.getvalue().decode() for stream in streams)  # type: ignore[attr-defined]
+    return subprocess.CompletedProcess(["xprim-models", *args], code, out, err)
 
 
 def cli_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
@@ -2036,6 +2052,7 @@ class TestCli:
             Files:        4
             Installed:    {cli_local_time(installed_at, True)}
             Path:         {data_dir / "org" / "tiny" / "v1"}
+            Registry:     {server.url}
 
             Files:
               model.safetensors     4.9 KB
@@ -2099,14 +2116,14 @@ class TestCli:
         publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
         check = cli_run(server, data_dir, "update", "org/tiny")
         assert check.returncode == 0
-        assert check.stdout == f"Checking for updates...\n\norg/tiny latest: update available (v1 {arrow()} v2)\n"
+        assert check.stdout == "Checking for updates...\n\norg/tiny latest: update available (v1 \u2192 v2)\n"
         assert tree(data_dir / "org" / "tiny" / "latest") == MODEL_FILES  # only checked
         before = server.requests.copy()
         applied = cli_run(server, data_dir, "update", "--apply")
         assert applied.returncode == 0, applied.stderr
         assert applied.stdout == (
             "Checking for updates...\n\n"
-            f"org/tiny latest: update available (v1 {arrow()} v2)\n"
+            "org/tiny latest: update available (v1 \u2192 v2)\n"
             "Downloading update for org/tiny latest...\n"
             "Updated: org/tiny latest (6.4 KB)\n"
         )
@@ -2131,7 +2148,8 @@ class TestCli:
         # A cp1252 console or pipe (Windows) has no arrow: it reads "->", not "?".
         cli_install(server, data_dir, "latest")
         publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
-        check = cli_run(server, data_dir, "update", env={"PYTHONIOENCODING": "cp1252"})
+        check = run_cli("--registry", server.url, "--data-dir", str(data_dir), "update",
+                        env={"PYTHONIOENCODING": "cp1252"})  # a real process: its stdout encodes in cp1252
         assert (check.returncode, check.stderr) == (0, "")
         assert check.stdout.endswith("org/tiny latest: update available (v1 -> v2)\n")
 
@@ -2564,6 +2582,53 @@ class TestCli:
 # --- CLI: embedded in a parent tool ------------------------------------------------
 
 
+class TestProvenance:
+    """Each install records the registry it came from; update checks each model there."""
+
+    def setup_registries(self, tmp_path: Path) -> tuple[Path, Path, Path]:
+        first, second, data = tmp_path / "first", tmp_path / "second", tmp_path / "data"
+        publish.publish(str(first), "org", "x", "v1", {"x.bin": b"x one"})
+        publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y one"})
+        for registry, model in ((first, "x"), (second, "y")):
+            argv = ["--registry", str(registry), "--data-dir", str(data), "-q", "pull", f"org/{model}", "v1"]
+            assert xm.main(argv) == 0
+        return first, second, data
+
+    def test_each_install_records_its_registry(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        first, second, data = self.setup_registries(tmp_path)
+        capsys.readouterr()
+        assert xm.main(["--data-dir", str(data), "list", "--json"]) == 0
+        listed = {item["model"]: item["registry_url"] for item in json.loads(capsys.readouterr().out)["models"]}
+        assert listed == {"x": str(first), "y": str(second)}
+        record = json.loads((data / "registry.json").read_text())["org"]["y"]["v1"]
+        assert record["registry_url"] == str(second)
+        assert xm.main(["--data-dir", str(data), "info", "org/y", "v1"]) == 0
+        assert f"Registry:     {second}" in capsys.readouterr().out
+
+    def test_update_checks_each_model_against_its_own_registry(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first, second, data = self.setup_registries(tmp_path)
+        publish.publish(str(first), "org", "x", "v1", {"x.bin": b"x two"})
+        publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y two"})
+        monkeypatch.setenv("XPRIM_MODELS_REGISTRY_URL", str(first))  # the default, not named on the command line
+        assert xm.main(["--data-dir", str(data), "-q", "update", "--apply"]) == 0
+        assert (data / "org" / "x" / "v1" / "x.bin").read_bytes() == b"x two"
+        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y two"
+
+    def test_update_with_a_named_registry_skips_the_others(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        first, second, data = self.setup_registries(tmp_path)
+        publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y two"})
+        capsys.readouterr()
+        assert xm.main(["--registry", str(first), "--data-dir", str(data), "update", "--apply"]) == 0
+        out = capsys.readouterr().out
+        assert "org/x v1: up to date" in out
+        assert f"org/y v1: skipped: installed from {second}, not {first}" in out
+        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y one"
+
+
 class TestEmbedding:
     @pytest.fixture
     def whisper_tool(self, tmp_path: Path) -> Path:
@@ -2682,11 +2747,12 @@ class TestEmbedding:
             return code, capsys.readouterr().err
 
         no_registry = tool("")
-        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"], ["update"], ["verify", "--repair"]):
-            if argv == ["update"]:
+        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"], ["verify", "--repair"]):
+            if argv == ["verify", "--repair"]:
                 xm.Manager(xm.Config("whisper-tool", server.url, data_dir)).pull("org/tiny v1")
             code, err = run(no_registry, *argv)
             assert (code, err) == (1, "error: no registry URL is configured for whisper-tool\n"), argv
+        assert run(no_registry, "update") == (0, "")  # checked against the registry it was pulled from
         code, err = run(tool(server.url), "pull", "org/tiyn", "v1")
         assert code == 3
         assert err == ("error: model not found in registry: org/tiyn (did you mean org/tiny v1?); "
@@ -3516,6 +3582,322 @@ class TestPrune:
         assert 64 << 10 <= expected < 8 << 20
         assert manager.prune_cache() == expected  # not the apparent 64 MiB
         assert not staging.exists()
+
+
+# --- A data directory written by the Go original ---------------------------------------
+
+# Go's time.Time in JSON: RFC 3339 with nanoseconds (trailing zeros dropped) and the local offset.
+GO_INSTALLED_AT = "2026-11-28T23:30:36.123456789+01:00"
+GO_INSTALLED_UTC = datetime(2026, 11, 28, 22, 30, 36, 123456, tzinfo=timezone.utc)
+# What Go's time.Time.UnmarshalJSON reads: RFC 3339 with an upper-case T and Z.
+GO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
+
+
+def go_json(value: Any) -> bytes:
+    """``json.MarshalIndent(value, "", "  ")`` as Go writes it: struct fields in declaration
+    order (the dicts here are built in that order; maps are sorted by the caller), ``<``,
+    ``>`` and ``&`` escaped, other text as UTF-8, no newline at the end."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text.encode()
+
+
+def go_install(registry_dir: Path, data_dir: Path, app: str, group: str, model: str, version: str,
+               installed_at: str = GO_INSTALLED_AT) -> Path:
+    """Install a published version as the Go original does; return its directory.
+
+    Its files; its manifest re-marshalled into ``.<app>/manifest.json`` from
+
+        type Manifest struct {
+            TotalSize int64      `json:"total_size"`
+            ChunkSize int64      `json:"chunk_size"`
+            Chunks    []string   `json:"chunks"`
+            Files     []FileInfo `json:"files"` // FileInfo{Path string `json:"path"`; Size int64 `json:"size"`}
+        }
+
+    (other bytes than the published ones); its registry.json, a map of maps of
+    ``{manifest_hash, total_size, file_count, installed_at}``; and beside them its chunk
+    cache ``.chunks`` (a chunk an interrupted pull left) and its lock file ``registry.json.lock``.
+    """
+    digest = json.loads((registry_dir / "models.json").read_text())[group][model][version]["hash"]
+    published = json.loads((registry_dir / "data" / digest).read_bytes())
+    stream = b"".join((registry_dir / "data" / chunk).read_bytes() for chunk in published["chunks"])
+    root = data_dir / group / model / version
+    offset = 0
+    for entry in published["files"]:
+        target = root / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(stream[offset:offset + entry["size"]])
+        offset += entry["size"]
+    manifest = {"total_size": published["total_size"], "chunk_size": published["chunk_size"],
+                "chunks": published["chunks"],
+                "files": [{"path": entry["path"], "size": entry["size"]} for entry in published["files"]]}
+    (root / f".{app}").mkdir(parents=True, exist_ok=True)
+    (root / f".{app}" / "manifest.json").write_bytes(go_json(manifest))
+    registry = data_dir / "registry.json"
+    doc = json.loads(registry.read_bytes()) if registry.exists() else {}
+    doc.setdefault(group, {}).setdefault(model, {})[version] = {
+        "manifest_hash": digest, "total_size": published["total_size"], "file_count": len(published["files"]),
+        "installed_at": installed_at,
+    }
+    registry.write_bytes(go_json({g: {m: dict(sorted(versions.items())) for m, versions in sorted(models.items())}
+                                  for g, models in sorted(doc.items())}))
+    (data_dir / ".chunks").mkdir(exist_ok=True)
+    if published["chunks"]:
+        cached = data_dir / ".chunks" / published["chunks"][-1]
+        cached.write_bytes(stream[(len(published["chunks"]) - 1) * published["chunk_size"]:])
+        long_ago = time.time() - 30 * 86400
+        os.utime(cached, (long_ago, long_ago))
+    (data_dir / "registry.json.lock").touch()
+    return root
+
+
+def go_own_files(data_dir: Path) -> dict[str, tuple[bytes, float]]:
+    """The Go original's chunk cache and lock file: content and modification time."""
+    paths = [data_dir / "registry.json.lock", *sorted((data_dir / ".chunks").iterdir())]
+    return {path.relative_to(data_dir).as_posix(): (path.read_bytes(), path.stat().st_mtime) for path in paths}
+
+
+def go_check_readable(doc: Any) -> None:
+    """registry.json as Go's json.Unmarshal into map[string]map[string]map[string]Entry reads it:
+    the keys it knows with the types it declares (int64/int, string, time.Time); others it ignores."""
+    for models in doc.values():
+        for versions in models.values():
+            for entry in versions.values():
+                assert isinstance(entry["manifest_hash"], str) and re.fullmatch(r"[0-9a-f]{64}", entry["manifest_hash"])
+                for key in ("total_size", "file_count"):
+                    assert isinstance(entry[key], int) and not isinstance(entry[key], bool)
+                assert GO_TIME.fullmatch(entry["installed_at"]), entry["installed_at"]
+
+
+def published_bytes(registry_dir: Path, version: str) -> bytes:
+    digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"][version]["hash"]
+    return (registry_dir / "data" / digest).read_bytes()
+
+
+def registry_entry(data_dir: Path, version: str) -> dict[str, Any]:
+    return dict(json.loads((data_dir / "registry.json").read_bytes())["org"]["tiny"][version])
+
+
+class TestGoOriginal:
+    @pytest.mark.parametrize(("text", "expected"), [
+        (GO_INSTALLED_AT, GO_INSTALLED_UTC),
+        ("2026-11-28T23:30:36Z", datetime(2026, 11, 28, 23, 30, 36, tzinfo=timezone.utc)),
+        ("2026-11-28T23:30:36.5-05:30", datetime(2026, 11, 29, 5, 0, 36, 500000, tzinfo=timezone.utc)),
+        ("2026-11-28t23:30:36.1z", datetime(2026, 11, 28, 23, 30, 36, 100000, tzinfo=timezone.utc)),
+        ("2026-11-28 23:30:36.000001+00:00", datetime(2026, 11, 28, 23, 30, 36, 1, tzinfo=timezone.utc)),
+        ("2026-11-28T23:30:36.12-00:00", datetime(2026, 11, 28, 23, 30, 36, 120000, tzinfo=timezone.utc)),
+        ("2026-11-29T00:30:36.1234567+14:00", datetime(2026, 11, 28, 10, 30, 36, 123456, tzinfo=timezone.utc)),
+        ("2016-12-31T23:59:60Z", datetime(2017, 1, 1, tzinfo=timezone.utc)),  # a leap second
+    ], ids=["go-nanoseconds-offset", "utc-z", "half-hour-offset", "lower-case", "space", "unknown-offset",
+            "seven-digits", "leap-second"])
+    def test_any_rfc3339_install_time_is_read(self, manager: xm.Manager, data_dir: Path, text: str,
+                                              expected: datetime) -> None:
+        data_dir.mkdir()
+        (data_dir / "registry.json").write_bytes(go_json({"org": {"tiny": {"v1": {
+            "manifest_hash": "a" * 64, "total_size": 0, "file_count": 0, "installed_at": text}}}}))
+        installed_at = manager.get_installed("org/tiny v1").installed_at
+        assert installed_at == expected and installed_at.utcoffset() == timedelta(0)
+
+    @pytest.mark.parametrize("value", ["yesterday", "2026-11-28T23:30:36", "2026-13-01T00:00:00Z",
+                                       "2026-11-28T23:30:36+24:00", "0000-01-01T00:00:00+01:00", 1764369036, None])
+    def test_unreadable_install_time_is_unknown_for_its_entry_only(
+        self, manager: xm.Manager, data_dir: Path, value: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        entry = {"manifest_hash": "a" * 64, "total_size": 0, "file_count": 0, "installed_at": value}
+        if value is None:
+            del entry["installed_at"]
+        good = {**entry, "installed_at": "2026-11-28T23:30:36Z"}
+        data_dir.mkdir()
+        (data_dir / "registry.json").write_bytes(go_json({"org": {"tiny": {"v1": entry, "v2": good}}}))
+        with caplog.at_level(logging.WARNING, logger="xprim_models"):
+            listed = manager.list_installed()
+        assert [(str(item.ref), item.installed_at) for item in listed] == [
+            ("org/tiny v1", datetime(1970, 1, 1, tzinfo=timezone.utc)),
+            ("org/tiny v2", datetime(2026, 11, 28, 23, 30, 36, tzinfo=timezone.utc)),
+        ]
+        assert any("install time of org/tiny v1 is unknown" in record.getMessage() for record in caplog.records)
+        assert not any("org/tiny v2" in record.getMessage() for record in caplog.records)
+
+    def test_cli_shows_an_unknown_install_time(self, server: RegistryServer, data_dir: Path,
+                                               registry_dir: Path, model: dict[str, bytes]) -> None:
+        go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="yesterday")
+        listed = cli_run(server, data_dir, "list")
+        assert listed.returncode == 0
+        assert listed.stdout.splitlines()[1].split() == ["org", "tiny", "v1", "6.4", "KB", "unknown"]
+        assert "install time of org/tiny v1 is unknown" in listed.stderr
+        info = cli_run(server, data_dir, "--quiet", "info", "org/tiny", "v1")
+        assert (info.returncode, info.stderr) == (0, "") and "Installed:    unknown\n" in info.stdout
+        item = cli_document(cli_run(server, data_dir, "--json", "--quiet", "list"))["models"][0]
+        assert item["installed_at"] == "1970-01-01T00:00:00Z"
+
+    def test_cli_shows_go_zero_time_west_of_greenwich(self, server: RegistryServer, data_dir: Path,
+                                                      registry_dir: Path, model: dict[str, bytes]) -> None:
+        go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="0001-01-01T00:00:00Z")
+        listed = cli_run(server, data_dir, "list", env={"TZ": "XYZ+5"})  # a local time would be before year 1
+        assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[-1] == "0001-01-01"
+        info = cli_run(server, data_dir, "info", "org/tiny", "v1", env={"TZ": "XYZ+5"})
+        assert info.returncode == 0 and "Installed:    0001-01-01 00:00:00\n" in info.stdout
+        item = cli_document(cli_run(server, data_dir, "--json", "list", env={"TZ": "XYZ+5"}))["models"][0]
+        assert item["installed_at"] == "0001-01-01T00:00:00Z"
+
+    def test_cli_list_path_info_files_and_verify_work_on_a_go_directory(
+        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        root = go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1")
+        stored = root / ".xprim-models" / "manifest.json"
+        go_copy = stored.read_bytes()
+        assert go_copy != published_bytes(registry_dir, "v1")
+        listed = cli_run(server, data_dir, "list")
+        assert listed.returncode == 0 and listed.stdout.splitlines()[1].split() == [
+            "org", "tiny", "v1", "6.4", "KB", "2026-11-28"]
+        assert cli_run(server, data_dir, "path", "org/tiny", "v1").stdout == f"{root}\n"
+        info = cli_run(server, data_dir, "info", "org/tiny", "v1")
+        assert info.returncode == 0, info.stderr
+        assert "Installed:    2026-11-28 22:30:36\n" in info.stdout  # TZ=UTC
+        assert all(f"  {name}" in info.stdout for name in model)
+        doc = cli_document(cli_run(server, data_dir, "--json", "info", "org/tiny", "v1"))["installed"]
+        assert doc["installed_at"] == "2026-11-28T22:30:36Z"
+        assert [item["path"] for item in doc["files"]] == list(model)
+        assert stored.read_bytes() == go_copy  # reading changes nothing
+
+        # Without a registry: the files against the copy, and a plain word that the manifest went unchecked.
+        offline = run_cli("--data-dir", str(data_dir), "verify", "org/tiny", "v1")
+        cli_no_traceback(offline)
+        assert (offline.returncode, offline.stdout) == (0, "org/tiny v1: ok\n")
+        assert "the manifest itself could not be checked" in offline.stderr
+        assert "no registry URL is configured" in offline.stderr and "registry sent" not in offline.stderr
+        assert stored.read_bytes() == go_copy
+        (root / "sub" / "tokenizer.json").write_bytes(b"x" * len(model["sub/tokenizer.json"]))
+        damaged = run_cli("--data-dir", str(data_dir), "verify", "org/tiny", "v1")
+        assert damaged.returncode == 6 and "  sub/tokenizer.json\n" in damaged.stdout
+        (root / "sub" / "tokenizer.json").write_bytes(model["sub/tokenizer.json"])
+
+        # With one: the published manifest, fetched by its hash, checks the files and replaces the copy.
+        checked = cli_run(server, data_dir, "verify", "org/tiny", "v1")
+        assert (checked.returncode, checked.stdout, checked.stderr) == (0, "org/tiny v1: ok\n", "")
+        assert stored.read_bytes() == published_bytes(registry_dir, "v1")
+        digest = registry_entry(data_dir, "v1")["manifest_hash"]
+        assert {path: n for path, n in server.requests.items() if path.startswith("data/")} == {f"data/{digest}": 1}
+
+    def test_verify_checks_the_files_against_the_published_manifest(
+        self, make_manager: Callable[..., xm.Manager], data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        server: RegistryServer,
+    ) -> None:
+        root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        stored = root / ".test-app" / "manifest.json"
+        # A copy that parses but is not what was published: a chunk hash differs.
+        lying = json.loads(stored.read_bytes())
+        lying["chunks"][0] = "0" * 64
+        stored.write_bytes(go_json(lying))
+        manager = make_manager()
+        assert manager.files("org/tiny v1") == [xm.FileInfo(name, len(data)) for name, data in model.items()]
+        assert make_manager(registry_url="").verify("org/tiny v1") == ["model.safetensors"]  # by the copy
+        assert manager.verify("org/tiny v1") == []  # by the published manifest
+        assert stored.read_bytes() == published_bytes(registry_dir, "v1")
+        weights = bytearray((root / "model.safetensors").read_bytes())
+        weights[10] ^= 0xFF
+        (root / "model.safetensors").write_bytes(bytes(weights))
+        stored.write_bytes(go_json(json.loads(stored.read_bytes())))
+        assert manager.verify("org/tiny v1", repair=True) == ["model.safetensors"]
+        assert tree(root) == dict(sorted(model.items())) and stored.read_bytes() == published_bytes(registry_dir, "v1")
+        assert server.chunk_requests() == 2  # the manifest, then the one damaged chunk
+
+    def test_damaged_stored_manifest_is_named_as_a_local_file(self, manager: xm.Manager, data_dir: Path,
+                                                              registry_dir: Path, model: dict[str, bytes]) -> None:
+        root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        stored = root / ".test-app" / "manifest.json"
+        for damage in (b'{"total_size": 1', go_json({**json.loads(stored.read_bytes()), "total_size": 1})):
+            stored.write_bytes(damage)
+            with pytest.raises(xm.StorageError) as caught:
+                manager.files("org/tiny v1")
+            message = str(caught.value)
+            assert str(stored) in message and "verify --repair" in message
+            assert "registry" not in message and "publisher" not in message
+
+    def test_go_directory_survives_pull_list_prune_verify_and_force(
+        self, make_manager: Callable[..., xm.Manager], data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        stored = root / ".test-app" / "manifest.json"
+        go_copy, go_entry, theirs = stored.read_bytes(), registry_entry(data_dir, "v1"), go_own_files(data_dir)
+        manager, offline = make_manager(), make_manager(registry_url="")
+
+        def intact() -> None:
+            assert tree(root) == dict(sorted(model.items()))
+            assert stored.read_bytes() == go_copy  # never taken for a half-done swap, never moved
+            assert registry_entry(data_dir, "v1") == go_entry  # kept as the Go original wrote it
+            assert go_own_files(data_dir) == theirs
+            assert sorted(p.name for p in (data_dir / "org" / "tiny").iterdir() if p.name.startswith(".")) == []
+            go_check_readable(json.loads((data_dir / "registry.json").read_bytes()))
+
+        manager.pull("org/tiny v2")
+        intact()
+        listed = manager.list_installed()
+        assert (str(listed[0].ref), listed[0].installed_at) == ("org/tiny v1", GO_INSTALLED_UTC)
+        intact()
+        with pytest.raises(xm.AlreadyInstalledError):
+            manager.pull("org/tiny v1")
+        intact()
+        manager.prune_cache(None)
+        intact()
+        assert offline.verify("org/tiny v1") == []
+        intact()
+        installed = manager.pull("org/tiny v1", force=True)
+        assert tree(root) == dict(sorted(model.items())) and installed.path == str(root)
+        assert stored.read_bytes() == published_bytes(registry_dir, "v1")
+        assert registry_entry(data_dir, "v1")["manifest_hash"] == go_entry["manifest_hash"]
+        assert go_own_files(data_dir) == theirs and not list((data_dir / "org" / "tiny").glob(".v1.*"))
+        assert manager.verify("org/tiny v1") == [] and manager.verify("org/tiny v2") == []
+
+    def test_force_pull_over_a_go_directory_killed_between_renames(
+        self, manager: xm.Manager, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        # What a kill leaves when `pull --force` had moved the Go copy aside: first before the
+        # new copy took its place (the Go copy comes back), then after (the new copy stays).
+        root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        old, staging = data_dir / "org" / "tiny" / ".v1.old", data_dir / "org" / "tiny" / ".v1.staging"
+        go_copy = (root / ".test-app" / "manifest.json").read_bytes()
+        shutil.copytree(root, staging)
+        (staging / ".test-app" / "manifest.json").write_bytes(published_bytes(registry_dir, "v1"))
+        os.rename(root, old)
+        assert manager.get_installed("org/tiny v1").installed_at == GO_INSTALLED_UTC
+        assert (root / ".test-app" / "manifest.json").read_bytes() == go_copy and not old.exists()
+        assert tree(root) == dict(sorted(model.items()))
+        os.rename(root, old)
+        os.rename(staging, root)
+        assert [str(item.ref) for item in manager.list_installed()] == ["org/tiny v1"]
+        assert not old.exists() and not staging.exists() and tree(root) == dict(sorted(model.items()))
+        assert (root / ".test-app" / "manifest.json").read_bytes() == published_bytes(registry_dir, "v1")
+
+    def test_pull_and_remove_beside_go_versions(self, manager: xm.Manager, data_dir: Path, registry_dir: Path,
+                                               model: dict[str, bytes]) -> None:
+        go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
+        v2 = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v2", "2026-11-27T08:00:00-08:00")
+        theirs, go_v2 = go_own_files(data_dir), registry_entry(data_dir, "v2")
+        manager.pull("org/tiny latest")
+        manager.remove("org/tiny v1")
+        assert not (data_dir / "org" / "tiny" / "v1").exists()
+        assert (v2 / "config.json").read_bytes() == b'{"layers": 3}\n'
+        doc = json.loads((data_dir / "registry.json").read_bytes())
+        assert sorted(doc["org"]["tiny"]) == ["latest", "v2"] and registry_entry(data_dir, "v2") == go_v2
+        go_check_readable(doc)
+        assert go_own_files(data_dir) == theirs
+        assert manager.remove_all("org", "tiny") == [xm.ModelRef("org", "tiny", "latest"),
+                                                     xm.ModelRef("org", "tiny", "v2")]
+        assert go_own_files(data_dir) == theirs and json.loads((data_dir / "registry.json").read_bytes()) == {}
+
+    def test_go_lock_file_is_never_taken_for_a_group(self, manager: xm.Manager, data_dir: Path,
+                                                     registry_dir: Path) -> None:
+        publish.publish(str(registry_dir), "registry.json.lock", "tiny", "v1", {"a": b"x"}, chunk_size=16)
+        data_dir.mkdir()
+        (data_dir / "registry.json.lock").touch()
+        with pytest.raises(xm.InvalidRefError, match="reserved"):
+            manager.pull("registry.json.lock/tiny v1")
+        assert (data_dir / "registry.json.lock").is_file() and manager.prune_cache(None) == 0
+        assert (data_dir / "registry.json.lock").is_file()
 
 
 class TestRateLimit:

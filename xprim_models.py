@@ -53,9 +53,9 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import partial
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from functools import cached_property, partial
 
 # typing.TYPE_CHECKING, without importing typing at run time: it costs a tenth of the
 # start-up of `xprim-models path`. Type checkers take it as True.
@@ -118,8 +118,9 @@ _WINDOWS_RESERVED = frozenset(
 )
 # Characters Windows refuses in file names, plus the ones DESIGN.md §1 names.
 _FORBIDDEN_PATH_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\]')
-# Top-level names the storage layout uses itself (DESIGN.md §2).
-_RESERVED_GROUPS = frozenset(["cache", "registry.json"])
+# Top-level names the storage layout uses itself (README: Storage layout), and the Go original's lock
+# file, which shares the directory (its chunk cache .chunks cannot be a group name).
+_RESERVED_GROUPS = frozenset(["cache", "registry.json", "registry.json.lock"])
 
 _MAX_INDEX_BYTES = 32 << 20
 _MAX_MANIFEST_BYTES = 64 << 20
@@ -402,9 +403,13 @@ class InstalledModel:
         manifest_hash: SHA-256 of the installed manifest.
         total_size: bytes of all files.
         file_count: number of files.
-        installed_at: when the install completed (timezone-aware UTC).
+        installed_at: when the install completed (timezone-aware UTC); the Unix epoch,
+            with a logged warning, when registry.json's value is not RFC 3339.
         path: the absolute directory holding the files.
         alias_of: the concrete version an alias resolved to, or "".
+        registry_url: the registry it was pulled from (a URL, or a directory's
+            absolute path), or "" when unknown (installed by an older release or
+            another tool); ``update`` checks each model against it.
     """
 
     ref: ModelRef
@@ -414,6 +419,7 @@ class InstalledModel:
     installed_at: datetime
     path: str
     alias_of: str = ""
+    registry_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -1186,17 +1192,27 @@ class _Manifest:
         return repeated
 
 
-def _parse_manifest(digest: str, raw: bytes, metadata_dir: str) -> _Manifest:
-    """Validate a manifest's bytes by every rule of DESIGN.md §1."""
-    what = f"manifest {digest}"
+def _parse_manifest(digest: str, raw: bytes, metadata_dir: str, *, source: str = "",
+                    copy: bool = False) -> _Manifest:
+    """Validate a manifest's bytes by every rule of the README's registry format.
+
+    ``source`` names the local file they were read from ("" when the registry sent
+    them): a problem is then a StorageError, not a RegistryError. With ``copy`` the
+    bytes may be a re-serialized copy of the manifest ``digest`` names (the Go
+    original stores it re-marshalled): the same document in other bytes, which do
+    not hash to ``digest``; ``raw`` keeps them as read.
+    """
+    what = f"manifest {digest}" + (f" in {source}" if source else "")
     actual = _sha256(raw).hexdigest()
-    if actual != digest:
-        raise HashMismatchError(f"{what}: the registry sent bytes that hash to {actual}")
+    if actual != digest and not copy:
+        raise HashMismatchError(f"{what}: {'the file holds' if source else 'the registry sent'} bytes that "
+                                f"hash to {actual}")
+    error = StorageError if source else RegistryError
 
-    def fail(problem: str) -> RegistryError:
-        return RegistryError(f"{what} is invalid: {problem}; the registry's publisher must fix it")
+    def fail(problem: str) -> ModelsError:
+        return error(f"{what} is invalid: {problem}" + ("" if source else "; the registry's publisher must fix it"))
 
-    doc = _parse_json(raw, what, RegistryError)
+    doc = _parse_json(raw, what, error)
     if not isinstance(doc, dict):
         raise fail("it is not a JSON object")
     total: Any = doc.get("total_size")
@@ -1802,6 +1818,20 @@ class _Mismatch(_Transient):
 _Route = tuple[tuple[str, str, int, str], str, str]  # connection key, Host header, request-target prefix
 
 
+def _registry_origin(url: str) -> str:
+    """A registry URL as installs record it (``InstalledModel.registry_url``): a directory
+    or file:// URL as an absolute path, an http(s) URL without its trailing slash."""
+    if not url:
+        return ""
+    if re.match(r"(?i)https?://", url):
+        return url.rstrip("/")
+    try:
+        root = _RegistryClient._local_root(url)
+    except RegistryError:
+        return url
+    return root if root is not None else url
+
+
 class _RegistryClient:
     """Fetches from the registry: one transport (``_Session``) for every http(s) request,
     direct or through a proxy; files for ``file://`` and directories; urllib only for a
@@ -1851,6 +1881,11 @@ class _RegistryClient:
                 path = path[1:]
             return path
         raise RegistryError(f"registry URL {url}: unsupported scheme {scheme!r}; use http(s)://, file:// or a path")
+
+    @property
+    def origin(self) -> str:
+        """The registry as installs record it: a URL, or a directory's absolute path."""
+        return _registry_origin(self.url)
 
     def location(self, relative: str) -> str:
         if self.local_root is not None:
@@ -2895,14 +2930,41 @@ def _close_file(fd: int, path: str) -> None:
 
 
 def _format_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = moment.astimezone(timezone.utc)
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}Z"  # %Y drops leading zeros on some platforms
+
+
+# RFC 3339 section 5.6, as registry.json's installed_at holds it: ours in UTC with a Z, the
+# Go original's as Go's time.Time marshals it, with up to nine fraction digits and the local
+# offset (2026-11-28T23:30:36.123456789+01:00). datetime.fromisoformat reads neither before 3.11.
+_RFC3339_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+# What InstalledModel.installed_at holds when registry.json's value cannot be read: the Unix
+# epoch, a time no install of ours has, which the CLI shows as "unknown" (see the README).
+_UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _parse_time(text: str) -> datetime:
-    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    """An RFC 3339 date and time, in UTC (digits past microseconds dropped); ValueError if it is none."""
+    match = _RFC3339_RE.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an RFC 3339 date and time")
+    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    fraction, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10)
+    leap = int(second == 60)  # RFC 3339 allows a leap second, datetime does not: the next second
+    try:
+        moment = datetime(year, month, day, hour, minute, second - leap, int((fraction or "")[:6].ljust(6, "0")),
+                          tzinfo=timezone.utc) + timedelta(seconds=leap)
+        if sign:
+            if int(offset_hours) > 23 or int(offset_minutes) > 59:
+                raise ValueError(f"offset {sign}{offset_hours}:{offset_minutes} is out of range")
+            offset = timedelta(hours=int(offset_hours), minutes=int(offset_minutes))
+            moment -= offset if sign == "+" else -offset
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{text!r} is not a valid RFC 3339 date and time: {exc}") from exc
+    return moment
 
 
 def _only_sharing(manifest: _Manifest, bad_positions: Collection[int], missing: Collection[str]) -> set[str]:
@@ -3038,14 +3100,25 @@ class _Store:
                 raise ValueError(f"total_size {total!r} or file_count {count!r}")
             return InstalledModel(
                 ref=ref, manifest_hash=digest, total_size=total, file_count=count,
-                installed_at=_parse_time(str(entry["installed_at"])), path=self.version_dir(ref),
-                alias_of=str(entry.get("alias_of", "")),
+                installed_at=self._installed_at(ref, entry.get("installed_at")), path=self.version_dir(ref),
+                alias_of=str(entry.get("alias_of", "")), registry_url=str(entry.get("registry_url", "")),
             )
         except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
             raise StorageError(
                 f"{self.registry_path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
                 f"fix or delete {self.registry_path} (model files are not affected)"
             ) from exc
+
+    def _installed_at(self, ref: ModelRef, value: Any) -> datetime:
+        """An entry's install time. One that is no RFC 3339 time makes only this entry's
+        time unknown (_UNKNOWN_TIME), not the whole registry.json unreadable."""
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not an RFC 3339 date and time")
+            return _parse_time(value)
+        except ValueError as exc:
+            self.logger.warning("%s: the install time of %s is unknown: %s", self.registry_path, ref, exc)
+            return _UNKNOWN_TIME
 
     def commit(self, ref: ModelRef, record: Mapping[str, Any] | None) -> None:
         """Make ``record`` the registry.json entry of ``ref``; None removes it."""
@@ -3080,26 +3153,38 @@ class _Store:
             return ""
 
     def stored_manifest(self, installed: InstalledModel) -> _Manifest:
-        """The manifest kept in an installed version's metadata directory."""
+        """The manifest kept in an installed version's metadata directory: the bytes as
+        published, or a copy the Go original re-serialized, whose ``raw`` does not hash to
+        ``installed.manifest_hash`` (only the published bytes can vouch for its content)."""
         path = self.manifest_path(installed.path)
+        advice = f"run verify --repair on {installed.ref} to restore it"
         try:
             return _parse_manifest(installed.manifest_hash, _read_small(path, _MAX_MANIFEST_BYTES),
-                                   self.metadata_dir)
+                                   self.metadata_dir, source=path, copy=True)
         except OSError as exc:
-            raise _storage_error("read", path, exc, f"pull {installed.ref} --force to repair it") from exc
+            raise _storage_error("read", path, exc, advice) from exc
         except ModelsError as exc:
-            raise StorageError(f"{path} is damaged ({exc}); pull {installed.ref} --force to repair it") from exc
+            raise StorageError(f"{exc}; {advice}") from exc
 
     def cached_manifest(self, digest: str) -> _Manifest | None:
         """A manifest from cache/manifests (checked against its hash), or None."""
         path = os.path.join(self.manifests_dir, digest)
         try:
-            return _parse_manifest(digest, _read_small(path, _MAX_MANIFEST_BYTES), self.metadata_dir)
+            return _parse_manifest(digest, _read_small(path, _MAX_MANIFEST_BYTES), self.metadata_dir, source=path)
         except _NotRegular:
             _remove_file(path)  # a link, pipe or device planted there: never read or waited on
         except (OSError, ModelsError):
             pass  # absent or damaged: fetch it again
         return None
+
+    def manifests(self, digests: Sequence[str],
+                  fetch: Callable[[Sequence[str]], Mapping[str, tuple[_Manifest, bytes]]]) -> dict[str, _Manifest]:
+        """Manifests from the cache, and with ``fetch(missing)`` those not there (then cached)."""
+        found = {digest: self.cached_manifest(digest) for digest in digests}
+        for digest, (manifest, raw) in fetch([digest for digest, known in found.items() if known is None]).items():
+            found[digest] = manifest
+            self.cache_manifest(digest, raw)
+        return found  # type: ignore[return-value]
 
     def cache_manifest(self, digest: str, raw: bytes) -> None:
         try:
@@ -3117,18 +3202,33 @@ class _Store:
     # later pull of it resumes there, verifying every chunk) and the old comes back.
 
     def install(self, ref: ModelRef, manifest: _Manifest, alias_of: str,
-                build: Callable[[str, bool], None]) -> InstalledModel:
-        """Build ``manifest``'s files with ``build(staging, resume)``, swap them in and commit
-        them as ``ref`` (model lock held)."""
+                build: Callable[[str, Mapping[str, Sequence[_Seed]], bool], None], *,
+                others: Sequence[InstalledModel], concurrency: int, registry_url: str) -> InstalledModel:
+        """Build ``manifest``'s files with ``build(staging, seeds, resume)``, swap them in and
+        commit them as ``ref`` (model lock held). ``seeds`` are where ``others``, the installed
+        versions, and an interrupted pull's staging directory hold chunks it needs."""
+        with self.cache_lock(shared=True):
+            self.clean(set(manifest.chunks))
+            seeds = self.seeds(manifest, others)
+            self.check_space(ref, manifest, concurrency)
+            return self._install(ref, manifest, alias_of, registry_url, lambda staging, resume: build(
+                staging, _with_staging(seeds, manifest, staging) if resume else seeds, resume))
+
+    def _install(self, ref: ModelRef, manifest: _Manifest, alias_of: str, registry_url: str,
+                 build: Callable[[str, bool], None]) -> InstalledModel:
         final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
         old, staging = self.sibling(ref, "old"), self.sibling(ref, "staging")
         installed = InstalledModel(
             ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size, file_count=len(manifest.files),
             installed_at=datetime.now(timezone.utc).replace(microsecond=0), path=final, alias_of=alias_of,
+            registry_url=registry_url,
         )
+        # The keys the Go original reads, with its types; the others it ignores.
         record = {"manifest_hash": installed.manifest_hash, "total_size": installed.total_size,
                   "file_count": installed.file_count, "installed_at": _format_time(installed.installed_at),
-                  **({"alias_of": alias_of} if alias_of else {})}
+                  **({"alias_of": alias_of} if alias_of else {}),
+                  **({"registry_url": registry_url} if registry_url else {})}
+        started = time.monotonic()
         resume = self.stored_hash(staging) == manifest.digest and self._plain_directory(staging)
         try:
             os.makedirs(self.private(self.chunks_dir), exist_ok=True)
@@ -3140,6 +3240,8 @@ class _Store:
         if not resume:
             # Written first: it names what this staging directory holds, should a pull resume it.
             _atomic_write(self.manifest_path(staging), manifest.raw)
+        else:
+            self.logger.info("resuming %s from %s", ref, staging)
         build(staging, resume)  # every file complete, verified and flushed, or an exception
         try:
             _fsync_directory(staging)
@@ -3157,6 +3259,7 @@ class _Store:
         self.discard(old)
         for digest in self.cached_chunks().intersection(manifest.chunks):
             _remove_file(os.path.join(self.chunks_dir, digest))
+        self.logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size, time.monotonic() - started)
         return installed
 
     def reclaim(self, ref: ModelRef, *, keep_staging: bool = True) -> int:
@@ -3194,6 +3297,24 @@ class _Store:
             os.rename(directory, staging)
         except OSError as exc:
             raise _storage_error("move", directory, exc) from exc
+
+    def list_installed(self) -> list[InstalledModel]:
+        """Every installed version, sorted, once what a crash left beside them is put right."""
+        doc = self.read()
+        refs = self.refs(doc)
+        if any(self.reclaim_if_idle(ref) for ref in self.leftovers(unlisted=False)):
+            doc = self.read()
+        return sorted((self.installed(ref, entry) for ref in refs if (entry := self.entry(doc, ref)) is not None),
+                      key=lambda item: item.ref)
+
+    def get(self, ref: ModelRef) -> InstalledModel:
+        """The installed version ``ref``, or NotInstalledError (with a did-you-mean)."""
+        doc = self.read()
+        entry = self.entry(doc, ref)
+        if entry is None:
+            installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
+            raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
+        return self.installed(ref, entry)
 
     def reclaim_if_idle(self, ref: ModelRef) -> bool:
         """Put right what a crashed swap or remove of ``ref`` left, unless its pull or remove is
@@ -3544,6 +3665,87 @@ def _scan(root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]
     return bad, damaged, missing
 
 
+def _verify(store: _Store, ref: ModelRef, *, repair: bool, manifest: Callable[[str], _Manifest],
+            fetch: Callable[[InstalledModel, _Manifest, Sequence[int], Callable[[int, _Source], None]], None]
+            ) -> tuple[list[str], list[str]]:
+    """Manager.verify: (files damaged or missing, files that only share a damaged chunk with
+    another file), or with ``repair`` (the files rewritten, []). ``manifest(digest)`` fetches a
+    published manifest; ``fetch(installed, manifest, positions, consume)`` obtains chunks."""
+    from contextlib import ExitStack
+
+    with ExitStack() as locked:
+        held = False
+        try:
+            locked.enter_context(store.model_lock(ref))
+            held = True
+            store.reclaim(ref)
+        except StorageError:
+            if repair:
+                raise
+            # A read-only data directory has no room for a lock file; checking only reads.
+            store.logger.debug("verify %s: going on without the model lock", ref)
+        installed = store.get(ref)
+        manifest_path = f"{store.metadata_dir}/manifest.json"
+        try:
+            stored = store.stored_manifest(installed)
+            damaged_manifest = False
+        except StorageError:
+            stored = manifest(installed.manifest_hash)
+            damaged_manifest = True
+        if not damaged_manifest and _sha256(stored.raw).hexdigest() != installed.manifest_hash:
+            stored = _published(store, installed, stored, manifest, held=held)
+        bad_positions, damaged, missing = _scan(installed.path, stored)
+        if not repair or not (damaged or damaged_manifest):
+            sharing = _only_sharing(stored, bad_positions, missing)
+            return sorted(damaged - sharing | ({manifest_path} if damaged_manifest else set())), sorted(sharing)
+        with store.cache_lock(shared=True):
+            repaired = store.repair(installed, stored, bad_positions, missing,
+                                    lambda positions, consume: fetch(installed, stored, positions, consume))
+        if damaged_manifest:
+            target = os.path.join(installed.path, *manifest_path.split("/"))
+            _atomic_write(_no_links(installed.path, target), stored.raw)
+            repaired.add(manifest_path)
+        store.logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
+        return sorted(repaired), []
+
+
+def _published(store: _Store, installed: InstalledModel, stored: _Manifest, manifest: Callable[[str], _Manifest],
+               *, held: bool) -> _Manifest:
+    """The manifest ``installed`` was built from, when its stored copy ``stored`` is a
+    re-serialized one (the Go original's): the published bytes, fetched by their hash and,
+    with the model's lock ``held``, written over the copy. When they cannot be had (no
+    registry), the copy, with a warning that nothing vouches for it."""
+    path = store.manifest_path(installed.path)
+    try:
+        published = manifest(installed.manifest_hash)
+    except ModelsError as exc:
+        store.logger.warning(
+            "verify %s: the manifest itself could not be checked: %s is a re-serialized copy (written by "
+            "another tool, such as the Go original), and the published manifest could not be fetched (%s); "
+            "the files are checked against that copy", installed.ref, path, exc,
+        )
+        return stored
+    if held:
+        try:
+            _atomic_write(store.private(path), published.raw)
+            store.logger.info("verify %s: %s was a re-serialized copy; it now holds the published bytes",
+                              installed.ref, path)
+        except StorageError as exc:
+            store.logger.warning("verify %s: the published manifest was not written over the copy: %s",
+                                 installed.ref, exc)
+    return published
+
+
+def _default_logger() -> logging.Logger:
+    """The ``xprim_models`` logger, silent unless the application configures logging."""
+    import logging
+
+    logger = logging.getLogger("xprim_models")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
 def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
     """The concurrency to use (capped at 16); ValueError for values that make no sense."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -3609,19 +3811,11 @@ class Manager:
             raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")
         self.config = config
         self._headers = _check_headers(headers or {})
-        if logger is None:
-            import logging
-
-            logger = logging.getLogger("xprim_models")
-            if not logger.handlers:
-                logger.addHandler(logging.NullHandler())
-        self._logger = logger
+        self._logger = logger = logger if logger is not None else _default_logger()
         root = os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else _resolve_data_dir(config)
         self._store = _Store(root, config.app_name, logger)
         self._opener, self._ssl_context = opener, ssl_context
         self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
-        self._client_instance: _RegistryClient | None = None
-        self._client_guard = threading.Lock()
 
     @property
     def data_dir(self) -> str:
@@ -3633,29 +3827,23 @@ class Manager:
 
     # The remote side ---------------------------------------------------------
 
-    def _client(self) -> _RegistryClient:
-        with self._client_guard:
-            if self._client_instance is None:
-                self._client_instance = _RegistryClient(
-                    self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context,
-                    timeout=self._timeout, retries=self._retries, backoff=self._backoff, logger=self._logger,
-                    headers=self._headers,
-                )
-            return self._client_instance
+    @cached_property
+    def _client(self) -> _RegistryClient:  # made on first use: the local commands need none
+        return _RegistryClient(
+            self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context, timeout=self._timeout,
+            retries=self._retries, backoff=self._backoff, logger=self._logger, headers=self._headers,
+        )
 
     def _manifest(self, digest: str) -> _Manifest:
         """The validated manifest, from the local manifest cache or the registry."""
-        manifest = self._store.cached_manifest(digest)
-        if manifest is None:
-            manifest, raw = self._client().manifest(digest, self._store.metadata_dir)
-            self._store.cache_manifest(digest, raw)
-        return manifest
+        return self._store.manifests(
+            [digest], lambda missing: self._client.manifests(missing, self._store.metadata_dir))[digest]
 
     def _job(self, label: str, chunks: Sequence[tuple[str, int]], concurrency: int,
              progress: Callable[[PullProgress], None] | None, seeds: Mapping[str, Sequence[_Seed]],
              limit_rate: float | None) -> _PullJob:
         emit = progress if progress is not None else (lambda snapshot: None)
-        return _PullJob(self._client(), self._store, label, chunks, concurrency, emit, seeds=seeds,
+        return _PullJob(self._client, self._store, label, chunks, concurrency, emit, seeds=seeds,
                         limit_rate=limit_rate)
 
     # Public API --------------------------------------------------------------
@@ -3666,13 +3854,7 @@ class Manager:
         Raises:
             StorageError: registry.json cannot be read or is corrupt.
         """
-        store = self._store
-        doc = store.read()
-        refs = store.refs(doc)
-        if any(self._store.reclaim_if_idle(ref) for ref in store.leftovers(unlisted=False)):
-            doc = store.read()
-        return sorted((store.installed(ref, entry) for ref in refs if (entry := store.entry(doc, ref)) is not None),
-                      key=lambda item: item.ref)
+        return self._store.list_installed()
 
     def list_remote(self, *, detail: bool = False) -> list[RemoteModel]:
         """Every version the registry lists, aliases resolved, sorted.
@@ -3685,47 +3867,29 @@ class Manager:
         Raises:
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        remote = sorted(self._client().index().values(), key=lambda item: item.ref)
+        remote = sorted(self._client.index().values(), key=lambda item: item.ref)
         if not detail:
             return remote
         digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
-        manifests = {digest: self._store.cached_manifest(digest) for digest in digests}
-        missing = [digest for digest, manifest in manifests.items() if manifest is None]
-        for digest, (manifest, raw) in self._client().manifests(missing, self._store.metadata_dir).items():
-            manifests[digest] = manifest
-            self._store.cache_manifest(digest, raw)
-        return [_detail(item, manifests[item.manifest_hash]) for item in remote]  # type: ignore[arg-type]
+        manifests = self._store.manifests(
+            digests, lambda missing: self._client.manifests(missing, self._store.metadata_dir))
+        return [_detail(item, manifests[item.manifest_hash]) for item in remote]
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
-        """The versions of every model in ``group`` (empty if the group is unknown).
-
-        Raises:
-            NetworkError, RegistryError: the index cannot be fetched or is invalid.
-        """
+        """The versions of every model in ``group`` (empty if the group is unknown); raises
+        NetworkError or RegistryError when the index cannot be fetched or is invalid."""
         return [item for item in self.list_remote() if item.ref.group == group]
 
     def list_remote_versions(self, group: str, model: str) -> list[RemoteModel]:
-        """The versions of ``group/model`` (empty if the model is unknown).
-
-        Raises:
-            NetworkError, RegistryError: the index cannot be fetched or is invalid.
-        """
+        """The versions of ``group/model`` (empty if the model is unknown); raises
+        NetworkError or RegistryError when the index cannot be fetched or is invalid."""
         return [item for item in self.list_remote() if (item.ref.group, item.ref.model) == (group, model)]
 
     def get_installed(self, ref: RefLike) -> InstalledModel:
-        """The installed version ``ref``.
-
-        Raises:
-            NotInstalledError: it is not installed.
-        """
+        """The installed version ``ref``; NotInstalledError if it is not installed."""
         ref = _versioned(ref, "get_installed")
         self._store.reclaim_if_idle(ref)
-        doc = self._store.read()
-        entry = self._store.entry(doc, ref)
-        if entry is None:
-            installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
-            raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
-        return self._store.installed(ref, entry)
+        return self._store.get(ref)
 
     def get_remote(self, ref: RefLike) -> RemoteModel:
         """What the registry lists for ``ref``.
@@ -3734,7 +3898,7 @@ class Manager:
             ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        return _lookup(self._client().index(), _versioned(ref, "get_remote"))
+        return _lookup(self._client.index(), _versioned(ref, "get_remote"))
 
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
         """What the registry lists for ``ref``, with its manifest's sizes and files.
@@ -3757,11 +3921,7 @@ class Manager:
         return list(self._store.stored_manifest(self.get_installed(ref)).files)
 
     def path(self, ref: RefLike) -> str:
-        """The directory of the installed version ``ref``.
-
-        Raises:
-            NotInstalledError: it is not installed.
-        """
+        """The directory of the installed version ``ref``; NotInstalledError if it is not installed."""
         return self.get_installed(ref).path
 
     def check_update(self, ref: RefLike) -> tuple[str, str]:
@@ -3808,7 +3968,7 @@ class Manager:
         ref = _versioned(ref, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
-        remote = _lookup(self._client().index(), ref)
+        remote = _lookup(self._client.index(), ref)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
@@ -3822,24 +3982,14 @@ class Manager:
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)
-            with store.cache_lock(shared=True):
-                store.clean(set(manifest.chunks))
-                seeds = store.seeds(manifest, installed_models)
-                store.check_space(ref, manifest, concurrency)
-                started = time.monotonic()
 
-                def build(staging: str, resume: bool) -> None:
-                    if resume:
-                        self._logger.info("resuming %s from %s", ref, staging)
-                    sources = _with_staging(seeds, manifest, staging) if resume else seeds
-                    chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
-                    job = self._job(f"pull {ref}", chunks, concurrency, progress, sources, limit_rate)
-                    _Staging(job, manifest, staging).fill(resume=resume)
+            def build(staging: str, seeds: Mapping[str, Sequence[_Seed]], resume: bool) -> None:
+                chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
+                job = self._job(f"pull {ref}", chunks, concurrency, progress, seeds, limit_rate)
+                _Staging(job, manifest, staging).fill(resume=resume)
 
-                installed = store.install(ref, manifest, remote.alias_of, build)
-            self._logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
-                              time.monotonic() - started)
-            return installed
+            return store.install(ref, manifest, remote.alias_of, build, others=installed_models,
+                                 concurrency=concurrency, registry_url=self._client.origin)
 
     def ensure(self, ref: RefLike, **pull_options: Any) -> str:
         """The directory of ``ref``, pulling it first only if it is not installed.
@@ -3871,14 +4021,22 @@ class Manager:
         concurrency: int = 4,
         progress: Callable[[PullProgress], None] | None = None,
         limit_rate: float | None = None,
-    ) -> list[str]:
+        split: bool = False,
+    ) -> Any:
         """Re-hash an installed version's files against its manifest's chunk hashes.
+
+        A stored manifest that another tool re-serialized (the Go original does) is
+        replaced by the published one, fetched by its hash, and the files are checked
+        against that; with no registry to fetch it from, they are checked against the
+        copy, and a warning says the manifest itself could not be checked.
 
         Args:
             ref: the installed version.
             repair: fetch (or copy from other installed versions) only the damaged
                 chunks, and rewrite only the damaged files.
             concurrency, progress, limit_rate: as for ``pull``, when repairing.
+            split: return two sorted lists, ``(damaged or missing, only sharing a damaged
+                chunk)``: a chunk spanning several files cannot say which holds the damage.
 
         Returns:
             Without ``repair``: the damaged or missing files, sorted (a file that
@@ -3890,62 +4048,18 @@ class Manager:
             NotInstalledError: ``ref`` is not installed.
             NetworkError, HashMismatchError, StorageError: the repair failed.
         """
-        damaged, sharing = self._verify(ref, repair=repair, concurrency=concurrency, progress=progress,
-                                        limit_rate=limit_rate)
-        return sorted(damaged + sharing)
-
-    def _verify(
-        self,
-        ref: RefLike,
-        *,
-        repair: bool,
-        concurrency: int,
-        progress: Callable[[PullProgress], None] | None,
-        limit_rate: float | None,
-    ) -> tuple[list[str], list[str]]:
-        """``verify``, telling apart (files damaged or missing, files that only share a damaged
-        chunk with another file: the hash cannot say which of them holds the damage)."""
         ref = _versioned(ref, "verify")
         concurrency = _check_download_options(concurrency, limit_rate)
-        store = self._store
-        from contextlib import ExitStack
 
-        with ExitStack() as locked:
-            try:
-                locked.enter_context(store.model_lock(ref))
-                store.reclaim(ref)
-            except StorageError:
-                if repair:
-                    raise
-                # A read-only data directory has no room for a lock file; checking only reads.
-                self._logger.debug("verify %s: going on without the model lock", ref)
-            installed = self.get_installed(ref)
-            manifest_path = f"{store.metadata_dir}/manifest.json"
-            try:
-                manifest = store.stored_manifest(installed)
-                damaged_manifest = False
-            except StorageError:
-                manifest = self._manifest(installed.manifest_hash)
-                damaged_manifest = True
-            bad_positions, damaged, missing = _scan(installed.path, manifest)
-            if not repair or not (damaged or damaged_manifest):
-                sharing = _only_sharing(manifest, bad_positions, missing)
-                return sorted(damaged - sharing | ({manifest_path} if damaged_manifest else set())), sorted(sharing)
+        def fetch(installed: InstalledModel, manifest: _Manifest, positions: Sequence[int],
+                  consume: Callable[[int, _Source], None]) -> None:
+            seeds = {digest: [seed for seed in found if seed.directory != installed.path]
+                     for digest, found in self._store.seeds(manifest, self.list_installed()).items()}
+            chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
+            self._job(f"repair {ref}", chunks, concurrency, progress, seeds, limit_rate).run(consume, lambda: None)
 
-            def fetch(positions: Sequence[int], consume: Callable[[int, _Source], None]) -> None:
-                seeds = {digest: [seed for seed in found if seed.directory != installed.path]
-                         for digest, found in store.seeds(manifest, self.list_installed()).items()}
-                chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
-                self._job(f"repair {ref}", chunks, concurrency, progress, seeds, limit_rate).run(consume, lambda: None)
-
-            with store.cache_lock(shared=True):
-                repaired = store.repair(installed, manifest, bad_positions, missing, fetch)
-            if damaged_manifest:
-                target = os.path.join(installed.path, *manifest_path.split("/"))
-                _atomic_write(_no_links(installed.path, target), manifest.raw)
-                repaired.add(manifest_path)
-            self._logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
-            return sorted(repaired), []
+        damaged, sharing = _verify(self._store, ref, repair=repair, manifest=self._manifest, fetch=fetch)
+        return (damaged, sharing) if split else sorted(damaged + sharing)
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete cached chunks older than ``max_age`` seconds (all of them with None),
@@ -3977,17 +4091,16 @@ class Manager:
         Raises:
             NotInstalledError: no version of it is installed.
         """
-        base = ModelRef(group, model)
+        from contextlib import suppress
+
         refs = [item.ref for item in self.list_installed() if (item.ref.group, item.ref.model) == (group, model)]
         if not refs:
-            raise NotInstalledError(f"model not installed: {base} (no versions)")
+            raise NotInstalledError(f"model not installed: {ModelRef(group, model)} (no versions)")
         removed = []
         for ref in refs:
-            try:
+            with suppress(NotInstalledError):  # removed meanwhile by someone else
                 self.remove(ref)
-            except NotInstalledError:
-                continue  # removed meanwhile by someone else
-            removed.append(ref)
+                removed.append(ref)
         return removed
 
 
@@ -4348,6 +4461,7 @@ def _installed_json(item: InstalledModel) -> dict[str, Any]:
         "installed_at": _format_time(item.installed_at),
         "path": item.path,
         "alias_of": item.alias_of,
+        "registry_url": item.registry_url,
     }
 
 
@@ -4371,7 +4485,14 @@ def _files_json(files: Sequence[FileInfo]) -> list[dict[str, Any]]:
 
 
 def _local_time(moment: datetime, with_time: bool) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d")
+    if moment == _UNKNOWN_TIME:
+        return "unknown"
+    try:
+        moment = moment.astimezone()
+    except (OverflowError, ValueError):  # Go's zero time, 0001-01-01T00:00:00Z, west of Greenwich
+        pass
+    date = f"{moment.year:04d}-{moment:%m-%d}"  # %Y drops leading zeros on some platforms
+    return f"{date} {moment:%H:%M:%S}" if with_time else date
 
 
 def _version_label(ref: ModelRef, alias_of: str) -> str:
@@ -4489,7 +4610,8 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
             status = "Installed (update available)"
         lines += [("Status", status), ("Size", _format_size(installed.total_size)),
                   ("Files", str(installed.file_count)),
-                  ("Installed", _local_time(installed.installed_at, True)), ("Path", installed.path)]
+                  ("Installed", _local_time(installed.installed_at, True)), ("Path", installed.path),
+                  ("Registry", installed.registry_url or "unknown")]
     else:
         assert remote is not None
         lines += [("Status", "Available (not installed)"), ("Size", _format_size(remote.total_size))]
@@ -4548,14 +4670,28 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         else:
             console.out("No models installed")
         return 0
-    if not manager.config.registry_url:
+    here = _registry_origin(manager.config.registry_url)
+    if not here and not all(item.registry_url for item in installed):
         raise RegistryError("update: no registry URL is configured")  # _run_command says how to give one
+    named = bool(getattr(args, "registry", None))  # --registry on this command line: check only there
+    others: dict[str, Manager] = {}
     if not console.json:
         console.out("Checking for updates...")
         console.out()
     exit_code = 0
     results = []
     for item in installed:
+        origin = item.registry_url or here
+        if origin != here and named:
+            results.append({**_ref_fields(item.ref), "installed_hash": item.manifest_hash, "skipped":
+                            f"installed from {origin}"})
+            if not console.json:
+                console.out(f"{item.ref}: skipped: installed from {origin}, not {here}")
+            continue
+        if origin != here and origin not in others:  # checked where it came from (without --header values)
+            others[origin] = Manager(replace(manager.config, registry_url=origin), data_dir=manager.data_dir,
+                                     logger=console)
+        source = others.get(origin, manager)
         result: dict[str, Any] = {
             **_ref_fields(item.ref), "installed_hash": item.manifest_hash, "installed_alias_of": item.alias_of,
             "remote_hash": None, "remote_alias_of": None, "update_available": False, "applied": False,
@@ -4563,7 +4699,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         }
         results.append(result)
         try:
-            remote = manager.get_remote(item.ref)
+            remote = source.get_remote(item.ref)
             result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of)
             if remote.manifest_hash == item.manifest_hash:
                 if not console.json:
@@ -4576,7 +4712,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
                 if not console.json:
                     console.out(f"Downloading update for {item.ref}...")
                 try:
-                    updated = _pull_one(manager, item.ref, console, args)
+                    updated = _pull_one(source, item.ref, console, args)
                 except AlreadyInstalledError as exc:
                     updated = exc.installed  # another process applied it meanwhile
                 result["applied"] = True
@@ -4611,8 +4747,8 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     for ref in refs:
         printer = _ProgressPrinter(console) if args.repair else None
         try:
-            files, sharing = manager._verify(ref, repair=args.repair, concurrency=args.concurrency,
-                                             progress=printer, limit_rate=args.limit_rate)
+            files, sharing = manager.verify(ref, repair=args.repair, concurrency=args.concurrency,
+                                            progress=printer, limit_rate=args.limit_rate, split=True)
         except BaseException:
             if printer is not None:
                 printer.abort()

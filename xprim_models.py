@@ -4489,8 +4489,8 @@ def _local_time(moment: datetime, with_time: bool) -> str:
         return "unknown"
     try:
         moment = moment.astimezone()
-    except (OverflowError, ValueError):  # Go's zero time, 0001-01-01T00:00:00Z, west of Greenwich
-        pass
+    except (OverflowError, ValueError, OSError):  # Go's zero time, 0001-01-01T00:00:00Z, west of Greenwich
+        pass  # (Windows converts no time before 1970 to local time: OSError)
     date = f"{moment.year:04d}-{moment:%m-%d}"  # %Y drops leading zeros on some platforms
     return f"{date} {moment:%H:%M:%S}" if with_time else date
 

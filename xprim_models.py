@@ -22,9 +22,9 @@
 
 A registry is a static file host holding ``models.json`` and ``data/<sha256>``
 blobs. This module fetches a model's manifest, downloads its chunks in
-parallel, verifies every byte with SHA-256, caches verified chunks so an
-interrupted pull resumes, rebuilds the model's files in a staging directory,
-swaps them into place atomically, and records the install in
+parallel, verifies every byte with SHA-256, streams each chunk into its place
+in a staging directory (which an interrupted pull resumes from, verifying it
+again), swaps the files into place atomically, and records the install in
 ``registry.json``::
 
     import xprim_models
@@ -123,6 +123,11 @@ _FORBIDDEN_PATH_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\]')
 _RESERVED_GROUPS = frozenset(["cache", "registry.json", "registry.json.lock"])
 
 _MAX_INDEX_BYTES = 32 << 20
+# json builds about 100 bytes of objects per value, so models.json is refused if it
+# holds more values than this (counted before parsing): a document within the size
+# cap could otherwise take gigabytes.
+_MAX_INDEX_VALUES = 500_000  # JSON values and object keys in models.json (containers count twice)
+_MAX_METADATA_DEPTH = 32  # containers nested in one entry's metadata: deeper, the entry is left out
 _MAX_MANIFEST_BYTES = 64 << 20
 _MAX_REGISTRY_BYTES = 256 << 20
 _MAX_FILES = 1_000_000
@@ -133,10 +138,7 @@ _MAX_PATH_LENGTH = 1024
 _MAX_SEGMENT_LENGTH = 255
 
 _MAX_CONCURRENCY = 16
-_CACHE_MAX_AGE = 24 * 60 * 60  # seconds a cached chunk no pull needs is kept
 _BUFFER_SIZE = 256 << 10
-_IN_MEMORY_UP_TO = _BUFFER_SIZE  # chunks this small are verified in a worker's buffer
-_STRAIGHT_INTO_FILES = True  # bigger chunks needed once stream into their files, not cache/chunks
 _HEAD_LIMIT = 64 << 10  # a session's buffer for status lines and headers
 _HEAD_MAX = 256 << 10  # the longest head a session reads, growing its buffer
 _PROGRESS_WINDOW = 64 << 10  # bytes of a body that must arrive within each ``timeout`` of waiting
@@ -153,7 +155,7 @@ _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync(
 _SHARING_RETRY_SECONDS = 2.0
 
 _REGISTRY_FILE = "registry.json"
-_CHUNKS_DIR = ("cache", "chunks")
+_CHUNKS_DIR = ("cache", "chunks")  # written by earlier versions only: prune deletes it
 _MANIFESTS_DIR = ("cache", "manifests")
 _LOCKS_DIR = ".locks"
 
@@ -321,14 +323,20 @@ class Config:
     data_dir: str | os.PathLike[str] | None = None
 
 
-def _check_name(kind: str, name: str, text: str) -> None:
+def _name_problem(kind: str, name: Any) -> str:
+    """Why ``name`` cannot be a group, model or version name (it becomes a directory), or ""."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise InvalidRefError(
-            f"invalid model reference {text!r}: {kind} {name!r} must be 1-128 letters, digits, "
-            "'.', '_', '+' or '-', starting with a letter or digit"
-        )
+        return (f"{kind} {name!r:.80} must be 1-128 letters, digits, '.', '_', '+' or '-', "
+                "starting with a letter or digit")
     if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
-        raise InvalidRefError(f"invalid model reference {text!r}: {kind} {name!r} is a reserved name")
+        return f"{kind} {name!r} is a reserved name on Windows"
+    return ""
+
+
+def _check_name(kind: str, name: str, text: str) -> None:
+    problem = _name_problem(kind, name)
+    if problem:
+        raise InvalidRefError(f"invalid model reference {text!r}: {problem}")
 
 
 @dataclass(frozen=True, order=True)
@@ -461,8 +469,9 @@ class PullProgress:
     """A snapshot of a pull, passed to the ``progress`` callback.
 
     ``phase`` is ``"manifest"``, then ``"chunks"``, then ``"extracting"``.
-    ``chunks_completed`` and ``bytes_completed`` include chunks found in the
-    cache and only grow; ``bytes_downloaded`` counts network bytes only.
+    ``chunks_completed`` and ``bytes_completed`` include chunks copied from
+    installed versions or found intact in a resumed staging directory, and only
+    grow; ``bytes_downloaded`` counts network bytes only.
     """
 
     phase: Literal["manifest", "chunks", "extracting"]
@@ -1074,14 +1083,8 @@ def _zeros_digest(size: int) -> str:
     return hasher.hexdigest()
 
 
-if TYPE_CHECKING:
-    _Source = Union[int, memoryview]  # where a verified chunk is: an open file, or a worker's buffer
-
-
-def _pread(fd: _Source, count: int, offset: int) -> bytes:
-    """``count`` bytes at ``offset`` of an open file (fewer at its end), or of a buffer."""
-    if isinstance(fd, memoryview):
-        return bytes(fd[offset : offset + count])
+def _pread(fd: int, count: int, offset: int) -> bytes:
+    """``count`` bytes at ``offset`` of an open file (fewer at its end)."""
     if hasattr(os, "pread"):
         return os.pread(fd, count, offset)
     os.lseek(fd, offset, os.SEEK_SET)  # Windows
@@ -1112,12 +1115,29 @@ def _read_pieces(fd: int, offset: int, count: int, size: int) -> Iterator[bytes]
         offset, count = offset + len(data), count - len(data)
 
 
-def _copy_range(source: _Source, offset: int, count: int, target: int, target_offset: int) -> None:
+def _same_bytes(path: str, other: str, offset: int, count: int) -> bool:
+    """Whether two files hold the same ``count`` bytes at ``offset`` (False if either cannot be read)."""
+    try:
+        fd = _open_regular(path)
+        try:
+            other_fd = _open_regular(other)
+            try:
+                for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
+                    if _pread(other_fd, len(data), offset) != data:
+                        return False
+                    offset += len(data)
+            finally:
+                os.close(other_fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _copy_range(source: int, offset: int, count: int, target: int, target_offset: int) -> None:
     """Copy ``count`` bytes of ``source`` at ``offset`` into ``target`` at ``target_offset``,
     in the kernel where it can (``copy_file_range``), else through a buffer."""
-    if isinstance(source, memoryview):
-        _pwrite_all(target, source[offset : offset + count], target_offset)
-        return
     copy_file_range = getattr(os, "copy_file_range", None)
     while count > 0 and copy_file_range is not None:
         try:
@@ -1149,14 +1169,39 @@ def _pwrite_all(target: int, view: memoryview, offset: int) -> None:
 # every hash, size, name and path is checked before anything is written.
 
 
+class _OutOfRange:
+    """A JSON number no IEEE double can hold (``1e400``): kept aside so its entry can be refused."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text[:40]
+
+
+def _finite_float(text: str) -> float | _OutOfRange:
+    import math
+
+    value = float(text)
+    return value if math.isfinite(value) else _OutOfRange(text)
+
+
 def _parse_json(data: bytes, what: str, error: type[ModelsError]) -> Any:
     import json
 
     def reject_constant(name: str) -> None:
         raise ValueError(f"{name} is not allowed")
 
+    def finite(text: str) -> float:
+        value = _finite_float(text)
+        if isinstance(value, _OutOfRange):
+            raise ValueError(f"the number {value.text[:40]} is beyond the range of a 64-bit float")
+        return value
+
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=reject_constant)
+        return json.loads(data.decode("utf-8"), parse_constant=reject_constant, parse_float=finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise error(f"{what} is not valid JSON: {exc}") from exc
 
@@ -1212,6 +1257,8 @@ def _parse_manifest(digest: str, raw: bytes, metadata_dir: str, *, source: str =
     def fail(problem: str) -> ModelsError:
         return error(f"{what} is invalid: {problem}" + ("" if source else "; the registry's publisher must fix it"))
 
+    if _count_containers(raw) > _MAX_FILES + 3:  # before json builds them: a bomb of empty lists is refused
+        raise fail(f"it holds more JSON objects and arrays than a manifest of at most {_MAX_FILES} files can")
     doc = _parse_json(raw, what, error)
     if not isinstance(doc, dict):
         raise fail("it is not a JSON object")
@@ -1276,77 +1323,200 @@ def _segments(manifest: _Manifest, start: int, length: int) -> Iterator[tuple[in
         index += 1
 
 
-def _parse_index(doc: Any) -> dict[tuple[str, str, str], RemoteModel]:
-    """Validate a whole models.json and resolve every alias (DESIGN.md §5)."""
+_INDEX_SEPARATORS = (b",", b":", b"[", b"{")  # each value after the first follows one of these
+_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")  # a lone surrogate: valid JSON escapes, not text
+
+
+def _count_index_values(raw: bytes) -> int:
+    """An upper bound of the values and keys in the JSON document ``raw``, counted before parsing it.
+
+    Every value or key but the first follows a ',', ':', '[' or '{' outside a string.
+    Counting those bytes anywhere is quick; only if that says too many are the ones
+    inside strings subtracted, string by string, stopping once there are too many strings.
+    """
+    count = 1 + sum(raw.count(separator) for separator in _INDEX_SEPARATORS)
+    if count <= _MAX_INDEX_VALUES:
+        return count
+    for strings, match in enumerate(_JSON_STRING_RE.finditer(raw), 1):
+        if strings > _MAX_INDEX_VALUES:  # every string is a value or a key
+            return strings
+        start, end = match.span()
+        count -= sum(raw.count(separator, start, end) for separator in _INDEX_SEPARATORS)
+    return count
+
+
+def _count_containers(raw: bytes) -> int:
+    """An upper bound of the objects and arrays in the JSON document ``raw``, counted before
+    parsing it (a manifest holds one per file, and three more), the way _count_index_values counts."""
+    count = raw.count(b"[") + raw.count(b"{")
+    if count <= _MAX_FILES + 3:
+        return count
+    for match in _JSON_STRING_RE.finditer(raw):
+        start, end = match.span()
+        count -= raw.count(b"[", start, end) + raw.count(b"{", start, end)
+    return count
+
+
+def _bounded_int(text: str) -> int | _OutOfRange:
+    # Past 308 digits no double holds it either, and Python 3.11+ refuses ints over 4300 digits.
+    return int(text) if len(text.lstrip("-")) <= 308 else _OutOfRange(text)
+
+
+def _metadata_problem(metadata: Any) -> str:
+    """What makes ``metadata`` unfit to print as strict JSON (RFC 8259), or ""."""
+    if not isinstance(metadata, dict):
+        return "its metadata is not an object"
+    pending: list[tuple[Any, int]] = [(metadata, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, _OutOfRange):
+            return f"its metadata holds the number {value.text[:40]}, beyond the range of a 64-bit float"
+        if isinstance(value, str) and _SURROGATE_RE.search(value):
+            return f"its metadata holds the string {value[:40]!r} with an unpaired surrogate, which is not text"
+        if isinstance(value, (dict, list)):
+            if depth > _MAX_METADATA_DEPTH:
+                return f"its metadata nests more than {_MAX_METADATA_DEPTH} levels deep"
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
+    return ""
+
+
+class _Index:
+    """A validated models.json: the usable versions, and why each unusable entry is left out.
+
+    One malformed entry only takes itself out (README, "Registry format"): it is never
+    listed, and asking for it by name says what is wrong with it.
+    """
+
+    __slots__ = ("models", "problems")
+
+    def __init__(self, models: dict[tuple[str, str, str], RemoteModel], problems: dict[tuple[str, ...], str]) -> None:
+        self.models = models
+        self.problems = problems  # keyed by (group,), (group, model) or (group, model, version)
+
+    def lookup(self, ref: ModelRef) -> RemoteModel:
+        key = (ref.group, ref.model, ref.version)
+        found = self.models.get(key)
+        if found is not None:
+            return found
+        for length in (1, 2, 3):
+            problem = self.problems.get(key[:length])
+            if problem:
+                raise RegistryError(
+                    f"{ref} is listed in the registry's models.json, but its entry is invalid: {problem}; "
+                    "the registry's publisher must fix it"
+                )
+        versions = sorted(v for (g, m, v) in self.models if (g, m) == (ref.group, ref.model))
+        invalid = sum(1 for problem_key in self.problems if problem_key[:2] == key[:2])
+        if not versions and not invalid:
+            raise ModelNotFoundError(
+                f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, self.models)}"
+            )
+        raise VersionNotFoundError(
+            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {', '.join(versions) or 'none'}"
+            + (f"; {invalid} invalid entries of this model are left out, see the warnings)" if invalid else ")")
+        )
+
+
+def _parse_index(raw: bytes, location: str) -> _Index:
+    """Parse models.json: the document as a whole, then each entry on its own (README, "Registry format")."""
 
     def fail(problem: str) -> RegistryError:
-        return RegistryError(f"models.json is invalid: {problem}; the registry's publisher must fix it")
+        return RegistryError(f"models.json at {location} is invalid: {problem}; the registry's publisher must fix it")
 
-    def name_ok(name: Any) -> bool:
-        return isinstance(name, str) and bool(_NAME_RE.fullmatch(name))
+    if _count_index_values(raw) > _MAX_INDEX_VALUES:
+        raise fail(f"it holds more than {_MAX_INDEX_VALUES} JSON values, the most this client parses")
+    import json
 
+    def reject_constant(name: str) -> None:
+        raise ValueError(f"{name} is not allowed")
+
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=reject_constant, parse_float=_finite_float,
+                         parse_int=_bounded_int)
+    except RecursionError as exc:
+        raise fail("it nests containers too deeply to parse") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RegistryError(f"models.json at {location} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise fail("it is not a JSON object of groups")
+    problems: dict[tuple[str, ...], str] = {}
     entries: dict[tuple[str, str, str], dict[str, Any]] = {}
     for group, models in doc.items():
-        if not name_ok(group) or not isinstance(models, dict):
-            raise fail(f"group {group!r} is not a valid name mapping to an object of models")
+        problem = _name_problem("group name", group) or (
+            "" if isinstance(models, dict) else "the group is not an object of models")
+        if problem:
+            problems[(group,)] = problem
+            continue
         for model, versions in models.items():
-            if not name_ok(model) or not isinstance(versions, dict):
-                raise fail(f"model {group}/{model} is not a valid name mapping to an object of versions")
+            problem = _name_problem("model name", model) or (
+                "" if isinstance(versions, dict) else "the model is not an object of versions")
+            if problem:
+                problems[(group, model)] = problem
+                continue
             for version, entry in versions.items():
-                label = f"{group}/{model} {version}"
-                if not name_ok(version) or not isinstance(entry, dict):
-                    raise fail(f"version {label!r} is not a valid name mapping to an object")
-                if ("hash" in entry) == ("alias" in entry):
-                    raise fail(f"{label} must have exactly one of 'hash' and 'alias'")
-                if "hash" in entry and not (
-                    isinstance(entry["hash"], str) and _HASH_RE.fullmatch(entry["hash"])
-                ):
-                    raise fail(f"{label} has hash {entry['hash']!r}, not 64 lowercase hex characters")
-                if "alias" in entry and not name_ok(entry["alias"]):
-                    raise fail(f"{label} has alias {entry['alias']!r}, not a valid version name")
-                if not isinstance(entry.get("metadata", {}), dict):
-                    raise fail(f"{label} has metadata that is not an object")
-                entries[(group, model, version)] = entry
-    # Each alias chain is walked once: every key on it learns its final version.
+                problem = _name_problem("version name", version) or _entry_problem(entry)
+                if problem:
+                    problems[(group, model, version)] = problem
+                else:
+                    entries[(group, model, version)] = entry
+    # Each alias chain is walked once: every key on it learns its final version, or why it has none.
     final: dict[tuple[str, str, str], str] = {}
     for key in entries:
-        chain: list[str] = []
-        on_chain: set[str] = set()
-        current = key
-        while current not in final and "alias" in entries[current]:
-            chain.append(current[2])
-            on_chain.add(current[2])
+        chain: list[tuple[str, str, str]] = []
+        on_chain: set[tuple[str, str, str]] = set()
+        current, problem, cycle = key, "", False
+        while current not in final and current not in problems and "alias" in entries[current]:
+            chain.append(current)
+            on_chain.add(current)
             following = (key[0], key[1], entries[current]["alias"])
-            if following not in entries:
-                raise fail(f"{key[0]}/{key[1]} {current[2]} is an alias of missing version {following[2]!r}")
-            if following[2] in on_chain:
-                raise fail(f"aliases of {key[0]}/{key[1]} form a cycle: {' -> '.join([*chain, following[2]])}")
+            if following in on_chain:
+                names = [version for _, _, version in chain[chain.index(following):]]
+                problem = f"its aliases form a cycle: {' -> '.join([*names, following[2]])}"
+                cycle = True
+            elif following not in entries:
+                why = problems.get(following)
+                problem = (f"it is an alias of version {following[2]!r}, which cannot be used: {why}" if why
+                           else f"it is an alias of missing version {following[2]!r}")
+            if problem:
+                break
             current = following
+        if not problem and current in problems:
+            problem = f"it is an alias of version {current[2]!r}, which cannot be used: {problems[current]}"
+        if problem:
+            for position, link in enumerate(chain):
+                problems[link] = problem if position == len(chain) - 1 or cycle else (
+                    f"it resolves through alias {chain[-1][2]!r}, and {problem}")
+            continue
         resolved = final.get(current, current[2])
-        for version in chain:
-            final[(key[0], key[1], version)] = resolved
+        for link in chain:
+            final[link] = resolved
         final.setdefault(current, resolved)
-    result = {}
+    models = {}
     for key, entry in entries.items():
+        if key in problems:
+            continue
         target = entries[(key[0], key[1], final[key])]
         metadata = entry["metadata"] if "metadata" in entry else target.get("metadata", {})
         alias_of = final[key] if final[key] != key[2] else ""
-        result[key] = RemoteModel(ModelRef(*key), target["hash"], alias_of, dict(metadata))
-    return result
+        models[key] = RemoteModel(ModelRef(*key), target["hash"], alias_of, dict(metadata))
+    return _Index(models, problems)
 
 
-def _lookup(index: Mapping[tuple[str, str, str], RemoteModel], ref: ModelRef) -> RemoteModel:
-    found = index.get((ref.group, ref.model, ref.version))
-    if found is not None:
-        return found
-    versions = sorted(v for (g, m, v) in index if (g, m) == (ref.group, ref.model))
-    if not versions:
-        raise ModelNotFoundError(f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, index)}")
-    raise VersionNotFoundError(
-        f"version not found: {ref}{_did_you_mean(ref, index)} (available: {', '.join(versions)})"
-    )
+def _entry_problem(entry: Any) -> str:
+    """What is wrong with one version's entry in models.json, apart from its alias target, or ""."""
+    if not isinstance(entry, dict):
+        return "the entry is not an object"
+    if ("hash" in entry) == ("alias" in entry):
+        return "the entry must have exactly one of 'hash' and 'alias'"
+    if "hash" in entry and not (isinstance(entry["hash"], str) and _HASH_RE.fullmatch(entry["hash"])):
+        return f"its hash {entry['hash']!r:.80} is not 64 lowercase hex characters"
+    if "alias" in entry:
+        problem = _name_problem("alias", entry["alias"])
+        if problem:
+            return f"its {problem}"
+    return _metadata_problem(entry.get("metadata", {}))
 
 
 def _detail(remote: RemoteModel, manifest: _Manifest) -> RemoteModelDetail:
@@ -1405,43 +1575,36 @@ class _MemorySink(_Sink):
         self.kept += len(data)
 
 
-class _BufferSink(_Sink):
-    """Collects a chunk small enough for a worker's buffer, hashing it; can resume after a cut."""
+class _ChunkSink(_Sink):
+    """Streams one chunk into its first position in the files, hashing it on the way.
+
+    Bytes gather in ``buffer`` and are written when it is full or the chunk ends
+    (``flush``), so a small chunk costs one write however the network splits it.
+    Bytes that fail the hash stay until the next attempt overwrites them.
+    """
 
     resumable = True
 
-    def __init__(self, view: memoryview, on_bytes: Callable[[int, int], None]) -> None:
-        self.view, self.on_bytes = view, on_bytes
-        self.hasher = _sha256()
-
-    def reset(self) -> None:
-        self.hasher = _sha256()
-        self.kept = 0
-
-    def write(self, data: memoryview) -> None:
-        self.hasher.update(data)
-        self.view[self.kept : self.kept + len(data)] = data
-        self.kept += len(data)
-        self.on_bytes(self.kept, len(data))
-
-
-class _PlacedSink(_Sink):
-    """Writes a chunk straight into its place in the files, hashing it on the way."""
-
-    resumable = True
-
-    def __init__(self, place: Callable[[int, _Source, int], None], position: int) -> None:
+    def __init__(self, place: Callable[[int, memoryview, int], None], position: int, buffer: bytearray) -> None:
         self.place, self.position = place, position
+        self.buffer = memoryview(buffer)
+        self.pending = 0  # bytes at the start of the buffer, not written yet
         self.hasher = _sha256()
         self.on_bytes: Callable[[int, int], None] = lambda kept, count: None
 
     def reset(self) -> None:
         self.hasher = _sha256()
-        self.kept = 0  # what was written stays until overwritten
+        self.kept = self.pending = 0
 
     def write(self, data: memoryview) -> None:
         self.hasher.update(data)
-        self.place(self.position, data, self.kept)
+        if self.pending + len(data) > len(self.buffer):
+            self.flush()
+        if len(data) >= len(self.buffer):
+            self.place(self.position, data, self.kept)
+        else:
+            self.buffer[self.pending : self.pending + len(data)] = data
+            self.pending += len(data)
         self.kept += len(data)
         self.on_bytes(self.kept, len(data))
 
@@ -1450,34 +1613,10 @@ class _PlacedSink(_Sink):
         self.hasher.update(data)
         self.kept += len(data)
 
-
-
-class _ChunkSink(_Sink):
-    """Streams a chunk to a file while hashing it; can resume after a cut."""
-
-    resumable = True
-
-    def __init__(self, fd: int, path: str, on_bytes: Callable[[int, int], None]) -> None:
-        self.fd, self.path, self.on_bytes = fd, path, on_bytes
-        self.hasher = _sha256()
-
-    def reset(self) -> None:
-        self.hasher = _sha256()
-        self.kept = 0
-        try:
-            os.ftruncate(self.fd, 0)
-            os.lseek(self.fd, 0, os.SEEK_SET)
-        except OSError as exc:
-            raise _storage_error("write", self.path, exc) from exc
-
-    def write(self, data: memoryview) -> None:
-        self.hasher.update(data)
-        try:
-            _write_all(self.fd, data)
-        except OSError as exc:
-            raise _storage_error("write", self.path, exc) from exc
-        self.kept += len(data)
-        self.on_bytes(self.kept, len(data))
+    def flush(self) -> None:
+        if self.pending:
+            self.place(self.position, self.buffer[: self.pending], self.kept - self.pending)
+            self.pending = 0
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -1859,6 +1998,7 @@ class _RegistryClient:
         self._guard = threading.Lock()
         self.headers = dict(headers or {})
         self.timeout, self.retries, self.backoff, self.logger = timeout, retries, backoff, logger
+        self.index_warned: set[tuple[str, ...]] = set()  # bad models.json entries already logged
 
     @staticmethod
     def _local_root(url: str) -> str | None:
@@ -2352,11 +2492,18 @@ class _RegistryClient:
                 connection.close()
         return bytes(sink.data)
 
-    def index(self) -> dict[tuple[str, str, str], RemoteModel]:
-        """The registry's models.json, validated, with aliases resolved."""
+    def index(self) -> _Index:
+        """The registry's models.json, validated entry by entry, with aliases resolved.
+        Each entry left out is logged as a warning, once per client (so once per Manager)."""
         raw = self.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES,
                                   revalidate=True)  # caches must not hide an alias move
-        return _parse_index(_parse_json(raw, f"models.json at {self.location('models.json')}", RegistryError))
+        index = _parse_index(raw, self.location("models.json"))
+        for key, problem in index.problems.items():
+            if key not in self.index_warned:
+                self.index_warned.add(key)
+                label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
+                self.logger.warning("models.json: leaving out %r: %s", label, problem)
+        return index
 
     def manifest(self, digest: str, metadata_dir: str, session: _Session | None = None) -> tuple[_Manifest, bytes]:
         """The manifest ``digest``, validated, and its bytes."""
@@ -2386,9 +2533,10 @@ class _RegistryClient:
 
 
 # --- Pull engine ------------------------------------------------------------------
-# Workers take each distinct chunk from the cache, a seed or the network (streamed
-# and hashed, never whole in memory) and write it into the staging files at its
-# offsets. The calling thread waits, reports progress, and re-raises any error.
+# Workers stream each distinct chunk (from a resumed pull's bytes, a seed or the
+# network, hashed on the way, never whole in memory) into its first place in the
+# files, then copy it to its other places. The calling thread waits, reports
+# progress, and re-raises any error.
 
 
 class _Task:
@@ -2441,31 +2589,36 @@ class _RateLimiter:
 
 
 class _PullJob:
-    """Obtains chunks with worker threads; each worker hands its verified chunk to a consumer.
+    """Puts verified chunks into files with worker threads, through one path.
 
-    The consumer (writing into staging files, or comparing for a repair) runs in
-    the workers, so copying is as parallel as downloading and hashing; the
-    calling thread waits, reports progress, and re-raises a worker's error.
+    Each distinct chunk streams into its first position while it is hashed:
+    from bytes already there (a resumed pull's, verified again), from a seed (an
+    installed version holding it), or from the network. Once it verifies, its
+    other positions are copied from the first. The calling thread waits, reports
+    progress, and re-raises a worker's error.
+
+    It holds no ``Manager``: it is given the registry client, the ``writer`` (the
+    files, addressed by chunk number), the seeds and a logger.
     """
 
     def __init__(
         self,
         client: _RegistryClient,
-        store: _Store,
+        writer: _ChunkFiles,
         label: str,
         chunks: Sequence[tuple[str, int]],
+        *,
         concurrency: int,
         emit: Callable[[PullProgress], None],
-        *,
+        logger: Any,
         seeds: Mapping[str, Sequence[_Seed]] | None = None,
         limit_rate: float | None = None,
     ) -> None:
-        self.client, self.store, self.label, self.emit = client, store, label, emit
+        self.client, self.writer, self.label, self.emit, self.logger = client, writer, label, emit, logger
         self.chunk_count = len(chunks)
         self.total_size = sum(size for _, size in chunks)
         self.concurrency = concurrency
         self.seeds = seeds or {}
-        self.cached = store.cached_chunks()  # one listing, rather than a failed open per chunk
         self.limiter = _RateLimiter(limit_rate) if limit_rate else None
         # Reads stay small under a low rate limit, so the cap holds over short spans too.
         self.read_size = min(_BUFFER_SIZE, max(4096, int(limit_rate / 16))) if limit_rate else _BUFFER_SIZE
@@ -2473,24 +2626,20 @@ class _PullJob:
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         # One task per distinct chunk, in the order of its first position: a
-        # chunk listed twice is obtained once and written to both places.
+        # chunk listed twice is obtained once and copied to its other places.
         tasks: dict[str, _Task] = {}
         for position, (digest, size) in enumerate(chunks):
             tasks.setdefault(digest, _Task(digest, size)).positions.append(position)
         self.tasks = list(tasks.values())
         self.next_task = 0
         self.tasks_done = 0
-        self.partials: set[str] = set()  # files workers are writing into
         self.reported: dict[int, int] = {}  # task -> bytes already counted as completed
         self.chunks_completed = 0
         self.bytes_completed = 0
         self.bytes_downloaded = 0
         self.current_file = ""
-        self.file_of: Callable[[int], str] = lambda position: ""  # a file chunk ``position`` fills
         self.dirty = True
-        self.consume: Callable[[int, _Source], None] = lambda position, source: None
-        self.place: Callable[[int, _Source, int], None] | None = None
-        self.writing = 0  # workers writing into the consumer's files right now
+        self.writing = 0  # workers writing into the files right now
 
     # Progress ----------------------------------------------------------------
 
@@ -2546,22 +2695,13 @@ class _PullJob:
                     index = self.next_task
                     self.next_task += 1
                 task = self.tasks[index]
-                source = self._obtain(index, task, buffer, session)
-                try:
-                    for position in task.positions:
-                        if source is None:  # already in its place
-                            break
-                        self._write_files(self.consume, position, source)
-                finally:
-                    if isinstance(source, int):
-                        os.close(source)
-                if isinstance(source, int):
-                    # Written where it belongs: the cache copy goes, so a pull needs about
-                    # concurrency x chunk size of extra disk, not the model's size again.
-                    _remove_file(os.path.join(self.store.chunks_dir, task.digest))
+                if task.digest not in self.writer.present:
+                    self._obtain(index, task, buffer, session)
+                    for position in task.positions[1:]:
+                        self._write_files(self.writer.copy, task.positions[0], position)
                 with self.condition:
                     self.tasks_done += 1
-                    self.current_file = self.file_of(task.positions[0])
+                    self.current_file = self.writer.file_of(task.positions[0])
                     self.chunks_completed += len(task.positions)
                     self.bytes_completed += task.size * len(task.positions) - self.reported.get(index, 0)
                     self.reported[index] = task.size * len(task.positions)
@@ -2577,51 +2717,21 @@ class _PullJob:
         finally:
             session.close()
 
-    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> _Source | None:
-        """The verified chunk, from the cache, a seed (an installed version or the staging
-        directory being resumed) or the network: open in the cache, in ``buffer``, or (None)
-        already in its place in the files."""
-        path = os.path.join(self.store.chunks_dir, task.digest)
-        if task.digest in self.cached:
-            fd = self._open_cached(path, task, buffer)
-            if fd >= 0:
-                return fd
-        seeds = self.seeds.get(task.digest, ())
-        sink = self._direct_sink(task, buffer)
-        if sink is None:  # through the cache: a big chunk needed in several places, or a repair's
-            for seed in seeds:
-                fd = self._store(path, task, partial(self._copy_seed, seed, buffer))
-                if fd >= 0:
-                    self.store.logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
-                    return fd
-            return self._store(path, task, lambda sink: self._download(index, task, sink, session))
-        for seed in seeds:
+    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> None:
+        """Put the verified chunk at its first position: the bytes already there (a resumed
+        pull's) or a seed's, if they still hash right, else the network's."""
+        sink = _ChunkSink(partial(self._write_files, self.writer.place), task.positions[0], buffer)
+        for seed in self.seeds.get(task.digest, ()):
             sink.reset()
-            if self._copy_seed(seed, buffer, sink):
-                self.store.logger.debug("chunk %s: copied from %s", task.digest[:12], seed.directory)
-                break
-        else:
-            sink.reset()
-            self._download(index, task, sink, session)
-        return sink.view if isinstance(sink, _BufferSink) else None
-
-    def _direct_sink(self, task: _Task, buffer: bytearray) -> _BufferSink | _PlacedSink | None:
-        """Where a chunk can go without passing through the cache, if anywhere.
-
-        A small one is verified in ``buffer``, then written. A bigger one needed in
-        one place streams straight there: bytes that fail the hash are overwritten
-        by the next attempt, and a resumed pull verifies every chunk again. That
-        saves writing it twice, which costs as much as the download on fast disks.
-        """
-        if task.size <= min(_IN_MEMORY_UP_TO, len(buffer)):
-            return _BufferSink(memoryview(buffer)[: task.size], lambda kept, _count: None)
-        if self.place is not None and _STRAIGHT_INTO_FILES and len(task.positions) == 1:
-            return _PlacedSink(partial(self._write_files, self.place), task.positions[0])
-        return None
+            if self._copy_seed(seed, sink):
+                self.logger.debug("chunk %s: verified from %s", task.digest[:12], seed.directory)
+                return
+        sink.reset()
+        self._download(index, task, sink, session)
 
     def _write_files(self, write: Callable[..., None], *args: Any) -> None:
-        """``write(*args)`` into the consumer's files, unless the job is over: a worker that was
-        still waiting on the network when ``run`` returned must not write after it."""
+        """``write(*args)`` into the files, unless the job is over: a worker that was still
+        waiting on the network when ``run`` returned must not write after it."""
         with self.condition:
             if self.cancel.is_set():
                 raise _Cancelled()
@@ -2634,48 +2744,12 @@ class _PullJob:
                 if not self.writing and self.cancel.is_set():  # run() may be waiting for this
                     self.condition.notify_all()
 
-    def _store(self, path: str, task: _Task, fill: Callable[[_ChunkSink], bool]) -> int:
-        """Fill a partial file with ``fill``; if it verifies, move it into the cache and return it open."""
-        partial_path = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
-        with self.condition:
-            if self.cancel.is_set():
-                raise _Cancelled()
-            self.partials.add(partial_path)
-        fd = -1
-        try:
-            try:
-                fd = _create_new(partial_path, os.O_RDWR)
-            except OSError as exc:
-                raise _storage_error("create", partial_path, exc) from exc
-            if not fill(_ChunkSink(fd, partial_path, lambda kept, _count: None)):
-                os.close(fd)
-                _remove_file(partial_path)
-                return -1
-            if os.name == "nt":  # Windows cannot rename a file that is open
-                os.close(fd)
-                fd = -1
-                os.replace(partial_path, path)
-                fd = os.open(path, os.O_RDONLY | _O_BINARY)
-            else:
-                os.replace(partial_path, path)
-            return fd
-        except BaseException as exc:
-            if fd >= 0:
-                os.close(fd)
-            _remove_file(partial_path)
-            if isinstance(exc, OSError):
-                raise _storage_error("store", path, exc) from exc
-            raise
-        finally:
-            with self.condition:
-                self.partials.discard(partial_path)
-
-    def _download(self, index: int, task: _Task, sink: _ChunkSink | _BufferSink | _PlacedSink,
-                  session: _Session) -> bool:
+    def _download(self, index: int, task: _Task, sink: _ChunkSink, session: _Session) -> None:
         what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
         sink.on_bytes = partial(self._on_network, index)  # every byte written here came from the network
 
         def check() -> str:  # a mismatch is one failed attempt of the fetch's retry policy
+            sink.flush()  # the last buffered bytes go to their place; a failed attempt's are overwritten
             got = sink.hasher.hexdigest()
             return "" if got == task.digest else f"hash mismatch (got {got})"
 
@@ -2683,21 +2757,19 @@ class _PullJob:
             f"data/{task.digest}", what, sink, size=task.size, exact=True,
             cancel=self.cancel, read_size=self.read_size, session=session, check=check,
         )
-        return True
 
-    def _copy_seed(self, seed: _Seed, buffer: bytearray, sink: _ChunkSink | _BufferSink | _PlacedSink) -> bool:
-        """Copy a chunk's bytes out of an installed version; True if they still hash right."""
+    def _copy_seed(self, seed: _Seed, sink: _ChunkSink) -> bool:
+        """Copy a chunk's bytes out of a seed into the sink; True if they still hash right.
+        Bytes of a resumed staging directory that are where they belong are only hashed."""
         manifest = seed.manifest
         start = seed.position * manifest.chunk_size
-        # Bytes of a resumed staging directory that belong where they are: hashed, not written again.
-        in_place = seed.in_place and isinstance(sink, _PlacedSink) and sink.position == seed.position
-        put = sink.found if isinstance(sink, _PlacedSink) and in_place else sink.write
+        put = sink.found if seed.in_place and sink.position == seed.position else sink.write
         try:
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(seed.position)):
                 path = os.path.join(seed.directory, *manifest.files[index].path.split("/"))
                 fd = _open_regular(path)  # a pipe planted in an installed version is not waited on
                 try:
-                    for data in _read_pieces(fd, offset, count, len(buffer)):
+                    for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
                         if self.cancel.is_set():
                             raise _Cancelled()
                         put(memoryview(data))
@@ -2705,44 +2777,16 @@ class _PullJob:
                     os.close(fd)
         except OSError:
             return False  # unreadable, shorter, or a link where a file should be: not a seed after all
-        return sink.hasher.hexdigest() == manifest.chunks[seed.position]
-
-    def _open_cached(self, path: str, task: _Task, buffer: bytearray) -> int:
-        try:
-            fd = _open_regular(path)
-        except _NotRegular:
-            _remove_file(path)  # a link, pipe or device planted in the cache: dropped, never read
-            return -1
-        except OSError:
-            return -1
-        try:
-            valid = _hash_file(fd, buffer, self.cancel) == (task.digest, task.size)
-        except OSError:
-            valid = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if valid:
-            try:
-                os.utime(path)  # fresh again: age-based cleanup must leave it alone
-            except OSError:
-                pass  # a read-only cache still serves this pull
-            self.store.logger.debug("chunk %s: verified from the cache", task.digest[:12])
-            return fd
-        self.store.logger.warning("cached chunk %s is damaged; downloading it again", path)
-        os.close(fd)
-        _remove_file(path)
-        return -1
+        if sink.hasher.hexdigest() != manifest.chunks[seed.position]:
+            return False
+        sink.flush()
+        return True
 
     # The calling thread ------------------------------------------------------
 
-    def run(self, consume: Callable[[int, _Source], None], finish: Callable[[], None],
-            place: Callable[[int, _Source, int], None] | None = None) -> None:
-        """Obtain every chunk; workers call ``consume(position, source)`` for each position,
-        or, given ``place``, may write a chunk's bytes as they come with
-        ``place(position, data, offset in the chunk)``; then ``finish()`` runs here.
+    def run(self, finish: Callable[[], None]) -> None:
+        """Put every chunk into the files with the workers, then run ``finish()`` here.
         No write starts after this returns."""
-        self.consume, self.place = consume, place
         self.emit(PullProgress("chunks", self.chunk_count, 0, self.total_size, 0, 0))
         threads = [
             threading.Thread(target=self._worker, name=f"xprim-models-{n}", daemon=True)
@@ -2776,28 +2820,81 @@ class _PullJob:
             with self.condition:
                 self.cancel.set()
                 self.condition.notify_all()
-                # A worker stuck in a stalled read may never get to clean up.
-                for partial_path in self.partials:
-                    _remove_file(partial_path)
                 while self.writing:  # writes already under way end first (in steps: Ctrl-C on Windows)
                     self.condition.wait(0.1)
         self._emit_now()
 
 
-class _Staging:
+class _ChunkFiles:
+    """Files laid out as a manifest's byte stream, written by chunk from any thread.
+
+    ``paths`` maps the index of each file written to its path: all of a pull's
+    staging files, or the scratch copies a repair writes. ``positions`` maps the
+    job's chunk numbers to positions in the manifest (a repair fetches only some).
+    """
+
+    def __init__(self, manifest: _Manifest, paths: Mapping[int, str] | Sequence[str],
+                 positions: Sequence[int] | None = None) -> None:
+        self.manifest, self.paths = manifest, paths
+        self.positions = positions
+        self.present: Collection[str] = ()  # chunks the files already hold at all their places
+
+    def _start(self, number: int) -> tuple[int, int]:
+        """Where chunk ``number`` begins in the byte stream, and its length."""
+        position = self.positions[number] if self.positions is not None else number
+        return position * self.manifest.chunk_size, self.manifest.chunk_length(position)
+
+    def file_of(self, number: int) -> str:
+        """The first file chunk ``number`` fills, for progress (empty files hold no chunk)."""
+        start, length = self._start(number)
+        return next((self.manifest.files[index].path for index, _, _ in _segments(self.manifest, start, length)), "")
+
+    def place(self, number: int, data: memoryview, start: int) -> None:
+        """Write ``data``, the bytes of chunk ``number`` from its offset ``start`` on."""
+        manifest = self.manifest
+        first = self._start(number)[0] + start  # where data begins in the stream
+        for index, offset, length in _segments(manifest, first, len(data)):
+            path = self.paths[index]
+            begin = manifest.starts[index] + offset - first
+            try:
+                # Opened for each write: a chunk may span thousands of small files, and no
+                # descriptor outlives the write (a worker left waiting after a failed pull
+                # holds none, so Windows can still delete or rename the staging directory).
+                target = _open_regular(path, os.O_WRONLY)
+                try:
+                    _pwrite_all(target, data[begin : begin + length], offset)
+                finally:
+                    os.close(target)
+            except OSError as exc:
+                raise _storage_error("write", path, exc) from exc
+
+    def copy(self, source: int, number: int) -> None:
+        """Copy chunk ``source``, verified in its place, to the place of chunk ``number`` (the same chunk)."""
+        start, length = self._start(source)
+        for index, offset, count in _segments(self.manifest, start, length):
+            path = self.paths[index]
+            done = self.manifest.starts[index] + offset - start  # offset in the chunk
+            try:
+                fd = _open_regular(path)
+            except OSError as exc:
+                raise _storage_error("read", path, exc) from exc
+            try:
+                for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
+                    self.place(number, memoryview(data), done)
+                    done += len(data)
+            except OSError as exc:
+                raise _storage_error("read", path, exc) from exc
+            finally:
+                os.close(fd)
+
+
+class _Staging(_ChunkFiles):
     """The files of a manifest under a staging directory, written in place from chunks in any order."""
 
-    def __init__(self, job: _PullJob, manifest: _Manifest, root: str) -> None:
-        self.job, self.manifest, self.root = job, manifest, root
+    def __init__(self, manifest: _Manifest, root: str, label: str) -> None:
+        super().__init__(manifest, [os.path.join(root, *info.path.split("/")) for info in manifest.files])
+        self.root, self.label = root, label
         self.directories: set[str] = set()
-        self.zero_chunks: set[str] = set()  # chunks write() may skip: the files read as zeros there
-        self.paths = [os.path.join(root, *info.path.split("/")) for info in manifest.files]
-        job.file_of = self.file_of
-
-    def file_of(self, position: int) -> str:
-        """The first file chunk ``position`` fills, for progress (empty files hold no chunk)."""
-        start, length = position * self.manifest.chunk_size, self.manifest.chunk_length(position)
-        return next((self.manifest.files[index].path for index, _, _ in _segments(self.manifest, start, length)), "")
 
     def path(self, index: int) -> str:
         return self.paths[index]
@@ -2840,12 +2937,12 @@ class _Staging:
             except OSError as exc:
                 raise _storage_error("create", path, exc) from exc
         if not resume:  # a kept file may hold anything where a zero chunk goes
-            self.zero_chunks = self._repeated_zero_chunks()
+            self.present = self._repeated_zero_chunks()
 
-    def fill(self, *, resume: bool) -> None:
-        """Create the files, write every chunk into them, and flush them."""
+    def fill(self, job: _PullJob, *, resume: bool) -> None:
+        """Create the files, have ``job`` write every chunk into them, and flush them."""
         self.create(resume=resume)
-        self.job.run(self.write, self.finish, self.place)
+        job.run(partial(self.finish, job.set_current_file))
 
     def _repeated_zero_chunks(self) -> set[str]:
         """The chunks listed more than once that are all zeros (sparse data: padding, empty
@@ -2854,34 +2951,9 @@ class _Staging:
         zeros = {size: _zeros_digest(size) for size in set(repeated.values())}  # hashed once per size
         return {digest for digest, size in repeated.items() if digest == zeros[size]}
 
-    def write(self, position: int, source: _Source) -> None:
-        """Copy chunk ``position`` (open as ``source``, or in it) into the files it belongs to; any thread."""
-        if self.manifest.chunks[position] in self.zero_chunks:
-            return  # a hole of a freshly created file already reads as these zeros
-        self.place(position, source, 0)
-
-    def place(self, position: int, source: _Source, start: int) -> None:
-        """Write bytes of chunk ``position`` from offset ``start`` on: all the rest of the chunk
-        from an open file, or the bytes of a buffer; any thread."""
-        manifest = self.manifest
-        first = position * manifest.chunk_size + start  # where source's bytes begin in the stream
-        count = manifest.chunk_length(position) - start if isinstance(source, int) else len(source)
-        for index, offset, length in _segments(manifest, first, count):
-            path = self.path(index)
-            try:
-                # Opened for each write: a chunk may span thousands of small files, and no
-                # descriptor outlives the write (a worker left waiting after a failed pull
-                # holds none, so Windows can still delete or rename the staging directory).
-                target = _open_regular(path, os.O_WRONLY)
-                try:
-                    _copy_range(source, manifest.starts[index] + offset - first, length, target, offset)
-                finally:
-                    os.close(target)
-            except OSError as exc:
-                raise _storage_error("write", path, exc) from exc
-
-    def finish(self) -> None:
-        """Flush every file and directory to stable storage (the "extracting" phase)."""
+    def finish(self, on_file: Callable[[str], None]) -> None:
+        """Flush every file and directory to stable storage (the "extracting" phase),
+        calling ``on_file`` with each file's path as it goes."""
         files = self.manifest.files
         written = 0
         for index in range(len(files)):
@@ -2891,16 +2963,16 @@ class _Staging:
                 raise _storage_error("check", self.path(index), exc) from exc
         if written != self.manifest.total_size:  # every byte of the stream landed, and no more
             raise StorageError(
-                f"{self.job.label}: the staged files hold {written} bytes, not the manifest's "
+                f"{self.label}: the staged files hold {written} bytes, not the manifest's "
                 f"{self.manifest.total_size}; did something else write into {self.root}?"
             )
         if len(files) > _FSYNC_EACH_UP_TO and hasattr(os, "sync"):
             # One flush of everything beats a hundred thousand fsyncs of tiny files.
-            self.job.set_current_file(files[-1].path)
+            on_file(files[-1].path)
             os.sync()
             return
         for index, info in enumerate(files):
-            self.job.set_current_file(info.path)
+            on_file(info.path)
             path = self.path(index)
             try:
                 fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)  # Windows flushes writable handles only
@@ -3203,14 +3275,14 @@ class _Store:
 
     def install(self, ref: ModelRef, manifest: _Manifest, alias_of: str,
                 build: Callable[[str, Mapping[str, Sequence[_Seed]], bool], None], *,
-                others: Sequence[InstalledModel], concurrency: int, registry_url: str) -> InstalledModel:
+                others: Sequence[InstalledModel], registry_url: str) -> InstalledModel:
         """Build ``manifest``'s files with ``build(staging, seeds, resume)``, swap them in and
         commit them as ``ref`` (model lock held). ``seeds`` are where ``others``, the installed
         versions, and an interrupted pull's staging directory hold chunks it needs."""
         with self.cache_lock(shared=True):
-            self.clean(set(manifest.chunks))
+            self.clean()
             seeds = self.seeds(manifest, others)
-            self.check_space(ref, manifest, concurrency)
+            self.check_space(ref, manifest)
             return self._install(ref, manifest, alias_of, registry_url, lambda staging, resume: build(
                 staging, _with_staging(seeds, manifest, staging) if resume else seeds, resume))
 
@@ -3231,7 +3303,6 @@ class _Store:
         started = time.monotonic()
         resume = self.stored_hash(staging) == manifest.digest and self._plain_directory(staging)
         try:
-            os.makedirs(self.private(self.chunks_dir), exist_ok=True)
             if not resume:
                 _remove_tree(staging)
                 os.makedirs(os.path.join(staging, self.metadata_dir))
@@ -3257,8 +3328,6 @@ class _Store:
             self._reclaim_quietly(ref)
             raise
         self.discard(old)
-        for digest in self.cached_chunks().intersection(manifest.chunks):
-            _remove_file(os.path.join(self.chunks_dir, digest))
         self.logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size, time.monotonic() - started)
         return installed
 
@@ -3392,7 +3461,7 @@ class _Store:
             return 0
         return size
 
-    # Leftovers and the chunk cache -------------------------------------------
+    # Leftovers, and the chunk cache earlier versions left ---------------------
 
     def leftovers(self, *, unlisted: bool = True) -> Iterator[ModelRef]:
         """Versions with a staging directory or old copy beside them, or (with ``unlisted``)
@@ -3415,14 +3484,10 @@ class _Store:
                     ):
                         yield ref
 
-    def cached_chunks(self) -> set[str]:
-        """The names in cache/chunks (none when it cannot be read: the cache only saves downloads)."""
-        return set(_list_directory(self.chunks_dir))
-
     def expire_chunks(self, horizon: float | None, *, keep: Collection[str] = (), parts: bool = False) -> int:
-        """Delete cached files last touched before ``horizon`` (all of them with None), but
-        not those in ``keep``; with ``parts``, partial downloads whatever their age.
-        Return the bytes freed."""
+        """Delete files in cache/chunks, which earlier versions filled and nothing reads now,
+        last touched before ``horizon`` (all of them with None), but not those in ``keep``;
+        with ``parts``, partial downloads whatever their age. Return the bytes freed."""
         try:
             names = os.listdir(self.chunks_dir)
         except FileNotFoundError:
@@ -3444,15 +3509,10 @@ class _Store:
                 freed += _allocated(status)
         return freed
 
-    def clean(self, keep: set[str]) -> None:
-        """Remove what dead processes left half-written, and cached chunks older than a day
-        that this pull does not need (a pull's start, cache lock shared)."""
-        for directory in (self.root, self.private(self.chunks_dir), self.private(self.manifests_dir)):
+    def clean(self) -> None:
+        """Remove what dead processes left half-written (a pull's start, cache lock shared)."""
+        for directory in (self.root, self.private(self.manifests_dir)):
             _remove_abandoned(directory)
-        try:
-            self.expire_chunks(time.time() - _CACHE_MAX_AGE, keep=keep)
-        except StorageError as exc:
-            self.logger.debug("cache not cleaned: %s", exc)  # the pull itself does not need it
 
     def prune(self, max_age: float | None) -> int:
         freed = 0
@@ -3465,6 +3525,10 @@ class _Store:
         with self.cache_lock(shared=False):  # no pull runs: partial downloads are all dead
             self.private(self.chunks_dir)
             freed += self.expire_chunks(horizon, parts=True)
+            try:
+                os.rmdir(self.chunks_dir)  # gone once empty: pulls no longer write there
+            except OSError:
+                pass  # absent, or chunks younger than max_age remain
         return freed
 
     @staticmethod
@@ -3490,46 +3554,37 @@ class _Store:
                     seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
         return seeds
 
-    def check_space(self, ref: ModelRef, manifest: _Manifest, concurrency: int) -> None:
-        """Fail before the first request when the disk cannot hold the model and its chunks in flight."""
+    def check_space(self, ref: ModelRef, manifest: _Manifest) -> None:
+        """Fail before the first request when the disk cannot hold the model (chunks stream
+        straight into the staging files: nothing else is written)."""
         import shutil
 
-        # Only big chunks needed in several places pass through the cache, a few at a
-        # time: each leaves once written into its files.
-        through_cache = manifest.repeated() if _STRAIGHT_INTO_FILES else {
-            digest: manifest.chunk_length(position) for position, digest in enumerate(manifest.chunks)
-        }
-        cached = self.cached_chunks()
-        passing = [size for digest, size in through_cache.items() if size > _IN_MEMORY_UP_TO and digest not in cached]
-        in_flight = sum(sorted(passing, reverse=True)[:concurrency])
         staging = self.sibling(ref, "staging")
-        files = manifest.total_size
+        needed = manifest.total_size
         if self.stored_hash(staging) == manifest.digest:  # what the interrupted pull wrote needs no more room
-            files = max(0, files - _tree_size(staging, allocated=True))
-        needed = files + in_flight
+            needed = max(0, needed - _tree_size(staging, allocated=True))
         try:
             os.makedirs(self.root, exist_ok=True)
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
             raise _storage_error("use", self.root, exc) from exc
         if needed > free:
-            parts = f" ({_format_size(files)} for the files, {_format_size(in_flight)} for chunks in flight)"
             raise StorageError(
                 f"pull {ref}: needs {_format_size(needed)} of disk space in {self.root}"
-                f"{parts if in_flight else ''} but only {_format_size(free)} is free; "
+                f" but only {_format_size(free)} is free; "
                 "free some space or choose another data directory"
             )
 
     # Repair ------------------------------------------------------------------
 
     def repair(self, installed: InstalledModel, manifest: _Manifest, bad_positions: set[int], missing: set[str],
-               fetch: Callable[[Sequence[int], Callable[[int, _Source], None]], None]) -> set[str]:
-        """Fetch the damaged chunks with ``fetch(positions, consume)``, find the files that
+               fetch: Callable[[Sequence[int], _ChunkFiles], None]) -> set[str]:
+        """Fetch the damaged chunks with ``fetch(positions, writer)``, find the files that
         differ from them, rewrite only those (model lock held).
 
-        Each damaged chunk is written, while the job holds it open, into a scratch
-        copy of every file it touches; a file found to differ then gets its intact
-        ranges from its old self and replaces it. The others' scratch copies go.
+        Each damaged chunk is written into a scratch copy of every file it touches;
+        a file found to differ from the chunks then gets its intact ranges from its
+        old self and replaces it. The others' scratch copies go.
         """
         root = self.private(installed.path)  # a linked version directory is refused, as pull refuses it
         metadata = _no_links(root, os.path.join(root, self.metadata_dir))
@@ -3542,30 +3597,6 @@ class _Store:
         } | {index for index, info in enumerate(manifest.files) if info.path in missing}
         scratch = {index: os.path.join(metadata, f"repair-{index}.tmp") for index in sorted(touched)}
         repaired = set(missing)
-        guard = threading.Lock()  # consume runs in the job's worker threads
-
-        def consume(number: int, source: _Source) -> None:
-            start = positions[number] * chunk_size
-            for index, offset, count in _segments(manifest, start, manifest.chunk_length(positions[number])):
-                info = manifest.files[index]
-                from_chunk = manifest.starts[index] + offset - start
-                with open(scratch[index], "r+b") as target:
-                    _copy_range(source, from_chunk, count, target.fileno(), offset)
-                with guard:
-                    if info.path in repaired:
-                        continue
-                try:
-                    fd = _open_regular(os.path.join(root, *info.path.split("/")))
-                    try:
-                        same = _pread(fd, count, offset) == _pread(source, count, from_chunk)
-                    finally:
-                        os.close(fd)
-                except OSError:
-                    same = False
-                if not same:
-                    with guard:
-                        repaired.add(info.path)
-
         try:
             try:
                 os.makedirs(metadata, exist_ok=True)
@@ -3577,15 +3608,20 @@ class _Store:
                         os.close(fd)
             except OSError as exc:
                 raise _storage_error("repair", metadata, exc) from exc
-            fetch(positions, consume)
+            fetch(positions, _ChunkFiles(manifest, scratch, positions))
+            for position in positions:
+                start = position * chunk_size
+                for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
+                    path = manifest.files[index].path
+                    if path not in repaired and not _same_bytes(
+                            scratch[index], os.path.join(root, *path.split("/")), offset, count):
+                        repaired.add(path)
             for index, path in scratch.items():
                 if manifest.files[index].path in repaired:
                     self._replace_from_scratch(root, manifest, index, bad_positions, path)
         finally:
             for path in scratch.values():
                 _remove_file(path)
-            for digest in {manifest.chunks[p] for p in positions}:
-                _remove_file(os.path.join(self.chunks_dir, digest))
         return repaired
 
     @staticmethod
@@ -3666,11 +3702,11 @@ def _scan(root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]
 
 
 def _verify(store: _Store, ref: ModelRef, *, repair: bool, manifest: Callable[[str], _Manifest],
-            fetch: Callable[[InstalledModel, _Manifest, Sequence[int], Callable[[int, _Source], None]], None]
+            fetch: Callable[[InstalledModel, _Manifest, Sequence[int], _ChunkFiles], None]
             ) -> tuple[list[str], list[str]]:
     """Manager.verify: (files damaged or missing, files that only share a damaged chunk with
     another file), or with ``repair`` (the files rewritten, []). ``manifest(digest)`` fetches a
-    published manifest; ``fetch(installed, manifest, positions, consume)`` obtains chunks."""
+    published manifest; ``fetch(installed, manifest, positions, writer)`` writes chunks through ``writer``."""
     from contextlib import ExitStack
 
     with ExitStack() as locked:
@@ -3700,7 +3736,7 @@ def _verify(store: _Store, ref: ModelRef, *, repair: bool, manifest: Callable[[s
             return sorted(damaged - sharing | ({manifest_path} if damaged_manifest else set())), sorted(sharing)
         with store.cache_lock(shared=True):
             repaired = store.repair(installed, stored, bad_positions, missing,
-                                    lambda positions, consume: fetch(installed, stored, positions, consume))
+                                    lambda positions, writer: fetch(installed, stored, positions, writer))
         if damaged_manifest:
             target = os.path.join(installed.path, *manifest_path.split("/"))
             _atomic_write(_no_links(installed.path, target), stored.raw)
@@ -3839,12 +3875,12 @@ class Manager:
         return self._store.manifests(
             [digest], lambda missing: self._client.manifests(missing, self._store.metadata_dir))[digest]
 
-    def _job(self, label: str, chunks: Sequence[tuple[str, int]], concurrency: int,
+    def _job(self, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]], concurrency: int,
              progress: Callable[[PullProgress], None] | None, seeds: Mapping[str, Sequence[_Seed]],
              limit_rate: float | None) -> _PullJob:
         emit = progress if progress is not None else (lambda snapshot: None)
-        return _PullJob(self._client, self._store, label, chunks, concurrency, emit, seeds=seeds,
-                        limit_rate=limit_rate)
+        return _PullJob(self._client, writer, label, chunks, concurrency=concurrency, emit=emit,
+                        logger=self._logger, seeds=seeds, limit_rate=limit_rate)
 
     # Public API --------------------------------------------------------------
 
@@ -3867,7 +3903,7 @@ class Manager:
         Raises:
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        remote = sorted(self._client.index().values(), key=lambda item: item.ref)
+        remote = sorted(self._client.index().models.values(), key=lambda item: item.ref)
         if not detail:
             return remote
         digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
@@ -3898,7 +3934,7 @@ class Manager:
             ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        return _lookup(self._client.index(), _versioned(ref, "get_remote"))
+        return self._client.index().lookup(_versioned(ref, "get_remote"))
 
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
         """What the registry lists for ``ref``, with its manifest's sizes and files.
@@ -3948,8 +3984,9 @@ class Manager:
     ) -> InstalledModel:
         """Download, verify and install ``ref``; return the installed model.
 
-        Chunks come from the cache, then from installed versions that hold the
-        same bytes (verified again), and only then from the network.
+        Chunks come from an interrupted pull's staging directory, then from
+        installed versions that hold the same bytes (verified again either way),
+        and only then from the network.
 
         Args:
             ref: ``ModelRef`` or ``"group/model version"``; an alias installs under its own name.
@@ -3968,7 +4005,7 @@ class Manager:
         ref = _versioned(ref, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
-        remote = _lookup(self._client.index(), ref)
+        remote = self._client.index().lookup(ref)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
@@ -3985,11 +4022,12 @@ class Manager:
 
             def build(staging: str, seeds: Mapping[str, Sequence[_Seed]], resume: bool) -> None:
                 chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
-                job = self._job(f"pull {ref}", chunks, concurrency, progress, seeds, limit_rate)
-                _Staging(job, manifest, staging).fill(resume=resume)
+                files = _Staging(manifest, staging, f"pull {ref}")
+                files.fill(self._job(files, f"pull {ref}", chunks, concurrency, progress, seeds, limit_rate),
+                           resume=resume)
 
             return store.install(ref, manifest, remote.alias_of, build, others=installed_models,
-                                 concurrency=concurrency, registry_url=self._client.origin)
+                                 registry_url=self._client.origin)
 
     def ensure(self, ref: RefLike, **pull_options: Any) -> str:
         """The directory of ``ref``, pulling it first only if it is not installed.
@@ -4052,21 +4090,21 @@ class Manager:
         concurrency = _check_download_options(concurrency, limit_rate)
 
         def fetch(installed: InstalledModel, manifest: _Manifest, positions: Sequence[int],
-                  consume: Callable[[int, _Source], None]) -> None:
+                  writer: _ChunkFiles) -> None:
             seeds = {digest: [seed for seed in found if seed.directory != installed.path]
                      for digest, found in self._store.seeds(manifest, self.list_installed()).items()}
             chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
-            self._job(f"repair {ref}", chunks, concurrency, progress, seeds, limit_rate).run(consume, lambda: None)
+            self._job(writer, f"repair {ref}", chunks, concurrency, progress, seeds, limit_rate).run(lambda: None)
 
         damaged, sharing = _verify(self._store, ref, repair=repair, manifest=self._manifest, fetch=fetch)
         return (damaged, sharing) if split else sorted(damaged + sharing)
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
-        """Delete cached chunks older than ``max_age`` seconds (all of them with None),
-        partial downloads, and what crashed pulls left; return the bytes freed.
+        """Delete what crashed pulls left, partial files, and the chunks earlier versions left
+        in cache/chunks older than ``max_age`` seconds (all of them with None); return the
+        bytes freed.
 
-        Chunks a running pull holds are never deleted: this waits for running
-        pulls to finish first.
+        This waits for running pulls to finish first.
 
         Raises:
             StorageError: something could not be deleted.
@@ -4215,9 +4253,18 @@ class _Console:
                 self.partial = text if text.startswith("\r") else self.partial + text
 
     def document(self, doc: Any) -> None:
+        """Print ``doc`` as strict JSON (RFC 8259: no NaN or Infinity), streamed in pieces of about 64 KiB."""
         import json
 
-        self.out(json.dumps(doc, indent=2, ensure_ascii=False))
+        pieces: list[str] = []
+        size = 0
+        for piece in json.JSONEncoder(indent=2, ensure_ascii=False, allow_nan=False).iterencode(doc):
+            pieces.append(piece)
+            size += len(piece)
+            if size >= 1 << 16:
+                self._write(sys.stdout, "".join(pieces))
+                pieces, size = [], 0
+        self.out("".join(pieces))
 
     # Stall notices: what a terminal shows when nothing has moved for a while.
 
@@ -4826,7 +4873,7 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> No
     group.add_argument("--quiet", "-q", dest="models_quiet", action="store_true", default=default,
                        help="no progress or warnings")
     group.add_argument("--verbose", "-v", dest="models_verbose", action="store_true", default=default,
-                       help="log requests, retries and cache hits on stderr")
+                       help="log requests, retries and chunks reused on stderr")
 
 
 def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
@@ -4991,9 +5038,10 @@ def _register(
         verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
         download_options(verify)
 
-    prune = command("prune", _command_prune, "delete cached chunks older than a day, and crash leftovers")
+    prune = command("prune", _command_prune, "delete crash leftovers, and chunks earlier versions cached")
     if prune:
-        prune.add_argument("--all", action="store_true", help="delete every cached chunk, whatever its age")
+        prune.add_argument("--all", action="store_true",
+                           help="delete every chunk left in cache/chunks, whatever its age")
 
 
 def _quick_args(arguments: Sequence[str]) -> dict[str, Any] | None:

@@ -4306,7 +4306,7 @@ class CrashScenario:
 
 def crash_run_child(server: RegistryServer, data_dir: Path, plan: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", CRASH_CHILD, server.url, str(data_dir), plan], cwd=HERE,
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=120 if WINDOWS else 30)  # wine starts slowly
 
 
 def crash_expect_killed(result: subprocess.CompletedProcess[str]) -> str:

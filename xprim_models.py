@@ -150,6 +150,9 @@ _BACKOFF_CAP = 10.0
 _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
 _ATTEMPT_KEY = "xprim_models_attempt"  # logging ``extra`` of each request: (url, attempt, attempts)
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
+# Windows refuses to replace or delete a file while another process has it open: how
+# long a replace (or a read racing one) keeps trying before it gives up.
+_SHARING_RETRY_SECONDS = 2.0
 
 _REGISTRY_FILE = "registry.json"
 _CHUNKS_DIR = ("cache", "chunks")  # written by earlier versions only: prune deletes it
@@ -232,12 +235,57 @@ class RegistryError(ModelsError):
 def _storage_error(action: str, path: str, exc: OSError, hint: str = "") -> StorageError:
     """Wrap an OSError in a StorageError that names the path and a next step."""
     reason = exc.strerror or str(exc)
+    blocker = _blocking_file(path, exc)
+    if blocker:
+        reason = f"{blocker} is a file, not a directory"
+        hint = hint or "move that file away, or choose another data directory"
+    elif _sharing_violation(exc):  # Windows refuses to replace or delete a file that is open
+        reason = f"another program has it open ({reason})"
+        hint = hint or "close that program (another xprim-models, an editor, a virus scanner) and try again"
     if not hint:
         if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
             hint = "free some disk space and try again"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             hint = "check the permissions of the data directory, or choose another one"
     return StorageError(f"cannot {action} {path}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+def _blocking_file(path: str, exc: OSError) -> str:
+    """The file standing where a directory above ``path`` should be, if that is why ``exc`` happened.
+
+    POSIX says ENOTDIR; Windows says only "path not found" (ERROR_PATH_NOT_FOUND), which
+    would otherwise read as an empty data directory."""
+    if exc.errno not in (errno.ENOTDIR, errno.ENOENT):
+        return ""
+    parent = os.path.dirname(path)
+    while parent != os.path.dirname(parent):
+        if os.path.lexists(parent):
+            return "" if os.path.isdir(parent) else parent
+        parent = os.path.dirname(parent)
+    return ""
+
+
+def _sharing_violation(exc: OSError) -> bool:
+    """Whether Windows refused because another process has the file open.
+
+    A sharing or lock violation says so. A replace of an open file gets a plain access
+    denial instead; asking for delete access, which only an open handle can refuse as a
+    sharing violation, tells it from a real one (a directory, or no permission)."""
+    if sys.platform != "win32":
+        return False
+    if exc.winerror in (32, 33):  # ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION
+        return True
+    path = exc.filename2 or exc.filename  # a replace's target, or the file opened
+    if exc.winerror != 5 or not isinstance(path, str):  # ERROR_ACCESS_DENIED
+        return False
+    import _winapi
+
+    try:  # DELETE access, all sharing allowed, OPEN_EXISTING
+        handle = _winapi.CreateFile(path, 0x00010000, 7, 0, 3, 0, 0)
+    except OSError as probe:
+        return probe.winerror == 32
+    _winapi.CloseHandle(handle)
+    return True  # granted now: whoever had it open a moment ago has closed it
 
 
 _SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
@@ -522,13 +570,15 @@ def _default_data_dir(app_name: str, platform: str, environ: Mapping[str, str]) 
             environ.get("USERPROFILE") or os.path.expanduser("~"), "AppData", "Roaming"
         )
         return ntpath.join(appdata, app_name, "models")
+    import posixpath  # POSIX rules whatever the host, so each OS's rules are testable on any
+
     home = environ.get("HOME") or os.path.expanduser("~")
     if platform == "darwin":
-        return os.path.join(home, "Library", "Application Support", app_name, "models")
+        return posixpath.join(home, "Library", "Application Support", app_name, "models")
     xdg = environ.get("XDG_DATA_HOME", "")
-    if not os.path.isabs(xdg):  # the XDG spec: empty or relative means unset
-        xdg = os.path.join(home, ".local", "share")
-    return os.path.join(xdg, app_name, "models")
+    if not posixpath.isabs(xdg):  # the XDG spec: empty or relative means unset
+        xdg = posixpath.join(home, ".local", "share")
+    return posixpath.join(xdg, app_name, "models")
 
 
 def _resolve_data_dir(config: Config) -> str:
@@ -789,6 +839,36 @@ def _fsync_directory(path: str) -> None:
         _close_quietly(fd)
 
 
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _T = TypeVar("_T")
+
+
+def _retry_shared(operation: Callable[[], _T]) -> _T:
+    """``operation()``, tried again for up to _SHARING_RETRY_SECONDS while Windows refuses it
+    because another process has the file open.
+
+    Readers of a file that ``_atomic_write`` replaces hold it open only to read it, and both
+    sides go through here: a replace waits out a reader, a reader waits out a replace.
+    """
+    deadline = 0.0
+    delay = 0.001
+    while True:
+        try:
+            return operation()
+        except OSError as exc:
+            if not _sharing_violation(exc):
+                raise
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + _SHARING_RETRY_SECONDS
+            elif now >= deadline:
+                raise
+        time.sleep(delay)  # Windows offers no way to wait for another process to close a file
+        delay = min(delay * 2, 0.05)
+
+
 def _atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data``: readers see the old or the new file, never half.
     With ``durable``, the new file is on stable storage when this returns."""
@@ -805,7 +885,7 @@ def _atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temporary, path)
+        _retry_shared(partial(os.replace, temporary, path))
     except OSError as exc:
         _remove_file(temporary)
         raise _storage_error("write", path, exc) from exc
@@ -814,10 +894,24 @@ def _atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
 
 
 def _read_small(path: str, limit: int) -> bytes:
-    """A small plain file's bytes: at most ``limit`` + 1 of them, so a caller can tell one too big."""
-    with open(_open_regular(path), "rb") as handle:
-        # read(limit + 1) alone would allocate the whole limit (64 MiB) for every call.
-        return handle.read(min(os.fstat(handle.fileno()).st_size, limit) + 1)
+    """A small plain file's bytes, read even while ``_atomic_write`` replaces it: at most
+    ``limit`` + 1 of them, so a caller can tell one too big.
+
+    FileNotFoundError means the file is absent; a file where a directory above it should be
+    raises NotADirectoryError on every OS (Windows reports it as "path not found")."""
+
+    def read() -> bytes:
+        with open(_open_regular(path), "rb") as handle:
+            # read(limit + 1) alone would allocate the whole limit (64 MiB) for every call.
+            return handle.read(min(os.fstat(handle.fileno()).st_size, limit) + 1)
+
+    try:
+        return _retry_shared(read)
+    except FileNotFoundError as exc:
+        blocker = _blocking_file(path, exc)
+        if blocker:
+            raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a directory", path) from exc
+        raise
 
 
 def _remove_file(path: str) -> bool:
@@ -908,17 +1002,47 @@ def _remove_abandoned(directory: str) -> None:
             continue
         path = os.path.join(directory, name)
         if _writer_gone(path, int(match.group(1))):
+            # On Windows the deletion is the last liveness test: it fails while any process
+            # still has the file open.
             _remove_file(path)
 
 
+def _process_running(pid: int) -> bool:
+    """Whether a process with this id exists (it may not be the one that had it before)."""
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process there
+        import _winapi
+
+        try:
+            handle = _winapi.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        except OSError as exc:
+            return exc.winerror != 87  # ERROR_INVALID_PARAMETER: no such process; else not ours to query
+        try:
+            return _winapi.GetExitCodeProcess(handle) == 259  # STILL_ACTIVE; a killed one keeps its exit code
+        finally:
+            _winapi.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # alive, under another user
+    return True
+
+
 def _writer_gone(path: str, pid: int) -> bool:
-    """Whether the process that wrote the temporary file ``path`` is gone."""
+    """Whether the process that wrote the temporary file ``path`` is gone.
+
+    Its writer holds the file open: locked on POSIX (see ``_create_new``), undeletable on
+    Windows. Between closing and renaming it the writer holds nothing, so a file that is
+    not held still counts as in use while its process id runs, until it is an hour old
+    (process ids are reused, and on Linux may belong to another PID namespace).
+    """
     try:
         age = time.time() - os.lstat(path).st_mtime
     except OSError:
         return False
-    if os.name == "nt":  # os.kill would terminate the process there: go by age alone
-        return age > 3600
+    if os.name == "nt":  # the caller's deletion fails while the file is open
+        return age > 3600 or not _process_running(pid)
     import fcntl
 
     try:
@@ -932,13 +1056,7 @@ def _writer_gone(path: str, pid: int) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return False  # its writer still holds it, whatever its process id says here
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            pass  # alive, under another user
-        return age > 3600  # that process id may be reused, or belong to another PID namespace
+        return age > 3600 or not _process_running(pid)
     finally:
         _close_quietly(fd)
 
@@ -3891,11 +4009,13 @@ class Manager:
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
+            # Before anything touches ref's directory: on a case-insensitive disk (Windows,
+            # macOS) it may be the directory of an installed version spelled otherwise.
+            installed_models = self.list_installed()
+            store.check_case(ref, installed_models)
             store.reclaim(ref)
             if not force:  # another thread or process may have installed it meanwhile
                 store.raise_if_installed(ref, remote.manifest_hash)
-            installed_models = self.list_installed()
-            store.check_case(ref, installed_models)
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash)
@@ -4091,18 +4211,26 @@ class _Console:
         self.downloading = False  # a pull reached its chunks: a failure now leaves something to resume
         self.watch: _StallWatch | None = None
 
+    # What a stream that cannot encode a character (a cp1252 console or pipe on Windows,
+    # PYTHONIOENCODING=ascii) shows instead: ASCII that means the same, not "?".
+    _ASCII_FALLBACK = str.maketrans({"\u2192": "->", "\u00d7": "x"})
+
     @staticmethod
     def _write(stream: Any, text: str) -> None:
         try:
             try:
                 stream.write(text)
-            except UnicodeEncodeError:  # a terminal that cannot show the arrow or multiplication sign
+            except UnicodeEncodeError:
                 encoding = getattr(stream, "encoding", None) or "ascii"
+                text = text.translate(_Console._ASCII_FALLBACK)
                 stream.write(text.encode(encoding, "replace").decode(encoding))
             stream.flush()
         except BrokenPipeError:
             raise  # the reader went away: the command stops quietly
-        except OSError as exc:  # output redirected to a full or failing disk
+        except OSError as exc:
+            if os.name == "nt" and exc.errno == errno.EINVAL:  # how Windows reports a pipe nobody reads
+                raise BrokenPipeError(errno.EPIPE, "the reading end of the pipe was closed") from exc
+            # output redirected to a full or failing disk
             name = "standard output" if stream is sys.stdout else "standard error"
             raise StorageError(f"cannot write to {name}: {exc.strerror or exc}; free space where it goes, "
                                "or send it elsewhere") from exc
@@ -4408,8 +4536,8 @@ def _local_time(moment: datetime, with_time: bool) -> str:
         return "unknown"
     try:
         moment = moment.astimezone()
-    except (OverflowError, ValueError):  # Go's zero time, 0001-01-01T00:00:00Z, west of Greenwich
-        pass
+    except (OverflowError, ValueError, OSError):  # Go's zero time, 0001-01-01T00:00:00Z, west of Greenwich
+        pass  # (Windows converts no time before 1970 to local time: OSError)
     date = f"{moment.year:04d}-{moment:%m-%d}"  # %Y drops leading zeros on some platforms
     return f"{date} {moment:%H:%M:%S}" if with_time else date
 

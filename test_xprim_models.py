@@ -498,6 +498,19 @@ def write_manifest(registry_dir: Path, group: str, model: str, version: str, man
     return digest
 
 
+def die_in_child(server: RegistryServer, data_dir: Path, step: str, action: str) -> None:
+    """Run ``action`` (Python using ``manager``) in a child whose store exits with code 9 at
+    ``_Store.<step>``: a crash at that step of the install transaction."""
+    script = (
+        "import os, sys, xprim_models as xm\n"
+        f"xm._Store.{step} = lambda *args: os._exit(9)\n"
+        "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
+        f"{action}\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
+    assert result.returncode == 9
+
+
 def dead_pid() -> int:
     """The process id of a process that has exited."""
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -1465,14 +1478,7 @@ class TestStorage:
         manager.pull("org/tiny v1")
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"model.safetensors": b"new bytes"})
         action = 'manager.pull("org/tiny v1", force=True)' if crash_in == "pull" else 'manager.remove("org/tiny v1")'
-        script = (
-            "import os, sys, xprim_models as xm\n"
-            "xm._Store.commit = lambda self, ref, record: os._exit(9)\n"
-            "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
-            f"{action}\n"
-        )
-        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
-        assert result.returncode == 9
+        die_in_child(server, data_dir, "commit", action)
         publish.publish(str(registry_dir), "org", "tiny", "v1", MODEL_FILES, chunk_size=1024,
                         metadata={"framework": "onnx"})
         with pytest.raises(xm.AlreadyInstalledError):
@@ -1487,33 +1493,16 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, server: RegistryServer
     ) -> None:
         manager.pull("org/tiny v1")
-        script = (
-            "import os, sys, xprim_models as xm\n"
-            "xm._Store.discard = lambda self, path: os._exit(9)\n"
-            "xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).remove('org/tiny v1')\n"
-        )
-        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
-        assert result.returncode == 9
+        die_in_child(server, data_dir, "discard", "manager.remove('org/tiny v1')")
         assert manager.list_installed() == []
         manager.pull("org/tiny v1")
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
-
-    def crash_before_commit(self, server: RegistryServer, data_dir: Path, action: str) -> None:
-        """Run ``action`` on a fresh Manager in a child that dies where registry.json would be committed."""
-        script = (
-            "import os, sys, xprim_models as xm\n"
-            "xm._Store.commit = lambda self, ref, record: os._exit(9)\n"
-            "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
-            f"{action}\n"
-        )
-        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
-        assert result.returncode == 9
 
     def test_an_unlisted_complete_version_is_adopted_by_the_next_pull(
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
-        self.crash_before_commit(server, data_dir, 'manager.pull("org/tiny v1")')
+        die_in_child(server, data_dir, "commit", 'manager.pull("org/tiny v1")')
         assert (data_dir / "org" / "tiny" / "v1").is_dir() and manager.list_installed() == []
         before = sum(server.requests[path] for path in chunk_paths(registry_dir))
         installed = manager.pull("org/tiny v1")
@@ -1525,10 +1514,10 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
-        self.crash_before_commit(server, data_dir, 'manager.pull("org/tiny v1")')
+        die_in_child(server, data_dir, "commit", 'manager.pull("org/tiny v1")')
         assert manager.prune_cache() > 0
         assert not (data_dir / "org" / "tiny").exists() or os.listdir(data_dir / "org" / "tiny") == []
-        self.crash_before_commit(server, data_dir, 'manager.pull("org/tiny v1")')
+        die_in_child(server, data_dir, "commit", 'manager.pull("org/tiny v1")')
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"other.bin": b"republished"})
         assert tree(Path(manager.pull("org/tiny v1").path)) == {"other.bin": b"republished"}
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
@@ -1538,13 +1527,8 @@ class TestStorage:
     ) -> None:
         manager.pull("org/tiny v1")
         manager.pull("org/tiny v2")
-        script = (
-            "import os, sys, xprim_models as xm\n"
-            "xm._Store.discard = lambda self, path: os._exit(9)\n"
-            "xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).remove('org/tiny v1')\n"
-        )
-        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
-        assert result.returncode == 9 and (data_dir / "org" / "tiny" / ".v1.old").is_dir()
+        die_in_child(server, data_dir, "discard", "manager.remove('org/tiny v1')")
+        assert (data_dir / "org" / "tiny" / ".v1.old").is_dir()
         temporary = data_dir / f"registry.json.{dead_pid()}.1.tmp"
         temporary.write_bytes(b"{}")
         assert [item.ref.version for item in manager.list_installed()] == ["v2"]

@@ -3215,6 +3215,38 @@ class _Store:
         value = entry.get("manifest_hash") if entry is not None else None
         return value if isinstance(value, str) else ""
 
+    def list_installed(self) -> list[InstalledModel]:
+        """Every installed version, sorted, once what a crash left beside them is put right."""
+        doc = self.read()
+        refs = self.refs(doc)
+        if any(self.reclaim_if_idle(ref) for ref in self.leftovers(unlisted=False)):
+            doc = self.read()
+        return sorted((self.installed(ref, entry) for ref in refs if (entry := self.entry(doc, ref)) is not None),
+                      key=lambda item: item.ref)
+
+    def get(self, ref: ModelRef) -> InstalledModel:
+        """The installed version ``ref``, or NotInstalledError (with a did-you-mean)."""
+        doc = self.read()
+        entry = self.entry(doc, ref)
+        if entry is None:
+            installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
+            raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
+        return self.installed(ref, entry)
+
+    def intact(self, ref: ModelRef) -> InstalledModel | None:
+        """``ref`` as installed, if registry.json lists it, its directory is there, and no
+        crashed swap is waiting to be recovered; else None."""
+        entry = self.entry(self.read(), ref)
+        if entry is None or os.path.lexists(self.sibling(ref, "old")):
+            return None
+        installed = self.installed(ref, entry)
+        return installed if os.path.isdir(installed.path) else None
+
+    def raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
+        installed = self.intact(ref)
+        if installed is not None and installed.manifest_hash == manifest_hash:
+            raise AlreadyInstalledError(f"model already installed: {ref}", installed)
+
     # Manifests ---------------------------------------------------------------
 
     def stored_hash(self, directory: str) -> str:
@@ -3302,17 +3334,16 @@ class _Store:
                   **({"registry_url": registry_url} if registry_url else {})}
         started = time.monotonic()
         resume = self.stored_hash(staging) == manifest.digest and self._plain_directory(staging)
-        try:
-            if not resume:
+        if resume:
+            self.logger.info("resuming %s from %s", ref, staging)
+        else:
+            try:
                 _remove_tree(staging)
                 os.makedirs(os.path.join(staging, self.metadata_dir))
-        except OSError as exc:
-            raise _storage_error("create", staging, exc) from exc
-        if not resume:
+            except OSError as exc:
+                raise _storage_error("create", staging, exc) from exc
             # Written first: it names what this staging directory holds, should a pull resume it.
             _atomic_write(self.manifest_path(staging), manifest.raw)
-        else:
-            self.logger.info("resuming %s from %s", ref, staging)
         build(staging, resume)  # every file complete, verified and flushed, or an exception
         try:
             _fsync_directory(staging)
@@ -3367,24 +3398,6 @@ class _Store:
         except OSError as exc:
             raise _storage_error("move", directory, exc) from exc
 
-    def list_installed(self) -> list[InstalledModel]:
-        """Every installed version, sorted, once what a crash left beside them is put right."""
-        doc = self.read()
-        refs = self.refs(doc)
-        if any(self.reclaim_if_idle(ref) for ref in self.leftovers(unlisted=False)):
-            doc = self.read()
-        return sorted((self.installed(ref, entry) for ref in refs if (entry := self.entry(doc, ref)) is not None),
-                      key=lambda item: item.ref)
-
-    def get(self, ref: ModelRef) -> InstalledModel:
-        """The installed version ``ref``, or NotInstalledError (with a did-you-mean)."""
-        doc = self.read()
-        entry = self.entry(doc, ref)
-        if entry is None:
-            installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
-            raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
-        return self.installed(ref, entry)
-
     def reclaim_if_idle(self, ref: ModelRef) -> bool:
         """Put right what a crashed swap or remove of ``ref`` left, unless its pull or remove is
         running (and will finish it itself); return whether registry.json may have changed."""
@@ -3398,20 +3411,6 @@ class _Store:
         finally:
             lock.__exit__(None, None, None)
         return True
-
-    def intact(self, ref: ModelRef) -> InstalledModel | None:
-        """``ref`` as installed, if registry.json lists it, its directory is there, and no
-        crashed swap is waiting to be recovered; else None."""
-        entry = self.entry(self.read(), ref)
-        if entry is None or os.path.lexists(self.sibling(ref, "old")):
-            return None
-        installed = self.installed(ref, entry)
-        return installed if os.path.isdir(installed.path) else None
-
-    def raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
-        installed = self.intact(ref)
-        if installed is not None and installed.manifest_hash == manifest_hash:
-            raise AlreadyInstalledError(f"model already installed: {ref}", installed)
 
     def _reclaim_quietly(self, ref: ModelRef) -> None:
         try:

@@ -8,6 +8,7 @@ faults), then one class per module section: ``pytest -k TestPull``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import functools
 import hashlib
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import posixpath
+import py_compile
 import random
 import re
 import select
@@ -52,6 +54,11 @@ _spec.loader.exec_module(publish)
 # that the tests read the same on every OS.
 
 WINDOWS = os.name == "nt"
+# The interpreter of child processes. -S skips the site module: xprim_models and the children's
+# scripts need only the standard library (the module comes from the checkout, by the working
+# directory or PYTHONPATH), and site's start-up (site-packages' .pth hooks) is a third of a
+# child's cost. Tests that need installed packages (pip, mypy) use sys.executable itself.
+PYTHON = [sys.executable, "-S"]
 SEP = re.escape(os.sep)  # a path separator, inside a regular expression
 # Windows has no SIGKILL: os.kill(pid, 9) is TerminateProcess, as abrupt, and the exit code is 9.
 KILL_SIGNAL = 9 if WINDOWS else signal.SIGKILL
@@ -82,9 +89,9 @@ else:
 
 
 def popen_interruptible(args: list[str], **options: Any) -> subprocess.Popen[str]:
-    """``subprocess.Popen(args)`` (``args[0]`` is Python) that ``ctrl_c`` can interrupt."""
+    """``subprocess.Popen(args)`` (``args`` starts with PYTHON) that ``ctrl_c`` can interrupt."""
     if WINDOWS:
-        args = [args[0], "-c", CTRL_C_SHIM, *args[1:]]
+        args = [*PYTHON, "-c", CTRL_C_SHIM, *args[len(PYTHON):]]
         options["stdin"] = subprocess.PIPE
     return subprocess.Popen(args, **options)
 
@@ -161,6 +168,16 @@ def open_under(root: Path) -> list[str]:
 
 
 # --- Fixtures -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_module() -> None:
+    """xprim_models.py's bytecode where Python looks for it (``__pycache__``, which .gitignore
+    lists). Over a hundred children import the module; with PYTHONDONTWRITEBYTECODE set, each
+    would compile it anew (a third of what starting one costs), as no import writes the file."""
+    if sys.dont_write_bytecode:
+        with contextlib.suppress(OSError):  # a read-only checkout: each child compiles it, slower
+            py_compile.compile(str(HERE / "xprim_models.py"), doraise=True)
 
 
 @pytest.fixture(autouse=True)
@@ -507,13 +524,13 @@ def die_in_child(server: RegistryServer, data_dir: Path, step: str, action: str)
         "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
         f"{action}\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
+    result = subprocess.run([*PYTHON, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
     assert result.returncode == 9
 
 
 def dead_pid() -> int:
     """The process id of a process that has exited."""
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    child = subprocess.run([*PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(child.stdout)
 
 
@@ -533,7 +550,7 @@ def tree(root: Path) -> dict[str, bytes]:
 def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "xprim_models", *args], capture_output=True, text=True, cwd=HERE,
+        [*PYTHON, "-m", "xprim_models", *args], capture_output=True, text=True, cwd=HERE,
         env={**os.environ, **(env or {})}, input=input, timeout=timeout,
     )
 
@@ -856,7 +873,7 @@ class TestRegistry:
             f"{PEAK_RSS}"
             "sys.__stdout__.write(f'{code} {peak}')\n"
         )
-        result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=HERE, timeout=120)
+        result = subprocess.run([*PYTHON, "-c", child], capture_output=True, text=True, cwd=HERE, timeout=120)
         code, peak = map(int, result.stdout.split())
         assert code == expected, result.stderr
         assert peak <= 256 << 20, f"peak RSS {peak >> 20} MiB"
@@ -1748,7 +1765,7 @@ class TestConcurrency:
 
     def test_processes_racing_on_one_model(self, model: dict[str, bytes], server: RegistryServer,
                                            registry_dir: Path, data_dir: Path) -> None:
-        command = [sys.executable, "-c", PULL_SCRIPT, server.url, str(data_dir), "org/tiny v1"]
+        command = [*PYTHON, "-c", PULL_SCRIPT, server.url, str(data_dir), "org/tiny v1"]
         processes = [subprocess.Popen(command, cwd=HERE, stdout=subprocess.PIPE, text=True) for _ in range(3)]
         outputs = sorted(process.communicate(timeout=30)[0].strip() for process in processes)
         assert outputs == ["already", "already", "installed"]
@@ -1795,7 +1812,7 @@ class TestConcurrency:
         chunks = chunk_paths(registry_dir)
         arrived = server.hold(chunks[3]).arrived
         script = PULL_SCRIPT.replace("concurrency=2", "concurrency=1")
-        process = popen_interruptible([sys.executable, "-c", script, server.url, str(data_dir), "org/tiny v1"],
+        process = popen_interruptible([*PYTHON, "-c", script, server.url, str(data_dir), "org/tiny v1"],
                                       cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert arrived.wait(20)
@@ -2407,7 +2424,7 @@ class TestCli:
         try:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
             process = subprocess.Popen(
-                [sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
+                [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
                  "pull", "org/tiny", "v1", *args],
                 stdin=slave, stdout=slave, stderr=slave, cwd=HERE,
                 env={key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")},
@@ -2630,7 +2647,7 @@ class TestCli:
         server.always["data/" + stalled] = Fault(stall=True)
         reached = cli_signal_on_request(monkeypatch, server, "data/" + stalled)
         process = popen_interruptible(
-            [sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
+            [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
              "pull", "org/tiny", "v1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE,
         )
@@ -2662,12 +2679,12 @@ class TestCli:
         index["org"]["tiny"].update({f"an-alias-with-a-rather-long-name-{n:04d}": {"alias": "v1"} for n in range(2000)})
         (registry_dir / "models.json").write_text(json.dumps(index))
         writer = subprocess.Popen(
-            [sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
+            [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
              "list", "--remote"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE,
         )
         assert writer.stdout is not None
-        reader = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.readline())"],
+        reader = subprocess.Popen([*PYTHON, "-c", "import sys; sys.stdout.write(sys.stdin.readline())"],
                                   stdin=writer.stdout, stdout=subprocess.PIPE)
         writer.stdout.close()
         writer.stdout = None  # the reader's now: communicate() must not read it (on Windows it would try)
@@ -2691,7 +2708,7 @@ class TestCli:
         os.close(read_end)  # nobody will ever read: the first write fails with EPIPE
         try:
             result = subprocess.run(
-                [sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir), *args],
+                [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir), *args],
                 stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=HERE, timeout=30, check=False,
             )
         finally:
@@ -2704,7 +2721,7 @@ class TestCli:
         os.close(read_end)
         try:
             result = subprocess.run(
-                [sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
+                [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
                  "--json", "path", "org/tiny", "v1"],
                 stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=HERE, timeout=30, check=False,
             )
@@ -2776,7 +2793,7 @@ class TestEmbedding:
                  timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """``whisper-tool ARGS`` as a subprocess, importing xprim_models through PYTHONPATH."""
         result = subprocess.run(
-            [sys.executable, str(script), *args], capture_output=True, text=True, cwd=script.parent,
+            [*PYTHON, str(script), *args], capture_output=True, text=True, cwd=script.parent,
             timeout=timeout, check=False,
             env={**os.environ, "PYTHONPATH": str(HERE), "WHISPER_TOOL_REGISTRY": registry, **(env or {})},
         )
@@ -2962,7 +2979,7 @@ class TestPublish:
 
     def test_runs_as_a_script_from_a_checkout(self, tmp_path: Path, source: Path) -> None:
         result = subprocess.run(
-            [sys.executable, str(HERE / "examples" / "publish.py"), str(tmp_path / "registry"), "org/pub", "v1",
+            [*PYTHON, str(HERE / "examples" / "publish.py"), str(tmp_path / "registry"), "org/pub", "v1",
              str(source)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
             env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
         )
@@ -3053,7 +3070,7 @@ class TestConventions:
         )
         empty = tmp_path / "empty"
         empty.mkdir()
-        out = subprocess.run([sys.executable, "-S", "-c", script], cwd=empty, capture_output=True, text=True,
+        out = subprocess.run([*PYTHON, "-c", script], cwd=empty, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=30)
         assert out.stdout.strip() == "[] 1 []", out.stderr
 
@@ -3076,7 +3093,7 @@ class TestConventions:
             args = parser.parse_args(sys.argv[3:])
             sys.exit(args.func(args))
         """)
-        result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir), "models", "pull",
+        result = subprocess.run([*PYTHON, "-c", script, server.url, str(data_dir), "models", "pull",
                                  "org/tiny", "v1", "--quiet"], cwd=tmp_path, capture_output=True, text=True,
                                 env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=60)
         assert result.returncode == 0, result.stderr
@@ -3170,7 +3187,7 @@ class TestConventions:
         )
         for host in ("silent", "configured"):
             server.fail(chunk_paths(registry_dir)[0], Fault(corrupt=True))
-            result = subprocess.run([sys.executable, "-c", script, server.url, str(data_dir / host), host], cwd=HERE,
+            result = subprocess.run([*PYTHON, "-c", script, server.url, str(data_dir / host), host], cwd=HERE,
                                     capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, result.stderr
             if host == "silent":
@@ -3404,7 +3421,7 @@ class TestReliability:
                   ref: str = "org/tiny v1") -> tuple[subprocess.Popen[str], threading.Event]:
         """A child process stuck mid-pull of ``ref`` (so holding its model lock) on a stalled chunk."""
         arrived = server.hold(chunk_paths(registry_dir, ref.split()[1])[2]).arrived
-        child = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, server.url, str(data_dir), ref],
+        child = subprocess.Popen([*PYTHON, "-c", HOLD_SCRIPT, server.url, str(data_dir), ref],
                                  cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert arrived.wait(20)
         return child, arrived
@@ -3421,7 +3438,7 @@ class TestReliability:
                                                          registry_dir: Path, data_dir: Path) -> None:
         child, _ = self.hold_lock(server, registry_dir, data_dir)
         waiting = subprocess.Popen(
-            [sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
+            [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
              "pull", "org/tiny", "v1"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "XPRIM_MODELS_MODELS_DIR": ""},
         )
@@ -3439,7 +3456,7 @@ class TestReliability:
         (chunk,) = set(chunk_paths(registry_dir, "v1")) - set(chunk_paths(registry_dir, "v2"))  # not seeded
         held = server.hold(chunk)
         arrived, release = held.arrived, held.release
-        child = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, server.url, str(data_dir), "org/tiny v1"],
+        child = subprocess.Popen([*PYTHON, "-c", HOLD_SCRIPT, server.url, str(data_dir), "org/tiny v1"],
                                  cwd=HERE, stdout=subprocess.PIPE, text=True)
         assert arrived.wait(20)
         removed = threading.Event()
@@ -3459,7 +3476,7 @@ class TestReliability:
         for index in range(5):
             publish.publish(str(registry_dir), "many", f"m{index}", "v1",
                             {"shared": shared, "own": blob(2048, str(index))}, chunk_size=1024)
-        children = [subprocess.Popen([sys.executable, "-c", PULL_SCRIPT, server.url, str(data_dir),
+        children = [subprocess.Popen([*PYTHON, "-c", PULL_SCRIPT, server.url, str(data_dir),
                                       f"many/m{index} v1"], cwd=HERE, stdout=subprocess.PIPE, text=True)
                     for index in range(5)]
         assert [child.communicate(timeout=60)[0].strip() for child in children] == ["installed"] * 5
@@ -3685,7 +3702,7 @@ class TestPrune:
                                                    data_dir: Path) -> None:
         # A writer in another PID namespace (or one whose process id another process took):
         # its process id means nothing here, its open file does.
-        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child = subprocess.Popen([*PYTHON, "-c", "pass"])
         child.wait()
         dead_pid = child.pid  # exited and reaped
         cache = data_dir / "cache" / "manifests"
@@ -4097,7 +4114,7 @@ class TestEnsure:
                                           server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
         script = ("import sys, xprim_models as xm\n"
                   "print(xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).ensure('org/tiny v1'))\n")
-        children = [subprocess.Popen([sys.executable, "-c", script, server.url, str(data_dir)], cwd=HERE,
+        children = [subprocess.Popen([*PYTHON, "-c", script, server.url, str(data_dir)], cwd=HERE,
                                      stdout=subprocess.PIPE, text=True) for _ in range(2)]
         paths: list[str] = []
         threads = [threading.Thread(target=lambda: paths.append(manager.ensure("org/tiny v1"))) for _ in range(4)]
@@ -4289,7 +4306,7 @@ class CrashScenario:
 
 
 def crash_run_child(server: RegistryServer, data_dir: Path, plan: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CRASH_CHILD, server.url, str(data_dir), plan], cwd=HERE,
+    return subprocess.run([*PYTHON, "-c", CRASH_CHILD, server.url, str(data_dir), plan], cwd=HERE,
                           capture_output=True, text=True, timeout=120 if WINDOWS else 30)  # wine starts slowly
 
 
@@ -4557,7 +4574,7 @@ class TestCrash:
 
         server.handle = handle  # type: ignore[method-assign]
         plan = sc.plan()
-        process = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, server.url, str(sc.data_dir), plan],
+        process = subprocess.Popen([*PYTHON, "-c", CRASH_CHILD, server.url, str(sc.data_dir), plan],
                                    cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert reached.wait(20), "the child never asked for its chunk"
@@ -4729,7 +4746,7 @@ class TestScale:
         files = {f"d/f{n:04d}.txt": blob(700, f"f{n}") for n in range(1500)}
         publish.publish(str(registry_dir), "org", "small-files", "v1", files, chunk_size=1 << 20)
         limit = "" if WINDOWS else "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)); "
-        command = [sys.executable, "-c", f"{limit}import runpy, sys; "
+        command = [*PYTHON, "-c", f"{limit}import runpy, sys; "
                    "sys.argv[0] = 'xprim_models'; runpy.run_module('xprim_models', run_name='__main__')",
                    "--registry", server.url, "--data-dir", str(data_dir), "-q", "pull", "org/small-files", "v1"]
         result = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=60)
@@ -5410,7 +5427,7 @@ class TestFleet:
 
         threading.Thread(target=release, daemon=True).start()
         processes = [
-            subprocess.Popen([sys.executable, "-m", "xprim_models", "--registry", server.url, "--data-dir",
+            subprocess.Popen([*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir",
                               str(tmp_path / f"client{n}"), "pull", "org/fleet", "v1"], cwd=HERE,
                              env={**os.environ, "HTTP_PROXY": squid, "NO_PROXY": ""},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

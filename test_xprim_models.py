@@ -468,6 +468,27 @@ def manager(make_manager: Callable[..., xm.Manager]) -> xm.Manager:
     return make_manager()
 
 
+@pytest.fixture
+def logged() -> Iterator[Callable[[str], threading.Event]]:
+    """``logged(text)``: an Event, set once the xprim_models logger logs a message containing ``text``."""
+    wanted: list[tuple[str, threading.Event]] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            for text, event in wanted:
+                if text in record.getMessage():
+                    event.set()
+
+    def logged(text: str) -> threading.Event:
+        wanted.append((text, threading.Event()))
+        return wanted[-1][1]
+
+    handler = Handler()
+    logging.getLogger("xprim_models").addHandler(handler)
+    yield logged
+    logging.getLogger("xprim_models").removeHandler(handler)
+
+
 @pytest.fixture(params=["chunk-fits-buffer", "chunk-exceeds-buffer"])
 def write_buffer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chunk streams into its place through a worker's 256 KiB write buffer: the 1 KiB
@@ -3446,7 +3467,8 @@ class TestReliability:
         assert waiting.returncode == 0 and "Model installed: org/tiny v1" in out
 
     def test_remove_during_a_pull_waits_for_it(self, manager: xm.Manager, model: dict[str, bytes],
-                                               server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
+                                               server: RegistryServer, registry_dir: Path, data_dir: Path,
+                                               logged: Callable[[str], threading.Event]) -> None:
         manager.pull("org/tiny v2")
         (chunk,) = set(chunk_paths(registry_dir, "v1")) - set(chunk_paths(registry_dir, "v2"))  # not seeded
         held = server.hold(chunk)
@@ -3454,10 +3476,11 @@ class TestReliability:
         child = subprocess.Popen([*PYTHON, "-c", HOLD_SCRIPT, server.url, str(data_dir), "org/tiny v1"],
                                  cwd=HERE, stdout=subprocess.PIPE, text=True)
         assert arrived.wait(20)
-        removed = threading.Event()
+        removed, waiting = threading.Event(), logged("Waiting for another download of org/tiny to finish")
         remover = threading.Thread(target=lambda: (manager.remove("org/tiny v2"), removed.set()))
         remover.start()
-        assert not removed.wait(1.5)  # the same model's lock is held by the pull
+        assert waiting.wait(20)  # for the same model's lock, which the pull holds (said after 1 s)
+        assert not removed.is_set()
         release.set()
         assert child.communicate(timeout=30)[0].strip() == "installed"
         remover.join(30)
@@ -3668,7 +3691,8 @@ class TestPrune:
         assert manager.prune_cache(None) == 0
 
     def test_prune_waits_for_a_running_pull(self, manager: xm.Manager, model: dict[str, bytes],
-                                            server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
+                                            server: RegistryServer, registry_dir: Path, data_dir: Path,
+                                            logged: Callable[[str], threading.Event]) -> None:
         held = server.hold(chunk_paths(registry_dir)[4])
         arrived, release = held.arrived, held.release
         results: list[object] = []
@@ -3676,10 +3700,11 @@ class TestPrune:
         puller.start()
         assert arrived.wait(20)
         assert (data_dir / "org" / "tiny" / ".v1.staging").is_dir()  # the pull is under way
-        pruned = threading.Event()
+        pruned, waiting = threading.Event(), logged("Waiting for another download of org/tiny to finish")
         pruner = threading.Thread(target=lambda: (manager.prune_cache(None), pruned.set()))
         pruner.start()
-        assert not pruned.wait(1.5)  # waiting: deleting now would pull the chunks from under the pull
+        assert waiting.wait(20)  # deleting now would pull the chunks from under the pull
+        assert not pruned.is_set()
         release.set()
         puller.join(30)
         pruner.join(30)

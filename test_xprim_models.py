@@ -3199,7 +3199,7 @@ class TestConventions:
         script = (
             "import logging, sys, xprim_models as xm\n"
             "if sys.argv[3] == 'configured': logging.basicConfig()\n"
-            "xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).pull('org/tiny v1', force=True)\n"
+            "xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]), retry_backoff=0.01).pull('org/tiny v1')\n"
         )
         for host in ("silent", "configured"):
             server.fail(chunk_paths(registry_dir)[0], Fault(corrupt=True))

@@ -2471,8 +2471,8 @@ class TestCli:
     def test_progress_on_a_terminal_80_columns(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        # 4 KB/s: the 6.4 KB take over a second, so the line is redrawn with a speed and an ETA.
-        output = self.pull_on_a_terminal(server, data_dir, 80, "--limit-rate", "4K")
+        # 8 KB/s: the 6.4 KB take most of a second, so the line is redrawn with a speed and an ETA.
+        output = self.pull_on_a_terminal(server, data_dir, 80, "--limit-rate", "8K")
         states = self.drawn(output)
         assert all(len(state) < 80 for state in states), [state for state in states if len(state) >= 80]
         assert any(PTY_BAR.match(state) and "/s ETA " in state for state in states), states
@@ -2484,7 +2484,7 @@ class TestCli:
     def test_progress_on_a_terminal_40_columns(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        output = self.pull_on_a_terminal(server, data_dir, 40, "--limit-rate", "4K")
+        output = self.pull_on_a_terminal(server, data_dir, 40, "--limit-rate", "8K")
         states = self.drawn(output)
         assert all(len(state) < 40 for state in states), [state for state in states if len(state) >= 40]
         progress = [state for state in states if state.startswith("Downloading: ")]

@@ -2656,9 +2656,14 @@ class TestCli:
     def test_hash_mismatch_exits_6(
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
-        # (Each pull waits out the default backoff, 3.5 s: one pull carries every check of the text.)
+        # Each pull waits out the default backoff (0.5 + 1 + 2 s): one in-process pull carries every
+        # check of the text, while the same pull with --json runs beside it as a real process.
         chunk = cli_chunk(registry_dir, "v1", 2)
         server.always["data/" + chunk] = Fault(corrupt=True)
+        as_json = subprocess.Popen(
+            [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir.parent / "json-data"),
+             "--json", "pull", "org/tiny", "v1"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 6
         assert result.stdout == ""
@@ -2670,12 +2675,11 @@ class TestCli:
         received = hashlib.sha256(bytes([body[0] ^ 0xFF]) + body[1:]).hexdigest()
         assert hashlib.sha256(b"").hexdigest() not in result.stderr
         assert f"(got {received})" in result.stderr
-        downloads = server.requests["data/" + chunk]
-        assert downloads == 4
-        assert result.stderr.count("downloading it again") == downloads - 1
-        as_json = cli_run(server, data_dir, "--json", "pull", "org/tiny", "v1")
-        assert as_json.returncode == 6
-        assert cli_document(as_json)["error"]["type"] == "HashMismatchError"
+        assert result.stderr.count("downloading it again") == 3 and "after 4 attempts" in result.stderr
+        out, err = as_json.communicate(timeout=30)
+        assert as_json.returncode == 6, err
+        assert cli_document(subprocess.CompletedProcess(as_json.args, 6, out))["error"]["type"] == "HashMismatchError"
+        assert server.requests["data/" + chunk] == 8  # 4 attempts each
 
     def test_storage_error_exits_7(self, server: RegistryServer, tmp_path: Path, model: dict[str, bytes]) -> None:
         blocker = tmp_path / "a-file"

@@ -1554,7 +1554,8 @@ class _Cancelled(Exception):
 
 
 class _Sink:
-    """Where a body goes. ``kept`` bytes survive a failed attempt (resume)."""
+    """Where a body goes. The transfer loop receives straight into ``space()`` and then
+    reports with ``took()``. ``kept`` bytes survive a failed attempt (resume)."""
 
     kept = 0
     resumable = False
@@ -1562,27 +1563,36 @@ class _Sink:
     def reset(self) -> None:
         raise NotImplementedError
 
-    def write(self, data: memoryview) -> None:
+    def space(self, limit: int) -> memoryview:
+        """Room for at least one and at most ``limit`` more bytes."""
+        raise NotImplementedError
+
+    def took(self, count: int) -> None:
+        """``count`` bytes arrived at the start of the last ``space()``."""
         raise NotImplementedError
 
 
 class _MemorySink(_Sink):
     def __init__(self) -> None:
         self.data = bytearray()
+        self.scratch = memoryview(bytearray(_BUFFER_SIZE))
 
     def reset(self) -> None:
         self.data.clear()
         self.kept = 0
 
-    def write(self, data: memoryview) -> None:
-        self.data += data
-        self.kept += len(data)
+    def space(self, limit: int) -> memoryview:
+        return self.scratch[:limit]
+
+    def took(self, count: int) -> None:
+        self.data += self.scratch[:count]
+        self.kept += count
 
 
 class _ChunkSink(_Sink):
     """Streams one chunk into its first position in the files, hashing it on the way.
 
-    Bytes gather in ``buffer`` and are written when it is full or the chunk ends
+    Bytes arrive in ``buffer`` and are written when it is full or the chunk ends
     (``flush``), so a small chunk costs one write however the network splits it.
     Bytes that fail the hash stay until the next attempt overwrites them.
     """
@@ -1600,17 +1610,24 @@ class _ChunkSink(_Sink):
         self.hasher = _sha256()
         self.kept = self.pending = 0
 
-    def write(self, data: memoryview) -> None:
-        self.hasher.update(data)
-        if self.pending + len(data) > len(self.buffer):
+    def space(self, limit: int) -> memoryview:
+        if self.pending == len(self.buffer):
             self.flush()
-        if len(data) >= len(self.buffer):
-            self.place(self.position, data, self.kept)
-        else:
-            self.buffer[self.pending : self.pending + len(data)] = data
-            self.pending += len(data)
-        self.kept += len(data)
-        self.on_bytes(self.kept, len(data))
+        return self.buffer[self.pending : self.pending + limit]
+
+    def took(self, count: int) -> None:
+        self.hasher.update(self.buffer[self.pending : self.pending + count])
+        self.pending += count
+        self.kept += count
+        self.on_bytes(self.kept, count)
+
+    def write(self, data: memoryview) -> None:
+        """Take bytes that are already in memory (a seed's)."""
+        while data:
+            room = self.space(len(data))
+            room[:] = data[: len(room)]
+            self.took(len(room))
+            data = data[len(room) :]
 
     def found(self, data: memoryview) -> None:
         """Count bytes that are already in their place (a resumed pull's), without writing them."""
@@ -2466,12 +2483,11 @@ class _RegistryClient:
         cancel: threading.Event | None,
         read_size: int,
     ) -> None:
-        buffer = memoryview(bytearray(min(read_size, max(remaining, 1))))
         while remaining > 0:
             if cancel is not None and cancel.is_set():
                 raise _Cancelled()
             try:
-                count = response.readinto(buffer[: min(len(buffer), remaining)])
+                count = response.readinto(sink.space(min(read_size, remaining)))
             except Exception as exc:
                 import http.client  # a caller's opener may raise its errors
 
@@ -2480,7 +2496,7 @@ class _RegistryClient:
                 raise _Transient(f"connection broken: {exc or type(exc).__name__}") from exc
             if not count:
                 return
-            sink.write(buffer[:count])
+            sink.took(count)
             remaining -= count
 
     def fetch_document(self, relative: str, what: str, limit: int, *, session: _Session | None = None,

@@ -152,6 +152,7 @@ _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
 _BACKOFF_CAP = 10.0
 _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
 _ATTEMPT_KEY = "xprim_models_attempt"  # logging ``extra`` of each request: (url, attempt, attempts)
+_OPEN_FILES_PER_THREAD = 16  # files a pull's writing thread keeps open
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
 # Windows refuses to replace or delete a file while another process has it open: how
 # long a replace (or a read racing one) keeps trying before it gives up.
@@ -2835,14 +2836,24 @@ class _PullJob:
                     if self.error is None and self.tasks_done < len(self.tasks):
                         self.condition.wait(_PROGRESS_INTERVAL)
             self.emit(snapshot)
+            self._stop_writing()
+            self.writer.close()  # NFS may report a failed write only now
             finish()
         finally:
-            with self.condition:
-                self.cancel.set()
-                self.condition.notify_all()
-                while self.writing:  # writes already under way end first (in steps: Ctrl-C on Windows)
-                    self.condition.wait(0.1)
+            self._stop_writing()
+            try:
+                self.writer.close()
+            except StorageError:
+                pass  # the pull has failed already; that error is the one to report
         self._emit_now()
+
+    def _stop_writing(self) -> None:
+        """Let no write start, and wait for those under way (in steps: Ctrl-C on Windows)."""
+        with self.condition:
+            self.cancel.set()
+            self.condition.notify_all()
+            while self.writing:
+                self.condition.wait(0.1)
 
 
 class _ChunkFiles:
@@ -2858,6 +2869,46 @@ class _ChunkFiles:
         self.manifest, self.paths = manifest, paths
         self.positions = positions
         self.present: Collection[str] = ()  # chunks the files already hold at all their places
+        # Each writing thread keeps its last few files open ({file index: descriptor}), so a
+        # chunk costs one write, not an open, a check and a close too. close() ends them all.
+        self.local = threading.local()
+        self.open_sets: list[dict[int, int]] = []
+        self.lock = threading.Lock()
+
+    def _descriptor(self, index: int) -> int:
+        """This thread's descriptor for writing file ``index``."""
+        descriptors: dict[int, int] | None = getattr(self.local, "descriptors", None)
+        if descriptors is None:
+            descriptors = self.local.descriptors = {}
+            with self.lock:
+                self.open_sets.append(descriptors)
+        fd = descriptors.get(index)
+        if fd is None:
+            if len(descriptors) >= _OPEN_FILES_PER_THREAD:  # a chunk spanning many small files
+                oldest = next(iter(descriptors))
+                self._close(oldest, descriptors.pop(oldest))
+            fd = descriptors[index] = _open_regular(self.paths[index], os.O_WRONLY)
+        return fd
+
+    def _close(self, index: int, fd: int) -> None:
+        try:
+            os.close(fd)  # NFS reports a failed write here
+        except OSError as exc:
+            raise _storage_error("write", self.paths[index], exc) from exc
+
+    def close(self) -> None:
+        """Close the files every thread kept open; call it when no write is under way."""
+        with self.lock:
+            problem: StorageError | None = None
+            for descriptors in self.open_sets:
+                for index, fd in descriptors.items():
+                    try:
+                        self._close(index, fd)
+                    except StorageError as exc:
+                        problem = problem or exc
+                descriptors.clear()
+        if problem is not None:
+            raise problem
 
     def _start(self, number: int) -> tuple[int, int]:
         """Where chunk ``number`` begins in the byte stream, and its length."""
@@ -2877,14 +2928,7 @@ class _ChunkFiles:
             path = self.paths[index]
             begin = manifest.starts[index] + offset - first
             try:
-                # Opened for each write: a chunk may span thousands of small files, and no
-                # descriptor outlives the write (a worker left waiting after a failed pull
-                # holds none, so Windows can still delete or rename the staging directory).
-                target = _open_regular(path, os.O_WRONLY)
-                try:
-                    _pwrite_all(target, data[begin : begin + length], offset)
-                finally:
-                    os.close(target)
+                _pwrite_all(self._descriptor(index), data[begin : begin + length], offset)
             except OSError as exc:
                 raise _storage_error("write", path, exc) from exc
 

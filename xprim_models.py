@@ -1593,9 +1593,10 @@ class _MemorySink(_Sink):
 class _ChunkSink(_Sink):
     """Streams one chunk into its first position in the files, hashing it on the way.
 
-    Bytes arrive in ``buffer`` and are written when it is full or the chunk ends
-    (``flush``), so a small chunk costs one write however the network splits it.
-    Bytes that fail the hash stay until the next attempt overwrites them.
+    Bytes arrive in ``buffer`` and are hashed and written when it is full or the
+    chunk ends (``flush``), so a buffer's worth costs one hash update and one write
+    however the network splits it. Bytes that fail the hash stay until the next
+    attempt overwrites them.
     """
 
     resumable = True
@@ -1617,7 +1618,6 @@ class _ChunkSink(_Sink):
         return self.buffer[self.pending : self.pending + limit]
 
     def took(self, count: int) -> None:
-        self.hasher.update(self.buffer[self.pending : self.pending + count])
         self.pending += count
         self.kept += count
         self.on_bytes(self.kept, count)
@@ -1636,8 +1636,11 @@ class _ChunkSink(_Sink):
         self.kept += len(data)
 
     def flush(self) -> None:
+        """Hash and write what the buffer holds; ``hasher`` then covers every byte taken."""
         if self.pending:
-            self.place(self.position, self.buffer[: self.pending], self.kept - self.pending)
+            data = self.buffer[: self.pending]
+            self.hasher.update(data)
+            self.place(self.position, data, self.kept - self.pending)
             self.pending = 0
 
 
@@ -2570,6 +2573,16 @@ class _Task:
         self.positions: list[int] = []
 
 
+class _Flow:
+    """One worker's bytes: from the network in all, and of its current chunk in hand.
+    Only that worker writes them; the progress reader adds them up."""
+
+    __slots__ = ("downloaded", "kept")
+
+    def __init__(self) -> None:
+        self.downloaded = self.kept = 0
+
+
 class _Seed:
     """Where an installed version (or a staging directory) holds the bytes of a chunk."""
 
@@ -2654,10 +2667,10 @@ class _PullJob:
         self.tasks = list(tasks.values())
         self.next_task = 0
         self.tasks_done = 0
-        self.reported: dict[int, int] = {}  # task -> bytes already counted as completed
         self.chunks_completed = 0
-        self.bytes_completed = 0
-        self.bytes_downloaded = 0
+        self.bytes_done = 0  # of the chunks completed
+        # Each worker counts its network bytes in its own _Flow, without a lock; progress adds them up.
+        self.flows: list[_Flow] = []
         self.current_file = ""
         self.dirty = True
         self.writing = 0  # workers writing into the files right now
@@ -2674,20 +2687,16 @@ class _PullJob:
             self.chunk_count,
             self.chunks_completed,
             self.total_size,
-            self.bytes_completed,
-            self.bytes_downloaded,
+            self.bytes_done + sum(flow.kept for flow in self.flows),
+            sum(flow.downloaded for flow in self.flows),
             self.current_file,
         )
 
-    def _on_network(self, index: int, kept: int, count: int) -> None:
-        """``count`` more bytes of task ``index`` came from the network; ``kept`` are in hand."""
-        with self.condition:
-            self.bytes_downloaded += count
-            grown = kept - self.reported.get(index, 0)
-            if grown > 0:  # a restarted transfer does not move progress back
-                self.reported[index] = kept
-                self.bytes_completed += grown
-                self.dirty = True
+    def _on_network(self, flow: _Flow, kept: int, count: int) -> None:
+        """``count`` more bytes of the worker's chunk came from the network; ``kept`` are in hand."""
+        flow.downloaded += count
+        flow.kept = max(flow.kept, kept)  # a restarted transfer does not move progress back
+        self.dirty = True
         if self.limiter is not None:
             self.limiter.take(count, self.cancel)
 
@@ -2708,6 +2717,9 @@ class _PullJob:
     def _worker(self) -> None:
         session = _Session()
         buffer = bytearray(_BUFFER_SIZE)
+        flow = _Flow()
+        with self.condition:
+            self.flows.append(flow)
         try:
             while True:
                 with self.condition:
@@ -2717,15 +2729,15 @@ class _PullJob:
                     self.next_task += 1
                 task = self.tasks[index]
                 if task.digest not in self.writer.present:
-                    self._obtain(index, task, buffer, session)
+                    self._obtain(task, buffer, session, flow)
                     for position in task.positions[1:]:
                         self._write_files(self.writer.copy, task.positions[0], position)
                 with self.condition:
                     self.tasks_done += 1
                     self.current_file = self.writer.file_of(task.positions[0])
                     self.chunks_completed += len(task.positions)
-                    self.bytes_completed += task.size * len(task.positions) - self.reported.get(index, 0)
-                    self.reported[index] = task.size * len(task.positions)
+                    self.bytes_done += task.size * len(task.positions)
+                    flow.kept = 0
                     self.dirty = True
                     if self.tasks_done == len(self.tasks):  # progress itself is polled, not pushed
                         self.condition.notify_all()
@@ -2738,7 +2750,7 @@ class _PullJob:
         finally:
             session.close()
 
-    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> None:
+    def _obtain(self, task: _Task, buffer: bytearray, session: _Session, flow: _Flow) -> None:
         """Put the verified chunk at its first position: the bytes already there (a resumed
         pull's) or a seed's, if they still hash right, else the network's."""
         sink = _ChunkSink(partial(self._write_files, self.writer.place), task.positions[0], buffer)
@@ -2748,7 +2760,7 @@ class _PullJob:
                 self.logger.debug("chunk %s: verified from %s", task.digest[:12], seed.directory)
                 return
         sink.reset()
-        self._download(index, task, sink, session)
+        self._download(task, sink, session, flow)
 
     def _write_files(self, write: Callable[..., None], *args: Any) -> None:
         """``write(*args)`` into the files, unless the job is over: a worker that was still
@@ -2765,9 +2777,9 @@ class _PullJob:
                 if not self.writing and self.cancel.is_set():  # run() may be waiting for this
                     self.condition.notify_all()
 
-    def _download(self, index: int, task: _Task, sink: _ChunkSink, session: _Session) -> None:
+    def _download(self, task: _Task, sink: _ChunkSink, session: _Session, flow: _Flow) -> None:
         what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
-        sink.on_bytes = partial(self._on_network, index)  # every byte written here came from the network
+        sink.on_bytes = partial(self._on_network, flow)  # every byte written here came from the network
 
         def check() -> str:  # a mismatch is one failed attempt of the fetch's retry policy
             sink.flush()  # the last buffered bytes go to their place; a failed attempt's are overwritten
@@ -2798,10 +2810,8 @@ class _PullJob:
                     os.close(fd)
         except OSError:
             return False  # unreadable, shorter, or a link where a file should be: not a seed after all
-        if sink.hasher.hexdigest() != manifest.chunks[seed.position]:
-            return False
-        sink.flush()
-        return True
+        sink.flush()  # bytes that fail the hash are overwritten by the download that follows
+        return sink.hasher.hexdigest() == manifest.chunks[seed.position]
 
     # The calling thread ------------------------------------------------------
 

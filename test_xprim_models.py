@@ -3336,11 +3336,13 @@ class TestReliability:
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
         self.assert_outside_untouched(outside)
 
-    @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on Windows")
-    def test_planted_pipes_are_neither_read_nor_waited_on(
+    def test_planted_pipes_and_directories_are_neither_read_nor_waited_on(
         self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
         registry_dir: Path, data_dir: Path
     ) -> None:
+        # A named pipe where the OS has them in its file system; on Windows, which has not,
+        # a directory: what can stand there that is not a plain file.
+        pipes = hasattr(os, "mkfifo")
         server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
         with pytest.raises(xm.NetworkError):
             make_manager(retries=0).pull("org/tiny v1", concurrency=1)
@@ -3354,15 +3356,23 @@ class TestReliability:
         (data_dir / "cache" / "chunks").mkdir()  # as earlier versions left it
         for path in planted:
             path.unlink(missing_ok=True)
-            os.mkfifo(path)
+            if pipes:
+                os.mkfifo(path)
+            else:
+                path.mkdir()
         manager = make_manager()
         installed = manager.pull("org/tiny v1")  # a pipe opened to read or write would hang it
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
-        for path in planted[1:3]:  # the caches drop what is not a plain file (a fresh copy may take its place)
-            assert not path.exists() or (path.is_file() and not path.is_fifo()), path
-        assert all(path.is_fifo() for path in planted[3:])  # pulls never look in cache/chunks
-        manager.prune_cache(None)  # which prune deletes without opening anything
-        assert not (data_dir / "cache" / "chunks").exists()
+        if pipes:
+            for path in planted[1:3]:  # the caches drop what is not a plain file (a fresh copy may take its place)
+                assert not path.exists() or (path.is_file() and not path.is_fifo()), path
+            assert all(path.is_fifo() for path in planted[3:])  # pulls never look in cache/chunks
+            manager.prune_cache(None)  # which prune deletes without opening anything
+            assert not (data_dir / "cache" / "chunks").exists()
+        else:  # nothing was written into a directory, and the caches left them as they were
+            assert all(path.is_dir() and not any(path.iterdir()) for path in planted[1:]), planted
+            manager.prune_cache(None)  # which deletes files only
+            assert sorted(os.listdir(data_dir / "cache" / "chunks")) == sorted(path.name for path in planted[3:])
 
     def test_repair_refuses_a_linked_version_directory_as_pull_does(
         self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, outside: Path

@@ -3084,25 +3084,32 @@ class TestConventions:
         assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
 
     @staticmethod
-    def install_wheel(work: Path) -> tuple[Path, Path]:
-        """(the wheel, a venv's python with it installed), built and installed offline."""
-        if importlib.util.find_spec("venv") is None:
-            pytest.skip("this Python has no venv module (the embeddable Windows CPython that CI runs under wine)")
+    def install_wheel(work: Path) -> tuple[Path, Path, Path, dict[str, str]]:
+        """The wheel, built offline, and where it is installed: (the wheel, a python that
+        imports it, its console script, the environment to run them in). Into a venv, or
+        where Python has no venv module (the embeddable Windows CPython that CI runs under
+        wine), with pip's --target into a directory on PYTHONPATH."""
         pytest.importorskip("hatchling", reason="the build backend is installed by the README's test command")
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                         "-q", "-w", str(work / "dist"), str(HERE)], check=True, timeout=120)
         (wheel,) = (work / "dist").glob("xprim_models-*.whl")
+        env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "MYPYPATH")}
+        if importlib.util.find_spec("venv") is None:
+            target = work / "target"
+            subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "-q", "--target", str(target),
+                            str(wheel)], check=True, timeout=120)
+            return wheel, Path(sys.executable), target / "bin" / "xprim-models", {**env, "PYTHONPATH": str(target)}
         venv = work / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
         python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q",
                         str(wheel)], check=True, timeout=120)
-        return wheel, python
+        return wheel, python, python.parent / "xprim-models", env
 
     def test_wheel_installs_offline_with_no_dependencies_and_real_types(self, tmp_path: Path) -> None:
         import zipfile
 
-        wheel, python = self.install_wheel(tmp_path)
+        wheel, python, script, env = self.install_wheel(tmp_path)
         with zipfile.ZipFile(wheel) as archive:
             names = archive.namelist()
             metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
@@ -3112,9 +3119,9 @@ class TestConventions:
             "xprim_models/__init__.py", "xprim_models/__main__.py", "xprim_models/py.typed"]
         assert "Requires-Dist" not in metadata
         assert "Requires-Python: >=3.9" in metadata and "License" in metadata and "Classifier:" in metadata
-        script = python.parent / "xprim-models"
         for command in ([str(script)], [str(python), "-m", "xprim_models"]):
-            result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+            result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                                    env=env)
             assert result.stdout.strip() == f"xprim-models {xm.__version__}", result.stderr
         # mypy --strict on a user's file, against the installed wheel, sees the real types.
         pytest.importorskip("mypy", reason="mypy is installed by .ci/run")
@@ -3140,8 +3147,7 @@ class TestConventions:
         result = subprocess.run(
             [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--no-error-summary",
              "--python-executable", str(python), "user.py"],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path,
-            env={key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "MYPYPATH")},
+            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
         )
         lines = result.stdout.splitlines()
         pull = next(line for line in lines if line.startswith("user.py:6: note: Revealed type is "))

@@ -106,18 +106,21 @@ __all__ = [
 # --- Constants ----------------------------------------------------------------
 # The wire format (DESIGN.md §1) and the limits that keep a hostile registry
 # from exhausting memory or disk. Every number a reader may wonder about is here.
+# Regular expressions (the *_RE names) are plain strings: the re module compiles each one
+# the first time it is used and caches it, so a command compiles only the ones it needs
+# (start-up time: docs/performance.md).
 
-_HASH_RE = re.compile(r"[0-9a-f]{64}")
-_DIGITS_RE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts '²'
+_HASH_RE = r"[0-9a-f]{64}"
+_DIGITS_RE = r"[0-9]{1,18}"  # ASCII only: str.isdigit() accepts '²'
 
 # Group, model and version names become directory names on every platform.
-_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,126}[A-Za-z0-9_+-])?")
+_NAME_RE = r"[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,126}[A-Za-z0-9_+-])?"
 _WINDOWS_RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
     + [f"{prefix}{digit}" for prefix in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"]
 )
 # Characters Windows refuses in file names, plus the ones DESIGN.md §1 names.
-_FORBIDDEN_PATH_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\]')
+_FORBIDDEN_PATH_CHARS = r'[\x00-\x1f<>:"|?*\\]'
 # Top-level names the storage layout uses itself (README: Storage layout), and the Go original's lock
 # file, which shares the directory (its chunk cache .chunks cannot be a group name).
 _RESERVED_GROUPS = frozenset(["cache", "registry.json", "registry.json.lock"])
@@ -325,7 +328,7 @@ class Config:
 
 def _name_problem(kind: str, name: Any) -> str:
     """Why ``name`` cannot be a group, model or version name (it becomes a directory), or ""."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not re.fullmatch(_NAME_RE, name):
         return (f"{kind} {name!r:.80} must be 1-128 letters, digits, '.', '_', '+' or '-', "
                 "starting with a letter or digit")
     if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
@@ -602,7 +605,7 @@ def _path_problem(path: Any, metadata_dir: str) -> str:
         return "is not valid Unicode (it contains a lone surrogate)"
     if path.startswith("/"):
         return "is absolute"
-    bad = _FORBIDDEN_PATH_CHARS.search(path)
+    bad = re.search(_FORBIDDEN_PATH_CHARS, path)
     if bad:
         return f"contains the character {bad.group()!r}"
     segments = path.split("/")
@@ -1016,7 +1019,7 @@ def _tree_size(path: str, *, allocated: bool = False) -> int:
 
 
 # Temporary names carry the writer's process id: <name>.<pid>.<thread>.tmp or .part
-_TEMPORARY_RE = re.compile(r".+\.(\d+)\.\d+\.(?:tmp|part)")
+_TEMPORARY_RE = r".+\.(\d+)\.\d+\.(?:tmp|part)"
 
 
 def _remove_abandoned(directory: str) -> None:
@@ -1026,7 +1029,7 @@ def _remove_abandoned(directory: str) -> None:
     except OSError:
         return
     for name in names:
-        match = _TEMPORARY_RE.fullmatch(name)
+        match = re.fullmatch(_TEMPORARY_RE, name)
         if not match or int(match.group(1)) == os.getpid():
             continue
         path = os.path.join(directory, name)
@@ -1302,8 +1305,9 @@ def _parse_manifest(digest: str, raw: bytes, metadata_dir: str, *, source: str =
         raise fail(f"chunks is not a list of at most {_MAX_CHUNKS} hashes")
     if not isinstance(files, list) or len(files) > _MAX_FILES:
         raise fail(f"files is not a list of at most {_MAX_FILES} entries")
+    is_hash = re.compile(_HASH_RE).fullmatch
     for chunk in chunks:
-        if not isinstance(chunk, str) or not _HASH_RE.fullmatch(chunk):
+        if not isinstance(chunk, str) or not is_hash(chunk):
             raise fail(f"chunk hash {chunk!r} is not 64 lowercase hex characters")
     expected_chunks = -(-total // chunk_size) if chunk_size else 0
     if (total > 0 and chunk_size == 0) or len(chunks) != expected_chunks:
@@ -1353,8 +1357,8 @@ def _segments(manifest: _Manifest, start: int, length: int) -> Iterator[tuple[in
 
 
 _INDEX_SEPARATORS = (b",", b":", b"[", b"{")  # each value after the first follows one of these
-_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")  # a lone surrogate: valid JSON escapes, not text
+_JSON_STRING_RE = rb'(?s)"[^"\\]*(?:\\.[^"\\]*)*"'
+_SURROGATE_RE = "[\ud800-\udfff]"  # a lone surrogate: valid JSON escapes, not text
 
 
 def _count_index_values(raw: bytes) -> int:
@@ -1367,7 +1371,7 @@ def _count_index_values(raw: bytes) -> int:
     count = 1 + sum(raw.count(separator) for separator in _INDEX_SEPARATORS)
     if count <= _MAX_INDEX_VALUES:
         return count
-    for strings, match in enumerate(_JSON_STRING_RE.finditer(raw), 1):
+    for strings, match in enumerate(re.finditer(_JSON_STRING_RE, raw), 1):
         if strings > _MAX_INDEX_VALUES:  # every string is a value or a key
             return strings
         start, end = match.span()
@@ -1381,7 +1385,7 @@ def _count_containers(raw: bytes) -> int:
     count = raw.count(b"[") + raw.count(b"{")
     if count <= _MAX_FILES + 3:
         return count
-    for match in _JSON_STRING_RE.finditer(raw):
+    for match in re.finditer(_JSON_STRING_RE, raw):
         start, end = match.span()
         count -= raw.count(b"[", start, end) + raw.count(b"{", start, end)
     return count
@@ -1401,7 +1405,7 @@ def _metadata_problem(metadata: Any) -> str:
         value, depth = pending.pop()
         if isinstance(value, _OutOfRange):
             return f"its metadata holds the number {value.text[:40]}, beyond the range of a 64-bit float"
-        if isinstance(value, str) and _SURROGATE_RE.search(value):
+        if isinstance(value, str) and re.search(_SURROGATE_RE, value):
             return f"its metadata holds the string {value[:40]!r} with an unpaired surrogate, which is not text"
         if isinstance(value, (dict, list)):
             if depth > _MAX_METADATA_DEPTH:
@@ -1539,7 +1543,7 @@ def _entry_problem(entry: Any) -> str:
         return "the entry is not an object"
     if ("hash" in entry) == ("alias" in entry):
         return "the entry must have exactly one of 'hash' and 'alias'"
-    if "hash" in entry and not (isinstance(entry["hash"], str) and _HASH_RE.fullmatch(entry["hash"])):
+    if "hash" in entry and not (isinstance(entry["hash"], str) and re.fullmatch(_HASH_RE, entry["hash"])):
         return f"its hash {entry['hash']!r:.80} is not 64 lowercase hex characters"
     if "alias" in entry:
         problem = _name_problem("alias", entry["alias"])
@@ -1652,7 +1656,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if _DIGITS_RE.fullmatch(value):
+    if re.fullmatch(_DIGITS_RE, value):
         return float(value)
     from email.utils import parsedate_to_datetime
 
@@ -1668,7 +1672,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
 def _content_length(value: str | None) -> int | None:
     """A Content-Length header's value, or None when absent or not plain digits."""
     value = (value or "").strip()
-    return int(value) if _DIGITS_RE.fullmatch(value) else None
+    return int(value) if re.fullmatch(_DIGITS_RE, value) else None
 
 
 class _Response:
@@ -1698,11 +1702,11 @@ class _Malformed(_Transient):
         super().__init__(f"malformed response: {problem}", restart=True)
 
 
-_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no control characters but tab
-_STATUS_RE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-_FIELDS_RE = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r?\n)*")
-_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
+_HEADER_NAME_RE = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_FIELD_VALUE_RE = r"[^\x00-\x08\x0a-\x1f\x7f]*"  # no control characters but tab
+_STATUS_RE = r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?"
+_FIELDS_RE = r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r?\n)*"
+_CHUNK_SIZE_RE = rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?"
 _HOP_HEADERS = frozenset([  # the transport's own: a caller may not set them
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
     "expect", "range", "proxy-authorization", "proxy-connection",
@@ -1714,11 +1718,11 @@ def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The caller's extra request headers, checked; a ValueError never quotes a value (it may be a secret)."""
     checked: dict[str, str] = {}
     for name, value in headers.items():
-        if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
+        if not isinstance(name, str) or not re.fullmatch(_HEADER_NAME_RE, name):
             raise ValueError(f"header name {name!r} is not a valid HTTP field name")
         if name.lower() in _HOP_HEADERS:
             raise ValueError(f"header {name} is set by xprim-models itself and cannot be given")
-        if not isinstance(value, str) or not (value.isascii() and _FIELD_VALUE_RE.fullmatch(value)):
+        if not isinstance(value, str) or not (value.isascii() and re.fullmatch(_FIELD_VALUE_RE, value)):
             raise ValueError(f"the value of header {name} must be ASCII text without control characters")
         checked[name] = value.strip(" \t")
     return checked
@@ -1872,11 +1876,11 @@ class _Session:
         # visible characters, spaces, tabs and obs-text), ruling out folded lines, space before
         # the colon, control characters and a CR anywhere but before its LF.
         status_line, _, lines = text.partition("\n")
-        match = _STATUS_RE.fullmatch(status_line[:-1] if status_line.endswith("\r") else status_line)
+        match = re.fullmatch(_STATUS_RE, status_line[:-1] if status_line.endswith("\r") else status_line)
         if match is None:
             raise _Malformed(f"status line {status_line[:80]!r}")
-        if not _FIELDS_RE.fullmatch(lines):
-            bad = next((line for line in lines.split("\n") if not _FIELDS_RE.fullmatch(line + "\n")), "")
+        if not re.fullmatch(_FIELDS_RE, lines):
+            bad = next((line for line in lines.split("\n") if not re.fullmatch(_FIELDS_RE, line + "\n")), "")
             what = "folded header line" if bad[:1] in (" ", "\t") else "header line"
             raise _Malformed(f"{what} {bad.rstrip()[:80]!r}")
         fields: dict[str, str] = {}
@@ -1915,7 +1919,7 @@ class _SessionResponse(_Response):
             self.chunked = True
         elif "content-length" in fields:
             values = {value.strip() for value in fields["content-length"].split(",")}
-            if len(values) != 1 or not _DIGITS_RE.fullmatch(next(iter(values))):
+            if len(values) != 1 or not re.fullmatch(_DIGITS_RE, next(iter(values))):
                 raise _Malformed(f"Content-Length {fields['content-length'][:40]!r}")
             length = int(values.pop())
         else:
@@ -1956,7 +1960,7 @@ class _SessionResponse(_Response):
         session = self.session
         if self.chunk_left == 0 and self.remaining == -2 and session.read_line():
             raise _Malformed("chunk data longer than its size")
-        match = _CHUNK_SIZE_RE.fullmatch(session.read_line())
+        match = re.fullmatch(_CHUNK_SIZE_RE, session.read_line())
         if match is None:
             raise _Malformed("a bad chunk-size line")
         self.chunk_left, self.remaining = int(match.group(1), 16), -2  # -2: data lines end with CRLF
@@ -3038,7 +3042,7 @@ def _format_time(moment: datetime) -> str:
 # RFC 3339 section 5.6, as registry.json's installed_at holds it: ours in UTC with a Z, the
 # Go original's as Go's time.Time marshals it, with up to nine fraction digits and the local
 # offset (2026-11-28T23:30:36.123456789+01:00). datetime.fromisoformat reads neither before 3.11.
-_RFC3339_RE = re.compile(
+_RFC3339_RE = (
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
     r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
@@ -3049,7 +3053,7 @@ _UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def _parse_time(text: str) -> datetime:
     """An RFC 3339 date and time, in UTC (digits past microseconds dropped); ValueError if it is none."""
-    match = _RFC3339_RE.fullmatch(text)
+    match = re.fullmatch(_RFC3339_RE, text)
     if not match:
         raise ValueError(f"{text!r} is not an RFC 3339 date and time")
     year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
@@ -3080,7 +3084,7 @@ def _only_sharing(manifest: _Manifest, bad_positions: Collection[int], missing: 
     return set().union(*(paths for paths in touched if len(paths) > 1)) - known
 
 
-_LEFTOVER_RE = re.compile(r"\.(.+)\.(staging|old)")
+_LEFTOVER_RE = r"\.(.+)\.(staging|old)"
 
 
 class _Store:
@@ -3195,7 +3199,7 @@ class _Store:
         """The InstalledModel a registry.json entry describes."""
         try:
             digest, total, count = entry["manifest_hash"], entry["total_size"], entry["file_count"]
-            if not (isinstance(digest, str) and _HASH_RE.fullmatch(digest)):
+            if not (isinstance(digest, str) and re.fullmatch(_HASH_RE, digest)):
                 raise ValueError(f"manifest_hash {digest!r}")
             if not (_is_size(total, _MAX_TOTAL_SIZE) and _is_size(count, _MAX_FILES)):
                 raise ValueError(f"total_size {total!r} or file_count {count!r}")
@@ -3500,7 +3504,7 @@ class _Store:
                 continue
             for model in _list_directory(os.path.join(self.root, group)):
                 for name in _list_directory(os.path.join(self.root, group, model)):
-                    match = _LEFTOVER_RE.fullmatch(name)
+                    match = re.fullmatch(_LEFTOVER_RE, name)
                     version = match.group(1) if match else name
                     try:
                         ref = ModelRef(group, model, version)
@@ -3870,7 +3874,7 @@ class Manager:
     ) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
-        if not isinstance(config.app_name, str) or not _NAME_RE.fullmatch(config.app_name):
+        if not isinstance(config.app_name, str) or not re.fullmatch(_NAME_RE, config.app_name):
             raise ValueError(f"Config.app_name {config.app_name!r} must be a simple name like 'whisper-tool'")
         if timeout <= 0 or retries < 0 or retry_backoff < 0:
             raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")

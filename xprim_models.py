@@ -55,7 +55,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from functools import cached_property, partial
+from functools import cache, cached_property, partial
 
 # typing.TYPE_CHECKING, without importing typing at run time: it costs a tenth of the
 # start-up of `xprim-models path`. Type checkers take it as True.
@@ -955,10 +955,38 @@ def _no_links(root: str, path: str, why: str = "") -> str:
     return path
 
 
-def _allocated(status: os.stat_result) -> int:
-    """The disk space a file takes (less than its size when sparse; its size where unknown)."""
+def _allocated(path: str, status: os.stat_result) -> int:
+    """The disk space the file at ``path`` (``status``, its lstat) takes: less than its size
+    when sparse or compressed; its size where the system does not say."""
     blocks = getattr(status, "st_blocks", None)
-    return blocks * 512 if blocks is not None else status.st_size
+    if blocks is not None:
+        return int(blocks) * 512
+    if sys.platform != "win32" or not stat.S_ISREG(status.st_mode):
+        return status.st_size
+    # Windows keeps no st_blocks: FILE_STANDARD_INFO's AllocationSize counts what is allocated.
+    import _winapi
+    import ctypes
+
+    info = (ctypes.c_int64 * 3)()  # AllocationSize, EndOfFile, then the link count and flags
+    try:  # FILE_READ_ATTRIBUTES, all sharing allowed, OPEN_EXISTING, a link itself
+        handle = _winapi.CreateFile(path, 0x80, 7, 0, 3, 0x00200000, 0)
+    except OSError:
+        return status.st_size
+    try:
+        known = _get_file_information()(handle, 1, info, ctypes.sizeof(info))  # FileStandardInfo
+    finally:
+        _winapi.CloseHandle(handle)
+    return int(info[0]) if known else status.st_size
+
+
+@cache
+def _get_file_information() -> Any:
+    """kernel32's GetFileInformationByHandleEx, declared on a handle of our own (not ctypes.windll's)."""
+    import ctypes
+
+    query = ctypes.WinDLL("kernel32").GetFileInformationByHandleEx  # type: ignore[attr-defined,unused-ignore]
+    query.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+    return query
 
 
 def _list_directory(path: str) -> list[str]:
@@ -972,19 +1000,20 @@ def _tree_size(path: str, *, allocated: bool = False) -> int:
     """Bytes of the files under ``path`` (links not followed); with ``allocated``, the disk
     space they take (sparse files take less)."""
 
-    def size(status: os.stat_result) -> int:
-        return _allocated(status) if allocated else status.st_size
+    def size(path: str) -> int:
+        status = os.lstat(path)
+        return _allocated(path, status) if allocated else status.st_size
 
     try:
         if not os.path.isdir(path) or os.path.islink(path):
-            return size(os.lstat(path))
+            return size(path)
     except OSError:
         return 0
     total = 0
     for directory, _, names in os.walk(path):
         for name in names:
             try:
-                total += size(os.lstat(os.path.join(directory, name)))
+                total += size(os.path.join(directory, name))
             except OSError:
                 pass
     return total
@@ -3576,10 +3605,11 @@ class _Store:
                 status = os.lstat(path)
             except OSError:
                 continue
-            expired = horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon
-            if expired and _remove_file(path):
-                self.logger.debug("removed cache file %s", path)
-                freed += _allocated(status)
+            if horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon:
+                size = _allocated(path, status)
+                if _remove_file(path):
+                    self.logger.debug("removed cache file %s", path)
+                    freed += size
         return freed
 
     def clean(self) -> None:

@@ -3157,25 +3157,32 @@ class TestConventions:
         assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
 
     @staticmethod
-    def install_wheel(work: Path) -> tuple[Path, Path]:
-        """(the wheel, a venv's python with it installed), built and installed offline."""
-        if importlib.util.find_spec("venv") is None:
-            pytest.skip("this Python has no venv module (the embeddable Windows CPython that CI runs under wine)")
+    def install_wheel(work: Path) -> tuple[Path, Path, Path, dict[str, str]]:
+        """The wheel, built offline, and where it is installed: (the wheel, a python that
+        imports it, its console script, the environment to run them in). Into a venv, or
+        where Python has no venv module (the embeddable Windows CPython that CI runs under
+        wine), with pip's --target into a directory on PYTHONPATH."""
         pytest.importorskip("hatchling", reason="the build backend is installed by the README's test command")
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                         "-q", "-w", str(work / "dist"), str(HERE)], check=True, timeout=120)
         (wheel,) = (work / "dist").glob("xprim_models-*.whl")
+        env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "MYPYPATH")}
+        if importlib.util.find_spec("venv") is None:
+            target = work / "target"
+            subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "-q", "--target", str(target),
+                            str(wheel)], check=True, timeout=120)
+            return wheel, Path(sys.executable), target / "bin" / "xprim-models", {**env, "PYTHONPATH": str(target)}
         venv = work / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
         python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q",
                         str(wheel)], check=True, timeout=120)
-        return wheel, python
+        return wheel, python, python.parent / "xprim-models", env
 
     def test_wheel_installs_offline_with_no_dependencies_and_real_types(self, tmp_path: Path) -> None:
         import zipfile
 
-        wheel, python = self.install_wheel(tmp_path)
+        wheel, python, script, env = self.install_wheel(tmp_path)
         with zipfile.ZipFile(wheel) as archive:
             names = archive.namelist()
             metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
@@ -3185,9 +3192,9 @@ class TestConventions:
             "xprim_models/__init__.py", "xprim_models/__main__.py", "xprim_models/py.typed"]
         assert "Requires-Dist" not in metadata
         assert "Requires-Python: >=3.9" in metadata and "License" in metadata and "Classifier:" in metadata
-        script = python.parent / "xprim-models"
         for command in ([str(script)], [str(python), "-m", "xprim_models"]):
-            result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+            result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                                    env=env)
             assert result.stdout.strip() == f"xprim-models {xm.__version__}", result.stderr
         # mypy --strict on a user's file, against the installed wheel, sees the real types.
         pytest.importorskip("mypy", reason="mypy is installed by .ci/run")
@@ -3213,8 +3220,7 @@ class TestConventions:
         result = subprocess.run(
             [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--no-error-summary",
              "--python-executable", str(python), "user.py"],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path,
-            env={key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "MYPYPATH")},
+            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
         )
         lines = result.stdout.splitlines()
         pull = next(line for line in lines if line.startswith("user.py:6: note: Revealed type is "))
@@ -3409,11 +3415,13 @@ class TestReliability:
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
         self.assert_outside_untouched(outside)
 
-    @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on Windows")
-    def test_planted_pipes_are_neither_read_nor_waited_on(
+    def test_planted_pipes_and_directories_are_neither_read_nor_waited_on(
         self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
         registry_dir: Path, data_dir: Path
     ) -> None:
+        # A named pipe where the OS has them in its file system; on Windows, which has not,
+        # a directory: what can stand there that is not a plain file.
+        pipes = hasattr(os, "mkfifo")
         server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
         with pytest.raises(xm.NetworkError):
             make_manager(retries=0).pull("org/tiny v1", concurrency=1)
@@ -3427,15 +3435,23 @@ class TestReliability:
         (data_dir / "cache" / "chunks").mkdir()  # as earlier versions left it
         for path in planted:
             path.unlink(missing_ok=True)
-            os.mkfifo(path)
+            if pipes:
+                os.mkfifo(path)
+            else:
+                path.mkdir()
         manager = make_manager()
         installed = manager.pull("org/tiny v1")  # a pipe opened to read or write would hang it
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
-        for path in planted[1:3]:  # the caches drop what is not a plain file (a fresh copy may take its place)
-            assert not path.exists() or (path.is_file() and not path.is_fifo()), path
-        assert all(path.is_fifo() for path in planted[3:])  # pulls never look in cache/chunks
-        manager.prune_cache(None)  # which prune deletes without opening anything
-        assert not (data_dir / "cache" / "chunks").exists()
+        if pipes:
+            for path in planted[1:3]:  # the caches drop what is not a plain file (a fresh copy may take its place)
+                assert not path.exists() or (path.is_file() and not path.is_fifo()), path
+            assert all(path.is_fifo() for path in planted[3:])  # pulls never look in cache/chunks
+            manager.prune_cache(None)  # which prune deletes without opening anything
+            assert not (data_dir / "cache" / "chunks").exists()
+        else:  # nothing was written into a directory, and the caches left them as they were
+            assert all(path.is_dir() and not any(path.iterdir()) for path in planted[1:]), planted
+            manager.prune_cache(None)  # which deletes files only
+            assert sorted(os.listdir(data_dir / "cache" / "chunks")) == sorted(path.name for path in planted[3:])
 
     def test_repair_refuses_a_linked_version_directory_as_pull_does(
         self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, outside: Path
@@ -3704,11 +3720,39 @@ class TestVerify:
         assert json.loads(cli_run(server, data_dir, "--json", "verify").stdout)["results"][0]["damaged"] == []
 
 
+def windows_file_call(path: Path, mode: str, function: str, *args: Any) -> None:
+    """Call the kernel32 ``function`` (GetFileInformationByHandleEx, DeviceIoControl) on a
+    handle of the file ``path`` opened with ``mode``, followed by ``args``; fail on failure."""
+    import ctypes
+    import msvcrt
+
+    call = getattr(ctypes.WinDLL("kernel32", use_last_error=True), function)  # type: ignore[attr-defined,unused-ignore]
+    with open(path, mode) as handle:
+        if not call(ctypes.c_void_p(msvcrt.get_osfhandle(handle.fileno())), *args):  # type: ignore[attr-defined,unused-ignore]
+            raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined,unused-ignore]
+
+
 def disk_usage(path: Path) -> int:
-    """The disk space a file takes: allocated blocks where the system says, else its size."""
-    status = path.lstat()
-    blocks = getattr(status, "st_blocks", None)
-    return blocks * 512 if blocks is not None else status.st_size
+    """The disk space a file takes: its allocated blocks; on Windows, which keeps no
+    st_blocks, the AllocationSize of its FILE_STANDARD_INFO."""
+    if not WINDOWS:
+        return path.lstat().st_blocks * 512
+    import ctypes
+
+    info = (ctypes.c_int64 * 3)()  # AllocationSize, EndOfFile, then the link count and flags
+    windows_file_call(path, "rb", "GetFileInformationByHandleEx", 1, info, ctypes.c_uint32(ctypes.sizeof(info)))
+    return info[0]
+
+
+def make_sparse(path: Path) -> None:
+    """Let the file ``path`` keep holes: Windows fills what a file is extended by, unless
+    it is marked sparse (FSCTL_SET_SPARSE); POSIX file systems keep holes unasked."""
+    if WINDOWS:
+        import ctypes
+
+        returned = ctypes.c_uint32()
+        windows_file_call(path, "r+b", "DeviceIoControl", ctypes.c_uint32(0x900C4), None, ctypes.c_uint32(0), None,
+                          ctypes.c_uint32(0), ctypes.byref(returned), None)
 
 
 class TestPrune:
@@ -3790,13 +3834,16 @@ class TestPrune:
     def test_prune_reports_the_disk_space_of_sparse_files(self, manager: xm.Manager, data_dir: Path) -> None:
         staging = data_dir / "org" / "tiny" / ".v1.staging"
         staging.mkdir(parents=True)
-        with open(staging / "weights.bin", "wb") as file:  # 64 MiB long, one 64 KiB block written
+        weights = staging / "weights.bin"
+        weights.touch()
+        make_sparse(weights)
+        with open(weights, "r+b") as file:  # 64 MiB long, one 64 KiB block written
             file.truncate(64 << 20)
             file.write(b"x" * (64 << 10))
-        if not sparse_files_work(staging):
+        expected = disk_usage(weights)
+        if expected >= 8 << 20:
             pytest.skip("this file system does not keep files sparse")
-        expected = disk_usage(staging / "weights.bin")
-        assert 64 << 10 <= expected < 8 << 20
+        assert expected >= 64 << 10
         assert manager.prune_cache() == expected  # not the apparent 64 MiB
         assert not staging.exists()
 
@@ -4714,15 +4761,14 @@ class TestPerformance:
 
 
 def sparse_files_work(directory: Path) -> bool:
-    """Whether a file extended with truncate takes (almost) no disk space here."""
+    """Whether a file extended with truncate, as staging files are, takes (almost) no disk space here."""
     probe = directory / "sparse-probe"
     with open(probe, "wb") as handle:
         handle.truncate(64 << 20)
     try:
-        blocks = getattr(os.stat(probe), "st_blocks", None)
+        return disk_usage(probe) < 1 << 20
     finally:
         probe.unlink()
-    return blocks is not None and blocks * 512 < (1 << 20)
 
 
 def publish_chunks(registry_dir: Path, group: str, model: str, version: str, chunks: list[bytes],
@@ -4777,7 +4823,7 @@ class TestScale:
         assert (root / "after.txt").read_bytes() == tail[3000:]  # starts past 4 GiB in the stream
         zero_chunk = f"data/{hashlib.sha256(zero).hexdigest()}"
         assert server.requests[zero_chunk] == 0  # known by its hash: the holes of the new files read as it
-        assert big.stat().st_blocks * 512 < 64 * mib  # the zeros were never written: holes
+        assert disk_usage(big) < 64 * mib  # the zeros were never written: holes
         record = json.loads((data_dir / "registry.json").read_text())["org"]["huge"]["v1"]
         assert (record["total_size"], record["file_count"]) == (total, 3)
         assert manager.list_installed()[0].total_size == total

@@ -55,7 +55,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from functools import cached_property, partial
+from functools import cache, cached_property, partial
 
 # typing.TYPE_CHECKING, without importing typing at run time: it costs a tenth of the
 # start-up of `xprim-models path`. Type checkers take it as True.
@@ -106,18 +106,21 @@ __all__ = [
 # --- Constants ----------------------------------------------------------------
 # The wire format (DESIGN.md §1) and the limits that keep a hostile registry
 # from exhausting memory or disk. Every number a reader may wonder about is here.
+# Regular expressions (the *_RE names) are plain strings: the re module compiles each one
+# the first time it is used and caches it, so a command compiles only the ones it needs
+# (start-up time: docs/performance.md).
 
-_HASH_RE = re.compile(r"[0-9a-f]{64}")
-_DIGITS_RE = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts '²'
+_HASH_RE = r"[0-9a-f]{64}"
+_DIGITS_RE = r"[0-9]{1,18}"  # ASCII only: str.isdigit() accepts '²'
 
 # Group, model and version names become directory names on every platform.
-_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,126}[A-Za-z0-9_+-])?")
+_NAME_RE = r"[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,126}[A-Za-z0-9_+-])?"
 _WINDOWS_RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
     + [f"{prefix}{digit}" for prefix in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"]
 )
 # Characters Windows refuses in file names, plus the ones DESIGN.md §1 names.
-_FORBIDDEN_PATH_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\]')
+_FORBIDDEN_PATH_CHARS = r'[\x00-\x1f<>:"|?*\\]'
 # Top-level names the storage layout uses itself (README: Storage layout), and the Go original's lock
 # file, which shares the directory (its chunk cache .chunks cannot be a group name).
 _RESERVED_GROUPS = frozenset(["cache", "registry.json", "registry.json.lock"])
@@ -149,6 +152,7 @@ _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
 _BACKOFF_CAP = 10.0
 _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
 _ATTEMPT_KEY = "xprim_models_attempt"  # logging ``extra`` of each request: (url, attempt, attempts)
+_OPEN_FILES_PER_THREAD = 16  # files a pull's writing thread keeps open
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
 # Windows refuses to replace or delete a file while another process has it open: how
 # long a replace (or a read racing one) keeps trying before it gives up.
@@ -325,7 +329,7 @@ class Config:
 
 def _name_problem(kind: str, name: Any) -> str:
     """Why ``name`` cannot be a group, model or version name (it becomes a directory), or ""."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not re.fullmatch(_NAME_RE, name):
         return (f"{kind} {name!r:.80} must be 1-128 letters, digits, '.', '_', '+' or '-', "
                 "starting with a letter or digit")
     if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
@@ -602,7 +606,7 @@ def _path_problem(path: Any, metadata_dir: str) -> str:
         return "is not valid Unicode (it contains a lone surrogate)"
     if path.startswith("/"):
         return "is absolute"
-    bad = _FORBIDDEN_PATH_CHARS.search(path)
+    bad = re.search(_FORBIDDEN_PATH_CHARS, path)
     if bad:
         return f"contains the character {bad.group()!r}"
     segments = path.split("/")
@@ -951,10 +955,38 @@ def _no_links(root: str, path: str, why: str = "") -> str:
     return path
 
 
-def _allocated(status: os.stat_result) -> int:
-    """The disk space a file takes (less than its size when sparse; its size where unknown)."""
+def _allocated(path: str, status: os.stat_result) -> int:
+    """The disk space the file at ``path`` (``status``, its lstat) takes: less than its size
+    when sparse or compressed; its size where the system does not say."""
     blocks = getattr(status, "st_blocks", None)
-    return blocks * 512 if blocks is not None else status.st_size
+    if blocks is not None:
+        return int(blocks) * 512
+    if sys.platform != "win32" or not stat.S_ISREG(status.st_mode):
+        return status.st_size
+    # Windows keeps no st_blocks: FILE_STANDARD_INFO's AllocationSize counts what is allocated.
+    import _winapi
+    import ctypes
+
+    info = (ctypes.c_int64 * 3)()  # AllocationSize, EndOfFile, then the link count and flags
+    try:  # FILE_READ_ATTRIBUTES, all sharing allowed, OPEN_EXISTING, a link itself
+        handle = _winapi.CreateFile(path, 0x80, 7, 0, 3, 0x00200000, 0)
+    except OSError:
+        return status.st_size
+    try:
+        known = _get_file_information()(handle, 1, info, ctypes.sizeof(info))  # FileStandardInfo
+    finally:
+        _winapi.CloseHandle(handle)
+    return int(info[0]) if known else status.st_size
+
+
+@cache
+def _get_file_information() -> Any:
+    """kernel32's GetFileInformationByHandleEx, declared on a handle of our own (not ctypes.windll's)."""
+    import ctypes
+
+    query = ctypes.WinDLL("kernel32").GetFileInformationByHandleEx  # type: ignore[attr-defined,unused-ignore]
+    query.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+    return query
 
 
 def _list_directory(path: str) -> list[str]:
@@ -968,26 +1000,27 @@ def _tree_size(path: str, *, allocated: bool = False) -> int:
     """Bytes of the files under ``path`` (links not followed); with ``allocated``, the disk
     space they take (sparse files take less)."""
 
-    def size(status: os.stat_result) -> int:
-        return _allocated(status) if allocated else status.st_size
+    def size(path: str) -> int:
+        status = os.lstat(path)
+        return _allocated(path, status) if allocated else status.st_size
 
     try:
         if not os.path.isdir(path) or os.path.islink(path):
-            return size(os.lstat(path))
+            return size(path)
     except OSError:
         return 0
     total = 0
     for directory, _, names in os.walk(path):
         for name in names:
             try:
-                total += size(os.lstat(os.path.join(directory, name)))
+                total += size(os.path.join(directory, name))
             except OSError:
                 pass
     return total
 
 
 # Temporary names carry the writer's process id: <name>.<pid>.<thread>.tmp or .part
-_TEMPORARY_RE = re.compile(r".+\.(\d+)\.\d+\.(?:tmp|part)")
+_TEMPORARY_RE = r".+\.(\d+)\.\d+\.(?:tmp|part)"
 
 
 def _remove_abandoned(directory: str) -> None:
@@ -997,7 +1030,7 @@ def _remove_abandoned(directory: str) -> None:
     except OSError:
         return
     for name in names:
-        match = _TEMPORARY_RE.fullmatch(name)
+        match = re.fullmatch(_TEMPORARY_RE, name)
         if not match or int(match.group(1)) == os.getpid():
             continue
         path = os.path.join(directory, name)
@@ -1273,8 +1306,9 @@ def _parse_manifest(digest: str, raw: bytes, metadata_dir: str, *, source: str =
         raise fail(f"chunks is not a list of at most {_MAX_CHUNKS} hashes")
     if not isinstance(files, list) or len(files) > _MAX_FILES:
         raise fail(f"files is not a list of at most {_MAX_FILES} entries")
+    is_hash = re.compile(_HASH_RE).fullmatch
     for chunk in chunks:
-        if not isinstance(chunk, str) or not _HASH_RE.fullmatch(chunk):
+        if not isinstance(chunk, str) or not is_hash(chunk):
             raise fail(f"chunk hash {chunk!r} is not 64 lowercase hex characters")
     expected_chunks = -(-total // chunk_size) if chunk_size else 0
     if (total > 0 and chunk_size == 0) or len(chunks) != expected_chunks:
@@ -1324,8 +1358,8 @@ def _segments(manifest: _Manifest, start: int, length: int) -> Iterator[tuple[in
 
 
 _INDEX_SEPARATORS = (b",", b":", b"[", b"{")  # each value after the first follows one of these
-_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")  # a lone surrogate: valid JSON escapes, not text
+_JSON_STRING_RE = rb'(?s)"[^"\\]*(?:\\.[^"\\]*)*"'
+_SURROGATE_RE = "[\ud800-\udfff]"  # a lone surrogate: valid JSON escapes, not text
 
 
 def _count_index_values(raw: bytes) -> int:
@@ -1338,7 +1372,7 @@ def _count_index_values(raw: bytes) -> int:
     count = 1 + sum(raw.count(separator) for separator in _INDEX_SEPARATORS)
     if count <= _MAX_INDEX_VALUES:
         return count
-    for strings, match in enumerate(_JSON_STRING_RE.finditer(raw), 1):
+    for strings, match in enumerate(re.finditer(_JSON_STRING_RE, raw), 1):
         if strings > _MAX_INDEX_VALUES:  # every string is a value or a key
             return strings
         start, end = match.span()
@@ -1352,7 +1386,7 @@ def _count_containers(raw: bytes) -> int:
     count = raw.count(b"[") + raw.count(b"{")
     if count <= _MAX_FILES + 3:
         return count
-    for match in _JSON_STRING_RE.finditer(raw):
+    for match in re.finditer(_JSON_STRING_RE, raw):
         start, end = match.span()
         count -= raw.count(b"[", start, end) + raw.count(b"{", start, end)
     return count
@@ -1372,7 +1406,7 @@ def _metadata_problem(metadata: Any) -> str:
         value, depth = pending.pop()
         if isinstance(value, _OutOfRange):
             return f"its metadata holds the number {value.text[:40]}, beyond the range of a 64-bit float"
-        if isinstance(value, str) and _SURROGATE_RE.search(value):
+        if isinstance(value, str) and re.search(_SURROGATE_RE, value):
             return f"its metadata holds the string {value[:40]!r} with an unpaired surrogate, which is not text"
         if isinstance(value, (dict, list)):
             if depth > _MAX_METADATA_DEPTH:
@@ -1521,7 +1555,7 @@ def _entry_problem(entry: Any) -> str:
         return "the entry is not an object"
     if ("hash" in entry) == ("alias" in entry):
         return "the entry must have exactly one of 'hash' and 'alias'"
-    if "hash" in entry and not (isinstance(entry["hash"], str) and _HASH_RE.fullmatch(entry["hash"])):
+    if "hash" in entry and not (isinstance(entry["hash"], str) and re.fullmatch(_HASH_RE, entry["hash"])):
         return f"its hash {entry['hash']!r:.80} is not 64 lowercase hex characters"
     if "alias" in entry:
         problem = _name_problem("alias", entry["alias"])
@@ -1561,7 +1595,8 @@ class _Cancelled(Exception):
 
 
 class _Sink:
-    """Where a body goes. ``kept`` bytes survive a failed attempt (resume)."""
+    """Where a body goes. The transfer loop receives straight into ``space()`` and then
+    reports with ``took()``. ``kept`` bytes survive a failed attempt (resume)."""
 
     kept = 0
     resumable = False
@@ -1569,29 +1604,39 @@ class _Sink:
     def reset(self) -> None:
         raise NotImplementedError
 
-    def write(self, data: memoryview) -> None:
+    def space(self, limit: int) -> memoryview:
+        """Room for at least one and at most ``limit`` more bytes."""
+        raise NotImplementedError
+
+    def took(self, count: int) -> None:
+        """``count`` bytes arrived at the start of the last ``space()``."""
         raise NotImplementedError
 
 
 class _MemorySink(_Sink):
     def __init__(self) -> None:
         self.data = bytearray()
+        self.scratch = memoryview(bytearray(_BUFFER_SIZE))
 
     def reset(self) -> None:
         self.data.clear()
         self.kept = 0
 
-    def write(self, data: memoryview) -> None:
-        self.data += data
-        self.kept += len(data)
+    def space(self, limit: int) -> memoryview:
+        return self.scratch[:limit]
+
+    def took(self, count: int) -> None:
+        self.data += self.scratch[:count]
+        self.kept += count
 
 
 class _ChunkSink(_Sink):
     """Streams one chunk into its first position in the files, hashing it on the way.
 
-    Bytes gather in ``buffer`` and are written when it is full or the chunk ends
-    (``flush``), so a small chunk costs one write however the network splits it.
-    Bytes that fail the hash stay until the next attempt overwrites them.
+    Bytes arrive in ``buffer`` and are hashed and written when it is full or the
+    chunk ends (``flush``), so a buffer's worth costs one hash update and one write
+    however the network splits it. Bytes that fail the hash stay until the next
+    attempt overwrites them.
     """
 
     resumable = True
@@ -1607,17 +1652,23 @@ class _ChunkSink(_Sink):
         self.hasher = _sha256()
         self.kept = self.pending = 0
 
-    def write(self, data: memoryview) -> None:
-        self.hasher.update(data)
-        if self.pending + len(data) > len(self.buffer):
+    def space(self, limit: int) -> memoryview:
+        if self.pending == len(self.buffer):
             self.flush()
-        if len(data) >= len(self.buffer):
-            self.place(self.position, data, self.kept)
-        else:
-            self.buffer[self.pending : self.pending + len(data)] = data
-            self.pending += len(data)
-        self.kept += len(data)
-        self.on_bytes(self.kept, len(data))
+        return self.buffer[self.pending : self.pending + limit]
+
+    def took(self, count: int) -> None:
+        self.pending += count
+        self.kept += count
+        self.on_bytes(self.kept, count)
+
+    def write(self, data: memoryview) -> None:
+        """Take bytes that are already in memory (a seed's)."""
+        while data:
+            room = self.space(len(data))
+            room[:] = data[: len(room)]
+            self.took(len(room))
+            data = data[len(room) :]
 
     def found(self, data: memoryview) -> None:
         """Count bytes that are already in their place (a resumed pull's), without writing them."""
@@ -1625,8 +1676,11 @@ class _ChunkSink(_Sink):
         self.kept += len(data)
 
     def flush(self) -> None:
+        """Hash and write what the buffer holds; ``hasher`` then covers every byte taken."""
         if self.pending:
-            self.place(self.position, self.buffer[: self.pending], self.kept - self.pending)
+            data = self.buffer[: self.pending]
+            self.hasher.update(data)
+            self.place(self.position, data, self.kept - self.pending)
             self.pending = 0
 
 
@@ -1634,7 +1688,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if _DIGITS_RE.fullmatch(value):
+    if re.fullmatch(_DIGITS_RE, value):
         return float(value)
     from email.utils import parsedate_to_datetime
 
@@ -1650,7 +1704,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
 def _content_length(value: str | None) -> int | None:
     """A Content-Length header's value, or None when absent or not plain digits."""
     value = (value or "").strip()
-    return int(value) if _DIGITS_RE.fullmatch(value) else None
+    return int(value) if re.fullmatch(_DIGITS_RE, value) else None
 
 
 class _Response:
@@ -1680,11 +1734,11 @@ class _Malformed(_Transient):
         super().__init__(f"malformed response: {problem}", restart=True)
 
 
-_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no control characters but tab
-_STATUS_RE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-_FIELDS_RE = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r?\n)*")
-_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
+_HEADER_NAME_RE = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_FIELD_VALUE_RE = r"[^\x00-\x08\x0a-\x1f\x7f]*"  # no control characters but tab
+_STATUS_RE = r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?"
+_FIELDS_RE = r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r?\n)*"
+_CHUNK_SIZE_RE = rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?"
 _HOP_HEADERS = frozenset([  # the transport's own: a caller may not set them
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
     "expect", "range", "proxy-authorization", "proxy-connection",
@@ -1696,11 +1750,11 @@ def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The caller's extra request headers, checked; a ValueError never quotes a value (it may be a secret)."""
     checked: dict[str, str] = {}
     for name, value in headers.items():
-        if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
+        if not isinstance(name, str) or not re.fullmatch(_HEADER_NAME_RE, name):
             raise ValueError(f"header name {name!r} is not a valid HTTP field name")
         if name.lower() in _HOP_HEADERS:
             raise ValueError(f"header {name} is set by xprim-models itself and cannot be given")
-        if not isinstance(value, str) or not (value.isascii() and _FIELD_VALUE_RE.fullmatch(value)):
+        if not isinstance(value, str) or not (value.isascii() and re.fullmatch(_FIELD_VALUE_RE, value)):
             raise ValueError(f"the value of header {name} must be ASCII text without control characters")
         checked[name] = value.strip(" \t")
     return checked
@@ -1854,11 +1908,11 @@ class _Session:
         # visible characters, spaces, tabs and obs-text), ruling out folded lines, space before
         # the colon, control characters and a CR anywhere but before its LF.
         status_line, _, lines = text.partition("\n")
-        match = _STATUS_RE.fullmatch(status_line[:-1] if status_line.endswith("\r") else status_line)
+        match = re.fullmatch(_STATUS_RE, status_line[:-1] if status_line.endswith("\r") else status_line)
         if match is None:
             raise _Malformed(f"status line {status_line[:80]!r}")
-        if not _FIELDS_RE.fullmatch(lines):
-            bad = next((line for line in lines.split("\n") if not _FIELDS_RE.fullmatch(line + "\n")), "")
+        if not re.fullmatch(_FIELDS_RE, lines):
+            bad = next((line for line in lines.split("\n") if not re.fullmatch(_FIELDS_RE, line + "\n")), "")
             what = "folded header line" if bad[:1] in (" ", "\t") else "header line"
             raise _Malformed(f"{what} {bad.rstrip()[:80]!r}")
         fields: dict[str, str] = {}
@@ -1897,7 +1951,7 @@ class _SessionResponse(_Response):
             self.chunked = True
         elif "content-length" in fields:
             values = {value.strip() for value in fields["content-length"].split(",")}
-            if len(values) != 1 or not _DIGITS_RE.fullmatch(next(iter(values))):
+            if len(values) != 1 or not re.fullmatch(_DIGITS_RE, next(iter(values))):
                 raise _Malformed(f"Content-Length {fields['content-length'][:40]!r}")
             length = int(values.pop())
         else:
@@ -1938,7 +1992,7 @@ class _SessionResponse(_Response):
         session = self.session
         if self.chunk_left == 0 and self.remaining == -2 and session.read_line():
             raise _Malformed("chunk data longer than its size")
-        match = _CHUNK_SIZE_RE.fullmatch(session.read_line())
+        match = re.fullmatch(_CHUNK_SIZE_RE, session.read_line())
         if match is None:
             raise _Malformed("a bad chunk-size line")
         self.chunk_left, self.remaining = int(match.group(1), 16), -2  # -2: data lines end with CRLF
@@ -2473,12 +2527,11 @@ class _RegistryClient:
         cancel: threading.Event | None,
         read_size: int,
     ) -> None:
-        buffer = memoryview(bytearray(min(read_size, max(remaining, 1))))
         while remaining > 0:
             if cancel is not None and cancel.is_set():
                 raise _Cancelled()
             try:
-                count = response.readinto(buffer[: min(len(buffer), remaining)])
+                count = response.readinto(sink.space(min(read_size, remaining)))
             except Exception as exc:
                 import http.client  # a caller's opener may raise its errors
 
@@ -2487,7 +2540,7 @@ class _RegistryClient:
                 raise _Transient(f"connection broken: {exc or type(exc).__name__}") from exc
             if not count:
                 return
-            sink.write(buffer[:count])
+            sink.took(count)
             remaining -= count
 
     def fetch_document(self, relative: str, what: str, limit: int, *, session: _Session | None = None,
@@ -2558,6 +2611,16 @@ class _Task:
     def __init__(self, digest: str, size: int) -> None:
         self.digest, self.size = digest, size
         self.positions: list[int] = []
+
+
+class _Flow:
+    """One worker's bytes: from the network in all, and of its current chunk in hand.
+    Only that worker writes them; the progress reader adds them up."""
+
+    __slots__ = ("downloaded", "kept")
+
+    def __init__(self) -> None:
+        self.downloaded = self.kept = 0
 
 
 class _Seed:
@@ -2644,10 +2707,10 @@ class _PullJob:
         self.tasks = list(tasks.values())
         self.next_task = 0
         self.tasks_done = 0
-        self.reported: dict[int, int] = {}  # task -> bytes already counted as completed
         self.chunks_completed = 0
-        self.bytes_completed = 0
-        self.bytes_downloaded = 0
+        self.bytes_done = 0  # of the chunks completed
+        # Each worker counts its network bytes in its own _Flow, without a lock; progress adds them up.
+        self.flows: list[_Flow] = []
         self.current_file = ""
         self.dirty = True
         self.writing = 0  # workers writing into the files right now
@@ -2664,20 +2727,16 @@ class _PullJob:
             self.chunk_count,
             self.chunks_completed,
             self.total_size,
-            self.bytes_completed,
-            self.bytes_downloaded,
+            self.bytes_done + sum(flow.kept for flow in self.flows),
+            sum(flow.downloaded for flow in self.flows),
             self.current_file,
         )
 
-    def _on_network(self, index: int, kept: int, count: int) -> None:
-        """``count`` more bytes of task ``index`` came from the network; ``kept`` are in hand."""
-        with self.condition:
-            self.bytes_downloaded += count
-            grown = kept - self.reported.get(index, 0)
-            if grown > 0:  # a restarted transfer does not move progress back
-                self.reported[index] = kept
-                self.bytes_completed += grown
-                self.dirty = True
+    def _on_network(self, flow: _Flow, kept: int, count: int) -> None:
+        """``count`` more bytes of the worker's chunk came from the network; ``kept`` are in hand."""
+        flow.downloaded += count
+        flow.kept = max(flow.kept, kept)  # a restarted transfer does not move progress back
+        self.dirty = True
         if self.limiter is not None:
             self.limiter.take(count, self.cancel)
 
@@ -2698,6 +2757,9 @@ class _PullJob:
     def _worker(self) -> None:
         session = _Session()
         buffer = bytearray(_BUFFER_SIZE)
+        flow = _Flow()
+        with self.condition:
+            self.flows.append(flow)
         try:
             while True:
                 with self.condition:
@@ -2707,15 +2769,15 @@ class _PullJob:
                     self.next_task += 1
                 task = self.tasks[index]
                 if task.digest not in self.writer.present:
-                    self._obtain(index, task, buffer, session)
+                    self._obtain(task, buffer, session, flow)
                     for position in task.positions[1:]:
                         self._write_files(self.writer.copy, task.positions[0], position)
                 with self.condition:
                     self.tasks_done += 1
                     self.current_file = self.writer.file_of(task.positions[0])
                     self.chunks_completed += len(task.positions)
-                    self.bytes_completed += task.size * len(task.positions) - self.reported.get(index, 0)
-                    self.reported[index] = task.size * len(task.positions)
+                    self.bytes_done += task.size * len(task.positions)
+                    flow.kept = 0
                     self.dirty = True
                     if self.tasks_done == len(self.tasks):  # progress itself is polled, not pushed
                         self.condition.notify_all()
@@ -2728,7 +2790,7 @@ class _PullJob:
         finally:
             session.close()
 
-    def _obtain(self, index: int, task: _Task, buffer: bytearray, session: _Session) -> None:
+    def _obtain(self, task: _Task, buffer: bytearray, session: _Session, flow: _Flow) -> None:
         """Put the verified chunk at its first position: the bytes already there (a resumed
         pull's) or a seed's, if they still hash right, else the network's."""
         sink = _ChunkSink(partial(self._write_files, self.writer.place), task.positions[0], buffer)
@@ -2738,7 +2800,7 @@ class _PullJob:
                 self.logger.debug("chunk %s: verified from %s", task.digest[:12], seed.directory)
                 return
         sink.reset()
-        self._download(index, task, sink, session)
+        self._download(task, sink, session, flow)
 
     def _write_files(self, write: Callable[..., None], *args: Any) -> None:
         """``write(*args)`` into the files, unless the job is over: a worker that was still
@@ -2755,9 +2817,9 @@ class _PullJob:
                 if not self.writing and self.cancel.is_set():  # run() may be waiting for this
                     self.condition.notify_all()
 
-    def _download(self, index: int, task: _Task, sink: _ChunkSink, session: _Session) -> None:
+    def _download(self, task: _Task, sink: _ChunkSink, session: _Session, flow: _Flow) -> None:
         what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
-        sink.on_bytes = partial(self._on_network, index)  # every byte written here came from the network
+        sink.on_bytes = partial(self._on_network, flow)  # every byte written here came from the network
 
         def check() -> str:  # a mismatch is one failed attempt of the fetch's retry policy
             sink.flush()  # the last buffered bytes go to their place; a failed attempt's are overwritten
@@ -2788,10 +2850,8 @@ class _PullJob:
                     os.close(fd)
         except OSError:
             return False  # unreadable, shorter, or a link where a file should be: not a seed after all
-        if sink.hasher.hexdigest() != manifest.chunks[seed.position]:
-            return False
-        sink.flush()
-        return True
+        sink.flush()  # bytes that fail the hash are overwritten by the download that follows
+        return sink.hasher.hexdigest() == manifest.chunks[seed.position]
 
     # The calling thread ------------------------------------------------------
 
@@ -2826,14 +2886,24 @@ class _PullJob:
                     if self.error is None and self.tasks_done < len(self.tasks):
                         self.condition.wait(_PROGRESS_INTERVAL)
             self.emit(snapshot)
+            self._stop_writing()
+            self.writer.close()  # NFS may report a failed write only now
             finish()
         finally:
-            with self.condition:
-                self.cancel.set()
-                self.condition.notify_all()
-                while self.writing:  # writes already under way end first (in steps: Ctrl-C on Windows)
-                    self.condition.wait(0.1)
+            self._stop_writing()
+            try:
+                self.writer.close()
+            except StorageError:
+                pass  # the pull has failed already; that error is the one to report
         self._emit_now()
+
+    def _stop_writing(self) -> None:
+        """Let no write start, and wait for those under way (in steps: Ctrl-C on Windows)."""
+        with self.condition:
+            self.cancel.set()
+            self.condition.notify_all()
+            while self.writing:
+                self.condition.wait(0.1)
 
 
 class _ChunkFiles:
@@ -2849,6 +2919,46 @@ class _ChunkFiles:
         self.manifest, self.paths = manifest, paths
         self.positions = positions
         self.present: Collection[str] = ()  # chunks the files already hold at all their places
+        # Each writing thread keeps its last few files open ({file index: descriptor}), so a
+        # chunk costs one write, not an open, a check and a close too. close() ends them all.
+        self.local = threading.local()
+        self.open_sets: list[dict[int, int]] = []
+        self.lock = threading.Lock()
+
+    def _descriptor(self, index: int) -> int:
+        """This thread's descriptor for writing file ``index``."""
+        descriptors: dict[int, int] | None = getattr(self.local, "descriptors", None)
+        if descriptors is None:
+            descriptors = self.local.descriptors = {}
+            with self.lock:
+                self.open_sets.append(descriptors)
+        fd = descriptors.get(index)
+        if fd is None:
+            if len(descriptors) >= _OPEN_FILES_PER_THREAD:  # a chunk spanning many small files
+                oldest = next(iter(descriptors))
+                self._close(oldest, descriptors.pop(oldest))
+            fd = descriptors[index] = _open_regular(self.paths[index], os.O_WRONLY)
+        return fd
+
+    def _close(self, index: int, fd: int) -> None:
+        try:
+            os.close(fd)  # NFS reports a failed write here
+        except OSError as exc:
+            raise _storage_error("write", self.paths[index], exc) from exc
+
+    def close(self) -> None:
+        """Close the files every thread kept open; call it when no write is under way."""
+        with self.lock:
+            problem: StorageError | None = None
+            for descriptors in self.open_sets:
+                for index, fd in descriptors.items():
+                    try:
+                        self._close(index, fd)
+                    except StorageError as exc:
+                        problem = problem or exc
+                descriptors.clear()
+        if problem is not None:
+            raise problem
 
     def _start(self, number: int) -> tuple[int, int]:
         """Where chunk ``number`` begins in the byte stream, and its length."""
@@ -2868,14 +2978,7 @@ class _ChunkFiles:
             path = self.paths[index]
             begin = manifest.starts[index] + offset - first
             try:
-                # Opened for each write: a chunk may span thousands of small files, and no
-                # descriptor outlives the write (a worker left waiting after a failed pull
-                # holds none, so Windows can still delete or rename the staging directory).
-                target = _open_regular(path, os.O_WRONLY)
-                try:
-                    _pwrite_all(target, data[begin : begin + length], offset)
-                finally:
-                    os.close(target)
+                _pwrite_all(self._descriptor(index), data[begin : begin + length], offset)
             except OSError as exc:
                 raise _storage_error("write", path, exc) from exc
 
@@ -3020,7 +3123,7 @@ def _format_time(moment: datetime) -> str:
 # RFC 3339 section 5.6, as registry.json's installed_at holds it: ours in UTC with a Z, the
 # Go original's as Go's time.Time marshals it, with up to nine fraction digits and the local
 # offset (2026-11-28T23:30:36.123456789+01:00). datetime.fromisoformat reads neither before 3.11.
-_RFC3339_RE = re.compile(
+_RFC3339_RE = (
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
     r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
@@ -3031,7 +3134,7 @@ _UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def _parse_time(text: str) -> datetime:
     """An RFC 3339 date and time, in UTC (digits past microseconds dropped); ValueError if it is none."""
-    match = _RFC3339_RE.fullmatch(text)
+    match = re.fullmatch(_RFC3339_RE, text)
     if not match:
         raise ValueError(f"{text!r} is not an RFC 3339 date and time")
     year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
@@ -3062,7 +3165,7 @@ def _only_sharing(manifest: _Manifest, bad_positions: Collection[int], missing: 
     return set().union(*(paths for paths in touched if len(paths) > 1)) - known
 
 
-_LEFTOVER_RE = re.compile(r"\.(.+)\.(staging|old)")
+_LEFTOVER_RE = r"\.(.+)\.(staging|old)"
 
 
 class _Store:
@@ -3177,7 +3280,7 @@ class _Store:
         """The InstalledModel a registry.json entry describes."""
         try:
             digest, total, count = entry["manifest_hash"], entry["total_size"], entry["file_count"]
-            if not (isinstance(digest, str) and _HASH_RE.fullmatch(digest)):
+            if not (isinstance(digest, str) and re.fullmatch(_HASH_RE, digest)):
                 raise ValueError(f"manifest_hash {digest!r}")
             if not (_is_size(total, _MAX_TOTAL_SIZE) and _is_size(count, _MAX_FILES)):
                 raise ValueError(f"total_size {total!r} or file_count {count!r}")
@@ -3482,7 +3585,7 @@ class _Store:
                 continue
             for model in _list_directory(os.path.join(self.root, group)):
                 for name in _list_directory(os.path.join(self.root, group, model)):
-                    match = _LEFTOVER_RE.fullmatch(name)
+                    match = re.fullmatch(_LEFTOVER_RE, name)
                     version = match.group(1) if match else name
                     try:
                         ref = ModelRef(group, model, version)
@@ -3513,10 +3616,11 @@ class _Store:
                 status = os.lstat(path)
             except OSError:
                 continue
-            expired = horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon
-            if expired and _remove_file(path):
-                self.logger.debug("removed cache file %s", path)
-                freed += _allocated(status)
+            if horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon:
+                size = _allocated(path, status)
+                if _remove_file(path):
+                    self.logger.debug("removed cache file %s", path)
+                    freed += size
         return freed
 
     def clean(self) -> None:
@@ -3851,7 +3955,7 @@ class Manager:
     ) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
-        if not isinstance(config.app_name, str) or not _NAME_RE.fullmatch(config.app_name):
+        if not isinstance(config.app_name, str) or not re.fullmatch(_NAME_RE, config.app_name):
             raise ValueError(f"Config.app_name {config.app_name!r} must be a simple name like 'whisper-tool'")
         if timeout <= 0 or retries < 0 or retry_backoff < 0:
             raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")

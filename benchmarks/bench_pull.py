@@ -11,6 +11,7 @@ table of wall time, throughput, peak RSS and TCP connections per tool.
     python3 benchmarks/bench_pull.py --out /var/tmp           # output on disk
     python3 benchmarks/bench_pull.py --size 256M --chunk-size 64K --repeat 3
     python3 benchmarks/bench_pull.py --peers ours,aria2c --concurrency 8 --json results.json
+    python3 benchmarks/bench_pull.py --peers ours,squid     # direct against through a warm squid
 
 What is measured, per run:
 
@@ -62,7 +63,7 @@ from typing import Any, Protocol
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT = os.path.join(ROOT, "xprim_models.py")
 GROUP, MODEL, VERSION = "bench", "random", "v1"
-PEERS = ("ours", "aria2c", "curl")
+PEERS = ("ours", "aria2c", "curl", "squid")
 SMALL_FILES = (("config.json", 1_229), ("tokenizer.bin", 3_000_017))  # odd sizes: files straddle chunks
 SHM = "/dev/shm"  # noqa: S108 - only a parent for mkdtemp, which makes a private directory
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -406,9 +407,10 @@ class Bench:
 
     def command(self, key: str) -> list[str]:
         n = self.args.concurrency
-        if key == "ours":
-            return [self.args.python, self.args.client, "--registry", self.server.url, "--data-dir", self.target,
+        if key in ("ours", "squid"):
+            ours = [self.args.python, self.args.client, "--registry", self.server.url, "--data-dir", self.target,
                     "--quiet", "pull", f"{GROUP}/{MODEL}", VERSION, "--concurrency", str(n)]
+            return ["env", f"HTTP_PROXY={self.args.squid_url}", *ours] if key == "squid" else ours
         if key == "aria2c":
             listing = os.path.join(self.out, "aria2c-urls.txt")
             with open(listing, "w", encoding="utf-8") as handle:
@@ -442,7 +444,7 @@ class Bench:
         return Run(key, repetition, seconds, peak_rss_kib, connections)
 
     def verify(self, key: str) -> None:
-        if key == "ours":
+        if key in ("ours", "squid"):
             base = os.path.join(self.target, GROUP, MODEL, VERSION)
             for entry in self.registry.files:
                 path = os.path.join(base, *entry["path"].split("/"))
@@ -562,7 +564,9 @@ def table(tools: list[Tool], args: argparse.Namespace, bench: Bench) -> str:
     lines.append(f"(peak RSS cannot read below the launcher's own {bench.rss_floor_kib / 1024:.1f} MiB)")
     if "ours" in medians:
         lines.extend(f"ratio ours/{key} (median): {medians['ours'] / medians[key]:.2f}"
-                     for key in medians if key != "ours")
+                     for key in medians if key not in ("ours", "squid"))
+        if "squid" in medians:
+            lines.append(f"ratio via squid/direct (median): {medians['squid'] / medians['ours']:.2f}")
     return "\n".join(lines)
 
 
@@ -582,8 +586,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     parser.add_argument("--work", metavar="DIR", default=os.path.join(cache, "xprim-models-bench"),
                         help="where registries are built and kept for reuse (default %(default)s)")
-    parser.add_argument("--peers", default=",".join(PEERS),
-                        help=f"comma-separated tools to run, from {', '.join(PEERS)} (default all)")
+    parser.add_argument("--peers", default="ours,aria2c,curl",
+                        help=f"comma-separated tools to run, from {', '.join(PEERS)} (default %(default)s); "
+                             "squid is our client through a warm squid cache")
     parser.add_argument("--client", default=CLIENT, metavar="PATH",
                         help="the xprim_models.py to run as ours (default: this checkout's)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for our client (default: this one)")
@@ -618,7 +623,65 @@ def resolve_tools(args: argparse.Namespace) -> list[Tool]:
                 log("WARNING: curl is not installed; skipping it")
                 continue
             tools.append(Tool(key, "curl --parallel", tool_version([args.curl, "--version"], r"curl (\S+)")))
+        elif key == "squid":
+            args.squid = ensure_tool("squid", ("squid",))
+            if args.squid is None:
+                log("WARNING: squid is unavailable and could not be installed; skipping it")
+                continue
+            tools.append(Tool(key, "ours via squid", tool_version([args.squid, "-v"], r"Version (\S+)")))
     return tools
+
+
+# Our client through a forward caching proxy, as the README's "Serving a fleet" sets one up;
+# the cache is filled by one pull before the timed runs, so they measure a warm cache.
+SQUID_CONF = """\
+http_port 127.0.0.1:{port}
+pid_filename none
+cache_log stdio:/dev/null
+access_log none
+cache_store_log none
+cache_mem {memory} MB
+maximum_object_size_in_memory 64 MB
+maximum_object_size 1 GB
+collapsed_forwarding on
+refresh_pattern /data/[0-9a-f]{{64}}$ 525600 100% 525600
+refresh_pattern . 0 20% 4320
+http_access allow all
+pinger_enable off
+shutdown_lifetime 0 seconds
+visible_hostname localhost
+coredump_dir {directory}
+"""
+
+
+@contextlib.contextmanager
+def warm_squid(args: argparse.Namespace, bench: Bench) -> Iterator[None]:
+    if "squid" not in [tool.key for tool in args.tools]:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="xprim-bench-squid-")
+    port = free_port()
+    memory = bench.registry.total_size // (1 << 20) + 256
+    with open(os.path.join(directory, "squid.conf"), "w", encoding="utf-8") as handle:
+        handle.write(SQUID_CONF.format(port=port, memory=memory, directory=directory))
+    process = subprocess.Popen([args.squid, "-N", "-f", os.path.join(directory, "squid.conf")],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("squid did not start")
+            time.sleep(0.1)
+        args.squid_url = f"http://127.0.0.1:{port}"
+        bench.run("squid", -1)  # fills the cache
+        log(f"squid {args.squid_url} warmed with one pull")
+        yield
+    finally:
+        process.terminate()
+        process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -632,6 +695,17 @@ def scratch(parent: str | None) -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def run_all(args: argparse.Namespace, tools: list[Tool], bench: Bench) -> None:
+    """Every tool ``--repeat`` times, in rotating order."""
+    for repetition in range(args.repeat):
+        shift = repetition % len(tools)
+        for tool in tools[shift:] + tools[:shift]:
+            run = bench.run(tool.key, repetition)
+            tool.runs.append(run)
+            log(f"  run {repetition + 1}/{args.repeat} {tool.label:<16} {run.seconds:7.2f}s "
+                f"{run.peak_rss_kib / 1024:7.1f} MiB {run.connections:6d} connections")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -649,13 +723,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with scratch(args.out) as out:
             bench = Bench(args, registry, server, out)
             log(f"serving {registry.root} at {server.url} ({server.description}); output in {out}")
-            for repetition in range(args.repeat):
-                shift = repetition % len(tools)
-                for tool in tools[shift:] + tools[:shift]:
-                    run = bench.run(tool.key, repetition)
-                    tool.runs.append(run)
-                    log(f"  run {repetition + 1}/{args.repeat} {tool.label:<16} {run.seconds:7.2f}s "
-                        f"{run.peak_rss_kib / 1024:7.1f} MiB {run.connections:6d} connections")
+            args.tools = tools
+            with warm_squid(args, bench):
+                run_all(args, tools, bench)
             shutil.rmtree(bench.target, ignore_errors=True)
             print(table(tools, args, bench), flush=True)
             if args.json:

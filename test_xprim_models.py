@@ -2493,38 +2493,6 @@ class TestCli:
         assert progress and not any("[" in state or "ETA" in state for state in progress), progress
         assert "Downloaded 7 chunks (6.4 KB)" in states
 
-    def test_json_documents_are_printed_as_json_dumps_prints_them(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """--json output is written by hand for speed: byte for byte what json.dumps(indent=2) writes."""
-        import argparse
-        import enum
-
-        class Name(str):
-            pass
-
-        class Count(enum.IntEnum):
-            ONE = 1
-
-        doc = {
-            "models": [
-                {"group": "org", "text": 'quote " backslash \\ newline \n tab \t \x01 \u00e9 \u2028 \U0001f600',
-                 "int": -3, "big": 10**40, "float": 1.5e300, "small": -2.5e-300, "zero": 0.0, "true": True,
-                 "false": False, "null": None, "empty": {}, "none": [], "tuple": (1, "x", ()),
-                 "nested": {"a": [1, [2, {"b": [], "c": {}}], {"d": [None]}]}},
-                [[[]], [{}], [[1]]],
-            ],
-            "keys": {7: "int", 2.5: "float", None: "null", True: "bool", "": "empty"},
-            "subclasses": [Name("a str subclass"), Count.ONE, {Name("k"): Count.ONE},
-                           collections.OrderedDict(a=[1, {"b": 2}])],
-        }
-        console = xm._Console(argparse.Namespace())
-        console.document(doc)
-        assert capsys.readouterr().out == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-        for value in ({"x": float("nan")}, [float("inf")], {float("-inf"): 1}, {(1, 2): 0}, [object()]):
-            with pytest.raises((ValueError, TypeError)) as ours:
-                console.document(value)
-            with pytest.raises(type(ours.value)):
-                json.dumps(value, allow_nan=False)
-
     def test_progress_line_narrows_in_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Bar first, then ETA, then speed: at each width, the fullest line that fits, never wider."""
         import argparse

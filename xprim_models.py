@@ -4305,73 +4305,6 @@ def _fit(candidates: Sequence[str], width: int) -> str:
     return candidates[-1][: max(width - 1, 0)]
 
 
-def _json_writer(out: list[str], flush: Callable[[], None]) -> Callable[[Any, int], None]:
-    """``write(value, level)``: append ``value`` to ``out`` as ``json.dumps(value, indent=2,
-    ensure_ascii=False, allow_nan=False)`` writes it ``level`` containers deep, calling
-    ``flush`` as ``out`` grows.
-
-    Strings, finite numbers, true, false, null, and the objects and arrays of them are
-    written here, in 60% of the time json's indenting encoder takes (it is pure Python;
-    only the compact one is in C). Anything else goes through json.
-    """
-    import json
-    from json.encoder import encode_basestring as quote  # the C version, where there is one
-
-    def scalar(value: Any) -> str | None:
-        kind = type(value)
-        if kind is str:
-            return quote(value)
-        if kind is int:
-            return int.__repr__(value)
-        if value is None:
-            return "null"
-        if value is True:
-            return "true"
-        if value is False:
-            return "false"
-        if kind is float and value - value == 0:  # finite
-            return float.__repr__(value)
-        return None
-
-    def write(value: Any, level: int) -> None:
-        kind = type(value)
-        if kind is not dict and kind is not list and kind is not tuple:
-            text = scalar(value)
-            if text is None:  # another type, or a float json refuses: json's own text (or error), indented
-                text = json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False)
-                text = text.replace("\n", "\n" + "  " * level)
-            out.append(text)
-            return
-        if not value:
-            out.append("{}" if kind is dict else "[]")
-            return
-        inner = "\n" + "  " * (level + 1)
-        if kind is dict:
-            items: Iterator[tuple[str, Any]] = (
-                (quote(key) if isinstance(key, str) else quote(json_key(key)), item) for key, item in value.items()
-            )
-        else:
-            items = (("", item) for item in value)
-        separator = ("{" if kind is dict else "[") + inner
-        for key, item in items:
-            text = scalar(item)
-            if text is None:
-                out.append(f"{separator}{key}: " if key else separator)
-                write(item, level + 1)
-            else:
-                out.append(f"{separator}{key}: {text}" if key else separator + text)
-            separator = "," + inner
-            if len(out) >= 4096:
-                flush()
-        out.append("\n" + "  " * level + ("}" if kind is dict else "]"))
-
-    def json_key(key: Any) -> str:
-        """json's text for an int, float, bool or None key (or its error for another type)."""
-        return json.dumps(key if key is None or isinstance(key, (int, float)) else {key: 0}, allow_nan=False)
-
-    return write
-
-
 class _Console:
     """Where the CLI's words go: stdout for results, stderr for the rest.
 
@@ -4436,14 +4369,17 @@ class _Console:
                 self.partial = text if text.startswith("\r") else self.partial + text
 
     def document(self, doc: Any) -> None:
-        """Print ``doc`` as strict JSON (RFC 8259: no NaN or Infinity), indented by 2, streamed in pieces."""
+        """Print ``doc`` as strict JSON (RFC 8259: no NaN or Infinity), streamed in pieces of about 64 KiB."""
+        import json
+
         pieces: list[str] = []
-
-        def flush() -> None:
-            self._write(sys.stdout, "".join(pieces))
-            pieces.clear()
-
-        _json_writer(pieces, flush)(doc, 0)
+        size = 0
+        for piece in json.JSONEncoder(indent=2, ensure_ascii=False, allow_nan=False).iterencode(doc):
+            pieces.append(piece)
+            size += len(piece)
+            if size >= 1 << 16:
+                self._write(sys.stdout, "".join(pieces))
+                pieces, size = [], 0
         self.out("".join(pieces))
 
     # Stall notices: what a terminal shows when nothing has moved for a while.

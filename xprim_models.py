@@ -1541,11 +1541,8 @@ def _parse_index(raw: bytes, location: str) -> _Index:
         concrete = final[key]
         target = entries[(group, model, concrete)]
         metadata = entry["metadata"] if "metadata" in entry else target.get("metadata", {})
-        ref = object.__new__(ModelRef)  # ModelRef(*key) without checking its names a second time
-        object.__setattr__(ref, "group", group)  # (as the frozen dataclass's __init__ sets them)
-        object.__setattr__(ref, "model", model)
-        object.__setattr__(ref, "version", version)
-        models[key] = RemoteModel(ref, target["hash"], concrete if concrete != version else "", dict(metadata))
+        models[key] = RemoteModel(ModelRef(group, model, version), target["hash"],
+                                  concrete if concrete != version else "", dict(metadata))
     return _Index(models, problems)
 
 

@@ -1,4 +1,5 @@
-"""The start of a parallel run (README: the test command), before pytest-xdist starts its workers.
+"""Set-up before the tests: Ctrl-C reaches the test processes, and (in a parallel run, the
+README's test command) the test module is compiled once before pytest-xdist starts its workers.
 
 Each worker collects test_xprim_models.py, and pytest rewrites its asserts and compiles it:
 a second of CPU for its 6,000 lines, four times over. pytest keeps the result in __pycache__
@@ -12,13 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A background job of a shell without job control starts with SIGINT ignored, and the
+    # children of the Ctrl-C tests would inherit that: let Ctrl-C reach them (and pytest).
+    if (sys.platform != "win32" and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
         return  # a worker, or a run without workers
     keep_path, keep_flag = list(sys.path), sys.dont_write_bytecode

@@ -2883,15 +2883,16 @@ class _PullJob:
                     if self.error is None and self.tasks_done < len(self.tasks):
                         self.condition.wait(_PROGRESS_INTERVAL)
             self.emit(snapshot)
-            self._stop_writing()
-            self.writer.close()  # NFS may report a failed write only now
-            finish()
-        finally:
+        except BaseException:
             self._stop_writing()
             try:
                 self.writer.close()
             except StorageError:
                 pass  # the pull has failed already; that error is the one to report
+            raise
+        self._stop_writing()
+        self.writer.close()  # NFS may report a failed write only now
+        finish()
         self._emit_now()
 
     def _stop_writing(self) -> None:

@@ -1146,6 +1146,23 @@ class TestPull:
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
         assert server.range_requests == [(cut, 300)]
 
+    def test_a_resumed_chunk_keeps_the_bytes_still_in_its_write_buffer(
+            self, manager: xm.Manager, registry_dir: Path, server: RegistryServer) -> None:
+        # A 400 KiB chunk is cut after 300 KiB: bytes received after the first read wait in the
+        # 256 KiB write buffer when the cut comes. The answer to the Range request arrives in one
+        # write, so its first read brings body bytes with the head; they must go after the waiting
+        # ones. Otherwise the chunk fails its hash and is fetched a third time, whole.
+        size = 400 << 10
+        body = blob(size, "resumed")
+        publish.publish(str(registry_dir), "org", "big", "v1", {"model.bin": body}, chunk_size=size)
+        (digest,) = manifest_of(registry_dir, "org", "big", "v1")["chunks"]
+        rest = body[300 << 10 :]
+        answer = (b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
+                  % (size - len(rest), size - 1, size, len(rest))) + rest
+        server.fail(f"data/{digest}", Fault(cut_after=300 << 10), Fault(raw=answer))
+        assert Path(manager.pull("org/big v1").path, "model.bin").read_bytes() == body
+        assert server.requests[f"data/{digest}"] == 2
+
     @pytest.mark.usefixtures("write_buffer")
     def test_cut_transfer_restarts_when_range_is_ignored(self, manager: xm.Manager, model: dict[str, bytes],
                                                          server: RegistryServer, registry_dir: Path) -> None:

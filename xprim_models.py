@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import urllib.request
     from collections.abc import Collection, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
-    from typing import Any, Callable, Literal, Union
+    from typing import Any, AnyStr, Callable, Literal, Union
     from typing import Protocol as _Protocol
 
 __version__ = "0.1.0"
@@ -142,7 +142,7 @@ _MAX_SEGMENT_LENGTH = 255
 
 _MAX_CONCURRENCY = 16
 _BUFFER_SIZE = 256 << 10
-_HEAD_LIMIT = 64 << 10  # a session's buffer for status lines and headers
+_RECEIVE_BUFFER = 128 << 10  # a session's: a head and the body bytes that come with it (a 64 KiB chunk, whole)
 _HEAD_MAX = 256 << 10  # the longest head a session reads, growing its buffer
 _PROGRESS_WINDOW = 64 << 10  # bytes of a body that must arrive within each ``timeout`` of waiting
 _INTERIM_LIMIT = 16  # 1xx responses before the final one
@@ -1609,6 +1609,14 @@ class _Sink:
         """``count`` bytes arrived at the start of the last ``space()``."""
         raise NotImplementedError
 
+    def take(self, data: memoryview) -> None:
+        """Take bytes that are already in memory (a seed's, or a body's that came with its head)."""
+        while data:
+            room = self.space(len(data))
+            room[:] = data[: len(room)]
+            self.took(len(room))
+            data = data[len(room) :]
+
 
 class _MemorySink(_Sink):
     def __init__(self) -> None:
@@ -1626,24 +1634,41 @@ class _MemorySink(_Sink):
         self.data += self.scratch[:count]
         self.kept += count
 
+    def take(self, data: memoryview) -> None:
+        self.data += data
+        self.kept += len(data)
+
+
+def _uncounted(kept: int, count: int) -> None:
+    """A _ChunkSink's ``on_bytes`` while its bytes do not come from the network."""
+
 
 class _ChunkSink(_Sink):
-    """Streams one chunk into its first position in the files, hashing it on the way.
+    """Streams a chunk into its first position in the files, hashing it on the way.
+    A worker keeps one, and ``begin``s each chunk with it.
 
     Bytes arrive in ``buffer`` and are hashed and written when it is full or the
     chunk ends (``flush``), so a buffer's worth costs one hash update and one write
-    however the network splits it. Bytes that fail the hash stay until the next
-    attempt overwrites them.
+    however the network splits it; bytes already in memory are hashed and written
+    where they are (``take``). Bytes that fail the hash stay until the next attempt
+    overwrites them.
     """
 
     resumable = True
 
-    def __init__(self, place: Callable[[int, memoryview, int], None], position: int, buffer: bytearray) -> None:
-        self.place, self.position = place, position
-        self.buffer = memoryview(buffer)
+    def __init__(self, place: Callable[[int, memoryview, int], None]) -> None:
+        self.place = place
+        self.buffer = memoryview(bytearray(_BUFFER_SIZE))
+        self.position, self.digest = 0, ""
         self.pending = 0  # bytes at the start of the buffer, not written yet
         self.hasher = _sha256()
-        self.on_bytes: Callable[[int, int], None] = lambda kept, count: None
+        self.on_bytes: Callable[[int, int], None] = _uncounted  # told of bytes from the network
+
+    def begin(self, position: int, digest: str) -> None:
+        """Start on the chunk ``digest``, whose first position is ``position``."""
+        self.position, self.digest = position, digest
+        self.on_bytes = _uncounted
+        self.reset()
 
     def reset(self) -> None:
         self.hasher = _sha256()
@@ -1659,13 +1684,14 @@ class _ChunkSink(_Sink):
         self.kept += count
         self.on_bytes(self.kept, count)
 
-    def write(self, data: memoryview) -> None:
-        """Take bytes that are already in memory (a seed's)."""
-        while data:
-            room = self.space(len(data))
-            room[:] = data[: len(room)]
-            self.took(len(room))
-            data = data[len(room) :]
+    def take(self, data: memoryview) -> None:
+        if self.pending:  # behind buffered bytes: keep them in order
+            super().take(data)
+            return
+        self.hasher.update(data)  # straight from where they are: no copy
+        self.place(self.position, data, self.kept)
+        self.kept += len(data)
+        self.on_bytes(self.kept, len(data))
 
     def found(self, data: memoryview) -> None:
         """Count bytes that are already in their place (a resumed pull's), without writing them."""
@@ -1679,6 +1705,12 @@ class _ChunkSink(_Sink):
             self.hasher.update(data)
             self.place(self.position, data, self.kept - self.pending)
             self.pending = 0
+
+    def problem(self) -> str:
+        """Once every byte is in: "" if they hash to the chunk's name, else what is wrong."""
+        self.flush()  # the last buffered bytes go to their place; a failed attempt's are overwritten
+        got = self.hasher.hexdigest()
+        return "" if got == self.digest else f"hash mismatch (got {got})"
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -1710,6 +1742,11 @@ class _Response:
     def __init__(self, status: int, length: int | None, body: Any, content_range: str = "") -> None:
         self.status, self.length, self.body, self.content_range = status, length, body, content_range
 
+    def buffered(self, limit: int) -> memoryview:
+        """Up to ``limit`` body bytes that arrived with the head, without copying them; use them
+        before reading on."""
+        return memoryview(b"")
+
     def readinto(self, view: memoryview) -> int:
         if hasattr(self.body, "readinto"):
             return int(self.body.readinto(view))
@@ -1733,14 +1770,27 @@ class _Malformed(_Transient):
 
 _HEADER_NAME_RE = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _FIELD_VALUE_RE = r"[^\x00-\x08\x0a-\x1f\x7f]*"  # no control characters but tab
-_STATUS_RE = r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?"
-_FIELDS_RE = r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r?\n)*"
+# A head, checked whole: a status line, then field lines (a token, a colon, a value of visible
+# characters, spaces, tabs and obs-text). That rules out folded lines, space before the colon,
+# control characters and a CR anywhere but before its LF.
+_STATUS_LINE_RE = rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\r?\n"
+_FIELD_LINE_RE = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r?\n"
+_HEAD_RE = _STATUS_LINE_RE + rb"(?:" + _FIELD_LINE_RE + rb")*"
+# The fields the client acts on, in a checked head (a name may repeat).
+_USED_FIELDS_RE = rb"\n(?i:(connection|content-length|content-range|location|retry-after|transfer-encoding)):([^\r\n]*)"
 _CHUNK_SIZE_RE = rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?"
 _HOP_HEADERS = frozenset([  # the transport's own: a caller may not set them
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
     "expect", "range", "proxy-authorization", "proxy-connection",
 ])
 _CREDENTIAL_HEADERS = frozenset(["authorization", "cookie"])  # not sent to another host after a redirect
+
+
+@cache
+def _regex(pattern: AnyStr) -> re.Pattern[AnyStr]:
+    """``pattern``, compiled once: for the patterns of every response, whose lookup in
+    re's own cache would cost more than matching them."""
+    return re.compile(pattern)
 
 
 def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -1761,10 +1811,12 @@ class _Session:
     """One persistent HTTP/1.1 connection, used by one thread at a time (a pull's worker).
 
     This is the only HTTP parser in the module (urllib serves only a caller's
-    ``opener``). It reads a head into a fixed 64 KiB buffer and a body straight
-    into the caller's buffer; http.client hands every head to the email package,
-    which costs more than the transfer of a 64 KiB chunk (see
-    docs/performance.md).
+    ``opener``). One receive into its 128 KiB buffer usually brings a head and,
+    for a 64 KiB chunk, the whole body: the head is checked where it lies, with
+    one regular expression, and the body bytes are handed on where they lie
+    (``_Response.buffered``); the rest of a longer body is received straight into
+    the caller's buffer. http.client hands every head to the email package, which
+    costs more than the transfer of a 64 KiB chunk (see docs/performance.md).
 
     Time is bounded by a budget of waiting: connecting, sending the request and
     receiving the final head (1xx interim responses included) must take at most
@@ -1776,7 +1828,7 @@ class _Session:
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
         self.key: tuple[str, str, int, str] | None = None
-        self.buffer = bytearray(_HEAD_LIMIT)
+        self.buffer = bytearray(_RECEIVE_BUFFER)
         self.start = self.end = 0  # unread bytes: buffer[start:end]
         self.timeout = 30.0
         self.budget = 0.0  # seconds of waiting left
@@ -1801,13 +1853,14 @@ class _Session:
 
     def idle(self) -> bool:
         """True when the kept-alive connection has nothing to read: no stray bytes, no close."""
-        import select
-
         sock = self.sock
         if sock is None or self.start < self.end:
             return False
-        if getattr(sock, "pending", lambda: 0)():  # TLS bytes already decrypted
+        decrypted = getattr(sock, "pending", None)
+        if decrypted is not None and decrypted():  # TLS bytes already decrypted
             return False
+        import select
+
         try:
             if hasattr(select, "poll"):
                 if self.poller is None:
@@ -1898,26 +1951,27 @@ class _Session:
             if bare >= 0 or found >= 0:
                 break
             self.fill()
-        last = bare if bare >= 0 else found
-        text = self.buffer[self.start : last + 1].decode("latin-1")  # through the last line's LF
-        self.start = last + (2 if bare >= 0 else 3)
-        # One regular expression checks every field line at once (a token, a colon, a value of
-        # visible characters, spaces, tabs and obs-text), ruling out folded lines, space before
-        # the colon, control characters and a CR anywhere but before its LF.
-        status_line, _, lines = text.partition("\n")
-        match = re.fullmatch(_STATUS_RE, status_line[:-1] if status_line.endswith("\r") else status_line)
+        start, end = self.start, (bare if bare >= 0 else found) + 1  # through the last line's LF
+        self.start = end + (1 if bare >= 0 else 2)
+        match = _regex(_HEAD_RE).fullmatch(self.buffer, start, end)  # checked where it lies: no copy
         if match is None:
-            raise _Malformed(f"status line {status_line[:80]!r}")
-        if not re.fullmatch(_FIELDS_RE, lines):
-            bad = next((line for line in lines.split("\n") if not re.fullmatch(_FIELDS_RE, line + "\n")), "")
-            what = "folded header line" if bad[:1] in (" ", "\t") else "header line"
-            raise _Malformed(f"{what} {bad.rstrip()[:80]!r}")
+            raise _Malformed(_head_problem(bytes(self.buffer[start:end])))
         fields: dict[str, str] = {}
-        for line in lines.split("\n")[:-1]:
-            name, _, value = line.partition(":")
-            name, value = name.lower(), value.strip(" \t\r")
+        for raw_name, raw_value in _regex(_USED_FIELDS_RE).findall(self.buffer, start, end):
+            name, value = raw_name.decode("ascii").lower(), raw_value.strip(b" \t").decode("latin-1")
             fields[name] = f"{fields[name]}, {value}" if name in fields else value
-        return int(match.group(1)), int(match.group(2)), (match.group(3) or "").strip(), fields
+        minor, status, reason = match.group(1, 2, 3)
+        return int(minor), int(status), (reason or b"").decode("latin-1").strip(), fields
+
+
+def _head_problem(head: bytes) -> str:
+    """What makes ``head`` (through its last field line) fail _HEAD_RE: its status line, or which field line."""
+    status_line, _, lines = head.partition(b"\n")
+    if not re.fullmatch(_STATUS_LINE_RE, status_line + b"\n"):
+        return f"status line {status_line.decode('latin-1')[:80]!r}"
+    bad = next((line for line in lines.split(b"\n") if not re.fullmatch(_FIELD_LINE_RE, line + b"\n")), b"")
+    what = "folded header line" if bad[:1] in (b" ", b"\t") else "header line"
+    return f"{what} {bad.decode('latin-1').rstrip()[:80]!r}"
 
 
 class _SessionResponse(_Response):
@@ -1956,6 +2010,19 @@ class _SessionResponse(_Response):
         super().__init__(status, length, None, fields.get("content-range", ""))
         self.remaining = -1 if length is None else length
         self.done = length == 0
+
+    def buffered(self, limit: int) -> memoryview:
+        session = self.session
+        if self.chunked or self.done or session.start == session.end:
+            return memoryview(b"")
+        count = min(limit, session.end - session.start)
+        if self.remaining >= 0:
+            count = min(count, self.remaining)
+            self.remaining -= count
+            self.done = not self.remaining
+        view = memoryview(session.buffer)[session.start : session.start + count]
+        session.start += count
+        return view
 
     def readinto(self, view: memoryview) -> int:
         if self.done:
@@ -2057,8 +2124,11 @@ class _RegistryClient:
         self._proxies: dict[tuple[str, str], str] = {}
         self._proxy_addresses: dict[str, tuple[tuple[str, int], str]] = {}
         self._routes: dict[str, _Route] = {}
+        self._header_blocks: dict[tuple[Any, ...], bytes] = {}
         self._guard = threading.Lock()
-        self.headers = dict(headers or {})
+        # Sent with every request (a caller's own last: they may replace the first two).
+        self.headers = {"User-Agent": f"xprim-models/{__version__} python/{sys.version.split()[0]}",
+                        "Accept-Encoding": "identity", **(headers or {})}
         self.timeout, self.retries, self.backoff, self.logger = timeout, retries, backoff, logger
         self.index_warned: set[tuple[str, ...]] = set()  # bad models.json entries already logged
 
@@ -2229,11 +2299,7 @@ class _RegistryClient:
         """Send one GET on ``session`` (reusing its connection when it is idle) and read the final head."""
         route, target = self._route(url)
         key, authority, _ = route
-        lines = [f"GET {target} HTTP/1.1", f"Host: {authority}", *(f"{k}: {v}" for k, v in headers.items())]
-        if key[3] and key[0] == "http":
-            _, proxy_auth = self._proxy_address(key[3], url)
-            lines += [f"Proxy-Authorization: {proxy_auth}"] if proxy_auth else []
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+        request = b"GET " + target.encode("ascii") + b" HTTP/1.1\r\n" + self._header_block(key, authority, headers, url)
         session.arm(self.timeout, 1 << 62)  # connect, send and the head: one budget
         for _ in range(2):
             reused = session.key == key and session.idle()
@@ -2273,6 +2339,21 @@ class _RegistryClient:
         except _Transient:
             session.close()
             raise
+
+    def _header_block(self, key: tuple[str, str, int, str], authority: str, headers: Mapping[str, str],
+                      url: str) -> bytes:
+        """A request's header lines, and the blank line that ends them (made once for a pull's chunks)."""
+        made = (key, authority, *headers.items())
+        block = self._header_blocks.get(made)
+        if block is None:
+            lines = [f"Host: {authority}", *(f"{name}: {value}" for name, value in headers.items())]
+            if key[3] and key[0] == "http":
+                _, proxy_auth = self._proxy_address(key[3], url)
+                lines += [f"Proxy-Authorization: {proxy_auth}"] if proxy_auth else []
+            block = "".join(f"{line}\r\n" for line in [*lines, ""]).encode("ascii")
+            if "Range" not in headers:  # not one per resumed offset
+                self._header_blocks[made] = block
+        return block
 
     def _open_http(self, url: str, headers: dict[str, str], session: _Session) -> _Response:
         """GET ``url``, following redirects; credentials stay with the host they were given for."""
@@ -2329,11 +2410,7 @@ class _RegistryClient:
         raise NetworkError(f"{url}: HTTP {code} {reason}")
 
     def _open_url(self, url: str, start: int, session: _Session, revalidate: bool) -> _Response:
-        headers = {
-            "User-Agent": f"xprim-models/{__version__} python/{sys.version.split()[0]}",
-            "Accept-Encoding": "identity",
-            **self.headers,
-        }
+        headers = dict(self.headers)  # a redirect to another host takes credentials out of it
         if revalidate:  # any cache on the way must ask the registry whether its copy is current
             headers["Cache-Control"] = "no-cache"
             headers["Pragma"] = "no-cache"
@@ -2524,6 +2601,10 @@ class _RegistryClient:
         cancel: threading.Event | None,
         read_size: int,
     ) -> None:
+        with response.buffered(min(read_size, remaining)) as arrived:  # released before the buffer is read into
+            if arrived:
+                sink.take(arrived)
+                remaining -= len(arrived)
         while remaining > 0:
             if cancel is not None and cancel.is_set():
                 raise _Cancelled()
@@ -2693,7 +2774,8 @@ class _PullJob:
         self.limiter = _RateLimiter(limit_rate) if limit_rate else None
         # Reads stay small under a low rate limit, so the cap holds over short spans too.
         self.read_size = min(_BUFFER_SIZE, max(4096, int(limit_rate / 16))) if limit_rate else _BUFFER_SIZE
-        self.condition = threading.Condition()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # a worker finished the last chunk, failed, or wrote
         self.cancel = threading.Event()
         self.error: BaseException | None = None
         # One task per distinct chunk, in the order of its first position: a
@@ -2708,7 +2790,8 @@ class _PullJob:
         self.bytes_done = 0  # of the chunks completed
         # Each worker counts its network bytes in its own _Flow, without a lock; progress adds them up.
         self.flows: list[_Flow] = []
-        self.current_file = ""
+        self.current_file = ""  # the finishing step's
+        self.last_chunk = -1  # the first position of the chunk completed last
         self.dirty = True
         self.writing = 0  # workers writing into the files right now
 
@@ -2726,7 +2809,7 @@ class _PullJob:
             self.total_size,
             self.bytes_done + sum(flow.kept for flow in self.flows),
             sum(flow.downloaded for flow in self.flows),
-            self.current_file,
+            self.current_file or (self.writer.file_of(self.last_chunk) if self.last_chunk >= 0 else ""),
         )
 
     def _on_network(self, flow: _Flow, kept: int, count: int) -> None:
@@ -2739,12 +2822,12 @@ class _PullJob:
 
     def set_current_file(self, path: str) -> None:
         """The finishing step moved on to ``path``: say so at once."""
-        with self.condition:
+        with self.lock:
             self.current_file = path
         self._emit_now()
 
     def _emit_now(self) -> None:
-        with self.condition:
+        with self.lock:
             snapshot = self.snapshot()
             self.dirty = False
         self.emit(snapshot)
@@ -2753,87 +2836,79 @@ class _PullJob:
 
     def _worker(self) -> None:
         session = _Session()
-        buffer = bytearray(_BUFFER_SIZE)
+        sink = _ChunkSink(partial(self._write_files, self.writer.place))
         flow = _Flow()
-        with self.condition:
+        counted = partial(self._on_network, flow)
+        with self.lock:
             self.flows.append(flow)
         try:
             while True:
-                with self.condition:
+                with self.lock:
                     if self.cancel.is_set() or self.next_task >= len(self.tasks):
                         return
                     index = self.next_task
                     self.next_task += 1
                 task = self.tasks[index]
                 if task.digest not in self.writer.present:
-                    self._obtain(task, buffer, session, flow)
+                    self._obtain(task, sink, session, counted)
                     for position in task.positions[1:]:
                         self._write_files(self.writer.copy, task.positions[0], position)
-                with self.condition:
+                with self.lock:
                     self.tasks_done += 1
-                    self.current_file = self.writer.file_of(task.positions[0])
+                    self.last_chunk = task.positions[0]
                     self.chunks_completed += len(task.positions)
                     self.bytes_done += task.size * len(task.positions)
                     flow.kept = 0
                     self.dirty = True
                     if self.tasks_done == len(self.tasks):  # progress itself is polled, not pushed
-                        self.condition.notify_all()
+                        self.changed.notify_all()
         except BaseException as exc:  # handed to the calling thread, which re-raises it
-            with self.condition:
+            with self.lock:
                 if self.error is None and not isinstance(exc, _Cancelled):
                     self.error = exc
                 self.cancel.set()
-                self.condition.notify_all()
+                self.changed.notify_all()
         finally:
             session.close()
 
-    def _obtain(self, task: _Task, buffer: bytearray, session: _Session, flow: _Flow) -> None:
+    def _obtain(self, task: _Task, sink: _ChunkSink, session: _Session,
+                counted: Callable[[int, int], None]) -> None:
         """Put the verified chunk at its first position: the bytes already there (a resumed
-        pull's) or a seed's, if they still hash right, else the network's."""
-        sink = _ChunkSink(partial(self._write_files, self.writer.place), task.positions[0], buffer)
+        pull's) or a seed's, if they still hash right, else the network's (``counted``)."""
+        sink.begin(task.positions[0], task.digest)
         for seed in self.seeds.get(task.digest, ()):
-            sink.reset()
             if self._copy_seed(seed, sink):
                 self.logger.debug("chunk %s: verified from %s", task.digest[:12], seed.directory)
                 return
-        sink.reset()
-        self._download(task, sink, session, flow)
+            sink.reset()
+        sink.on_bytes = counted  # every byte written from now on comes from the network
+        what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
+        self.client.fetch(  # a mismatch is one failed attempt of the fetch's retry policy
+            f"data/{task.digest}", what, sink, size=task.size, exact=True,
+            cancel=self.cancel, read_size=self.read_size, session=session, check=sink.problem,
+        )
 
     def _write_files(self, write: Callable[..., None], *args: Any) -> None:
         """``write(*args)`` into the files, unless the job is over: a worker that was still
         waiting on the network when ``run`` returned must not write after it."""
-        with self.condition:
+        with self.lock:
             if self.cancel.is_set():
                 raise _Cancelled()
             self.writing += 1
         try:
             write(*args)
         finally:
-            with self.condition:
+            with self.lock:
                 self.writing -= 1
                 if not self.writing and self.cancel.is_set():  # run() may be waiting for this
-                    self.condition.notify_all()
-
-    def _download(self, task: _Task, sink: _ChunkSink, session: _Session, flow: _Flow) -> None:
-        what = f"{self.label}: chunk {task.positions[0] + 1}/{self.chunk_count} ({task.digest[:12]})"
-        sink.on_bytes = partial(self._on_network, flow)  # every byte written here came from the network
-
-        def check() -> str:  # a mismatch is one failed attempt of the fetch's retry policy
-            sink.flush()  # the last buffered bytes go to their place; a failed attempt's are overwritten
-            got = sink.hasher.hexdigest()
-            return "" if got == task.digest else f"hash mismatch (got {got})"
-
-        self.client.fetch(
-            f"data/{task.digest}", what, sink, size=task.size, exact=True,
-            cancel=self.cancel, read_size=self.read_size, session=session, check=check,
-        )
+                    self.changed.notify_all()
 
     def _copy_seed(self, seed: _Seed, sink: _ChunkSink) -> bool:
         """Copy a chunk's bytes out of a seed into the sink; True if they still hash right.
         Bytes of a resumed staging directory that are where they belong are only hashed."""
         manifest = seed.manifest
         start = seed.position * manifest.chunk_size
-        put = sink.found if seed.in_place and sink.position == seed.position else sink.write
+        put = sink.found if seed.in_place and sink.position == seed.position else sink.take
         try:
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(seed.position)):
                 path = os.path.join(seed.directory, *manifest.files[index].path.split("/"))
@@ -2847,8 +2922,7 @@ class _PullJob:
                     os.close(fd)
         except OSError:
             return False  # unreadable, shorter, or a link where a file should be: not a seed after all
-        sink.flush()  # bytes that fail the hash are overwritten by the download that follows
-        return sink.hasher.hexdigest() == manifest.chunks[seed.position]
+        return not sink.problem()  # bytes that fail the hash are overwritten by the download that follows
 
     # The calling thread ------------------------------------------------------
 
@@ -2865,7 +2939,7 @@ class _PullJob:
         try:
             last_emit = time.monotonic()
             while True:
-                with self.condition:
+                with self.lock:
                     if self.error is not None:
                         raise self.error
                     if self.tasks_done == len(self.tasks):
@@ -2873,15 +2947,15 @@ class _PullJob:
                         break
                     # Emit on change, and at least once a second so speeds and ETAs stay live.
                     if not self.dirty and time.monotonic() - last_emit < 1.0:
-                        self.condition.wait(_PROGRESS_INTERVAL)
+                        self.changed.wait(_PROGRESS_INTERVAL)
                         continue
                     snapshot = self.snapshot()
                     self.dirty = False
                 last_emit = time.monotonic()
                 self.emit(snapshot)
-                with self.condition:  # pace the callbacks: at most one per interval
+                with self.lock:  # pace the callbacks: at most one per interval
                     if self.error is None and self.tasks_done < len(self.tasks):
-                        self.condition.wait(_PROGRESS_INTERVAL)
+                        self.changed.wait(_PROGRESS_INTERVAL)
             self.emit(snapshot)
         except BaseException:
             self._stop_writing()
@@ -2897,11 +2971,11 @@ class _PullJob:
 
     def _stop_writing(self) -> None:
         """Let no write start, and wait for those under way (in steps: Ctrl-C on Windows)."""
-        with self.condition:
+        with self.lock:
             self.cancel.set()
-            self.condition.notify_all()
+            self.changed.notify_all()
             while self.writing:
-                self.condition.wait(0.1)
+                self.changed.wait(0.1)
 
 
 class _ChunkFiles:
@@ -2971,7 +3045,8 @@ class _ChunkFiles:
     def place(self, number: int, data: memoryview, start: int) -> None:
         """Write ``data``, the bytes of chunk ``number`` from its offset ``start`` on."""
         manifest = self.manifest
-        first = self._start(number)[0] + start  # where data begins in the stream
+        position = self.positions[number] if self.positions is not None else number
+        first = position * manifest.chunk_size + start  # where data begins in the stream
         for index, offset, length in _segments(manifest, first, len(data)):
             path = self.paths[index]
             begin = manifest.starts[index] + offset - first

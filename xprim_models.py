@@ -4493,10 +4493,12 @@ class _Console:
 
     def _track(self, extra: Mapping[str, Any] | None) -> None:
         attempt = (extra or {}).get(_ATTEMPT_KEY)
-        if attempt is not None:
+        if attempt is None:
+            return
+        self.request = attempt  # one assignment: the watcher reads whichever it finds
+        if self.terminal and self.watch is None:
             with self.lock:
-                self.request = attempt
-                if self.terminal and self.watch is None:  # the first request: from now on, stalls are news
+                if self.watch is None:  # the first request: from now on, stalls are news
                     self.watch = _StallWatch(self)
                     self.watch.start()
 

@@ -5205,6 +5205,23 @@ class TestFraming:
         server.always["models.json"] = Fault(raw=raw)
         assert manager.list_remote() == []
 
+    def test_a_long_head_after_a_head_cut_short(self, raw_server: RawServer, data_dir: Path, registry_dir: Path,
+                                                model: dict[str, bytes]) -> None:
+        # The first answer closes inside a head; the retry's head is over 128 KiB, so the
+        # session's buffer grows while the first attempt's error (and its views of the
+        # buffer) is still kept. A buffer resized in place raised a bare BufferError.
+        def script(conn: socket.socket, body: bytes, n: int) -> bool:
+            if n == 1:
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: b\r\n")
+                return False
+            padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"y" * 4000) for i in range(40))
+            conn.sendall(b"HTTP/1.1 200 OK\r\n" + padding + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            return True
+
+        raw_server.scripts[chunk_paths(registry_dir)[0]] = script
+        installed = raw_manager(raw_server, data_dir, retries=2).pull("org/tiny v1", concurrency=1)
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+
     def test_early_hints_after_a_redirect(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
                                           model: dict[str, bytes]) -> None:
         mirror = registry_dir / "mirror"

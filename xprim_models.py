@@ -1922,7 +1922,9 @@ class _Session:
         if self.end == len(self.buffer):
             if len(self.buffer) >= _HEAD_MAX:
                 raise _Malformed(f"a head or line longer than {_HEAD_MAX // 1024} KiB")
-            self.buffer += bytes(len(self.buffer))  # an unusually long head: grow, up to the cap
+            # An unusually long head: a bigger buffer, up to the cap. A new one, not this one
+            # resized: a failed attempt's exception, kept for the message, may hold views of it.
+            self.buffer = self.buffer + bytes(len(self.buffer))
         count = self.recv_into(memoryview(self.buffer)[self.end :])
         if not count:
             if not self.end:  # not a byte of an answer: a kept-alive connection the server had dropped

@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import pytest
 
@@ -4251,8 +4251,9 @@ class TestPreflight:
 
 # --- Crash safety: SIGKILL at any moment of a pull -------------------------------------------
 
-# A child process pulls with kill points armed, then dies by SIGKILL (TerminateProcess on
-# Windows: nothing runs after it, no finally, no atexit). Kill points, from argv[3] (JSON):
+# A child process pulls with kill points armed, then dies by SIGKILL (on Windows the test
+# ends it with TerminateProcess: nothing runs after it, no finally, no atexit). Kill points,
+# from argv[3] (JSON):
 #   progress_at: N      die in the progress callback once chunks_completed >= N
 #   hooks: [[owner, name, regex, "before"|"after"], ...]   wrap os.<name>, xm.<name> or
 #                       xm.Manager.<name>; a call whose string arguments, joined by spaces
@@ -4268,8 +4269,9 @@ events = [0]
 
 def die(label):
     os.write(2, ("killed at " + label + "\n").encode())
-    os.kill(os.getpid(), getattr(signal, "SIGKILL", 9))  # 9 on Windows: TerminateProcess
-    while True:
+    if os.name != "nt":
+        os.kill(os.getpid(), signal.SIGKILL)
+    while True:  # Windows: the test kills it (see crash_run_child)
         time.sleep(1)
 
 def event(label):
@@ -4398,8 +4400,35 @@ class CrashScenario:
 
 
 def crash_run_child(server: RegistryServer, data_dir: Path, plan: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PYTHON, "-c", CRASH_CHILD, server.url, str(data_dir), plan], cwd=HERE,
-                          capture_output=True, text=True, timeout=120 if WINDOWS else 30)  # wine starts slowly
+    command = [*PYTHON, "-c", CRASH_CHILD, server.url, str(data_dir), plan]
+    if not WINDOWS:
+        return subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=30)
+    # Under wine a process that calls TerminateProcess on itself sometimes never ends (seen
+    # under load: "killed at ..." printed, then nothing for minutes). So on Windows the child
+    # says where it stopped and waits there, and the test kills it from outside.
+    with subprocess.Popen(command, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None and child.stderr is not None
+        errors: list[str] = []
+        stopped = threading.Event()
+
+        def read_errors(stream: IO[str]) -> None:
+            for line in stream:
+                errors.append(line)
+                if line.startswith("killed at "):
+                    stopped.set()
+            stopped.set()  # the child ended by itself
+
+        reader = threading.Thread(target=read_errors, args=(child.stderr,), daemon=True)
+        reader.start()
+        if not stopped.wait(120):  # wine starts slowly
+            kill(child)
+            raise AssertionError(f"the crash child was still running after 120 s: {''.join(errors)}")
+        if any(line.startswith("killed at ") for line in errors):
+            kill(child)
+        output = child.stdout.read()
+        child.wait(60)
+        reader.join(60)
+    return subprocess.CompletedProcess(command, child.returncode, output, "".join(errors))
 
 
 def crash_expect_killed(result: subprocess.CompletedProcess[str]) -> str:

@@ -3047,8 +3047,7 @@ class _ChunkFiles:
     def place(self, number: int, data: memoryview, start: int) -> None:
         """Write ``data``, the bytes of chunk ``number`` from its offset ``start`` on."""
         manifest = self.manifest
-        position = self.positions[number] if self.positions is not None else number
-        first = position * manifest.chunk_size + start  # where data begins in the stream
+        first = self._start(number)[0] + start  # where data begins in the stream
         for index, offset, length in _segments(manifest, first, len(data)):
             path = self.paths[index]
             begin = manifest.starts[index] + offset - first

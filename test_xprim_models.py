@@ -5219,7 +5219,7 @@ LEGAL = {
 
 
 class TestFraming:
-    """The one HTTP parser (``_Session``), against malformed framing of every kind and legal oddities."""
+    """The one HTTP parser (``_Connection``), against malformed framing of every kind and legal oddities."""
 
     @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
     def test_malformed_is_a_network_error(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,

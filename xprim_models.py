@@ -2016,8 +2016,15 @@ class _Connection:
         except (OSError, ValueError):
             return False
 
-    def recv_into(self, view: memoryview) -> int:
-        """Receive into ``view`` within the budget; 0 at the end of the stream."""
+    def buffered(self, limit: int) -> memoryview:
+        """Up to ``limit`` of the bytes received and not read yet, read now, where they lie."""
+        count = min(limit, self.end - self.start)
+        view = memoryview(self.buffer)[self.start : self.start + count]
+        self.start += count
+        return view
+
+    def receive(self, view: memoryview) -> int:
+        """Receive into ``view`` within the budget (after ``buffered`` bytes); 0 at the end of the stream."""
         sock = self.sock
         if sock is None:
             return 0
@@ -2070,7 +2077,7 @@ class _Connection:
             # An unusually long head: a bigger buffer, up to the cap. A new one, not this one
             # resized: a failed attempt's exception, kept for the message, may hold views of it.
             self.buffer = self.buffer + bytes(len(self.buffer))
-        count = self.recv_into(memoryview(self.buffer)[self.end :])
+        count = self.receive(memoryview(self.buffer)[self.end :])
         if not count:
             if not self.end:  # not a byte of an answer: a kept-alive connection the server had dropped
                 raise ConnectionResetError(errno.ECONNRESET, "the server closed the connection")
@@ -2160,16 +2167,12 @@ class _HttpResponse(_Response):
         self.done = length == 0
 
     def buffered(self, limit: int) -> memoryview:
-        connection = self.connection
-        if self.chunked or self.done or connection.start == connection.end:
+        if self.chunked or self.done:
             return memoryview(b"")
-        count = min(limit, connection.end - connection.start)
+        view = self.connection.buffered(min(limit, self.remaining) if self.remaining >= 0 else limit)
         if self.remaining >= 0:
-            count = min(count, self.remaining)
-            self.remaining -= count
+            self.remaining -= len(view)
             self.done = not self.remaining
-        view = memoryview(connection.buffer)[connection.start : connection.start + count]
-        connection.start += count
         return view
 
     def readinto(self, view: memoryview) -> int:
@@ -2184,11 +2187,11 @@ class _HttpResponse(_Response):
             view = view[:limit]
         connection = self.connection
         if connection.start < connection.end:
-            count = min(len(view), connection.end - connection.start)
-            view[:count] = memoryview(connection.buffer)[connection.start : connection.start + count]
-            connection.start += count
+            arrived = connection.buffered(len(view))
+            count = len(arrived)
+            view[:count] = arrived
         else:
-            count = connection.recv_into(view)
+            count = connection.receive(view)
         if self.chunked:
             if not count:
                 raise _Transient("the connection closed inside a chunked body")

@@ -1771,8 +1771,8 @@ class _Retry:
             return _Transient(f"HTTP {status} {reason}".rstrip(), retry_after)
         if status in (401, 403):
             return NetworkError(f"{url}: HTTP {status} {reason}".rstrip() + "; if the registry needs credentials, "
-                                "send them with --header 'Authorization: ...' on the command line, "
-                                "or headers={'Authorization': ...} in the Python API")
+                                "send them (or check them) with --header 'Authorization: ...' on the command "
+                                "line, or headers={'Authorization': ...} in the Python API")
         if status == 407:
             return NetworkError(f"{url}: HTTP 407, a proxy asks for credentials; put them in the proxy URL "
                                 "(http://user:password@host:port in HTTP_PROXY/HTTPS_PROXY)")
@@ -1900,7 +1900,8 @@ class _Connection:
 
     def __init__(self, key: _Key, timeout: float, tls: ssl.SSLContext | None,
                  proxy: tuple[tuple[str, int], str] | None, logger: Any) -> None:
-        self.key, self.timeout, self.tls, self.proxy, self.logger = key, timeout, tls, proxy, logger
+        self.key, self.timeout, self.tls, self.logger = key, timeout, tls, logger
+        self.proxy = proxy  # the proxy's address and Proxy-Authorization value, or None to connect directly
         self.sock: socket.socket | None = None
         self.buffer = bytearray(_RECEIVE_BUFFER)
         self.start = self.end = 0  # unread bytes: buffer[start:end]
@@ -1987,10 +1988,10 @@ class _Connection:
             raise NetworkError(f"{where} asks for credentials (HTTP 407); "
                                "put them in the proxy URL (http://user:password@host:port)")
         if 400 <= status < 500 and status != 429:
-            raise NetworkError(
-                f"{where} refused to tunnel to {target} (HTTP {status} {reason}".rstrip() + "); "
-                "many proxies allow CONNECT only to port 443 (squid's default): ask its administrator "
-                f"to allow port {port}, or add {host} to NO_PROXY to connect directly")
+            advice = (f"many proxies allow CONNECT only to port 443 (squid's default): ask its administrator to "
+                      f"allow port {port}" if status == 403 else "check HTTPS_PROXY, or ask its administrator")
+            raise NetworkError(f"{where} refused to tunnel to {target} (HTTP {status} {reason}".rstrip()
+                               + f"); {advice}, or add {host} to NO_PROXY to connect directly")
         if not 200 <= status < 300:
             raise _Retry.for_status(f"{url} (through the proxy {_safe_proxy(proxy)})", status, reason, None, False)
         if self.start < self.end:

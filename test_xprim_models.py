@@ -5456,9 +5456,9 @@ class TestProxies:
         finally:
             proxy.close()
 
-    @pytest.mark.parametrize("status", [403, 407])
+    @pytest.mark.parametrize(("status", "credentials"), [(403, "user:wr0ng@"), (407, "user:wr0ng@"), (407, "")])
     def test_a_refused_connect_is_final_and_says_what_to_do(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            status: int) -> None:
+                                                            status: int, credentials: str) -> None:
         # squid's answer: its HTML page in the same write as the head. 403 is what Debian's stock
         # "http_access deny CONNECT !SSL_ports" gives any port but 443.
         page = b"<html><body>ERROR: The requested URL could not be retrieved</body></html>\n" * 20
@@ -5466,12 +5466,14 @@ class TestProxies:
         proxy = TunnelProxy(b"HTTP/1.1 %d %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s"
                             % (status, reason, len(page), page))
         try:
-            monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", "http://user:wr0ng@"))
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", f"http://{credentials}"))
             monkeypatch.setenv("NO_PROXY", "")
             manager = xm.Manager(xm.Config("t", "https://models.example.com:8443", tmp_path), retry_backoff=0.01)
-            expected = {403: r"refused to tunnel to models\.example\.com:8443 \(HTTP 403 Forbidden\).*"
-                             r"allow port 8443, or add models\.example\.com to NO_PROXY",
-                        407: r"asks for credentials \(HTTP 407\).*http://user:password@host:port"}[status]
+            expected = {(403, True): r"refused to tunnel to models\.example\.com:8443 \(HTTP 403 Forbidden\).*"
+                                     r"allow port 8443, or add models\.example\.com to NO_PROXY",
+                        (407, True): r"refused the credentials in its URL \(HTTP 407\); check them",
+                        (407, False): r"asks for credentials \(HTTP 407\); put them in the proxy URL"
+                                      r" \(http://user:password@host:port\)"}[status, bool(credentials)]
             with pytest.raises(xm.NetworkError, match=rf"the proxy {proxy.url} {expected}") as caught:
                 manager.list_remote()
             assert len(proxy.heads) == 1  # not retried

@@ -1985,8 +1985,9 @@ class _Connection:
         _, status, reason, _ = self.read_head()
         where = f"{url}: the proxy {_safe_proxy(proxy)}"
         if status == 407:
-            raise NetworkError(f"{where} asks for credentials (HTTP 407); "
-                               "put them in the proxy URL (http://user:password@host:port)")
+            raise NetworkError(f"{where} refused the credentials in its URL (HTTP 407); check them" if self.proxy[1]
+                               else f"{where} asks for credentials (HTTP 407); put them in the proxy URL "
+                               "(http://user:password@host:port)")
         if 400 <= status < 500 and status != 429:
             advice = (f"many proxies allow CONNECT only to port 443 (squid's default): ask its administrator to "
                       f"allow port {port}" if status == 403 else "check HTTPS_PROXY, or ask its administrator")
@@ -2510,7 +2511,7 @@ class _LocalTransport(_Transport):
         except IsADirectoryError as exc:
             raise _Missing("is a directory") from exc
         except OSError as exc:
-            raise _Transient(exc.strerror or str(exc)) from exc
+            raise _Retry.for_error(url, exc.strerror or exc) from exc
         size = os.fstat(handle.fileno()).st_size
         if start:
             handle.seek(start)

@@ -1570,8 +1570,9 @@ def _detail(remote: RemoteModel, manifest: _Manifest) -> RemoteModelDetail:
 
 
 # --- Registry client --------------------------------------------------------------
-# Fetching from http(s)://, file:// or a directory: one HTTP/1.1 transport with a
-# wait budget per request, bounded bodies, and one retry policy (``fetch``).
+# Fetching from http(s)://, file:// or a directory through one _Transport per registry
+# (our HTTP/1.1 with a wait budget per request, a caller's opener, or files), with
+# bounded bodies and one retry policy (_Retry, applied in ``fetch``).
 
 
 class _Transient(Exception):

@@ -3808,6 +3808,52 @@ class TestPrune:
             manager.pull("org/tiny v1")
             assert held.exists() and not gone.exists()
 
+    def test_prune_removes_empty_model_and_group_directories(self, manager: xm.Manager, model: dict[str, bytes],
+                                                             data_dir: Path, tmp_path: Path) -> None:
+        manager.pull("org/tiny v1")
+        (data_dir / "org" / "other" / ".v1.staging").mkdir(parents=True)  # an interrupted pull's leftover
+        (data_dir / "lone" / "model").mkdir(parents=True)
+        outside = tmp_path / "outside"
+        (outside / "model").mkdir(parents=True)
+        linked = symlink(outside, data_dir / "linked", or_skip=False)
+        if linked:
+            symlink(outside / "model", data_dir / "org" / "link", or_skip=False)
+        manager.prune_cache()
+        assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
+        assert not (data_dir / "org" / "other").exists() and not (data_dir / "lone").exists()
+        assert (outside / "model").is_dir()  # links are neither followed nor removed
+        assert not linked or ((data_dir / "linked").is_symlink() and (data_dir / "org" / "link").is_symlink())
+        manager.remove("org/tiny v1")
+        if linked:
+            os.unlink(data_dir / "org" / "link")
+        manager.prune_cache()
+        assert not (data_dir / "org").exists()
+        assert (data_dir / "linked").is_symlink() == linked
+
+    @pytest.mark.parametrize("group", ["..", "cache"])
+    def test_nothing_is_deleted_while_registry_json_cannot_be_read(
+            self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path,
+            group: str) -> None:
+        cli_install(server, data_dir, "latest")
+        registry = data_dir / "registry.json"
+        good = registry.read_text()
+        registry.write_text(good.replace('"org"', json.dumps(group)))  # the installed version is no longer named
+        installed = data_dir / "org" / "tiny" / "latest"
+        for command in (["prune"], ["prune", "--all"], ["remove", "org/tiny", "latest"],
+                        ["verify", "org/tiny", "latest", "--repair"], ["pull", "org/tiny", "latest"]):
+            result = cli_run(server, data_dir, *command)
+            assert result.returncode == 7, (command, result.stderr)
+            assert f"{registry} is corrupt" in result.stderr
+            assert "nothing was deleted" in result.stderr or command[0] == "pull"  # a pull fails before
+            assert tree(installed) == dict(sorted(model.items())), command
+        # The way out the message gives: with registry.json moved away, a pull adopts the files.
+        registry.rename(data_dir / "registry.json.bad")
+        chunks = chunk_paths(registry_dir)
+        fetched = [server.requests[path] for path in chunks]
+        assert cli_run(server, data_dir, "pull", "org/tiny", "latest").returncode == 0
+        assert [server.requests[path] for path in chunks] == fetched  # not one chunk downloaded again
+        assert tree(installed) == dict(sorted(model.items()))
+
     def test_cli_prune(self, server: RegistryServer, data_dir: Path) -> None:
         cache = data_dir / "cache" / "chunks"
         cache.mkdir(parents=True)

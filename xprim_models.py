@@ -989,6 +989,22 @@ def _get_file_information() -> Any:
     return query
 
 
+def _real_directory(path: str) -> bool:
+    """Whether ``path`` is a directory itself, not a symbolic link or junction to one."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(status.st_mode) and not getattr(status, "st_reparse_tag", 0)
+
+
+def _remove_if_empty(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # not empty, or gone
+
+
 def _list_directory(path: str) -> list[str]:
     try:
         return os.listdir(path)
@@ -3316,7 +3332,7 @@ class _Store:
             return {}
         except OSError as exc:
             raise _storage_error("read", path, exc) from exc
-        hint = f"; fix or delete {path} (model files are not affected)"
+        hint = self._fix_hint()
         if len(raw) > _MAX_REGISTRY_BYTES:
             raise StorageError(f"{path} is over {_format_size(_MAX_REGISTRY_BYTES)}{hint}")
         try:
@@ -3335,6 +3351,25 @@ class _Store:
             raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
         return doc  # type: ignore[no-any-return]
 
+    def _fix_hint(self) -> str:
+        return f"; fix or delete {self.registry_path} (model files are not affected)"
+
+    def listing(self) -> dict[str, Any]:
+        """registry.json with every name in it checked. Only it tells an installed version
+        from a leftover, so what deletes leftovers (prune, remove, reclaim) reads it here and
+        deletes nothing while it cannot be read."""
+        try:
+            doc = self.read()
+            self.refs(doc)
+        except StorageError as exc:
+            problem = str(exc).removesuffix(self._fix_hint())
+            raise StorageError(
+                f"{problem}; nothing was deleted, as only registry.json tells an installed version from a "
+                f"leftover: fix it, or move it away and pull each installed version again "
+                "(the pull reuses its files) before you remove or prune"
+            ) from exc
+        return doc
+
     @staticmethod
     def entry(doc: Mapping[str, Any], ref: ModelRef) -> dict[str, Any] | None:
         return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)  # type: ignore[no-any-return]
@@ -3346,8 +3381,9 @@ class _Store:
                 for version in versions:
                     try:
                         refs.append(ModelRef(group, model, version))
+                        self.version_dir(refs[-1])  # a reserved group cannot be installed
                     except InvalidRefError as exc:
-                        raise StorageError(f"{self.registry_path} is corrupt: {exc}") from exc
+                        raise StorageError(f"{self.registry_path} is corrupt: {exc}{self._fix_hint()}") from exc
         return refs
 
     def installed(self, ref: ModelRef, entry: Mapping[str, Any]) -> InstalledModel:
@@ -3399,7 +3435,7 @@ class _Store:
             _atomic_write(self.registry_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
     def committed_hash(self, ref: ModelRef) -> str:
-        entry = self.entry(self.read(), ref)
+        entry = self.entry(self.listing(), ref)
         value = entry.get("manifest_hash") if entry is not None else None
         return value if isinstance(value, str) else ""
 
@@ -3653,7 +3689,7 @@ class _Store:
     def leftovers(self, *, unlisted: bool = True) -> Iterator[ModelRef]:
         """Versions with a staging directory or old copy beside them, or (with ``unlisted``)
         a version directory that registry.json does not list."""
-        doc = self.read() if unlisted else {}
+        doc = self.listing() if unlisted else {}
         for group in _list_directory(self.root):
             if group.startswith(".") or group.lower() in _RESERVED_GROUPS:
                 continue
@@ -3717,7 +3753,26 @@ class _Store:
                 os.rmdir(self.chunks_dir)  # gone once empty: pulls no longer write there
             except OSError:
                 pass  # absent, or chunks younger than max_age remain
+            self.remove_empty()
         return freed
+
+    def remove_empty(self) -> None:
+        """Delete the model and group directories that hold nothing (prune, with no pull
+        running): plain directories with model and group names, never a link or its target."""
+        for group in _list_directory(self.root):
+            group_dir = os.path.join(self.root, group)
+            if group.lower() in _RESERVED_GROUPS or _name_problem("group", group) or not _real_directory(group_dir):
+                continue
+            for model in _list_directory(group_dir):
+                if _name_problem("model", model) or not _real_directory(os.path.join(group_dir, model)):
+                    continue
+                lock = self.model_lock(ModelRef(group, model))
+                if lock.try_acquire():  # else a pull, remove or verify of it is under way
+                    try:
+                        _remove_if_empty(os.path.join(group_dir, model))
+                    finally:
+                        lock.__exit__(None, None, None)
+            _remove_if_empty(group_dir)
 
     @staticmethod
     def check_case(ref: ModelRef, installed_models: Sequence[InstalledModel]) -> None:

@@ -942,6 +942,41 @@ class TestRegistry:
         assert {item.alias_of for item in manager.list_remote_versions("org", "tiny") if item.ref.version[0] == "a"} \
             == {"v2"}
 
+    def test_messages_and_logs_from_the_index_are_bounded(self, manager: xm.Manager, registry_dir: Path,
+                                                          model: dict[str, bytes]) -> None:
+        # Within the caps: 10,000 aliases in one cycle, 10,000 more each an alias of the next
+        # (listed last first) down to a missing version, and 10,000 good versions.
+        count = 10_000
+        index = json.loads((registry_dir / "models.json").read_text())
+        index["org"]["ring"] = {f"r{n}": {"alias": f"r{(n + 1) % count}"} for n in range(count)}
+        index["org"]["chain"] = {f"c{n}": {"alias": f"c{n + 1}"} for n in reversed(range(count))}
+        index["org"]["many"] = {f"m{n}": {"hash": "0" * 64} for n in range(count)}
+        (registry_dir / "models.json").write_text(json.dumps(index))
+        lines: list[str] = []
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                lines.append(record.getMessage())
+
+        handler = Handler()
+        logging.getLogger("xprim_models").addHandler(handler)
+        try:
+            assert len(manager.list_remote()) == 3 + count
+        finally:
+            logging.getLogger("xprim_models").removeHandler(handler)
+        assert sum(map(len, lines)) < 16_000 and max(map(len, lines)) < 300, lines[:3]
+        assert lines[-1] == ("models.json: leaving out 19980 more invalid entries; asking for one by name says why")
+        with pytest.raises(xm.RegistryError) as cycle:
+            manager.get_remote("org/ring r5000")
+        assert "cycle: r0 -> r1 -> r2 -> r3 -> r4 -> ... (10000 aliases, back to 'r0')" in str(cycle.value)
+        with pytest.raises(xm.RegistryError) as chain:
+            manager.get_remote("org/chain c0")
+        assert "through alias 'c9999', and it is an alias of missing version 'c10000'" in str(chain.value)
+        with pytest.raises(xm.VersionNotFoundError) as missing:
+            manager.get_remote("org/many x")
+        assert "(available: m0, m1, m10, m100, m1000 and 9995 more)" in str(missing.value)
+        assert max(len(str(error.value)) for error in (cycle, chain, missing)) < 300
+
     def test_unsupported_scheme(self, tmp_path: Path) -> None:
         with pytest.raises(xm.RegistryError, match="unsupported scheme"):
             xm.Manager(xm.Config("t", "ftp://example.com/r", tmp_path)).list_remote()

@@ -131,6 +131,10 @@ _MAX_INDEX_BYTES = 32 << 20
 # cap could otherwise take gigabytes.
 _MAX_INDEX_VALUES = 500_000  # JSON values and object keys in models.json (containers count twice)
 _MAX_METADATA_DEPTH = 32  # containers nested in one entry's metadata: deeper, the entry is left out
+# What a message or log line shows of a list from models.json (alias cycle links, versions,
+# left-out entries), so that its length does not grow with the registry's.
+_LISTED_AT_MOST = 5
+_WARNED_AT_MOST = 20  # models.json entries left out with a warning each; the rest are counted
 _MAX_MANIFEST_BYTES = 64 << 20
 _MAX_REGISTRY_BYTES = 256 << 20
 _MAX_FILES = 1_000_000
@@ -1464,7 +1468,7 @@ class _Index:
                 f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, self.models)}"
             )
         raise VersionNotFoundError(
-            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {', '.join(versions) or 'none'}"
+            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {_first_few(versions) or 'none'}"
             + (f"; {invalid} invalid entries of this model are left out, see the warnings)" if invalid else ")")
         )
 
@@ -1513,6 +1517,9 @@ def _parse_index(raw: bytes, location: str) -> _Index:
                     entries[(group, model, version)] = entry
     # Each alias chain is walked once: every key on it learns its final version, or why it has none.
     final = {key: key[2] for key, entry in entries.items() if "alias" not in entry}
+    # A broken chain's aliases: the alias where it breaks, and why. A chain that joins it says
+    # the same (nesting each chain's message in the next would grow with their number).
+    broken: dict[tuple[str, str, str], tuple[str, str]] = {}
     for key, entry in entries.items():
         if key in final or key in problems:
             continue  # a version, or an alias on a chain walked before
@@ -1529,7 +1536,7 @@ def _parse_index(raw: bytes, location: str) -> _Index:
             following = (key[0], key[1], entries[current]["alias"])
             if following in on_chain:
                 names = [version for _, _, version in chain[chain.index(following):]]
-                problem = f"its aliases form a cycle: {' -> '.join([*names, following[2]])}"
+                problem = f"its aliases form a cycle: {_cycle(names)}"
                 cycle = True
             elif following not in entries:
                 why = problems.get(following)
@@ -1538,12 +1545,14 @@ def _parse_index(raw: bytes, location: str) -> _Index:
             if problem:
                 break
             current = following
-        if not problem and current in problems:
-            problem = f"it is an alias of version {current[2]!r}, which cannot be used: {problems[current]}"
+        last = chain[-1][2]
+        if not problem and current in problems:  # it joins a chain found broken before: that one's break
+            last, problem = broken[current]
         if problem:
-            for position, link in enumerate(chain):
-                problems[link] = problem if position == len(chain) - 1 or cycle else (
-                    f"it resolves through alias {chain[-1][2]!r}, and {problem}")
+            for link in chain:
+                where = link[2] if cycle else last
+                broken[link] = (where, problem)
+                problems[link] = problem if where == link[2] else f"it resolves through alias {where!r}, and {problem}"
             continue
         resolved = final.get(current, current[2])
         for link in chain:
@@ -1560,6 +1569,20 @@ def _parse_index(raw: bytes, location: str) -> _Index:
         models[key] = RemoteModel(ModelRef(group, model, version), target["hash"],
                                   concrete if concrete != version else "", dict(metadata))
     return _Index(models, problems)
+
+
+def _cycle(names: Sequence[str]) -> str:
+    """An alias cycle by its first few links, and its length when they are not all of it."""
+    if len(names) <= _LISTED_AT_MOST:
+        return " -> ".join([*names, names[0]])
+    return f"{' -> '.join(names[:_LISTED_AT_MOST])} -> ... ({len(names)} aliases, back to {names[0]!r})"
+
+
+def _first_few(names: Sequence[str]) -> str:
+    """``names`` joined, the first few of them when there are more."""
+    if len(names) <= _LISTED_AT_MOST:
+        return ", ".join(names)
+    return f"{', '.join(names[:_LISTED_AT_MOST])} and {len(names) - _LISTED_AT_MOST} more"
 
 
 def _entry_problem(entry: Any) -> str:
@@ -2658,11 +2681,14 @@ class _RegistryClient:
         raw = self.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES,
                                   revalidate=True)  # caches must not hide an alias move
         index = _parse_index(raw, self.location("models.json"))
-        for key, problem in index.problems.items():
-            if key not in self.index_warned:
-                self.index_warned.add(key)
-                label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
-                self.logger.warning("models.json: leaving out %r: %s", label, problem)
+        fresh = [(key, problem) for key, problem in index.problems.items() if key not in self.index_warned]
+        self.index_warned.update(key for key, _ in fresh)
+        for key, problem in fresh[:_WARNED_AT_MOST]:
+            label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
+            self.logger.warning("models.json: leaving out %.200r: %s", label, problem)  # invalid names are not capped
+        if len(fresh) > _WARNED_AT_MOST:
+            self.logger.warning("models.json: leaving out %d more invalid entries; asking for one by name says why",
+                                len(fresh) - _WARNED_AT_MOST)
         return index
 
     def manifest(self, digest: str, metadata_dir: str, session: _Session | None = None) -> tuple[_Manifest, bytes]:

@@ -5781,6 +5781,10 @@ class SweepScenario:
         elif name == "pull-streamed":  # chunks over 256 KiB stream into their files
             self.publish("org/m v1", big, 300 << 10)
             self.command, self.target, self.allowed = ["pull", "org/m", "v1"], "org/m v1", ["absent", "new"]
+        elif name == "pull-repeated":  # a 1 MiB chunk, over the write buffer, copied to where it repeats
+            repeated = blob(1 << 20, f"{name}-r")
+            self.publish("org/m v1", {"weights.bin": repeated * 2, "tail.bin": blob(1_000, f"{name}-t")}, 1 << 20)
+            self.command, self.target, self.allowed = ["pull", "org/m", "v1"], "org/m v1", ["absent", "new"]
         elif name == "pull-force":
             self.publish("org/m v1", small, 1024)
             self.install("org/m v1")
@@ -5943,7 +5947,7 @@ class SweepScenario:
         return problems
 
 
-SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-force", "update-alias", "remove", "pull-beside"]
+SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-repeated", "pull-force", "update-alias", "remove", "pull-beside"]
 
 
 @pytest.mark.skipif(bool(sweep_enabled()), reason=sweep_enabled() or "runs")

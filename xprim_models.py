@@ -3115,7 +3115,7 @@ class _ChunkFiles:
             except OSError as exc:
                 raise _storage_error("read", path, exc) from exc
             finally:
-                os.close(fd)
+                _close_quietly(fd)  # read only: what close() reports cannot concern these bytes
 
 
 class _Staging(_ChunkFiles):

@@ -2121,29 +2121,6 @@ class TestCli:
         result = cli_run(server, data_dir, "list", "--remote")
         assert (result.returncode, result.stderr) == (0, "")
 
-    @pytest.mark.parametrize(
-        "argv",
-        [
-            ["path", "org/tiny", "v1"], ["--data-dir", "d", "path", "org/tiny v1", "--json"],
-            ["-q", "path", "org/tiny", "v1", "--registry=r", "-v"], ["list"], ["--registry", "r", "list", "--remote"],
-            ["list", "--data-dir=d", "--quiet", "--verbose"], ["path", "org/tiny"],
-        ],
-    )
-    def test_quick_reading_of_path_and_list_matches_argparse(self, argv: list[str]) -> None:
-        quick = xm._quick_args(argv)
-        assert quick is not None
-        word = next(item for item in argv if item in ("path", "list"))
-        parsed = vars(xm._main_parser(word, lambda args: (xm.Config("x"), {}), "")[0].parse_args(argv))
-        assert quick == {key: value for key, value in parsed.items() if key != "func"}
-
-    @pytest.mark.parametrize(
-        "argv",
-        [["path"], ["path", "a/b", "c", "d"], ["--remote", "list"], ["list", "-h"], ["list", "--jso"],
-         ["--registry", "-x", "list"], ["path", "--", "a/b", "c"], ["list", "-qv"], ["pull", "a/b", "c"]],
-    )
-    def test_anything_else_is_left_to_argparse(self, argv: list[str]) -> None:
-        assert xm._quick_args(argv) is None
-
     def test_registry_and_data_dir_after_the_command_word(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:

@@ -4738,8 +4738,13 @@ def _version_label(ref: ModelRef, alias_of: str) -> str:
     return f"{ref.version} -> {alias_of}" if alias_of else ref.version
 
 
+def _ref_text(args: argparse.Namespace) -> str:
+    """The ref a command line gave: ``GROUP/MODEL [VERSION]``, or both as one word."""
+    return f"{args.models_ref} {args.models_version}".strip()
+
+
 def _command_list(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    if args.remote:
+    if args.models_remote:
         remote = manager.list_remote(detail=True)
         if console.json:
             console.document({"models": [_remote_json(item) for item in remote]})
@@ -4774,8 +4779,8 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
               *, force: bool = False) -> InstalledModel:
     printer = _ProgressPrinter(console)
     try:
-        installed = manager.pull(ref, force=force, concurrency=args.concurrency, progress=printer,
-                                 limit_rate=args.limit_rate)
+        installed = manager.pull(ref, force=force, concurrency=args.models_concurrency, progress=printer,
+                                 limit_rate=args.models_limit_rate)
     except BaseException:
         printer.abort()
         raise
@@ -4784,9 +4789,9 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
 
 
 def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(f"{args.model} {args.version}", "pull")  # "g/m v" also comes as one word
+    ref = _versioned(_ref_text(args), "pull")  # "g/m v" also comes as one word
     try:
-        installed = _pull_one(manager, ref, console, args, force=args.force)
+        installed = _pull_one(manager, ref, console, args, force=args.models_force)
     except AlreadyInstalledError as exc:
         if console.json:
             console.document({"status": "already_installed", "model": _installed_json(exc.installed)})
@@ -4805,10 +4810,10 @@ def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console)
 
 
 def _command_remove(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    base = _as_ref(f"{args.model} {args.version}")
-    if args.all == bool(base.version):
+    base = _as_ref(_ref_text(args))
+    if args.models_all == bool(base.version):
         raise InvalidRefError("remove: give either a version or --all")
-    if args.all:
+    if args.models_all:
         removed = manager.remove_all(base.group, base.model)
     else:
         removed = [base]
@@ -4818,22 +4823,22 @@ def _command_remove(manager: Manager, args: argparse.Namespace, console: _Consol
         return 0
     for ref in removed:
         console.out(f"Removed: {ref}")
-    if args.all:
+    if args.models_all:
         console.out(f"Removed {len(removed)} version{'s' if len(removed) != 1 else ''}")
     return 0
 
 
 def _command_info(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(f"{args.model} {args.version}", "info")
+    ref = _versioned(_ref_text(args), "info")
     installed: InstalledModel | None = None
     files: list[FileInfo] = []
     try:
         installed = manager.get_installed(ref)
         files = manager.files(ref)
     except NotInstalledError as exc:
-        if not args.remote:
+        if not args.models_remote:
             raise NotInstalledError(f"{exc} (use --remote to see the registry's copy)") from exc
-    remote = manager.get_remote_detail(ref) if args.remote else None
+    remote = manager.get_remote_detail(ref) if args.models_remote else None
     if console.json:
         console.document({
             **_ref_fields(ref),
@@ -4880,7 +4885,7 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
 
 
 def _command_path(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    path = manager.path(_versioned(f"{args.model} {args.version}", "path"))
+    path = manager.path(_versioned(_ref_text(args), "path"))
     if console.json:
         console.document({"path": path})
     else:
@@ -4898,8 +4903,8 @@ def _update_label(installed: InstalledModel, remote: RemoteModel) -> str:
 
 def _command_update(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
     installed = manager.list_installed()
-    if args.model:
-        base = _as_ref(args.model)
+    if args.models_ref:
+        base = _as_ref(args.models_ref)
         installed = [item for item in installed if (item.ref.group, item.ref.model) == (base.group, base.model)]
         if not installed:
             raise NotInstalledError(f"model not installed: {base.group}/{base.model}")
@@ -4912,7 +4917,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
     here = _registry_origin(manager.config.registry_url)
     if not here and not all(item.registry_url for item in installed):
         raise RegistryError("update: no registry URL is configured")  # _run_command says how to give one
-    named = bool(getattr(args, "registry", None))  # --registry on this command line: check only there
+    named = bool(getattr(args, "models_registry", None))  # --registry on this command line: check only there
     others: dict[str, Manager] = {}
     if not console.json:
         console.out("Checking for updates...")
@@ -4947,7 +4952,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
             result["update_available"] = True
             if not console.json:
                 console.out(f"{item.ref}: update available ({_update_label(item, remote)})")
-            if args.apply:
+            if args.models_apply:
                 if not console.json:
                     console.out(f"Downloading update for {item.ref}...")
                 try:
@@ -4967,10 +4972,10 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
 
 
 def _command_verify(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    if args.repair and not manager.config.registry_url:
+    if args.models_repair and not manager.config.registry_url:
         raise RegistryError("verify --repair: no registry URL is configured")  # _run_command says how to give one
-    if args.model:
-        refs = [_as_ref(f"{args.model} {args.version}")]
+    if args.models_ref:
+        refs = [_as_ref(_ref_text(args))]
         if not refs[0].version:
             raise InvalidRefError("verify: give a version too ('verify group/model version'), or no model at all")
     else:
@@ -4984,19 +4989,19 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     exit_code = 0
     results = []
     for ref in refs:
-        printer = _ProgressPrinter(console) if args.repair else None
+        printer = _ProgressPrinter(console) if args.models_repair else None
         try:
-            files, sharing = manager.verify(ref, repair=args.repair, concurrency=args.concurrency,
-                                            progress=printer, limit_rate=args.limit_rate, split=True)
+            files, sharing = manager.verify(ref, repair=args.models_repair, concurrency=args.models_concurrency,
+                                            progress=printer, limit_rate=args.models_limit_rate, split=True)
         except BaseException:
             if printer is not None:
                 printer.abort()
             raise
         if printer is not None and printer.phase:
             printer.finish()
-        damaged = [] if args.repair else files
+        damaged = [] if args.models_repair else files
         results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
-                        "repaired": files if args.repair else []})
+                        "repaired": files if args.models_repair else []})
         if damaged or sharing:
             exit_code = HashMismatchError.exit_code
         if console.json:
@@ -5005,7 +5010,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
             console.out(f"{ref}: ok")
             continue
         if files:
-            verb = "repaired" if args.repair else "damaged or missing"
+            verb = "repaired" if args.models_repair else "damaged or missing"
             console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
             for path in files:
                 console.out(f"  {path}")
@@ -5014,7 +5019,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
                         "the chunk's hash cannot say which of its files holds the damage)")
             for path in sharing:
                 console.out(f"  {path}")
-        if not args.repair:
+        if not args.models_repair:
             console.out(f"To repair it: {console.prog} verify {ref} --repair")
     if console.json:
         console.document({"results": results})
@@ -5022,7 +5027,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
 
 
 def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    freed = manager.prune_cache(None if args.all else 86400)
+    freed = manager.prune_cache(None if args.models_all else 86400)
     if console.json:
         console.document({"freed_bytes": freed})
     else:
@@ -5088,16 +5093,15 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
 
 def _run_command(
     handler: Callable[[Manager, argparse.Namespace, _Console], int],
-    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
-    manager_options: Mapping[str, Any],
+    configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     prog: str,
     usage: Callable[[], str],
     registry_hint: str,
     args: argparse.Namespace,
 ) -> int:
-    """Run ``handler`` as command ``prog`` ("mytool models pull"); ``usage`` is its usage text."""
-    if not isinstance(config, Config):  # main's: from --registry and --data-dir, wherever they were
-        config, manager_options = config(args)
+    """Run ``handler`` as command ``prog`` ("mytool models pull"); ``usage`` is its usage text and
+    ``configure`` gives the Config and Manager options for the parsed arguments."""
+    config, manager_options = configure(args)
     console = _Console(args, prog.rsplit(" ", 1)[0])
     console.registry_hint = registry_hint
     try:
@@ -5135,7 +5139,77 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-_COMMANDS = ("list", "pull", "remove", "info", "path", "update", "verify", "prune")
+# Every option and positional stores under a models_ name, so a parent tool's own
+# --model, --force or --json is never overwritten by ours.
+
+def _ref_arguments(parser: argparse.ArgumentParser, version: str = "required") -> None:
+    """GROUP/MODEL and VERSION; ``version`` is "required" or "optional" for the help text
+    (argparse takes it as optional either way: "group/model version" may come as one word)."""
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="",
+                        help="for example fp16, or an alias" + (" (required)" if version == "required" else ""))
+
+
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", dest="models_concurrency", type=_positive_int, default=4, metavar="N",
+                        help="parallel chunk downloads (default 4, at most 16)")
+    parser.add_argument("--limit-rate", dest="models_limit_rate", type=_rate, default=None, metavar="RATE",
+                        help="cap the download rate, e.g. 500K or 2M (bytes per second)")
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote", dest="models_remote", action="store_true", help="list what the registry offers")
+
+
+def _pull_arguments(parser: argparse.ArgumentParser) -> None:
+    _ref_arguments(parser)
+    parser.add_argument("--force", dest="models_force", action="store_true", help="install again even if installed")
+    _download_arguments(parser)
+
+
+def _remove_arguments(parser: argparse.ArgumentParser) -> None:
+    _ref_arguments(parser, "optional")
+    parser.add_argument("--all", dest="models_all", action="store_true",
+                        help="remove every installed version of the model")
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    _ref_arguments(parser)
+    parser.add_argument("--remote", dest="models_remote", action="store_true", help="also show the registry's copy")
+
+
+def _update_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="")
+    parser.add_argument("--apply", dest="models_apply", action="store_true", help="download the updates")
+    _download_arguments(parser)
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="")
+    parser.add_argument("--repair", dest="models_repair", action="store_true",
+                        help="fetch and rewrite only what is damaged")
+    _download_arguments(parser)
+
+
+def _prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--all", dest="models_all", action="store_true",
+                        help="delete every chunk left in cache/chunks, whatever its age")
+
+
+# The commands, in the order help lists them: (name, summary, handler, arguments).
+# register_subcommands and main both build their parsers from this table alone.
+_COMMAND_TABLE: tuple[tuple[str, str, Callable[[Manager, argparse.Namespace, _Console], int],
+                            Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("list", "list installed models (or the registry's, with --remote)", _command_list, _list_arguments),
+    ("pull", "download and install a model version", _command_pull, _pull_arguments),
+    ("remove", "remove an installed model version", _command_remove, _remove_arguments),
+    ("info", "show details of a model version", _command_info, _info_arguments),
+    ("path", "print the directory of an installed model version", _command_path, _ref_arguments),
+    ("update", "check installed models for updates", _command_update, _update_arguments),
+    ("verify", "re-hash installed files; --repair fixes what is damaged", _command_verify, _verify_arguments),
+    ("prune", "delete crash leftovers, and chunks earlier versions cached", _command_prune, _prune_arguments),
+)
 
 
 def register_subcommands(
@@ -5152,121 +5226,27 @@ def register_subcommands(
         config: the application's name and registry.
         **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
     """
-    _register(subparsers, config, manager_options)
+    _register(subparsers, lambda args: (config, manager_options))
 
 
 def _register(
     subparsers: argparse._SubParsersAction[Any],
-    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
-    manager_options: Mapping[str, Any],
+    configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     *,
     registry_hint: str = "",
-    only: str | None = None,
-    formatter: type[argparse.HelpFormatter] | None = None,
     extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> None:
-    """``register_subcommands``, and for ``main``: the configuration taken from the parsed
-    arguments, how its users give a registry, the one command to register (start-up
-    time), the help formatter, and ``extra`` options each command also takes."""
-
-    def command(name: str, handler: Callable[[Manager, argparse.Namespace, _Console], int],
-                summary: str) -> argparse.ArgumentParser | None:
-        if only is not None and name != only:
-            return None
-        options: dict[str, Any] = {"formatter_class": formatter} if formatter else {}
-        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary, **options)
-        parser.set_defaults(func=partial(_run_command, handler, config, manager_options, parser.prog,
-                                         parser.format_usage, registry_hint))
+    """Add every command of the table to ``subparsers``. ``configure`` gives the Config and
+    Manager options for the parsed arguments; main also passes how its users give a
+    registry, and ``extra`` options each command takes."""
+    for name, summary, handler, arguments in _COMMAND_TABLE:
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
+        parser.set_defaults(func=partial(_run_command, handler, configure, parser.prog, parser.format_usage,
+                                         registry_hint))
         _add_output_flags(parser, top_level=False)
         if extra is not None:
             extra(parser)
-        return parser
-
-    def model_argument(parser: argparse.ArgumentParser, version: str = "required") -> None:
-        parser.add_argument("model", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
-        parser.add_argument("version", metavar="VERSION", nargs="?", default="",
-                            help="for example fp16, or an alias" + (" (required)" if version == "required" else ""))
-
-    def download_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
-                            help="parallel chunk downloads (default 4, at most 16)")
-        parser.add_argument("--limit-rate", type=_rate, default=None, metavar="RATE",
-                            help="cap the download rate, e.g. 500K or 2M (bytes per second)")
-
-    listing = command("list", _command_list, "list installed models (or the registry's, with --remote)")
-    if listing:
-        listing.add_argument("--remote", action="store_true", help="list what the registry offers")
-
-    pull = command("pull", _command_pull, "download and install a model version")
-    if pull:
-        model_argument(pull)
-        pull.add_argument("--force", action="store_true", help="install again even if installed")
-        download_options(pull)
-
-    remove = command("remove", _command_remove, "remove an installed model version")
-    if remove:
-        model_argument(remove, "optional")
-        remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
-
-    info = command("info", _command_info, "show details of a model version")
-    if info:
-        model_argument(info)
-        info.add_argument("--remote", action="store_true", help="also show the registry's copy")
-
-    path = command("path", _command_path, "print the directory of an installed model version")
-    if path:
-        model_argument(path)
-
-    update = command("update", _command_update, "check installed models for updates")
-    if update:
-        update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-        update.add_argument("--apply", action="store_true", help="download the updates")
-        download_options(update)
-
-    verify = command("verify", _command_verify, "re-hash installed files; --repair fixes what is damaged")
-    if verify:
-        verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-        verify.add_argument("version", metavar="VERSION", nargs="?", default="")
-        verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
-        download_options(verify)
-
-    prune = command("prune", _command_prune, "delete crash leftovers, and chunks earlier versions cached")
-    if prune:
-        prune.add_argument("--all", action="store_true",
-                           help="delete every chunk left in cache/chunks, whatever its age")
-
-
-def _quick_args(arguments: Sequence[str]) -> dict[str, Any] | None:
-    """The arguments of the commonest command lines, ``path GROUP/MODEL VERSION`` and
-    ``list [--remote]`` with the global and output options, read without argparse: its
-    import and parsers take longer than the command itself. None for anything else, which
-    argparse reads (and explains, if it is wrong)."""
-    values: dict[str, Any] = {"registry": None, "data_dir": None, "header": None, "models_json": False,
-                              "models_quiet": False, "models_verbose": False}
-    flags = {"--json": "models_json", "--quiet": "models_quiet", "-q": "models_quiet",
-             "--verbose": "models_verbose", "-v": "models_verbose"}
-    words: list[str] = []
-    items = iter(arguments)
-    for item in items:
-        name, _, value = item.partition("=")
-        if item in flags:
-            values[flags[item]] = True
-        elif name in ("--registry", "--data-dir"):
-            value = value if "=" in item else next(items, "-")
-            if value.startswith("-"):
-                return None
-            values[name[2:].replace("-", "_")] = value
-        elif item == "--remote" and words == ["list"]:
-            values["remote"] = True
-        elif item.startswith("-") or not item:
-            return None
-        else:
-            words.append(item)
-    if words == ["list"]:
-        return {"command": "list", "remote": False, **values}
-    if len(words) in (2, 3) and words[0] == "path":
-        return {"command": "path", "model": words[1], "version": words[2] if len(words) == 3 else "", **values}
-    return None
+        arguments(parser)
 
 
 def _header_option(text: str) -> tuple[str, str]:
@@ -5285,72 +5265,50 @@ def _header_option(text: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    registry_hint = "give --registry URL, or set XPRIM_MODELS_REGISTRY_URL"
-
-    def configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
-        config = Config("xprim-models", args.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
-        options: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
-        if getattr(args, "header", None):
-            options["headers"] = dict(args.header)
-        return config, options
-
-    # Only the command given is built in full (its parser costs start-up time); --help and
-    # mistakes get them all. The word is the first that is not an option or its value.
-    word, value_next = None, False
-    for item in arguments:
-        if value_next:
-            value_next = False
-        elif item in ("--registry", "--data-dir", "--header"):
-            value_next = True
-        elif not item.startswith("-"):
-            word = item
-            break
-    quick = _quick_args(arguments)
-    if quick is not None:  # the same namespace argparse would make
-        from types import SimpleNamespace
-
-        handler = _command_path if quick["command"] == "path" else _command_list
-        args: Any = SimpleNamespace(**quick)
-        return _run_command(handler, configure, {}, f"xprim-models {quick['command']}",
-                            lambda: _main_parser(word, configure, registry_hint)[1], registry_hint, args)
     try:
-        args = _main_parser(word, configure, registry_hint)[0].parse_args(arguments)
+        args = _main_parser().parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     result: int = args.func(args)
     return result
 
 
-def _main_parser(
-    word: str | None, configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]], registry_hint: str
-) -> tuple[argparse.ArgumentParser, str]:
-    """``main``'s parser, with command ``word`` only if it is one, and that command's usage."""
+def _configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+    """main's Config and Manager options, from --registry, --data-dir and --header wherever they were."""
+    config = Config("xprim-models", args.models_registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
+    options: dict[str, Any] = {"data_dir": args.models_data_dir} if args.models_data_dir else {}
+    if getattr(args, "models_header", None):
+        options["headers"] = dict(args.models_header)
+    return config, options
+
+
+def _main_parser() -> argparse.ArgumentParser:
     import argparse
 
-    class Formatter(argparse.RawDescriptionHelpFormatter):
-        """argparse's, sized without importing shutil (which every argument's check would)."""
+    columns = os.environ.get("COLUMNS", "")
+    width = (int(columns) if columns.isdigit() else _terminal_width(sys.stdout)) - 2
 
-        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                     width: int | None = None) -> None:
-            columns = os.environ.get("COLUMNS", "")
-            width = width or (int(columns) if columns.isdigit() else _terminal_width(sys.stdout)) - 2
-            super().__init__(prog, indent_increment, max_help_position, width)
+    class Parser(argparse.ArgumentParser):
+        """argparse's, with help sized once, without importing shutil: argparse would size it
+        again for every argument it checks (start-up time). The command parsers are of this class too."""
+
+        def _get_formatter(self) -> argparse.HelpFormatter:
+            return argparse.RawDescriptionHelpFormatter(self.prog, width=width)
 
     def global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
         # Also accepted after the command word, but listed once.
         hidden: Any = argparse.SUPPRESS if after_command else None
-        parser.add_argument("--registry", metavar="URL", default=hidden,
+        parser.add_argument("--registry", dest="models_registry", metavar="URL", default=hidden,
                             help=hidden or "registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
-        parser.add_argument("--data-dir", metavar="DIR", default=hidden,
+        parser.add_argument("--data-dir", dest="models_data_dir", metavar="DIR", default=hidden,
                             help=hidden or "where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
-        parser.add_argument("--header", metavar="'NAME: VALUE'", action="append", type=_header_option,
-                            default=hidden, help=hidden or "send this header with every registry request, "
+        parser.add_argument("--header", dest="models_header", metavar="'NAME: VALUE'", action="append",
+                            type=_header_option, default=hidden,
+                            help=hidden or "send this header with every registry request, "
                             "like curl -H (repeatable; e.g. 'Authorization: Bearer TOKEN')")
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xprim-models", description="Download and manage models from an XPRIM registry.",
-        formatter_class=Formatter,
         epilog=(
             "examples:\n"
             "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
@@ -5363,10 +5321,9 @@ def _main_parser(
     parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
     _add_output_flags(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    only = word if word in _COMMANDS else None
-    _register(commands, configure, {}, registry_hint=registry_hint, only=only, formatter=Formatter,
+    _register(commands, _configure, registry_hint="give --registry URL, or set XPRIM_MODELS_REGISTRY_URL",
               extra=lambda command: global_options(command, after_command=True))
-    return parser, commands.choices[only].format_usage() if only else parser.format_usage()
+    return parser
 
 
 if __name__ == "__main__":

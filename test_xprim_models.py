@@ -1871,11 +1871,11 @@ class TestConcurrency:
 
 # --- Command line ------------------------------------------------------------------
 
-V1_SIZE = sum(len(content) for content in MODEL_FILES.values())  # 6514 bytes: "6.4 KB"
+V1_SIZE = sum(len(content) for content in MODEL_FILES.values())  # 6514 bytes: "6.5 kB"
 V2_FILES = {**MODEL_FILES, "config.json": b'{"layers": 3}\n'}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SNAKE_CASE = re.compile(r"[a-z][a-z0-9_]*")
-PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{20}\] \d+%")
+PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{5,20}\] \d+%")  # the bar narrows to fit the sizes
 
 
 def cli_run(server: RegistryServer, data_dir: Path, *args: str, env: dict[str, str] | None = None,
@@ -2106,7 +2106,7 @@ class TestCli:
         assert verbose.stdout.startswith("GROUP")
         quiet = cli_run(server, data_dir, *args("--quiet", "pull", "org/tiny", "v1"))
         assert (quiet.returncode, quiet.stderr) == (0, "")
-        assert "Model installed: org/tiny v1 (6.4 KB)\n" in quiet.stdout
+        assert "Model installed: org/tiny v1 (6.5 kB)\n" in quiet.stdout
 
     def test_flag_after_the_command_keeps_one_given_before(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
@@ -2168,6 +2168,12 @@ class TestCli:
 
     # Human output --------------------------------------------------------------
 
+    @pytest.mark.parametrize(("size", "text"), [(0, "0 B"), (999, "999 B"), (1000, "1 kB"), (6514, "6.5 kB"),
+                                                (999_949, "999.9 kB"), (999_950, "1 MB"), (31_457_288, "31.5 MB"),
+                                                (7_400_000_000, "7.4 GB")])
+    def test_sizes_are_decimal(self, size: int, text: str) -> None:
+        assert xm._format_size(size) == text
+
     def test_list_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         empty = cli_run(server, data_dir, "list")
         assert (empty.returncode, empty.stdout, empty.stderr) == (0, "No models installed\n", "")
@@ -2178,8 +2184,8 @@ class TestCli:
         assert result.returncode == 0
         assert result.stdout == (
             "GROUP   MODEL   VERSION   SIZE     INSTALLED\n"
-            f"org     tiny    v1        6.4 KB   {dates[0]}\n"
-            f"org     tiny    v2        6.4 KB   {dates[1]}\n"
+            f"org     tiny    v1        6.5 kB   {dates[0]}\n"
+            f"org     tiny    v2        6.5 kB   {dates[1]}\n"
         )
 
     def test_list_remote_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
@@ -2187,9 +2193,9 @@ class TestCli:
         assert result.returncode == 0
         assert result.stdout == (
             "GROUP   MODEL   VERSION        SIZE\n"
-            "org     tiny    latest -> v1   6.4 KB\n"
-            "org     tiny    v1             6.4 KB\n"
-            "org     tiny    v2             6.4 KB\n"
+            "org     tiny    latest -> v1   6.5 kB\n"
+            "org     tiny    v1             6.5 kB\n"
+            "org     tiny    v2             6.5 kB\n"
         )
 
     def test_pull_human_and_already_installed(
@@ -2198,7 +2204,7 @@ class TestCli:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
         path = data_dir / "org" / "tiny" / "v1"
-        assert result.stdout == f"\nModel installed: org/tiny v1 (6.4 KB)\nPath: {path}\n"
+        assert result.stdout == f"\nModel installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
         assert tree(path) == MODEL_FILES
         downloads = server.chunk_requests()
         again = cli_run(server, data_dir, "pull", "org/tiny", "v1")
@@ -2207,7 +2213,7 @@ class TestCli:
         assert server.chunk_requests() == downloads  # nothing downloaded
         forced = cli_run(server, data_dir, "pull", "org/tiny", "v1", "--force")
         assert forced.returncode == 0
-        assert forced.stdout == f"\nModel installed: org/tiny v1 (6.4 KB)\nPath: {path}\n"
+        assert forced.stdout == f"\nModel installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
 
     def test_info_installed_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
@@ -2217,16 +2223,16 @@ class TestCli:
         assert result.stdout == textwrap.dedent(f"""\
             Model:        org/tiny v1
             Status:       Installed
-            Size:         6.4 KB
+            Size:         6.5 kB
             Files:        4
             Installed:    {cli_local_time(installed_at, True)}
             Path:         {data_dir / "org" / "tiny" / "v1"}
             Registry:     {server.url}
 
             Files:
-              model.safetensors     4.9 KB
+              model.safetensors     5 kB
               config.json           14 B
-              sub/tokenizer.json    1.5 KB
+              sub/tokenizer.json    1.5 kB
               empty.txt             0 B
             """)
 
@@ -2236,14 +2242,14 @@ class TestCli:
         assert result.stdout == textwrap.dedent("""\
             Model:        org/tiny v1
             Status:       Available (not installed)
-            Size:         6.4 KB
-            Chunks:       7 \u00d7 1 KB
+            Size:         6.5 kB
+            Chunks:       7 \u00d7 1 kB
             Files:        4
 
             Files:
-              model.safetensors     4.9 KB
+              model.safetensors     5 kB
               config.json           14 B
-              sub/tokenizer.json    1.5 KB
+              sub/tokenizer.json    1.5 kB
               empty.txt             0 B
 
             Metadata:
@@ -2294,7 +2300,7 @@ class TestCli:
             "Checking for updates...\n\n"
             "org/tiny latest: update available (v1 \u2192 v2)\n"
             "Downloading update for org/tiny latest...\n"
-            "Updated: org/tiny latest (6.4 KB)\n"
+            "Updated: org/tiny latest (6.5 kB)\n"
         )
         assert "Extracting files... done\n" in applied.stderr
         assert tree(data_dir / "org" / "tiny" / "latest") == V2_FILES
@@ -2352,7 +2358,7 @@ class TestCli:
         assert applied.returncode == 3
         assert "error: org/tiny v1: version not found" in applied.stderr
         assert "org/tiny v2: update available" in applied.stdout
-        assert "Updated: org/tiny v2 (6.4 KB)\n" in applied.stdout
+        assert "Updated: org/tiny v2 (6.5 kB)\n" in applied.stdout
         assert tree(data_dir / "org" / "tiny" / "v2") == changed
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES  # the failing one is left alone
 
@@ -2403,7 +2409,7 @@ class TestCli:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
         assert cli_without_quarters(result.stderr) == (
-            "Fetching manifest... done\nGetting 7 chunks (6.4 KB)\nDownloaded 7 chunks (6.4 KB)\n"
+            "Fetching manifest... done\nGetting 7 chunks (6.5 kB)\nDownloaded 7 chunks (6.5 kB)\n"
             "Extracting files... done\n"
         )
         assert "\r" not in result.stderr and "\x1b" not in result.stderr
@@ -2417,11 +2423,11 @@ class TestCli:
         capsys.readouterr()
         assert xm.main([*base, "pull", "org/tiny", "latest"]) == 0  # an alias of what is installed
         assert cli_without_quarters(capsys.readouterr().err, "Verifying") == (
-            "Fetching manifest... done\nGetting 7 chunks (6.4 KB)\n"
-            "Reused 7 chunks (6.4 KB) already on this disk; nothing downloaded\nExtracting files... done\n"
+            "Fetching manifest... done\nGetting 7 chunks (6.5 kB)\n"
+            "Reused 7 chunks (6.5 kB) already on this disk; nothing downloaded\nExtracting files... done\n"
         )
         assert xm.main([*base, "pull", "org/tiny", "v2"]) == 0  # one chunk differs from v1
-        assert "Downloaded 1 KB, reused 5.4 KB already on this disk (7 chunks)\n" in capsys.readouterr().err
+        assert "Downloaded 1 kB, reused 5.5 kB already on this disk (7 chunks)\n" in capsys.readouterr().err
         publish.publish(str(registry_dir), "org", "one", "v1", {"a.bin": b"abc"})
         publish.publish(str(registry_dir), "org", "none", "v1", {})
         assert xm.main([*base, "pull", "org/one", "v1"]) == 0
@@ -2467,13 +2473,13 @@ class TestCli:
     def test_progress_on_a_terminal_80_columns(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        # 8 KB/s: the 6.4 KB take most of a second, so the line is redrawn with a speed and an ETA.
+        # 8 kB/s: the 6.5 kB take most of a second, so the line is redrawn with a speed and an ETA.
         output = self.pull_on_a_terminal(server, data_dir, 80, "--limit-rate", "8K")
         states = self.drawn(output)
         assert all(len(state) < 80 for state in states), [state for state in states if len(state) >= 80]
         assert any(PTY_BAR.match(state) and "/s ETA " in state for state in states), states
-        assert "Downloaded 7 chunks (6.4 KB)" in states
-        assert "Model installed: org/tiny v1 (6.4 KB)" in output
+        assert "Downloaded 7 chunks (6.5 kB)" in states
+        assert "Model installed: org/tiny v1 (6.5 kB)" in output
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
 
     @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
@@ -2485,7 +2491,7 @@ class TestCli:
         assert all(len(state) < 40 for state in states), [state for state in states if len(state) >= 40]
         progress = [state for state in states if state.startswith("Downloading: ")]
         assert progress and not any("[" in state or "ETA" in state for state in progress), progress
-        assert "Downloaded 7 chunks (6.4 KB)" in states
+        assert "Downloaded 7 chunks (6.5 kB)" in states
 
     def test_progress_line_narrows_in_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Bar first, then ETA, then speed: at each width, the fullest line that fits, never wider."""
@@ -2561,7 +2567,7 @@ class TestCli:
         del server.always[chunk_paths(registry_dir)[4]]
         assert xm.main([*base, "pull", "org/tiny", "v1"]) == 0
         # Chunks 1 to 4 came before the failure; 5 to 7 come now.
-        assert "Downloaded 2.4 KB, reused 4 KB already on this disk (7 chunks)" in capsys.readouterr().err
+        assert "Downloaded 2.4 kB, reused 4.1 kB already on this disk (7 chunks)" in capsys.readouterr().err
         server.fail("models.json", *[Fault(status=503)] * 4)  # before any chunk: nothing to resume
         assert xm.main([*base, "pull", "org/tiny", "v2"]) == 5
         assert "resume" not in capsys.readouterr().err
@@ -2848,7 +2854,7 @@ class TestEmbedding:
         base = Path(xm.Manager(xm.Config("whisper-tool")).data_dir)  # the platform's, below the private HOME
         assert base.parts[-2:] == ("whisper-tool", "models") and isolated_env in base.parents
         home = base / "org" / "tiny" / "v1"
-        assert pulled.stdout == f"\nModel installed: org/tiny v1 (6.4 KB)\nPath: {home}\n"
+        assert pulled.stdout == f"\nModel installed: org/tiny v1 (6.5 kB)\nPath: {home}\n"
         assert "Fetching manifest... done\n" in pulled.stderr and "Extracting files... done\n" in pulled.stderr
         assert tree(home) == MODEL_FILES
         assert (home / ".whisper-tool").is_dir()  # the metadata directory follows the app name
@@ -3952,7 +3958,7 @@ class TestGoOriginal:
         go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="yesterday")
         listed = cli_run(server, data_dir, "list")
         assert listed.returncode == 0
-        assert listed.stdout.splitlines()[1].split() == ["org", "tiny", "v1", "6.4", "KB", "unknown"]
+        assert listed.stdout.splitlines()[1].split() == ["org", "tiny", "v1", "6.5", "kB", "unknown"]
         assert "install time of org/tiny v1 is unknown" in listed.stderr
         info = cli_run(server, data_dir, "--quiet", "info", "org/tiny", "v1")
         assert (info.returncode, info.stderr) == (0, "") and "Installed:    unknown\n" in info.stdout
@@ -3984,7 +3990,7 @@ class TestGoOriginal:
         assert go_copy != published_bytes(registry_dir, "v1")
         listed = cli_run(server, data_dir, "list")
         assert listed.returncode == 0 and listed.stdout.splitlines()[1].split() == [
-            "org", "tiny", "v1", "6.4", "KB", "2026-11-28"]
+            "org", "tiny", "v1", "6.5", "kB", "2026-11-28"]
         assert cli_run(server, data_dir, "path", "org/tiny", "v1").stdout == f"{root}\n"
         info = cli_run(server, data_dir, "info", "org/tiny", "v1")
         assert info.returncode == 0, info.stderr
@@ -4159,8 +4165,9 @@ class TestRateLimit:
         assert sum(paid) == installed.total_size
         assert max(paid) <= 4096  # small reads keep a low cap smooth
 
-    @pytest.mark.parametrize(("text", "rate"), [("500K", 500 * 1024), ("2M", 2 << 20), ("1.5G", 1.5 * (1 << 30)),
-                                                ("4096", 4096), ("2MB/s", 2 << 20)])
+    @pytest.mark.parametrize(("text", "rate"), [("500K", 500_000), ("2M", 2_000_000), ("1.5G", 1.5e9),
+                                                ("4096", 4096), ("2MB/s", 2_000_000), ("500kB", 500_000),
+                                                ("512KiB", 512 << 10), ("2MiB", 2 << 20), ("1GiB", 1 << 30)])
     def test_cli_rate_syntax(self, text: str, rate: float) -> None:
         assert xm._rate(text) == rate
 
@@ -4205,7 +4212,7 @@ class TestPreflight:
         # A nearly full disk cannot be made for real here: the free space is what is mocked.
         # Chunks stream straight into the files: room for the files is enough.
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=6_000))
-        expected = r"needs 6\.4 KB of disk space in \S+ but only 5\.9 KB is free; free some space"
+        expected = r"needs 6\.5 kB of disk space in \S+ but only 6 kB is free; free some space"
         with pytest.raises(xm.StorageError, match=expected):
             manager.pull("org/tiny v1")
         assert server.chunk_requests() == 1  # the manifest only
@@ -4219,10 +4226,10 @@ class TestPreflight:
 
         server.fail(chunk_paths(registry_dir)[4], Fault(status=500))
         with pytest.raises(xm.NetworkError):
-            make_manager(retries=0).pull("org/tiny v1", concurrency=1)  # 4 KB landed in staging
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)  # 4 KiB landed in staging
         usage = shutil.disk_usage(".")
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * 1024))
-        # 6.4 KB of files less the 4 KB already written: fits in 3 KB
+        # 6.5 kB of files less the 4 KiB already written: fits in 3 KiB
         assert make_manager().pull("org/tiny v1").total_size == 6514
 
 

@@ -292,14 +292,15 @@ def _sharing_violation(exc: OSError) -> bool:
     return True  # granted now: whoever had it open a moment ago has closed it
 
 
-_SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
+_SIZE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
 
 
 def _format_size(size: float) -> str:
-    """``75.5 MB``: 1024-based units, one decimal, none when whole."""
+    """``75.5 MB``: decimal units (1 kB = 1000 bytes, as huggingface and docker show sizes),
+    one decimal, none when whole."""
     unit = 0
-    while size >= 1024 and unit < len(_SIZE_UNITS) - 1:
-        size /= 1024
+    while size >= (1000 if unit == 0 else 999.95) and unit < len(_SIZE_UNITS) - 1:
+        size /= 1000
         unit += 1
     if unit == 0:
         return f"{int(size)} B"
@@ -5036,13 +5037,17 @@ def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console
 
 
 def _rate(text: str) -> float:
-    """``500K``, ``2M``, ``1.5G`` or plain bytes per second (1024-based units)."""
+    """``500K`` (500,000), ``2M``, ``1.5G``, ``2MB/s`` or plain bytes per second; decimal units, as
+    sizes are shown, and binary ones when asked for by name: ``512KiB`` (524,288), ``2MiB``, ``1GiB``."""
     import argparse
 
-    match = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?(?:/s)?\s*", text)
-    value = float(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ") if match else 0.0
+    match = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*(?:([kmg])(i?))?b?(?:/s)?\s*", text)
+    value = 0.0
+    if match:
+        prefix, binary = (match.group(2) or "").lower(), match.group(3)
+        value = float(match.group(1)) * (1024 if binary else 1000) ** " kmg".index(prefix or " ")
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a rate like 500K or 2M, not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a rate like 500K (500,000 bytes/s), 2M or 2MiB, not {text!r}")
     return value
 
 
@@ -5154,7 +5159,8 @@ def _download_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", dest="models_concurrency", type=_positive_int, default=4, metavar="N",
                         help="parallel chunk downloads (default 4, at most 16)")
     parser.add_argument("--limit-rate", dest="models_limit_rate", type=_rate, default=None, metavar="RATE",
-                        help="cap the download rate, e.g. 500K or 2M (bytes per second)")
+                        help="cap the download rate in bytes per second: 500K is 500,000, 2M is 2,000,000 "
+                        "(2MiB is 2 x 1024 x 1024)")
 
 
 def _list_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2621,6 +2621,15 @@ class TestCli:
         assert "usage: xprim-models" in result.stderr
         assert server.requests == {}
 
+    @pytest.mark.parametrize("args", [["--json", "bogus"], ["--json", "pull", "acme/small", "v1", "--concurrency", "abc"],
+                                      ["pull", "acme/small", "--limit-rate", "fast", "--json"]])
+    def test_usage_errors_with_json_print_the_error_document(self, args: list[str]) -> None:
+        result = main_in_process(*args)
+        assert result.returncode == 2
+        error = cli_document(result)["error"]
+        assert (error["type"], error["exit_code"]) == ("UsageError", 2)
+        assert result.stderr.endswith(f"error: {error['message']}\n")
+
     def test_hash_mismatch_exits_6(
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
@@ -2844,6 +2853,28 @@ class TestEmbedding:
         args = parser.parse_args(["models", "path", "org/tiny", "v1"])
         assert args.func(args) == 4  # an error is an exit code, not an exception
 
+    def test_the_parent_tools_options_of_the_same_names_are_left_alone(
+        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="clash")
+        for flag in ("--model", "--version"):
+            parser.add_argument(flag, default="the parent's")
+        for flag in ("--json", "--verbose", "--force", "--all"):
+            parser.add_argument(flag, action="store_true")
+        commands = parser.add_subparsers(dest="command", required=True)
+        xm.register_subcommands(commands.add_parser("models").add_subparsers(dest="models_command", required=True),
+                                xm.Config("clash", server.url), data_dir=str(data_dir))
+        for argv in (["pull", "org/tiny", "v1", "--force"], ["path", "org/tiny", "v1"], ["info", "org/tiny", "v1"],
+                     ["update"], ["verify"], ["list", "--remote"], ["remove", "org/tiny", "--all"], ["prune", "--all"]):
+            args = parser.parse_args(["--model", "m", "--version", "3", "--json", "--verbose", "models", *argv])
+            assert (args.model, args.version, args.json, args.verbose, args.force, args.all) == (
+                "m", "3", True, True, False, False), argv
+            assert args.func(args) == 0, argv
+        output = capsys.readouterr()
+        assert "{" not in output.out and "debug:" not in output.err  # the parent's --json and --verbose are its own
+
     def test_list_pull_path(
         self, server: RegistryServer, model: dict[str, bytes], whisper_tool: Path, isolated_env: Path
     ) -> None:
@@ -2861,7 +2892,7 @@ class TestEmbedding:
         path = self.run_tool(whisper_tool, server.url, "models", "path", "org/tiny", "v1")
         assert (path.returncode, path.stdout) == (0, f"{home}\n")
         listed = self.run_tool(whisper_tool, server.url, "models", "list")
-        assert listed.stdout.splitlines()[1].split()[:4] == ["org", "tiny", "v1", "6.4"]
+        assert listed.stdout.splitlines()[1].split()[:4] == ["org", "tiny", "v1", "6.5"]
         as_json = self.run_tool(whisper_tool, server.url, "models", "list", "--json")
         (item,) = cli_document(as_json)["models"]
         assert (item["version"], item["path"], item["total_size"]) == ("v1", str(home), V1_SIZE)

@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import urllib.request
     from collections.abc import Collection, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
-    from typing import Any, AnyStr, Callable, Literal, Union
+    from typing import Any, AnyStr, Callable, Literal, NoReturn, Union
     from typing import Protocol as _Protocol
 
 __version__ = "0.1.0"
@@ -5271,8 +5271,10 @@ def _header_option(text: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    options = arguments[:arguments.index("--")] if "--" in arguments else arguments
     try:
-        args = _main_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        args = _main_parser(json_errors="--json" in options).parse_args(arguments)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     result: int = args.func(args)
@@ -5288,7 +5290,22 @@ def _configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     return config, options
 
 
-def _main_parser() -> argparse.ArgumentParser:
+def _usage_error_document(message: str) -> None:
+    """The README's JSON error document, on stdout, for a command line argparse rejects."""
+    import argparse
+
+    try:
+        _Console(argparse.Namespace(models_json=True)).document(
+            {"error": {"type": "UsageError", "message": message, "exit_code": 2}})
+    except BrokenPipeError:
+        _silence_stdout()
+    except StorageError:
+        pass  # stdout cannot be written: stderr and the exit code still say it
+
+
+def _main_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    """main's parser; with ``json_errors`` (--json was given), a usage error also prints a JSON
+    document on stdout, as every other error does."""
     import argparse
 
     columns = os.environ.get("COLUMNS", "")
@@ -5300,6 +5317,11 @@ def _main_parser() -> argparse.ArgumentParser:
 
         def _get_formatter(self) -> argparse.HelpFormatter:
             return argparse.RawDescriptionHelpFormatter(self.prog, width=width)
+
+        def error(self, message: str) -> NoReturn:
+            if json_errors:
+                _usage_error_document(message)
+            super().error(message)
 
     def global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
         # Also accepted after the command word, but listed once.

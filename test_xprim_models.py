@@ -2875,6 +2875,21 @@ class TestEmbedding:
         output = capsys.readouterr()
         assert "{" not in output.out and "debug:" not in output.err  # the parent's --json and --verbose are its own
 
+    def test_the_readmes_python_example_runs_again_and_again(
+        self, server: RegistryServer, registry_dir: Path, tmp_path: Path
+    ) -> None:
+        readme = (HERE / "README.md").read_text(encoding="utf-8")
+        example = readme.split("## A Python example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+        assert "https://models.example.com" in example
+        code = example.replace("https://models.example.com", server.url)
+        publish.publish(str(registry_dir), "fast-whisper", "tiny", "fp16", MODEL_FILES, chunk_size=1024)
+        env = {**os.environ, "PYTHONPATH": str(HERE), "WHISPER_TOOL_MODELS_DIR": str(tmp_path / "models")}
+        runs = [subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                               check=False) for _ in range(2)]
+        assert [run.returncode for run in runs] == [0, 0], runs[1].stderr
+        home = tmp_path / "models" / "fast-whisper" / "tiny" / "fp16"
+        assert runs[0].stdout == runs[1].stdout == f"{home}\n{home} {V1_SIZE}\n"
+
     def test_list_pull_path(
         self, server: RegistryServer, model: dict[str, bytes], whisper_tool: Path, isolated_env: Path
     ) -> None:

@@ -31,8 +31,8 @@ again), swaps the files into place atomically, and records the install in
 
     manager = xprim_models.Manager(xprim_models.Config(
         app_name="whisper-tool", registry_url="https://models.example.com"))
-    model = manager.pull("fast-whisper/tiny fp16")
-    print(model.path)
+    path = manager.ensure("fast-whisper/tiny fp16")  # pulls only if it is not installed yet
+    print(path)
 
 Public names: ``Config``, ``ModelRef``, ``parse_model_ref``, ``FileInfo``,
 ``InstalledModel``, ``RemoteModel``, ``RemoteModelDetail``, ``PullProgress``,

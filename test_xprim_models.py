@@ -2134,7 +2134,8 @@ class TestCli:
     @pytest.mark.parametrize(
         ("argv", "code", "message"),
         [
-            (["pull", "org/tiny", "V1"], 3, "version not found: org/tiny V1 (did you mean org/tiny v1?) (available: "),
+            (["pull", "org/tiny", "V1"], 3,
+             "version not found: org/tiny V1 (did you mean org/tiny v1?); available: latest, v1, v2\n"),
             (["pull", "org/tiyn", "v1"], 3, "model not found in registry: org/tiyn (did you mean org/tiny v1?)"),
             (["pull", "Org/Tiny", "v2"], 3, "model not found in registry: Org/Tiny (did you mean org/tiny v2?)"),
             (["pull", "org/tiny", "lates"], 3, "version not found: org/tiny lates (did you mean org/tiny latest?)"),
@@ -2152,6 +2153,20 @@ class TestCli:
         cli_install(server, data_dir, "v1")
         assert xm.main(["--registry", server.url, "--data-dir", str(data_dir), *argv]) == code
         assert capsys.readouterr().err.startswith(f"error: {message}")
+
+    def test_ref_mistakes_are_quoted_as_typed_and_get_a_hint(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert xm.main(["path", "acme/small/v1"]) == 2
+        assert "error: invalid model reference 'acme/small/v1': expected" in capsys.readouterr().err
+        assert xm.main(["pull", "acme/small:v1"]) == 2  # docker's and ollama's way of writing it
+        assert capsys.readouterr().err.endswith("\nhint: the version is a word of its own: acme/small v1\n")
+
+    @pytest.mark.parametrize("command", ["pull", "remove", "info", "path", "update", "verify"])
+    def test_help_explains_every_positional(self, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+        assert xm.main([command, "--help"]) == 0
+        usage, positionals = capsys.readouterr().out.split("positional arguments:\n")
+        assert "[VERSION]" in usage and "(required)" not in positionals  # VERSION may come inside GROUP/MODEL
+        for name in ("GROUP/MODEL", "VERSION"):
+            assert re.search(rf"^  {name} +\S", positionals, re.MULTILINE), positionals
 
     def test_registry_without_a_scheme_gets_a_hint(
         self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -2204,16 +2219,19 @@ class TestCli:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
         path = data_dir / "org" / "tiny" / "v1"
-        assert result.stdout == f"\nModel installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
+        assert result.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
         assert tree(path) == MODEL_FILES
         downloads = server.chunk_requests()
         again = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert again.returncode == 0
-        assert again.stdout == "Model already installed: org/tiny v1\nUse --force to re-download\n"
+        assert again.stdout == (
+            "Model already installed: org/tiny v1\n"
+            "Use --force to install it again (its chunks on this disk are hashed again and reused)\n")
         assert server.chunk_requests() == downloads  # nothing downloaded
         forced = cli_run(server, data_dir, "pull", "org/tiny", "v1", "--force")
         assert forced.returncode == 0
-        assert forced.stdout == f"\nModel installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
+        assert "Reused 7 chunks (6.5 kB) already on this disk; nothing downloaded\n" in forced.stderr  # as it said
+        assert forced.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
 
     def test_info_installed_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
@@ -2336,6 +2354,26 @@ class TestCli:
         cli_install(server, data_dir, "v1")
         result = cli_run(server, data_dir, "update", "org/other")
         assert (result.returncode, result.stderr) == (4, "error: model not installed: org/other\n")
+
+    def test_update_of_one_version_and_its_errors_name_it_once(
+        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import shutil
+
+        cli_install(server, data_dir, "v1", "latest")
+        publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
+        one = cli_run(server, data_dir, "update", "org/tiny", "latest")
+        assert (one.returncode, one.stdout) == (
+            0, "Checking for updates...\n\norg/tiny latest: update available (v1 \u2192 v2)\n")
+        usage = shutil.disk_usage(".")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+        full = cli_run(server, data_dir, "update", "org/tiny latest", "--apply")
+        assert full.returncode == 7
+        assert re.search(r"^error: org/tiny latest: needs [\d.]+ kB of disk space in \S+ but only 1 kB is free",
+                         full.stderr, re.MULTILINE), full.stderr
+        missing = cli_run(server, data_dir, "update", "org/tiny", "v2")
+        assert (missing.returncode, missing.stderr) == (4, "error: model not installed: org/tiny v2\n")
 
     def test_update_failing_check_does_not_stop_the_others(
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
@@ -2621,7 +2659,8 @@ class TestCli:
         assert "usage: xprim-models" in result.stderr
         assert server.requests == {}
 
-    @pytest.mark.parametrize("args", [["--json", "bogus"], ["--json", "pull", "acme/small", "v1", "--concurrency", "abc"],
+    @pytest.mark.parametrize("args", [["--json", "bogus"],
+                                      ["--json", "pull", "acme/small", "v1", "--concurrency", "abc"],
                                       ["pull", "acme/small", "--limit-rate", "fast", "--json"]])
     def test_usage_errors_with_json_print_the_error_document(self, args: list[str]) -> None:
         result = main_in_process(*args)
@@ -2900,7 +2939,7 @@ class TestEmbedding:
         base = Path(xm.Manager(xm.Config("whisper-tool")).data_dir)  # the platform's, below the private HOME
         assert base.parts[-2:] == ("whisper-tool", "models") and isolated_env in base.parents
         home = base / "org" / "tiny" / "v1"
-        assert pulled.stdout == f"\nModel installed: org/tiny v1 (6.5 kB)\nPath: {home}\n"
+        assert pulled.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {home}\n"
         assert "Fetching manifest... done\n" in pulled.stderr and "Extracting files... done\n" in pulled.stderr
         assert tree(home) == MODEL_FILES
         assert (home / ".whisper-tool").is_dir()  # the metadata directory follows the app name
@@ -3530,11 +3569,32 @@ class TestReliability:
         )
         assert waiting.stderr is not None
         line = waiting.stderr.readline()  # blocks until the notice, after about a second
-        assert "Waiting for another download of org/tiny to finish" in line
+        assert line == "Waiting for another download of org/tiny to finish...\n"  # news, not a warning
         child.kill()  # the lock dies with its holder
         child.communicate(timeout=10)
         out, _ = waiting.communicate(timeout=30)
         assert waiting.returncode == 0 and "Model installed: org/tiny v1" in out
+
+    def test_ctrl_c_while_waiting_for_another_download_promises_nothing_kept(
+        self, model: dict[str, bytes], server: RegistryServer, registry_dir: Path, data_dir: Path
+    ) -> None:
+        child, _ = self.hold_lock(server, registry_dir, data_dir)
+        waiting = popen_interruptible(
+            [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
+             "pull", "org/tiny", "v1"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert waiting.stderr is not None
+            assert waiting.stderr.readline() == "Waiting for another download of org/tiny to finish...\n"
+            ctrl_c(waiting)
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            child.kill()
+            child.communicate(timeout=10)
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.communicate()
+        assert (waiting.returncode, out, err) == (130, "", "interrupted\n")
 
     def test_remove_during_a_pull_waits_for_it(self, manager: xm.Manager, model: dict[str, bytes],
                                                server: RegistryServer, registry_dir: Path, data_dir: Path,

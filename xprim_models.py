@@ -152,6 +152,7 @@ _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
 _BACKOFF_CAP = 10.0
 _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
 _ATTEMPT_KEY = "xprim_models_attempt"  # logging ``extra`` of each request: (url, attempt, attempts)
+_NOTICE_KEY = "xprim_models_notice"  # logging ``extra`` of a warning that is news, not a fault (a wait)
 _OPEN_FILES_PER_THREAD = 16  # files a pull's writing thread keeps open
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
 # Windows refuses to replace or delete a file while another process has it open: how
@@ -1449,8 +1450,8 @@ class _Index:
                 f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, self.models)}"
             )
         raise VersionNotFoundError(
-            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {', '.join(versions) or 'none'}"
-            + (f"; {invalid} invalid entries of this model are left out, see the warnings)" if invalid else ")")
+            f"version not found: {ref}{_did_you_mean(ref, self.models)}; available: {', '.join(versions) or 'none'}"
+            + (f"; {invalid} invalid entries of this model are left out, see the warnings" if invalid else "")
         )
 
 
@@ -3294,13 +3295,14 @@ class _Store:
             return nullcontext()
 
         def waiting() -> None:
-            self.logger.warning("Waiting for running downloads to finish...")
+            self.logger.warning("Waiting for running downloads to finish...", extra={_NOTICE_KEY: True})
 
         return _FileLock(self.private(os.path.join(self.root, _LOCKS_DIR, "cache.lock")), waiting, shared=shared)
 
     def model_lock(self, ref: ModelRef) -> _FileLock:
         def waiting() -> None:
-            self.logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
+            self.logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model,
+                                extra={_NOTICE_KEY: True})
 
         return _FileLock(
             self.private(os.path.join(self.root, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock")), waiting
@@ -4485,11 +4487,13 @@ class _Console:
             line = _fit([f"{shown} {notice}", alone] if shown else [alone], width)
             self._write(sys.stderr, f"\r\x1b[2K{line}")
 
-    # The Manager's logger: debug lines with --verbose, warnings unless --quiet.
+    # The Manager's logger: debug lines with --verbose, warnings unless --quiet (a notice
+    # such as "Waiting for another download" without the label).
     def _log(self, level: str, message: str, *args: Any) -> None:
         with self.lock:
             partial = self.partial
-            self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
+            label = f"{level}: " if level else ""
+            self.err(("\n" if partial else "") + f"{label}{message % args if args else message}")
             if partial:
                 self.err(partial.lstrip("\r"), end="")
 
@@ -4524,7 +4528,7 @@ class _Console:
     def warning(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
         self._track(extra)
         if not self.quiet:
-            self._log("warning", message, *args)
+            self._log("" if extra and extra.get(_NOTICE_KEY) else "warning", message, *args)
 
     def error(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
         self._track(extra)
@@ -4798,13 +4802,11 @@ def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console)
             console.document({"status": "already_installed", "model": _installed_json(exc.installed)})
         else:
             console.out(f"Model already installed: {ref}")
-            console.out("Use --force to re-download")
+            console.out("Use --force to install it again (its chunks on this disk are hashed again and reused)")
         return 0
     if console.json:
         console.document({"status": "installed", "model": _installed_json(installed)})
     else:
-        if not console.quiet:
-            console.out()
         console.out(f"Model installed: {ref} ({_format_size(installed.total_size)})")
         console.out(f"Path: {installed.path}")
     return 0
@@ -4905,10 +4907,11 @@ def _update_label(installed: InstalledModel, remote: RemoteModel) -> str:
 def _command_update(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
     installed = manager.list_installed()
     if args.models_ref:
-        base = _as_ref(args.models_ref)
-        installed = [item for item in installed if (item.ref.group, item.ref.model) == (base.group, base.model)]
+        base = _as_ref(_ref_text(args))
+        installed = [item for item in installed if (item.ref.group, item.ref.model) == (base.group, base.model)
+                     and base.version in ("", item.ref.version)]
         if not installed:
-            raise NotInstalledError(f"model not installed: {base.group}/{base.model}")
+            raise NotInstalledError(f"model not installed: {base}")
     if not installed:
         if console.json:
             console.document({"updates": []})
@@ -4966,7 +4969,8 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         except ModelsError as exc:
             exit_code = exit_code or exc.exit_code or 1
             result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
-            console.err(f"error: {item.ref}: {_with_hints(exc, manager.config, console)}")
+            message = re.sub(rf"^\w+ {re.escape(str(item.ref))}: ", "", _with_hints(exc, manager.config, console))
+            console.err(f"error: {item.ref}: {message}")  # said once: "pull g/m v: needs ..." names it too
     if console.json:
         console.document({"updates": results})
     return exit_code
@@ -5088,6 +5092,9 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
         return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"
     if isinstance(exc, ModelNotFoundError) and url:
         message += f"; '{console.prog} list --remote' shows what the registry has"
+    colon = re.search(r"'([^'\s/:]+/[^'\s/:]+):([^'\s/:]+)'", message) if isinstance(exc, InvalidRefError) else None
+    if colon:  # the docker and ollama habit
+        message += f"\nhint: the version is a word of its own: {colon[1]} {colon[2]}"
     if (isinstance(exc, (RegistryError, NetworkError, ModelNotFoundError)) and url
             and not re.match(r"(?i)[a-z][a-z0-9+.-]*://", url) and not os.path.isdir(os.path.expanduser(url))):
         message += f"\nhint: {url} is not a directory; if it is a server, write http://{url}"
@@ -5129,7 +5136,8 @@ def _run_command(
             pass  # stderr itself cannot be written: the exit code is all that is left
         return code
     except KeyboardInterrupt:
-        console.err("interrupted: run the same command again to resume (verified chunks are kept)")
+        resume = ": run the same command again to resume (verified chunks are kept)" if console.downloading else ""
+        console.err(f"interrupted{resume}")
         return 130
     except BrokenPipeError:
         _silence_stdout()
@@ -5147,12 +5155,12 @@ def _silence_stdout() -> None:
 # Every option and positional stores under a models_ name, so a parent tool's own
 # --model, --force or --json is never overwritten by ours.
 
-def _ref_arguments(parser: argparse.ArgumentParser, version: str = "required") -> None:
-    """GROUP/MODEL and VERSION; ``version`` is "required" or "optional" for the help text
-    (argparse takes it as optional either way: "group/model version" may come as one word)."""
+def _ref_arguments(parser: argparse.ArgumentParser,
+                   version_help: str = "for example fp16, or an alias; needed, here or in one word with GROUP/MODEL "
+                                       "('fast-whisper/tiny fp16')") -> None:
+    # argparse takes VERSION as optional (usage: [VERSION]): "group/model version" may come as one word.
     parser.add_argument("models_ref", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
-    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="",
-                        help="for example fp16, or an alias" + (" (required)" if version == "required" else ""))
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="", help=version_help)
 
 
 def _download_arguments(parser: argparse.ArgumentParser) -> None:
@@ -5174,7 +5182,7 @@ def _pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _remove_arguments(parser: argparse.ArgumentParser) -> None:
-    _ref_arguments(parser, "optional")
+    _ref_arguments(parser, "for example fp16, or an alias; or --all")
     parser.add_argument("--all", dest="models_all", action="store_true",
                         help="remove every installed version of the model")
 
@@ -5185,14 +5193,19 @@ def _info_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _update_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="")
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="",
+                        help="check only this model (default: every installed one)")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="",
+                        help="check only this version of it")
     parser.add_argument("--apply", dest="models_apply", action="store_true", help="download the updates")
     _download_arguments(parser)
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="")
-    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="")
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="",
+                        help="verify only this model version (default: every installed one)")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="",
+                        help="for example fp16, or an alias (required with GROUP/MODEL)")
     parser.add_argument("--repair", dest="models_repair", action="store_true",
                         help="fetch and rewrite only what is damaged")
     _download_arguments(parser)

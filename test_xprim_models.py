@@ -3084,6 +3084,35 @@ class TestPublish:
         assert output.err.startswith(message.format(tmp=tmp_path, sep=os.sep)), output.err
         assert (registry / "models.json").read_bytes() == index
 
+    def test_refuses_to_change_a_published_name_without_force(
+        self, tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        registry = tmp_path / "registry"
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "weights.bin").write_bytes(b"other weights")
+        for argv in (["v1", str(source)], ["v2", str(other)], ["latest", "--alias-of", "v1"]):
+            assert publish.main([str(registry), "org/pub", *argv]) == 0
+        capsys.readouterr()
+        refusals = {
+            "other files": (["v1", str(other)], "error: org/pub v1 is already published with other files (manifest "),
+            "files over an alias": (["latest", str(source)], "error: org/pub latest is an alias of v1; these files "
+                                                             "would make it a version of its own; give --force"),
+            "an alias over a version": (["v2", "--alias-of", "v1"], "error: org/pub v2 is a version (manifest "),
+        }
+        index = (registry / "models.json").read_bytes()
+        for case, (argv, message) in refusals.items():
+            assert publish.main([str(registry), "org/pub", *argv]) == 1, case
+            assert capsys.readouterr().err.startswith(message), case
+            assert (registry / "models.json").read_bytes() == index, case
+        # The same files again, and an alias moved, change nothing a user did not ask for.
+        assert publish.main([str(registry), "org/pub", "v1", str(source)]) == 0
+        assert publish.main([str(registry), "org/pub", "latest", "--alias-of", "v2"]) == 0
+        for argv, _ in refusals.values():
+            assert publish.main([str(registry), "org/pub", *argv, "--force"]) == 0, argv
+        listed = json.loads((registry / "models.json").read_text())["org"]["pub"]
+        assert listed["v2"] == {"alias": "v1"} and "hash" in listed["latest"]
+
     def test_runs_as_a_script_from_a_checkout(self, tmp_path: Path, source: Path) -> None:
         result = subprocess.run(
             [*PYTHON, str(HERE / "examples" / "publish.py"), str(tmp_path / "registry"), "org/pub", "v1",

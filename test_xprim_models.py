@@ -2355,6 +2355,16 @@ class TestCli:
         result = cli_run(server, data_dir, "update", "org/other")
         assert (result.returncode, result.stderr) == (4, "error: model not installed: org/other\n")
 
+    def test_repair_says_it_rewrites_the_damaged_files(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        cli_install(server, data_dir, "v1")
+        (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
+        repaired = cli_run(server, data_dir, "verify", "org/tiny", "v1", "--repair")
+        assert repaired.returncode == 0, repaired.stderr
+        assert repaired.stderr.endswith("\nRewriting damaged files... done\n"), repaired.stderr
+        assert repaired.stdout == "org/tiny v1: 1 file repaired\n  config.json\n"
+
     def test_update_of_one_version_and_its_errors_name_it_once(
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
         monkeypatch: pytest.MonkeyPatch

@@ -4564,8 +4564,9 @@ class _ProgressPrinter:
 
     _BAR = 20
 
-    def __init__(self, console: _Console) -> None:
+    def __init__(self, console: _Console, writing: str = "Extracting files") -> None:
         self.console = console
+        self.writing = writing  # what the last phase does to the files
         self.enabled = not (console.quiet or console.json)
         self.terminal = console.terminal
         self.phase = ""
@@ -4606,7 +4607,7 @@ class _ProgressPrinter:
         elif phase == "extracting":
             if previous == "chunks" or not previous:
                 self._summary(progress)
-            self.console.err("Extracting files... ", end="")
+            self.console.err(f"{self.writing}... ", end="")
 
     def _speed(self, progress: PullProgress, now: float) -> float:
         self.samples.append((now, progress.bytes_downloaded))
@@ -4681,7 +4682,7 @@ class _ProgressPrinter:
             return
         if self.phase == "chunks" and self.last is not None:
             self._summary(self.last)
-            self.console.err("Extracting files... ", end="")
+            self.console.err(f"{self.writing}... ", end="")
         self.console.err("done")
         self.phase = ""
 
@@ -4994,7 +4995,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     exit_code = 0
     results = []
     for ref in refs:
-        printer = _ProgressPrinter(console) if args.models_repair else None
+        printer = _ProgressPrinter(console, "Rewriting damaged files") if args.models_repair else None
         try:
             files, sharing = manager.verify(ref, repair=args.models_repair, concurrency=args.models_concurrency,
                                             progress=printer, limit_rate=args.models_limit_rate, split=True)

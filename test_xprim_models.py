@@ -3586,6 +3586,165 @@ class TestSeeding:
         assert tree(Path(manager.pull("org/tiny v2").path))["model.safetensors"] == model["model.safetensors"]
 
 
+# Updates of a model in 1 MiB chunks, config.json first as examples/publish.py writes it:
+# each one publishes org/big v1 and a changed v2, pulls v1, then v2.
+BIG_CHUNK = 1 << 20
+
+
+@functools.cache
+def big_files() -> dict[str, bytes]:
+    return {"config.json": b'{"hidden": 4096, "n": 1}', "weights.bin": blob(6 * BIG_CHUNK + 12345, "weights"),
+            "tokenizer.json": blob(70_000, "tokenizer")}
+
+
+def publish_big(registry_dir: Path, version: str, files: dict[str, bytes]) -> None:
+    publish.publish(str(registry_dir), "org", "big", version, files, chunk_size=BIG_CHUNK)
+
+
+def fetched_chunks(server: RegistryServer, before: collections.Counter[str], registry_dir: Path,
+                   version: str) -> int:
+    """The chunks of ``version`` requested since ``before``."""
+    wanted = set(chunk_paths(registry_dir, version, "big"))
+    return sum(count for path, count in (server.requests - before).items() if path in wanted)
+
+
+def unique_allocation(*roots: Path) -> int:
+    """The disk space the files under ``roots`` take, each file counted once however many links it has."""
+    seen: dict[tuple[int, int], int] = {}
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and ".test-app" not in path.parts:
+                status = path.stat()
+                seen[(status.st_dev, status.st_ino)] = disk_usage(path)
+    return sum(seen.values())
+
+
+class TestUpdates:
+    """Updates cost what changed: chunks found in installed files by path, identical files
+    sharing storage, and a preflight that asks only for what will be written."""
+
+    def update(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
+               v2: dict[str, bytes]) -> tuple[int, Path, Path]:
+        publish_big(registry_dir, "v1", big_files())
+        publish_big(registry_dir, "v2", v2)
+        old = Path(manager.pull("org/big v1").path)
+        before = server.requests.copy()
+        new = Path(manager.pull("org/big v2").path)
+        assert tree(new) == dict(sorted(v2.items()))
+        return fetched_chunks(server, before, registry_dir, "v2"), old, new
+
+    def test_a_small_file_before_the_weights_grows(self, manager: xm.Manager, server: RegistryServer,
+                                                   registry_dir: Path) -> None:
+        files = big_files()
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # 15 bytes longer: all shifted
+        fetched, old, new = self.update(manager, server, registry_dir, v2)
+        assert fetched <= 2  # of 7: the rest is found in v1's files by path
+        # Its weights are byte-identical to v1's: compared once written, then shared.
+        assert os.path.samefile(old / "weights.bin", new / "weights.bin")
+
+    def test_the_weights_header_grows(self, manager: xm.Manager, server: RegistryServer,
+                                      registry_dir: Path) -> None:
+        files = big_files()
+        weights = files["weights.bin"]
+        v2 = {**files, "weights.bin": weights[:64] + b"h" * 100 + weights[64:]}  # tensors line up with the end
+        fetched, _, _ = self.update(manager, server, registry_dir, v2)
+        assert fetched <= 3
+
+    def test_a_mebibyte_of_the_weights_changes(self, manager: xm.Manager, server: RegistryServer,
+                                               registry_dir: Path) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        middle = len(weights) // 2
+        weights[middle : middle + BIG_CHUNK] = blob(BIG_CHUNK, "changed")
+        fetched, old, new = self.update(manager, server, registry_dir, {**files, "weights.bin": bytes(weights)})
+        assert fetched <= 2
+        for name in ("config.json", "tokenizer.json"):  # unchanged files share v1's storage
+            assert os.path.samefile(old / name, new / name)
+        assert not os.path.samefile(old / "weights.bin", new / "weights.bin")
+        assert manager.verify("org/big v1") == manager.verify("org/big v2") == []
+
+    def test_the_preflight_asks_only_for_what_will_be_written(
+        self, manager: xm.Manager, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+        registry_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        weights[100] ^= 0xFF  # one chunk differs
+        publish_big(registry_dir, "v1", files)
+        publish_big(registry_dir, "v2", {**files, "weights.bin": bytes(weights)})
+        manager.pull("org/big v1")
+        usage = shutil.disk_usage(".")
+        # A nearly full disk cannot be made for real here: the free space is what is mocked.
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * BIG_CHUNK))
+        with pytest.raises(xm.StorageError, match=r"needs 6\.\d MB of disk space in \S+ but only 3 MB is free"):
+            xm.Manager(manager.config, data_dir=tmp_path / "empty").pull("org/big v2")  # the whole model
+        assert manager.pull("org/big v2").total_size == len(weights) + 70_024  # 1 MiB to write: it fits
+
+    def test_an_alias_and_its_target_cost_the_disk_once(self, manager: xm.Manager, server: RegistryServer,
+                                                        registry_dir: Path) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        before = server.chunk_requests()
+        alias = Path(manager.pull("org/big latest").path)
+        assert server.chunk_requests() == before  # its manifest, v1's, is in the manifest cache
+        for name in big_files():
+            assert os.path.samefile(target / name, alias / name)
+        model_size = sum(len(data) for data in big_files().values())
+        assert unique_allocation(target, alias) < model_size * 1.1
+        assert manager.verify("org/big v1") == manager.verify("org/big latest") == []
+
+    def test_removing_one_version_keeps_the_other(self, manager: xm.Manager, registry_dir: Path) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        alias = Path(manager.pull("org/big latest").path)
+        assert os.path.samefile(target / "weights.bin", alias / "weights.bin")
+        manager.remove("org/big latest")
+        assert not alias.exists()
+        assert tree(target) == dict(sorted(big_files().items()))
+        assert manager.verify("org/big v1") == []
+
+    def test_repairing_a_shared_file_replaces_it_and_leaves_the_other_version_alone(
+        self, manager: xm.Manager, registry_dir: Path
+    ) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        alias = Path(manager.pull("org/big latest").path)
+        shared = target / "weights.bin"
+        with open(shared, "r+b") as handle:  # damage written through the link reaches both
+            handle.seek(10)
+            handle.write(b"\0" * 8)
+        damaged, inode = shared.read_bytes(), shared.stat().st_ino
+        assert manager.verify("org/big latest", repair=True) == ["weights.bin"]
+        assert not os.path.samefile(shared, alias / "weights.bin")  # replaced by rename, not written through
+        assert (alias / "weights.bin").read_bytes() == big_files()["weights.bin"]
+        assert shared.stat().st_ino == inode and shared.read_bytes() == damaged  # v1 is checked on its own
+        assert manager.verify("org/big v1") == ["config.json", "weights.bin"]  # the damaged chunk spans both
+        assert manager.verify("org/big latest") == []
+
+    @pytest.mark.parametrize("how", ["copy_files", "links fail"])
+    def test_copies_where_files_cannot_be_linked(self, make_manager: Callable[..., xm.Manager], how: str,
+                                                 server: RegistryServer, registry_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        if how == "links fail":  # as on FAT, or across devices
+            def refuse(*args: Any, **kwargs: Any) -> None:
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+            monkeypatch.setattr(os, "link", refuse)
+        manager = make_manager(copy_files=how == "copy_files")
+        target = Path(manager.pull("org/big v1").path)
+        before = server.chunk_requests()
+        alias = Path(manager.pull("org/big latest").path)
+        assert server.chunk_requests() == before  # copied from v1, verified by hash
+        for name in big_files():
+            assert not os.path.samefile(target / name, alias / name)
+        assert tree(alias) == tree(target) == dict(sorted(big_files().items()))
+
+
 class TestVerify:
     def damage(self, root: Path) -> None:
         weights = bytearray((root / "model.safetensors").read_bytes())

@@ -186,7 +186,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     for name in list(os.environ):
-        if name.endswith("_MODELS_DIR") or name.lower().endswith("_proxy") or name == "XPRIM_MODELS_REGISTRY_URL":
+        if name.endswith("_MODELS_DIR") or name.lower().endswith("_proxy") or name in (
+                "XPRIM_MODELS_REGISTRY_URL", "XPRIM_MODELS_COPY_FILES"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))

@@ -4458,13 +4458,15 @@ class Manager:
         """Download, verify and install ``ref``; return the installed model.
 
         Chunks come from an interrupted pull's staging directory, then from
-        installed versions that hold the same bytes (verified again either way),
-        and only then from the network.
+        installed versions that hold the same bytes or files of the same paths
+        (verified again either way), and only then from the network. A file
+        identical to one of an installed version of the model shares its
+        storage (see ``copy_files``).
 
         Args:
             ref: ``ModelRef`` or ``"group/model version"``; an alias installs under its own name.
             force: install again even if the same manifest is installed (every
-                byte is verified again; intact chunks are copied, not downloaded).
+                byte is verified again; intact files are shared, not downloaded).
             concurrency: parallel chunk downloads (capped at 16).
             progress: called with a ``PullProgress`` as the pull advances; an
                 exception it raises stops the pull and is re-raised.

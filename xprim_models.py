@@ -3256,13 +3256,17 @@ class _Staging(_ChunkFiles):
         place is not followed, but replaced); otherwise it starts empty, with the
         manifest written first: it names what the directory holds, should a pull resume it.
         """
+        metadata = os.path.dirname(self.manifest_file)
         if not self.resume:
             try:
                 _remove_tree(self.root)
-                os.makedirs(os.path.dirname(self.manifest_file))
+                os.makedirs(metadata)
             except OSError as exc:
                 raise _storage_error("create", self.root, exc) from exc
             _atomic_write(self.manifest_file, self.manifest.raw)
+        for name in _list_directory(metadata):
+            if name.startswith("link-") and name.endswith(".tmp"):  # a link a killed pull was making
+                _remove_tree(os.path.join(metadata, name))
         for index, info in enumerate(self.manifest.files):
             path = self.path(index)
             try:
@@ -3997,7 +4001,7 @@ class _Verification:
 
     def __init__(self, store: _Store, ref: ModelRef, *, repair: bool) -> None:
         self.store, self.ref, self.repair = store, ref, repair
-        self.lock = store.model_lock(ref)
+        self.lock: _FileLock | None = None
         self.held = False
         self.manifest_name = f"{store.metadata_dir}/manifest.json"
         self.damaged_manifest = False
@@ -4009,6 +4013,7 @@ class _Verification:
     def __enter__(self) -> _Verification:
         try:
             try:
+                self.lock = self.store.model_lock(self.ref)
                 self.lock.__enter__()
                 self.held = True
                 self.store.reclaim(self.ref)
@@ -4028,7 +4033,7 @@ class _Verification:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self.held:
+        if self.held and self.lock is not None:
             self.held = False
             self.lock.__exit__(None, None, None)
 

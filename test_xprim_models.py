@@ -1566,7 +1566,7 @@ class TestStorage:
         before = sum(server.requests[path] for path in chunk_paths(registry_dir))
         installed = manager.pull("org/tiny v1")
         assert sum(server.requests[path] for path in chunk_paths(registry_dir)) == before  # verified, not fetched
-        assert tree(Path(installed.path)) == dict(sorted(model.items())) and manager.verify("org/tiny v1") == []
+        assert tree(Path(installed.path)) == dict(sorted(model.items())) and manager.verify("org/tiny v1").ok
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
 
     def test_an_unlisted_version_is_removed_by_prune_or_a_pull_of_other_bytes(
@@ -1769,7 +1769,7 @@ class TestConcurrency:
         b2_held.release.set()
         second.join(10)
         assert (Path(pulled[0].path) / "model.bin").read_bytes() == new
-        assert manager.verify("org/big v1") == []
+        assert manager.verify("org/big v1").ok
 
     def test_threads_racing_on_one_model(self, manager: xm.Manager, model: dict[str, bytes],
                                          server: RegistryServer, registry_dir: Path) -> None:
@@ -3462,7 +3462,7 @@ class TestReliability:
             raise xm.StorageError("cannot lock ...: Read-only file system")
 
         monkeypatch.setattr(xm._FileLock, "__enter__", read_only)  # as root, no real read-only mount here
-        assert manager.verify("org/tiny v1") == []
+        assert manager.verify("org/tiny v1").ok
         with pytest.raises(xm.StorageError, match="Read-only"):
             manager.verify("org/tiny v1", repair=True)
 
@@ -3548,6 +3548,11 @@ class TestReliability:
 
 
 # --- Beyond the seed: seeding, verify and repair, prune, rate limit, ensure, preflight ----
+
+
+def listed(result: xm.VerifyResult) -> list[str]:
+    """The files a verify found damaged, or perhaps damaged as they share a damaged chunk."""
+    return sorted([*result.damaged, *result.sharing_damaged_chunk])
 
 
 def changed_chunks(registry_dir: Path, old: str, new: str) -> set[str]:
@@ -3662,7 +3667,7 @@ class TestUpdates:
         for name in ("config.json", "tokenizer.json"):  # unchanged files share v1's storage
             assert os.path.samefile(old / name, new / name)
         assert not os.path.samefile(old / "weights.bin", new / "weights.bin")
-        assert manager.verify("org/big v1") == manager.verify("org/big v2") == []
+        assert manager.verify("org/big v1").ok and manager.verify("org/big v2").ok
 
     def test_the_preflight_asks_only_for_what_will_be_written(
         self, manager: xm.Manager, make_manager: Callable[..., xm.Manager], server: RegistryServer,
@@ -3693,7 +3698,7 @@ class TestUpdates:
             assert os.path.samefile(target / name, alias / name)
         model_size = sum(len(data) for data in big_files().values())
         assert unique_allocation(target, alias) < model_size * 1.1
-        assert manager.verify("org/big v1") == manager.verify("org/big latest") == []
+        assert manager.verify("org/big v1").ok and manager.verify("org/big latest").ok
 
     def test_removing_one_version_keeps_the_other(self, manager: xm.Manager, registry_dir: Path) -> None:
         publish_big(registry_dir, "v1", big_files())
@@ -3704,7 +3709,7 @@ class TestUpdates:
         manager.remove("org/big latest")
         assert not alias.exists()
         assert tree(target) == dict(sorted(big_files().items()))
-        assert manager.verify("org/big v1") == []
+        assert manager.verify("org/big v1").ok
 
     def test_repairing_a_shared_file_replaces_it_and_leaves_the_other_version_alone(
         self, manager: xm.Manager, registry_dir: Path
@@ -3718,12 +3723,14 @@ class TestUpdates:
             handle.seek(10)
             handle.write(b"\0" * 8)
         damaged, inode = shared.read_bytes(), shared.stat().st_ino
-        assert manager.verify("org/big latest", repair=True) == ["weights.bin"]
+        assert manager.verify("org/big latest", repair=True) == xm.VerifyResult(
+            sharing_damaged_chunk=("config.json", "weights.bin"), repaired=("weights.bin",))
         assert not os.path.samefile(shared, alias / "weights.bin")  # replaced by rename, not written through
         assert (alias / "weights.bin").read_bytes() == big_files()["weights.bin"]
         assert shared.stat().st_ino == inode and shared.read_bytes() == damaged  # v1 is checked on its own
-        assert manager.verify("org/big v1") == ["config.json", "weights.bin"]  # the damaged chunk spans both
-        assert manager.verify("org/big latest") == []
+        # The damaged chunk spans both files: either may hold the damage.
+        assert manager.verify("org/big v1") == xm.VerifyResult(sharing_damaged_chunk=("config.json", "weights.bin"))
+        assert manager.verify("org/big latest").ok
 
     @pytest.mark.parametrize("how", ["copy_files", "links fail"])
     def test_copies_where_files_cannot_be_linked(self, make_manager: Callable[..., xm.Manager], how: str,
@@ -3755,7 +3762,7 @@ class TestVerify:
 
     def test_intact_model_verifies(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
         manager.pull("org/tiny v1")
-        assert manager.verify("org/tiny v1") == []
+        assert manager.verify("org/tiny v1").ok
 
     def test_damage_is_reported_and_repaired_from_the_damaged_chunks_only(
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path
@@ -3764,24 +3771,24 @@ class TestVerify:
         self.damage(root)
         untouched = (root / "config.json").stat().st_ino
         # config.json shares chunk 5 with the missing tokenizer, so its bytes cannot be vouched for.
-        assert manager.verify("org/tiny v1") == ["config.json", "model.safetensors", "sub/tokenizer.json"]
+        assert listed(manager.verify("org/tiny v1")) == ["config.json", "model.safetensors", "sub/tokenizer.json"]
         before = server.requests.copy()
-        assert manager.verify("org/tiny v1", repair=True) == ["model.safetensors", "sub/tokenizer.json"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == ["model.safetensors", "sub/tokenizer.json"]
         assert tree(root) == dict(sorted(model.items()))
         fetched = server.requests - before
         chunks = chunk_paths(registry_dir)
         # chunk 3 (the flipped byte) and chunks 5-7 (the tokenizer's 1500 bytes): nothing else
         assert set(fetched) == {chunks[2], chunks[4], chunks[5], chunks[6]}
         assert (root / "config.json").stat().st_ino == untouched  # not rewritten
-        assert manager.verify("org/tiny v1") == []
+        assert manager.verify("org/tiny v1").ok
 
     def test_file_sharing_a_damaged_chunk_is_not_rewritten(self, manager: xm.Manager, model: dict[str, bytes]
                                                            ) -> None:
         root = Path(manager.pull("org/tiny v1").path)
         (root / "config.json").write_bytes(b'{"layers": 7}\n')  # same size, other bytes
-        assert manager.verify("org/tiny v1") == ["config.json", "model.safetensors", "sub/tokenizer.json"]
+        assert listed(manager.verify("org/tiny v1")) == ["config.json", "model.safetensors", "sub/tokenizer.json"]
         inode = (root / "model.safetensors").stat().st_ino
-        assert manager.verify("org/tiny v1", repair=True) == ["config.json"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == ["config.json"]
         assert (root / "model.safetensors").stat().st_ino == inode
         assert tree(root) == dict(sorted(model.items()))
 
@@ -3802,9 +3809,9 @@ class TestVerify:
     def test_damaged_stored_manifest_is_restored(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
         root = Path(manager.pull("org/tiny v1").path)
         (root / ".test-app" / "manifest.json").write_text("{}")
-        assert manager.verify("org/tiny v1") == [".test-app/manifest.json"]
-        assert manager.verify("org/tiny v1", repair=True) == [".test-app/manifest.json"]
-        assert manager.verify("org/tiny v1") == []
+        assert listed(manager.verify("org/tiny v1")) == [".test-app/manifest.json"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == [".test-app/manifest.json"]
+        assert manager.verify("org/tiny v1").ok
 
     def test_repair_restores_a_missing_empty_file_and_metadata_directory(
         self, manager: xm.Manager, registry_dir: Path
@@ -3813,12 +3820,12 @@ class TestVerify:
         publish.publish(str(registry_dir), "org", "small", "v1", files, chunk_size=16)
         root = Path(manager.pull("org/small v1").path)
         (root / "empty").unlink()
-        assert manager.verify("org/small v1") == ["empty"]
-        assert manager.verify("org/small v1", repair=True) == ["empty"]
+        assert listed(manager.verify("org/small v1")) == ["empty"]
+        assert list(manager.verify("org/small v1", repair=True).repaired) == ["empty"]
         (root / "a").write_bytes(b"xxxxx")
         shutil.rmtree(root / ".test-app")
-        assert manager.verify("org/small v1", repair=True) == [".test-app/manifest.json", "a"]
-        assert tree(root) == dict(sorted(files.items())) and manager.verify("org/small v1") == []
+        assert list(manager.verify("org/small v1", repair=True).repaired) == [".test-app/manifest.json", "a"]
+        assert tree(root) == dict(sorted(files.items())) and manager.verify("org/small v1").ok
 
     def test_repair_does_not_write_through_a_linked_directory(self, manager: xm.Manager, model: dict[str, bytes],
                                                               tmp_path: Path) -> None:
@@ -4211,14 +4218,14 @@ class TestGoOriginal:
         stored.write_bytes(go_json(lying))
         manager = make_manager()
         assert manager.files("org/tiny v1") == [xm.FileInfo(name, len(data)) for name, data in model.items()]
-        assert make_manager(registry_url="").verify("org/tiny v1") == ["model.safetensors"]  # by the copy
-        assert manager.verify("org/tiny v1") == []  # by the published manifest
+        assert listed(make_manager(registry_url="").verify("org/tiny v1")) == ["model.safetensors"]  # by the copy
+        assert manager.verify("org/tiny v1").ok  # by the published manifest
         assert stored.read_bytes() == published_bytes(registry_dir, "v1")
         weights = bytearray((root / "model.safetensors").read_bytes())
         weights[10] ^= 0xFF
         (root / "model.safetensors").write_bytes(bytes(weights))
         stored.write_bytes(go_json(json.loads(stored.read_bytes())))
-        assert manager.verify("org/tiny v1", repair=True) == ["model.safetensors"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == ["model.safetensors"]
         assert tree(root) == dict(sorted(model.items())) and stored.read_bytes() == published_bytes(registry_dir, "v1")
         assert server.chunk_requests() == 2  # the manifest, then the one damaged chunk
 
@@ -4260,14 +4267,14 @@ class TestGoOriginal:
         intact()
         manager.prune_cache(None)
         intact()
-        assert offline.verify("org/tiny v1") == []
+        assert offline.verify("org/tiny v1").ok
         intact()
         installed = manager.pull("org/tiny v1", force=True)
         assert tree(root) == dict(sorted(model.items())) and installed.path == str(root)
         assert stored.read_bytes() == published_bytes(registry_dir, "v1")
         assert registry_entry(data_dir, "v1")["manifest_hash"] == go_entry["manifest_hash"]
         assert go_own_files(data_dir) == theirs and not list((data_dir / "org" / "tiny").glob(".v1.*"))
-        assert manager.verify("org/tiny v1") == [] and manager.verify("org/tiny v2") == []
+        assert manager.verify("org/tiny v1").ok and manager.verify("org/tiny v2").ok
 
     def test_force_pull_over_a_go_directory_killed_between_renames(
         self, manager: xm.Manager, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
@@ -6018,7 +6025,7 @@ class SweepScenario:
             problems.append(f"running it again exits {again}")
         manager = self.manager(data_dir)
         for item in manager.list_installed():
-            damaged = manager.verify(item.ref)
+            damaged = listed(manager.verify(item.ref))
             if damaged:
                 problems.append(f"verify {item.ref} after the rerun: {damaged}")
         return problems

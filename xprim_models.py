@@ -96,6 +96,7 @@ __all__ = [
     "RemoteModel",
     "RemoteModelDetail",
     "StorageError",
+    "VerifyResult",
     "VersionNotFoundError",
     "__version__",
     "main",
@@ -486,6 +487,27 @@ class PullProgress:
     bytes_completed: int
     bytes_downloaded: int
     current_file: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``Manager.verify`` found, each a sorted tuple of relative paths.
+
+    ``damaged``: files damaged or missing (the stored manifest included, as
+    ``.<app>/manifest.json``). ``sharing_damaged_chunk``: files that only share a
+    damaged chunk with another file, so perhaps intact (a chunk's hash cannot say
+    which of its files holds the damage). ``repaired``: the files a repair
+    rewrote (compared byte by byte with the fetched chunks, so only those that
+    differed). ``ok`` is true when the scan found nothing damaged.
+    """
+
+    damaged: tuple[str, ...] = ()
+    sharing_damaged_chunk: tuple[str, ...] = ()
+    repaired: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.sharing_damaged_chunk
 
 
 if TYPE_CHECKING:
@@ -4072,14 +4094,11 @@ class _Verification:
         self.bad_positions, self.damaged, self.missing = _scan(self.installed.path, self.manifest)
         return bool(self.damaged or self.damaged_manifest)
 
-    def result(self, *, split: bool) -> Any:
-        """What Manager.verify returns."""
-        if self.repair:
-            return (sorted(self.repaired), []) if split else sorted(self.repaired)
-        assert self.manifest is not None
-        sharing = _only_sharing(self.manifest, self.bad_positions, self.missing)
-        damaged = sorted(self.damaged - sharing | ({self.manifest_name} if self.damaged_manifest else set()))
-        return (damaged, sorted(sharing)) if split else sorted([*damaged, *sharing])
+    def result(self) -> VerifyResult:
+        """What Manager.verify returns: what the scan found, and what a repair rewrote."""
+        sharing = _only_sharing(self.manifest, self.bad_positions, self.missing) if self.manifest else set()
+        damaged = self.damaged - sharing | ({self.manifest_name} if self.damaged_manifest else set())
+        return VerifyResult(tuple(sorted(damaged)), tuple(sorted(sharing)), tuple(sorted(self.repaired)))
 
     def repairing(self) -> _Repair:
         assert self.manifest is not None
@@ -4539,8 +4558,7 @@ class Manager:
         concurrency: int = 4,
         progress: Callable[[PullProgress], None] | None = None,
         limit_rate: float | None = None,
-        split: bool = False,
-    ) -> Any:
+    ) -> VerifyResult:
         """Re-hash an installed version's files against its manifest's chunk hashes.
 
         A stored manifest that another tool re-serialized (the Go original does) is
@@ -4553,14 +4571,11 @@ class Manager:
             repair: fetch (or copy from other installed versions) only the damaged
                 chunks, and rewrite only the damaged files.
             concurrency, progress, limit_rate: as for ``pull``, when repairing.
-            split: return two sorted lists, ``(damaged or missing, only sharing a damaged
-                chunk)``: a chunk spanning several files cannot say which holds the damage.
 
         Returns:
-            Without ``repair``: the damaged or missing files, sorted (a file that
-            shares a damaged chunk with one is listed too, as the hash covers both).
-            With ``repair``: the files it rewrote, sorted (compared byte by byte
-            with the fetched chunks, so only those that really differed).
+            A ``VerifyResult``: the files damaged or missing, those that only share a
+            damaged chunk, and (with ``repair``) those rewritten. ``damaged`` and
+            ``sharing_damaged_chunk`` say what was found before the repair.
 
         Raises:
             NotInstalledError: ``ref`` is not installed.
@@ -4581,7 +4596,7 @@ class Manager:
                     sources = _sources_by_hash(scratch.manifest, others)
                     self._job(scratch, f"repair {ref}", scratch.chunks(), concurrency, progress, sources,
                               limit_rate).run()
-        return check.result(split=split)
+        return check.result()
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete what crashed pulls left, partial files, and the chunks earlier versions left
@@ -5280,14 +5295,16 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     for ref in refs:
         printer = _ProgressPrinter(console) if args.repair else None
         try:
-            files, sharing = manager.verify(ref, repair=args.repair, concurrency=args.concurrency,
-                                            progress=printer, limit_rate=args.limit_rate, split=True)
+            result = manager.verify(ref, repair=args.repair, concurrency=args.concurrency, progress=printer,
+                                    limit_rate=args.limit_rate)
         except BaseException:
             if printer is not None:
                 printer.abort()
             raise
         if printer is not None and printer.phase:
             printer.finish()
+        files = list(result.repaired if args.repair else result.damaged)
+        sharing = [] if args.repair else list(result.sharing_damaged_chunk)
         damaged = [] if args.repair else files
         results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
                         "repaired": files if args.repair else []})

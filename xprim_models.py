@@ -133,6 +133,10 @@ _MAX_INDEX_BYTES = 32 << 20
 # cap could otherwise take gigabytes.
 _MAX_INDEX_VALUES = 500_000  # JSON values and object keys in models.json (containers count twice)
 _MAX_METADATA_DEPTH = 32  # containers nested in one entry's metadata: deeper, the entry is left out
+# What a message or log line shows of a list from models.json (alias cycle links, versions,
+# left-out entries), so that its length does not grow with the registry's.
+_LISTED_AT_MOST = 5
+_WARNED_AT_MOST = 20  # models.json entries left out with a warning each; the rest are counted
 _MAX_MANIFEST_BYTES = 64 << 20
 _MAX_REGISTRY_BYTES = 256 << 20
 _MAX_FILES = 1_000_000
@@ -1012,6 +1016,22 @@ def _get_file_information() -> Any:
     return query
 
 
+def _real_directory(path: str) -> bool:
+    """Whether ``path`` is a directory itself, not a symbolic link or junction to one."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(status.st_mode) and not getattr(status, "st_reparse_tag", 0)
+
+
+def _remove_if_empty(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # not empty, or gone
+
+
 def _list_directory(path: str) -> list[str]:
     try:
         return os.listdir(path)
@@ -1471,7 +1491,7 @@ class _Index:
                 f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, self.models)}"
             )
         raise VersionNotFoundError(
-            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {', '.join(versions) or 'none'}"
+            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {_first_few(versions) or 'none'}"
             + (f"; {invalid} invalid entries of this model are left out, see the warnings)" if invalid else ")")
         )
 
@@ -1520,6 +1540,9 @@ def _parse_index(raw: bytes, location: str) -> _Index:
                     entries[(group, model, version)] = entry
     # Each alias chain is walked once: every key on it learns its final version, or why it has none.
     final = {key: key[2] for key, entry in entries.items() if "alias" not in entry}
+    # A broken chain's aliases: the alias where it breaks, and why. A chain that joins it says
+    # the same (nesting each chain's message in the next would grow with their number).
+    broken: dict[tuple[str, str, str], tuple[str, str]] = {}
     for key, entry in entries.items():
         if key in final or key in problems:
             continue  # a version, or an alias on a chain walked before
@@ -1536,7 +1559,7 @@ def _parse_index(raw: bytes, location: str) -> _Index:
             following = (key[0], key[1], entries[current]["alias"])
             if following in on_chain:
                 names = [version for _, _, version in chain[chain.index(following):]]
-                problem = f"its aliases form a cycle: {' -> '.join([*names, following[2]])}"
+                problem = f"its aliases form a cycle: {_cycle(names)}"
                 cycle = True
             elif following not in entries:
                 why = problems.get(following)
@@ -1545,12 +1568,14 @@ def _parse_index(raw: bytes, location: str) -> _Index:
             if problem:
                 break
             current = following
-        if not problem and current in problems:
-            problem = f"it is an alias of version {current[2]!r}, which cannot be used: {problems[current]}"
+        last = chain[-1][2]
+        if not problem and current in problems:  # it joins a chain found broken before: that one's break
+            last, problem = broken[current]
         if problem:
-            for position, link in enumerate(chain):
-                problems[link] = problem if position == len(chain) - 1 or cycle else (
-                    f"it resolves through alias {chain[-1][2]!r}, and {problem}")
+            for link in chain:
+                where = link[2] if cycle else last
+                broken[link] = (where, problem)
+                problems[link] = problem if where == link[2] else f"it resolves through alias {where!r}, and {problem}"
             continue
         resolved = final.get(current, current[2])
         for link in chain:
@@ -1567,6 +1592,20 @@ def _parse_index(raw: bytes, location: str) -> _Index:
         models[key] = RemoteModel(ModelRef(group, model, version), target["hash"],
                                   concrete if concrete != version else "", dict(metadata))
     return _Index(models, problems)
+
+
+def _cycle(names: Sequence[str]) -> str:
+    """An alias cycle by its first few links, and its length when they are not all of it."""
+    if len(names) <= _LISTED_AT_MOST:
+        return " -> ".join([*names, names[0]])
+    return f"{' -> '.join(names[:_LISTED_AT_MOST])} -> ... ({len(names)} aliases, back to {names[0]!r})"
+
+
+def _first_few(names: Sequence[str]) -> str:
+    """``names`` joined, the first few of them when there are more."""
+    if len(names) <= _LISTED_AT_MOST:
+        return ", ".join(names)
+    return f"{', '.join(names[:_LISTED_AT_MOST])} and {len(names) - _LISTED_AT_MOST} more"
 
 
 def _entry_problem(entry: Any) -> str:
@@ -2665,11 +2704,14 @@ class _RegistryClient:
         raw = self.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES,
                                   revalidate=True)  # caches must not hide an alias move
         index = _parse_index(raw, self.location("models.json"))
-        for key, problem in index.problems.items():
-            if key not in self.index_warned:
-                self.index_warned.add(key)
-                label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
-                self.logger.warning("models.json: leaving out %r: %s", label, problem)
+        fresh = [(key, problem) for key, problem in index.problems.items() if key not in self.index_warned]
+        self.index_warned.update(key for key, _ in fresh)
+        for key, problem in fresh[:_WARNED_AT_MOST]:
+            label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
+            self.logger.warning("models.json: leaving out %.200r: %s", label, problem)  # invalid names are not capped
+        if len(fresh) > _WARNED_AT_MOST:
+            self.logger.warning("models.json: leaving out %d more invalid entries; asking for one by name says why",
+                                len(fresh) - _WARNED_AT_MOST)
         return index
 
     def manifest(self, digest: str, metadata_dir: str, session: _Session | None = None) -> tuple[_Manifest, bytes]:
@@ -3149,7 +3191,7 @@ class _ChunkFiles:
             except OSError as exc:
                 raise _storage_error("read", path, exc) from exc
             finally:
-                os.close(fd)
+                _close_quietly(fd)  # read only: what close() reports cannot concern these bytes
 
 
 class _Staging(_ChunkFiles):
@@ -3571,7 +3613,7 @@ class _Store:
             return {}
         except OSError as exc:
             raise _storage_error("read", path, exc) from exc
-        hint = f"; fix or delete {path} (model files are not affected)"
+        hint = self._fix_hint()
         if len(raw) > _MAX_REGISTRY_BYTES:
             raise StorageError(f"{path} is over {_format_size(_MAX_REGISTRY_BYTES)}{hint}")
         try:
@@ -3590,6 +3632,25 @@ class _Store:
             raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
         return doc  # type: ignore[no-any-return]
 
+    def _fix_hint(self) -> str:
+        return f"; fix or delete {self.registry_path} (model files are not affected)"
+
+    def listing(self) -> dict[str, Any]:
+        """registry.json with every name in it checked. Only it tells an installed version
+        from a leftover, so what deletes leftovers (prune, remove, reclaim) reads it here and
+        deletes nothing while it cannot be read."""
+        try:
+            doc = self.read()
+            self.refs(doc)
+        except StorageError as exc:
+            problem = str(exc).removesuffix(self._fix_hint())
+            raise StorageError(
+                f"{problem}; nothing was deleted, as only registry.json tells an installed version from a "
+                f"leftover: fix it, or move it away and pull each installed version again "
+                "(the pull reuses its files) before you remove or prune"
+            ) from exc
+        return doc
+
     @staticmethod
     def entry(doc: Mapping[str, Any], ref: ModelRef) -> dict[str, Any] | None:
         return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)  # type: ignore[no-any-return]
@@ -3601,8 +3662,9 @@ class _Store:
                 for version in versions:
                     try:
                         refs.append(ModelRef(group, model, version))
+                        self.version_dir(refs[-1])  # a reserved group cannot be installed
                     except InvalidRefError as exc:
-                        raise StorageError(f"{self.registry_path} is corrupt: {exc}") from exc
+                        raise StorageError(f"{self.registry_path} is corrupt: {exc}{self._fix_hint()}") from exc
         return refs
 
     def installed(self, ref: ModelRef, entry: Mapping[str, Any]) -> InstalledModel:
@@ -3654,7 +3716,7 @@ class _Store:
             _atomic_write(self.registry_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
     def committed_hash(self, ref: ModelRef) -> str:
-        entry = self.entry(self.read(), ref)
+        entry = self.entry(self.listing(), ref)
         value = entry.get("manifest_hash") if entry is not None else None
         return value if isinstance(value, str) else ""
 
@@ -3899,7 +3961,7 @@ class _Store:
     def leftovers(self, *, unlisted: bool = True) -> Iterator[ModelRef]:
         """Versions with a staging directory or old copy beside them, or (with ``unlisted``)
         a version directory that registry.json does not list."""
-        doc = self.read() if unlisted else {}
+        doc = self.listing() if unlisted else {}
         for group in _list_directory(self.root):
             if group.startswith(".") or group.lower() in _RESERVED_GROUPS:
                 continue
@@ -3963,7 +4025,26 @@ class _Store:
                 os.rmdir(self.chunks_dir)  # gone once empty: pulls no longer write there
             except OSError:
                 pass  # absent, or chunks younger than max_age remain
+            self.remove_empty()
         return freed
+
+    def remove_empty(self) -> None:
+        """Delete the model and group directories that hold nothing (prune, with no pull
+        running): plain directories with model and group names, never a link or its target."""
+        for group in _list_directory(self.root):
+            group_dir = os.path.join(self.root, group)
+            if group.lower() in _RESERVED_GROUPS or _name_problem("group", group) or not _real_directory(group_dir):
+                continue
+            for model in _list_directory(group_dir):
+                if _name_problem("model", model) or not _real_directory(os.path.join(group_dir, model)):
+                    continue
+                lock = self.model_lock(ModelRef(group, model))
+                if lock.try_acquire():  # else a pull, remove or verify of it is under way
+                    try:
+                        _remove_if_empty(os.path.join(group_dir, model))
+                    finally:
+                        lock.__exit__(None, None, None)
+            _remove_if_empty(group_dir)
 
     @staticmethod
     def check_case(ref: ModelRef, installed_models: Sequence[InstalledModel]) -> None:

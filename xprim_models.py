@@ -2771,15 +2771,22 @@ class _Flow:
 class _Source:
     """Where this disk may hold the bytes of one chunk: read, hashed, and used only if they match.
 
-    ``pieces`` are (path, offset, count) in the chunk's order. ``place`` is the
-    chunk position whose own bytes they are in the files being written (a resumed
-    pull's), or -1: bytes found at the chunk's first position are only hashed.
+    Either chunk ``position`` of ``manifest``'s files under the directory ``origin``,
+    or the ``given`` pieces (path, offset, count) in the chunk's order. ``place`` is
+    the chunk position whose own bytes they are in the files being written (a
+    resumed pull's), or -1: bytes found at the chunk's first position are only hashed.
     """
 
-    __slots__ = ("origin", "pieces", "place")
+    __slots__ = ("given", "manifest", "origin", "place", "position")
 
-    def __init__(self, origin: str, pieces: Sequence[tuple[str, int, int]], place: int = -1) -> None:
-        self.origin, self.pieces, self.place = origin, pieces, place
+    def __init__(self, origin: str, manifest: _Manifest | None = None, position: int = -1, *,
+                 given: Sequence[tuple[str, int, int]] = (), place: int = -1) -> None:
+        self.origin, self.manifest, self.position, self.given, self.place = origin, manifest, position, given, place
+
+    def pieces(self) -> Sequence[tuple[str, int, int]]:
+        if self.manifest is None:
+            return self.given
+        return _chunk_pieces(self.origin, self.manifest, self.position)
 
 
 def _chunk_pieces(directory: str, manifest: _Manifest, position: int) -> list[tuple[str, int, int]]:
@@ -2817,7 +2824,7 @@ def _sources_by_hash(manifest: _Manifest, copies: Sequence[_Copy]) -> dict[str, 
         for position, digest in enumerate(copy.manifest.chunks):
             if digest in wanted:
                 found.setdefault(digest, []).append(
-                    _Source(copy.directory, _chunk_pieces(copy.directory, copy.manifest, position)))
+                    _Source(copy.directory, copy.manifest, position))
     return found
 
 
@@ -2838,8 +2845,8 @@ def _sources_by_path(manifest: _Manifest, position: int, kin: Sequence[_Copy]) -
                     break
                 pieces.append((copy.path(info.path), at, count))
             else:
-                if not found or found[-1].pieces != pieces:
-                    found.append(_Source(copy.directory, pieces))
+                if not found or found[-1].given != pieces:
+                    found.append(_Source(copy.directory, given=pieces))
     return found[:_PATH_CANDIDATES]
 
 
@@ -3030,7 +3037,7 @@ class _PullJob:
         Bytes that are already where they belong are only hashed."""
         put = sink.found if source.place == sink.position else sink.take
         try:
-            for path, offset, count in source.pieces:
+            for path, offset, count in source.pieces():
                 fd = _open_regular(path)  # a pipe planted in an installed version is not waited on
                 try:
                     for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
@@ -3259,7 +3266,7 @@ class _Staging(_ChunkFiles):
             in_place: dict[str, list[_Source]] = {}
             for position, digest in enumerate(manifest.chunks):
                 in_place.setdefault(digest, []).append(
-                    _Source(self.root, _chunk_pieces(self.root, manifest, position), position))
+                    _Source(self.root, manifest, position, place=position))
             sources = {digest: found + sources.get(digest, []) for digest, found in in_place.items()}
             needed -= sum(_tree_size(self.path(index), allocated=True)
                           for index in range(len(manifest.files)) if index not in self.shared)

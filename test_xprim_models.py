@@ -3767,6 +3767,20 @@ class TestUpdates:
         assert manager.verify("org/big v1") == xm.VerifyResult(sharing_damaged_chunk=("config.json", "weights.bin"))
         assert manager.verify("org/big latest").ok
 
+    def test_repair_finds_chunks_by_path_too(self, make_manager: Callable[..., xm.Manager],
+                                             server: RegistryServer, registry_dir: Path) -> None:
+        files = big_files()
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # every chunk shifted
+        manager = make_manager(copy_files=True)  # v2's weights its own, so damage stays in v2
+        _, _, new = self.update(manager, server, registry_dir, v2)
+        with open(new / "weights.bin", "r+b") as handle:
+            handle.seek(3 * BIG_CHUNK)
+            handle.write(b"\0" * 8)
+        before = server.chunk_requests()
+        assert manager.verify("org/big v2", repair=True).repaired == ("weights.bin",)
+        assert server.chunk_requests() == before  # v1 holds no such chunk by hash, but its weights.bin by path
+        assert tree(new) == dict(sorted(v2.items()))
+
     @pytest.mark.parametrize("how", ["copy_files", "links fail"])
     def test_copies_where_files_cannot_be_linked(self, make_manager: Callable[..., xm.Manager], how: str,
                                                  server: RegistryServer, registry_dir: Path,

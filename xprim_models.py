@@ -2828,6 +2828,20 @@ def _sources_by_hash(manifest: _Manifest, copies: Sequence[_Copy]) -> dict[str, 
     return found
 
 
+def _local_sources(manifest: _Manifest, positions: Collection[int], copies: Sequence[_Copy],
+                   kin: Sequence[_Copy]) -> dict[str, list[_Source]]:
+    """Where this disk holds the chunks at ``positions``: installed versions (``copies``) by
+    hash, and for a chunk none holds by hash, installed files of the same model (``kin``) by path."""
+    sources = _sources_by_hash(manifest, copies)
+    for position in positions:
+        digest = manifest.chunks[position]
+        if digest not in sources:
+            found = _sources_by_path(manifest, position, kin)
+            if found:
+                sources[digest] = found
+    return sources
+
+
 def _sources_by_path(manifest: _Manifest, position: int, kin: Sequence[_Copy]) -> list[_Source]:
     """Candidates for chunk ``position`` assembled from installed files of the same paths in
     ``kin`` (versions of the same model): each file's bytes taken at the same offset from its
@@ -2872,8 +2886,9 @@ class _PullJob:
     """Puts verified chunks into files with worker threads, through one path.
 
     Each distinct chunk streams into its first position while it is hashed:
-    from bytes already there (a resumed pull's, verified again), from a seed (an
-    installed version holding it), or from the network. Once it verifies, its
+    from bytes already there (a resumed pull's, verified again), from a source
+    on this disk (an installed version holding it, by hash or by path), or from
+    the network. Once it verifies, its
     other positions are copied from the first. The calling thread waits, reports
     progress, and re-raises a worker's error.
 
@@ -3245,15 +3260,11 @@ class _Staging(_ChunkFiles):
         self.shared = set(self.links)
         self.present = set() if self.resume else self._repeated_zero_chunks()
         self.present.update(self._covered_by_shared())
-        sources = _sources_by_hash(manifest, copies)
         first: dict[str, int] = {}
         for position, digest in enumerate(manifest.chunks):
-            first.setdefault(digest, position)
-        for digest, position in first.items():
-            if digest not in sources and digest not in self.present:
-                found = _sources_by_path(manifest, position, kin)
-                if found:
-                    sources[digest] = found
+            if digest not in self.present:
+                first.setdefault(digest, position)
+        sources = _local_sources(manifest, first.values(), copies, kin)
         needed = sum(
             count
             for position, digest in enumerate(manifest.chunks)
@@ -3828,10 +3839,8 @@ class _Store:
             self.clean()
             final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
             staging = _Staging(manifest, self.sibling(ref, "staging"), f"pull {ref}", self.metadata_dir)
-            copies = self.copies(installed_models)
-            kin = {copy.manifest.digest: copy for copy, installed in copies
-                   if (installed.ref.group, installed.ref.model) == (ref.group, ref.model)}
-            staging.plan([copy for copy, _ in copies], list(kin.values()), share=share)
+            copies, kin = self.copies(installed_models, ref)
+            staging.plan(copies, kin, share=share)
             self.check_space(ref, staging.needed)
             if staging.resume:
                 self.logger.info("resuming %s from %s", ref, staging.root)
@@ -4062,15 +4071,23 @@ class _Store:
                     f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
                 )
 
-    def copies(self, installed_models: Sequence[InstalledModel]) -> list[tuple[_Copy, InstalledModel]]:
-        """The installed versions whose stored manifest can be read, as places to find chunks."""
-        found = []
+    def copies(self, installed_models: Sequence[InstalledModel], ref: ModelRef, *,
+               besides: bool = False) -> tuple[list[_Copy], list[_Copy]]:
+        """The installed versions whose stored manifest can be read, as places to find chunks
+        (``besides``: other than ``ref``), and of those, one per manifest of ``ref``'s model."""
+        copies: list[_Copy] = []
+        kin: dict[str, _Copy] = {}
         for installed in installed_models:
+            if besides and installed.ref == ref:
+                continue
             try:
-                found.append((_Copy(installed.path, self.stored_manifest(installed)), installed))
+                copy = _Copy(installed.path, self.stored_manifest(installed))
             except StorageError:
                 continue  # damaged or half-removed: nothing to take from it
-        return found
+            copies.append(copy)
+            if (installed.ref.group, installed.ref.model) == (ref.group, ref.model):
+                kin.setdefault(copy.manifest.digest, copy)
+        return copies, list(kin.values())
 
     def check_space(self, ref: ModelRef, needed: int) -> None:
         """Fail before the first request when the disk cannot hold the ``needed`` bytes a pull
@@ -4202,7 +4219,7 @@ class _Repair(_ChunkFiles):
         self.check = check
         self.root = check.store.private(check.installed.path)  # a linked version directory is refused
         self.metadata = _no_links(self.root, os.path.join(self.root, check.store.metadata_dir))
-        bad = sorted(check.bad_positions)
+        self.bad = bad = sorted(check.bad_positions)
         touched = {
             index
             for position in bad
@@ -4680,8 +4697,8 @@ class Manager:
                     check.use_published(exc)
             if check.scan() and repair:
                 with store.cache_lock(shared=True), check.repairing() as scratch:
-                    others = [copy for copy, installed in store.copies(self.list_installed()) if installed.ref != ref]
-                    sources = _sources_by_hash(scratch.manifest, others)
+                    copies, kin = store.copies(self.list_installed(), ref, besides=True)
+                    sources = _local_sources(scratch.manifest, scratch.bad, copies, kin)
                     self._job(scratch, f"repair {ref}", scratch.chunks(), concurrency, progress, sources,
                               limit_rate).run()
         return check.result()

@@ -3264,24 +3264,30 @@ class _Staging(_ChunkFiles):
         for position, digest in enumerate(manifest.chunks):
             if digest not in self.present:
                 first.setdefault(digest, position)
-        sources = _local_sources(manifest, first.values(), copies, kin)
+        self.sources = _local_sources(manifest, first.values(), copies, kin)
+        self.needed = self._to_download()
+        if self.resume:  # its bytes are hashed where they are, first of all
+            in_place: dict[str, list[_Source]] = {}
+            for position, digest in enumerate(manifest.chunks):
+                in_place.setdefault(digest, []).append(_Source(self.root, manifest, position, place=position))
+            self.sources = {digest: found + self.sources.get(digest, []) for digest, found in in_place.items()}
+
+    def _to_download(self) -> int:
+        """The bytes the chunks to download take in the files that are written (a resumed
+        pull's files take some of them already)."""
+        manifest = self.manifest
         needed = sum(
             count
             for position, digest in enumerate(manifest.chunks)
-            if digest not in self.present and digest not in sources
+            if digest not in self.present and digest not in self.sources
             for index, _, count in _segments(manifest, position * manifest.chunk_size,
                                              manifest.chunk_length(position))
             if index not in self.shared
         )
-        if self.resume:  # its bytes are hashed where they are, first of all
-            in_place: dict[str, list[_Source]] = {}
-            for position, digest in enumerate(manifest.chunks):
-                in_place.setdefault(digest, []).append(
-                    _Source(self.root, manifest, position, place=position))
-            sources = {digest: found + sources.get(digest, []) for digest, found in in_place.items()}
+        if self.resume:
             needed -= sum(_tree_size(self.path(index), allocated=True)
                           for index in range(len(manifest.files)) if index not in self.shared)
-        self.sources, self.needed = sources, max(0, needed)
+        return max(0, needed)
 
     def _left_by_a_pull(self) -> bool:
         """Whether the staging directory is a plain one that an interrupted pull of this manifest left."""

@@ -2835,7 +2835,7 @@ def _local_sources(manifest: _Manifest, positions: Collection[int], copies: Sequ
     sources = _sources_by_hash(manifest, copies)
     for position in positions:
         digest = manifest.chunks[position]
-        if digest not in sources:
+        if digest not in sources and kin:
             found = _sources_by_path(manifest, position, kin)
             if found:
                 sources[digest] = found
@@ -3276,14 +3276,13 @@ class _Staging(_ChunkFiles):
         """The bytes the chunks to download take in the files that are written (a resumed
         pull's files take some of them already)."""
         manifest = self.manifest
-        needed = sum(
-            count
-            for position, digest in enumerate(manifest.chunks)
-            if digest not in self.present and digest not in self.sources
-            for index, _, count in _segments(manifest, position * manifest.chunk_size,
-                                             manifest.chunk_length(position))
-            if index not in self.shared
-        )
+        needed = 0
+        for position, digest in enumerate(manifest.chunks):
+            if digest in self.present or digest in self.sources:
+                continue
+            length = manifest.chunk_length(position)
+            needed += sum(count for index, _, count in _segments(manifest, position * manifest.chunk_size, length)
+                          if index not in self.shared) if self.shared else length
         if self.resume:
             needed -= sum(_tree_size(self.path(index), allocated=True)
                           for index in range(len(manifest.files)) if index not in self.shared)
@@ -3320,6 +3319,8 @@ class _Staging(_ChunkFiles):
 
     def _covered_by_shared(self) -> set[str]:
         """The chunks all of whose places lie in shared files: they are there already."""
+        if not self.shared:
+            return set()
         inside: dict[str, bool] = {}
         manifest = self.manifest
         for position, digest in enumerate(manifest.chunks):

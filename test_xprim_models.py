@@ -3781,6 +3781,22 @@ class TestUpdates:
         assert server.chunk_requests() == before  # v1 holds no such chunk by hash, but its weights.bin by path
         assert tree(new) == dict(sorted(v2.items()))
 
+    def test_a_link_planted_in_an_installed_version_is_not_shared(
+        self, manager: xm.Manager, registry_dir: Path, tmp_path: Path
+    ) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        outside = tmp_path / "outside.json"  # the same bytes, so only the link gives it away
+        outside.write_bytes(big_files()["tokenizer.json"])
+        (target / "tokenizer.json").unlink()
+        symlink(outside, target / "tokenizer.json")
+        alias = Path(manager.pull("org/big latest").path)
+        assert not (alias / "tokenizer.json").is_symlink()
+        assert not os.path.samefile(alias / "tokenizer.json", outside) and outside.stat().st_nlink == 1
+        assert (alias / "tokenizer.json").read_bytes() == big_files()["tokenizer.json"]
+        assert os.path.samefile(target / "weights.bin", alias / "weights.bin")  # the intact files are shared
+
     @pytest.mark.parametrize("how", ["copy_files", "links fail"])
     def test_copies_where_files_cannot_be_linked(self, make_manager: Callable[..., xm.Manager], how: str,
                                                  server: RegistryServer, registry_dir: Path,

@@ -3386,7 +3386,7 @@ class _Staging(_ChunkFiles):
         path = self.path(index)
         _remove_tree(path)
         try:
-            os.link(self.links[index], path)
+            _hard_link(self.links[index], path)
         except OSError:
             return False
         if stat.S_ISREG(os.lstat(path).st_mode):
@@ -3466,7 +3466,7 @@ class _Staging(_ChunkFiles):
             temporary = os.path.join(os.path.dirname(self.manifest_file), f"link-{index}.tmp")
             try:
                 _remove_tree(temporary)
-                os.link(installed, temporary)
+                _hard_link(installed, temporary)
                 if not stat.S_ISREG(os.lstat(temporary).st_mode):
                     raise OSError(errno.EINVAL, "not a plain file", installed)
                 os.replace(temporary, self.path(index))
@@ -3475,6 +3475,15 @@ class _Staging(_ChunkFiles):
                 return  # the written copy stays
             self.shared.add(index)
             return
+
+
+def _hard_link(source: str, target: str) -> None:
+    """Make ``target`` a hard link to ``source`` itself: a symbolic link there is not followed
+    (the caller checks that ``target`` is a plain file)."""
+    if os.link in os.supports_follow_symlinks:
+        os.link(source, target, follow_symlinks=False)
+    else:
+        os.link(source, target)
 
 
 def _covering(manifest: _Manifest, index: int) -> tuple[int, range]:

@@ -1521,9 +1521,10 @@ class TestStorage:
         ids=["ENOSPC", "EDQUOT", "EFBIG", "EACCES", "EROFS"],
     )
     def test_disk_errors_are_storage_errors_and_keep_installed(
-        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, monkeypatch: pytest.MonkeyPatch,
-        code: int, hint: str
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], data_dir: Path,
+        monkeypatch: pytest.MonkeyPatch, code: int, hint: str
     ) -> None:
+        manager, copying = make_manager(), make_manager(copy_files=True)
         manager.pull("org/tiny v1")
         before = tree(data_dir / "org" / "tiny" / "v1")
 
@@ -1534,7 +1535,7 @@ class TestStorage:
         monkeypatch.setattr(xm, "_write_all", failing)
         monkeypatch.setattr(xm, "_pwrite_all", lambda fd, data, offset: failing(fd, data))
         with pytest.raises(xm.StorageError, match=f"{os.strerror(code)}; {hint}"):
-            manager.pull("org/tiny v1", force=True)
+            copying.pull("org/tiny v1", force=True)  # a sharing pull would link the intact files, writing nothing
         assert tree(data_dir / "org" / "tiny" / "v1") == before
         assert [item.ref.version for item in manager.list_installed()] == ["v1"]
 
@@ -3659,10 +3660,11 @@ class TestVerify:
         assert (root / "model.safetensors").stat().st_ino == inode
         assert tree(root) == dict(sorted(model.items()))
 
-    def test_repair_seeds_from_another_installed_version(self, manager: xm.Manager, model: dict[str, bytes],
-                                                         server: RegistryServer) -> None:
+    def test_repair_seeds_from_another_installed_version(self, make_manager: Callable[..., xm.Manager],
+                                                         model: dict[str, bytes], server: RegistryServer) -> None:
+        manager = make_manager()
         root = Path(manager.pull("org/tiny v1").path)
-        manager.pull("org/tiny v2")
+        make_manager(copy_files=True).pull("org/tiny v2")  # its own copy: damage written through a link hits both
         weights = bytearray((root / "model.safetensors").read_bytes())
         weights[10] ^= 0xFF
         weights[4000] ^= 0xFF

@@ -5949,7 +5949,8 @@ class SweepScenario:
         return problems
 
 
-SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-repeated", "pull-force", "update-alias", "remove", "pull-beside"]
+SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-repeated", "pull-force", "update-alias", "remove",
+                   "pull-beside"]
 
 
 @pytest.mark.skipif(bool(sweep_enabled()), reason=sweep_enabled() or "runs")

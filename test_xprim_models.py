@@ -974,7 +974,7 @@ class TestRegistry:
         assert "through alias 'c9999', and it is an alias of missing version 'c10000'" in str(chain.value)
         with pytest.raises(xm.VersionNotFoundError) as missing:
             manager.get_remote("org/many x")
-        assert "(available: m0, m1, m10, m100, m1000 and 9995 more)" in str(missing.value)
+        assert "; available: m0, m1, m10, m100, m1000 and 9995 more" in str(missing.value)
         assert max(len(str(error.value)) for error in (cycle, chain, missing)) < 300
 
     def test_unsupported_scheme(self, tmp_path: Path) -> None:

@@ -186,7 +186,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     for name in list(os.environ):
-        if name.endswith("_MODELS_DIR") or name.lower().endswith("_proxy") or name == "XPRIM_MODELS_REGISTRY_URL":
+        if name.endswith("_MODELS_DIR") or name.lower().endswith("_proxy") or name in (
+                "XPRIM_MODELS_REGISTRY_URL", "XPRIM_MODELS_COPY_FILES"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
@@ -1600,7 +1601,7 @@ class TestStorage:
         before = sum(server.requests[path] for path in chunk_paths(registry_dir))
         installed = manager.pull("org/tiny v1")
         assert sum(server.requests[path] for path in chunk_paths(registry_dir)) == before  # verified, not fetched
-        assert tree(Path(installed.path)) == dict(sorted(model.items())) and manager.verify("org/tiny v1") == []
+        assert tree(Path(installed.path)) == dict(sorted(model.items())) and manager.verify("org/tiny v1").ok
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
 
     def test_an_unlisted_version_is_removed_by_prune_or_a_pull_of_other_bytes(
@@ -1803,7 +1804,7 @@ class TestConcurrency:
         b2_held.release.set()
         second.join(10)
         assert (Path(pulled[0].path) / "model.bin").read_bytes() == new
-        assert manager.verify("org/big v1") == []
+        assert manager.verify("org/big v1").ok
 
     def test_threads_racing_on_one_model(self, manager: xm.Manager, model: dict[str, bytes],
                                          server: RegistryServer, registry_dir: Path) -> None:
@@ -3605,7 +3606,7 @@ class TestReliability:
             raise xm.StorageError("cannot lock ...: Read-only file system")
 
         monkeypatch.setattr(xm._FileLock, "__enter__", read_only)  # as root, no real read-only mount here
-        assert manager.verify("org/tiny v1") == []
+        assert manager.verify("org/tiny v1").ok
         with pytest.raises(xm.StorageError, match="Read-only"):
             manager.verify("org/tiny v1", repair=True)
 
@@ -3714,6 +3715,11 @@ class TestReliability:
 # --- Beyond the seed: seeding, verify and repair, prune, rate limit, ensure, preflight ----
 
 
+def listed(result: xm.VerifyResult) -> list[str]:
+    """The files a verify found damaged, or perhaps damaged as they share a damaged chunk."""
+    return sorted([*result.damaged, *result.sharing_damaged_chunk])
+
+
 def changed_chunks(registry_dir: Path, old: str, new: str) -> set[str]:
     return set(chunk_paths(registry_dir, new)) - set(chunk_paths(registry_dir, old))
 
@@ -3751,6 +3757,197 @@ class TestSeeding:
         assert tree(Path(manager.pull("org/tiny v2").path))["model.safetensors"] == model["model.safetensors"]
 
 
+# Updates of a model in 1 MiB chunks, config.json first as examples/publish.py writes it:
+# each one publishes org/big v1 and a changed v2, pulls v1, then v2.
+BIG_CHUNK = 1 << 20
+
+
+@functools.cache
+def big_files() -> dict[str, bytes]:
+    return {"config.json": b'{"hidden": 4096, "n": 1}', "weights.bin": blob(6 * BIG_CHUNK + 12345, "weights"),
+            "tokenizer.json": blob(70_000, "tokenizer")}
+
+
+def publish_big(registry_dir: Path, version: str, files: dict[str, bytes]) -> None:
+    publish.publish(str(registry_dir), "org", "big", version, files, chunk_size=BIG_CHUNK)
+
+
+def fetched_chunks(server: RegistryServer, before: collections.Counter[str], registry_dir: Path,
+                   version: str) -> int:
+    """The chunks of ``version`` requested since ``before``."""
+    wanted = set(chunk_paths(registry_dir, version, "big"))
+    return sum(count for path, count in (server.requests - before).items() if path in wanted)
+
+
+def unique_allocation(*roots: Path) -> int:
+    """The disk space the files under ``roots`` take, each file counted once however many links it has."""
+    seen: dict[tuple[int, int], int] = {}
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and ".test-app" not in path.parts:
+                status = path.stat()
+                seen[(status.st_dev, status.st_ino)] = disk_usage(path)
+    return sum(seen.values())
+
+
+class TestUpdates:
+    """Updates cost what changed: chunks found in installed files by path, identical files
+    sharing storage, and a preflight that asks only for what will be written."""
+
+    def update(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
+               v2: dict[str, bytes]) -> tuple[int, Path, Path]:
+        publish_big(registry_dir, "v1", big_files())
+        publish_big(registry_dir, "v2", v2)
+        old = Path(manager.pull("org/big v1").path)
+        before = server.requests.copy()
+        new = Path(manager.pull("org/big v2").path)
+        assert tree(new) == dict(sorted(v2.items()))
+        return fetched_chunks(server, before, registry_dir, "v2"), old, new
+
+    def test_a_small_file_before_the_weights_grows(self, manager: xm.Manager, server: RegistryServer,
+                                                   registry_dir: Path) -> None:
+        files = big_files()
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # 15 bytes longer: all shifted
+        fetched, old, new = self.update(manager, server, registry_dir, v2)
+        assert fetched <= 2  # of 7: the rest is found in v1's files by path
+        # Its weights are byte-identical to v1's: compared once written, then shared.
+        assert os.path.samefile(old / "weights.bin", new / "weights.bin")
+
+    def test_the_weights_header_grows(self, manager: xm.Manager, server: RegistryServer,
+                                      registry_dir: Path) -> None:
+        files = big_files()
+        weights = files["weights.bin"]
+        v2 = {**files, "weights.bin": weights[:64] + b"h" * 100 + weights[64:]}  # tensors line up with the end
+        fetched, _, _ = self.update(manager, server, registry_dir, v2)
+        assert fetched <= 3
+
+    def test_a_mebibyte_of_the_weights_changes(self, manager: xm.Manager, server: RegistryServer,
+                                               registry_dir: Path) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        middle = len(weights) // 2
+        weights[middle : middle + BIG_CHUNK] = blob(BIG_CHUNK, "changed")
+        fetched, old, new = self.update(manager, server, registry_dir, {**files, "weights.bin": bytes(weights)})
+        assert fetched <= 2
+        for name in ("config.json", "tokenizer.json"):  # unchanged files share v1's storage
+            assert os.path.samefile(old / name, new / name)
+        assert not os.path.samefile(old / "weights.bin", new / "weights.bin")
+        assert manager.verify("org/big v1").ok and manager.verify("org/big v2").ok
+
+    def test_the_preflight_asks_only_for_what_will_be_written(
+        self, manager: xm.Manager, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+        registry_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        weights[100] ^= 0xFF  # one chunk differs
+        publish_big(registry_dir, "v1", files)
+        publish_big(registry_dir, "v2", {**files, "weights.bin": bytes(weights)})
+        manager.pull("org/big v1")
+        usage = shutil.disk_usage(".")
+        # A nearly full disk cannot be made for real here: the free space is what is mocked.
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * BIG_CHUNK))
+        with pytest.raises(xm.StorageError, match=r"needs 6\.\d MB of disk space in \S+ but only 3\.1 MB is free"):
+            xm.Manager(manager.config, data_dir=tmp_path / "empty").pull("org/big v2")  # the whole model
+        assert manager.pull("org/big v2").total_size == len(weights) + 70_024  # 1 MiB to write: it fits
+
+    def test_an_alias_and_its_target_cost_the_disk_once(self, manager: xm.Manager, server: RegistryServer,
+                                                        registry_dir: Path) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        before = server.chunk_requests()
+        alias = Path(manager.pull("org/big latest").path)
+        assert server.chunk_requests() == before  # its manifest, v1's, is in the manifest cache
+        for name in big_files():
+            assert os.path.samefile(target / name, alias / name)
+        model_size = sum(len(data) for data in big_files().values())
+        assert unique_allocation(target, alias) < model_size * 1.1
+        assert manager.verify("org/big v1").ok and manager.verify("org/big latest").ok
+
+    def test_removing_one_version_keeps_the_other(self, manager: xm.Manager, registry_dir: Path) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        alias = Path(manager.pull("org/big latest").path)
+        assert os.path.samefile(target / "weights.bin", alias / "weights.bin")
+        manager.remove("org/big latest")
+        assert not alias.exists()
+        assert tree(target) == dict(sorted(big_files().items()))
+        assert manager.verify("org/big v1").ok
+
+    def test_repairing_a_shared_file_replaces_it_and_leaves_the_other_version_alone(
+        self, manager: xm.Manager, registry_dir: Path
+    ) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        alias = Path(manager.pull("org/big latest").path)
+        shared = target / "weights.bin"
+        with open(shared, "r+b") as handle:  # damage written through the link reaches both
+            handle.seek(10)
+            handle.write(b"\0" * 8)
+        damaged, inode = shared.read_bytes(), shared.stat().st_ino
+        assert manager.verify("org/big latest", repair=True) == xm.VerifyResult(
+            sharing_damaged_chunk=("config.json", "weights.bin"), repaired=("weights.bin",))
+        assert not os.path.samefile(shared, alias / "weights.bin")  # replaced by rename, not written through
+        assert (alias / "weights.bin").read_bytes() == big_files()["weights.bin"]
+        assert shared.stat().st_ino == inode and shared.read_bytes() == damaged  # v1 is checked on its own
+        # The damaged chunk spans both files: either may hold the damage.
+        assert manager.verify("org/big v1") == xm.VerifyResult(sharing_damaged_chunk=("config.json", "weights.bin"))
+        assert manager.verify("org/big latest").ok
+
+    def test_repair_finds_chunks_by_path_too(self, make_manager: Callable[..., xm.Manager],
+                                             server: RegistryServer, registry_dir: Path) -> None:
+        files = big_files()
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # every chunk shifted
+        manager = make_manager(copy_files=True)  # v2's weights its own, so damage stays in v2
+        _, _, new = self.update(manager, server, registry_dir, v2)
+        with open(new / "weights.bin", "r+b") as handle:
+            handle.seek(3 * BIG_CHUNK)
+            handle.write(b"\0" * 8)
+        before = server.chunk_requests()
+        assert manager.verify("org/big v2", repair=True).repaired == ("weights.bin",)
+        assert server.chunk_requests() == before  # v1 holds no such chunk by hash, but its weights.bin by path
+        assert tree(new) == dict(sorted(v2.items()))
+
+    def test_a_link_planted_in_an_installed_version_is_not_shared(
+        self, manager: xm.Manager, registry_dir: Path, tmp_path: Path
+    ) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        outside = tmp_path / "outside.json"  # the same bytes, so only the link gives it away
+        outside.write_bytes(big_files()["tokenizer.json"])
+        (target / "tokenizer.json").unlink()
+        symlink(outside, target / "tokenizer.json")
+        alias = Path(manager.pull("org/big latest").path)
+        assert not (alias / "tokenizer.json").is_symlink()
+        assert not os.path.samefile(alias / "tokenizer.json", outside) and outside.stat().st_nlink == 1
+        assert (alias / "tokenizer.json").read_bytes() == big_files()["tokenizer.json"]
+        assert os.path.samefile(target / "weights.bin", alias / "weights.bin")  # the intact files are shared
+
+    @pytest.mark.parametrize("how", ["copy_files", "links fail"])
+    def test_copies_where_files_cannot_be_linked(self, make_manager: Callable[..., xm.Manager], how: str,
+                                                 server: RegistryServer, registry_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        if how == "links fail":  # as on FAT, or across devices
+            def refuse(*args: Any, **kwargs: Any) -> None:
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+            monkeypatch.setattr(os, "link", refuse)
+        manager = make_manager(copy_files=how == "copy_files")
+        target = Path(manager.pull("org/big v1").path)
+        before = server.chunk_requests()
+        alias = Path(manager.pull("org/big latest").path)
+        assert server.chunk_requests() == before  # copied from v1, verified by hash
+        for name in big_files():
+            assert not os.path.samefile(target / name, alias / name)
+        assert tree(alias) == tree(target) == dict(sorted(big_files().items()))
+
+
 class TestVerify:
     def damage(self, root: Path) -> None:
         weights = bytearray((root / "model.safetensors").read_bytes())
@@ -3760,7 +3957,7 @@ class TestVerify:
 
     def test_intact_model_verifies(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
         manager.pull("org/tiny v1")
-        assert manager.verify("org/tiny v1") == []
+        assert manager.verify("org/tiny v1").ok
 
     def test_damage_is_reported_and_repaired_from_the_damaged_chunks_only(
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path
@@ -3769,24 +3966,24 @@ class TestVerify:
         self.damage(root)
         untouched = (root / "config.json").stat().st_ino
         # config.json shares chunk 5 with the missing tokenizer, so its bytes cannot be vouched for.
-        assert manager.verify("org/tiny v1") == ["config.json", "model.safetensors", "sub/tokenizer.json"]
+        assert listed(manager.verify("org/tiny v1")) == ["config.json", "model.safetensors", "sub/tokenizer.json"]
         before = server.requests.copy()
-        assert manager.verify("org/tiny v1", repair=True) == ["model.safetensors", "sub/tokenizer.json"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == ["model.safetensors", "sub/tokenizer.json"]
         assert tree(root) == dict(sorted(model.items()))
         fetched = server.requests - before
         chunks = chunk_paths(registry_dir)
         # chunk 3 (the flipped byte) and chunks 5-7 (the tokenizer's 1500 bytes): nothing else
         assert set(fetched) == {chunks[2], chunks[4], chunks[5], chunks[6]}
         assert (root / "config.json").stat().st_ino == untouched  # not rewritten
-        assert manager.verify("org/tiny v1") == []
+        assert manager.verify("org/tiny v1").ok
 
     def test_file_sharing_a_damaged_chunk_is_not_rewritten(self, manager: xm.Manager, model: dict[str, bytes]
                                                            ) -> None:
         root = Path(manager.pull("org/tiny v1").path)
         (root / "config.json").write_bytes(b'{"layers": 7}\n')  # same size, other bytes
-        assert manager.verify("org/tiny v1") == ["config.json", "model.safetensors", "sub/tokenizer.json"]
+        assert listed(manager.verify("org/tiny v1")) == ["config.json", "model.safetensors", "sub/tokenizer.json"]
         inode = (root / "model.safetensors").stat().st_ino
-        assert manager.verify("org/tiny v1", repair=True) == ["config.json"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == ["config.json"]
         assert (root / "model.safetensors").stat().st_ino == inode
         assert tree(root) == dict(sorted(model.items()))
 
@@ -3807,9 +4004,9 @@ class TestVerify:
     def test_damaged_stored_manifest_is_restored(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
         root = Path(manager.pull("org/tiny v1").path)
         (root / ".test-app" / "manifest.json").write_text("{}")
-        assert manager.verify("org/tiny v1") == [".test-app/manifest.json"]
-        assert manager.verify("org/tiny v1", repair=True) == [".test-app/manifest.json"]
-        assert manager.verify("org/tiny v1") == []
+        assert listed(manager.verify("org/tiny v1")) == [".test-app/manifest.json"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == [".test-app/manifest.json"]
+        assert manager.verify("org/tiny v1").ok
 
     def test_repair_restores_a_missing_empty_file_and_metadata_directory(
         self, manager: xm.Manager, registry_dir: Path
@@ -3818,12 +4015,12 @@ class TestVerify:
         publish.publish(str(registry_dir), "org", "small", "v1", files, chunk_size=16)
         root = Path(manager.pull("org/small v1").path)
         (root / "empty").unlink()
-        assert manager.verify("org/small v1") == ["empty"]
-        assert manager.verify("org/small v1", repair=True) == ["empty"]
+        assert listed(manager.verify("org/small v1")) == ["empty"]
+        assert list(manager.verify("org/small v1", repair=True).repaired) == ["empty"]
         (root / "a").write_bytes(b"xxxxx")
         shutil.rmtree(root / ".test-app")
-        assert manager.verify("org/small v1", repair=True) == [".test-app/manifest.json", "a"]
-        assert tree(root) == dict(sorted(files.items())) and manager.verify("org/small v1") == []
+        assert list(manager.verify("org/small v1", repair=True).repaired) == [".test-app/manifest.json", "a"]
+        assert tree(root) == dict(sorted(files.items())) and manager.verify("org/small v1").ok
 
     def test_repair_does_not_write_through_a_linked_directory(self, manager: xm.Manager, model: dict[str, bytes],
                                                               tmp_path: Path) -> None:
@@ -4262,14 +4459,14 @@ class TestGoOriginal:
         stored.write_bytes(go_json(lying))
         manager = make_manager()
         assert manager.files("org/tiny v1") == [xm.FileInfo(name, len(data)) for name, data in model.items()]
-        assert make_manager(registry_url="").verify("org/tiny v1") == ["model.safetensors"]  # by the copy
-        assert manager.verify("org/tiny v1") == []  # by the published manifest
+        assert listed(make_manager(registry_url="").verify("org/tiny v1")) == ["model.safetensors"]  # by the copy
+        assert manager.verify("org/tiny v1").ok  # by the published manifest
         assert stored.read_bytes() == published_bytes(registry_dir, "v1")
         weights = bytearray((root / "model.safetensors").read_bytes())
         weights[10] ^= 0xFF
         (root / "model.safetensors").write_bytes(bytes(weights))
         stored.write_bytes(go_json(json.loads(stored.read_bytes())))
-        assert manager.verify("org/tiny v1", repair=True) == ["model.safetensors"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == ["model.safetensors"]
         assert tree(root) == dict(sorted(model.items())) and stored.read_bytes() == published_bytes(registry_dir, "v1")
         assert server.chunk_requests() == 2  # the manifest, then the one damaged chunk
 
@@ -4311,14 +4508,14 @@ class TestGoOriginal:
         intact()
         manager.prune_cache(None)
         intact()
-        assert offline.verify("org/tiny v1") == []
+        assert offline.verify("org/tiny v1").ok
         intact()
         installed = manager.pull("org/tiny v1", force=True)
         assert tree(root) == dict(sorted(model.items())) and installed.path == str(root)
         assert stored.read_bytes() == published_bytes(registry_dir, "v1")
         assert registry_entry(data_dir, "v1")["manifest_hash"] == go_entry["manifest_hash"]
         assert go_own_files(data_dir) == theirs and not list((data_dir / "org" / "tiny").glob(".v1.*"))
-        assert manager.verify("org/tiny v1") == [] and manager.verify("org/tiny v2") == []
+        assert manager.verify("org/tiny v1").ok and manager.verify("org/tiny v2").ok
 
     def test_force_pull_over_a_go_directory_killed_between_renames(
         self, manager: xm.Manager, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
@@ -6074,13 +6271,14 @@ class SweepScenario:
             problems.append(f"running it again exits {again}")
         manager = self.manager(data_dir)
         for item in manager.list_installed():
-            damaged = manager.verify(item.ref)
+            damaged = listed(manager.verify(item.ref))
             if damaged:
                 problems.append(f"verify {item.ref} after the rerun: {damaged}")
         return problems
 
 
-SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-repeated", "pull-force", "update-alias", "remove", "pull-beside"]
+SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-repeated", "pull-force", "update-alias", "remove",
+                   "pull-beside"]
 
 
 @pytest.mark.skipif(bool(sweep_enabled()), reason=sweep_enabled() or "runs")

@@ -96,6 +96,7 @@ __all__ = [
     "RemoteModel",
     "RemoteModelDetail",
     "StorageError",
+    "VerifyResult",
     "VersionNotFoundError",
     "__version__",
     "main",
@@ -492,6 +493,27 @@ class PullProgress:
     bytes_completed: int
     bytes_downloaded: int
     current_file: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``Manager.verify`` found, each a sorted tuple of relative paths.
+
+    ``damaged``: files damaged or missing (the stored manifest included, as
+    ``.<app>/manifest.json``). ``sharing_damaged_chunk``: files that only share a
+    damaged chunk with another file, so perhaps intact (a chunk's hash cannot say
+    which of its files holds the damage). ``repaired``: the files a repair
+    rewrote (compared byte by byte with the fetched chunks, so only those that
+    differed). ``ok`` is true when the scan found nothing damaged.
+    """
+
+    damaged: tuple[str, ...] = ()
+    sharing_damaged_chunk: tuple[str, ...] = ()
+    repaired: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.sharing_damaged_chunk
 
 
 if TYPE_CHECKING:
@@ -2751,15 +2773,22 @@ class _Flow:
 class _Source:
     """Where this disk may hold the bytes of one chunk: read, hashed, and used only if they match.
 
-    ``pieces`` are (path, offset, count) in the chunk's order. ``place`` is the
-    chunk position whose own bytes they are in the files being written (a resumed
-    pull's), or -1: bytes found at the chunk's first position are only hashed.
+    Either chunk ``position`` of ``manifest``'s files under the directory ``origin``,
+    or the ``given`` pieces (path, offset, count) in the chunk's order. ``place`` is
+    the chunk position whose own bytes they are in the files being written (a
+    resumed pull's), or -1: bytes found at the chunk's first position are only hashed.
     """
 
-    __slots__ = ("origin", "pieces", "place")
+    __slots__ = ("given", "manifest", "origin", "place", "position")
 
-    def __init__(self, origin: str, pieces: Sequence[tuple[str, int, int]], place: int = -1) -> None:
-        self.origin, self.pieces, self.place = origin, pieces, place
+    def __init__(self, origin: str, manifest: _Manifest | None = None, position: int = -1, *,
+                 given: Sequence[tuple[str, int, int]] = (), place: int = -1) -> None:
+        self.origin, self.manifest, self.position, self.given, self.place = origin, manifest, position, given, place
+
+    def pieces(self) -> Sequence[tuple[str, int, int]]:
+        if self.manifest is None:
+            return self.given
+        return _chunk_pieces(self.origin, self.manifest, self.position)
 
 
 def _chunk_pieces(directory: str, manifest: _Manifest, position: int) -> list[tuple[str, int, int]]:
@@ -2797,8 +2826,22 @@ def _sources_by_hash(manifest: _Manifest, copies: Sequence[_Copy]) -> dict[str, 
         for position, digest in enumerate(copy.manifest.chunks):
             if digest in wanted:
                 found.setdefault(digest, []).append(
-                    _Source(copy.directory, _chunk_pieces(copy.directory, copy.manifest, position)))
+                    _Source(copy.directory, copy.manifest, position))
     return found
+
+
+def _local_sources(manifest: _Manifest, positions: Collection[int], copies: Sequence[_Copy],
+                   kin: Sequence[_Copy]) -> dict[str, list[_Source]]:
+    """Where this disk holds the chunks at ``positions``: installed versions (``copies``) by
+    hash, and for a chunk none holds by hash, installed files of the same model (``kin``) by path."""
+    sources = _sources_by_hash(manifest, copies)
+    for position in positions:
+        digest = manifest.chunks[position]
+        if digest not in sources and kin:
+            found = _sources_by_path(manifest, position, kin)
+            if found:
+                sources[digest] = found
+    return sources
 
 
 def _sources_by_path(manifest: _Manifest, position: int, kin: Sequence[_Copy]) -> list[_Source]:
@@ -2818,8 +2861,8 @@ def _sources_by_path(manifest: _Manifest, position: int, kin: Sequence[_Copy]) -
                     break
                 pieces.append((copy.path(info.path), at, count))
             else:
-                if not found or found[-1].pieces != pieces:
-                    found.append(_Source(copy.directory, pieces))
+                if not found or found[-1].given != pieces:
+                    found.append(_Source(copy.directory, given=pieces))
     return found[:_PATH_CANDIDATES]
 
 
@@ -2845,8 +2888,9 @@ class _PullJob:
     """Puts verified chunks into files with worker threads, through one path.
 
     Each distinct chunk streams into its first position while it is hashed:
-    from bytes already there (a resumed pull's, verified again), from a seed (an
-    installed version holding it), or from the network. Once it verifies, its
+    from bytes already there (a resumed pull's, verified again), from a source
+    on this disk (an installed version holding it, by hash or by path), or from
+    the network. Once it verifies, its
     other positions are copied from the first. The calling thread waits, reports
     progress, and re-raises a worker's error.
 
@@ -3010,7 +3054,7 @@ class _PullJob:
         Bytes that are already where they belong are only hashed."""
         put = sink.found if source.place == sink.position else sink.take
         try:
-            for path, offset, count in source.pieces:
+            for path, offset, count in source.pieces():
                 fd = _open_regular(path)  # a pipe planted in an installed version is not waited on
                 try:
                     for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
@@ -3218,32 +3262,33 @@ class _Staging(_ChunkFiles):
         self.shared = set(self.links)
         self.present = set() if self.resume else self._repeated_zero_chunks()
         self.present.update(self._covered_by_shared())
-        sources = _sources_by_hash(manifest, copies)
         first: dict[str, int] = {}
         for position, digest in enumerate(manifest.chunks):
-            first.setdefault(digest, position)
-        for digest, position in first.items():
-            if digest not in sources and digest not in self.present:
-                found = _sources_by_path(manifest, position, kin)
-                if found:
-                    sources[digest] = found
-        needed = sum(
-            count
-            for position, digest in enumerate(manifest.chunks)
-            if digest not in self.present and digest not in sources
-            for index, _, count in _segments(manifest, position * manifest.chunk_size,
-                                             manifest.chunk_length(position))
-            if index not in self.shared
-        )
+            if digest not in self.present:
+                first.setdefault(digest, position)
+        self.sources = _local_sources(manifest, first.values(), copies, kin)
+        self.needed = self._to_download()
         if self.resume:  # its bytes are hashed where they are, first of all
             in_place: dict[str, list[_Source]] = {}
             for position, digest in enumerate(manifest.chunks):
-                in_place.setdefault(digest, []).append(
-                    _Source(self.root, _chunk_pieces(self.root, manifest, position), position))
-            sources = {digest: found + sources.get(digest, []) for digest, found in in_place.items()}
+                in_place.setdefault(digest, []).append(_Source(self.root, manifest, position, place=position))
+            self.sources = {digest: found + self.sources.get(digest, []) for digest, found in in_place.items()}
+
+    def _to_download(self) -> int:
+        """The bytes the chunks to download take in the files that are written (a resumed
+        pull's files take some of them already)."""
+        manifest = self.manifest
+        needed = 0
+        for position, digest in enumerate(manifest.chunks):
+            if digest in self.present or digest in self.sources:
+                continue
+            length = manifest.chunk_length(position)
+            needed += sum(count for index, _, count in _segments(manifest, position * manifest.chunk_size, length)
+                          if index not in self.shared) if self.shared else length
+        if self.resume:
             needed -= sum(_tree_size(self.path(index), allocated=True)
                           for index in range(len(manifest.files)) if index not in self.shared)
-        self.sources, self.needed = sources, max(0, needed)
+        return max(0, needed)
 
     def _left_by_a_pull(self) -> bool:
         """Whether the staging directory is a plain one that an interrupted pull of this manifest left."""
@@ -3276,6 +3321,8 @@ class _Staging(_ChunkFiles):
 
     def _covered_by_shared(self) -> set[str]:
         """The chunks all of whose places lie in shared files: they are there already."""
+        if not self.shared:
+            return set()
         inside: dict[str, bool] = {}
         manifest = self.manifest
         for position, digest in enumerate(manifest.chunks):
@@ -3300,13 +3347,17 @@ class _Staging(_ChunkFiles):
         place is not followed, but replaced); otherwise it starts empty, with the
         manifest written first: it names what the directory holds, should a pull resume it.
         """
+        metadata = os.path.dirname(self.manifest_file)
         if not self.resume:
             try:
                 _remove_tree(self.root)
-                os.makedirs(os.path.dirname(self.manifest_file))
+                os.makedirs(metadata)
             except OSError as exc:
                 raise _storage_error("create", self.root, exc) from exc
             _atomic_write(self.manifest_file, self.manifest.raw)
+        for name in _list_directory(metadata):
+            if name.startswith("link-") and name.endswith(".tmp"):  # a link a killed pull was making
+                _remove_tree(os.path.join(metadata, name))
         for index, info in enumerate(self.manifest.files):
             path = self.path(index)
             try:
@@ -3337,7 +3388,7 @@ class _Staging(_ChunkFiles):
         path = self.path(index)
         _remove_tree(path)
         try:
-            os.link(self.links[index], path)
+            _hard_link(self.links[index], path)
         except OSError:
             return False
         if stat.S_ISREG(os.lstat(path).st_mode):
@@ -3417,7 +3468,7 @@ class _Staging(_ChunkFiles):
             temporary = os.path.join(os.path.dirname(self.manifest_file), f"link-{index}.tmp")
             try:
                 _remove_tree(temporary)
-                os.link(installed, temporary)
+                _hard_link(installed, temporary)
                 if not stat.S_ISREG(os.lstat(temporary).st_mode):
                     raise OSError(errno.EINVAL, "not a plain file", installed)
                 os.replace(temporary, self.path(index))
@@ -3426,6 +3477,15 @@ class _Staging(_ChunkFiles):
                 return  # the written copy stays
             self.shared.add(index)
             return
+
+
+def _hard_link(source: str, target: str) -> None:
+    """Make ``target`` a hard link to ``source`` itself: a symbolic link there is not followed
+    (the caller checks that ``target`` is a plain file)."""
+    if os.link in os.supports_follow_symlinks:
+        os.link(source, target, follow_symlinks=False)
+    else:
+        os.link(source, target)
 
 
 def _covering(manifest: _Manifest, index: int) -> tuple[int, range]:
@@ -3798,10 +3858,8 @@ class _Store:
             self.clean()
             final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
             staging = _Staging(manifest, self.sibling(ref, "staging"), f"pull {ref}", self.metadata_dir)
-            copies = self.copies(installed_models)
-            kin = {copy.manifest.digest: copy for copy, installed in copies
-                   if (installed.ref.group, installed.ref.model) == (ref.group, ref.model)}
-            staging.plan([copy for copy, _ in copies], list(kin.values()), share=share)
+            copies, kin = self.copies(installed_models, ref)
+            staging.plan(copies, kin, share=share)
             self.check_space(ref, staging.needed)
             if staging.resume:
                 self.logger.info("resuming %s from %s", ref, staging.root)
@@ -4032,15 +4090,23 @@ class _Store:
                     f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
                 )
 
-    def copies(self, installed_models: Sequence[InstalledModel]) -> list[tuple[_Copy, InstalledModel]]:
-        """The installed versions whose stored manifest can be read, as places to find chunks."""
-        found = []
+    def copies(self, installed_models: Sequence[InstalledModel], ref: ModelRef, *,
+               besides: bool = False) -> tuple[list[_Copy], list[_Copy]]:
+        """The installed versions whose stored manifest can be read, as places to find chunks
+        (``besides``: other than ``ref``), and of those, one per manifest of ``ref``'s model."""
+        copies: list[_Copy] = []
+        kin: dict[str, _Copy] = {}
         for installed in installed_models:
+            if besides and installed.ref == ref:
+                continue
             try:
-                found.append((_Copy(installed.path, self.stored_manifest(installed)), installed))
+                copy = _Copy(installed.path, self.stored_manifest(installed))
             except StorageError:
                 continue  # damaged or half-removed: nothing to take from it
-        return found
+            copies.append(copy)
+            if (installed.ref.group, installed.ref.model) == (ref.group, ref.model):
+                kin.setdefault(copy.manifest.digest, copy)
+        return copies, list(kin.values())
 
     def check_space(self, ref: ModelRef, needed: int) -> None:
         """Fail before the first request when the disk cannot hold the ``needed`` bytes a pull
@@ -4081,7 +4147,7 @@ class _Verification:
 
     def __init__(self, store: _Store, ref: ModelRef, *, repair: bool) -> None:
         self.store, self.ref, self.repair = store, ref, repair
-        self.lock = store.model_lock(ref)
+        self.lock: _FileLock | None = None
         self.held = False
         self.manifest_name = f"{store.metadata_dir}/manifest.json"
         self.damaged_manifest = False
@@ -4093,6 +4159,7 @@ class _Verification:
     def __enter__(self) -> _Verification:
         try:
             try:
+                self.lock = self.store.model_lock(self.ref)
                 self.lock.__enter__()
                 self.held = True
                 self.store.reclaim(self.ref)
@@ -4112,7 +4179,7 @@ class _Verification:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self.held:
+        if self.held and self.lock is not None:
             self.held = False
             self.lock.__exit__(None, None, None)
 
@@ -4151,14 +4218,11 @@ class _Verification:
         self.bad_positions, self.damaged, self.missing = _scan(self.installed.path, self.manifest)
         return bool(self.damaged or self.damaged_manifest)
 
-    def result(self, *, split: bool) -> Any:
-        """What Manager.verify returns."""
-        if self.repair:
-            return (sorted(self.repaired), []) if split else sorted(self.repaired)
-        assert self.manifest is not None
-        sharing = _only_sharing(self.manifest, self.bad_positions, self.missing)
-        damaged = sorted(self.damaged - sharing | ({self.manifest_name} if self.damaged_manifest else set()))
-        return (damaged, sorted(sharing)) if split else sorted([*damaged, *sharing])
+    def result(self) -> VerifyResult:
+        """What Manager.verify returns: what the scan found, and what a repair rewrote."""
+        sharing = _only_sharing(self.manifest, self.bad_positions, self.missing) if self.manifest else set()
+        damaged = self.damaged - sharing | ({self.manifest_name} if self.damaged_manifest else set())
+        return VerifyResult(tuple(sorted(damaged)), tuple(sorted(sharing)), tuple(sorted(self.repaired)))
 
     def repairing(self) -> _Repair:
         assert self.manifest is not None
@@ -4174,7 +4238,7 @@ class _Repair(_ChunkFiles):
         self.check = check
         self.root = check.store.private(check.installed.path)  # a linked version directory is refused
         self.metadata = _no_links(self.root, os.path.join(self.root, check.store.metadata_dir))
-        bad = sorted(check.bad_positions)
+        self.bad = bad = sorted(check.bad_positions)
         touched = {
             index
             for position in bad
@@ -4542,13 +4606,15 @@ class Manager:
         """Download, verify and install ``ref``; return the installed model.
 
         Chunks come from an interrupted pull's staging directory, then from
-        installed versions that hold the same bytes (verified again either way),
-        and only then from the network.
+        installed versions that hold the same bytes or files of the same paths
+        (verified again either way), and only then from the network. A file
+        identical to one of an installed version of the model shares its
+        storage (see ``copy_files``).
 
         Args:
             ref: ``ModelRef`` or ``"group/model version"``; an alias installs under its own name.
             force: install again even if the same manifest is installed (every
-                byte is verified again; intact chunks are copied, not downloaded).
+                byte is verified again; intact files are shared, not downloaded).
             concurrency: parallel chunk downloads (capped at 16).
             progress: called with a ``PullProgress`` as the pull advances; an
                 exception it raises stops the pull and is re-raised.
@@ -4616,8 +4682,7 @@ class Manager:
         concurrency: int = 4,
         progress: Callable[[PullProgress], None] | None = None,
         limit_rate: float | None = None,
-        split: bool = False,
-    ) -> Any:
+    ) -> VerifyResult:
         """Re-hash an installed version's files against its manifest's chunk hashes.
 
         A stored manifest that another tool re-serialized (the Go original does) is
@@ -4630,14 +4695,11 @@ class Manager:
             repair: fetch (or copy from other installed versions) only the damaged
                 chunks, and rewrite only the damaged files.
             concurrency, progress, limit_rate: as for ``pull``, when repairing.
-            split: return two sorted lists, ``(damaged or missing, only sharing a damaged
-                chunk)``: a chunk spanning several files cannot say which holds the damage.
 
         Returns:
-            Without ``repair``: the damaged or missing files, sorted (a file that
-            shares a damaged chunk with one is listed too, as the hash covers both).
-            With ``repair``: the files it rewrote, sorted (compared byte by byte
-            with the fetched chunks, so only those that really differed).
+            A ``VerifyResult``: the files damaged or missing, those that only share a
+            damaged chunk, and (with ``repair``) those rewritten. ``damaged`` and
+            ``sharing_damaged_chunk`` say what was found before the repair.
 
         Raises:
             NotInstalledError: ``ref`` is not installed.
@@ -4654,11 +4716,11 @@ class Manager:
                     check.use_published(exc)
             if check.scan() and repair:
                 with store.cache_lock(shared=True), check.repairing() as scratch:
-                    others = [copy for copy, installed in store.copies(self.list_installed()) if installed.ref != ref]
-                    sources = _sources_by_hash(scratch.manifest, others)
+                    copies, kin = store.copies(self.list_installed(), ref, besides=True)
+                    sources = _local_sources(scratch.manifest, scratch.bad, copies, kin)
                     self._job(scratch, f"repair {ref}", scratch.chunks(), concurrency, progress, sources,
                               limit_rate).run()
-        return check.result(split=split)
+        return check.result()
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete what crashed pulls left, partial files, and the chunks earlier versions left
@@ -5365,14 +5427,16 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     for ref in refs:
         printer = _ProgressPrinter(console, "Rewriting damaged files") if args.models_repair else None
         try:
-            files, sharing = manager.verify(ref, repair=args.models_repair, concurrency=args.models_concurrency,
-                                            progress=printer, limit_rate=args.models_limit_rate, split=True)
+            result = manager.verify(ref, repair=args.models_repair, concurrency=args.models_concurrency,
+                                    progress=printer, limit_rate=args.models_limit_rate)
         except BaseException:
             if printer is not None:
                 printer.abort()
             raise
         if printer is not None and printer.phase:
             printer.finish()
+        files = list(result.repaired if args.models_repair else result.damaged)
+        sharing = [] if args.models_repair else list(result.sharing_damaged_chunk)
         damaged = [] if args.models_repair else files
         results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
                         "repaired": files if args.models_repair else []})

@@ -3675,13 +3675,35 @@ class TestUpdates:
         return fetched_chunks(server, before, registry_dir, "v2"), old, new
 
     def test_a_small_file_before_the_weights_grows(self, manager: xm.Manager, server: RegistryServer,
-                                                   registry_dir: Path) -> None:
+                                                   registry_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         files = big_files()
         v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # 15 bytes longer: all shifted
+        written = [0]
+        original = xm._pwrite_all
+
+        def counted(target: int, view: memoryview, offset: int) -> None:
+            written[0] += len(view)
+            original(target, view, offset)
+
+        monkeypatch.setattr(xm, "_pwrite_all", counted)
         fetched, old, new = self.update(manager, server, registry_dir, v2)
         assert fetched <= 2  # of 7: the rest is found in v1's files by path
-        # Its weights are byte-identical to v1's: compared once written, then shared.
+        # Its weights are byte-identical to v1's, shifted against the chunks: shared, not written.
         assert os.path.samefile(old / "weights.bin", new / "weights.bin")
+        assert written[0] < sum(len(data) for data in files.values()) + 2 * BIG_CHUNK  # v1, then little
+
+    def test_a_shifted_file_that_differs_where_it_was_not_hashed_gets_its_own_copy(
+        self, manager: xm.Manager, server: RegistryServer, registry_dir: Path
+    ) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        weights[5] ^= 0xFF  # in the first chunk, which v1 does not hold: known only once it arrives
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}', "weights.bin": bytes(weights)}
+        fetched, old, new = self.update(manager, server, registry_dir, v2)
+        assert fetched <= 2
+        assert not os.path.samefile(old / "weights.bin", new / "weights.bin")
+        assert (old / "weights.bin").read_bytes() == files["weights.bin"]  # never written through
+        assert manager.verify("org/big v1").ok and manager.verify("org/big v2").ok
 
     def test_the_weights_header_grows(self, manager: xm.Manager, server: RegistryServer,
                                       registry_dir: Path) -> None:

@@ -3187,14 +3187,18 @@ class _ChunkFiles:
         manifest = self.manifest
         first = self._start(number)[0] + start  # where data begins in the stream
         for index, offset, length in _segments(manifest, first, len(data)):
-            if index in self.shared:
-                continue  # holds these bytes already: the chunks that cover it hashed right there
             path = self.paths[index]
             begin = manifest.starts[index] + offset - first
+            if index in self.shared and self._holds(index, data[begin : begin + length], offset):
+                continue  # a file shared with an installed version, which holds these bytes
             try:
                 _pwrite_all(self._descriptor(index), data[begin : begin + length], offset)
             except OSError as exc:
                 raise _storage_error("write", path, exc) from exc
+
+    def _holds(self, index: int, data: memoryview, offset: int) -> bool:
+        """Whether shared file ``index`` holds ``data`` at ``offset``: the chunks covering it hashed right."""
+        return True
 
     def copy(self, source: int, number: int) -> None:
         """Copy chunk ``source``, verified in its place, to the place of chunk ``number`` (the same chunk)."""
@@ -3236,6 +3240,8 @@ class _Staging(_ChunkFiles):
         self.directories: set[str] = set()
         self.resume = False
         self.links: dict[int, str] = {}  # file index: the installed file it shares storage with
+        self.unproven: set[int] = set()  # shared files whose first or last bytes are still to compare
+        self.sharing = threading.Lock()
         self.installed: InstalledModel  # once committed
         self.sources: dict[str, list[_Source]] = {}
         self.needed = manifest.total_size
@@ -3256,6 +3262,7 @@ class _Staging(_ChunkFiles):
         manifest = self.manifest
         self.resume = self._left_by_a_pull()
         self.kin = kin if share else ()
+        self.unproven = set()
         self.links = self._identical_files(kin) if share else {}
         self.shared = set(self.links)
         self.present = set() if self.resume else self._repeated_zero_chunks()
@@ -3298,24 +3305,84 @@ class _Staging(_ChunkFiles):
         return _sha256(held).hexdigest() == self.manifest.digest
 
     def _identical_files(self, kin: Sequence[_Copy]) -> dict[int, str]:
-        """The files that are byte-identical to an installed file of the same path: the same
-        size, covered by the same chunks at the same offsets, and those chunks hash right in
-        the installed version (read, never written)."""
+        """The files that are byte-identical to an installed file of the same path and size,
+        as hashing the installed file (read, never written) shows: covered by the same chunks
+        at the same offsets, which hash right in the installed version; or else (shifted
+        against the chunks) every chunk lying inside the file hashes right there, and the
+        bytes the first and last chunks hold of it are compared as they arrive (``unproven``)."""
         manifest = self.manifest
         links: dict[int, str] = {}
         checked: dict[tuple[str, int], bool] = {}  # (installed directory, position): hashed right
         for index, info in enumerate(manifest.files):
             for copy in kin:
                 known = copy.sizes.get(info.path)
-                if info.size and known and known[1] == info.size and copy.manifest.chunk_size == manifest.chunk_size:
-                    ours = _covering(manifest, index)
-                    theirs = _covering(copy.manifest, known[0])
-                    if ours[0] == theirs[0] and [manifest.chunks[p] for p in ours[1]] == [
-                            copy.manifest.chunks[p] for p in theirs[1]] and all(
-                            _intact(copy, p, checked) for p in theirs[1]):
-                        links[index] = copy.path(info.path)
-                        break
+                if not info.size or not known or known[1] != info.size:
+                    continue
+                ours = _covering(manifest, index)
+                theirs = _covering(copy.manifest, known[0])
+                if copy.manifest.chunk_size == manifest.chunk_size and ours[0] == theirs[0] and [
+                        manifest.chunks[p] for p in ours[1]] == [copy.manifest.chunks[p] for p in theirs[1]] and all(
+                        _intact(copy, p, checked) for p in theirs[1]):
+                    links[index] = copy.path(info.path)
+                    break
+                if self._inside_matches(index, copy.path(info.path)):
+                    links[index] = copy.path(info.path)
+                    self.unproven.add(index)
+                    break
         return links
+
+    def _inside_matches(self, index: int, installed: str) -> bool:
+        """Whether file ``index`` has chunks lying wholly inside it, and each hashes right
+        when read from ``installed`` at the same offsets."""
+        manifest = self.manifest
+        start, end = manifest.starts[index], manifest.starts[index] + manifest.files[index].size
+        inside = [p for p in _covering(manifest, index)[1]
+                  if p * manifest.chunk_size >= start and p * manifest.chunk_size + manifest.chunk_length(p) <= end]
+        return bool(inside) and all(
+            _hash_pieces([(installed, p * manifest.chunk_size - start, manifest.chunk_length(p))])
+            == manifest.chunks[p] for p in inside)
+
+    def _holds(self, index: int, data: memoryview, offset: int) -> bool:
+        """Whether shared file ``index`` holds ``data`` at ``offset``. An unproven one is
+        compared; where it differs, it gets a copy of its own to be written (never the
+        installed file)."""
+        if index not in self.unproven:
+            return True
+        with self.sharing:
+            if index not in self.shared:
+                return False  # it has its own copy now
+            try:
+                fd = _open_regular(self.path(index))
+                try:
+                    same = _pread(fd, len(data), offset) == data
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise _storage_error("read", self.path(index), exc) from exc
+            if not same:
+                self._own_copy(index)
+            return same
+
+    def _own_copy(self, index: int) -> None:
+        """Replace shared file ``index`` by a copy of its bytes that only this pull holds."""
+        path = self.path(index)
+        temporary = os.path.join(os.path.dirname(self.manifest_file), f"own-{index}.tmp")
+        try:
+            source = _open_regular(path)
+            try:
+                target = _create_new(temporary)
+                try:
+                    _copy_range(source, 0, self.manifest.files[index].size, target, 0)
+                finally:
+                    os.close(target)
+            finally:
+                os.close(source)
+            os.replace(temporary, path)
+        except OSError as exc:
+            _remove_file(temporary)
+            raise _storage_error("copy", path, exc) from exc
+        self.shared.discard(index)
+        self.unproven.discard(index)
 
     def _covered_by_shared(self) -> set[str]:
         """The chunks all of whose places lie in shared files: they are there already."""
@@ -3354,7 +3421,7 @@ class _Staging(_ChunkFiles):
                 raise _storage_error("create", self.root, exc) from exc
             _atomic_write(self.manifest_file, self.manifest.raw)
         for name in _list_directory(metadata):
-            if name.startswith("link-") and name.endswith(".tmp"):  # a link a killed pull was making
+            if name.startswith(("link-", "own-")) and name.endswith(".tmp"):  # what a killed pull was making
                 _remove_tree(os.path.join(metadata, name))
         for index, info in enumerate(self.manifest.files):
             path = self.path(index)
@@ -3362,6 +3429,7 @@ class _Staging(_ChunkFiles):
                 self._parents(info.path)
                 if index in self.links and not self._link(index):
                     self.shared.discard(index)
+                    self.unproven.discard(index)
                     self.present -= self._covered_chunks(index)
                 if index not in self.shared:
                     self._create_file(path, info.size)
@@ -3499,19 +3567,25 @@ def _intact(copy: _Copy, position: int, checked: dict[tuple[str, int], bool]) ->
     """Whether chunk ``position`` of an installed version hashes right in its files (remembered in ``checked``)."""
     key = (copy.directory, position)
     if key not in checked:
-        hasher = _sha256()
-        try:
-            for path, offset, count in _chunk_pieces(copy.directory, copy.manifest, position):
-                fd = _open_regular(path)
-                try:
-                    for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
-                        hasher.update(data)
-                finally:
-                    os.close(fd)
-            checked[key] = hasher.hexdigest() == copy.manifest.chunks[position]
-        except OSError:
-            checked[key] = False
+        pieces = _chunk_pieces(copy.directory, copy.manifest, position)
+        checked[key] = _hash_pieces(pieces) == copy.manifest.chunks[position]
     return checked[key]
+
+
+def _hash_pieces(pieces: Sequence[tuple[str, int, int]]) -> str:
+    """The SHA-256 of the (path, offset, count) pieces of plain files, or "" if one cannot be read."""
+    hasher = _sha256()
+    try:
+        for path, offset, count in pieces:
+            fd = _open_regular(path)
+            try:
+                for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
+                    hasher.update(data)
+            finally:
+                os.close(fd)
+    except OSError:
+        return ""
+    return hasher.hexdigest()
 
 
 def _close_file(fd: int, path: str) -> None:

@@ -3838,6 +3838,14 @@ class TestUpdates:
         for name in big_files():
             assert not os.path.samefile(target / name, alias / name)
         assert tree(alias) == tree(target) == dict(sorted(big_files().items()))
+        files = big_files()
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # every chunk shifted
+        publish_big(registry_dir, "v2", v2)
+        before = server.requests.copy()
+        new = Path(manager.pull("org/big v2").path)
+        assert fetched_chunks(server, before, registry_dir, "v2") <= 2  # copied from v1's files by path
+        assert tree(new) == dict(sorted(v2.items()))
+        assert not os.path.samefile(target / "weights.bin", new / "weights.bin")
 
 
 class TestVerify:

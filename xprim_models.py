@@ -3269,8 +3269,8 @@ class _Staging(_ChunkFiles):
         self.present.update(self._covered_by_shared())
         first: dict[str, int] = {}
         for position, digest in enumerate(manifest.chunks):
-            if digest not in self.present:
-                first.setdefault(digest, position)
+            first.setdefault(digest, position)
+        # Present chunks get sources too: a file whose link fails is written from them.
         self.sources = _local_sources(manifest, first.values(), copies, kin)
         self.needed = self._to_download()
         if self.resume:  # its bytes are hashed where they are, first of all

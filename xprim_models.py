@@ -4315,17 +4315,16 @@ class _Repair(_ChunkFiles):
             for position in bad
             for index, _, _ in _segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position))
         } | {index for index, info in enumerate(manifest.files) if info.path in check.missing}
-        super().__init__(manifest, {index: os.path.join(self.metadata, f"repair-{index}.tmp")
-                                    for index in sorted(touched)}, bad)
+        self.scratch = {index: os.path.join(self.metadata, f"repair-{index}.tmp") for index in sorted(touched)}
+        super().__init__(manifest, self.scratch, bad)
 
     def chunks(self) -> list[tuple[str, int]]:
-        assert self.positions is not None
-        return [(self.manifest.chunks[p], self.manifest.chunk_length(p)) for p in self.positions]
+        return [(self.manifest.chunks[p], self.manifest.chunk_length(p)) for p in self.bad]
 
     def __enter__(self) -> _Repair:
         try:
             os.makedirs(self.metadata, exist_ok=True)
-            for index, path in self.paths.items():  # type: ignore[union-attr]
+            for index, path in self.scratch.items():
                 fd = _create_new(path)
                 try:
                     os.ftruncate(fd, self.manifest.files[index].size)
@@ -4341,22 +4340,21 @@ class _Repair(_ChunkFiles):
             if kind is None:
                 self._put_in_place()
         finally:
-            for path in self.paths.values():  # type: ignore[union-attr]
+            for path in self.scratch.values():
                 _remove_file(path)
 
     def _put_in_place(self) -> None:
         """Replace the files that differ from the fetched chunks, and a damaged stored manifest."""
         check, manifest, root = self.check, self.manifest, self.root
         repaired = set(check.missing)
-        assert self.positions is not None
-        for position in self.positions:
+        for position in self.bad:
             start = position * manifest.chunk_size
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
                 path = manifest.files[index].path
                 if path not in repaired and not _same_bytes(
-                        self.paths[index], os.path.join(root, *path.split("/")), offset, count):
+                        self.scratch[index], os.path.join(root, *path.split("/")), offset, count):
                     repaired.add(path)
-        for index, scratch in self.paths.items():  # type: ignore[union-attr]
+        for index, scratch in self.scratch.items():
             if manifest.files[index].path in repaired:
                 _replace_from_scratch(root, manifest, index, check.bad_positions, scratch)
         if check.damaged_manifest:

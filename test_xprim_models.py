@@ -3705,6 +3705,22 @@ class TestUpdates:
         assert (old / "weights.bin").read_bytes() == files["weights.bin"]  # never written through
         assert manager.verify("org/big v1").ok and manager.verify("org/big v2").ok
 
+    def test_shifted_files_are_compared_where_they_meet(self, manager: xm.Manager, server: RegistryServer,
+                                                        registry_dir: Path) -> None:
+        big = big_files()
+        files = {"config.json": big["config.json"], "weights.bin": big["weights.bin"],
+                 "tail.bin": blob(3 * BIG_CHUNK, "tail")}  # weights.bin and tail.bin meet inside a chunk
+        publish_big(registry_dir, "v1", files)
+        weights = bytearray(files["weights.bin"])
+        weights[-1] ^= 0xFF  # in the chunk where weights.bin ends and tail.bin begins: neither holds it whole
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}', "weights.bin": bytes(weights)}
+        publish_big(registry_dir, "v2", v2)
+        old = Path(manager.pull("org/big v1").path)
+        new = Path(manager.pull("org/big v2").path)
+        assert tree(new) == dict(sorted(v2.items()))
+        assert os.path.samefile(old / "tail.bin", new / "tail.bin")
+        assert (old / "weights.bin").read_bytes() == files["weights.bin"]
+
     def test_the_weights_header_grows(self, manager: xm.Manager, server: RegistryServer,
                                       registry_dir: Path) -> None:
         files = big_files()

@@ -3241,6 +3241,7 @@ class _Staging(_ChunkFiles):
         self.resume = False
         self.links: dict[int, str] = {}  # file index: the installed file it shares storage with
         self.unproven: set[int] = set()  # shared files whose first or last bytes are still to compare
+        self.verified: dict[int, Collection[int]] = {}  # shared file: chunk positions whose bytes in it hashed right
         self.sharing = threading.Lock()
         self.installed: InstalledModel  # once committed
         self.sources: dict[str, list[_Source]] = {}
@@ -3262,7 +3263,7 @@ class _Staging(_ChunkFiles):
         manifest = self.manifest
         self.resume = self._left_by_a_pull()
         self.kin = kin if share else ()
-        self.unproven = set()
+        self.unproven, self.verified = set(), {}
         self.links = self._identical_files(kin) if share else {}
         self.shared = set(self.links)
         self.present = set() if self.resume else self._repeated_zero_chunks()
@@ -3323,24 +3324,22 @@ class _Staging(_ChunkFiles):
                 if copy.manifest.chunk_size == manifest.chunk_size and ours[0] == theirs[0] and [
                         manifest.chunks[p] for p in ours[1]] == [copy.manifest.chunks[p] for p in theirs[1]] and all(
                         _intact(copy, p, checked) for p in theirs[1]):
-                    links[index] = copy.path(info.path)
+                    links[index], self.verified[index] = copy.path(info.path), ours[1]
                     break
-                if self._inside_matches(index, copy.path(info.path)):
-                    links[index] = copy.path(info.path)
+                inside = self._inside(index)
+                if inside and all(_hash_pieces([(copy.path(info.path), p * manifest.chunk_size - manifest.starts[index],
+                                                 manifest.chunk_length(p))]) == manifest.chunks[p] for p in inside):
+                    links[index], self.verified[index] = copy.path(info.path), inside
                     self.unproven.add(index)
                     break
         return links
 
-    def _inside_matches(self, index: int, installed: str) -> bool:
-        """Whether file ``index`` has chunks lying wholly inside it, and each hashes right
-        when read from ``installed`` at the same offsets."""
+    def _inside(self, index: int) -> list[int]:
+        """The positions of the chunks lying wholly inside file ``index``."""
         manifest = self.manifest
         start, end = manifest.starts[index], manifest.starts[index] + manifest.files[index].size
-        inside = [p for p in _covering(manifest, index)[1]
-                  if p * manifest.chunk_size >= start and p * manifest.chunk_size + manifest.chunk_length(p) <= end]
-        return bool(inside) and all(
-            _hash_pieces([(installed, p * manifest.chunk_size - start, manifest.chunk_length(p))])
-            == manifest.chunks[p] for p in inside)
+        return [p for p in _covering(manifest, index)[1]
+                if p * manifest.chunk_size >= start and p * manifest.chunk_size + manifest.chunk_length(p) <= end]
 
     def _holds(self, index: int, data: memoryview, offset: int) -> bool:
         """Whether shared file ``index`` holds ``data`` at ``offset``. An unproven one is
@@ -3385,14 +3384,16 @@ class _Staging(_ChunkFiles):
         self.unproven.discard(index)
 
     def _covered_by_shared(self) -> set[str]:
-        """The chunks all of whose places lie in shared files: they are there already."""
+        """The chunks all of whose places lie in shared files, whose bytes there hashed right:
+        they are there already."""
         if not self.shared:
             return set()
         inside: dict[str, bool] = {}
         manifest = self.manifest
         for position, digest in enumerate(manifest.chunks):
             pieces = _segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position))
-            inside[digest] = inside.get(digest, True) and all(index in self.shared for index, _, _ in pieces)
+            inside[digest] = inside.get(digest, True) and all(
+                index in self.shared and position in self.verified[index] for index, _, _ in pieces)
         return {digest for digest, held in inside.items() if held}
 
     def _repeated_zero_chunks(self) -> set[str]:

@@ -3721,6 +3721,26 @@ class TestUpdates:
         assert os.path.samefile(old / "tail.bin", new / "tail.bin")
         assert (old / "weights.bin").read_bytes() == files["weights.bin"]
 
+    def test_a_zero_chunk_is_not_assumed_where_a_shared_file_lies(
+        self, manager: xm.Manager, registry_dir: Path
+    ) -> None:
+        big = big_files()
+        tail = bytes(2 * BIG_CHUNK) + blob(BIG_CHUNK, "tail")
+        files = {"config.json": big["config.json"], "weights.bin": big["weights.bin"], "tail.bin": tail}
+        publish_big(registry_dir, "v1", files)
+        config = big["config.json"] + b', "extra": 1}'
+        last = (len(config) + len(big["weights.bin"])) % BIG_CHUNK  # its bytes in the chunk it shares with tail.bin
+        weights = big["weights.bin"][:-last] + bytes(last)  # now zeros there, as tail.bin begins
+        v2 = {**files, "config.json": config, "weights.bin": weights}
+        publish_big(registry_dir, "v2", v2)
+        manifest = manifest_of(registry_dir, "org", "big", "v2")
+        zero = hashlib.sha256(bytes(BIG_CHUNK)).hexdigest()
+        assert manifest["chunks"].count(zero) >= 2  # where weights.bin meets tail.bin, and inside tail.bin
+        old = Path(manager.pull("org/big v1").path)
+        new = Path(manager.pull("org/big v2").path)
+        assert tree(new) == dict(sorted(v2.items()))
+        assert (old / "weights.bin").read_bytes() == big["weights.bin"]
+
     def test_the_weights_header_grows(self, manager: xm.Manager, server: RegistryServer,
                                       registry_dir: Path) -> None:
         files = big_files()

@@ -3266,8 +3266,7 @@ class _Staging(_ChunkFiles):
         self.unproven, self.verified = set(), {}
         self.links = self._identical_files(kin) if share else {}
         self.shared = set(self.links)
-        self.present = set() if self.resume else self._repeated_zero_chunks()
-        self.present.update(self._covered_by_shared())
+        self.present = self._in_place(set() if self.resume else self._repeated_zero_chunks())
         first: dict[str, int] = {}
         for position, digest in enumerate(manifest.chunks):
             first.setdefault(digest, position)
@@ -3383,18 +3382,21 @@ class _Staging(_ChunkFiles):
         self.shared.discard(index)
         self.unproven.discard(index)
 
-    def _covered_by_shared(self) -> set[str]:
-        """The chunks all of whose places lie in shared files, whose bytes there hashed right:
-        they are there already."""
+    def _in_place(self, zeros: set[str]) -> set[str]:
+        """The chunks the files will hold without a write: ``zeros`` (fresh files are sparse)
+        and the chunks whose bytes hashed right in the shared files they lie in; but no chunk
+        with a place in a shared file where its bytes there did not hash right."""
         if not self.shared:
-            return set()
-        inside: dict[str, bool] = {}
+            return zeros
         manifest = self.manifest
+        held: dict[str, bool] = {}
         for position, digest in enumerate(manifest.chunks):
-            pieces = _segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position))
-            inside[digest] = inside.get(digest, True) and all(
-                index in self.shared and position in self.verified[index] for index, _, _ in pieces)
-        return {digest for digest, held in inside.items() if held}
+            files = [index for index, _, _ in _segments(manifest, position * manifest.chunk_size,
+                                                          manifest.chunk_length(position))]
+            doubtful = any(index in self.shared and position not in self.verified[index] for index in files)
+            here = not doubtful and (digest in zeros or all(index in self.shared for index in files))
+            held[digest] = held.get(digest, True) and here
+        return {digest for digest, here in held.items() if here}
 
     def _repeated_zero_chunks(self) -> set[str]:
         """The chunks listed more than once that are all zeros (sparse data: padding, empty

@@ -975,7 +975,7 @@ class TestRegistry:
         assert "through alias 'c9999', and it is an alias of missing version 'c10000'" in str(chain.value)
         with pytest.raises(xm.VersionNotFoundError) as missing:
             manager.get_remote("org/many x")
-        assert "(available: m0, m1, m10, m100, m1000 and 9995 more)" in str(missing.value)
+        assert "; available: m0, m1, m10, m100, m1000 and 9995 more" in str(missing.value)
         assert max(len(str(error.value)) for error in (cycle, chain, missing)) < 300
 
     def test_unsupported_scheme(self, tmp_path: Path) -> None:
@@ -1908,11 +1908,11 @@ class TestConcurrency:
 
 # --- Command line ------------------------------------------------------------------
 
-V1_SIZE = sum(len(content) for content in MODEL_FILES.values())  # 6514 bytes: "6.4 KB"
+V1_SIZE = sum(len(content) for content in MODEL_FILES.values())  # 6514 bytes: "6.5 kB"
 V2_FILES = {**MODEL_FILES, "config.json": b'{"layers": 3}\n'}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SNAKE_CASE = re.compile(r"[a-z][a-z0-9_]*")
-PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{20}\] \d+%")
+PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{5,20}\] \d+%")  # the bar narrows to fit the sizes
 
 
 def cli_run(server: RegistryServer, data_dir: Path, *args: str, env: dict[str, str] | None = None,
@@ -2143,7 +2143,7 @@ class TestCli:
         assert verbose.stdout.startswith("GROUP")
         quiet = cli_run(server, data_dir, *args("--quiet", "pull", "org/tiny", "v1"))
         assert (quiet.returncode, quiet.stderr) == (0, "")
-        assert "Model installed: org/tiny v1 (6.4 KB)\n" in quiet.stdout
+        assert "Model installed: org/tiny v1 (6.5 kB)\n" in quiet.stdout
 
     def test_flag_after_the_command_keeps_one_given_before(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
@@ -2158,29 +2158,6 @@ class TestCli:
         result = cli_run(server, data_dir, "list", "--remote")
         assert (result.returncode, result.stderr) == (0, "")
 
-    @pytest.mark.parametrize(
-        "argv",
-        [
-            ["path", "org/tiny", "v1"], ["--data-dir", "d", "path", "org/tiny v1", "--json"],
-            ["-q", "path", "org/tiny", "v1", "--registry=r", "-v"], ["list"], ["--registry", "r", "list", "--remote"],
-            ["list", "--data-dir=d", "--quiet", "--verbose"], ["path", "org/tiny"],
-        ],
-    )
-    def test_quick_reading_of_path_and_list_matches_argparse(self, argv: list[str]) -> None:
-        quick = xm._quick_args(argv)
-        assert quick is not None
-        word = next(item for item in argv if item in ("path", "list"))
-        parsed = vars(xm._main_parser(word, lambda args: (xm.Config("x"), {}), "")[0].parse_args(argv))
-        assert quick == {key: value for key, value in parsed.items() if key != "func"}
-
-    @pytest.mark.parametrize(
-        "argv",
-        [["path"], ["path", "a/b", "c", "d"], ["--remote", "list"], ["list", "-h"], ["list", "--jso"],
-         ["--registry", "-x", "list"], ["path", "--", "a/b", "c"], ["list", "-qv"], ["pull", "a/b", "c"]],
-    )
-    def test_anything_else_is_left_to_argparse(self, argv: list[str]) -> None:
-        assert xm._quick_args(argv) is None
-
     def test_registry_and_data_dir_after_the_command_word(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -2194,7 +2171,8 @@ class TestCli:
     @pytest.mark.parametrize(
         ("argv", "code", "message"),
         [
-            (["pull", "org/tiny", "V1"], 3, "version not found: org/tiny V1 (did you mean org/tiny v1?) (available: "),
+            (["pull", "org/tiny", "V1"], 3,
+             "version not found: org/tiny V1 (did you mean org/tiny v1?); available: latest, v1, v2\n"),
             (["pull", "org/tiyn", "v1"], 3, "model not found in registry: org/tiyn (did you mean org/tiny v1?)"),
             (["pull", "Org/Tiny", "v2"], 3, "model not found in registry: Org/Tiny (did you mean org/tiny v2?)"),
             (["pull", "org/tiny", "lates"], 3, "version not found: org/tiny lates (did you mean org/tiny latest?)"),
@@ -2213,6 +2191,20 @@ class TestCli:
         assert xm.main(["--registry", server.url, "--data-dir", str(data_dir), *argv]) == code
         assert capsys.readouterr().err.startswith(f"error: {message}")
 
+    def test_ref_mistakes_are_quoted_as_typed_and_get_a_hint(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert xm.main(["path", "acme/small/v1"]) == 2
+        assert "error: invalid model reference 'acme/small/v1': expected" in capsys.readouterr().err
+        assert xm.main(["pull", "acme/small:v1"]) == 2  # docker's and ollama's way of writing it
+        assert capsys.readouterr().err.endswith("\nhint: the version is a word of its own: acme/small v1\n")
+
+    @pytest.mark.parametrize("command", ["pull", "remove", "info", "path", "update", "verify"])
+    def test_help_explains_every_positional(self, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+        assert xm.main([command, "--help"]) == 0
+        usage, positionals = capsys.readouterr().out.split("positional arguments:\n")
+        assert "[VERSION]" in usage and "(required)" not in positionals  # VERSION may come inside GROUP/MODEL
+        for name in ("GROUP/MODEL", "VERSION"):
+            assert re.search(rf"^  {name} +\S", positionals, re.MULTILINE), positionals
+
     def test_registry_without_a_scheme_gets_a_hint(
         self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]
@@ -2228,6 +2220,12 @@ class TestCli:
 
     # Human output --------------------------------------------------------------
 
+    @pytest.mark.parametrize(("size", "text"), [(0, "0 B"), (999, "999 B"), (1000, "1 kB"), (6514, "6.5 kB"),
+                                                (999_949, "999.9 kB"), (999_950, "1 MB"), (31_457_288, "31.5 MB"),
+                                                (7_400_000_000, "7.4 GB")])
+    def test_sizes_are_decimal(self, size: int, text: str) -> None:
+        assert xm._format_size(size) == text
+
     def test_list_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         empty = cli_run(server, data_dir, "list")
         assert (empty.returncode, empty.stdout, empty.stderr) == (0, "No models installed\n", "")
@@ -2238,8 +2236,8 @@ class TestCli:
         assert result.returncode == 0
         assert result.stdout == (
             "GROUP   MODEL   VERSION   SIZE     INSTALLED\n"
-            f"org     tiny    v1        6.4 KB   {dates[0]}\n"
-            f"org     tiny    v2        6.4 KB   {dates[1]}\n"
+            f"org     tiny    v1        6.5 kB   {dates[0]}\n"
+            f"org     tiny    v2        6.5 kB   {dates[1]}\n"
         )
 
     def test_list_remote_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
@@ -2247,9 +2245,9 @@ class TestCli:
         assert result.returncode == 0
         assert result.stdout == (
             "GROUP   MODEL   VERSION        SIZE\n"
-            "org     tiny    latest -> v1   6.4 KB\n"
-            "org     tiny    v1             6.4 KB\n"
-            "org     tiny    v2             6.4 KB\n"
+            "org     tiny    latest -> v1   6.5 kB\n"
+            "org     tiny    v1             6.5 kB\n"
+            "org     tiny    v2             6.5 kB\n"
         )
 
     def test_pull_human_and_already_installed(
@@ -2258,16 +2256,19 @@ class TestCli:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
         path = data_dir / "org" / "tiny" / "v1"
-        assert result.stdout == f"\nModel installed: org/tiny v1 (6.4 KB)\nPath: {path}\n"
+        assert result.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
         assert tree(path) == MODEL_FILES
         downloads = server.chunk_requests()
         again = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert again.returncode == 0
-        assert again.stdout == "Model already installed: org/tiny v1\nUse --force to re-download\n"
+        assert again.stdout == (
+            "Model already installed: org/tiny v1\n"
+            "Use --force to install it again (its chunks on this disk are hashed again and reused)\n")
         assert server.chunk_requests() == downloads  # nothing downloaded
         forced = cli_run(server, data_dir, "pull", "org/tiny", "v1", "--force")
         assert forced.returncode == 0
-        assert forced.stdout == f"\nModel installed: org/tiny v1 (6.4 KB)\nPath: {path}\n"
+        assert "Reused 7 chunks (6.5 kB) already on this disk; nothing downloaded\n" in forced.stderr  # as it said
+        assert forced.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
 
     def test_info_installed_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
@@ -2277,16 +2278,16 @@ class TestCli:
         assert result.stdout == textwrap.dedent(f"""\
             Model:        org/tiny v1
             Status:       Installed
-            Size:         6.4 KB
+            Size:         6.5 kB
             Files:        4
             Installed:    {cli_local_time(installed_at, True)}
             Path:         {data_dir / "org" / "tiny" / "v1"}
             Registry:     {server.url}
 
             Files:
-              model.safetensors     4.9 KB
+              model.safetensors     5 kB
               config.json           14 B
-              sub/tokenizer.json    1.5 KB
+              sub/tokenizer.json    1.5 kB
               empty.txt             0 B
             """)
 
@@ -2296,14 +2297,14 @@ class TestCli:
         assert result.stdout == textwrap.dedent("""\
             Model:        org/tiny v1
             Status:       Available (not installed)
-            Size:         6.4 KB
-            Chunks:       7 \u00d7 1 KB
+            Size:         6.5 kB
+            Chunks:       7 \u00d7 1 kB
             Files:        4
 
             Files:
-              model.safetensors     4.9 KB
+              model.safetensors     5 kB
               config.json           14 B
-              sub/tokenizer.json    1.5 KB
+              sub/tokenizer.json    1.5 kB
               empty.txt             0 B
 
             Metadata:
@@ -2354,7 +2355,7 @@ class TestCli:
             "Checking for updates...\n\n"
             "org/tiny latest: update available (v1 \u2192 v2)\n"
             "Downloading update for org/tiny latest...\n"
-            "Updated: org/tiny latest (6.4 KB)\n"
+            "Updated: org/tiny latest (6.5 kB)\n"
         )
         assert "Extracting files... done\n" in applied.stderr
         assert tree(data_dir / "org" / "tiny" / "latest") == V2_FILES
@@ -2391,6 +2392,38 @@ class TestCli:
         result = cli_run(server, data_dir, "update", "org/other")
         assert (result.returncode, result.stderr) == (4, "error: model not installed: org/other\n")
 
+    def test_repair_says_it_rewrites_the_damaged_files(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        cli_install(server, data_dir, "v1")
+        (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
+        repaired = cli_run(server, data_dir, "verify", "org/tiny", "v1", "--repair")
+        assert repaired.returncode == 0, repaired.stderr
+        assert repaired.stderr.endswith("\nRewriting damaged files... done\n"), repaired.stderr
+        assert repaired.stdout == "org/tiny v1: 1 file repaired\n  config.json\n"
+
+    def test_update_of_one_version_and_its_errors_name_it_once(
+        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import shutil
+
+        cli_install(server, data_dir, "v1", "latest")
+        publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
+        one = cli_run(server, data_dir, "update", "org/tiny", "latest")
+        assert (one.returncode, one.stdout) == (
+            0, "Checking for updates...\n\norg/tiny latest: update available (v1 \u2192 v2)\n")
+        publish.publish(str(registry_dir), "org", "tiny", "v3", {"other.bin": blob(3000, "other")}, chunk_size=1024)
+        publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v3")  # nothing on this disk to reuse
+        usage = shutil.disk_usage(".")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+        full = cli_run(server, data_dir, "update", "org/tiny latest", "--apply")
+        assert full.returncode == 7
+        assert re.search(r"^error: org/tiny latest: needs 3 kB of disk space in \S+ but only 1 kB is free",
+                         full.stderr, re.MULTILINE), full.stderr
+        missing = cli_run(server, data_dir, "update", "org/tiny", "v2")
+        assert (missing.returncode, missing.stderr) == (4, "error: model not installed: org/tiny v2\n")
+
     def test_update_failing_check_does_not_stop_the_others(
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
@@ -2412,7 +2445,7 @@ class TestCli:
         assert applied.returncode == 3
         assert "error: org/tiny v1: version not found" in applied.stderr
         assert "org/tiny v2: update available" in applied.stdout
-        assert "Updated: org/tiny v2 (6.4 KB)\n" in applied.stdout
+        assert "Updated: org/tiny v2 (6.5 kB)\n" in applied.stdout
         assert tree(data_dir / "org" / "tiny" / "v2") == changed
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES  # the failing one is left alone
 
@@ -2463,7 +2496,7 @@ class TestCli:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
         assert cli_without_quarters(result.stderr) == (
-            "Fetching manifest... done\nGetting 7 chunks (6.4 KB)\nDownloaded 7 chunks (6.4 KB)\n"
+            "Fetching manifest... done\nGetting 7 chunks (6.5 kB)\nDownloaded 7 chunks (6.5 kB)\n"
             "Extracting files... done\n"
         )
         assert "\r" not in result.stderr and "\x1b" not in result.stderr
@@ -2477,11 +2510,11 @@ class TestCli:
         capsys.readouterr()
         assert xm.main([*base, "pull", "org/tiny", "latest"]) == 0  # an alias of what is installed
         assert cli_without_quarters(capsys.readouterr().err, "Verifying") == (
-            "Fetching manifest... done\nGetting 7 chunks (6.4 KB)\n"
-            "Reused 7 chunks (6.4 KB) already on this disk; nothing downloaded\nExtracting files... done\n"
+            "Fetching manifest... done\nGetting 7 chunks (6.5 kB)\n"
+            "Reused 7 chunks (6.5 kB) already on this disk; nothing downloaded\nExtracting files... done\n"
         )
         assert xm.main([*base, "pull", "org/tiny", "v2"]) == 0  # one chunk differs from v1
-        assert "Downloaded 1 KB, reused 5.4 KB already on this disk (7 chunks)\n" in capsys.readouterr().err
+        assert "Downloaded 1 kB, reused 5.5 kB already on this disk (7 chunks)\n" in capsys.readouterr().err
         publish.publish(str(registry_dir), "org", "one", "v1", {"a.bin": b"abc"})
         publish.publish(str(registry_dir), "org", "none", "v1", {})
         assert xm.main([*base, "pull", "org/one", "v1"]) == 0
@@ -2527,13 +2560,13 @@ class TestCli:
     def test_progress_on_a_terminal_80_columns(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        # 8 KB/s: the 6.4 KB take most of a second, so the line is redrawn with a speed and an ETA.
+        # 8 kB/s: the 6.5 kB take most of a second, so the line is redrawn with a speed and an ETA.
         output = self.pull_on_a_terminal(server, data_dir, 80, "--limit-rate", "8K")
         states = self.drawn(output)
         assert all(len(state) < 80 for state in states), [state for state in states if len(state) >= 80]
         assert any(PTY_BAR.match(state) and "/s ETA " in state for state in states), states
-        assert "Downloaded 7 chunks (6.4 KB)" in states
-        assert "Model installed: org/tiny v1 (6.4 KB)" in output
+        assert "Downloaded 7 chunks (6.5 kB)" in states
+        assert "Model installed: org/tiny v1 (6.5 kB)" in output
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
 
     @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
@@ -2545,7 +2578,7 @@ class TestCli:
         assert all(len(state) < 40 for state in states), [state for state in states if len(state) >= 40]
         progress = [state for state in states if state.startswith("Downloading: ")]
         assert progress and not any("[" in state or "ETA" in state for state in progress), progress
-        assert "Downloaded 7 chunks (6.4 KB)" in states
+        assert "Downloaded 7 chunks (6.5 kB)" in states
 
     def test_progress_line_narrows_in_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Bar first, then ETA, then speed: at each width, the fullest line that fits, never wider."""
@@ -2621,7 +2654,7 @@ class TestCli:
         del server.always[chunk_paths(registry_dir)[4]]
         assert xm.main([*base, "pull", "org/tiny", "v1"]) == 0
         # Chunks 1 to 4 came before the failure; 5 to 7 come now.
-        assert "Downloaded 2.4 KB, reused 4 KB already on this disk (7 chunks)" in capsys.readouterr().err
+        assert "Downloaded 2.4 kB, reused 4.1 kB already on this disk (7 chunks)" in capsys.readouterr().err
         server.fail("models.json", *[Fault(status=503)] * 4)  # before any chunk: nothing to resume
         assert xm.main([*base, "pull", "org/tiny", "v2"]) == 5
         assert "resume" not in capsys.readouterr().err
@@ -2674,6 +2707,16 @@ class TestCli:
         assert result.returncode == 2
         assert "usage: xprim-models" in result.stderr
         assert server.requests == {}
+
+    @pytest.mark.parametrize("args", [["--json", "bogus"],
+                                      ["--json", "pull", "acme/small", "v1", "--concurrency", "abc"],
+                                      ["pull", "acme/small", "--limit-rate", "fast", "--json"]])
+    def test_usage_errors_with_json_print_the_error_document(self, args: list[str]) -> None:
+        result = main_in_process(*args)
+        assert result.returncode == 2
+        error = cli_document(result)["error"]
+        assert (error["type"], error["exit_code"]) == ("UsageError", 2)
+        assert result.stderr.endswith(f"error: {error['message']}\n")
 
     def test_hash_mismatch_exits_6(
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
@@ -2898,6 +2941,43 @@ class TestEmbedding:
         args = parser.parse_args(["models", "path", "org/tiny", "v1"])
         assert args.func(args) == 4  # an error is an exit code, not an exception
 
+    def test_the_parent_tools_options_of_the_same_names_are_left_alone(
+        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="clash")
+        for flag in ("--model", "--version"):
+            parser.add_argument(flag, default="the parent's")
+        for flag in ("--json", "--verbose", "--force", "--all"):
+            parser.add_argument(flag, action="store_true")
+        commands = parser.add_subparsers(dest="command", required=True)
+        xm.register_subcommands(commands.add_parser("models").add_subparsers(dest="models_command", required=True),
+                                xm.Config("clash", server.url), data_dir=str(data_dir))
+        for argv in (["pull", "org/tiny", "v1", "--force"], ["path", "org/tiny", "v1"], ["info", "org/tiny", "v1"],
+                     ["update"], ["verify"], ["list", "--remote"], ["remove", "org/tiny", "--all"], ["prune", "--all"]):
+            args = parser.parse_args(["--model", "m", "--version", "3", "--json", "--verbose", "models", *argv])
+            assert (args.model, args.version, args.json, args.verbose, args.force, args.all) == (
+                "m", "3", True, True, False, False), argv
+            assert args.func(args) == 0, argv
+        output = capsys.readouterr()
+        assert "{" not in output.out and "debug:" not in output.err  # the parent's --json and --verbose are its own
+
+    def test_the_readmes_python_example_runs_again_and_again(
+        self, server: RegistryServer, registry_dir: Path, tmp_path: Path
+    ) -> None:
+        readme = (HERE / "README.md").read_text(encoding="utf-8")
+        example = readme.split("## A Python example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+        assert "https://models.example.com" in example
+        code = example.replace("https://models.example.com", server.url)
+        publish.publish(str(registry_dir), "fast-whisper", "tiny", "fp16", MODEL_FILES, chunk_size=1024)
+        env = {**os.environ, "PYTHONPATH": str(HERE), "WHISPER_TOOL_MODELS_DIR": str(tmp_path / "models")}
+        runs = [subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                               check=False) for _ in range(2)]
+        assert [run.returncode for run in runs] == [0, 0], runs[1].stderr
+        home = tmp_path / "models" / "fast-whisper" / "tiny" / "fp16"
+        assert runs[0].stdout == runs[1].stdout == f"{home}\n{home} {V1_SIZE}\n"
+
     def test_list_pull_path(
         self, server: RegistryServer, model: dict[str, bytes], whisper_tool: Path, isolated_env: Path
     ) -> None:
@@ -2908,14 +2988,14 @@ class TestEmbedding:
         base = Path(xm.Manager(xm.Config("whisper-tool")).data_dir)  # the platform's, below the private HOME
         assert base.parts[-2:] == ("whisper-tool", "models") and isolated_env in base.parents
         home = base / "org" / "tiny" / "v1"
-        assert pulled.stdout == f"\nModel installed: org/tiny v1 (6.4 KB)\nPath: {home}\n"
+        assert pulled.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {home}\n"
         assert "Fetching manifest... done\n" in pulled.stderr and "Extracting files... done\n" in pulled.stderr
         assert tree(home) == MODEL_FILES
         assert (home / ".whisper-tool").is_dir()  # the metadata directory follows the app name
         path = self.run_tool(whisper_tool, server.url, "models", "path", "org/tiny", "v1")
         assert (path.returncode, path.stdout) == (0, f"{home}\n")
         listed = self.run_tool(whisper_tool, server.url, "models", "list")
-        assert listed.stdout.splitlines()[1].split()[:4] == ["org", "tiny", "v1", "6.4"]
+        assert listed.stdout.splitlines()[1].split()[:4] == ["org", "tiny", "v1", "6.5"]
         as_json = self.run_tool(whisper_tool, server.url, "models", "list", "--json")
         (item,) = cli_document(as_json)["models"]
         assert (item["version"], item["path"], item["total_size"]) == ("v1", str(home), V1_SIZE)
@@ -3052,6 +3132,35 @@ class TestPublish:
         assert output.out == ""
         assert output.err.startswith(message.format(tmp=tmp_path, sep=os.sep)), output.err
         assert (registry / "models.json").read_bytes() == index
+
+    def test_refuses_to_change_a_published_name_without_force(
+        self, tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        registry = tmp_path / "registry"
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "weights.bin").write_bytes(b"other weights")
+        for argv in (["v1", str(source)], ["v2", str(other)], ["latest", "--alias-of", "v1"]):
+            assert publish.main([str(registry), "org/pub", *argv]) == 0
+        capsys.readouterr()
+        refusals = {
+            "other files": (["v1", str(other)], "error: org/pub v1 is already published with other files (manifest "),
+            "files over an alias": (["latest", str(source)], "error: org/pub latest is an alias of v1; these files "
+                                                             "would make it a version of its own; give --force"),
+            "an alias over a version": (["v2", "--alias-of", "v1"], "error: org/pub v2 is a version (manifest "),
+        }
+        index = (registry / "models.json").read_bytes()
+        for case, (argv, message) in refusals.items():
+            assert publish.main([str(registry), "org/pub", *argv]) == 1, case
+            assert capsys.readouterr().err.startswith(message), case
+            assert (registry / "models.json").read_bytes() == index, case
+        # The same files again, and an alias moved, change nothing a user did not ask for.
+        assert publish.main([str(registry), "org/pub", "v1", str(source)]) == 0
+        assert publish.main([str(registry), "org/pub", "latest", "--alias-of", "v2"]) == 0
+        for argv, _ in refusals.values():
+            assert publish.main([str(registry), "org/pub", *argv, "--force"]) == 0, argv
+        listed = json.loads((registry / "models.json").read_text())["org"]["pub"]
+        assert listed["v2"] == {"alias": "v1"} and "hash" in listed["latest"]
 
     def test_runs_as_a_script_from_a_checkout(self, tmp_path: Path, source: Path) -> None:
         result = subprocess.run(
@@ -3538,11 +3647,32 @@ class TestReliability:
         )
         assert waiting.stderr is not None
         line = waiting.stderr.readline()  # blocks until the notice, after about a second
-        assert "Waiting for another download of org/tiny to finish" in line
+        assert line == "Waiting for another download of org/tiny to finish...\n"  # news, not a warning
         child.kill()  # the lock dies with its holder
         child.communicate(timeout=10)
         out, _ = waiting.communicate(timeout=30)
         assert waiting.returncode == 0 and "Model installed: org/tiny v1" in out
+
+    def test_ctrl_c_while_waiting_for_another_download_promises_nothing_kept(
+        self, model: dict[str, bytes], server: RegistryServer, registry_dir: Path, data_dir: Path
+    ) -> None:
+        child, _ = self.hold_lock(server, registry_dir, data_dir)
+        waiting = popen_interruptible(
+            [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
+             "pull", "org/tiny", "v1"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert waiting.stderr is not None
+            assert waiting.stderr.readline() == "Waiting for another download of org/tiny to finish...\n"
+            ctrl_c(waiting)
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            child.kill()
+            child.communicate(timeout=10)
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.communicate()
+        assert (waiting.returncode, out, err) == (130, "", "interrupted\n")
 
     def test_remove_during_a_pull_waits_for_it(self, manager: xm.Manager, model: dict[str, bytes],
                                                server: RegistryServer, registry_dir: Path, data_dir: Path,
@@ -3775,7 +3905,7 @@ class TestUpdates:
         usage = shutil.disk_usage(".")
         # A nearly full disk cannot be made for real here: the free space is what is mocked.
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * BIG_CHUNK))
-        with pytest.raises(xm.StorageError, match=r"needs 6\.\d MB of disk space in \S+ but only 3 MB is free"):
+        with pytest.raises(xm.StorageError, match=r"needs 6\.\d MB of disk space in \S+ but only 3\.1 MB is free"):
             xm.Manager(manager.config, data_dir=tmp_path / "empty").pull("org/big v2")  # the whole model
         assert manager.pull("org/big v2").total_size == len(weights) + 70_024  # 1 MiB to write: it fits
 
@@ -4321,7 +4451,7 @@ class TestGoOriginal:
         go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="yesterday")
         listed = cli_run(server, data_dir, "list")
         assert listed.returncode == 0
-        assert listed.stdout.splitlines()[1].split() == ["org", "tiny", "v1", "6.4", "KB", "unknown"]
+        assert listed.stdout.splitlines()[1].split() == ["org", "tiny", "v1", "6.5", "kB", "unknown"]
         assert "install time of org/tiny v1 is unknown" in listed.stderr
         info = cli_run(server, data_dir, "--quiet", "info", "org/tiny", "v1")
         assert (info.returncode, info.stderr) == (0, "") and "Installed:    unknown\n" in info.stdout
@@ -4353,7 +4483,7 @@ class TestGoOriginal:
         assert go_copy != published_bytes(registry_dir, "v1")
         listed = cli_run(server, data_dir, "list")
         assert listed.returncode == 0 and listed.stdout.splitlines()[1].split() == [
-            "org", "tiny", "v1", "6.4", "KB", "2026-11-28"]
+            "org", "tiny", "v1", "6.5", "kB", "2026-11-28"]
         assert cli_run(server, data_dir, "path", "org/tiny", "v1").stdout == f"{root}\n"
         info = cli_run(server, data_dir, "info", "org/tiny", "v1")
         assert info.returncode == 0, info.stderr
@@ -4528,8 +4658,9 @@ class TestRateLimit:
         assert sum(paid) == installed.total_size
         assert max(paid) <= 4096  # small reads keep a low cap smooth
 
-    @pytest.mark.parametrize(("text", "rate"), [("500K", 500 * 1024), ("2M", 2 << 20), ("1.5G", 1.5 * (1 << 30)),
-                                                ("4096", 4096), ("2MB/s", 2 << 20)])
+    @pytest.mark.parametrize(("text", "rate"), [("500K", 500_000), ("2M", 2_000_000), ("1.5G", 1.5e9),
+                                                ("4096", 4096), ("2MB/s", 2_000_000), ("500kB", 500_000),
+                                                ("512KiB", 512 << 10), ("2MiB", 2 << 20), ("1GiB", 1 << 30)])
     def test_cli_rate_syntax(self, text: str, rate: float) -> None:
         assert xm._rate(text) == rate
 
@@ -4574,7 +4705,7 @@ class TestPreflight:
         # A nearly full disk cannot be made for real here: the free space is what is mocked.
         # Chunks stream straight into the files: room for the files is enough.
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=6_000))
-        expected = r"needs 6\.4 KB of disk space in \S+ but only 5\.9 KB is free; free some space"
+        expected = r"needs 6\.5 kB of disk space in \S+ but only 6 kB is free; free some space"
         with pytest.raises(xm.StorageError, match=expected):
             manager.pull("org/tiny v1")
         assert server.chunk_requests() == 1  # the manifest only
@@ -4588,10 +4719,10 @@ class TestPreflight:
 
         server.fail(chunk_paths(registry_dir)[4], Fault(status=500))
         with pytest.raises(xm.NetworkError):
-            make_manager(retries=0).pull("org/tiny v1", concurrency=1)  # 4 KB landed in staging
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)  # 4 KiB landed in staging
         usage = shutil.disk_usage(".")
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * 1024))
-        # 6.4 KB of files less the 4 KB already written: fits in 3 KB
+        # 6.5 kB of files less the 4 KiB already written: fits in 3 KiB
         assert make_manager().pull("org/tiny v1").total_size == 6514
 
 

@@ -31,8 +31,8 @@ again), swaps the files into place atomically, and records the install in
 
     manager = xprim_models.Manager(xprim_models.Config(
         app_name="whisper-tool", registry_url="https://models.example.com"))
-    model = manager.pull("fast-whisper/tiny fp16")
-    print(model.path)
+    path = manager.ensure("fast-whisper/tiny fp16")  # pulls only if it is not installed yet
+    print(path)
 
 Public names: ``Config``, ``ModelRef``, ``parse_model_ref``, ``FileInfo``,
 ``InstalledModel``, ``RemoteModel``, ``RemoteModelDetail``, ``PullProgress``,
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import urllib.request
     from collections.abc import Collection, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
-    from typing import Any, AnyStr, Callable, Literal, Union
+    from typing import Any, AnyStr, Callable, Literal, NoReturn, Union
     from typing import Protocol as _Protocol
 
 __version__ = "0.1.0"
@@ -158,6 +158,7 @@ _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
 _BACKOFF_CAP = 10.0
 _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
 _ATTEMPT_KEY = "xprim_models_attempt"  # logging ``extra`` of each request: (url, attempt, attempts)
+_NOTICE_KEY = "xprim_models_notice"  # logging ``extra`` of a warning that is news, not a fault (a wait)
 _OPEN_FILES_PER_THREAD = 16  # files a pull's writing thread keeps open
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
 # Windows refuses to replace or delete a file while another process has it open: how
@@ -298,14 +299,15 @@ def _sharing_violation(exc: OSError) -> bool:
     return True  # granted now: whoever had it open a moment ago has closed it
 
 
-_SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
+_SIZE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
 
 
 def _format_size(size: float) -> str:
-    """``75.5 MB``: 1024-based units, one decimal, none when whole."""
+    """``75.5 MB``: decimal units (1 kB = 1000 bytes, as huggingface and docker show sizes),
+    one decimal, none when whole."""
     unit = 0
-    while size >= 1024 and unit < len(_SIZE_UNITS) - 1:
-        size /= 1024
+    while size >= (1000 if unit == 0 else 999.95) and unit < len(_SIZE_UNITS) - 1:
+        size /= 1000
         unit += 1
     if unit == 0:
         return f"{int(size)} B"
@@ -1491,8 +1493,8 @@ class _Index:
                 f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, self.models)}"
             )
         raise VersionNotFoundError(
-            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {_first_few(versions) or 'none'}"
-            + (f"; {invalid} invalid entries of this model are left out, see the warnings)" if invalid else ")")
+            f"version not found: {ref}{_did_you_mean(ref, self.models)}; available: {_first_few(versions) or 'none'}"
+            + (f"; {invalid} invalid entries of this model are left out, see the warnings" if invalid else "")
         )
 
 
@@ -3701,13 +3703,14 @@ class _Store:
             return nullcontext()
 
         def waiting() -> None:
-            self.logger.warning("Waiting for running downloads to finish...")
+            self.logger.warning("Waiting for running downloads to finish...", extra={_NOTICE_KEY: True})
 
         return _FileLock(self.private(os.path.join(self.root, _LOCKS_DIR, "cache.lock")), waiting, shared=shared)
 
     def model_lock(self, ref: ModelRef) -> _FileLock:
         def waiting() -> None:
-            self.logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
+            self.logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model,
+                                extra={_NOTICE_KEY: True})
 
         return _FileLock(
             self.private(os.path.join(self.root, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock")), waiting
@@ -4989,11 +4992,13 @@ class _Console:
             line = _fit([f"{shown} {notice}", alone] if shown else [alone], width)
             self._write(sys.stderr, f"\r\x1b[2K{line}")
 
-    # The Manager's logger: debug lines with --verbose, warnings unless --quiet.
+    # The Manager's logger: debug lines with --verbose, warnings unless --quiet (a notice
+    # such as "Waiting for another download" without the label).
     def _log(self, level: str, message: str, *args: Any) -> None:
         with self.lock:
             partial = self.partial
-            self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
+            label = f"{level}: " if level else ""
+            self.err(("\n" if partial else "") + f"{label}{message % args if args else message}")
             if partial:
                 self.err(partial.lstrip("\r"), end="")
 
@@ -5028,7 +5033,7 @@ class _Console:
     def warning(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
         self._track(extra)
         if not self.quiet:
-            self._log("warning", message, *args)
+            self._log("" if extra and extra.get(_NOTICE_KEY) else "warning", message, *args)
 
     def error(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
         self._track(extra)
@@ -5064,8 +5069,9 @@ class _ProgressPrinter:
 
     _BAR = 20
 
-    def __init__(self, console: _Console) -> None:
+    def __init__(self, console: _Console, writing: str = "Extracting files") -> None:
         self.console = console
+        self.writing = writing  # what the last phase does to the files
         self.enabled = not (console.quiet or console.json)
         self.terminal = console.terminal
         self.phase = ""
@@ -5106,7 +5112,7 @@ class _ProgressPrinter:
         elif phase == "extracting":
             if previous == "chunks" or not previous:
                 self._summary(progress)
-            self.console.err("Extracting files... ", end="")
+            self.console.err(f"{self.writing}... ", end="")
 
     def _speed(self, progress: PullProgress, now: float) -> float:
         self.samples.append((now, progress.bytes_downloaded))
@@ -5181,7 +5187,7 @@ class _ProgressPrinter:
             return
         if self.phase == "chunks" and self.last is not None:
             self._summary(self.last)
-            self.console.err("Extracting files... ", end="")
+            self.console.err(f"{self.writing}... ", end="")
         self.console.err("done")
         self.phase = ""
 
@@ -5243,8 +5249,13 @@ def _version_label(ref: ModelRef, alias_of: str) -> str:
     return f"{ref.version} -> {alias_of}" if alias_of else ref.version
 
 
+def _ref_text(args: argparse.Namespace) -> str:
+    """The ref a command line gave: ``GROUP/MODEL [VERSION]``, or both as one word."""
+    return f"{args.models_ref} {args.models_version}".strip()
+
+
 def _command_list(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    if args.remote:
+    if args.models_remote:
         remote = manager.list_remote(detail=True)
         if console.json:
             console.document({"models": [_remote_json(item) for item in remote]})
@@ -5279,8 +5290,8 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
               *, force: bool = False) -> InstalledModel:
     printer = _ProgressPrinter(console)
     try:
-        installed = manager.pull(ref, force=force, concurrency=args.concurrency, progress=printer,
-                                 limit_rate=args.limit_rate)
+        installed = manager.pull(ref, force=force, concurrency=args.models_concurrency, progress=printer,
+                                 limit_rate=args.models_limit_rate)
     except BaseException:
         printer.abort()
         raise
@@ -5289,31 +5300,29 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
 
 
 def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(f"{args.model} {args.version}", "pull")  # "g/m v" also comes as one word
+    ref = _versioned(_ref_text(args), "pull")  # "g/m v" also comes as one word
     try:
-        installed = _pull_one(manager, ref, console, args, force=args.force)
+        installed = _pull_one(manager, ref, console, args, force=args.models_force)
     except AlreadyInstalledError as exc:
         if console.json:
             console.document({"status": "already_installed", "model": _installed_json(exc.installed)})
         else:
             console.out(f"Model already installed: {ref}")
-            console.out("Use --force to re-download")
+            console.out("Use --force to install it again (its chunks on this disk are hashed again and reused)")
         return 0
     if console.json:
         console.document({"status": "installed", "model": _installed_json(installed)})
     else:
-        if not console.quiet:
-            console.out()
         console.out(f"Model installed: {ref} ({_format_size(installed.total_size)})")
         console.out(f"Path: {installed.path}")
     return 0
 
 
 def _command_remove(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    base = _as_ref(f"{args.model} {args.version}")
-    if args.all == bool(base.version):
+    base = _as_ref(_ref_text(args))
+    if args.models_all == bool(base.version):
         raise InvalidRefError("remove: give either a version or --all")
-    if args.all:
+    if args.models_all:
         removed = manager.remove_all(base.group, base.model)
     else:
         removed = [base]
@@ -5323,22 +5332,22 @@ def _command_remove(manager: Manager, args: argparse.Namespace, console: _Consol
         return 0
     for ref in removed:
         console.out(f"Removed: {ref}")
-    if args.all:
+    if args.models_all:
         console.out(f"Removed {len(removed)} version{'s' if len(removed) != 1 else ''}")
     return 0
 
 
 def _command_info(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(f"{args.model} {args.version}", "info")
+    ref = _versioned(_ref_text(args), "info")
     installed: InstalledModel | None = None
     files: list[FileInfo] = []
     try:
         installed = manager.get_installed(ref)
         files = manager.files(ref)
     except NotInstalledError as exc:
-        if not args.remote:
+        if not args.models_remote:
             raise NotInstalledError(f"{exc} (use --remote to see the registry's copy)") from exc
-    remote = manager.get_remote_detail(ref) if args.remote else None
+    remote = manager.get_remote_detail(ref) if args.models_remote else None
     if console.json:
         console.document({
             **_ref_fields(ref),
@@ -5385,7 +5394,7 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
 
 
 def _command_path(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    path = manager.path(_versioned(f"{args.model} {args.version}", "path"))
+    path = manager.path(_versioned(_ref_text(args), "path"))
     if console.json:
         console.document({"path": path})
     else:
@@ -5403,11 +5412,12 @@ def _update_label(installed: InstalledModel, remote: RemoteModel) -> str:
 
 def _command_update(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
     installed = manager.list_installed()
-    if args.model:
-        base = _as_ref(args.model)
-        installed = [item for item in installed if (item.ref.group, item.ref.model) == (base.group, base.model)]
+    if args.models_ref:
+        base = _as_ref(_ref_text(args))
+        installed = [item for item in installed if (item.ref.group, item.ref.model) == (base.group, base.model)
+                     and base.version in ("", item.ref.version)]
         if not installed:
-            raise NotInstalledError(f"model not installed: {base.group}/{base.model}")
+            raise NotInstalledError(f"model not installed: {base}")
     if not installed:
         if console.json:
             console.document({"updates": []})
@@ -5417,7 +5427,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
     here = _registry_origin(manager.config.registry_url)
     if not here and not all(item.registry_url for item in installed):
         raise RegistryError("update: no registry URL is configured")  # _run_command says how to give one
-    named = bool(getattr(args, "registry", None))  # --registry on this command line: check only there
+    named = bool(getattr(args, "models_registry", None))  # --registry on this command line: check only there
     others: dict[str, Manager] = {}
     if not console.json:
         console.out("Checking for updates...")
@@ -5452,7 +5462,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
             result["update_available"] = True
             if not console.json:
                 console.out(f"{item.ref}: update available ({_update_label(item, remote)})")
-            if args.apply:
+            if args.models_apply:
                 if not console.json:
                     console.out(f"Downloading update for {item.ref}...")
                 try:
@@ -5465,17 +5475,18 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         except ModelsError as exc:
             exit_code = exit_code or exc.exit_code or 1
             result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
-            console.err(f"error: {item.ref}: {_with_hints(exc, manager.config, console)}")
+            message = re.sub(rf"^\w+ {re.escape(str(item.ref))}: ", "", _with_hints(exc, manager.config, console))
+            console.err(f"error: {item.ref}: {message}")  # said once: "pull g/m v: needs ..." names it too
     if console.json:
         console.document({"updates": results})
     return exit_code
 
 
 def _command_verify(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    if args.repair and not manager.config.registry_url:
+    if args.models_repair and not manager.config.registry_url:
         raise RegistryError("verify --repair: no registry URL is configured")  # _run_command says how to give one
-    if args.model:
-        refs = [_as_ref(f"{args.model} {args.version}")]
+    if args.models_ref:
+        refs = [_as_ref(_ref_text(args))]
         if not refs[0].version:
             raise InvalidRefError("verify: give a version too ('verify group/model version'), or no model at all")
     else:
@@ -5489,21 +5500,21 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     exit_code = 0
     results = []
     for ref in refs:
-        printer = _ProgressPrinter(console) if args.repair else None
+        printer = _ProgressPrinter(console, "Rewriting damaged files") if args.models_repair else None
         try:
-            result = manager.verify(ref, repair=args.repair, concurrency=args.concurrency, progress=printer,
-                                    limit_rate=args.limit_rate)
+            result = manager.verify(ref, repair=args.models_repair, concurrency=args.models_concurrency,
+                                    progress=printer, limit_rate=args.models_limit_rate)
         except BaseException:
             if printer is not None:
                 printer.abort()
             raise
         if printer is not None and printer.phase:
             printer.finish()
-        files = list(result.repaired if args.repair else result.damaged)
-        sharing = [] if args.repair else list(result.sharing_damaged_chunk)
-        damaged = [] if args.repair else files
+        files = list(result.repaired if args.models_repair else result.damaged)
+        sharing = [] if args.models_repair else list(result.sharing_damaged_chunk)
+        damaged = [] if args.models_repair else files
         results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
-                        "repaired": files if args.repair else []})
+                        "repaired": files if args.models_repair else []})
         if damaged or sharing:
             exit_code = HashMismatchError.exit_code
         if console.json:
@@ -5512,7 +5523,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
             console.out(f"{ref}: ok")
             continue
         if files:
-            verb = "repaired" if args.repair else "damaged or missing"
+            verb = "repaired" if args.models_repair else "damaged or missing"
             console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
             for path in files:
                 console.out(f"  {path}")
@@ -5521,7 +5532,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
                         "the chunk's hash cannot say which of its files holds the damage)")
             for path in sharing:
                 console.out(f"  {path}")
-        if not args.repair:
+        if not args.models_repair:
             console.out(f"To repair it: {console.prog} verify {ref} --repair")
     if console.json:
         console.document({"results": results})
@@ -5529,7 +5540,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
 
 
 def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    freed = manager.prune_cache(None if args.all else 86400)
+    freed = manager.prune_cache(None if args.models_all else 86400)
     if console.json:
         console.document({"freed_bytes": freed})
     else:
@@ -5538,13 +5549,17 @@ def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console
 
 
 def _rate(text: str) -> float:
-    """``500K``, ``2M``, ``1.5G`` or plain bytes per second (1024-based units)."""
+    """``500K`` (500,000), ``2M``, ``1.5G``, ``2MB/s`` or plain bytes per second; decimal units, as
+    sizes are shown, and binary ones when asked for by name: ``512KiB`` (524,288), ``2MiB``, ``1GiB``."""
     import argparse
 
-    match = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?(?:/s)?\s*", text)
-    value = float(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ") if match else 0.0
+    match = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*(?:([kmg])(i?))?b?(?:/s)?\s*", text)
+    value = 0.0
+    if match:
+        prefix, binary = (match.group(2) or "").lower(), match.group(3)
+        value = float(match.group(1)) * (1024 if binary else 1000) ** " kmg".index(prefix or " ")
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a rate like 500K or 2M, not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a rate like 500K (500,000 bytes/s), 2M or 2MiB, not {text!r}")
     return value
 
 
@@ -5585,6 +5600,9 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
         return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"
     if isinstance(exc, ModelNotFoundError) and url:
         message += f"; '{console.prog} list --remote' shows what the registry has"
+    colon = re.search(r"'([^'\s/:]+/[^'\s/:]+):([^'\s/:]+)'", message) if isinstance(exc, InvalidRefError) else None
+    if colon:  # the docker and ollama habit
+        message += f"\nhint: the version is a word of its own: {colon[1]} {colon[2]}"
     if (isinstance(exc, (RegistryError, NetworkError, ModelNotFoundError)) and url
             and not re.match(r"(?i)[a-z][a-z0-9+.-]*://", url) and not os.path.isdir(os.path.expanduser(url))):
         message += f"\nhint: {url} is not a directory; if it is a server, write http://{url}"
@@ -5595,16 +5613,15 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
 
 def _run_command(
     handler: Callable[[Manager, argparse.Namespace, _Console], int],
-    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
-    manager_options: Mapping[str, Any],
+    configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     prog: str,
     usage: Callable[[], str],
     registry_hint: str,
     args: argparse.Namespace,
 ) -> int:
-    """Run ``handler`` as command ``prog`` ("mytool models pull"); ``usage`` is its usage text."""
-    if not isinstance(config, Config):  # main's: from --registry and --data-dir, wherever they were
-        config, manager_options = config(args)
+    """Run ``handler`` as command ``prog`` ("mytool models pull"); ``usage`` is its usage text and
+    ``configure`` gives the Config and Manager options for the parsed arguments."""
+    config, manager_options = configure(args)
     console = _Console(args, prog.rsplit(" ", 1)[0])
     console.registry_hint = registry_hint
     try:
@@ -5627,7 +5644,8 @@ def _run_command(
             pass  # stderr itself cannot be written: the exit code is all that is left
         return code
     except KeyboardInterrupt:
-        console.err("interrupted: run the same command again to resume (verified chunks are kept)")
+        resume = ": run the same command again to resume (verified chunks are kept)" if console.downloading else ""
+        console.err(f"interrupted{resume}")
         return 130
     except BrokenPipeError:
         _silence_stdout()
@@ -5642,7 +5660,84 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-_COMMANDS = ("list", "pull", "remove", "info", "path", "update", "verify", "prune")
+# Every option and positional stores under a models_ name, so a parent tool's own
+# --model, --force or --json is never overwritten by ours.
+
+
+def _ref_arguments(parser: argparse.ArgumentParser,
+                   version_help: str = "for example fp16, or an alias; needed, here or in one word with GROUP/MODEL "
+                                       "('fast-whisper/tiny fp16')") -> None:
+    # argparse takes VERSION as optional (usage: [VERSION]): "group/model version" may come as one word.
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="", help=version_help)
+
+
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", dest="models_concurrency", type=_positive_int, default=4, metavar="N",
+                        help="parallel chunk downloads (default 4, at most 16)")
+    parser.add_argument("--limit-rate", dest="models_limit_rate", type=_rate, default=None, metavar="RATE",
+                        help="cap the download rate in bytes per second: 500K is 500,000, 2M is 2,000,000 "
+                        "(2MiB is 2 x 1024 x 1024)")
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote", dest="models_remote", action="store_true", help="list what the registry offers")
+
+
+def _pull_arguments(parser: argparse.ArgumentParser) -> None:
+    _ref_arguments(parser)
+    parser.add_argument("--force", dest="models_force", action="store_true", help="install again even if installed")
+    _download_arguments(parser)
+
+
+def _remove_arguments(parser: argparse.ArgumentParser) -> None:
+    _ref_arguments(parser, "for example fp16, or an alias; or --all")
+    parser.add_argument("--all", dest="models_all", action="store_true",
+                        help="remove every installed version of the model")
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    _ref_arguments(parser)
+    parser.add_argument("--remote", dest="models_remote", action="store_true", help="also show the registry's copy")
+
+
+def _update_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="",
+                        help="check only this model (default: every installed one)")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="",
+                        help="check only this version of it")
+    parser.add_argument("--apply", dest="models_apply", action="store_true", help="download the updates")
+    _download_arguments(parser)
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="",
+                        help="verify only this model version (default: every installed one)")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="",
+                        help="for example fp16, or an alias (required with GROUP/MODEL)")
+    parser.add_argument("--repair", dest="models_repair", action="store_true",
+                        help="fetch and rewrite only what is damaged")
+    _download_arguments(parser)
+
+
+def _prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--all", dest="models_all", action="store_true",
+                        help="delete every chunk left in cache/chunks, whatever its age")
+
+
+# The commands, in the order help lists them: (name, summary, handler, arguments).
+# register_subcommands and main both build their parsers from this table alone.
+_COMMAND_TABLE: tuple[tuple[str, str, Callable[[Manager, argparse.Namespace, _Console], int],
+                            Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("list", "list installed models (or the registry's, with --remote)", _command_list, _list_arguments),
+    ("pull", "download and install a model version", _command_pull, _pull_arguments),
+    ("remove", "remove an installed model version", _command_remove, _remove_arguments),
+    ("info", "show details of a model version", _command_info, _info_arguments),
+    ("path", "print the directory of an installed model version", _command_path, _ref_arguments),
+    ("update", "check installed models for updates", _command_update, _update_arguments),
+    ("verify", "re-hash installed files; --repair fixes what is damaged", _command_verify, _verify_arguments),
+    ("prune", "delete crash leftovers, and chunks earlier versions cached", _command_prune, _prune_arguments),
+)
 
 
 def register_subcommands(
@@ -5659,121 +5754,27 @@ def register_subcommands(
         config: the application's name and registry.
         **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
     """
-    _register(subparsers, config, manager_options)
+    _register(subparsers, lambda args: (config, manager_options))
 
 
 def _register(
     subparsers: argparse._SubParsersAction[Any],
-    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
-    manager_options: Mapping[str, Any],
+    configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     *,
     registry_hint: str = "",
-    only: str | None = None,
-    formatter: type[argparse.HelpFormatter] | None = None,
     extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> None:
-    """``register_subcommands``, and for ``main``: the configuration taken from the parsed
-    arguments, how its users give a registry, the one command to register (start-up
-    time), the help formatter, and ``extra`` options each command also takes."""
-
-    def command(name: str, handler: Callable[[Manager, argparse.Namespace, _Console], int],
-                summary: str) -> argparse.ArgumentParser | None:
-        if only is not None and name != only:
-            return None
-        options: dict[str, Any] = {"formatter_class": formatter} if formatter else {}
-        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary, **options)
-        parser.set_defaults(func=partial(_run_command, handler, config, manager_options, parser.prog,
-                                         parser.format_usage, registry_hint))
+    """Add every command of the table to ``subparsers``. ``configure`` gives the Config and
+    Manager options for the parsed arguments; main also passes how its users give a
+    registry, and ``extra`` options each command takes."""
+    for name, summary, handler, arguments in _COMMAND_TABLE:
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
+        parser.set_defaults(func=partial(_run_command, handler, configure, parser.prog, parser.format_usage,
+                                         registry_hint))
         _add_output_flags(parser, top_level=False)
         if extra is not None:
             extra(parser)
-        return parser
-
-    def model_argument(parser: argparse.ArgumentParser, version: str = "required") -> None:
-        parser.add_argument("model", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
-        parser.add_argument("version", metavar="VERSION", nargs="?", default="",
-                            help="for example fp16, or an alias" + (" (required)" if version == "required" else ""))
-
-    def download_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
-                            help="parallel chunk downloads (default 4, at most 16)")
-        parser.add_argument("--limit-rate", type=_rate, default=None, metavar="RATE",
-                            help="cap the download rate, e.g. 500K or 2M (bytes per second)")
-
-    listing = command("list", _command_list, "list installed models (or the registry's, with --remote)")
-    if listing:
-        listing.add_argument("--remote", action="store_true", help="list what the registry offers")
-
-    pull = command("pull", _command_pull, "download and install a model version")
-    if pull:
-        model_argument(pull)
-        pull.add_argument("--force", action="store_true", help="install again even if installed")
-        download_options(pull)
-
-    remove = command("remove", _command_remove, "remove an installed model version")
-    if remove:
-        model_argument(remove, "optional")
-        remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
-
-    info = command("info", _command_info, "show details of a model version")
-    if info:
-        model_argument(info)
-        info.add_argument("--remote", action="store_true", help="also show the registry's copy")
-
-    path = command("path", _command_path, "print the directory of an installed model version")
-    if path:
-        model_argument(path)
-
-    update = command("update", _command_update, "check installed models for updates")
-    if update:
-        update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-        update.add_argument("--apply", action="store_true", help="download the updates")
-        download_options(update)
-
-    verify = command("verify", _command_verify, "re-hash installed files; --repair fixes what is damaged")
-    if verify:
-        verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-        verify.add_argument("version", metavar="VERSION", nargs="?", default="")
-        verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
-        download_options(verify)
-
-    prune = command("prune", _command_prune, "delete crash leftovers, and chunks earlier versions cached")
-    if prune:
-        prune.add_argument("--all", action="store_true",
-                           help="delete every chunk left in cache/chunks, whatever its age")
-
-
-def _quick_args(arguments: Sequence[str]) -> dict[str, Any] | None:
-    """The arguments of the commonest command lines, ``path GROUP/MODEL VERSION`` and
-    ``list [--remote]`` with the global and output options, read without argparse: its
-    import and parsers take longer than the command itself. None for anything else, which
-    argparse reads (and explains, if it is wrong)."""
-    values: dict[str, Any] = {"registry": None, "data_dir": None, "header": None, "models_json": False,
-                              "models_quiet": False, "models_verbose": False}
-    flags = {"--json": "models_json", "--quiet": "models_quiet", "-q": "models_quiet",
-             "--verbose": "models_verbose", "-v": "models_verbose"}
-    words: list[str] = []
-    items = iter(arguments)
-    for item in items:
-        name, _, value = item.partition("=")
-        if item in flags:
-            values[flags[item]] = True
-        elif name in ("--registry", "--data-dir"):
-            value = value if "=" in item else next(items, "-")
-            if value.startswith("-"):
-                return None
-            values[name[2:].replace("-", "_")] = value
-        elif item == "--remote" and words == ["list"]:
-            values["remote"] = True
-        elif item.startswith("-") or not item:
-            return None
-        else:
-            words.append(item)
-    if words == ["list"]:
-        return {"command": "list", "remote": False, **values}
-    if len(words) in (2, 3) and words[0] == "path":
-        return {"command": "path", "model": words[1], "version": words[2] if len(words) == 3 else "", **values}
-    return None
+        arguments(parser)
 
 
 def _header_option(text: str) -> tuple[str, str]:
@@ -5793,71 +5794,71 @@ def _header_option(text: str) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    registry_hint = "give --registry URL, or set XPRIM_MODELS_REGISTRY_URL"
-
-    def configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
-        config = Config("xprim-models", args.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
-        options: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
-        if getattr(args, "header", None):
-            options["headers"] = dict(args.header)
-        return config, options
-
-    # Only the command given is built in full (its parser costs start-up time); --help and
-    # mistakes get them all. The word is the first that is not an option or its value.
-    word, value_next = None, False
-    for item in arguments:
-        if value_next:
-            value_next = False
-        elif item in ("--registry", "--data-dir", "--header"):
-            value_next = True
-        elif not item.startswith("-"):
-            word = item
-            break
-    quick = _quick_args(arguments)
-    if quick is not None:  # the same namespace argparse would make
-        from types import SimpleNamespace
-
-        handler = _command_path if quick["command"] == "path" else _command_list
-        args: Any = SimpleNamespace(**quick)
-        return _run_command(handler, configure, {}, f"xprim-models {quick['command']}",
-                            lambda: _main_parser(word, configure, registry_hint)[1], registry_hint, args)
+    options = arguments[:arguments.index("--")] if "--" in arguments else arguments
     try:
-        args = _main_parser(word, configure, registry_hint)[0].parse_args(arguments)
+        args = _main_parser(json_errors="--json" in options).parse_args(arguments)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     result: int = args.func(args)
     return result
 
 
-def _main_parser(
-    word: str | None, configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]], registry_hint: str
-) -> tuple[argparse.ArgumentParser, str]:
-    """``main``'s parser, with command ``word`` only if it is one, and that command's usage."""
+def _configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+    """main's Config and Manager options, from --registry, --data-dir and --header wherever they were."""
+    config = Config("xprim-models", args.models_registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
+    options: dict[str, Any] = {"data_dir": args.models_data_dir} if args.models_data_dir else {}
+    if getattr(args, "models_header", None):
+        options["headers"] = dict(args.models_header)
+    return config, options
+
+
+def _usage_error_document(message: str) -> None:
+    """The README's JSON error document, on stdout, for a command line argparse rejects."""
     import argparse
 
-    class Formatter(argparse.RawDescriptionHelpFormatter):
-        """argparse's, sized without importing shutil (which every argument's check would)."""
+    try:
+        _Console(argparse.Namespace(models_json=True)).document(
+            {"error": {"type": "UsageError", "message": message, "exit_code": 2}})
+    except BrokenPipeError:
+        _silence_stdout()
+    except StorageError:
+        pass  # stdout cannot be written: stderr and the exit code still say it
 
-        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                     width: int | None = None) -> None:
-            columns = os.environ.get("COLUMNS", "")
-            width = width or (int(columns) if columns.isdigit() else _terminal_width(sys.stdout)) - 2
-            super().__init__(prog, indent_increment, max_help_position, width)
+
+def _main_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    """main's parser; with ``json_errors`` (--json was given), a usage error also prints a JSON
+    document on stdout, as every other error does."""
+    import argparse
+
+    columns = os.environ.get("COLUMNS", "")
+    width = (int(columns) if columns.isdigit() else _terminal_width(sys.stdout)) - 2
+
+    class Parser(argparse.ArgumentParser):
+        """argparse's, with help sized once, without importing shutil: argparse would size it
+        again for every argument it checks (start-up time). The command parsers are of this class too."""
+
+        def _get_formatter(self) -> argparse.HelpFormatter:
+            return argparse.RawDescriptionHelpFormatter(self.prog, width=width)
+
+        def error(self, message: str) -> NoReturn:
+            if json_errors:
+                _usage_error_document(message)
+            super().error(message)
 
     def global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
         # Also accepted after the command word, but listed once.
         hidden: Any = argparse.SUPPRESS if after_command else None
-        parser.add_argument("--registry", metavar="URL", default=hidden,
+        parser.add_argument("--registry", dest="models_registry", metavar="URL", default=hidden,
                             help=hidden or "registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
-        parser.add_argument("--data-dir", metavar="DIR", default=hidden,
+        parser.add_argument("--data-dir", dest="models_data_dir", metavar="DIR", default=hidden,
                             help=hidden or "where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
-        parser.add_argument("--header", metavar="'NAME: VALUE'", action="append", type=_header_option,
-                            default=hidden, help=hidden or "send this header with every registry request, "
+        parser.add_argument("--header", dest="models_header", metavar="'NAME: VALUE'", action="append",
+                            type=_header_option, default=hidden,
+                            help=hidden or "send this header with every registry request, "
                             "like curl -H (repeatable; e.g. 'Authorization: Bearer TOKEN')")
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xprim-models", description="Download and manage models from an XPRIM registry.",
-        formatter_class=Formatter,
         epilog=(
             "examples:\n"
             "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
@@ -5870,10 +5871,9 @@ def _main_parser(
     parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
     _add_output_flags(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    only = word if word in _COMMANDS else None
-    _register(commands, configure, {}, registry_hint=registry_hint, only=only, formatter=Formatter,
+    _register(commands, _configure, registry_hint="give --registry URL, or set XPRIM_MODELS_REGISTRY_URL",
               extra=lambda command: global_options(command, after_command=True))
-    return parser, commands.choices[only].format_usage() if only else parser.format_usage()
+    return parser
 
 
 if __name__ == "__main__":

@@ -3985,6 +3985,25 @@ class TestUpdates:
         assert (alias / "tokenizer.json").read_bytes() == big_files()["tokenizer.json"]
         assert os.path.samefile(target / "weights.bin", alias / "weights.bin")  # the intact files are shared
 
+    def test_prune_counts_only_what_it_frees(self, make_manager: Callable[..., xm.Manager], data_dir: Path,
+                                             server: RegistryServer, registry_dir: Path) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        weights[3 * BIG_CHUNK] ^= 0xFF
+        publish_big(registry_dir, "v1", files)
+        publish_big(registry_dir, "v2", {**files, "weights.bin": bytes(weights)})
+        manager = make_manager(retries=0)
+        manager.pull("org/big v1")
+        new_chunks = set(chunk_paths(registry_dir, "v2", "big")) - set(chunk_paths(registry_dir, "v1", "big"))
+        server.fail(new_chunks.pop(), Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            manager.pull("org/big v2")
+        staging = data_dir / "org" / "big" / ".v2.staging"
+        assert os.path.samefile(staging / "config.json", Path(manager.path("org/big v1")) / "config.json")
+        # Its own files, written or not; the files it shares with v1 free nothing.
+        expected = disk_usage(staging / "weights.bin") + disk_usage(staging / ".test-app" / "manifest.json")
+        assert manager.prune_cache() == expected
+
     @pytest.mark.parametrize("how", ["copy_files", "links fail"])
     def test_copies_where_files_cannot_be_linked(self, make_manager: Callable[..., xm.Manager], how: str,
                                                  server: RegistryServer, registry_dir: Path,

@@ -1043,11 +1043,13 @@ def _list_directory(path: str) -> list[str]:
 
 def _tree_size(path: str, *, allocated: bool = False) -> int:
     """Bytes of the files under ``path`` (links not followed); with ``allocated``, the disk
-    space they take (sparse files take less)."""
+    space deleting them frees (sparse files take less; a file with other hard links, none)."""
 
     def size(path: str) -> int:
         status = os.lstat(path)
-        return _allocated(path, status) if allocated else status.st_size
+        if not allocated:
+            return status.st_size
+        return 0 if status.st_nlink > 1 and stat.S_ISREG(status.st_mode) else _allocated(path, status)
 
     try:
         if not os.path.isdir(path) or os.path.islink(path):

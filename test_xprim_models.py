@@ -3850,13 +3850,71 @@ class TestUpdates:
         return fetched_chunks(server, before, registry_dir, "v2"), old, new
 
     def test_a_small_file_before_the_weights_grows(self, manager: xm.Manager, server: RegistryServer,
-                                                   registry_dir: Path) -> None:
+                                                   registry_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         files = big_files()
         v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # 15 bytes longer: all shifted
+        written = [0]
+        original = xm._pwrite_all
+
+        def counted(target: int, view: memoryview, offset: int) -> None:
+            written[0] += len(view)
+            original(target, view, offset)
+
+        monkeypatch.setattr(xm, "_pwrite_all", counted)
         fetched, old, new = self.update(manager, server, registry_dir, v2)
         assert fetched <= 2  # of 7: the rest is found in v1's files by path
-        # Its weights are byte-identical to v1's: compared once written, then shared.
+        # Its weights are byte-identical to v1's, shifted against the chunks: shared, not written.
         assert os.path.samefile(old / "weights.bin", new / "weights.bin")
+        assert written[0] < sum(len(data) for data in files.values()) + 2 * BIG_CHUNK  # v1, then little
+
+    def test_a_shifted_file_that_differs_where_it_was_not_hashed_gets_its_own_copy(
+        self, manager: xm.Manager, server: RegistryServer, registry_dir: Path
+    ) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        weights[5] ^= 0xFF  # in the first chunk, which v1 does not hold: known only once it arrives
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}', "weights.bin": bytes(weights)}
+        fetched, old, new = self.update(manager, server, registry_dir, v2)
+        assert fetched <= 2
+        assert not os.path.samefile(old / "weights.bin", new / "weights.bin")
+        assert (old / "weights.bin").read_bytes() == files["weights.bin"]  # never written through
+        assert manager.verify("org/big v1").ok and manager.verify("org/big v2").ok
+
+    def test_shifted_files_are_compared_where_they_meet(self, manager: xm.Manager, server: RegistryServer,
+                                                        registry_dir: Path) -> None:
+        big = big_files()
+        files = {"config.json": big["config.json"], "weights.bin": big["weights.bin"],
+                 "tail.bin": blob(3 * BIG_CHUNK, "tail")}  # weights.bin and tail.bin meet inside a chunk
+        publish_big(registry_dir, "v1", files)
+        weights = bytearray(files["weights.bin"])
+        weights[-1] ^= 0xFF  # in the chunk where weights.bin ends and tail.bin begins: neither holds it whole
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}', "weights.bin": bytes(weights)}
+        publish_big(registry_dir, "v2", v2)
+        old = Path(manager.pull("org/big v1").path)
+        new = Path(manager.pull("org/big v2").path)
+        assert tree(new) == dict(sorted(v2.items()))
+        assert os.path.samefile(old / "tail.bin", new / "tail.bin")
+        assert (old / "weights.bin").read_bytes() == files["weights.bin"]
+
+    def test_a_zero_chunk_is_not_assumed_where_a_shared_file_lies(
+        self, manager: xm.Manager, registry_dir: Path
+    ) -> None:
+        big = big_files()
+        tail = bytes(2 * BIG_CHUNK) + blob(BIG_CHUNK, "tail")
+        files = {"config.json": big["config.json"], "weights.bin": big["weights.bin"], "tail.bin": tail}
+        publish_big(registry_dir, "v1", files)
+        config = big["config.json"] + b', "extra": 1}'
+        last = (len(config) + len(big["weights.bin"])) % BIG_CHUNK  # its bytes in the chunk it shares with tail.bin
+        weights = big["weights.bin"][:-last] + bytes(last)  # now zeros there, as tail.bin begins
+        v2 = {**files, "config.json": config, "weights.bin": weights}
+        publish_big(registry_dir, "v2", v2)
+        manifest = manifest_of(registry_dir, "org", "big", "v2")
+        zero = hashlib.sha256(bytes(BIG_CHUNK)).hexdigest()
+        assert manifest["chunks"].count(zero) >= 2  # where weights.bin meets tail.bin, and inside tail.bin
+        old = Path(manager.pull("org/big v1").path)
+        new = Path(manager.pull("org/big v2").path)
+        assert tree(new) == dict(sorted(v2.items()))
+        assert (old / "weights.bin").read_bytes() == big["weights.bin"]
 
     def test_the_weights_header_grows(self, manager: xm.Manager, server: RegistryServer,
                                       registry_dir: Path) -> None:
@@ -3972,6 +4030,25 @@ class TestUpdates:
         assert (alias / "tokenizer.json").read_bytes() == big_files()["tokenizer.json"]
         assert os.path.samefile(target / "weights.bin", alias / "weights.bin")  # the intact files are shared
 
+    def test_prune_counts_only_what_it_frees(self, make_manager: Callable[..., xm.Manager], data_dir: Path,
+                                             server: RegistryServer, registry_dir: Path) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        weights[3 * BIG_CHUNK] ^= 0xFF
+        publish_big(registry_dir, "v1", files)
+        publish_big(registry_dir, "v2", {**files, "weights.bin": bytes(weights)})
+        manager = make_manager(retries=0)
+        manager.pull("org/big v1")
+        new_chunks = set(chunk_paths(registry_dir, "v2", "big")) - set(chunk_paths(registry_dir, "v1", "big"))
+        server.fail(new_chunks.pop(), Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            manager.pull("org/big v2")
+        staging = data_dir / "org" / "big" / ".v2.staging"
+        assert os.path.samefile(staging / "config.json", Path(manager.path("org/big v1")) / "config.json")
+        # Its own files, written or not; the files it shares with v1 free nothing.
+        expected = disk_usage(staging / "weights.bin") + disk_usage(staging / ".test-app" / "manifest.json")
+        assert manager.prune_cache() == expected
+
     @pytest.mark.parametrize("how", ["copy_files", "links fail"])
     def test_copies_where_files_cannot_be_linked(self, make_manager: Callable[..., xm.Manager], how: str,
                                                  server: RegistryServer, registry_dir: Path,
@@ -3991,6 +4068,14 @@ class TestUpdates:
         for name in big_files():
             assert not os.path.samefile(target / name, alias / name)
         assert tree(alias) == tree(target) == dict(sorted(big_files().items()))
+        files = big_files()
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # every chunk shifted
+        publish_big(registry_dir, "v2", v2)
+        before = server.requests.copy()
+        new = Path(manager.pull("org/big v2").path)
+        assert fetched_chunks(server, before, registry_dir, "v2") <= 2  # copied from v1's files by path
+        assert tree(new) == dict(sorted(v2.items()))
+        assert not os.path.samefile(target / "weights.bin", new / "weights.bin")
 
 
 class TestVerify:

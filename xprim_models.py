@@ -1043,11 +1043,13 @@ def _list_directory(path: str) -> list[str]:
 
 def _tree_size(path: str, *, allocated: bool = False) -> int:
     """Bytes of the files under ``path`` (links not followed); with ``allocated``, the disk
-    space they take (sparse files take less)."""
+    space deleting them frees (sparse files take less; a file with other hard links, none)."""
 
     def size(path: str) -> int:
         status = os.lstat(path)
-        return _allocated(path, status) if allocated else status.st_size
+        if not allocated:
+            return status.st_size
+        return 0 if status.st_nlink > 1 and stat.S_ISREG(status.st_mode) else _allocated(path, status)
 
     try:
         if not os.path.isdir(path) or os.path.islink(path):
@@ -3317,14 +3319,18 @@ class _ChunkFiles:
         manifest = self.manifest
         first = self._start(number)[0] + start  # where data begins in the stream
         for index, offset, length in _segments(manifest, first, len(data)):
-            if index in self.shared:
-                continue  # holds these bytes already: the chunks that cover it hashed right there
             path = self.paths[index]
             begin = manifest.starts[index] + offset - first
+            if index in self.shared and self._holds(index, data[begin : begin + length], offset):
+                continue  # a file shared with an installed version, which holds these bytes
             try:
                 _pwrite_all(self._descriptor(index), data[begin : begin + length], offset)
             except OSError as exc:
                 raise _storage_error("write", path, exc) from exc
+
+    def _holds(self, index: int, data: memoryview, offset: int) -> bool:
+        """Whether shared file ``index`` holds ``data`` at ``offset``: the chunks covering it hashed right."""
+        return True
 
     def copy(self, source: int, number: int) -> None:
         """Copy chunk ``source``, verified in its place, to the place of chunk ``number`` (the same chunk)."""
@@ -3366,6 +3372,9 @@ class _Staging(_ChunkFiles):
         self.directories: set[str] = set()
         self.resume = False
         self.links: dict[int, str] = {}  # file index: the installed file it shares storage with
+        self.unproven: set[int] = set()  # shared files whose first or last bytes are still to compare
+        self.verified: dict[int, Collection[int]] = {}  # shared file: chunk positions whose bytes in it hashed right
+        self.sharing = threading.Lock()
         self.installed: InstalledModel  # once committed
         self.sources: dict[str, list[_Source]] = {}
         self.needed = manifest.total_size
@@ -3386,14 +3395,14 @@ class _Staging(_ChunkFiles):
         manifest = self.manifest
         self.resume = self._left_by_a_pull()
         self.kin = kin if share else ()
+        self.unproven, self.verified = set(), {}
         self.links = self._identical_files(kin) if share else {}
         self.shared = set(self.links)
-        self.present = set() if self.resume else self._repeated_zero_chunks()
-        self.present.update(self._covered_by_shared())
+        self.present = self._in_place(set() if self.resume else self._repeated_zero_chunks())
         first: dict[str, int] = {}
         for position, digest in enumerate(manifest.chunks):
-            if digest not in self.present:
-                first.setdefault(digest, position)
+            first.setdefault(digest, position)
+        # Present chunks get sources too: a file whose link fails is written from them.
         self.sources = _local_sources(manifest, first.values(), copies, kin)
         self.needed = self._to_download()
         if self.resume:  # its bytes are hashed where they are, first of all
@@ -3428,35 +3437,98 @@ class _Staging(_ChunkFiles):
         return _sha256(held).hexdigest() == self.manifest.digest
 
     def _identical_files(self, kin: Sequence[_Copy]) -> dict[int, str]:
-        """The files that are byte-identical to an installed file of the same path: the same
-        size, covered by the same chunks at the same offsets, and those chunks hash right in
-        the installed version (read, never written)."""
+        """The files that are byte-identical to an installed file of the same path and size,
+        as hashing the installed file (read, never written) shows: covered by the same chunks
+        at the same offsets, which hash right in the installed version; or else (shifted
+        against the chunks) every chunk lying inside the file hashes right there, and the
+        bytes the first and last chunks hold of it are compared as they arrive (``unproven``)."""
         manifest = self.manifest
         links: dict[int, str] = {}
         checked: dict[tuple[str, int], bool] = {}  # (installed directory, position): hashed right
         for index, info in enumerate(manifest.files):
             for copy in kin:
                 known = copy.sizes.get(info.path)
-                if info.size and known and known[1] == info.size and copy.manifest.chunk_size == manifest.chunk_size:
-                    ours = _covering(manifest, index)
-                    theirs = _covering(copy.manifest, known[0])
-                    if ours[0] == theirs[0] and [manifest.chunks[p] for p in ours[1]] == [
-                            copy.manifest.chunks[p] for p in theirs[1]] and all(
-                            _intact(copy, p, checked) for p in theirs[1]):
-                        links[index] = copy.path(info.path)
-                        break
+                if not info.size or not known or known[1] != info.size:
+                    continue
+                ours = _covering(manifest, index)
+                theirs = _covering(copy.manifest, known[0])
+                if copy.manifest.chunk_size == manifest.chunk_size and ours[0] == theirs[0] and [
+                        manifest.chunks[p] for p in ours[1]] == [copy.manifest.chunks[p] for p in theirs[1]] and all(
+                        _intact(copy, p, checked) for p in theirs[1]):
+                    links[index], self.verified[index] = copy.path(info.path), ours[1]
+                    break
+                inside = self._inside(index)
+                if inside and all(_hash_pieces([(copy.path(info.path), p * manifest.chunk_size - manifest.starts[index],
+                                                 manifest.chunk_length(p))]) == manifest.chunks[p] for p in inside):
+                    links[index], self.verified[index] = copy.path(info.path), inside
+                    self.unproven.add(index)
+                    break
         return links
 
-    def _covered_by_shared(self) -> set[str]:
-        """The chunks all of whose places lie in shared files: they are there already."""
-        if not self.shared:
-            return set()
-        inside: dict[str, bool] = {}
+    def _inside(self, index: int) -> list[int]:
+        """The positions of the chunks lying wholly inside file ``index``."""
         manifest = self.manifest
+        start, end = manifest.starts[index], manifest.starts[index] + manifest.files[index].size
+        return [p for p in _covering(manifest, index)[1]
+                if p * manifest.chunk_size >= start and p * manifest.chunk_size + manifest.chunk_length(p) <= end]
+
+    def _holds(self, index: int, data: memoryview, offset: int) -> bool:
+        """Whether shared file ``index`` holds ``data`` at ``offset``. An unproven one is
+        compared; where it differs, it gets a copy of its own to be written (never the
+        installed file)."""
+        if index not in self.unproven:
+            return True
+        with self.sharing:
+            if index not in self.shared:
+                return False  # it has its own copy now
+            try:
+                fd = _open_regular(self.path(index))
+                try:
+                    same = _pread(fd, len(data), offset) == data
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise _storage_error("read", self.path(index), exc) from exc
+            if not same:
+                self._own_copy(index)
+            return same
+
+    def _own_copy(self, index: int) -> None:
+        """Replace shared file ``index`` by a copy of its bytes that only this pull holds."""
+        path = self.path(index)
+        temporary = os.path.join(os.path.dirname(self.manifest_file), f"own-{index}.tmp")
+        try:
+            source = _open_regular(path)
+            try:
+                target = _create_new(temporary)
+                try:
+                    _copy_range(source, 0, self.manifest.files[index].size, target, 0)
+                finally:
+                    os.close(target)
+            finally:
+                os.close(source)
+            os.replace(temporary, path)
+        except OSError as exc:
+            _remove_file(temporary)
+            raise _storage_error("copy", path, exc) from exc
+        self.shared.discard(index)
+        self.unproven.discard(index)
+
+    def _in_place(self, zeros: set[str]) -> set[str]:
+        """The chunks the files will hold without a write: ``zeros`` (fresh files are sparse)
+        and the chunks whose bytes hashed right in the shared files they lie in; but no chunk
+        with a place in a shared file where its bytes there did not hash right."""
+        if not self.shared:
+            return zeros
+        manifest = self.manifest
+        held: dict[str, bool] = {}
         for position, digest in enumerate(manifest.chunks):
-            pieces = _segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position))
-            inside[digest] = inside.get(digest, True) and all(index in self.shared for index, _, _ in pieces)
-        return {digest for digest, held in inside.items() if held}
+            files = [index for index, _, _ in _segments(manifest, position * manifest.chunk_size,
+                                                          manifest.chunk_length(position))]
+            doubtful = any(index in self.shared and position not in self.verified[index] for index in files)
+            here = not doubtful and (digest in zeros or all(index in self.shared for index in files))
+            held[digest] = held.get(digest, True) and here
+        return {digest for digest, here in held.items() if here}
 
     def _repeated_zero_chunks(self) -> set[str]:
         """The chunks listed more than once that are all zeros (sparse data: padding, empty
@@ -3484,7 +3556,7 @@ class _Staging(_ChunkFiles):
                 raise _storage_error("create", self.root, exc) from exc
             _atomic_write(self.manifest_file, self.manifest.raw)
         for name in _list_directory(metadata):
-            if name.startswith("link-") and name.endswith(".tmp"):  # a link a killed pull was making
+            if name.startswith(("link-", "own-")) and name.endswith(".tmp"):  # what a killed pull was making
                 _remove_tree(os.path.join(metadata, name))
         for index, info in enumerate(self.manifest.files):
             path = self.path(index)
@@ -3492,6 +3564,7 @@ class _Staging(_ChunkFiles):
                 self._parents(info.path)
                 if index in self.links and not self._link(index):
                     self.shared.discard(index)
+                    self.unproven.discard(index)
                     self.present -= self._covered_chunks(index)
                 if index not in self.shared:
                     self._create_file(path, info.size)
@@ -3629,19 +3702,25 @@ def _intact(copy: _Copy, position: int, checked: dict[tuple[str, int], bool]) ->
     """Whether chunk ``position`` of an installed version hashes right in its files (remembered in ``checked``)."""
     key = (copy.directory, position)
     if key not in checked:
-        hasher = _sha256()
-        try:
-            for path, offset, count in _chunk_pieces(copy.directory, copy.manifest, position):
-                fd = _open_regular(path)
-                try:
-                    for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
-                        hasher.update(data)
-                finally:
-                    os.close(fd)
-            checked[key] = hasher.hexdigest() == copy.manifest.chunks[position]
-        except OSError:
-            checked[key] = False
+        pieces = _chunk_pieces(copy.directory, copy.manifest, position)
+        checked[key] = _hash_pieces(pieces) == copy.manifest.chunks[position]
     return checked[key]
+
+
+def _hash_pieces(pieces: Sequence[tuple[str, int, int]]) -> str:
+    """The SHA-256 of the (path, offset, count) pieces of plain files, or "" if one cannot be read."""
+    hasher = _sha256()
+    try:
+        for path, offset, count in pieces:
+            fd = _open_regular(path)
+            try:
+                for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
+                    hasher.update(data)
+            finally:
+                os.close(fd)
+    except OSError:
+        return ""
+    return hasher.hexdigest()
 
 
 def _close_file(fd: int, path: str) -> None:
@@ -4372,17 +4451,16 @@ class _Repair(_ChunkFiles):
             for position in bad
             for index, _, _ in _segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position))
         } | {index for index, info in enumerate(manifest.files) if info.path in check.missing}
-        super().__init__(manifest, {index: os.path.join(self.metadata, f"repair-{index}.tmp")
-                                    for index in sorted(touched)}, bad)
+        self.scratch = {index: os.path.join(self.metadata, f"repair-{index}.tmp") for index in sorted(touched)}
+        super().__init__(manifest, self.scratch, bad)
 
     def chunks(self) -> list[tuple[str, int]]:
-        assert self.positions is not None
-        return [(self.manifest.chunks[p], self.manifest.chunk_length(p)) for p in self.positions]
+        return [(self.manifest.chunks[p], self.manifest.chunk_length(p)) for p in self.bad]
 
     def __enter__(self) -> _Repair:
         try:
             os.makedirs(self.metadata, exist_ok=True)
-            for index, path in self.paths.items():  # type: ignore[union-attr]
+            for index, path in self.scratch.items():
                 fd = _create_new(path)
                 try:
                     os.ftruncate(fd, self.manifest.files[index].size)
@@ -4398,22 +4476,21 @@ class _Repair(_ChunkFiles):
             if kind is None:
                 self._put_in_place()
         finally:
-            for path in self.paths.values():  # type: ignore[union-attr]
+            for path in self.scratch.values():
                 _remove_file(path)
 
     def _put_in_place(self) -> None:
         """Replace the files that differ from the fetched chunks, and a damaged stored manifest."""
         check, manifest, root = self.check, self.manifest, self.root
         repaired = set(check.missing)
-        assert self.positions is not None
-        for position in self.positions:
+        for position in self.bad:
             start = position * manifest.chunk_size
             for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
                 path = manifest.files[index].path
                 if path not in repaired and not _same_bytes(
-                        self.paths[index], os.path.join(root, *path.split("/")), offset, count):
+                        self.scratch[index], os.path.join(root, *path.split("/")), offset, count):
                     repaired.add(path)
-        for index, scratch in self.paths.items():  # type: ignore[union-attr]
+        for index, scratch in self.scratch.items():
             if manifest.files[index].path in repaired:
                 _replace_from_scratch(root, manifest, index, check.bad_positions, scratch)
         if check.damaged_manifest:

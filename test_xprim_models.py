@@ -263,6 +263,7 @@ class RegistryServer:
         self.gated: set[str] = set()
         self.holds: dict[str, Hold] = {}
         self.cache_control: dict[str, str] = {}  # path prefix -> the Cache-Control of its answers
+        self.required_headers: dict[str, str] = {}  # a request without all of them is answered 401
         self.gate_open = False
         self.stop = threading.Event()
         server = self
@@ -323,6 +324,8 @@ class RegistryServer:
             self.user_agents.add(request.headers.get("User-Agent", ""))
             self.connections.add(request.client_address)
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
+            if any(request.headers.get(name) != value for name, value in self.required_headers.items()):
+                fault = Fault(status=401)
             hold = self.holds.get(path)
             if hold is not None and hold.arrived.is_set():
                 hold = None  # only the first request is held
@@ -2807,7 +2810,7 @@ class TestProvenance:
         assert (data / "org" / "x" / "v1" / "x.bin").read_bytes() == b"x two"
         assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y two"
 
-    def test_update_with_a_named_registry_skips_the_others(
+    def test_update_with_a_named_registry_falls_back_to_where_each_came_from(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         first, second, data = self.setup_registries(tmp_path)
@@ -2815,9 +2818,199 @@ class TestProvenance:
         capsys.readouterr()
         assert xm.main(["--registry", str(first), "--data-dir", str(data), "update", "--apply"]) == 0
         out = capsys.readouterr().out
-        assert "org/x v1: up to date" in out
-        assert f"org/y v1: skipped: installed from {second}, not {first}" in out
-        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y one"
+        assert "org/x v1: up to date\n" in out
+        assert "org/y v1: update available" in out and "source:" not in out  # first does not list it
+        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y two"
+
+
+def embedded_tool(config: xm.Config, **manager_options: Any) -> Callable[..., int]:
+    """``whisper-tool models ARGS`` in this process: register_subcommands in a parent's parser."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="whisper-tool")
+    commands = parser.add_subparsers(dest="command", required=True)
+    models = commands.add_parser("models").add_subparsers(dest="models_command", required=True)
+    xm.register_subcommands(models, config, **manager_options)
+
+    def run(*argv: str) -> int:
+        args = parser.parse_args(["models", *argv])
+        code: int = args.func(args)
+        return code
+
+    return run
+
+
+def recorded_sources(data_dir: Path) -> dict[str, str]:
+    """``{"group/model version": registry_url}`` from registry.json."""
+    doc = json.loads((data_dir / "registry.json").read_text())
+    return {f"{g}/{m} {v}": entry.get("registry_url", "") for g, models in doc.items()
+            for m, versions in models.items() for v, entry in versions.items()}
+
+
+TOKEN = {"Authorization": "Bearer team-token"}
+
+
+class TestRegistries:
+    """Which registry a command asks, with which settings, and how often (README: Moving models)."""
+
+    @pytest.fixture
+    def no_registry_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("XPRIM_MODELS_REGISTRY_URL", raising=False)
+
+    @pytest.fixture
+    def private(self, tmp_path: Path) -> Iterator[RegistryServer]:
+        """A second registry that, like ``server`` in these tests, answers 401 without TOKEN."""
+        running = RegistryServer(tmp_path / "private")
+        running.required_headers = dict(TOKEN)
+        yield running
+        running.close()
+
+    def install_from_both(self, server: RegistryServer, private: RegistryServer, data_dir: Path,
+                          app: str) -> None:
+        server.required_headers = dict(TOKEN)
+        publish.publish(str(private.root), "team", "small", "v1", {"w.bin": b"small one"})
+        for registry in (server, private):
+            manager = xm.Manager(xm.Config(app, registry.url), data_dir=str(data_dir), headers=TOKEN,
+                                 retry_backoff=0.01)
+            manager.pull("org/tiny v1" if registry is server else "team/small v1")
+        publish.publish(str(server.root), "org", "tiny", "v1", V2_FILES, chunk_size=1024)  # republished
+        publish.publish(str(private.root), "team", "small", "v1", {"w.bin": b"small two"})
+
+    def test_update_and_repair_send_the_header_to_every_recorded_registry(
+        self, server: RegistryServer, private: RegistryServer, model: dict[str, bytes], data_dir: Path,
+        no_registry_env: None
+    ) -> None:
+        self.install_from_both(server, private, data_dir, "xprim-models")
+        header = ["--header", f"Authorization: {TOKEN['Authorization']}"]
+        result = main_in_process("--data-dir", str(data_dir), *header, "-q", "update", "--apply")
+        assert (result.returncode, result.stderr) == (0, ""), result.stdout
+        assert tree(data_dir / "org" / "tiny" / "v1") == V2_FILES
+        assert (data_dir / "team" / "small" / "v1" / "w.bin").read_bytes() == b"small two"
+        (data_dir / "team" / "small" / "v1" / "w.bin").write_bytes(b"small 2wo")
+        repaired = main_in_process("--data-dir", str(data_dir), *header, "verify", "--repair")
+        assert repaired.returncode == 0, repaired.stderr
+        assert (data_dir / "team" / "small" / "v1" / "w.bin").read_bytes() == b"small two"
+        without = main_in_process("--data-dir", str(data_dir), "update")
+        assert without.returncode == 5 and "401" in without.stderr  # the servers do require it
+
+    def test_embedding_options_reach_every_recorded_registry(
+        self, server: RegistryServer, private: RegistryServer, model: dict[str, bytes], data_dir: Path,
+        capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        self.install_from_both(server, private, data_dir, "whisper-tool")
+        tool = embedded_tool(xm.Config("whisper-tool", "", data_dir), headers=TOKEN, retries=0)
+        assert tool("update", "--apply") == 0, capsys.readouterr().err
+        assert tree(data_dir / "org" / "tiny" / "v1") == V2_FILES
+        assert (data_dir / "team" / "small" / "v1" / "w.bin").read_bytes() == b"small two"
+        (data_dir / "org" / "tiny" / "v1" / "config.json").unlink()
+        assert tool("verify", "--repair") == 0, capsys.readouterr().err
+        assert tree(data_dir / "org" / "tiny" / "v1") == V2_FILES
+        assert tool("verify", "--repair") == 0
+        assert embedded_tool(xm.Config("whisper-tool", "", data_dir), retries=0)("update") == 5  # 401s
+
+    def test_each_index_is_fetched_once_per_command(
+        self, server: RegistryServer, registry_dir: Path, data_dir: Path, tmp_path: Path
+    ) -> None:
+        names = [f"m{number}" for number in range(6)]
+        for name in names:
+            publish.publish(str(registry_dir), "org", name, "v1", {"w.bin": name.encode()})
+        cli_run(server, data_dir, "-q", "pull", "org/m0", "v1")
+        for name in names[1:]:
+            cli_run(server, data_dir, "-q", "pull", f"org/{name}", "v1")
+        for name in names:
+            publish.publish(str(registry_dir), "org", name, "v1", {"w.bin": name.encode() * 2})
+        server.requests.clear()
+        result = cli_run(server, data_dir, "update", "--apply")
+        assert result.returncode == 0 and result.stdout.count("Updated: ") == 6, result.stderr
+        assert server.requests["models.json"] == 1
+        mirror = RegistryServer(registry_dir)  # another registry: asked first, it lists the same manifests
+        try:
+            for name in names:
+                (data_dir / "org" / name / "v1" / "w.bin").write_bytes(b"damaged")
+            server.requests.clear()
+            repaired = cli_run(mirror, data_dir, "verify", "--repair")
+            assert repaired.returncode == 0, repaired.stderr
+            assert mirror.requests["models.json"] == 1 and server.requests["models.json"] == 0
+            assert all((data_dir / "org" / name / "v1" / "w.bin").read_bytes() == name.encode() * 2
+                       for name in names)
+        finally:
+            mirror.close()
+
+    def moved(self, server: RegistryServer, registry_dir: Path, data_dir: Path, tmp_path: Path,
+              app: str) -> RegistryServer:
+        """org/tiny v1 and latest, and org/gone v1, installed from ``server``, which then goes
+        down; a copy of its directory without org/gone, where latest moved to v2, is served
+        on another port."""
+        manager = xm.Manager(xm.Config(app, server.url), data_dir=str(data_dir), retry_backoff=0.01)
+        for ref in ("org/tiny v1", "org/tiny latest"):
+            manager.pull(ref)
+        shutil.copytree(registry_dir, tmp_path / "moved")
+        publish.publish(str(registry_dir), "org", "gone", "v1", {"g.bin": b"gone"})
+        manager.pull("org/gone v1")
+        publish.add_alias(str(tmp_path / "moved"), "org", "tiny", "latest", "v2")
+        server.close()
+        return RegistryServer(tmp_path / "moved")
+
+    def check_moved(self, old: str, new: RegistryServer, data_dir: Path, code: int, out: str, err: str) -> None:
+        assert code == 3, err  # the exit code of org/gone's error; the others are updated
+        assert f"org/tiny latest: update available (v1 \u2192 v2); source: {old} \u2192 {new.url}" in out
+        assert f"org/tiny v1: up to date; source: {old} \u2192 {new.url}" in out
+        assert "Updated: org/tiny latest" in out
+        (line,) = [line for line in err.splitlines() if line.startswith("error: org/gone v1: ")]
+        assert f"not the configured {new.url}" in line and f"nor {old}, where it was installed from" in line
+        assert "configure a registry that lists it, or remove it" in line
+        assert tree(data_dir / "org" / "tiny" / "latest") == V2_FILES
+        assert recorded_sources(data_dir) == {"org/tiny latest": new.url, "org/tiny v1": old, "org/gone v1": old}
+        assert new.requests["models.json"] == 1
+
+    def test_a_moved_registry_via_the_embedded_command(
+        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "whisper-tool")
+        try:
+            tool = embedded_tool(xm.Config("whisper-tool", new.url, data_dir), retries=0)  # the app's setting moved
+            code = tool("update", "--apply")
+            self.check_moved(old, new, data_dir, code, *capsys.readouterr())
+            new.requests.clear()
+            assert tool("update", "--json") == 3
+            updates = {f"{u['model']} {u['version']}": u for u in json.loads(capsys.readouterr().out)["updates"]}
+            assert updates["tiny latest"]["source_changed"] is False  # recorded when applied
+            assert updates["tiny latest"]["registry_url"] == new.url
+            assert (updates["tiny v1"]["source_changed"], updates["tiny v1"]["installed_registry_url"]) == (True, old)
+            assert updates["gone v1"]["error"]["exit_code"] == 3 and updates["gone v1"]["registry_url"] is None
+        finally:
+            new.close()
+
+    def test_a_moved_registry_via_the_standalone_command(
+        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
+    ) -> None:
+        old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "xprim-models")
+        try:
+            result = main_in_process("--registry", new.url, "--data-dir", str(data_dir), "update", "--apply")
+            self.check_moved(old, new, data_dir, result.returncode, result.stdout, result.stderr)
+        finally:
+            new.close()
+
+    def test_one_registry_under_two_spellings(self, server: RegistryServer, model: dict[str, bytes],
+                                              data_dir: Path) -> None:
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "latest")
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
+        server.requests.clear()
+        spelled = server.url.replace("http://", "HTTP://") + "/"
+        result = main_in_process("--registry", spelled, "--data-dir", str(data_dir), "update")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count(": up to date\n") == 2 and "source" not in result.stdout
+        assert server.requests["models.json"] == 1
+
+    def test_verify_repair_with_no_configured_registry(self, server: RegistryServer, model: dict[str, bytes],
+                                                      data_dir: Path, no_registry_env: None) -> None:
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
+        (data_dir / "org" / "tiny" / "v1" / "model.safetensors").write_bytes(b"x")
+        result = main_in_process("--data-dir", str(data_dir), "verify", "org/tiny", "v1", "--repair")
+        assert result.returncode == 0, result.stderr
+        assert "org/tiny v1: 1 file repaired\n  model.safetensors\n" in result.stdout
+        assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
 
 
 class TestEmbedding:
@@ -2938,12 +3131,14 @@ class TestEmbedding:
             return code, capsys.readouterr().err
 
         no_registry = tool("")
-        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"], ["verify", "--repair"]):
-            if argv == ["verify", "--repair"]:
-                xm.Manager(xm.Config("whisper-tool", server.url, data_dir)).pull("org/tiny v1")
+        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"]):
             code, err = run(no_registry, *argv)
             assert (code, err) == (1, "error: no registry URL is configured for whisper-tool\n"), argv
+        xm.Manager(xm.Config("whisper-tool", server.url, data_dir)).pull("org/tiny v1")
         assert run(no_registry, "update") == (0, "")  # checked against the registry it was pulled from
+        (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
+        assert run(no_registry, "verify", "--repair", "-q") == (0, "")  # repaired from there too
+        assert (data_dir / "org" / "tiny" / "v1" / "config.json").read_bytes() == MODEL_FILES["config.json"]
         code, err = run(tool(server.url), "pull", "org/tiyn", "v1")
         assert code == 3
         assert err == ("error: model not found in registry: org/tiyn (did you mean org/tiny v1?); "
@@ -3674,10 +3869,13 @@ class TestVerify:
         with pytest.raises(ValueError, match="concurrency"):
             manager.verify("org/tiny v1", repair=True, concurrency=0)
 
-    def test_cli_repair_without_a_registry_fails_before_it_starts(
+    def test_cli_repair_without_a_registry_configured_or_recorded_fails_before_it_starts(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:
         cli_install(server, data_dir, "v1")
+        record = json.loads((data_dir / "registry.json").read_text())
+        del record["org"]["tiny"]["v1"]["registry_url"]  # as the Go original installs
+        (data_dir / "registry.json").write_text(json.dumps(record))
         self.damage(data_dir / "org" / "tiny" / "v1")
         before = tree(data_dir / "org" / "tiny" / "v1")
         assert xm.main(["--data-dir", str(data_dir), "verify", "--repair"]) == 1

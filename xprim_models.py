@@ -55,7 +55,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from functools import cache, cached_property, partial
+from functools import cache, partial
 
 # typing.TYPE_CHECKING, without importing typing at run time: it costs a tenth of the
 # start-up of `xprim-models path`. Type checkers take it as True.
@@ -345,7 +345,8 @@ def _check_name(kind: str, name: str, text: str) -> None:
 
 @dataclass(frozen=True, order=True)
 class ModelRef:
-    """A model, or one version of it: ``group/model version``.
+    """A model, or one version of it: ``group/model version``; pinned to the manifest it
+    must resolve to, ``group/model version@<sha256>``.
 
     >>> ref = ModelRef.parse("fast-whisper/tiny fp16")
     >>> ref.group, ref.model, ref.version
@@ -354,25 +355,36 @@ class ModelRef:
     'fast-whisper/tiny fp16'
     >>> str(ModelRef("llama", "7b"))
     'llama/7b'
+    >>> ModelRef.parse("llama/7b q4@" + "ab" * 32).pin == "ab" * 32
+    True
+
+    Attributes:
+        pin: the SHA-256 of the manifest the version must be (as ``list --json`` and
+            ``info`` show it), or "". A pinned ref differs from the unpinned one.
     """
 
     group: str
     model: str
     version: str = ""
+    pin: str = ""
 
     def __post_init__(self) -> None:
         _check_name("group", self.group, f"{self.group}/{self.model}")
         _check_name("model", self.model, f"{self.group}/{self.model}")
         if self.version:
             _check_name("version", self.version, str(self))
+        if self.pin and not (isinstance(self.pin, str) and re.fullmatch(_HASH_RE, self.pin) and self.version):
+            raise InvalidRefError(f"invalid model reference {str(self)!r}: a pin is a version's manifest hash, "
+                                  "64 hexadecimal digits: 'group/model version@<sha256>'")
 
     def __str__(self) -> str:
         base = f"{self.group}/{self.model}"
-        return f"{base} {self.version}" if self.version else base
+        version = f"{self.version}@{self.pin}" if self.pin else self.version
+        return f"{base} {version}" if version else base
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
-        """Parse ``"group/model"`` or ``"group/model version"``.
+        """Parse ``"group/model"``, ``"group/model version"`` or ``"group/model version@<sha256>"``.
 
         Raises:
             InvalidRefError: the text is not of that form, or a name is invalid.
@@ -385,11 +397,16 @@ class ModelRef:
                 f"invalid model reference {text!r}: expected 'group/model' or 'group/model version'"
             )
         group, model = parts[0].split("/")
-        return cls(group, model, parts[1] if len(parts) == 2 else "")
+        version, at, pin = (parts[1] if len(parts) == 2 else "").partition("@")
+        if at and not re.fullmatch(_HASH_RE, pin.lower()):
+            raise InvalidRefError(f"invalid model reference {text!r}: after '@' comes the manifest hash, "
+                                  "64 hexadecimal digits (as 'list --json' and 'info' show it)")
+        return cls(group, model, version, pin.lower())
 
 
 def parse_model_ref(text: str) -> ModelRef:
-    """Parse ``"group/model"`` or ``"group/model version"`` (see ``ModelRef.parse``)."""
+    """Parse ``"group/model"``, ``"group/model version"`` or ``"group/model version@<sha256>"``
+    (see ``ModelRef.parse``)."""
     return ModelRef.parse(text)
 
 
@@ -549,11 +566,24 @@ def _as_ref(ref: RefLike) -> ModelRef:
     return ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
 
 
-def _versioned(ref: RefLike, action: str) -> ModelRef:
+def _versioned(ref: RefLike, action: str, *, pinned: bool = False) -> ModelRef:
+    """``ref`` as a ModelRef with a version; a pin only where the action takes one."""
     ref = _as_ref(ref)
     if not ref.version:
         raise InvalidRefError(f"{action} {ref}: a version is required ('{ref} <version>')")
+    if ref.pin and not pinned:
+        raise InvalidRefError(f"{action} {ref}: takes no pin (only pull and ensure do); "
+                              f"drop '@{ref.pin[:12]}...'")
     return ref
+
+
+def _unpinned(ref: ModelRef, pin: str, action: str) -> tuple[ModelRef, str]:
+    """``ref`` without its pin, and the pin: from ``ref`` or the ``pin`` keyword, which must agree."""
+    if pin and not (isinstance(pin, str) and re.fullmatch(_HASH_RE, pin)):
+        raise InvalidRefError(f"{action} {ref}: pin={pin!r:.80} is not a manifest hash (64 lowercase hex digits)")
+    if ref.pin and pin and ref.pin != pin:
+        raise InvalidRefError(f"{action} {ref}: pinned twice, to {ref.pin} and pin={pin}")
+    return replace(ref, pin=""), ref.pin or pin
 
 
 # --- Paths --------------------------------------------------------------------
@@ -3979,6 +4009,59 @@ def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
     return min(concurrency, _MAX_CONCURRENCY)
 
 
+def _registry_key(url: str) -> str:
+    """What two spellings of one registry share: an http(s) URL with its scheme and host in
+    lower case, without a default port or a trailing slash; a directory's absolute path, as
+    the platform compares paths. ``localhost`` and ``127.0.0.1`` stay two registries."""
+    origin = _registry_origin(url)
+    if not re.match(r"(?i)https?://", origin):
+        return os.path.normcase(origin)
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return origin  # the client refuses it when it is used
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    host = f"[{host}]" if ":" in host else host
+    port_text = f":{port}" if port not in (None, 443 if scheme == "https" else 80) else ""
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{host}{port_text}{parts.path.rstrip('/')}{query}"
+
+
+def _pin_missing(ref: ModelRef, pin: str, client: _RegistryClient, exc: ModelsError) -> ModelsError:
+    """The error of a pinned pull whose registry answered ``exc``: a typed one naming the pin
+    when the registry does not have that manifest."""
+    if isinstance(exc, RegistryError) and isinstance(exc.__cause__, _Missing):
+        return VersionNotFoundError(
+            f"pinned manifest not found: {ref}@{pin}: {client.origin} has no data/{pin} (never published there, "
+            "or deleted since); nothing was installed or changed; pull without the pin to get what the "
+            "registry lists now, or ask its publisher for that manifest"
+        )
+    return exc
+
+
+class _IndexScope:
+    """``with manager._one_index_each():``: within the block, on this thread, each registry's
+    models.json is fetched at most once (a failure to fetch it is kept too). One CLI command
+    runs in one such block; outside it, every API call fetches the index anew, so a
+    long-lived Manager sees an alias move at its next call."""
+
+    def __init__(self, local: threading.local) -> None:
+        self._local = local
+        self._outer = True
+
+    def __enter__(self) -> None:
+        self._outer = getattr(self._local, "indexes", None) is None
+        if self._outer:
+            self._local.indexes = {}
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._outer:
+            self._local.indexes = None
+
+
 # --- Manager ----------------------------------------------------------------------
 # The public API: argument checks, lock order, and delegation to the registry
 # client, the pull engine and the local store.
@@ -4040,6 +4123,9 @@ class Manager:
         self._store = _Store(root, config.app_name, logger)
         self._opener, self._ssl_context = opener, ssl_context
         self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
+        self._clients: dict[str, _RegistryClient] = {}  # by _registry_key
+        self._clients_guard = threading.Lock()
+        self._scope = threading.local()  # the indexes held by _one_index_each
 
     @property
     def data_dir(self) -> str:
@@ -4051,23 +4137,100 @@ class Manager:
 
     # The remote side ---------------------------------------------------------
 
-    @cached_property
-    def _client(self) -> _RegistryClient:  # made on first use: the local commands need none
-        return _RegistryClient(
-            self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context, timeout=self._timeout,
-            retries=self._retries, backoff=self._backoff, logger=self._logger, headers=self._headers,
-        )
+    def _client_for(self, url: str) -> _RegistryClient:
+        """The client of registry ``url``, made on first use with this Manager's headers,
+        timeout, retries, TLS context, opener and logger: every registry contact, the
+        configured registry's or one an install recorded, goes through one of these."""
+        key = _registry_key(url)
+        with self._clients_guard:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = _RegistryClient(
+                    url, opener=self._opener, ssl_context=self._ssl_context, timeout=self._timeout,
+                    retries=self._retries, backoff=self._backoff, logger=self._logger, headers=self._headers,
+                )
+            return client
 
-    def _manifest(self, digest: str) -> _Manifest:
-        """The validated manifest, from the local manifest cache or the registry."""
-        return self._store.manifests(
-            [digest], lambda missing: self._client.manifests(missing, self._store.metadata_dir))[digest]
+    @property
+    def _client(self) -> _RegistryClient:
+        """The configured registry's client (RegistryError if none is configured)."""
+        return self._client_for(self.config.registry_url)
 
-    def _job(self, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]], concurrency: int,
-             progress: Callable[[PullProgress], None] | None, seeds: Mapping[str, Sequence[_Seed]],
-             limit_rate: float | None) -> _PullJob:
+    def _one_index_each(self) -> _IndexScope:
+        return _IndexScope(self._scope)
+
+    def _index(self, client: _RegistryClient) -> _Index:
+        """``client``'s models.json: fetched now, or once per ``_one_index_each`` block."""
+        held: dict[str, _Index | ModelsError] | None = getattr(self._scope, "indexes", None)
+        if held is None:
+            return client.index()
+        key = _registry_key(client.url)
+        if key not in held:
+            try:
+                held[key] = client.index()
+            except ModelsError as exc:
+                held[key] = exc
+        found = held[key]
+        if isinstance(found, ModelsError):
+            raise found
+        return found
+
+    def _sources(self, recorded: str) -> list[_RegistryClient]:
+        """The registries to ask, in order: the configured one, then ``recorded`` (where an
+        installed version came from) if it is another (README: Moving models)."""
+        urls = [url for url in (self.config.registry_url, recorded) if url]
+        if len(urls) == 2 and _registry_key(urls[0]) == _registry_key(urls[1]):
+            urls.pop()
+        return [self._client_for(url) for url in urls] or [self._client]  # none: the "no registry" error
+
+    def _resolve(self, ref: ModelRef, *, pin: str = "") -> tuple[_RegistryClient, RemoteModel]:
+        """The registry that serves ``ref`` and what it lists for it: the configured registry
+        if it lists ``ref``, else the one ``ref`` is installed from. With ``pin``, the first
+        that holds the manifest of that hash (fetched by it, and cached), whatever either
+        index lists."""
+        entry = self._store.entry(self._store.read(), ref)
+        recorded = str(entry.get("registry_url", "")) if isinstance(entry, dict) else ""
+        failures: list[tuple[_RegistryClient, ModelsError]] = []
+        for client in self._sources(recorded):
+            try:
+                if pin:
+                    self._manifest(pin, client)
+                    return client, RemoteModel(ref, pin)
+                return client, self._index(client).lookup(ref)
+            except (ModelNotFoundError, VersionNotFoundError, RegistryError, NetworkError, HashMismatchError) as exc:
+                failures.append((client, _pin_missing(ref, pin, client, exc) if pin else exc))
+        if len(failures) == 1:
+            raise failures[0][1]
+        (configured, first), (installed_from, second) = failures
+        raise type(first)(
+            f"no registry serves {ref}{'@' + pin if pin else ''}: not the configured {configured.origin} ({first}), "
+            f"nor {installed_from.origin}, where it was installed from ({second}); configure a registry that "
+            "lists it, or remove it if it is no longer published"
+        ) from first
+
+    def _installed_source(self, installed: InstalledModel) -> _RegistryClient:
+        """The registry to fetch an installed version's manifest and chunks from, by hash: the
+        configured one if it lists that manifest, else the one it was installed from."""
+        sources = self._sources(installed.registry_url)
+        for client in sources[:-1]:
+            try:
+                if any(item.manifest_hash == installed.manifest_hash for item in self._index(client).models.values()):
+                    return client
+            except ModelsError as exc:
+                self._logger.info("%s: asking %s instead: %s", installed.ref, sources[-1].origin, exc)
+        return sources[-1]
+
+    def _manifest(self, digest: str, client: _RegistryClient | None = None) -> _Manifest:
+        """The validated manifest, from the local manifest cache or the registry (``client``'s,
+        else the configured one)."""
+        return self._store.manifests([digest], lambda missing: (client or self._client).manifests(
+            missing, self._store.metadata_dir))[digest]
+
+    def _job(self, client: _RegistryClient, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]],
+             concurrency: int, progress: Callable[[PullProgress], None] | None,
+             seeds: Mapping[str, Sequence[_Seed]], limit_rate: float | None) -> _PullJob:
         emit = progress if progress is not None else (lambda snapshot: None)
-        return _PullJob(self._client, writer, label, chunks, concurrency=concurrency, emit=emit,
+        return _PullJob(client, writer, label, chunks, concurrency=concurrency, emit=emit,
                         logger=self._logger, seeds=seeds, limit_rate=limit_rate)
 
     # Public API --------------------------------------------------------------
@@ -4154,14 +4317,15 @@ class Manager:
         """``(installed manifest hash, remote manifest hash)``; they differ when an update exists.
 
         For an installed alias, the remote hash is that of the version the alias
-        points to now; ``get_remote(ref).alias_of`` names it.
+        points to now; ``get_remote(ref).alias_of`` names it. The configured registry
+        is asked first, then the one ``ref`` was installed from.
 
         Raises:
             NotInstalledError: ``ref`` is not installed.
             ModelNotFoundError, VersionNotFoundError: the registry no longer lists it.
         """
         installed = self.get_installed(ref)
-        return installed.manifest_hash, self.get_remote(installed.ref).manifest_hash
+        return installed.manifest_hash, self._resolve(installed.ref)[1].manifest_hash
 
     def pull(
         self,
@@ -4171,31 +4335,38 @@ class Manager:
         concurrency: int = 4,
         progress: Callable[[PullProgress], None] | None = None,
         limit_rate: float | None = None,
+        pin: str = "",
     ) -> InstalledModel:
         """Download, verify and install ``ref``; return the installed model.
 
-        Chunks come from an interrupted pull's staging directory, then from
-        installed versions that hold the same bytes (verified again either way),
-        and only then from the network.
+        The configured registry is asked first; for an installed ``ref``, the registry
+        it was installed from is the fallback. Chunks come from an interrupted pull's
+        staging directory, then from installed versions that hold the same bytes
+        (verified again either way), and only then from the network.
 
         Args:
-            ref: ``ModelRef`` or ``"group/model version"``; an alias installs under its own name.
+            ref: ``ModelRef`` or ``"group/model version"`` (or ``"... version@<sha256>"``,
+                pinned); an alias installs under its own name.
             force: install again even if the same manifest is installed (every
                 byte is verified again; intact chunks are copied, not downloaded).
             concurrency: parallel chunk downloads (capped at 16).
             progress: called with a ``PullProgress`` as the pull advances; an
                 exception it raises stops the pull and is re-raised.
             limit_rate: cap on the total download rate, in bytes per second.
+            pin: the manifest hash ``ref`` must be (as ``InstalledModel.manifest_hash``):
+                that manifest is fetched by its hash and installed, whatever the index
+                lists now (then ``alias_of`` is "").
 
         Raises:
             AlreadyInstalledError: the same manifest is installed and ``force`` is false.
-            ModelNotFoundError, VersionNotFoundError, RegistryError, NetworkError,
-            HashMismatchError, StorageError, InvalidRefError.
+            VersionNotFoundError: the registry no longer has the pinned manifest.
+            ModelNotFoundError, RegistryError, NetworkError, HashMismatchError,
+            StorageError, InvalidRefError.
         """
-        ref = _versioned(ref, "pull")
+        ref, pin = _unpinned(_versioned(ref, "pull", pinned=True), pin, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
-        remote = self._client.index().lookup(ref)
+        client, remote = self._resolve(ref, pin=pin)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
@@ -4208,36 +4379,48 @@ class Manager:
                 store.raise_if_installed(ref, remote.manifest_hash)
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
-            manifest = self._manifest(remote.manifest_hash)
+            manifest = self._manifest(remote.manifest_hash, client)
 
             def build(staging: str, seeds: Mapping[str, Sequence[_Seed]], resume: bool) -> None:
                 chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
                 files = _Staging(manifest, staging, f"pull {ref}")
-                files.fill(self._job(files, f"pull {ref}", chunks, concurrency, progress, seeds, limit_rate),
-                           resume=resume)
+                files.fill(self._job(client, files, f"pull {ref}", chunks, concurrency, progress, seeds,
+                                     limit_rate), resume=resume)
 
             return store.install(ref, manifest, remote.alias_of, build, others=installed_models,
-                                 registry_url=self._client.origin)
+                                 registry_url=client.origin)
 
-    def ensure(self, ref: RefLike, **pull_options: Any) -> str:
-        """The directory of ``ref``, pulling it first only if it is not installed.
+    def ensure(
+        self,
+        ref: RefLike,
+        *,
+        force: bool = False,
+        concurrency: int = 4,
+        progress: Callable[[PullProgress], None] | None = None,
+        limit_rate: float | None = None,
+        pin: str = "",
+    ) -> str:
+        """The directory of ``ref``, pulling it first only if it is not installed (with
+        ``pin``: not installed as that manifest).
 
         No network request is made when it is installed. Safe to call from many
         threads and processes at once: one of them downloads, the others wait.
 
         Args:
-            ref: ``ModelRef`` or ``"group/model version"``.
-            **pull_options: passed to ``pull`` (``concurrency``, ``progress``, ``limit_rate``).
+            ref: ``ModelRef`` or ``"group/model version"`` (or ``"... version@<sha256>"``).
+            force, concurrency, progress, limit_rate, pin: as for ``pull``; with ``force``
+                it pulls (verifying every byte again) even when installed.
 
         Raises:
             the errors of ``pull``, except ``AlreadyInstalledError``.
         """
-        ref = _versioned(ref, "ensure")
+        ref, pin = _unpinned(_versioned(ref, "ensure", pinned=True), pin, "ensure")
         installed = self._store.intact(ref)
-        if installed is not None:
+        if installed is not None and not force and installed.manifest_hash == (pin or installed.manifest_hash):
             return installed.path
         try:
-            return self.pull(ref, **pull_options).path
+            return self.pull(ref, force=force, concurrency=concurrency, progress=progress, limit_rate=limit_rate,
+                             pin=pin).path
         except AlreadyInstalledError as exc:
             return exc.installed.path
 
@@ -4252,6 +4435,9 @@ class Manager:
         split: bool = False,
     ) -> Any:
         """Re-hash an installed version's files against its manifest's chunk hashes.
+
+        A repair fetches from the configured registry if it lists the installed
+        manifest, else from the registry the version was installed from.
 
         A stored manifest that another tool re-serialized (the Go original does) is
         replaced by the published one, fetched by its hash, and the files are checked
@@ -4279,14 +4465,20 @@ class Manager:
         ref = _versioned(ref, "verify")
         concurrency = _check_download_options(concurrency, limit_rate)
 
+        @cache
+        def source() -> _RegistryClient:  # asked only when something must be fetched
+            return self._installed_source(self._store.get(ref))
+
         def fetch(installed: InstalledModel, manifest: _Manifest, positions: Sequence[int],
                   writer: _ChunkFiles) -> None:
             seeds = {digest: [seed for seed in found if seed.directory != installed.path]
                      for digest, found in self._store.seeds(manifest, self.list_installed()).items()}
             chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
-            self._job(writer, f"repair {ref}", chunks, concurrency, progress, seeds, limit_rate).run(lambda: None)
+            self._job(source(), writer, f"repair {ref}", chunks, concurrency, progress, seeds,
+                      limit_rate).run(lambda: None)
 
-        damaged, sharing = _verify(self._store, ref, repair=repair, manifest=self._manifest, fetch=fetch)
+        damaged, sharing = _verify(self._store, ref, repair=repair,
+                                   manifest=lambda digest: self._manifest(digest, source()), fetch=fetch)
         return (damaged, sharing) if split else sorted(damaged + sharing)
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
@@ -4909,66 +5101,64 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         else:
             console.out("No models installed")
         return 0
-    here = _registry_origin(manager.config.registry_url)
-    if not here and not all(item.registry_url for item in installed):
+    if not manager.config.registry_url and not all(item.registry_url for item in installed):
         raise RegistryError("update: no registry URL is configured")  # _run_command says how to give one
-    named = bool(getattr(args, "registry", None))  # --registry on this command line: check only there
-    others: dict[str, Manager] = {}
     if not console.json:
         console.out("Checking for updates...")
         console.out()
     exit_code = 0
     results = []
-    for item in installed:
-        origin = item.registry_url or here
-        if origin != here and named:
-            results.append({**_ref_fields(item.ref), "installed_hash": item.manifest_hash, "skipped":
-                            f"installed from {origin}"})
-            if not console.json:
-                console.out(f"{item.ref}: skipped: installed from {origin}, not {here}")
-            continue
-        if origin != here and origin not in others:  # checked where it came from (without --header values)
-            others[origin] = Manager(replace(manager.config, registry_url=origin), data_dir=manager.data_dir,
-                                     logger=console)
-        source = others.get(origin, manager)
-        result: dict[str, Any] = {
-            **_ref_fields(item.ref), "installed_hash": item.manifest_hash, "installed_alias_of": item.alias_of,
-            "remote_hash": None, "remote_alias_of": None, "update_available": False, "applied": False,
-            "error": None,
-        }
-        results.append(result)
-        try:
-            remote = source.get_remote(item.ref)
-            result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of)
-            if remote.manifest_hash == item.manifest_hash:
-                if not console.json:
-                    console.out(f"{item.ref}: up to date")
-                continue
-            result["update_available"] = True
-            if not console.json:
-                console.out(f"{item.ref}: update available ({_update_label(item, remote)})")
-            if args.apply:
-                if not console.json:
-                    console.out(f"Downloading update for {item.ref}...")
-                try:
-                    updated = _pull_one(source, item.ref, console, args)
-                except AlreadyInstalledError as exc:
-                    updated = exc.installed  # another process applied it meanwhile
-                result["applied"] = True
-                if not console.json:
-                    console.out(f"Updated: {item.ref} ({_format_size(updated.total_size)})")
-        except ModelsError as exc:
-            exit_code = exit_code or exc.exit_code or 1
-            result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
-            console.err(f"error: {item.ref}: {_with_hints(exc, manager.config, console)}")
+    with manager._one_index_each():  # each registry's models.json once, for the checks and the pulls
+        for item in installed:
+            result = _update_one(manager, item, args, console)
+            results.append(result)
+            if result["error"] is not None:
+                exit_code = exit_code or result["error"]["exit_code"] or 1
     if console.json:
         console.document({"updates": results})
     return exit_code
 
 
+def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace,
+                console: _Console) -> dict[str, Any]:
+    """Check ``item`` (the configured registry first, then the one it came from), and with
+    ``--apply`` pull the update; its ``update --json`` entry."""
+    result: dict[str, Any] = {
+        **_ref_fields(item.ref), "installed_hash": item.manifest_hash, "installed_alias_of": item.alias_of,
+        "remote_hash": None, "remote_alias_of": None, "update_available": False, "applied": False,
+        "registry_url": None, "installed_registry_url": item.registry_url, "source_changed": False, "error": None,
+    }
+    try:
+        client, remote = manager._resolve(item.ref)
+        moved = bool(item.registry_url) and _registry_key(item.registry_url) != _registry_key(client.origin)
+        result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of,
+                      registry_url=client.origin, source_changed=moved)
+        note = f"; source: {item.registry_url} \u2192 {client.origin}" if moved else ""
+        if remote.manifest_hash == item.manifest_hash:
+            if not console.json:
+                console.out(f"{item.ref}: up to date{note}")
+            return result
+        result["update_available"] = True
+        if not console.json:
+            console.out(f"{item.ref}: update available ({_update_label(item, remote)}){note}")
+        if args.apply:
+            if not console.json:
+                console.out(f"Downloading update for {item.ref}...")
+            try:
+                updated = _pull_one(manager, item.ref, console, args)
+            except AlreadyInstalledError as exc:
+                updated = exc.installed  # another process applied it meanwhile
+            result["applied"] = True
+            if not console.json:
+                console.out(f"Updated: {item.ref} ({_format_size(updated.total_size)})")
+    except ModelsError as exc:
+        result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+        console.err(f"error: {item.ref}: {_with_hints(exc, manager.config, console)}")
+    return result
+
+
 def _command_verify(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    if args.repair and not manager.config.registry_url:
-        raise RegistryError("verify --repair: no registry URL is configured")  # _run_command says how to give one
+    # A repair fetches from the configured registry, else from the one each model came from.
     if args.model:
         refs = [_as_ref(f"{args.model} {args.version}")]
         if not refs[0].version:
@@ -4983,39 +5173,40 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
             return 0
     exit_code = 0
     results = []
-    for ref in refs:
-        printer = _ProgressPrinter(console) if args.repair else None
-        try:
-            files, sharing = manager.verify(ref, repair=args.repair, concurrency=args.concurrency,
-                                            progress=printer, limit_rate=args.limit_rate, split=True)
-        except BaseException:
-            if printer is not None:
-                printer.abort()
-            raise
-        if printer is not None and printer.phase:
-            printer.finish()
-        damaged = [] if args.repair else files
-        results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
-                        "repaired": files if args.repair else []})
-        if damaged or sharing:
-            exit_code = HashMismatchError.exit_code
-        if console.json:
-            continue
-        if not files and not sharing:
-            console.out(f"{ref}: ok")
-            continue
-        if files:
-            verb = "repaired" if args.repair else "damaged or missing"
-            console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
-            for path in files:
-                console.out(f"  {path}")
-        if sharing:
-            console.out(f"{ref}: {_plural(len(sharing), 'file')} sharing a damaged chunk (perhaps intact: "
-                        "the chunk's hash cannot say which of its files holds the damage)")
-            for path in sharing:
-                console.out(f"  {path}")
-        if not args.repair:
-            console.out(f"To repair it: {console.prog} verify {ref} --repair")
+    with manager._one_index_each():  # a repair asks each registry for models.json once
+        for ref in refs:
+            printer = _ProgressPrinter(console) if args.repair else None
+            try:
+                files, sharing = manager.verify(ref, repair=args.repair, concurrency=args.concurrency,
+                                                progress=printer, limit_rate=args.limit_rate, split=True)
+            except BaseException:
+                if printer is not None:
+                    printer.abort()
+                raise
+            if printer is not None and printer.phase:
+                printer.finish()
+            damaged = [] if args.repair else files
+            results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
+                            "repaired": files if args.repair else []})
+            if damaged or sharing:
+                exit_code = HashMismatchError.exit_code
+            if console.json:
+                continue
+            if not files and not sharing:
+                console.out(f"{ref}: ok")
+                continue
+            if files:
+                verb = "repaired" if args.repair else "damaged or missing"
+                console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
+                for path in files:
+                    console.out(f"  {path}")
+            if sharing:
+                console.out(f"{ref}: {_plural(len(sharing), 'file')} sharing a damaged chunk (perhaps intact: "
+                            "the chunk's hash cannot say which of its files holds the damage)")
+                for path in sharing:
+                    console.out(f"  {path}")
+            if not args.repair:
+                console.out(f"To repair it: {console.prog} verify {ref} --repair")
     if console.json:
         console.document({"results": results})
     return exit_code

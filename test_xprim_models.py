@@ -2237,7 +2237,7 @@ class TestCli:
 
     def test_info_installed_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
-        installed_at = cli_document(cli_run(server, data_dir, "--json", "list"))["models"][0]["installed_at"]
+        (listed,) = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
         result = cli_run(server, data_dir, "info", "org/tiny", "v1")
         assert result.returncode == 0
         assert result.stdout == textwrap.dedent(f"""\
@@ -2245,9 +2245,10 @@ class TestCli:
             Status:       Installed
             Size:         6.4 KB
             Files:        4
-            Installed:    {cli_local_time(installed_at, True)}
+            Installed:    {cli_local_time(listed["installed_at"], True)}
             Path:         {data_dir / "org" / "tiny" / "v1"}
             Registry:     {server.url}
+            Pin:          org/tiny v1@{listed["manifest_hash"]}
 
             Files:
               model.safetensors     4.9 KB
@@ -2258,11 +2259,13 @@ class TestCli:
 
     def test_info_remote_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         result = cli_run(server, data_dir, "info", "org/tiny", "v1", "--remote")
+        digest = json.loads((server.root / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
         assert result.returncode == 0
-        assert result.stdout == textwrap.dedent("""\
+        assert result.stdout == textwrap.dedent(f"""\
             Model:        org/tiny v1
             Status:       Available (not installed)
             Size:         6.4 KB
+            Pin:          org/tiny v1@{digest}
             Chunks:       7 \u00d7 1 KB
             Files:        4
 
@@ -3011,6 +3014,90 @@ class TestRegistries:
         assert result.returncode == 0, result.stderr
         assert "org/tiny v1: 1 file repaired\n  model.safetensors\n" in result.stdout
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
+
+
+def listed_hash(registry_dir: Path, version: str) -> str:
+    return str(json.loads((registry_dir / "models.json").read_text())["org"]["tiny"][version]["hash"])
+
+
+class TestPinning:
+    """``group/model version@<sha256>`` and ``pin=`` (README: Moving models)."""
+
+    def test_parse_str_and_equality(self) -> None:
+        digest = "ab" * 32
+        ref = xm.ModelRef.parse(f"org/tiny v1@{digest.upper()}")
+        assert (ref.version, ref.pin, str(ref)) == ("v1", digest, f"org/tiny v1@{digest}")
+        assert ref == xm.ModelRef("org", "tiny", "v1", digest) != xm.ModelRef("org", "tiny", "v1")
+        assert xm.parse_model_ref(str(ref)) == ref and xm.ModelRef.parse("org/tiny v1").pin == ""
+        for text in ("org/tiny v1@", "org/tiny v1@abc", f"org/tiny v1@{digest}x"):
+            with pytest.raises(xm.InvalidRefError, match="manifest hash"):
+                xm.ModelRef.parse(text)
+        with pytest.raises(xm.InvalidRefError, match="model 'tiny@"):  # a pin needs a version
+            xm.ModelRef.parse(f"org/tiny@{digest}")
+        with pytest.raises(xm.InvalidRefError, match="pin"):
+            xm.ModelRef("org", "tiny", "", digest)
+
+    def test_pinned_pull_after_the_registry_republishes_the_version(
+        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], registry_dir: Path,
+        data_dir: Path
+    ) -> None:
+        first = listed_hash(registry_dir, "v1")
+        publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        assert listed_hash(registry_dir, "v1") != first
+        server.requests.clear()
+        installed = manager.pull(f"org/tiny v1@{first}")
+        assert (installed.ref, installed.manifest_hash) == (xm.ModelRef("org", "tiny", "v1"), first)
+        assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES  # never the new bytes
+        assert server.requests["models.json"] == 0  # fetched by its hash, not through the index
+        with pytest.raises(xm.AlreadyInstalledError):
+            manager.pull("org/tiny v1", pin=first)
+        assert manager.ensure("org/tiny v1", pin=first) == installed.path
+        assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
+        result = cli_run(server, data_dir, "--json", "pull", "org/tiny", f"v1@{first}", "--force")
+        assert cli_document(result)["model"]["pinned_ref"] == f"org/tiny v1@{first}"
+        assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
+        (listed,) = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
+        assert listed["pinned_ref"] == f"org/tiny v1@{first}"  # what pull takes, to be copied
+        assert f"Pin:          org/tiny v1@{first}\n" in cli_run(server, data_dir, "info", "org/tiny", "v1").stdout
+        with pytest.raises(xm.InvalidRefError, match="pinned twice"):
+            manager.pull(f"org/tiny v1@{first}", pin="cd" * 32)
+        with pytest.raises(xm.InvalidRefError, match="takes no pin"):
+            manager.path(f"org/tiny v1@{first}")
+
+    def test_a_pin_the_registry_lacks(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes],
+                                      data_dir: Path) -> None:
+        manager.pull("org/tiny v1")
+        before, record = tree(data_dir / "org" / "tiny" / "v1"), (data_dir / "registry.json").read_bytes()
+        missing = hashlib.sha256(b"never published").hexdigest()
+        with pytest.raises(xm.VersionNotFoundError) as caught:
+            manager.pull(f"org/tiny v1@{missing}")
+        assert f"org/tiny v1@{missing}" in str(caught.value) and "nothing was installed or changed" in str(caught.value)
+        with pytest.raises(xm.VersionNotFoundError):
+            manager.ensure("org/tiny v1", pin=missing)
+        assert tree(data_dir / "org" / "tiny" / "v1") == before
+        assert (data_dir / "registry.json").read_bytes() == record
+        result = cli_run(server, data_dir, "pull", "org/tiny", f"v1@{missing}")
+        assert result.returncode == 3 and f"pinned manifest not found: org/tiny v1@{missing}" in result.stderr
+
+    def test_ensure_takes_the_keywords_of_pull(self) -> None:
+        import inspect
+
+        def keywords(method: Any) -> dict[str, Any]:
+            return {name: (p.kind, p.default) for name, p in inspect.signature(method).parameters.items()}
+
+        assert keywords(xm.Manager.ensure) == keywords(xm.Manager.pull)
+
+    def test_pinned_ensure_with_no_server_running(self, make_manager: Callable[..., xm.Manager],
+                                                  server: RegistryServer, model: dict[str, bytes],
+                                                  registry_dir: Path) -> None:
+        manager = make_manager(retries=0)
+        first, second = listed_hash(registry_dir, "v1"), listed_hash(registry_dir, "v2")
+        path = manager.ensure(f"org/tiny v1@{first}")
+        server.close()
+        assert manager.ensure(f"org/tiny v1@{first}") == path
+        assert manager.ensure("org/tiny v1", pin=first) == path
+        with pytest.raises(xm.NetworkError):  # installed, but as other bytes than the pin: it must ask
+            manager.ensure("org/tiny v1", pin=second)
 
 
 class TestEmbedding:

@@ -4883,10 +4883,16 @@ def _ref_fields(ref: ModelRef) -> dict[str, str]:
     return {"group": ref.group, "model": ref.model, "version": ref.version}
 
 
+def _pinned_ref(ref: ModelRef, manifest_hash: str) -> str:
+    """``group/model version@<sha256>``: what ``pull`` takes to get exactly this manifest."""
+    return str(replace(ref, pin=manifest_hash))
+
+
 def _installed_json(item: InstalledModel) -> dict[str, Any]:
     return {
         **_ref_fields(item.ref),
         "manifest_hash": item.manifest_hash,
+        "pinned_ref": _pinned_ref(item.ref, item.manifest_hash),
         "total_size": item.total_size,
         "file_count": item.file_count,
         "installed_at": _format_time(item.installed_at),
@@ -4900,6 +4906,7 @@ def _remote_json(item: RemoteModel) -> dict[str, Any]:
     doc: dict[str, Any] = {
         **_ref_fields(item.ref),
         "manifest_hash": item.manifest_hash,
+        "pinned_ref": _pinned_ref(item.ref, item.manifest_hash),
         "alias_of": item.alias_of,
         "metadata": dict(item.metadata),
     }
@@ -4976,7 +4983,8 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
 
 
 def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(f"{args.model} {args.version}", "pull")  # "g/m v" also comes as one word
+    # "g/m v" also comes as one word; "v@<sha256>" pins the manifest
+    ref = _versioned(f"{args.model} {args.version}", "pull", pinned=True)
     try:
         installed = _pull_one(manager, ref, console, args, force=args.force)
     except AlreadyInstalledError as exc:
@@ -5042,10 +5050,12 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
         lines += [("Status", status), ("Size", _format_size(installed.total_size)),
                   ("Files", str(installed.file_count)),
                   ("Installed", _local_time(installed.installed_at, True)), ("Path", installed.path),
-                  ("Registry", installed.registry_url or "unknown")]
+                  ("Registry", installed.registry_url or "unknown"),
+                  ("Pin", _pinned_ref(installed.ref, installed.manifest_hash))]
     else:
         assert remote is not None
-        lines += [("Status", "Available (not installed)"), ("Size", _format_size(remote.total_size))]
+        lines += [("Status", "Available (not installed)"), ("Size", _format_size(remote.total_size)),
+                  ("Pin", _pinned_ref(ref, remote.manifest_hash))]
     if remote is not None:
         chunks = f"{remote.chunk_count} \u00d7 {_format_size(remote.chunk_size)}" if remote.chunk_count else "0"
         lines.append(("Chunks", chunks))

@@ -3100,6 +3100,135 @@ class TestPinning:
             manager.ensure("org/tiny v1", pin=second)
 
 
+def objects_needed(data_dir: Path, *refs: str) -> set[str]:
+    """The data/ names the installed versions ``refs`` ("org/tiny v1") need: manifests and chunks."""
+    names = set()
+    for ref in refs:
+        group_model, version = ref.split()
+        raw = (data_dir / group_model / version / ".test-app" / "manifest.json").read_bytes()
+        names |= {hashlib.sha256(raw).hexdigest(), *json.loads(raw)["chunks"]}
+    return names
+
+
+class TestExport:
+    """``Manager.export`` and ``export REF... --to DIR`` (README: Moving models)."""
+
+    def test_round_trip_into_an_empty_data_dir_with_no_server(
+        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
+    ) -> None:
+        refs = ["org/tiny v1", "org/tiny latest", "org/tiny v2"]
+        for ref in refs:
+            manager.pull(ref)
+        export = tmp_path / "usb" / "models"
+        exported = manager.export(refs, export)
+        assert [str(item.ref) for item in exported] == refs
+        server.close()
+        index = json.loads((export / "models.json").read_text())
+        assert index["org"]["tiny"]["latest"] == {"alias": "v1"}
+        assert set(index["org"]["tiny"]) == {"v1", "v2", "latest"}
+        assert set(os.listdir(export / "data")) == objects_needed(data_dir, *refs)  # exactly, no temporaries
+        elsewhere = tmp_path / "elsewhere"
+        for ref in refs:
+            result = main_in_process("--registry", str(export), "--data-dir", str(elsewhere), "-q", "pull",
+                                     *ref.split())
+            assert result.returncode == 0, result.stderr
+            version = ref.split()[1]
+            assert tree(elsewhere / "org" / "tiny" / version) == tree(data_dir / "org" / "tiny" / version)
+            manifest = Path(".xprim-models", "manifest.json")
+            assert (elsewhere / "org/tiny" / version / manifest).read_bytes() == \
+                (data_dir / "org/tiny" / version / ".test-app" / "manifest.json").read_bytes()
+        listed = {item["version"]: item for item in cli_document(
+            main_in_process("--data-dir", str(elsewhere), "--json", "list"))["models"]}
+        assert listed["latest"]["alias_of"] == "v1" and listed["v1"]["registry_url"] == str(export)
+
+    def test_the_export_is_servable_over_http(
+        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], tmp_path: Path
+    ) -> None:
+        manager.pull("org/tiny latest")
+        manager.export(["org/tiny"], tmp_path / "export")  # every installed version of org/tiny
+        served = RegistryServer(tmp_path / "export")
+        try:
+            fresh = xm.Manager(xm.Config("test-app", served.url, tmp_path / "fresh"), retry_backoff=0.01)
+            installed = fresh.pull("org/tiny latest")
+            assert (installed.alias_of, tree(Path(installed.path))) == ("v1", MODEL_FILES)
+            pinned = fresh.pull("org/tiny v1", pin=installed.manifest_hash)
+            assert tree(Path(pinned.path)) == MODEL_FILES
+        finally:
+            served.close()
+
+    def test_merge_into_an_existing_export(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
+    ) -> None:
+        export = tmp_path / "export"
+        publish.publish(str(export), "team", "own", "v1", {"own.bin": b"someone else's"}, metadata={"k": "v"})
+        theirs = json.loads((export / "models.json").read_text())["team"]
+        their_objects = set(os.listdir(export / "data"))
+        manager.pull("org/tiny v1")
+        manager.export(["org/tiny v1"], export)
+        first = {name: (export / "data" / name).stat() for name in os.listdir(export / "data")}
+        publish.publish(str(registry_dir), "org", "other", "v1", {**MODEL_FILES, "extra.txt": b"more"},
+                        chunk_size=1024)
+        manager.pull("org/other v1")
+        manager.export(["org/tiny v1", "org/other v1"], export)
+        index = json.loads((export / "models.json").read_text())
+        assert index["team"] == theirs and set(index["org"]) == {"tiny", "other"}
+        names = set(os.listdir(export / "data"))
+        assert names == their_objects | objects_needed(data_dir, "org/tiny v1", "org/other v1")
+        for name, before in first.items():  # already there: not written again
+            after = (export / "data" / name).stat()
+            assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
+        fresh = xm.Manager(xm.Config("test-app", str(export), tmp_path / "fresh"))
+        assert tree(Path(fresh.pull("team/own v1").path)) == {"own.bin": b"someone else's"}
+        assert fresh.get_remote("team/own v1").metadata == {"k": "v"}
+        assert tree(Path(fresh.pull("org/other v1").path)) == {**MODEL_FILES, "extra.txt": b"more"}
+
+    @pytest.mark.parametrize("damage", ["flipped", "missing"])
+    def test_a_damaged_install_is_refused(self, manager: xm.Manager, server: RegistryServer,
+                                          model: dict[str, bytes], data_dir: Path, tmp_path: Path,
+                                          damage: str) -> None:
+        manager.pull("org/tiny v1")
+        manager.pull("org/tiny v2")
+        weights = data_dir / "org" / "tiny" / "v1" / "model.safetensors"
+        if damage == "flipped":
+            weights.write_bytes(b"\0" + MODEL_FILES["model.safetensors"][1:])
+        else:
+            weights.unlink()
+        export = tmp_path / "export"
+        manager.export(["org/tiny v2"], export)
+        listed = (export / "models.json").read_bytes()
+        with pytest.raises(xm.HashMismatchError) as caught:
+            manager.export(["org/tiny v1"], export)
+        message = str(caught.value)
+        assert "model.safetensors" in message and "verify --repair on org/tiny v1" in message
+        assert (export / "models.json").read_bytes() == listed  # v2 stays; v1 is not listed
+        manager.verify("org/tiny v1", repair=True)
+        manager.export(["org/tiny v1"], export)
+        assert set(json.loads((export / "models.json").read_text())["org"]["tiny"]) == {"v1", "v2"}
+
+    def test_a_chunk_over_4_gib_is_refused_on_fat32(
+        self, manager: xm.Manager, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        if sys.platform.startswith("linux"):
+            assert xm._file_system(str(tmp_path))  # the kind of file system is known here
+        manager.pull("org/tiny v1")
+        monkeypatch.setattr(xm, "_file_system", lambda path: "vfat")
+        monkeypatch.setattr(xm, "_FAT32_MAX_FILE", 1000)  # the 1 KiB chunks stand for chunks over 4 GiB
+        with pytest.raises(xm.StorageError, match=r"FAT file system \(vfat\), which holds no file over 4 GiB"):
+            manager.export(["org/tiny v1"], tmp_path / "export")
+        assert not (tmp_path / "export" / "models.json").exists()
+        assert os.listdir(tmp_path / "export" / "data") == []
+
+    def test_an_alias_whose_target_the_export_lists_as_other_bytes(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path
+    ) -> None:
+        manager.pull("org/tiny latest")  # v1's bytes
+        publish.publish(str(tmp_path / "export"), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        with pytest.raises(xm.RegistryError, match="alias of v1"):
+            manager.export(["org/tiny latest"], tmp_path / "export")
+        with pytest.raises(xm.StorageError, match="inside the data directory"):
+            manager.export(["org/tiny latest"], Path(manager.data_dir) / "export")
+
+
 class TestEmbedding:
     @pytest.fixture
     def whisper_tool(self, tmp_path: Path) -> Path:

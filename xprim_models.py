@@ -67,7 +67,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import socket
     import ssl
     import urllib.request
-    from collections.abc import Collection, Iterator, Mapping, Sequence
+    from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
     from typing import Any, AnyStr, Callable, Literal, Union
     from typing import Protocol as _Protocol
@@ -4062,6 +4062,190 @@ class _IndexScope:
             self._local.indexes = None
 
 
+# --- Export -----------------------------------------------------------------------
+# An export is a registry directory (README: Moving models): models.json and data/<sha256>,
+# each object rebuilt from the installed files, checked against its hash, then renamed
+# into place. The names are FAT and exFAT safe: lowercase hex, digits and dots.
+
+_FAT32_MAX_FILE = (1 << 32) - 1  # bytes: FAT12/16/32 hold no bigger file (exFAT does)
+_FAT_KINDS = frozenset(["vfat", "msdos", "fat", "FAT", "FAT32", "FAT16", "FAT12"])
+_EXPORT_LOCK = ".models.json.lock"
+
+
+def _file_system(path: str) -> str:
+    """The kind of file system holding ``path`` (``vfat``, ``FAT32``, ``exfat``, ``ext4``...),
+    or "" where this platform does not say (macOS: a chunk over 4 GiB then fails with EFBIG)."""
+    path = os.path.realpath(path)
+    if sys.platform == "win32":
+        import ctypes
+
+        name = ctypes.create_unicode_buffer(64)
+        root = os.path.splitdrive(path)[0] + "\\"
+        if ctypes.windll.kernel32.GetVolumeInformationW(root, None, 0, None, None, None, name, len(name)):
+            return name.value
+        return ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            mounts = handle.read().splitlines()
+    except OSError:
+        return ""
+    best, kind = "", ""
+    for line in mounts:  # "36 35 98:0 /mnt1 /mnt/point rw ... - ext3 /dev/root rw"
+        fields = line.split()
+        if "-" not in fields[5:]:
+            continue
+        mount = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields[4])
+        inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, fields[fields.index("-", 5) + 1]
+    return kind
+
+
+def _export_index(path: str) -> dict[str, Any]:
+    """The models.json an earlier export left in the export directory ({} if none)."""
+    import json
+
+    try:
+        raw = _read_small(path, _MAX_INDEX_BYTES)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise _storage_error("read", path, exc) from exc
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        doc = exc
+    if not isinstance(doc, dict):
+        raise RegistryError(f"cannot export into {os.path.dirname(path)}: its models.json is not a registry "
+                            "index; export into an empty directory or into an earlier export")
+    return doc
+
+
+def _export_entries(doc: dict[str, Any], exported: Sequence[InstalledModel], path: str) -> None:
+    """Set the models.json entries of ``exported`` in ``doc``: a version as its manifest hash,
+    an alias as an alias, with its target; the other entries stay."""
+    wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for item in exported:
+        group, model = item.ref.group, item.ref.model
+        wanted[(group, model, item.ref.version)] = {"alias": item.alias_of} if item.alias_of else {
+            "hash": item.manifest_hash}
+    for item in exported:
+        if not item.alias_of:
+            continue
+        key = (item.ref.group, item.ref.model, item.alias_of)
+        listed = wanted.get(key) or doc.get(key[0], {}).get(key[1], {}).get(key[2])
+        if listed is None:
+            wanted[key] = {"hash": item.manifest_hash}
+        elif not isinstance(listed, dict) or listed.get("hash") != item.manifest_hash:
+            raise RegistryError(
+                f"export {item.ref}: it is an alias of {item.alias_of}, but {path} lists "
+                f"{ModelRef(*key)} as other bytes; export {ModelRef(*key)} into another directory, "
+                "or pull the alias again so that both are the same"
+            )
+    for (group, model, version), entry in wanted.items():
+        versions = doc.setdefault(group, {}).setdefault(model, {})
+        if not (isinstance(versions.get(version), dict) and entry.get("hash")
+                and versions[version].get("hash") == entry["hash"]):  # the same bytes keep their metadata
+            versions[version] = entry
+
+
+def _object_present(path: str, size: int) -> bool:
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(status.st_mode) and status.st_size == size
+
+
+def _installed_bytes(installed: InstalledModel, manifest: _Manifest,
+                     pieces: Sequence[tuple[int, int, int]]) -> Iterator[bytes]:
+    """The bytes of ``pieces`` (file index, offset, count) from ``installed``'s files;
+    HashMismatchError naming the file that cannot give them."""
+    for index, offset, count in pieces:
+        path = os.path.join(installed.path, *manifest.files[index].path.split("/"))
+        try:
+            source = _open_regular(path)
+            try:
+                yield from _read_pieces(source, offset, count, _BUFFER_SIZE)
+            finally:
+                os.close(source)
+        except OSError as exc:
+            raise _damaged(installed, [manifest.files[index].path], str(exc.strerror or exc)) from exc
+
+
+def _export_chunk(installed: InstalledModel, manifest: _Manifest, position: int, target: str) -> None:
+    """Rebuild chunk ``position`` from ``installed``'s files, check its hash, and rename it
+    to ``target``, or only check it when ``target`` is there already; HashMismatchError
+    naming the files when they do not hold it."""
+    temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
+    pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
+    present = _object_present(target, manifest.chunk_length(position))
+    hasher = _sha256()
+    fd = -1
+    try:
+        fd = -1 if present else _create_new(temporary)
+        for data in _installed_bytes(installed, manifest, pieces):
+            hasher.update(data)
+            view = memoryview(data)
+            while fd >= 0 and view:
+                view = view[os.write(fd, view):]
+        if hasher.hexdigest() != manifest.chunks[position]:
+            raise _damaged(installed, sorted({manifest.files[index].path for index, _, _ in pieces}),
+                           "its bytes do not match the manifest's hash")
+        if present:
+            return
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        _retry_shared(partial(os.replace, temporary, target))
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EFBIG:
+            hint = (f"the file system does not hold a file of {_format_size(manifest.chunk_length(position))} "
+                    "(FAT32 holds none over 4 GiB); export to an exFAT, NTFS, ext4 or APFS drive")
+        raise _storage_error("write", target, exc, hint) from exc
+    finally:
+        if fd >= 0:
+            _close_quietly(fd)
+        _remove_file(temporary)
+
+
+def _damaged(installed: InstalledModel, paths: Sequence[str], why: str) -> HashMismatchError:
+    return HashMismatchError(
+        f"cannot export {installed.ref}: damaged in {installed.path}: {', '.join(paths)} ({why}); "
+        f"run verify --repair on {installed.ref}, then export again (nothing of it was listed in the export)"
+    )
+
+
+def _export_version(store: _Store, installed: InstalledModel, data: str, fat: str) -> None:
+    """Write the manifest and chunks of ``installed`` that ``data`` lacks (model lock held)."""
+    manifest = store.stored_manifest(installed)
+    if _sha256(manifest.raw).hexdigest() != installed.manifest_hash:
+        raise StorageError(
+            f"cannot export {installed.ref}: {store.manifest_path(installed.path)} is a re-serialized copy of its "
+            "manifest (written by another tool, such as the Go original), not the published bytes; run verify on "
+            f"{installed.ref} with its registry reachable, which restores them, then export again"
+        )
+    biggest = max((manifest.chunk_length(p) for p in range(len(manifest.chunks))), default=0)
+    if fat and biggest > _FAT32_MAX_FILE:
+        raise StorageError(
+            f"cannot export {installed.ref}: it has chunks of {_format_size(biggest)}, and {data} is on a FAT "
+            f"file system ({fat}), which holds no file over 4 GiB; export to an exFAT, NTFS, ext4 or APFS drive"
+        )
+    for info in manifest.files:
+        path = os.path.join(installed.path, *info.path.split("/"))
+        if not _object_present(path, info.size):
+            raise _damaged(installed, [info.path], "missing, or not of its size")
+    done: set[str] = set()
+    for position, digest in enumerate(manifest.chunks):
+        if digest not in done:  # every chunk is checked; one already in data/ is not written again
+            _export_chunk(installed, manifest, position, os.path.join(data, digest))
+            done.add(digest)
+    target = os.path.join(data, installed.manifest_hash)
+    if not _object_present(target, len(manifest.raw)):
+        _atomic_write(target, manifest.raw)
+
+
 # --- Manager ----------------------------------------------------------------------
 # The public API: argument checks, lock order, and delegation to the registry
 # client, the pull engine and the local store.
@@ -4522,6 +4706,81 @@ class Manager:
                 self.remove(ref)
                 removed.append(ref)
         return removed
+
+    def export(self, refs: Iterable[RefLike], directory: str | os.PathLike[str]) -> list[InstalledModel]:
+        """Write installed versions into ``directory`` as a registry (``models.json`` and
+        ``data/<sha256>``) that ``Config(registry_url=directory)`` installs from; return them.
+
+        Each object is rebuilt from the installed files, checked against its hash and
+        written atomically; objects already there are not written again. An alias is
+        written as an alias, with its target. Entries already in ``directory``'s
+        models.json stay (a version exported again is replaced); models.json is written
+        last, so an interrupted export lists nothing it lacks.
+
+        Args:
+            refs: versions, or ``"group/model"`` for every installed version of it.
+            directory: created if needed; an earlier export is merged into.
+
+        Raises:
+            NotInstalledError: a ref is not installed.
+            HashMismatchError: an installed file is damaged (``verify --repair`` fixes it).
+            StorageError: the directory cannot be written, or a chunk is over 4 GiB and
+                it is on FAT32.
+            RegistryError: ``directory`` holds a models.json that is not an index, or one
+                whose entries contradict an exported alias.
+        """
+        wanted = self._export_refs([refs] if isinstance(refs, (str, ModelRef)) else refs)
+        root = os.path.abspath(os.fspath(directory))
+        if os.path.normcase(root + os.sep).startswith(os.path.normcase(os.path.join(self.data_dir, ""))):
+            raise StorageError(f"cannot export into {root}: it is inside the data directory; choose another one")
+        data = os.path.join(root, "data")
+        try:
+            os.makedirs(data, exist_ok=True)
+        except OSError as exc:
+            raise _storage_error("create", data, exc) from exc
+        fat = _file_system(data)
+        fat = fat if fat in _FAT_KINDS else ""
+        exported = []
+        with _FileLock(os.path.join(root, _EXPORT_LOCK)):
+            for ref in wanted:
+                with self._store.model_lock(ref):
+                    self._store.reclaim(ref)
+                    installed = self._store.get(ref)
+                    _export_version(self._store, installed, data, fat)
+                exported.append(installed)
+                self._logger.info("exported %s to %s", ref, root)
+            index_path = os.path.join(root, "models.json")
+            doc = _export_index(index_path)
+            _export_entries(doc, exported, index_path)
+            self._write_export_index(index_path, doc, exported)
+        return exported
+
+    def _export_refs(self, refs: Iterable[RefLike]) -> list[ModelRef]:
+        """The installed versions ``refs`` name, once each, in order."""
+        wanted: list[ModelRef] = []
+        for item in refs:
+            ref = _as_ref(item)
+            if ref.pin:
+                raise InvalidRefError(f"export {ref}: takes no pin; drop '@{ref.pin[:12]}...'")
+            found = [ref] if ref.version else [
+                installed.ref for installed in self.list_installed()
+                if (installed.ref.group, installed.ref.model) == (ref.group, ref.model)]
+            if not found:
+                raise NotInstalledError(f"model not installed: {ref} (no versions)")
+            wanted += [one for one in found if one not in wanted]
+        return wanted
+
+    def _write_export_index(self, path: str, doc: dict[str, Any], exported: Sequence[InstalledModel]) -> None:
+        """Write ``doc`` as models.json, once it is checked to list every exported version as
+        installed, the way a pull will read it."""
+        import json
+
+        raw = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+        index = _parse_index(raw, path)
+        for item in exported:
+            if index.lookup(item.ref).manifest_hash != item.manifest_hash:
+                raise RegistryError(f"export {item.ref}: {path} would not list it as installed; nothing was listed")
+        _atomic_write(path, raw)
 
 
 # --- Command line -----------------------------------------------------------------
@@ -5220,6 +5479,32 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     if console.json:
         console.document({"results": results})
     return exit_code
+
+
+def _export_refs(words: Sequence[str]) -> list[ModelRef]:
+    """``org/a v1 org/b "org/c v2" org/d``: a word with a slash starts a ref, a word after it
+    without one is its version; a ref without a version is every installed version."""
+    refs: list[ModelRef] = []
+    for word in " ".join(words).split():
+        if "/" in word:
+            refs.append(_as_ref(word))
+        elif refs and not refs[-1].version:
+            refs[-1] = _as_ref(f"{refs[-1]} {word}")
+        else:
+            raise InvalidRefError(f"export: {word!r} is neither a group/model nor the version of one before it")
+    return refs
+
+
+def _command_export(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    directory = os.path.abspath(os.path.expanduser(args.to))
+    exported = manager.export(_export_refs(args.refs), directory)
+    if console.json:
+        console.document({"directory": directory, "exported": [_installed_json(item) for item in exported]})
+        return 0
+    for item in exported:
+        console.out(f"Exported: {item.ref} ({_format_size(item.total_size)})")
+    console.out(f"Registry: {directory} (a registry directory: give it as the registry URL to pull from it)")
+    return 0
 
 
 def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console) -> int:

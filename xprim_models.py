@@ -104,7 +104,7 @@ __all__ = [
 
 
 # --- Constants ----------------------------------------------------------------
-# The wire format (DESIGN.md §1) and the limits that keep a hostile registry
+# The wire format (README: Registry format) and the limits that keep a hostile registry
 # from exhausting memory or disk. Every number a reader may wonder about is here.
 # Regular expressions (the *_RE names) are plain strings: the re module compiles each one
 # the first time it is used and caches it, so a command compiles only the ones it needs
@@ -119,7 +119,7 @@ _WINDOWS_RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
     + [f"{prefix}{digit}" for prefix in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"]
 )
-# Characters Windows refuses in file names, plus the ones DESIGN.md §1 names.
+# Characters Windows refuses in file names, plus backslash and the control characters (NUL included).
 _FORBIDDEN_PATH_CHARS = r'[\x00-\x1f<>:"|?*\\]'
 # Top-level names the storage layout uses itself (README: Storage layout), and the Go original's lock
 # file, which shares the directory (its chunk cache .chunks cannot be a group name).
@@ -165,8 +165,8 @@ _LOCKS_DIR = ".locks"
 
 
 # --- Errors -------------------------------------------------------------------
-# One base class; one subclass per failure kind, each with the CLI exit code of
-# DESIGN.md §3. Messages say what failed, on what, and what to do next.
+# One base class; one subclass per failure kind, each with its CLI exit code (README:
+# Errors, exit codes and retries). Messages say what failed, on what, and what to do next.
 
 
 class ModelsError(Exception):
@@ -587,7 +587,7 @@ def _unpinned(ref: ModelRef, pin: str, action: str) -> tuple[ModelRef, str]:
 
 
 # --- Paths --------------------------------------------------------------------
-# Pure functions of (platform, environment): the base directory of DESIGN.md §2
+# Pure functions of (platform, environment): the base directory (README: Storage layout)
 # and the rules a manifest's file paths must follow before they touch a disk.
 
 

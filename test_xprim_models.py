@@ -3006,6 +3006,19 @@ class TestRegistries:
         assert result.stdout.count(": up to date\n") == 2 and "source" not in result.stdout
         assert server.requests["models.json"] == 1
 
+    def test_a_recorded_registry_s_own_error_is_not_taken_for_a_missing_configuration(
+        self, tmp_path: Path, no_registry_env: None
+    ) -> None:
+        registry, data = tmp_path / "registry", tmp_path / "data"
+        publish.publish(str(registry), "org", "x", "v1", {"x.bin": b"x"})
+        assert main_in_process("--registry", str(registry), "--data-dir", str(data), "-q", "pull", "org/x v1"
+                               ).returncode == 0
+        (registry / "models.json").write_text("[]")
+        result = main_in_process("--data-dir", str(data), "update")
+        assert result.returncode == 1
+        assert f"error: org/x v1: models.json at {registry / 'models.json'} is invalid" in result.stderr
+        assert "no registry URL" not in result.stderr
+
     def test_verify_repair_with_no_configured_registry(self, server: RegistryServer, model: dict[str, bytes],
                                                       data_dir: Path, no_registry_env: None) -> None:
         cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")

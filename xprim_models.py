@@ -5558,7 +5558,7 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
     """The error's message, and what the user can do about it on this command line."""
     message = str(exc)
     url = config.registry_url
-    if isinstance(exc, RegistryError) and not url:
+    if isinstance(exc, RegistryError) and not url and "no registry URL is configured" in message:
         # Only the parent tool knows how its users set a registry: embedded, stay neutral.
         hint = console.registry_hint
         return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"

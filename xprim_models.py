@@ -5144,7 +5144,7 @@ def _ref_fields(ref: ModelRef) -> dict[str, str]:
 
 def _pinned_ref(ref: ModelRef, manifest_hash: str) -> str:
     """``group/model version@<sha256>``: what ``pull`` takes to get exactly this manifest."""
-    return str(replace(ref, pin=manifest_hash))
+    return f"{ref.group}/{ref.model} {ref.version}@{manifest_hash}"
 
 
 def _installed_json(item: InstalledModel) -> dict[str, Any]:

@@ -945,6 +945,41 @@ class TestRegistry:
         assert {item.alias_of for item in manager.list_remote_versions("org", "tiny") if item.ref.version[0] == "a"} \
             == {"v2"}
 
+    def test_messages_and_logs_from_the_index_are_bounded(self, manager: xm.Manager, registry_dir: Path,
+                                                          model: dict[str, bytes]) -> None:
+        # Within the caps: 10,000 aliases in one cycle, 10,000 more each an alias of the next
+        # (listed last first) down to a missing version, and 10,000 good versions.
+        count = 10_000
+        index = json.loads((registry_dir / "models.json").read_text())
+        index["org"]["ring"] = {f"r{n}": {"alias": f"r{(n + 1) % count}"} for n in range(count)}
+        index["org"]["chain"] = {f"c{n}": {"alias": f"c{n + 1}"} for n in reversed(range(count))}
+        index["org"]["many"] = {f"m{n}": {"hash": "0" * 64} for n in range(count)}
+        (registry_dir / "models.json").write_text(json.dumps(index))
+        lines: list[str] = []
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                lines.append(record.getMessage())
+
+        handler = Handler()
+        logging.getLogger("xprim_models").addHandler(handler)
+        try:
+            assert len(manager.list_remote()) == 3 + count
+        finally:
+            logging.getLogger("xprim_models").removeHandler(handler)
+        assert sum(map(len, lines)) < 16_000 and max(map(len, lines)) < 300, lines[:3]
+        assert lines[-1] == ("models.json: leaving out 19980 more invalid entries; asking for one by name says why")
+        with pytest.raises(xm.RegistryError) as cycle:
+            manager.get_remote("org/ring r5000")
+        assert "cycle: r0 -> r1 -> r2 -> r3 -> r4 -> ... (10000 aliases, back to 'r0')" in str(cycle.value)
+        with pytest.raises(xm.RegistryError) as chain:
+            manager.get_remote("org/chain c0")
+        assert "through alias 'c9999', and it is an alias of missing version 'c10000'" in str(chain.value)
+        with pytest.raises(xm.VersionNotFoundError) as missing:
+            manager.get_remote("org/many x")
+        assert "(available: m0, m1, m10, m100, m1000 and 9995 more)" in str(missing.value)
+        assert max(len(str(error.value)) for error in (cycle, chain, missing)) < 300
+
     def test_unsupported_scheme(self, tmp_path: Path) -> None:
         with pytest.raises(xm.RegistryError, match="unsupported scheme"):
             xm.Manager(xm.Config("t", "ftp://example.com/r", tmp_path)).list_remote()
@@ -1489,9 +1524,10 @@ class TestStorage:
         ids=["ENOSPC", "EDQUOT", "EFBIG", "EACCES", "EROFS"],
     )
     def test_disk_errors_are_storage_errors_and_keep_installed(
-        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, monkeypatch: pytest.MonkeyPatch,
-        code: int, hint: str
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], data_dir: Path,
+        monkeypatch: pytest.MonkeyPatch, code: int, hint: str
     ) -> None:
+        manager, copying = make_manager(), make_manager(copy_files=True)
         manager.pull("org/tiny v1")
         before = tree(data_dir / "org" / "tiny" / "v1")
 
@@ -1502,7 +1538,7 @@ class TestStorage:
         monkeypatch.setattr(xm, "_write_all", failing)
         monkeypatch.setattr(xm, "_pwrite_all", lambda fd, data, offset: failing(fd, data))
         with pytest.raises(xm.StorageError, match=f"{os.strerror(code)}; {hint}"):
-            manager.pull("org/tiny v1", force=True)
+            copying.pull("org/tiny v1", force=True)  # a sharing pull would link the intact files, writing nothing
         assert tree(data_dir / "org" / "tiny" / "v1") == before
         assert [item.ref.version for item in manager.list_installed()] == ["v1"]
 
@@ -3202,10 +3238,9 @@ class TestExport:
         manager.pull("org/tiny v1")
         manager.pull("org/tiny v2")
         weights = data_dir / "org" / "tiny" / "v1" / "model.safetensors"
+        weights.unlink()  # v2 may share this file (a hard link): damage v1's copy only
         if damage == "flipped":
             weights.write_bytes(b"\0" + MODEL_FILES["model.safetensors"][1:])
-        else:
-            weights.unlink()
         export = tmp_path / "export"
         manager.export(["org/tiny v2"], export)
         listed = (export / "models.json").read_bytes()
@@ -4048,10 +4083,11 @@ class TestVerify:
         assert (root / "model.safetensors").stat().st_ino == inode
         assert tree(root) == dict(sorted(model.items()))
 
-    def test_repair_seeds_from_another_installed_version(self, manager: xm.Manager, model: dict[str, bytes],
-                                                         server: RegistryServer) -> None:
+    def test_repair_seeds_from_another_installed_version(self, make_manager: Callable[..., xm.Manager],
+                                                         model: dict[str, bytes], server: RegistryServer) -> None:
+        manager = make_manager()
         root = Path(manager.pull("org/tiny v1").path)
-        manager.pull("org/tiny v2")
+        make_manager(copy_files=True).pull("org/tiny v2")  # its own copy: damage written through a link hits both
         weights = bytearray((root / "model.safetensors").read_bytes())
         weights[10] ^= 0xFF
         weights[4000] ^= 0xFF
@@ -4234,6 +4270,52 @@ class TestPrune:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             manager.pull("org/tiny v1")
             assert held.exists() and not gone.exists()
+
+    def test_prune_removes_empty_model_and_group_directories(self, manager: xm.Manager, model: dict[str, bytes],
+                                                             data_dir: Path, tmp_path: Path) -> None:
+        manager.pull("org/tiny v1")
+        (data_dir / "org" / "other" / ".v1.staging").mkdir(parents=True)  # an interrupted pull's leftover
+        (data_dir / "lone" / "model").mkdir(parents=True)
+        outside = tmp_path / "outside"
+        (outside / "model").mkdir(parents=True)
+        linked = symlink(outside, data_dir / "linked", or_skip=False)
+        if linked:
+            symlink(outside / "model", data_dir / "org" / "link", or_skip=False)
+        manager.prune_cache()
+        assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
+        assert not (data_dir / "org" / "other").exists() and not (data_dir / "lone").exists()
+        assert (outside / "model").is_dir()  # links are neither followed nor removed
+        assert not linked or ((data_dir / "linked").is_symlink() and (data_dir / "org" / "link").is_symlink())
+        manager.remove("org/tiny v1")
+        if linked:
+            os.unlink(data_dir / "org" / "link")
+        manager.prune_cache()
+        assert not (data_dir / "org").exists()
+        assert (data_dir / "linked").is_symlink() == linked
+
+    @pytest.mark.parametrize("group", ["..", "cache"])
+    def test_nothing_is_deleted_while_registry_json_cannot_be_read(
+            self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path,
+            group: str) -> None:
+        cli_install(server, data_dir, "latest")
+        registry = data_dir / "registry.json"
+        good = registry.read_text()
+        registry.write_text(good.replace('"org"', json.dumps(group)))  # the installed version is no longer named
+        installed = data_dir / "org" / "tiny" / "latest"
+        for command in (["prune"], ["prune", "--all"], ["remove", "org/tiny", "latest"],
+                        ["verify", "org/tiny", "latest", "--repair"], ["pull", "org/tiny", "latest"]):
+            result = cli_run(server, data_dir, *command)
+            assert result.returncode == 7, (command, result.stderr)
+            assert f"{registry} is corrupt" in result.stderr
+            assert "nothing was deleted" in result.stderr or command[0] == "pull"  # a pull fails before
+            assert tree(installed) == dict(sorted(model.items())), command
+        # The way out the message gives: with registry.json moved away, a pull adopts the files.
+        registry.rename(data_dir / "registry.json.bad")
+        chunks = chunk_paths(registry_dir)
+        fetched = [server.requests[path] for path in chunks]
+        assert cli_run(server, data_dir, "pull", "org/tiny", "latest").returncode == 0
+        assert [server.requests[path] for path in chunks] == fetched  # not one chunk downloaded again
+        assert tree(installed) == dict(sorted(model.items()))
 
     def test_cli_prune(self, server: RegistryServer, data_dir: Path) -> None:
         cache = data_dir / "cache" / "chunks"
@@ -6127,6 +6209,10 @@ class SweepScenario:
         elif name == "pull-streamed":  # chunks over 256 KiB stream into their files
             self.publish("org/m v1", big, 300 << 10)
             self.command, self.target, self.allowed = ["pull", "org/m", "v1"], "org/m v1", ["absent", "new"]
+        elif name == "pull-repeated":  # a 1 MiB chunk, over the write buffer, copied to where it repeats
+            repeated = blob(1 << 20, f"{name}-r")
+            self.publish("org/m v1", {"weights.bin": repeated * 2, "tail.bin": blob(1_000, f"{name}-t")}, 1 << 20)
+            self.command, self.target, self.allowed = ["pull", "org/m", "v1"], "org/m v1", ["absent", "new"]
         elif name == "pull-force":
             self.publish("org/m v1", small, 1024)
             self.install("org/m v1")
@@ -6289,7 +6375,7 @@ class SweepScenario:
         return problems
 
 
-SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-force", "update-alias", "remove", "pull-beside"]
+SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-repeated", "pull-force", "update-alias", "remove", "pull-beside"]
 
 
 @pytest.mark.skipif(bool(sweep_enabled()), reason=sweep_enabled() or "runs")

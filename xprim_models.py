@@ -53,6 +53,7 @@ import stat
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import cache, partial
@@ -131,6 +132,10 @@ _MAX_INDEX_BYTES = 32 << 20
 # cap could otherwise take gigabytes.
 _MAX_INDEX_VALUES = 500_000  # JSON values and object keys in models.json (containers count twice)
 _MAX_METADATA_DEPTH = 32  # containers nested in one entry's metadata: deeper, the entry is left out
+# What a message or log line shows of a list from models.json (alias cycle links, versions,
+# left-out entries), so that its length does not grow with the registry's.
+_LISTED_AT_MOST = 5
+_WARNED_AT_MOST = 20  # models.json entries left out with a warning each; the rest are counted
 _MAX_MANIFEST_BYTES = 64 << 20
 _MAX_REGISTRY_BYTES = 256 << 20
 _MAX_FILES = 1_000_000
@@ -1019,6 +1024,22 @@ def _get_file_information() -> Any:
     return query
 
 
+def _real_directory(path: str) -> bool:
+    """Whether ``path`` is a directory itself, not a symbolic link or junction to one."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(status.st_mode) and not getattr(status, "st_reparse_tag", 0)
+
+
+def _remove_if_empty(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # not empty, or gone
+
+
 def _list_directory(path: str) -> list[str]:
     try:
         return os.listdir(path)
@@ -1478,7 +1499,7 @@ class _Index:
                 f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, self.models)}"
             )
         raise VersionNotFoundError(
-            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {', '.join(versions) or 'none'}"
+            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {_first_few(versions) or 'none'}"
             + (f"; {invalid} invalid entries of this model are left out, see the warnings)" if invalid else ")")
         )
 
@@ -1527,6 +1548,9 @@ def _parse_index(raw: bytes, location: str) -> _Index:
                     entries[(group, model, version)] = entry
     # Each alias chain is walked once: every key on it learns its final version, or why it has none.
     final = {key: key[2] for key, entry in entries.items() if "alias" not in entry}
+    # A broken chain's aliases: the alias where it breaks, and why. A chain that joins it says
+    # the same (nesting each chain's message in the next would grow with their number).
+    broken: dict[tuple[str, str, str], tuple[str, str]] = {}
     for key, entry in entries.items():
         if key in final or key in problems:
             continue  # a version, or an alias on a chain walked before
@@ -1543,7 +1567,7 @@ def _parse_index(raw: bytes, location: str) -> _Index:
             following = (key[0], key[1], entries[current]["alias"])
             if following in on_chain:
                 names = [version for _, _, version in chain[chain.index(following):]]
-                problem = f"its aliases form a cycle: {' -> '.join([*names, following[2]])}"
+                problem = f"its aliases form a cycle: {_cycle(names)}"
                 cycle = True
             elif following not in entries:
                 why = problems.get(following)
@@ -1552,12 +1576,14 @@ def _parse_index(raw: bytes, location: str) -> _Index:
             if problem:
                 break
             current = following
-        if not problem and current in problems:
-            problem = f"it is an alias of version {current[2]!r}, which cannot be used: {problems[current]}"
+        last = chain[-1][2]
+        if not problem and current in problems:  # it joins a chain found broken before: that one's break
+            last, problem = broken[current]
         if problem:
-            for position, link in enumerate(chain):
-                problems[link] = problem if position == len(chain) - 1 or cycle else (
-                    f"it resolves through alias {chain[-1][2]!r}, and {problem}")
+            for link in chain:
+                where = link[2] if cycle else last
+                broken[link] = (where, problem)
+                problems[link] = problem if where == link[2] else f"it resolves through alias {where!r}, and {problem}"
             continue
         resolved = final.get(current, current[2])
         for link in chain:
@@ -1574,6 +1600,20 @@ def _parse_index(raw: bytes, location: str) -> _Index:
         models[key] = RemoteModel(ModelRef(group, model, version), target["hash"],
                                   concrete if concrete != version else "", dict(metadata))
     return _Index(models, problems)
+
+
+def _cycle(names: Sequence[str]) -> str:
+    """An alias cycle by its first few links, and its length when they are not all of it."""
+    if len(names) <= _LISTED_AT_MOST:
+        return " -> ".join([*names, names[0]])
+    return f"{' -> '.join(names[:_LISTED_AT_MOST])} -> ... ({len(names)} aliases, back to {names[0]!r})"
+
+
+def _first_few(names: Sequence[str]) -> str:
+    """``names`` joined, the first few of them when there are more."""
+    if len(names) <= _LISTED_AT_MOST:
+        return ", ".join(names)
+    return f"{', '.join(names[:_LISTED_AT_MOST])} and {len(names) - _LISTED_AT_MOST} more"
 
 
 def _entry_problem(entry: Any) -> str:
@@ -2672,11 +2712,14 @@ class _RegistryClient:
         raw = self.fetch_document("models.json", "the registry index models.json", _MAX_INDEX_BYTES,
                                   revalidate=True)  # caches must not hide an alias move
         index = _parse_index(raw, self.location("models.json"))
-        for key, problem in index.problems.items():
-            if key not in self.index_warned:
-                self.index_warned.add(key)
-                label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
-                self.logger.warning("models.json: leaving out %r: %s", label, problem)
+        fresh = [(key, problem) for key, problem in index.problems.items() if key not in self.index_warned]
+        self.index_warned.update(key for key, _ in fresh)
+        for key, problem in fresh[:_WARNED_AT_MOST]:
+            label = "/".join(key[:2]) + "".join(f" {version}" for version in key[2:])
+            self.logger.warning("models.json: leaving out %.200r: %s", label, problem)  # invalid names are not capped
+        if len(fresh) > _WARNED_AT_MOST:
+            self.logger.warning("models.json: leaving out %d more invalid entries; asking for one by name says why",
+                                len(fresh) - _WARNED_AT_MOST)
         return index
 
     def manifest(self, digest: str, metadata_dir: str, session: _Session | None = None) -> tuple[_Manifest, bytes]:
@@ -2707,8 +2750,8 @@ class _RegistryClient:
 
 
 # --- Pull engine ------------------------------------------------------------------
-# Workers stream each distinct chunk (from a resumed pull's bytes, a seed or the
-# network, hashed on the way, never whole in memory) into its first place in the
+# Workers stream each distinct chunk (from bytes already on this disk, hashed on the
+# way and used only if they match, or from the network) into its first place in the
 # files, then copy it to its other places. The calling thread waits, reports
 # progress, and re-raises any error.
 
@@ -2733,25 +2776,79 @@ class _Flow:
         self.downloaded = self.kept = 0
 
 
-class _Seed:
-    """Where an installed version (or a staging directory) holds the bytes of a chunk."""
+class _Source:
+    """Where this disk may hold the bytes of one chunk: read, hashed, and used only if they match.
 
-    __slots__ = ("directory", "in_place", "manifest", "position")
+    ``pieces`` are (path, offset, count) in the chunk's order. ``place`` is the
+    chunk position whose own bytes they are in the files being written (a resumed
+    pull's), or -1: bytes found at the chunk's first position are only hashed.
+    """
 
-    def __init__(self, directory: str, manifest: _Manifest, position: int, *, in_place: bool = False) -> None:
-        self.directory, self.manifest, self.position = directory, manifest, position
-        self.in_place = in_place  # the staging directory being resumed: its bytes are where they go
+    __slots__ = ("origin", "pieces", "place")
+
+    def __init__(self, origin: str, pieces: Sequence[tuple[str, int, int]], place: int = -1) -> None:
+        self.origin, self.pieces, self.place = origin, pieces, place
 
 
-def _with_staging(seeds: Mapping[str, Sequence[_Seed]], manifest: _Manifest, staging: str
-                  ) -> dict[str, list[_Seed]]:
-    """``seeds``, with what an interrupted pull already wrote in ``staging`` first (verified on use)."""
-    merged: dict[str, list[_Seed]] = {}
-    for position, digest in enumerate(manifest.chunks):
-        merged.setdefault(digest, []).append(_Seed(staging, manifest, position, in_place=True))
-    for digest, found in seeds.items():
-        merged.setdefault(digest, []).extend(found)
-    return merged
+def _chunk_pieces(directory: str, manifest: _Manifest, position: int) -> list[tuple[str, int, int]]:
+    """The (path, offset, count) pieces of chunk ``position`` of ``manifest``'s files under ``directory``."""
+    return [
+        (os.path.join(directory, *manifest.files[index].path.split("/")), offset, count)
+        for index, offset, count in _segments(manifest, position * manifest.chunk_size,
+                                              manifest.chunk_length(position))
+    ]
+
+
+class _Copy:
+    """An installed version as a place to find chunks: its directory and stored manifest."""
+
+    __slots__ = ("directory", "manifest", "sizes")
+
+    def __init__(self, directory: str, manifest: _Manifest) -> None:
+        self.directory, self.manifest = directory, manifest
+        self.sizes = {info.path: (index, info.size) for index, info in enumerate(manifest.files)}
+
+    def path(self, relative: str) -> str:
+        return os.path.join(self.directory, *relative.split("/"))
+
+
+# Candidates by path tried for one chunk: every piece aligned with its file's start, then with
+# its file's end, in each of the first two installed manifests of the model.
+_PATH_CANDIDATES = 4
+
+
+def _sources_by_hash(manifest: _Manifest, copies: Sequence[_Copy]) -> dict[str, list[_Source]]:
+    """Where installed versions hold chunks ``manifest`` lists, by hash."""
+    wanted = set(manifest.chunks)
+    found: dict[str, list[_Source]] = {}
+    for copy in copies:
+        for position, digest in enumerate(copy.manifest.chunks):
+            if digest in wanted:
+                found.setdefault(digest, []).append(
+                    _Source(copy.directory, _chunk_pieces(copy.directory, copy.manifest, position)))
+    return found
+
+
+def _sources_by_path(manifest: _Manifest, position: int, kin: Sequence[_Copy]) -> list[_Source]:
+    """Candidates for chunk ``position`` assembled from installed files of the same paths in
+    ``kin`` (versions of the same model): each file's bytes taken at the same offset from its
+    start, then at the same distance from its end (a grown header shifts what follows it)."""
+    segments = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
+    found: list[_Source] = []
+    for copy in kin:
+        for from_end in (False, True):
+            pieces = []
+            for index, offset, count in segments:
+                info = manifest.files[index]
+                known = copy.sizes.get(info.path)
+                at = offset + (known[1] - info.size if from_end else 0) if known else -1
+                if known is None or at < 0 or at + count > known[1]:
+                    break
+                pieces.append((copy.path(info.path), at, count))
+            else:
+                if not found or found[-1].pieces != pieces:
+                    found.append(_Source(copy.directory, pieces))
+    return found[:_PATH_CANDIDATES]
 
 
 class _RateLimiter:
@@ -2782,7 +2879,7 @@ class _PullJob:
     progress, and re-raises a worker's error.
 
     It holds no ``Manager``: it is given the registry client, the ``writer`` (the
-    files, addressed by chunk number), the seeds and a logger.
+    files, addressed by chunk number), the ``sources`` of chunks on this disk, and a logger.
     """
 
     def __init__(
@@ -2795,14 +2892,14 @@ class _PullJob:
         concurrency: int,
         emit: Callable[[PullProgress], None],
         logger: Any,
-        seeds: Mapping[str, Sequence[_Seed]] | None = None,
+        sources: Mapping[str, Sequence[_Source]] | None = None,
         limit_rate: float | None = None,
     ) -> None:
         self.client, self.writer, self.label, self.emit, self.logger = client, writer, label, emit, logger
         self.chunk_count = len(chunks)
         self.total_size = sum(size for _, size in chunks)
         self.concurrency = concurrency
-        self.seeds = seeds or {}
+        self.sources = sources or {}
         self.limiter = _RateLimiter(limit_rate) if limit_rate else None
         # Reads stay small under a low rate limit, so the cap holds over short spans too.
         self.read_size = min(_BUFFER_SIZE, max(4096, int(limit_rate / 16))) if limit_rate else _BUFFER_SIZE
@@ -2822,7 +2919,7 @@ class _PullJob:
         self.bytes_done = 0  # of the chunks completed
         # Each worker counts its network bytes in its own _Flow, without a lock; progress adds them up.
         self.flows: list[_Flow] = []
-        self.current_file = ""  # the finishing step's
+        self.current_file = ""  # the flushing step's
         self.last_chunk = -1  # the first position of the chunk completed last
         self.dirty = True
         self.writing = 0  # workers writing into the files right now
@@ -2853,12 +2950,13 @@ class _PullJob:
             self.limiter.take(count, self.cancel)
 
     def set_current_file(self, path: str) -> None:
-        """The finishing step moved on to ``path``: say so at once."""
+        """The flushing step moved on to ``path``: say so at once."""
         with self.lock:
             self.current_file = path
-        self._emit_now()
+        self.report()
 
-    def _emit_now(self) -> None:
+    def report(self) -> None:
+        """Emit the progress now."""
         with self.lock:
             snapshot = self.snapshot()
             self.dirty = False
@@ -2905,12 +3003,12 @@ class _PullJob:
 
     def _obtain(self, task: _Task, sink: _ChunkSink, session: _Session,
                 counted: Callable[[int, int], None]) -> None:
-        """Put the verified chunk at its first position: the bytes already there (a resumed
-        pull's) or a seed's, if they still hash right, else the network's (``counted``)."""
+        """Put the verified chunk at its first position: from a source on this disk (the bytes
+        already there, an installed version's) if they hash right, else the network's (``counted``)."""
         sink.begin(task.positions[0], task.digest)
-        for seed in self.seeds.get(task.digest, ()):
-            if self._copy_seed(seed, sink):
-                self.logger.debug("chunk %s: verified from %s", task.digest[:12], seed.directory)
+        for source in self.sources.get(task.digest, ()):
+            if self._read_source(source, sink):
+                self.logger.debug("chunk %s: verified from %s", task.digest[:12], source.origin)
                 return
             sink.reset()
         sink.on_bytes = counted  # every byte written from now on comes from the network
@@ -2935,15 +3033,12 @@ class _PullJob:
                 if not self.writing and self.cancel.is_set():  # run() may be waiting for this
                     self.changed.notify_all()
 
-    def _copy_seed(self, seed: _Seed, sink: _ChunkSink) -> bool:
-        """Copy a chunk's bytes out of a seed into the sink; True if they still hash right.
-        Bytes of a resumed staging directory that are where they belong are only hashed."""
-        manifest = seed.manifest
-        start = seed.position * manifest.chunk_size
-        put = sink.found if seed.in_place and sink.position == seed.position else sink.take
+    def _read_source(self, source: _Source, sink: _ChunkSink) -> bool:
+        """Copy a chunk's bytes out of ``source`` into the sink; True if they hash right.
+        Bytes that are already where they belong are only hashed."""
+        put = sink.found if source.place == sink.position else sink.take
         try:
-            for index, offset, count in _segments(manifest, start, manifest.chunk_length(seed.position)):
-                path = os.path.join(seed.directory, *manifest.files[index].path.split("/"))
+            for path, offset, count in source.pieces:
                 fd = _open_regular(path)  # a pipe planted in an installed version is not waited on
                 try:
                     for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
@@ -2953,13 +3048,13 @@ class _PullJob:
                 finally:
                     os.close(fd)
         except OSError:
-            return False  # unreadable, shorter, or a link where a file should be: not a seed after all
+            return False  # unreadable, shorter, or a link where a file should be: not a source after all
         return not sink.problem()  # bytes that fail the hash are overwritten by the download that follows
 
     # The calling thread ------------------------------------------------------
 
-    def run(self, finish: Callable[[], None]) -> None:
-        """Put every chunk into the files with the workers, then run ``finish()`` here.
+    def run(self) -> None:
+        """Put every chunk into the files with the workers, and close them.
         No write starts after this returns."""
         self.emit(PullProgress("chunks", self.chunk_count, 0, self.total_size, 0, 0))
         threads = [
@@ -2998,8 +3093,6 @@ class _PullJob:
             raise
         self._stop_writing()
         self.writer.close()  # NFS may report a failed write only now
-        finish()
-        self._emit_now()
 
     def _stop_writing(self) -> None:
         """Let no write start, and wait for those under way (in steps: Ctrl-C on Windows)."""
@@ -3022,7 +3115,8 @@ class _ChunkFiles:
                  positions: Sequence[int] | None = None) -> None:
         self.manifest, self.paths = manifest, paths
         self.positions = positions
-        self.present: Collection[str] = ()  # chunks the files already hold at all their places
+        self.present: set[str] = set()  # chunks the files already hold at all their places
+        self.shared: set[int] = set()  # files that share an installed file's storage: never written
         # Each writing thread keeps its last few files open ({file index: descriptor}), so a
         # chunk costs one write, not an open, a check and a close too. close() ends them all.
         self.local = threading.local()
@@ -3079,6 +3173,8 @@ class _ChunkFiles:
         manifest = self.manifest
         first = self._start(number)[0] + start  # where data begins in the stream
         for index, offset, length in _segments(manifest, first, len(data)):
+            if index in self.shared:
+                continue  # holds these bytes already: the chunks that cover it hashed right there
             path = self.paths[index]
             begin = manifest.starts[index] + offset - first
             try:
@@ -3103,64 +3199,117 @@ class _ChunkFiles:
             except OSError as exc:
                 raise _storage_error("read", path, exc) from exc
             finally:
-                os.close(fd)
+                _close_quietly(fd)  # read only: what close() reports cannot concern these bytes
 
 
 class _Staging(_ChunkFiles):
-    """The files of a manifest under a staging directory, written in place from chunks in any order."""
+    """A pull's staging directory: the files of a manifest, written in place from chunks in
+    any order, and what it knows of them before the job starts.
 
-    def __init__(self, manifest: _Manifest, root: str, label: str) -> None:
+    ``plan()`` answers, once, from reads alone: whether an interrupted pull of the same
+    manifest left these files (``resume``: its bytes are hashed where they are), which
+    files are byte-identical to an installed file and share its storage (``shared``,
+    proven by hashing the installed chunks that cover them), where this disk holds each
+    chunk (``sources``: the bytes in place, installed versions by hash, installed files of
+    the same paths) and how many bytes must be written (``needed``). ``create()`` then
+    makes the files; the job asks ``sources``, ``present`` and ``shared``.
+    """
+
+    def __init__(self, manifest: _Manifest, root: str, label: str, metadata_dir: str) -> None:
         super().__init__(manifest, [os.path.join(root, *info.path.split("/")) for info in manifest.files])
         self.root, self.label = root, label
+        self.manifest_file = os.path.join(root, metadata_dir, "manifest.json")
         self.directories: set[str] = set()
+        self.resume = False
+        self.links: dict[int, str] = {}  # file index: the installed file it shares storage with
+        self.installed: InstalledModel  # once committed
+        self.sources: dict[str, list[_Source]] = {}
+        self.needed = manifest.total_size
+        self.kin: Sequence[_Copy] = ()
 
     def path(self, index: int) -> str:
         return self.paths[index]
 
-    def create(self, *, resume: bool = False) -> None:
-        """Every file at its final size (sparse until written), so chunks can land anywhere.
+    def chunks(self) -> list[tuple[str, int]]:
+        return [(digest, self.manifest.chunk_length(p)) for p, digest in enumerate(self.manifest.chunks)]
 
-        When resuming, files already there keep their bytes (a link or a
-        directory in a file's place is not followed, but replaced).
-        """
-        for index, info in enumerate(self.manifest.files):
-            parts = info.path.split("/")
-            path = self.path(index)
-            try:
-                for depth in range(1, len(parts)):
-                    directory = os.path.join(self.root, *parts[:depth])
-                    if directory not in self.directories:
-                        if resume and os.path.lexists(directory) and (
-                            os.path.islink(directory) or not os.path.isdir(directory)
-                        ):
-                            _remove_tree(directory)  # a link or a file where a directory belongs
-                        os.makedirs(directory, exist_ok=True)
-                        self.directories.add(directory)
-                fd = -1
-                if resume:  # only a plain file with no other link is kept: nothing is written through
-                    try:
-                        fd = _open_regular(path, os.O_WRONLY)
-                    except FileNotFoundError:
-                        pass
-                    except OSError:
-                        _remove_tree(path)  # a link, pipe, device, directory or hard link
-                kept = fd >= 0
-                if not kept:
-                    fd = _create_new(path)
-                try:
-                    if not kept or os.fstat(fd).st_size != info.size:  # a kept file may have grown
-                        os.ftruncate(fd, info.size)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise _storage_error("create", path, exc) from exc
-        if not resume:  # a kept file may hold anything where a zero chunk goes
-            self.present = self._repeated_zero_chunks()
+    # What is on this disk already ----------------------------------------------
 
-    def fill(self, job: _PullJob, *, resume: bool) -> None:
-        """Create the files, have ``job`` write every chunk into them, and flush them."""
-        self.create(resume=resume)
-        job.run(partial(self.finish, job.set_current_file))
+    def plan(self, copies: Sequence[_Copy], kin: Sequence[_Copy], *, share: bool) -> None:
+        """Find what this disk holds of the manifest: ``copies`` are the installed versions,
+        ``kin`` those of the same model (one per manifest); with ``share``, files identical
+        to one of theirs are to be linked."""
+        manifest = self.manifest
+        self.resume = self._left_by_a_pull()
+        self.kin = kin if share else ()
+        self.links = self._identical_files(kin) if share else {}
+        self.shared = set(self.links)
+        self.present = set() if self.resume else self._repeated_zero_chunks()
+        self.present.update(self._covered_by_shared())
+        sources = _sources_by_hash(manifest, copies)
+        first: dict[str, int] = {}
+        for position, digest in enumerate(manifest.chunks):
+            first.setdefault(digest, position)
+        for digest, position in first.items():
+            if digest not in sources and digest not in self.present:
+                found = _sources_by_path(manifest, position, kin)
+                if found:
+                    sources[digest] = found
+        needed = sum(
+            count
+            for position, digest in enumerate(manifest.chunks)
+            if digest not in self.present and digest not in sources
+            for index, _, count in _segments(manifest, position * manifest.chunk_size,
+                                             manifest.chunk_length(position))
+            if index not in self.shared
+        )
+        if self.resume:  # its bytes are hashed where they are, first of all
+            in_place: dict[str, list[_Source]] = {}
+            for position, digest in enumerate(manifest.chunks):
+                in_place.setdefault(digest, []).append(
+                    _Source(self.root, _chunk_pieces(self.root, manifest, position), position))
+            sources = {digest: found + sources.get(digest, []) for digest, found in in_place.items()}
+            needed -= sum(_tree_size(self.path(index), allocated=True)
+                          for index in range(len(manifest.files)) if index not in self.shared)
+        self.sources, self.needed = sources, max(0, needed)
+
+    def _left_by_a_pull(self) -> bool:
+        """Whether the staging directory is a plain one that an interrupted pull of this manifest left."""
+        try:
+            _no_links(os.path.dirname(self.root), self.manifest_file)
+            held = _read_small(self.manifest_file, _MAX_MANIFEST_BYTES)
+        except (OSError, StorageError):
+            return False
+        return _sha256(held).hexdigest() == self.manifest.digest
+
+    def _identical_files(self, kin: Sequence[_Copy]) -> dict[int, str]:
+        """The files that are byte-identical to an installed file of the same path: the same
+        size, covered by the same chunks at the same offsets, and those chunks hash right in
+        the installed version (read, never written)."""
+        manifest = self.manifest
+        links: dict[int, str] = {}
+        checked: dict[tuple[str, int], bool] = {}  # (installed directory, position): hashed right
+        for index, info in enumerate(manifest.files):
+            for copy in kin:
+                known = copy.sizes.get(info.path)
+                if info.size and known and known[1] == info.size and copy.manifest.chunk_size == manifest.chunk_size:
+                    ours = _covering(manifest, index)
+                    theirs = _covering(copy.manifest, known[0])
+                    if ours[0] == theirs[0] and [manifest.chunks[p] for p in ours[1]] == [
+                            copy.manifest.chunks[p] for p in theirs[1]] and all(
+                            _intact(copy, p, checked) for p in theirs[1]):
+                        links[index] = copy.path(info.path)
+                        break
+        return links
+
+    def _covered_by_shared(self) -> set[str]:
+        """The chunks all of whose places lie in shared files: they are there already."""
+        inside: dict[str, bool] = {}
+        manifest = self.manifest
+        for position, digest in enumerate(manifest.chunks):
+            pieces = _segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position))
+            inside[digest] = inside.get(digest, True) and all(index in self.shared for index, _, _ in pieces)
+        return {digest for digest, held in inside.items() if held}
 
     def _repeated_zero_chunks(self) -> set[str]:
         """The chunks listed more than once that are all zeros (sparse data: padding, empty
@@ -3169,9 +3318,86 @@ class _Staging(_ChunkFiles):
         zeros = {size: _zeros_digest(size) for size in set(repeated.values())}  # hashed once per size
         return {digest for digest, size in repeated.items() if digest == zeros[size]}
 
-    def finish(self, on_file: Callable[[str], None]) -> None:
-        """Flush every file and directory to stable storage (the "extracting" phase),
-        calling ``on_file`` with each file's path as it goes."""
+    # The files -------------------------------------------------------------------
+
+    def create(self) -> None:
+        """The staging directory with every file at its final size (sparse until written), so
+        chunks can land anywhere, and the shared files linked in.
+
+        A resumed directory keeps the files it has (a link or a directory in a file's
+        place is not followed, but replaced); otherwise it starts empty, with the
+        manifest written first: it names what the directory holds, should a pull resume it.
+        """
+        if not self.resume:
+            try:
+                _remove_tree(self.root)
+                os.makedirs(os.path.dirname(self.manifest_file))
+            except OSError as exc:
+                raise _storage_error("create", self.root, exc) from exc
+            _atomic_write(self.manifest_file, self.manifest.raw)
+        for index, info in enumerate(self.manifest.files):
+            path = self.path(index)
+            try:
+                self._parents(info.path)
+                if index in self.links and not self._link(index):
+                    self.shared.discard(index)
+                    self.present -= self._covered_chunks(index)
+                if index not in self.shared:
+                    self._create_file(path, info.size)
+            except OSError as exc:
+                raise _storage_error("create", path, exc) from exc
+
+    def _parents(self, relative: str) -> None:
+        parts = relative.split("/")
+        for depth in range(1, len(parts)):
+            directory = os.path.join(self.root, *parts[:depth])
+            if directory not in self.directories:
+                if self.resume and os.path.lexists(directory) and (
+                    os.path.islink(directory) or not os.path.isdir(directory)
+                ):
+                    _remove_tree(directory)  # a link or a file where a directory belongs
+                os.makedirs(directory, exist_ok=True)
+                self.directories.add(directory)
+
+    def _link(self, index: int) -> bool:
+        """Make file ``index`` a hard link to its identical installed file; False where the
+        file system cannot (FAT, another device, no permission): it is then written."""
+        path = self.path(index)
+        _remove_tree(path)
+        try:
+            os.link(self.links[index], path)
+        except OSError:
+            return False
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            return True
+        os.unlink(path)  # a link planted in the installed version since it was hashed
+        return False
+
+    def _covered_chunks(self, index: int) -> set[str]:
+        return {self.manifest.chunks[position] for position in _covering(self.manifest, index)[1]}
+
+    def _create_file(self, path: str, size: int) -> None:
+        fd = -1
+        if self.resume:  # only a plain file with no other link is kept: nothing is written through
+            try:
+                fd = _open_regular(path, os.O_WRONLY)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                _remove_tree(path)  # a link, pipe, device, directory or hard link
+        kept = fd >= 0
+        if not kept:
+            fd = _create_new(path)
+        try:
+            if not kept or os.fstat(fd).st_size != size:  # a kept file may have grown
+                os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def flush(self) -> Iterator[str]:
+        """Flush every file and directory to stable storage (the "extracting" phase), naming
+        each file's path as it goes. A written file found byte-identical to an installed
+        file of the same path is replaced by a link to it first."""
         files = self.manifest.files
         written = 0
         for index in range(len(files)):
@@ -3184,13 +3410,18 @@ class _Staging(_ChunkFiles):
                 f"{self.label}: the staged files hold {written} bytes, not the manifest's "
                 f"{self.manifest.total_size}; did something else write into {self.root}?"
             )
+        for index in range(len(files)):
+            if index not in self.shared:
+                self._share_if_identical(index)
         if len(files) > _FSYNC_EACH_UP_TO and hasattr(os, "sync"):
             # One flush of everything beats a hundred thousand fsyncs of tiny files.
-            on_file(files[-1].path)
+            yield files[-1].path
             os.sync()
             return
         for index, info in enumerate(files):
-            on_file(info.path)
+            yield info.path
+            if index in self.shared:
+                continue  # an installed file: on stable storage already
             path = self.path(index)
             try:
                 fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NOFOLLOW)  # Windows flushes writable handles only
@@ -3199,6 +3430,58 @@ class _Staging(_ChunkFiles):
             _close_file(fd, path)
         for directory in sorted(self.directories, key=len, reverse=True):
             _fsync_directory(directory)
+
+    def _share_if_identical(self, index: int) -> None:
+        """Replace written file ``index`` by a link to an installed file of the same path and
+        bytes (their chunks did not line up, so only comparing them can tell)."""
+        info = self.manifest.files[index]
+        for copy in self.kin:
+            known = copy.sizes.get(info.path)
+            if not info.size or not known or known[1] != info.size:
+                continue
+            installed = copy.path(info.path)
+            if not _same_bytes(self.path(index), installed, 0, info.size):
+                continue
+            temporary = os.path.join(os.path.dirname(self.manifest_file), f"link-{index}.tmp")
+            try:
+                _remove_tree(temporary)
+                os.link(installed, temporary)
+                if not stat.S_ISREG(os.lstat(temporary).st_mode):
+                    raise OSError(errno.EINVAL, "not a plain file", installed)
+                os.replace(temporary, self.path(index))
+            except (OSError, StorageError):
+                _remove_file(temporary)
+                return  # the written copy stays
+            self.shared.add(index)
+            return
+
+
+def _covering(manifest: _Manifest, index: int) -> tuple[int, range]:
+    """Where file ``index`` begins in its first chunk, and the positions of the chunks covering it."""
+    start, size = manifest.starts[index], manifest.files[index].size
+    if not size or not manifest.chunk_size:
+        return 0, range(0)
+    first, last = start // manifest.chunk_size, (start + size - 1) // manifest.chunk_size
+    return start % manifest.chunk_size, range(first, last + 1)
+
+
+def _intact(copy: _Copy, position: int, checked: dict[tuple[str, int], bool]) -> bool:
+    """Whether chunk ``position`` of an installed version hashes right in its files (remembered in ``checked``)."""
+    key = (copy.directory, position)
+    if key not in checked:
+        hasher = _sha256()
+        try:
+            for path, offset, count in _chunk_pieces(copy.directory, copy.manifest, position):
+                fd = _open_regular(path)
+                try:
+                    for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
+                        hasher.update(data)
+                finally:
+                    os.close(fd)
+            checked[key] = hasher.hexdigest() == copy.manifest.chunks[position]
+        except OSError:
+            checked[key] = False
+    return checked[key]
 
 
 def _close_file(fd: int, path: str) -> None:
@@ -3255,18 +3538,6 @@ def _parse_time(text: str) -> datetime:
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"{text!r} is not a valid RFC 3339 date and time: {exc}") from exc
     return moment
-
-
-def _only_sharing(manifest: _Manifest, bad_positions: Collection[int], missing: Collection[str]) -> set[str]:
-    """The files a damaged chunk touches that may be intact: each damaged chunk spans
-    several files, and none of them is known damaged (missing, of the wrong size, or
-    holding a damaged chunk of its own)."""
-    touched = []
-    for position in bad_positions:
-        start, length = position * manifest.chunk_size, manifest.chunk_length(position)
-        touched.append({manifest.files[index].path for index, _, _ in _segments(manifest, start, length)})
-    known = set(missing).union(*(paths for paths in touched if len(paths) == 1))
-    return set().union(*(paths for paths in touched if len(paths) > 1)) - known
 
 
 _LEFTOVER_RE = r"\.(.+)\.(staging|old)"
@@ -3346,7 +3617,7 @@ class _Store:
             return {}
         except OSError as exc:
             raise _storage_error("read", path, exc) from exc
-        hint = f"; fix or delete {path} (model files are not affected)"
+        hint = self._fix_hint()
         if len(raw) > _MAX_REGISTRY_BYTES:
             raise StorageError(f"{path} is over {_format_size(_MAX_REGISTRY_BYTES)}{hint}")
         try:
@@ -3365,6 +3636,25 @@ class _Store:
             raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
         return doc  # type: ignore[no-any-return]
 
+    def _fix_hint(self) -> str:
+        return f"; fix or delete {self.registry_path} (model files are not affected)"
+
+    def listing(self) -> dict[str, Any]:
+        """registry.json with every name in it checked. Only it tells an installed version
+        from a leftover, so what deletes leftovers (prune, remove, reclaim) reads it here and
+        deletes nothing while it cannot be read."""
+        try:
+            doc = self.read()
+            self.refs(doc)
+        except StorageError as exc:
+            problem = str(exc).removesuffix(self._fix_hint())
+            raise StorageError(
+                f"{problem}; nothing was deleted, as only registry.json tells an installed version from a "
+                f"leftover: fix it, or move it away and pull each installed version again "
+                "(the pull reuses its files) before you remove or prune"
+            ) from exc
+        return doc
+
     @staticmethod
     def entry(doc: Mapping[str, Any], ref: ModelRef) -> dict[str, Any] | None:
         return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)  # type: ignore[no-any-return]
@@ -3376,8 +3666,9 @@ class _Store:
                 for version in versions:
                     try:
                         refs.append(ModelRef(group, model, version))
+                        self.version_dir(refs[-1])  # a reserved group cannot be installed
                     except InvalidRefError as exc:
-                        raise StorageError(f"{self.registry_path} is corrupt: {exc}") from exc
+                        raise StorageError(f"{self.registry_path} is corrupt: {exc}{self._fix_hint()}") from exc
         return refs
 
     def installed(self, ref: ModelRef, entry: Mapping[str, Any]) -> InstalledModel:
@@ -3429,7 +3720,7 @@ class _Store:
             _atomic_write(self.registry_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
     def committed_hash(self, ref: ModelRef) -> str:
-        entry = self.entry(self.read(), ref)
+        entry = self.entry(self.listing(), ref)
         value = entry.get("manifest_hash") if entry is not None else None
         return value if isinstance(value, str) else ""
 
@@ -3523,23 +3814,35 @@ class _Store:
     # crash found by the next command: the new copy goes back to staging (a
     # later pull of it resumes there, verifying every chunk) and the old comes back.
 
-    def install(self, ref: ModelRef, manifest: _Manifest, alias_of: str,
-                build: Callable[[str, Mapping[str, Sequence[_Seed]], bool], None], *,
-                others: Sequence[InstalledModel], registry_url: str) -> InstalledModel:
-        """Build ``manifest``'s files with ``build(staging, seeds, resume)``, swap them in and
-        commit them as ``ref`` (model lock held). ``seeds`` are where ``others``, the installed
-        versions, and an interrupted pull's staging directory hold chunks it needs."""
+    @contextmanager
+    def installing(self, ref: ModelRef, manifest: _Manifest, installed_models: Sequence[InstalledModel], *,
+                   alias_of: str, registry_url: str, share: bool) -> Iterator[_Staging]:
+        """The staging directory of ``manifest``, planned against the ``installed_models`` and
+        created, for the block to fill and flush (model lock held). When the block succeeds,
+        its files are swapped in and committed as ``ref`` (``staging.installed``); if the swap
+        fails, it is undone. A failed block leaves the staging files for the next pull to resume."""
         with self.cache_lock(shared=True):
             self.clean()
-            seeds = self.seeds(manifest, others)
-            self.check_space(ref, manifest)
-            return self._install(ref, manifest, alias_of, registry_url, lambda staging, resume: build(
-                staging, _with_staging(seeds, manifest, staging) if resume else seeds, resume))
+            final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
+            staging = _Staging(manifest, self.sibling(ref, "staging"), f"pull {ref}", self.metadata_dir)
+            copies = self.copies(installed_models)
+            kin = {copy.manifest.digest: copy for copy, installed in copies
+                   if (installed.ref.group, installed.ref.model) == (ref.group, ref.model)}
+            staging.plan([copy for copy, _ in copies], list(kin.values()), share=share)
+            self.check_space(ref, staging.needed)
+            if staging.resume:
+                self.logger.info("resuming %s from %s", ref, staging.root)
+            started = time.monotonic()
+            staging.create()
+            yield staging  # every file complete, verified and flushed, or an exception
+            staging.installed = self._swap(ref, manifest, final, staging.root, alias_of, registry_url)
+            self.logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
+                             time.monotonic() - started)
 
-    def _install(self, ref: ModelRef, manifest: _Manifest, alias_of: str, registry_url: str,
-                 build: Callable[[str, bool], None]) -> InstalledModel:
-        final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
-        old, staging = self.sibling(ref, "old"), self.sibling(ref, "staging")
+    def _swap(self, ref: ModelRef, manifest: _Manifest, final: str, staging: str, alias_of: str,
+              registry_url: str) -> InstalledModel:
+        """Put the complete ``staging`` in ``final``'s place and commit it; undone on failure."""
+        old = self.sibling(ref, "old")
         installed = InstalledModel(
             ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size, file_count=len(manifest.files),
             installed_at=datetime.now(timezone.utc).replace(microsecond=0), path=final, alias_of=alias_of,
@@ -3550,19 +3853,6 @@ class _Store:
                   "file_count": installed.file_count, "installed_at": _format_time(installed.installed_at),
                   **({"alias_of": alias_of} if alias_of else {}),
                   **({"registry_url": registry_url} if registry_url else {})}
-        started = time.monotonic()
-        resume = self.stored_hash(staging) == manifest.digest and self._plain_directory(staging)
-        if resume:
-            self.logger.info("resuming %s from %s", ref, staging)
-        else:
-            try:
-                _remove_tree(staging)
-                os.makedirs(os.path.join(staging, self.metadata_dir))
-            except OSError as exc:
-                raise _storage_error("create", staging, exc) from exc
-            # Written first: it names what this staging directory holds, should a pull resume it.
-            _atomic_write(self.manifest_path(staging), manifest.raw)
-        build(staging, resume)  # every file complete, verified and flushed, or an exception
         try:
             _fsync_directory(staging)
             try:
@@ -3577,7 +3867,6 @@ class _Store:
             self._reclaim_quietly(ref)
             raise
         self.discard(old)
-        self.logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size, time.monotonic() - started)
         return installed
 
     def reclaim(self, ref: ModelRef, *, keep_staging: bool = True) -> int:
@@ -3636,13 +3925,6 @@ class _Store:
         except StorageError as exc:  # the next command that takes the model's lock finishes it
             self.logger.warning("could not undo the failed install of %s yet: %s", ref, exc)
 
-    def _plain_directory(self, path: str) -> bool:
-        try:
-            self.private(self.manifest_path(path))
-        except StorageError:
-            return False
-        return os.path.isdir(path)
-
     def remove(self, ref: ModelRef) -> None:
         """Delete the installed version ``ref`` (model lock held): out of sight first, then
         out of registry.json, then off the disk."""
@@ -3683,7 +3965,7 @@ class _Store:
     def leftovers(self, *, unlisted: bool = True) -> Iterator[ModelRef]:
         """Versions with a staging directory or old copy beside them, or (with ``unlisted``)
         a version directory that registry.json does not list."""
-        doc = self.read() if unlisted else {}
+        doc = self.listing() if unlisted else {}
         for group in _list_directory(self.root):
             if group.startswith(".") or group.lower() in _RESERVED_GROUPS:
                 continue
@@ -3747,7 +4029,26 @@ class _Store:
                 os.rmdir(self.chunks_dir)  # gone once empty: pulls no longer write there
             except OSError:
                 pass  # absent, or chunks younger than max_age remain
+            self.remove_empty()
         return freed
+
+    def remove_empty(self) -> None:
+        """Delete the model and group directories that hold nothing (prune, with no pull
+        running): plain directories with model and group names, never a link or its target."""
+        for group in _list_directory(self.root):
+            group_dir = os.path.join(self.root, group)
+            if group.lower() in _RESERVED_GROUPS or _name_problem("group", group) or not _real_directory(group_dir):
+                continue
+            for model in _list_directory(group_dir):
+                if _name_problem("model", model) or not _real_directory(os.path.join(group_dir, model)):
+                    continue
+                lock = self.model_lock(ModelRef(group, model))
+                if lock.try_acquire():  # else a pull, remove or verify of it is under way
+                    try:
+                        _remove_if_empty(os.path.join(group_dir, model))
+                    finally:
+                        lock.__exit__(None, None, None)
+            _remove_if_empty(group_dir)
 
     @staticmethod
     def check_case(ref: ModelRef, installed_models: Sequence[InstalledModel]) -> None:
@@ -3758,29 +4059,21 @@ class _Store:
                     f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
                 )
 
-    def seeds(self, manifest: _Manifest, installed_models: Sequence[InstalledModel]) -> dict[str, list[_Seed]]:
-        """Where installed versions hold chunks this manifest needs (their bytes are verified on use)."""
-        wanted = set(manifest.chunks)
-        seeds: dict[str, list[_Seed]] = {}
+    def copies(self, installed_models: Sequence[InstalledModel]) -> list[tuple[_Copy, InstalledModel]]:
+        """The installed versions whose stored manifest can be read, as places to find chunks."""
+        found = []
         for installed in installed_models:
             try:
-                stored = self.stored_manifest(installed)
+                found.append((_Copy(installed.path, self.stored_manifest(installed)), installed))
             except StorageError:
                 continue  # damaged or half-removed: nothing to take from it
-            for position, digest in enumerate(stored.chunks):
-                if digest in wanted:
-                    seeds.setdefault(digest, []).append(_Seed(installed.path, stored, position))
-        return seeds
+        return found
 
-    def check_space(self, ref: ModelRef, manifest: _Manifest) -> None:
-        """Fail before the first request when the disk cannot hold the model (chunks stream
-        straight into the staging files: nothing else is written)."""
+    def check_space(self, ref: ModelRef, needed: int) -> None:
+        """Fail before the first request when the disk cannot hold the ``needed`` bytes a pull
+        writes (chunks stream straight into the staging files: nothing else is written)."""
         import shutil
 
-        staging = self.sibling(ref, "staging")
-        needed = manifest.total_size
-        if self.stored_hash(staging) == manifest.digest:  # what the interrupted pull wrote needs no more room
-            needed = max(0, needed - _tree_size(staging, allocated=True))
         try:
             os.makedirs(self.root, exist_ok=True)
             free = shutil.disk_usage(self.root).free
@@ -3793,87 +4086,223 @@ class _Store:
                 "free some space or choose another data directory"
             )
 
-    # Repair ------------------------------------------------------------------
 
-    def repair(self, installed: InstalledModel, manifest: _Manifest, bad_positions: set[int], missing: set[str],
-               fetch: Callable[[Sequence[int], _ChunkFiles], None]) -> set[str]:
-        """Fetch the damaged chunks with ``fetch(positions, writer)``, find the files that
-        differ from them, rewrite only those (model lock held).
+# Verify and repair ----------------------------------------------------------------
+# verify re-hashes an installed version's files against the manifest it was built
+# from. repair writes the damaged chunks into scratch copies of the files they
+# touch, completes those that differ from the files with the files' intact ranges,
+# and puts them in place by rename: a file another version shares is never written
+# through.
 
-        Each damaged chunk is written into a scratch copy of every file it touches;
-        a file found to differ from the chunks then gets its intact ranges from its
-        old self and replaces it. The others' scratch copies go.
-        """
-        root = self.private(installed.path)  # a linked version directory is refused, as pull refuses it
-        metadata = _no_links(root, os.path.join(root, self.metadata_dir))
-        positions = sorted(bad_positions)
-        chunk_size = manifest.chunk_size
-        touched = {
-            index
-            for position in positions
-            for index, _, _ in _segments(manifest, position * chunk_size, manifest.chunk_length(position))
-        } | {index for index, info in enumerate(manifest.files) if info.path in missing}
-        scratch = {index: os.path.join(metadata, f"repair-{index}.tmp") for index in sorted(touched)}
-        repaired = set(missing)
+
+class _Verification:
+    """One verify of ``ref``: the model lock, the manifest the files are checked against,
+    what the scan found, and what a repair rewrote.
+
+    Entered, it holds the model lock (when checking only, it goes on without one in a
+    read-only data directory) and the installed version (``installed``, ``manifest``).
+    """
+
+    installed: InstalledModel
+    manifest: _Manifest | None  # None: the stored copy is damaged or missing
+
+    def __init__(self, store: _Store, ref: ModelRef, *, repair: bool) -> None:
+        self.store, self.ref, self.repair = store, ref, repair
+        self.lock = store.model_lock(ref)
+        self.held = False
+        self.manifest_name = f"{store.metadata_dir}/manifest.json"
+        self.damaged_manifest = False
+        self.bad_positions: set[int] = set()
+        self.damaged: set[str] = set()
+        self.missing: set[str] = set()
+        self.repaired: set[str] = set()
+
+    def __enter__(self) -> _Verification:
         try:
             try:
-                os.makedirs(metadata, exist_ok=True)
-                for index, path in scratch.items():
-                    fd = _create_new(path)
-                    try:
-                        os.ftruncate(fd, manifest.files[index].size)
-                    finally:
-                        os.close(fd)
-            except OSError as exc:
-                raise _storage_error("repair", metadata, exc) from exc
-            fetch(positions, _ChunkFiles(manifest, scratch, positions))
-            for position in positions:
-                start = position * chunk_size
-                for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
-                    path = manifest.files[index].path
-                    if path not in repaired and not _same_bytes(
-                            scratch[index], os.path.join(root, *path.split("/")), offset, count):
-                        repaired.add(path)
-            for index, path in scratch.items():
-                if manifest.files[index].path in repaired:
-                    self._replace_from_scratch(root, manifest, index, bad_positions, path)
-        finally:
-            for path in scratch.values():
-                _remove_file(path)
-        return repaired
+                self.lock.__enter__()
+                self.held = True
+                self.store.reclaim(self.ref)
+            except StorageError:
+                if self.repair:
+                    raise
+                # A read-only data directory has no room for a lock file; checking only reads.
+                self.store.logger.debug("verify %s: going on without the model lock", self.ref)
+            self.installed = self.store.get(self.ref)
+            try:
+                self.manifest = self.store.stored_manifest(self.installed)
+            except StorageError:
+                self.manifest, self.damaged_manifest = None, True
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
 
-    @staticmethod
-    def _replace_from_scratch(root: str, manifest: _Manifest, index: int, bad_positions: set[int],
-                              scratch: str) -> None:
-        """Complete a scratch copy with the file's intact ranges, then put it in the file's place."""
-        info = manifest.files[index]
-        path = _no_links(root, os.path.join(root, *info.path.split("/")))
-        begin, end = manifest.starts[index], manifest.starts[index] + info.size
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.held:
+            self.held = False
+            self.lock.__exit__(None, None, None)
+
+    def needs_published(self) -> bool:
+        """Whether the stored manifest cannot vouch for itself: damaged, or a re-serialized copy."""
+        return self.manifest is None or _sha256(self.manifest.raw).hexdigest() != self.installed.manifest_hash
+
+    def use_published(self, published: _Manifest | ModelsError) -> None:
+        """Check against ``published``, the manifest fetched by its hash, written over a
+        re-serialized copy (the Go original's) when the lock is held. When it could not be
+        fetched (``published`` is the error), a re-serialized copy is used, with a warning
+        that nothing vouches for it; a damaged one is the error."""
+        path = self.store.manifest_path(self.installed.path)
+        if isinstance(published, ModelsError):
+            if self.manifest is None:
+                raise published
+            self.store.logger.warning(
+                "verify %s: the manifest itself could not be checked: %s is a re-serialized copy (written by "
+                "another tool, such as the Go original), and the published manifest could not be fetched (%s); "
+                "the files are checked against that copy", self.ref, path, published,
+            )
+            return
+        if self.manifest is not None and self.held:
+            try:
+                _atomic_write(self.store.private(path), published.raw)
+                self.store.logger.info("verify %s: %s was a re-serialized copy; it now holds the published bytes",
+                                       self.ref, path)
+            except StorageError as exc:
+                self.store.logger.warning("verify %s: the published manifest was not written over the copy: %s",
+                                          self.ref, exc)
+        self.manifest = published
+
+    def scan(self) -> bool:
+        """Hash every chunk of the files; True if anything is damaged or missing."""
+        assert self.manifest is not None
+        self.bad_positions, self.damaged, self.missing = _scan(self.installed.path, self.manifest)
+        return bool(self.damaged or self.damaged_manifest)
+
+    def result(self, *, split: bool) -> Any:
+        """What Manager.verify returns."""
+        if self.repair:
+            return (sorted(self.repaired), []) if split else sorted(self.repaired)
+        assert self.manifest is not None
+        sharing = _only_sharing(self.manifest, self.bad_positions, self.missing)
+        damaged = sorted(self.damaged - sharing | ({self.manifest_name} if self.damaged_manifest else set()))
+        return (damaged, sorted(sharing)) if split else sorted([*damaged, *sharing])
+
+    def repairing(self) -> _Repair:
+        assert self.manifest is not None
+        return _Repair(self, self.manifest)
+
+
+class _Repair(_ChunkFiles):
+    """The damaged chunks of a verification, written into scratch copies of the files they
+    touch (model lock held). On success, the copies of the files that differ replace them
+    by rename, and a damaged stored manifest is written again; the others go."""
+
+    def __init__(self, check: _Verification, manifest: _Manifest) -> None:
+        self.check = check
+        self.root = check.store.private(check.installed.path)  # a linked version directory is refused
+        self.metadata = _no_links(self.root, os.path.join(self.root, check.store.metadata_dir))
+        bad = sorted(check.bad_positions)
+        touched = {
+            index
+            for position in bad
+            for index, _, _ in _segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position))
+        } | {index for index, info in enumerate(manifest.files) if info.path in check.missing}
+        super().__init__(manifest, {index: os.path.join(self.metadata, f"repair-{index}.tmp")
+                                    for index in sorted(touched)}, bad)
+
+    def chunks(self) -> list[tuple[str, int]]:
+        assert self.positions is not None
+        return [(self.manifest.chunks[p], self.manifest.chunk_length(p)) for p in self.positions]
+
+    def __enter__(self) -> _Repair:
         try:
-            with open(scratch, "r+b") as target:
-                old = -1
+            os.makedirs(self.metadata, exist_ok=True)
+            for index, path in self.paths.items():  # type: ignore[union-attr]
+                fd = _create_new(path)
                 try:
-                    first = begin // manifest.chunk_size if manifest.chunk_size else len(manifest.chunks)
-                    for position in range(first, len(manifest.chunks)):
-                        start = position * manifest.chunk_size
-                        if start >= end:
-                            break
-                        low, high = max(begin, start), min(end, start + manifest.chunk_length(position))
-                        if position in bad_positions or high <= low:
-                            continue  # written from the fetched chunk already, or nothing to copy
-                        if old < 0:  # this range hashed right: keep the file's own bytes
-                            old = _open_regular(path)
-                        _copy_range(old, low - begin, high - low, target.fileno(), low - begin)
+                    os.ftruncate(fd, self.manifest.files[index].size)
                 finally:
-                    if old >= 0:
-                        os.close(old)  # before the replace: Windows cannot replace an open file
-                os.fsync(target.fileno())
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if os.path.isdir(path) and not os.path.islink(path):
-                _remove_tree(path)
-            os.replace(scratch, path)
+                    os.close(fd)
         except OSError as exc:
-            raise _storage_error("repair", path, exc) from exc
+            self.__exit__(None, None, None)
+            raise _storage_error("repair", self.metadata, exc) from exc
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc_info: Any) -> None:
+        try:
+            if kind is None:
+                self._put_in_place()
+        finally:
+            for path in self.paths.values():  # type: ignore[union-attr]
+                _remove_file(path)
+
+    def _put_in_place(self) -> None:
+        """Replace the files that differ from the fetched chunks, and a damaged stored manifest."""
+        check, manifest, root = self.check, self.manifest, self.root
+        repaired = set(check.missing)
+        assert self.positions is not None
+        for position in self.positions:
+            start = position * manifest.chunk_size
+            for index, offset, count in _segments(manifest, start, manifest.chunk_length(position)):
+                path = manifest.files[index].path
+                if path not in repaired and not _same_bytes(
+                        self.paths[index], os.path.join(root, *path.split("/")), offset, count):
+                    repaired.add(path)
+        for index, scratch in self.paths.items():  # type: ignore[union-attr]
+            if manifest.files[index].path in repaired:
+                _replace_from_scratch(root, manifest, index, check.bad_positions, scratch)
+        if check.damaged_manifest:
+            target = os.path.join(root, *check.manifest_name.split("/"))
+            _atomic_write(_no_links(root, target), manifest.raw)
+            repaired.add(check.manifest_name)
+        check.repaired = repaired
+        check.store.logger.info("repaired %s: %s", check.ref, ", ".join(sorted(repaired)) or "nothing")
+
+
+def _replace_from_scratch(root: str, manifest: _Manifest, index: int, bad_positions: set[int],
+                          scratch: str) -> None:
+    """Complete a scratch copy with the file's intact ranges, then put it in the file's place
+    by rename (another version sharing the file keeps its own)."""
+    info = manifest.files[index]
+    path = _no_links(root, os.path.join(root, *info.path.split("/")))
+    begin, end = manifest.starts[index], manifest.starts[index] + info.size
+    try:
+        with open(scratch, "r+b") as target:
+            old = -1
+            try:
+                first = begin // manifest.chunk_size if manifest.chunk_size else len(manifest.chunks)
+                for position in range(first, len(manifest.chunks)):
+                    start = position * manifest.chunk_size
+                    if start >= end:
+                        break
+                    low, high = max(begin, start), min(end, start + manifest.chunk_length(position))
+                    if position in bad_positions or high <= low:
+                        continue  # written from the fetched chunk already, or nothing to copy
+                    if old < 0:  # this range hashed right: keep the file's own bytes
+                        old = _open_regular(path)
+                    _copy_range(old, low - begin, high - low, target.fileno(), low - begin)
+            finally:
+                if old >= 0:
+                    os.close(old)  # before the replace: Windows cannot replace an open file
+            os.fsync(target.fileno())
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.isdir(path) and not os.path.islink(path):
+            _remove_tree(path)
+        os.replace(scratch, path)
+    except OSError as exc:
+        raise _storage_error("repair", path, exc) from exc
+
+
+def _only_sharing(manifest: _Manifest, bad_positions: Collection[int], missing: Collection[str]) -> set[str]:
+    """The files a damaged chunk touches that may be intact: each damaged chunk spans
+    several files, and none of them is known damaged (missing, of the wrong size, or
+    holding a damaged chunk of its own)."""
+    touched = []
+    for position in bad_positions:
+        start, length = position * manifest.chunk_size, manifest.chunk_length(position)
+        touched.append({manifest.files[index].path for index, _, _ in _segments(manifest, start, length)})
+    known = set(missing).union(*(paths for paths in touched if len(paths) == 1))
+    return set().union(*(paths for paths in touched if len(paths) > 1)) - known
 
 
 def _scan(root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]:
@@ -3917,77 +4346,6 @@ def _scan(root: str, manifest: _Manifest) -> tuple[set[int], set[str], set[str]]
         if handle[1] >= 0:
             _close_quietly(handle[1])
     return bad, damaged, missing
-
-
-def _verify(store: _Store, ref: ModelRef, *, repair: bool, manifest: Callable[[str], _Manifest],
-            fetch: Callable[[InstalledModel, _Manifest, Sequence[int], _ChunkFiles], None]
-            ) -> tuple[list[str], list[str]]:
-    """Manager.verify: (files damaged or missing, files that only share a damaged chunk with
-    another file), or with ``repair`` (the files rewritten, []). ``manifest(digest)`` fetches a
-    published manifest; ``fetch(installed, manifest, positions, writer)`` writes chunks through ``writer``."""
-    from contextlib import ExitStack
-
-    with ExitStack() as locked:
-        held = False
-        try:
-            locked.enter_context(store.model_lock(ref))
-            held = True
-            store.reclaim(ref)
-        except StorageError:
-            if repair:
-                raise
-            # A read-only data directory has no room for a lock file; checking only reads.
-            store.logger.debug("verify %s: going on without the model lock", ref)
-        installed = store.get(ref)
-        manifest_path = f"{store.metadata_dir}/manifest.json"
-        try:
-            stored = store.stored_manifest(installed)
-            damaged_manifest = False
-        except StorageError:
-            stored = manifest(installed.manifest_hash)
-            damaged_manifest = True
-        if not damaged_manifest and _sha256(stored.raw).hexdigest() != installed.manifest_hash:
-            stored = _published(store, installed, stored, manifest, held=held)
-        bad_positions, damaged, missing = _scan(installed.path, stored)
-        if not repair or not (damaged or damaged_manifest):
-            sharing = _only_sharing(stored, bad_positions, missing)
-            return sorted(damaged - sharing | ({manifest_path} if damaged_manifest else set())), sorted(sharing)
-        with store.cache_lock(shared=True):
-            repaired = store.repair(installed, stored, bad_positions, missing,
-                                    lambda positions, writer: fetch(installed, stored, positions, writer))
-        if damaged_manifest:
-            target = os.path.join(installed.path, *manifest_path.split("/"))
-            _atomic_write(_no_links(installed.path, target), stored.raw)
-            repaired.add(manifest_path)
-        store.logger.info("repaired %s: %s", ref, ", ".join(sorted(repaired)) or "nothing")
-        return sorted(repaired), []
-
-
-def _published(store: _Store, installed: InstalledModel, stored: _Manifest, manifest: Callable[[str], _Manifest],
-               *, held: bool) -> _Manifest:
-    """The manifest ``installed`` was built from, when its stored copy ``stored`` is a
-    re-serialized one (the Go original's): the published bytes, fetched by their hash and,
-    with the model's lock ``held``, written over the copy. When they cannot be had (no
-    registry), the copy, with a warning that nothing vouches for it."""
-    path = store.manifest_path(installed.path)
-    try:
-        published = manifest(installed.manifest_hash)
-    except ModelsError as exc:
-        store.logger.warning(
-            "verify %s: the manifest itself could not be checked: %s is a re-serialized copy (written by "
-            "another tool, such as the Go original), and the published manifest could not be fetched (%s); "
-            "the files are checked against that copy", installed.ref, path, exc,
-        )
-        return stored
-    if held:
-        try:
-            _atomic_write(store.private(path), published.raw)
-            store.logger.info("verify %s: %s was a re-serialized copy; it now holds the published bytes",
-                              installed.ref, path)
-        except StorageError as exc:
-            store.logger.warning("verify %s: the published manifest was not written over the copy: %s",
-                                 installed.ref, exc)
-    return published
 
 
 def _default_logger() -> logging.Logger:
@@ -4279,6 +4637,10 @@ class Manager:
             ``Config.data_dir`` (what the CLI's ``--data-dir`` passes).
         ssl_context: verifies HTTPS registries (for a private CA); default:
             the system's trust store, or the bundle named by ``SSL_CERT_FILE``.
+        copy_files: give every installed version its own copy of each file;
+            by default a file byte-identical to one of another installed version
+            of the model shares its storage (a hard link). Setting
+            ``XPRIM_MODELS_COPY_FILES=1`` in the environment does the same.
     """
 
     def __init__(
@@ -4293,6 +4655,7 @@ class Manager:
         data_dir: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         headers: Mapping[str, str] | None = None,
+        copy_files: bool = False,
     ) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
@@ -4307,6 +4670,7 @@ class Manager:
         self._store = _Store(root, config.app_name, logger)
         self._opener, self._ssl_context = opener, ssl_context
         self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
+        self._share_files = not copy_files and os.environ.get("XPRIM_MODELS_COPY_FILES", "") in ("", "0")
         self._clients: dict[str, _RegistryClient] = {}  # by _registry_key
         self._clients_guard = threading.Lock()
         self._scope = threading.local()  # the indexes held by _one_index_each
@@ -4412,10 +4776,10 @@ class Manager:
 
     def _job(self, client: _RegistryClient, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]],
              concurrency: int, progress: Callable[[PullProgress], None] | None,
-             seeds: Mapping[str, Sequence[_Seed]], limit_rate: float | None) -> _PullJob:
+             sources: Mapping[str, Sequence[_Source]], limit_rate: float | None) -> _PullJob:
         emit = progress if progress is not None else (lambda snapshot: None)
         return _PullJob(client, writer, label, chunks, concurrency=concurrency, emit=emit,
-                        logger=self._logger, seeds=seeds, limit_rate=limit_rate)
+                        logger=self._logger, sources=sources, limit_rate=limit_rate)
 
     # Public API --------------------------------------------------------------
 
@@ -4564,15 +4928,15 @@ class Manager:
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._manifest(remote.manifest_hash, client)
-
-            def build(staging: str, seeds: Mapping[str, Sequence[_Seed]], resume: bool) -> None:
-                chunks = [(digest, manifest.chunk_length(p)) for p, digest in enumerate(manifest.chunks)]
-                files = _Staging(manifest, staging, f"pull {ref}")
-                files.fill(self._job(client, files, f"pull {ref}", chunks, concurrency, progress, seeds,
-                                     limit_rate), resume=resume)
-
-            return store.install(ref, manifest, remote.alias_of, build, others=installed_models,
-                                 registry_url=client.origin)
+            with store.installing(ref, manifest, installed_models, alias_of=remote.alias_of,
+                                  registry_url=client.origin, share=self._share_files) as staging:
+                job = self._job(client, staging, f"pull {ref}", staging.chunks(), concurrency, progress,
+                                staging.sources, limit_rate)
+                job.run()
+                for path in staging.flush():
+                    job.set_current_file(path)
+                job.report()
+            return staging.installed
 
     def ensure(
         self,
@@ -4648,22 +5012,25 @@ class Manager:
         """
         ref = _versioned(ref, "verify")
         concurrency = _check_download_options(concurrency, limit_rate)
+        store = self._store
+        with _Verification(store, ref, repair=repair) as check:
 
-        @cache
-        def source() -> _RegistryClient:  # asked only when something must be fetched
-            return self._installed_source(self._store.get(ref))
+            @cache
+            def source() -> _RegistryClient:  # asked only when something must be fetched
+                return self._installed_source(check.installed)
 
-        def fetch(installed: InstalledModel, manifest: _Manifest, positions: Sequence[int],
-                  writer: _ChunkFiles) -> None:
-            seeds = {digest: [seed for seed in found if seed.directory != installed.path]
-                     for digest, found in self._store.seeds(manifest, self.list_installed()).items()}
-            chunks = [(manifest.chunks[p], manifest.chunk_length(p)) for p in positions]
-            self._job(source(), writer, f"repair {ref}", chunks, concurrency, progress, seeds,
-                      limit_rate).run(lambda: None)
-
-        damaged, sharing = _verify(self._store, ref, repair=repair,
-                                   manifest=lambda digest: self._manifest(digest, source()), fetch=fetch)
-        return (damaged, sharing) if split else sorted(damaged + sharing)
+            if check.needs_published():
+                try:
+                    check.use_published(self._manifest(check.installed.manifest_hash, source()))
+                except ModelsError as exc:
+                    check.use_published(exc)
+            if check.scan() and repair:
+                with store.cache_lock(shared=True), check.repairing() as scratch:
+                    others = [copy for copy, installed in store.copies(self.list_installed()) if installed.ref != ref]
+                    sources = _sources_by_hash(scratch.manifest, others)
+                    self._job(source(), scratch, f"repair {ref}", scratch.chunks(), concurrency, progress, sources,
+                              limit_rate).run()
+        return check.result(split=split)
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete what crashed pulls left, partial files, and the chunks earlier versions left

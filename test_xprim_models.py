@@ -186,7 +186,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     for name in list(os.environ):
-        if name.endswith("_MODELS_DIR") or name.lower().endswith("_proxy") or name == "XPRIM_MODELS_REGISTRY_URL":
+        if name.endswith("_MODELS_DIR") or name.lower().endswith("_proxy") or name in (
+                "XPRIM_MODELS_REGISTRY_URL", "XPRIM_MODELS_COPY_FILES"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
@@ -977,7 +978,7 @@ class TestRegistry:
         assert "through alias 'c9999', and it is an alias of missing version 'c10000'" in str(chain.value)
         with pytest.raises(xm.VersionNotFoundError) as missing:
             manager.get_remote("org/many x")
-        assert "(available: m0, m1, m10, m100, m1000 and 9995 more)" in str(missing.value)
+        assert "; available: m0, m1, m10, m100, m1000 and 9995 more" in str(missing.value)
         assert max(len(str(error.value)) for error in (cycle, chain, missing)) < 300
 
     def test_unsupported_scheme(self, tmp_path: Path) -> None:
@@ -1603,7 +1604,7 @@ class TestStorage:
         before = sum(server.requests[path] for path in chunk_paths(registry_dir))
         installed = manager.pull("org/tiny v1")
         assert sum(server.requests[path] for path in chunk_paths(registry_dir)) == before  # verified, not fetched
-        assert tree(Path(installed.path)) == dict(sorted(model.items())) and manager.verify("org/tiny v1") == []
+        assert tree(Path(installed.path)) == dict(sorted(model.items())) and manager.verify("org/tiny v1").ok
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
 
     def test_an_unlisted_version_is_removed_by_prune_or_a_pull_of_other_bytes(
@@ -1806,7 +1807,7 @@ class TestConcurrency:
         b2_held.release.set()
         second.join(10)
         assert (Path(pulled[0].path) / "model.bin").read_bytes() == new
-        assert manager.verify("org/big v1") == []
+        assert manager.verify("org/big v1").ok
 
     def test_threads_racing_on_one_model(self, manager: xm.Manager, model: dict[str, bytes],
                                          server: RegistryServer, registry_dir: Path) -> None:
@@ -1910,11 +1911,11 @@ class TestConcurrency:
 
 # --- Command line ------------------------------------------------------------------
 
-V1_SIZE = sum(len(content) for content in MODEL_FILES.values())  # 6514 bytes: "6.4 KB"
+V1_SIZE = sum(len(content) for content in MODEL_FILES.values())  # 6514 bytes: "6.5 kB"
 V2_FILES = {**MODEL_FILES, "config.json": b'{"layers": 3}\n'}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SNAKE_CASE = re.compile(r"[a-z][a-z0-9_]*")
-PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{20}\] \d+%")
+PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{5,20}\] \d+%")  # the bar narrows to fit the sizes
 
 
 def cli_run(server: RegistryServer, data_dir: Path, *args: str, env: dict[str, str] | None = None,
@@ -2145,7 +2146,7 @@ class TestCli:
         assert verbose.stdout.startswith("GROUP")
         quiet = cli_run(server, data_dir, *args("--quiet", "pull", "org/tiny", "v1"))
         assert (quiet.returncode, quiet.stderr) == (0, "")
-        assert "Model installed: org/tiny v1 (6.4 KB)\n" in quiet.stdout
+        assert "Model installed: org/tiny v1 (6.5 kB)\n" in quiet.stdout
 
     def test_flag_after_the_command_keeps_one_given_before(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
@@ -2160,29 +2161,6 @@ class TestCli:
         result = cli_run(server, data_dir, "list", "--remote")
         assert (result.returncode, result.stderr) == (0, "")
 
-    @pytest.mark.parametrize(
-        "argv",
-        [
-            ["path", "org/tiny", "v1"], ["--data-dir", "d", "path", "org/tiny v1", "--json"],
-            ["-q", "path", "org/tiny", "v1", "--registry=r", "-v"], ["list"], ["--registry", "r", "list", "--remote"],
-            ["list", "--data-dir=d", "--quiet", "--verbose"], ["path", "org/tiny"],
-        ],
-    )
-    def test_quick_reading_of_path_and_list_matches_argparse(self, argv: list[str]) -> None:
-        quick = xm._quick_args(argv)
-        assert quick is not None
-        word = next(item for item in argv if item in ("path", "list"))
-        parsed = vars(xm._main_parser(word, lambda args: (xm.Config("x"), {}), "")[0].parse_args(argv))
-        assert quick == {key: value for key, value in parsed.items() if key != "func"}
-
-    @pytest.mark.parametrize(
-        "argv",
-        [["path"], ["path", "a/b", "c", "d"], ["--remote", "list"], ["list", "-h"], ["list", "--jso"],
-         ["--registry", "-x", "list"], ["path", "--", "a/b", "c"], ["list", "-qv"], ["pull", "a/b", "c"]],
-    )
-    def test_anything_else_is_left_to_argparse(self, argv: list[str]) -> None:
-        assert xm._quick_args(argv) is None
-
     def test_registry_and_data_dir_after_the_command_word(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -2196,7 +2174,8 @@ class TestCli:
     @pytest.mark.parametrize(
         ("argv", "code", "message"),
         [
-            (["pull", "org/tiny", "V1"], 3, "version not found: org/tiny V1 (did you mean org/tiny v1?) (available: "),
+            (["pull", "org/tiny", "V1"], 3,
+             "version not found: org/tiny V1 (did you mean org/tiny v1?); available: latest, v1, v2\n"),
             (["pull", "org/tiyn", "v1"], 3, "model not found in registry: org/tiyn (did you mean org/tiny v1?)"),
             (["pull", "Org/Tiny", "v2"], 3, "model not found in registry: Org/Tiny (did you mean org/tiny v2?)"),
             (["pull", "org/tiny", "lates"], 3, "version not found: org/tiny lates (did you mean org/tiny latest?)"),
@@ -2215,6 +2194,20 @@ class TestCli:
         assert xm.main(["--registry", server.url, "--data-dir", str(data_dir), *argv]) == code
         assert capsys.readouterr().err.startswith(f"error: {message}")
 
+    def test_ref_mistakes_are_quoted_as_typed_and_get_a_hint(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert xm.main(["path", "acme/small/v1"]) == 2
+        assert "error: invalid model reference 'acme/small/v1': expected" in capsys.readouterr().err
+        assert xm.main(["pull", "acme/small:v1"]) == 2  # docker's and ollama's way of writing it
+        assert capsys.readouterr().err.endswith("\nhint: the version is a word of its own: acme/small v1\n")
+
+    @pytest.mark.parametrize("command", ["pull", "remove", "info", "path", "update", "verify"])
+    def test_help_explains_every_positional(self, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+        assert xm.main([command, "--help"]) == 0
+        usage, positionals = capsys.readouterr().out.split("positional arguments:\n")
+        assert "[VERSION]" in usage and "(required)" not in positionals  # VERSION may come inside GROUP/MODEL
+        for name in ("GROUP/MODEL", "VERSION"):
+            assert re.search(rf"^  {name} +\S", positionals, re.MULTILINE), positionals
+
     def test_registry_without_a_scheme_gets_a_hint(
         self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]
@@ -2230,6 +2223,12 @@ class TestCli:
 
     # Human output --------------------------------------------------------------
 
+    @pytest.mark.parametrize(("size", "text"), [(0, "0 B"), (999, "999 B"), (1000, "1 kB"), (6514, "6.5 kB"),
+                                                (999_949, "999.9 kB"), (999_950, "1 MB"), (31_457_288, "31.5 MB"),
+                                                (7_400_000_000, "7.4 GB")])
+    def test_sizes_are_decimal(self, size: int, text: str) -> None:
+        assert xm._format_size(size) == text
+
     def test_list_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         empty = cli_run(server, data_dir, "list")
         assert (empty.returncode, empty.stdout, empty.stderr) == (0, "No models installed\n", "")
@@ -2240,8 +2239,8 @@ class TestCli:
         assert result.returncode == 0
         assert result.stdout == (
             "GROUP   MODEL   VERSION   SIZE     INSTALLED\n"
-            f"org     tiny    v1        6.4 KB   {dates[0]}\n"
-            f"org     tiny    v2        6.4 KB   {dates[1]}\n"
+            f"org     tiny    v1        6.5 kB   {dates[0]}\n"
+            f"org     tiny    v2        6.5 kB   {dates[1]}\n"
         )
 
     def test_list_remote_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
@@ -2249,9 +2248,9 @@ class TestCli:
         assert result.returncode == 0
         assert result.stdout == (
             "GROUP   MODEL   VERSION        SIZE\n"
-            "org     tiny    latest -> v1   6.4 KB\n"
-            "org     tiny    v1             6.4 KB\n"
-            "org     tiny    v2             6.4 KB\n"
+            "org     tiny    latest -> v1   6.5 kB\n"
+            "org     tiny    v1             6.5 kB\n"
+            "org     tiny    v2             6.5 kB\n"
         )
 
     def test_pull_human_and_already_installed(
@@ -2260,16 +2259,19 @@ class TestCli:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
         path = data_dir / "org" / "tiny" / "v1"
-        assert result.stdout == f"\nModel installed: org/tiny v1 (6.4 KB)\nPath: {path}\n"
+        assert result.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
         assert tree(path) == MODEL_FILES
         downloads = server.chunk_requests()
         again = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert again.returncode == 0
-        assert again.stdout == "Model already installed: org/tiny v1\nUse --force to re-download\n"
+        assert again.stdout == (
+            "Model already installed: org/tiny v1\n"
+            "Use --force to install it again (its chunks on this disk are hashed again and reused)\n")
         assert server.chunk_requests() == downloads  # nothing downloaded
         forced = cli_run(server, data_dir, "pull", "org/tiny", "v1", "--force")
         assert forced.returncode == 0
-        assert forced.stdout == f"\nModel installed: org/tiny v1 (6.4 KB)\nPath: {path}\n"
+        assert "Reused 7 chunks (6.5 kB) already on this disk; nothing downloaded\n" in forced.stderr  # as it said
+        assert forced.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
 
     def test_info_installed_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
@@ -2279,7 +2281,7 @@ class TestCli:
         assert result.stdout == textwrap.dedent(f"""\
             Model:        org/tiny v1
             Status:       Installed
-            Size:         6.4 KB
+            Size:         6.5 kB
             Files:        4
             Installed:    {cli_local_time(listed["installed_at"], True)}
             Path:         {data_dir / "org" / "tiny" / "v1"}
@@ -2287,9 +2289,9 @@ class TestCli:
             Pin:          org/tiny v1@{listed["manifest_hash"]}
 
             Files:
-              model.safetensors     4.9 KB
+              model.safetensors     5 kB
               config.json           14 B
-              sub/tokenizer.json    1.5 KB
+              sub/tokenizer.json    1.5 kB
               empty.txt             0 B
             """)
 
@@ -2300,15 +2302,15 @@ class TestCli:
         assert result.stdout == textwrap.dedent(f"""\
             Model:        org/tiny v1
             Status:       Available (not installed)
-            Size:         6.4 KB
+            Size:         6.5 kB
             Pin:          org/tiny v1@{digest}
-            Chunks:       7 \u00d7 1 KB
+            Chunks:       7 \u00d7 1 kB
             Files:        4
 
             Files:
-              model.safetensors     4.9 KB
+              model.safetensors     5 kB
               config.json           14 B
-              sub/tokenizer.json    1.5 KB
+              sub/tokenizer.json    1.5 kB
               empty.txt             0 B
 
             Metadata:
@@ -2359,7 +2361,7 @@ class TestCli:
             "Checking for updates...\n\n"
             "org/tiny latest: update available (v1 \u2192 v2)\n"
             "Downloading update for org/tiny latest...\n"
-            "Updated: org/tiny latest (6.4 KB)\n"
+            "Updated: org/tiny latest (6.5 kB)\n"
         )
         assert "Extracting files... done\n" in applied.stderr
         assert tree(data_dir / "org" / "tiny" / "latest") == V2_FILES
@@ -2396,6 +2398,38 @@ class TestCli:
         result = cli_run(server, data_dir, "update", "org/other")
         assert (result.returncode, result.stderr) == (4, "error: model not installed: org/other\n")
 
+    def test_repair_says_it_rewrites_the_damaged_files(
+        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        cli_install(server, data_dir, "v1")
+        (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
+        repaired = cli_run(server, data_dir, "verify", "org/tiny", "v1", "--repair")
+        assert repaired.returncode == 0, repaired.stderr
+        assert repaired.stderr.endswith("\nRewriting damaged files... done\n"), repaired.stderr
+        assert repaired.stdout == "org/tiny v1: 1 file repaired\n  config.json\n"
+
+    def test_update_of_one_version_and_its_errors_name_it_once(
+        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import shutil
+
+        cli_install(server, data_dir, "v1", "latest")
+        publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
+        one = cli_run(server, data_dir, "update", "org/tiny", "latest")
+        assert (one.returncode, one.stdout) == (
+            0, "Checking for updates...\n\norg/tiny latest: update available (v1 \u2192 v2)\n")
+        publish.publish(str(registry_dir), "org", "tiny", "v3", {"other.bin": blob(3000, "other")}, chunk_size=1024)
+        publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v3")  # nothing on this disk to reuse
+        usage = shutil.disk_usage(".")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+        full = cli_run(server, data_dir, "update", "org/tiny latest", "--apply")
+        assert full.returncode == 7
+        assert re.search(r"^error: org/tiny latest: needs 3 kB of disk space in \S+ but only 1 kB is free",
+                         full.stderr, re.MULTILINE), full.stderr
+        missing = cli_run(server, data_dir, "update", "org/tiny", "v2")
+        assert (missing.returncode, missing.stderr) == (4, "error: model not installed: org/tiny v2\n")
+
     def test_update_failing_check_does_not_stop_the_others(
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
@@ -2417,7 +2451,7 @@ class TestCli:
         assert applied.returncode == 3
         assert "error: org/tiny v1: version not found" in applied.stderr
         assert "org/tiny v2: update available" in applied.stdout
-        assert "Updated: org/tiny v2 (6.4 KB)\n" in applied.stdout
+        assert "Updated: org/tiny v2 (6.5 kB)\n" in applied.stdout
         assert tree(data_dir / "org" / "tiny" / "v2") == changed
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES  # the failing one is left alone
 
@@ -2468,7 +2502,7 @@ class TestCli:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
         assert cli_without_quarters(result.stderr) == (
-            "Fetching manifest... done\nGetting 7 chunks (6.4 KB)\nDownloaded 7 chunks (6.4 KB)\n"
+            "Fetching manifest... done\nGetting 7 chunks (6.5 kB)\nDownloaded 7 chunks (6.5 kB)\n"
             "Extracting files... done\n"
         )
         assert "\r" not in result.stderr and "\x1b" not in result.stderr
@@ -2482,11 +2516,11 @@ class TestCli:
         capsys.readouterr()
         assert xm.main([*base, "pull", "org/tiny", "latest"]) == 0  # an alias of what is installed
         assert cli_without_quarters(capsys.readouterr().err, "Verifying") == (
-            "Fetching manifest... done\nGetting 7 chunks (6.4 KB)\n"
-            "Reused 7 chunks (6.4 KB) already on this disk; nothing downloaded\nExtracting files... done\n"
+            "Fetching manifest... done\nGetting 7 chunks (6.5 kB)\n"
+            "Reused 7 chunks (6.5 kB) already on this disk; nothing downloaded\nExtracting files... done\n"
         )
         assert xm.main([*base, "pull", "org/tiny", "v2"]) == 0  # one chunk differs from v1
-        assert "Downloaded 1 KB, reused 5.4 KB already on this disk (7 chunks)\n" in capsys.readouterr().err
+        assert "Downloaded 1 kB, reused 5.5 kB already on this disk (7 chunks)\n" in capsys.readouterr().err
         publish.publish(str(registry_dir), "org", "one", "v1", {"a.bin": b"abc"})
         publish.publish(str(registry_dir), "org", "none", "v1", {})
         assert xm.main([*base, "pull", "org/one", "v1"]) == 0
@@ -2532,13 +2566,13 @@ class TestCli:
     def test_progress_on_a_terminal_80_columns(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        # 8 KB/s: the 6.4 KB take most of a second, so the line is redrawn with a speed and an ETA.
+        # 8 kB/s: the 6.5 kB take most of a second, so the line is redrawn with a speed and an ETA.
         output = self.pull_on_a_terminal(server, data_dir, 80, "--limit-rate", "8K")
         states = self.drawn(output)
         assert all(len(state) < 80 for state in states), [state for state in states if len(state) >= 80]
         assert any(PTY_BAR.match(state) and "/s ETA " in state for state in states), states
-        assert "Downloaded 7 chunks (6.4 KB)" in states
-        assert "Model installed: org/tiny v1 (6.4 KB)" in output
+        assert "Downloaded 7 chunks (6.5 kB)" in states
+        assert "Model installed: org/tiny v1 (6.5 kB)" in output
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
 
     @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
@@ -2550,7 +2584,7 @@ class TestCli:
         assert all(len(state) < 40 for state in states), [state for state in states if len(state) >= 40]
         progress = [state for state in states if state.startswith("Downloading: ")]
         assert progress and not any("[" in state or "ETA" in state for state in progress), progress
-        assert "Downloaded 7 chunks (6.4 KB)" in states
+        assert "Downloaded 7 chunks (6.5 kB)" in states
 
     def test_progress_line_narrows_in_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Bar first, then ETA, then speed: at each width, the fullest line that fits, never wider."""
@@ -2626,7 +2660,7 @@ class TestCli:
         del server.always[chunk_paths(registry_dir)[4]]
         assert xm.main([*base, "pull", "org/tiny", "v1"]) == 0
         # Chunks 1 to 4 came before the failure; 5 to 7 come now.
-        assert "Downloaded 2.4 KB, reused 4 KB already on this disk (7 chunks)" in capsys.readouterr().err
+        assert "Downloaded 2.4 kB, reused 4.1 kB already on this disk (7 chunks)" in capsys.readouterr().err
         server.fail("models.json", *[Fault(status=503)] * 4)  # before any chunk: nothing to resume
         assert xm.main([*base, "pull", "org/tiny", "v2"]) == 5
         assert "resume" not in capsys.readouterr().err
@@ -2679,6 +2713,16 @@ class TestCli:
         assert result.returncode == 2
         assert "usage: xprim-models" in result.stderr
         assert server.requests == {}
+
+    @pytest.mark.parametrize("args", [["--json", "bogus"],
+                                      ["--json", "pull", "acme/small", "v1", "--concurrency", "abc"],
+                                      ["pull", "acme/small", "--limit-rate", "fast", "--json"]])
+    def test_usage_errors_with_json_print_the_error_document(self, args: list[str]) -> None:
+        result = main_in_process(*args)
+        assert result.returncode == 2
+        error = cli_document(result)["error"]
+        assert (error["type"], error["exit_code"]) == ("UsageError", 2)
+        assert result.stderr.endswith(f"error: {error['message']}\n")
 
     def test_hash_mismatch_exits_6(
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
@@ -3234,7 +3278,7 @@ class TestExport:
     @pytest.mark.parametrize("damage", ["flipped", "missing"])
     def test_a_damaged_install_is_refused(self, manager: xm.Manager, server: RegistryServer,
                                           model: dict[str, bytes], data_dir: Path, tmp_path: Path,
-                                          damage: str) -> None:
+                                          damage: str, capsys: pytest.CaptureFixture[str]) -> None:
         manager.pull("org/tiny v1")
         manager.pull("org/tiny v2")
         weights = data_dir / "org" / "tiny" / "v1" / "model.safetensors"
@@ -3249,9 +3293,36 @@ class TestExport:
         message = str(caught.value)
         assert "model.safetensors" in message and "verify --repair on org/tiny v1" in message
         assert (export / "models.json").read_bytes() == listed  # v2 stays; v1 is not listed
+        tool = embedded_tool(xm.Config("test-app", server.url, data_dir))  # the manager's app, as a command
+        assert tool("export", "org/tiny", "v1", "--to", str(export)) == 6
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot export org/tiny v1: damaged in ") and "model.safetensors" in err
         manager.verify("org/tiny v1", repair=True)
         manager.export(["org/tiny v1"], export)
         assert set(json.loads((export / "models.json").read_text())["org"]["tiny"]) == {"v1", "v2"}
+
+    def test_the_export_command(self, server: RegistryServer, model: dict[str, bytes], data_dir: Path,
+                                tmp_path: Path) -> None:
+        for version in ("v1", "v2", "latest"):
+            cli_run(server, data_dir, "-q", "pull", "org/tiny", version)
+        export = tmp_path / "export"
+        result = cli_run(server, data_dir, "export", "org/tiny", "latest", "org/tiny v2", "--to", str(export))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("Exported: org/tiny latest (6.5 kB)\nExported: org/tiny v2 (6.5 kB)\n")
+        assert f"Registry: {export} " in result.stdout
+        as_json = cli_document(cli_run(server, data_dir, "--json", "export", "org/tiny", "--to", str(export)))
+        assert as_json["directory"] == str(export)
+        assert [item["version"] for item in as_json["exported"]] == ["latest", "v1", "v2"]
+        server.close()
+        elsewhere = tmp_path / "elsewhere"
+        pulled = main_in_process("--registry", str(export), "--data-dir", str(elsewhere), "--json", "pull",
+                                 "org/tiny", "latest")
+        assert cli_document(pulled)["model"]["alias_of"] == "v1"
+        assert tree(elsewhere / "org" / "tiny" / "latest") == MODEL_FILES
+        for argv in (["export", "org/tiny", "--to", str(export), "v9"], ["export", "v1", "--to", str(export)]):
+            bad = main_in_process("--data-dir", str(data_dir), *argv)
+            assert bad.returncode in (2, 4) and "Traceback" not in bad.stderr, argv
+        assert main_in_process("--data-dir", str(data_dir), "export", "org/tiny").returncode == 2  # --to is required
 
     def test_a_chunk_over_4_gib_is_refused_on_fat32(
         self, manager: xm.Manager, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -3306,9 +3377,11 @@ class TestEmbedding:
         models = commands.add_parser("models")
         subparsers = models.add_subparsers(dest="models_command", required=True)
         xm.register_subcommands(subparsers, xm.Config("whisper-tool", server.url), retries=0)
-        assert set(subparsers.choices) == {"list", "pull", "remove", "info", "path", "update", "verify", "prune"}
+        assert set(subparsers.choices) == {"list", "pull", "remove", "info", "path", "update", "verify", "prune",
+                                           "export"}
         for argv in (["list"], ["pull", "org/tiny", "v1"], ["remove", "org/tiny", "--all"],
-                     ["info", "org/tiny", "v1"], ["path", "org/tiny", "v1"], ["update"], ["verify"], ["prune"]):
+                     ["info", "org/tiny", "v1"], ["path", "org/tiny", "v1"], ["update"], ["verify"], ["prune"],
+                     ["export", "org/tiny", "v1", "--to", "somewhere"]):
             args = parser.parse_args(["models", *argv])
             assert callable(args.func), argv
         args = parser.parse_args(["models", "list", "--remote", "--json"])
@@ -3317,6 +3390,43 @@ class TestEmbedding:
         assert len(json.loads(capsys.readouterr().out)["models"]) == 3
         args = parser.parse_args(["models", "path", "org/tiny", "v1"])
         assert args.func(args) == 4  # an error is an exit code, not an exception
+
+    def test_the_parent_tools_options_of_the_same_names_are_left_alone(
+        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="clash")
+        for flag in ("--model", "--version"):
+            parser.add_argument(flag, default="the parent's")
+        for flag in ("--json", "--verbose", "--force", "--all"):
+            parser.add_argument(flag, action="store_true")
+        commands = parser.add_subparsers(dest="command", required=True)
+        xm.register_subcommands(commands.add_parser("models").add_subparsers(dest="models_command", required=True),
+                                xm.Config("clash", server.url), data_dir=str(data_dir))
+        for argv in (["pull", "org/tiny", "v1", "--force"], ["path", "org/tiny", "v1"], ["info", "org/tiny", "v1"],
+                     ["update"], ["verify"], ["list", "--remote"], ["remove", "org/tiny", "--all"], ["prune", "--all"]):
+            args = parser.parse_args(["--model", "m", "--version", "3", "--json", "--verbose", "models", *argv])
+            assert (args.model, args.version, args.json, args.verbose, args.force, args.all) == (
+                "m", "3", True, True, False, False), argv
+            assert args.func(args) == 0, argv
+        output = capsys.readouterr()
+        assert "{" not in output.out and "debug:" not in output.err  # the parent's --json and --verbose are its own
+
+    def test_the_readmes_python_example_runs_again_and_again(
+        self, server: RegistryServer, registry_dir: Path, tmp_path: Path
+    ) -> None:
+        readme = (HERE / "README.md").read_text(encoding="utf-8")
+        example = readme.split("## A Python example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+        assert "https://models.example.com" in example
+        code = example.replace("https://models.example.com", server.url)
+        publish.publish(str(registry_dir), "fast-whisper", "tiny", "fp16", MODEL_FILES, chunk_size=1024)
+        env = {**os.environ, "PYTHONPATH": str(HERE), "WHISPER_TOOL_MODELS_DIR": str(tmp_path / "models")}
+        runs = [subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                               check=False) for _ in range(2)]
+        assert [run.returncode for run in runs] == [0, 0], runs[1].stderr
+        home = tmp_path / "models" / "fast-whisper" / "tiny" / "fp16"
+        assert runs[0].stdout == runs[1].stdout == f"{home}\n{home} {V1_SIZE}\n"
 
     def test_list_pull_path(
         self, server: RegistryServer, model: dict[str, bytes], whisper_tool: Path, isolated_env: Path
@@ -3328,14 +3438,14 @@ class TestEmbedding:
         base = Path(xm.Manager(xm.Config("whisper-tool")).data_dir)  # the platform's, below the private HOME
         assert base.parts[-2:] == ("whisper-tool", "models") and isolated_env in base.parents
         home = base / "org" / "tiny" / "v1"
-        assert pulled.stdout == f"\nModel installed: org/tiny v1 (6.4 KB)\nPath: {home}\n"
+        assert pulled.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {home}\n"
         assert "Fetching manifest... done\n" in pulled.stderr and "Extracting files... done\n" in pulled.stderr
         assert tree(home) == MODEL_FILES
         assert (home / ".whisper-tool").is_dir()  # the metadata directory follows the app name
         path = self.run_tool(whisper_tool, server.url, "models", "path", "org/tiny", "v1")
         assert (path.returncode, path.stdout) == (0, f"{home}\n")
         listed = self.run_tool(whisper_tool, server.url, "models", "list")
-        assert listed.stdout.splitlines()[1].split()[:4] == ["org", "tiny", "v1", "6.4"]
+        assert listed.stdout.splitlines()[1].split()[:4] == ["org", "tiny", "v1", "6.5"]
         as_json = self.run_tool(whisper_tool, server.url, "models", "list", "--json")
         (item,) = cli_document(as_json)["models"]
         assert (item["version"], item["path"], item["total_size"]) == ("v1", str(home), V1_SIZE)
@@ -3474,6 +3584,35 @@ class TestPublish:
         assert output.out == ""
         assert output.err.startswith(message.format(tmp=tmp_path, sep=os.sep)), output.err
         assert (registry / "models.json").read_bytes() == index
+
+    def test_refuses_to_change_a_published_name_without_force(
+        self, tmp_path: Path, source: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        registry = tmp_path / "registry"
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "weights.bin").write_bytes(b"other weights")
+        for argv in (["v1", str(source)], ["v2", str(other)], ["latest", "--alias-of", "v1"]):
+            assert publish.main([str(registry), "org/pub", *argv]) == 0
+        capsys.readouterr()
+        refusals = {
+            "other files": (["v1", str(other)], "error: org/pub v1 is already published with other files (manifest "),
+            "files over an alias": (["latest", str(source)], "error: org/pub latest is an alias of v1; these files "
+                                                             "would make it a version of its own; give --force"),
+            "an alias over a version": (["v2", "--alias-of", "v1"], "error: org/pub v2 is a version (manifest "),
+        }
+        index = (registry / "models.json").read_bytes()
+        for case, (argv, message) in refusals.items():
+            assert publish.main([str(registry), "org/pub", *argv]) == 1, case
+            assert capsys.readouterr().err.startswith(message), case
+            assert (registry / "models.json").read_bytes() == index, case
+        # The same files again, and an alias moved, change nothing a user did not ask for.
+        assert publish.main([str(registry), "org/pub", "v1", str(source)]) == 0
+        assert publish.main([str(registry), "org/pub", "latest", "--alias-of", "v2"]) == 0
+        for argv, _ in refusals.values():
+            assert publish.main([str(registry), "org/pub", *argv, "--force"]) == 0, argv
+        listed = json.loads((registry / "models.json").read_text())["org"]["pub"]
+        assert listed["v2"] == {"alias": "v1"} and "hash" in listed["latest"]
 
     def test_runs_as_a_script_from_a_checkout(self, tmp_path: Path, source: Path) -> None:
         result = subprocess.run(
@@ -3919,7 +4058,7 @@ class TestReliability:
             raise xm.StorageError("cannot lock ...: Read-only file system")
 
         monkeypatch.setattr(xm._FileLock, "__enter__", read_only)  # as root, no real read-only mount here
-        assert manager.verify("org/tiny v1") == []
+        assert manager.verify("org/tiny v1").ok
         with pytest.raises(xm.StorageError, match="Read-only"):
             manager.verify("org/tiny v1", repair=True)
 
@@ -3960,11 +4099,32 @@ class TestReliability:
         )
         assert waiting.stderr is not None
         line = waiting.stderr.readline()  # blocks until the notice, after about a second
-        assert "Waiting for another download of org/tiny to finish" in line
+        assert line == "Waiting for another download of org/tiny to finish...\n"  # news, not a warning
         child.kill()  # the lock dies with its holder
         child.communicate(timeout=10)
         out, _ = waiting.communicate(timeout=30)
         assert waiting.returncode == 0 and "Model installed: org/tiny v1" in out
+
+    def test_ctrl_c_while_waiting_for_another_download_promises_nothing_kept(
+        self, model: dict[str, bytes], server: RegistryServer, registry_dir: Path, data_dir: Path
+    ) -> None:
+        child, _ = self.hold_lock(server, registry_dir, data_dir)
+        waiting = popen_interruptible(
+            [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
+             "pull", "org/tiny", "v1"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert waiting.stderr is not None
+            assert waiting.stderr.readline() == "Waiting for another download of org/tiny to finish...\n"
+            ctrl_c(waiting)
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            child.kill()
+            child.communicate(timeout=10)
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.communicate()
+        assert (waiting.returncode, out, err) == (130, "", "interrupted\n")
 
     def test_remove_during_a_pull_waits_for_it(self, manager: xm.Manager, model: dict[str, bytes],
                                                server: RegistryServer, registry_dir: Path, data_dir: Path,
@@ -4007,6 +4167,11 @@ class TestReliability:
 # --- Beyond the seed: seeding, verify and repair, prune, rate limit, ensure, preflight ----
 
 
+def listed(result: xm.VerifyResult) -> list[str]:
+    """The files a verify found damaged, or perhaps damaged as they share a damaged chunk."""
+    return sorted([*result.damaged, *result.sharing_damaged_chunk])
+
+
 def changed_chunks(registry_dir: Path, old: str, new: str) -> set[str]:
     return set(chunk_paths(registry_dir, new)) - set(chunk_paths(registry_dir, old))
 
@@ -4044,6 +4209,197 @@ class TestSeeding:
         assert tree(Path(manager.pull("org/tiny v2").path))["model.safetensors"] == model["model.safetensors"]
 
 
+# Updates of a model in 1 MiB chunks, config.json first as examples/publish.py writes it:
+# each one publishes org/big v1 and a changed v2, pulls v1, then v2.
+BIG_CHUNK = 1 << 20
+
+
+@functools.cache
+def big_files() -> dict[str, bytes]:
+    return {"config.json": b'{"hidden": 4096, "n": 1}', "weights.bin": blob(6 * BIG_CHUNK + 12345, "weights"),
+            "tokenizer.json": blob(70_000, "tokenizer")}
+
+
+def publish_big(registry_dir: Path, version: str, files: dict[str, bytes]) -> None:
+    publish.publish(str(registry_dir), "org", "big", version, files, chunk_size=BIG_CHUNK)
+
+
+def fetched_chunks(server: RegistryServer, before: collections.Counter[str], registry_dir: Path,
+                   version: str) -> int:
+    """The chunks of ``version`` requested since ``before``."""
+    wanted = set(chunk_paths(registry_dir, version, "big"))
+    return sum(count for path, count in (server.requests - before).items() if path in wanted)
+
+
+def unique_allocation(*roots: Path) -> int:
+    """The disk space the files under ``roots`` take, each file counted once however many links it has."""
+    seen: dict[tuple[int, int], int] = {}
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and ".test-app" not in path.parts:
+                status = path.stat()
+                seen[(status.st_dev, status.st_ino)] = disk_usage(path)
+    return sum(seen.values())
+
+
+class TestUpdates:
+    """Updates cost what changed: chunks found in installed files by path, identical files
+    sharing storage, and a preflight that asks only for what will be written."""
+
+    def update(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
+               v2: dict[str, bytes]) -> tuple[int, Path, Path]:
+        publish_big(registry_dir, "v1", big_files())
+        publish_big(registry_dir, "v2", v2)
+        old = Path(manager.pull("org/big v1").path)
+        before = server.requests.copy()
+        new = Path(manager.pull("org/big v2").path)
+        assert tree(new) == dict(sorted(v2.items()))
+        return fetched_chunks(server, before, registry_dir, "v2"), old, new
+
+    def test_a_small_file_before_the_weights_grows(self, manager: xm.Manager, server: RegistryServer,
+                                                   registry_dir: Path) -> None:
+        files = big_files()
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # 15 bytes longer: all shifted
+        fetched, old, new = self.update(manager, server, registry_dir, v2)
+        assert fetched <= 2  # of 7: the rest is found in v1's files by path
+        # Its weights are byte-identical to v1's: compared once written, then shared.
+        assert os.path.samefile(old / "weights.bin", new / "weights.bin")
+
+    def test_the_weights_header_grows(self, manager: xm.Manager, server: RegistryServer,
+                                      registry_dir: Path) -> None:
+        files = big_files()
+        weights = files["weights.bin"]
+        v2 = {**files, "weights.bin": weights[:64] + b"h" * 100 + weights[64:]}  # tensors line up with the end
+        fetched, _, _ = self.update(manager, server, registry_dir, v2)
+        assert fetched <= 3
+
+    def test_a_mebibyte_of_the_weights_changes(self, manager: xm.Manager, server: RegistryServer,
+                                               registry_dir: Path) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        middle = len(weights) // 2
+        weights[middle : middle + BIG_CHUNK] = blob(BIG_CHUNK, "changed")
+        fetched, old, new = self.update(manager, server, registry_dir, {**files, "weights.bin": bytes(weights)})
+        assert fetched <= 2
+        for name in ("config.json", "tokenizer.json"):  # unchanged files share v1's storage
+            assert os.path.samefile(old / name, new / name)
+        assert not os.path.samefile(old / "weights.bin", new / "weights.bin")
+        assert manager.verify("org/big v1").ok and manager.verify("org/big v2").ok
+
+    def test_the_preflight_asks_only_for_what_will_be_written(
+        self, manager: xm.Manager, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+        registry_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        files = big_files()
+        weights = bytearray(files["weights.bin"])
+        weights[100] ^= 0xFF  # one chunk differs
+        publish_big(registry_dir, "v1", files)
+        publish_big(registry_dir, "v2", {**files, "weights.bin": bytes(weights)})
+        manager.pull("org/big v1")
+        usage = shutil.disk_usage(".")
+        # A nearly full disk cannot be made for real here: the free space is what is mocked.
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * BIG_CHUNK))
+        with pytest.raises(xm.StorageError, match=r"needs 6\.\d MB of disk space in \S+ but only 3\.1 MB is free"):
+            xm.Manager(manager.config, data_dir=tmp_path / "empty").pull("org/big v2")  # the whole model
+        assert manager.pull("org/big v2").total_size == len(weights) + 70_024  # 1 MiB to write: it fits
+
+    def test_an_alias_and_its_target_cost_the_disk_once(self, manager: xm.Manager, server: RegistryServer,
+                                                        registry_dir: Path) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        before = server.chunk_requests()
+        alias = Path(manager.pull("org/big latest").path)
+        assert server.chunk_requests() == before  # its manifest, v1's, is in the manifest cache
+        for name in big_files():
+            assert os.path.samefile(target / name, alias / name)
+        model_size = sum(len(data) for data in big_files().values())
+        assert unique_allocation(target, alias) < model_size * 1.1
+        assert manager.verify("org/big v1").ok and manager.verify("org/big latest").ok
+
+    def test_removing_one_version_keeps_the_other(self, manager: xm.Manager, registry_dir: Path) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        alias = Path(manager.pull("org/big latest").path)
+        assert os.path.samefile(target / "weights.bin", alias / "weights.bin")
+        manager.remove("org/big latest")
+        assert not alias.exists()
+        assert tree(target) == dict(sorted(big_files().items()))
+        assert manager.verify("org/big v1").ok
+
+    def test_repairing_a_shared_file_replaces_it_and_leaves_the_other_version_alone(
+        self, manager: xm.Manager, registry_dir: Path
+    ) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        alias = Path(manager.pull("org/big latest").path)
+        shared = target / "weights.bin"
+        with open(shared, "r+b") as handle:  # damage written through the link reaches both
+            handle.seek(10)
+            handle.write(b"\0" * 8)
+        damaged, inode = shared.read_bytes(), shared.stat().st_ino
+        assert manager.verify("org/big latest", repair=True) == xm.VerifyResult(
+            sharing_damaged_chunk=("config.json", "weights.bin"), repaired=("weights.bin",))
+        assert not os.path.samefile(shared, alias / "weights.bin")  # replaced by rename, not written through
+        assert (alias / "weights.bin").read_bytes() == big_files()["weights.bin"]
+        assert shared.stat().st_ino == inode and shared.read_bytes() == damaged  # v1 is checked on its own
+        # The damaged chunk spans both files: either may hold the damage.
+        assert manager.verify("org/big v1") == xm.VerifyResult(sharing_damaged_chunk=("config.json", "weights.bin"))
+        assert manager.verify("org/big latest").ok
+
+    def test_repair_finds_chunks_by_path_too(self, make_manager: Callable[..., xm.Manager],
+                                             server: RegistryServer, registry_dir: Path) -> None:
+        files = big_files()
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # every chunk shifted
+        manager = make_manager(copy_files=True)  # v2's weights its own, so damage stays in v2
+        _, _, new = self.update(manager, server, registry_dir, v2)
+        with open(new / "weights.bin", "r+b") as handle:
+            handle.seek(3 * BIG_CHUNK)
+            handle.write(b"\0" * 8)
+        before = server.chunk_requests()
+        assert manager.verify("org/big v2", repair=True).repaired == ("weights.bin",)
+        assert server.chunk_requests() == before  # v1 holds no such chunk by hash, but its weights.bin by path
+        assert tree(new) == dict(sorted(v2.items()))
+
+    def test_a_link_planted_in_an_installed_version_is_not_shared(
+        self, manager: xm.Manager, registry_dir: Path, tmp_path: Path
+    ) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        target = Path(manager.pull("org/big v1").path)
+        outside = tmp_path / "outside.json"  # the same bytes, so only the link gives it away
+        outside.write_bytes(big_files()["tokenizer.json"])
+        (target / "tokenizer.json").unlink()
+        symlink(outside, target / "tokenizer.json")
+        alias = Path(manager.pull("org/big latest").path)
+        assert not (alias / "tokenizer.json").is_symlink()
+        assert not os.path.samefile(alias / "tokenizer.json", outside) and outside.stat().st_nlink == 1
+        assert (alias / "tokenizer.json").read_bytes() == big_files()["tokenizer.json"]
+        assert os.path.samefile(target / "weights.bin", alias / "weights.bin")  # the intact files are shared
+
+    @pytest.mark.parametrize("how", ["copy_files", "links fail"])
+    def test_copies_where_files_cannot_be_linked(self, make_manager: Callable[..., xm.Manager], how: str,
+                                                 server: RegistryServer, registry_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        publish_big(registry_dir, "v1", big_files())
+        publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
+        if how == "links fail":  # as on FAT, or across devices
+            def refuse(*args: Any, **kwargs: Any) -> None:
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+            monkeypatch.setattr(os, "link", refuse)
+        manager = make_manager(copy_files=how == "copy_files")
+        target = Path(manager.pull("org/big v1").path)
+        before = server.chunk_requests()
+        alias = Path(manager.pull("org/big latest").path)
+        assert server.chunk_requests() == before  # copied from v1, verified by hash
+        for name in big_files():
+            assert not os.path.samefile(target / name, alias / name)
+        assert tree(alias) == tree(target) == dict(sorted(big_files().items()))
+
+
 class TestVerify:
     def damage(self, root: Path) -> None:
         weights = bytearray((root / "model.safetensors").read_bytes())
@@ -4053,7 +4409,7 @@ class TestVerify:
 
     def test_intact_model_verifies(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
         manager.pull("org/tiny v1")
-        assert manager.verify("org/tiny v1") == []
+        assert manager.verify("org/tiny v1").ok
 
     def test_damage_is_reported_and_repaired_from_the_damaged_chunks_only(
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path
@@ -4062,24 +4418,24 @@ class TestVerify:
         self.damage(root)
         untouched = (root / "config.json").stat().st_ino
         # config.json shares chunk 5 with the missing tokenizer, so its bytes cannot be vouched for.
-        assert manager.verify("org/tiny v1") == ["config.json", "model.safetensors", "sub/tokenizer.json"]
+        assert listed(manager.verify("org/tiny v1")) == ["config.json", "model.safetensors", "sub/tokenizer.json"]
         before = server.requests.copy()
-        assert manager.verify("org/tiny v1", repair=True) == ["model.safetensors", "sub/tokenizer.json"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == ["model.safetensors", "sub/tokenizer.json"]
         assert tree(root) == dict(sorted(model.items()))
         fetched = server.requests - before
         chunks = chunk_paths(registry_dir)
         # chunk 3 (the flipped byte) and chunks 5-7 (the tokenizer's 1500 bytes): nothing else
         assert set(fetched) == {chunks[2], chunks[4], chunks[5], chunks[6]}
         assert (root / "config.json").stat().st_ino == untouched  # not rewritten
-        assert manager.verify("org/tiny v1") == []
+        assert manager.verify("org/tiny v1").ok
 
     def test_file_sharing_a_damaged_chunk_is_not_rewritten(self, manager: xm.Manager, model: dict[str, bytes]
                                                            ) -> None:
         root = Path(manager.pull("org/tiny v1").path)
         (root / "config.json").write_bytes(b'{"layers": 7}\n')  # same size, other bytes
-        assert manager.verify("org/tiny v1") == ["config.json", "model.safetensors", "sub/tokenizer.json"]
+        assert listed(manager.verify("org/tiny v1")) == ["config.json", "model.safetensors", "sub/tokenizer.json"]
         inode = (root / "model.safetensors").stat().st_ino
-        assert manager.verify("org/tiny v1", repair=True) == ["config.json"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == ["config.json"]
         assert (root / "model.safetensors").stat().st_ino == inode
         assert tree(root) == dict(sorted(model.items()))
 
@@ -4100,9 +4456,9 @@ class TestVerify:
     def test_damaged_stored_manifest_is_restored(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
         root = Path(manager.pull("org/tiny v1").path)
         (root / ".test-app" / "manifest.json").write_text("{}")
-        assert manager.verify("org/tiny v1") == [".test-app/manifest.json"]
-        assert manager.verify("org/tiny v1", repair=True) == [".test-app/manifest.json"]
-        assert manager.verify("org/tiny v1") == []
+        assert listed(manager.verify("org/tiny v1")) == [".test-app/manifest.json"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == [".test-app/manifest.json"]
+        assert manager.verify("org/tiny v1").ok
 
     def test_repair_restores_a_missing_empty_file_and_metadata_directory(
         self, manager: xm.Manager, registry_dir: Path
@@ -4111,12 +4467,12 @@ class TestVerify:
         publish.publish(str(registry_dir), "org", "small", "v1", files, chunk_size=16)
         root = Path(manager.pull("org/small v1").path)
         (root / "empty").unlink()
-        assert manager.verify("org/small v1") == ["empty"]
-        assert manager.verify("org/small v1", repair=True) == ["empty"]
+        assert listed(manager.verify("org/small v1")) == ["empty"]
+        assert list(manager.verify("org/small v1", repair=True).repaired) == ["empty"]
         (root / "a").write_bytes(b"xxxxx")
         shutil.rmtree(root / ".test-app")
-        assert manager.verify("org/small v1", repair=True) == [".test-app/manifest.json", "a"]
-        assert tree(root) == dict(sorted(files.items())) and manager.verify("org/small v1") == []
+        assert list(manager.verify("org/small v1", repair=True).repaired) == [".test-app/manifest.json", "a"]
+        assert tree(root) == dict(sorted(files.items())) and manager.verify("org/small v1").ok
 
     def test_repair_does_not_write_through_a_linked_directory(self, manager: xm.Manager, model: dict[str, bytes],
                                                               tmp_path: Path) -> None:
@@ -4484,7 +4840,7 @@ class TestGoOriginal:
         go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="yesterday")
         listed = cli_run(server, data_dir, "list")
         assert listed.returncode == 0
-        assert listed.stdout.splitlines()[1].split() == ["org", "tiny", "v1", "6.4", "KB", "unknown"]
+        assert listed.stdout.splitlines()[1].split() == ["org", "tiny", "v1", "6.5", "kB", "unknown"]
         assert "install time of org/tiny v1 is unknown" in listed.stderr
         info = cli_run(server, data_dir, "--quiet", "info", "org/tiny", "v1")
         assert (info.returncode, info.stderr) == (0, "") and "Installed:    unknown\n" in info.stdout
@@ -4516,7 +4872,7 @@ class TestGoOriginal:
         assert go_copy != published_bytes(registry_dir, "v1")
         listed = cli_run(server, data_dir, "list")
         assert listed.returncode == 0 and listed.stdout.splitlines()[1].split() == [
-            "org", "tiny", "v1", "6.4", "KB", "2026-11-28"]
+            "org", "tiny", "v1", "6.5", "kB", "2026-11-28"]
         assert cli_run(server, data_dir, "path", "org/tiny", "v1").stdout == f"{root}\n"
         info = cli_run(server, data_dir, "info", "org/tiny", "v1")
         assert info.returncode == 0, info.stderr
@@ -4558,14 +4914,14 @@ class TestGoOriginal:
         stored.write_bytes(go_json(lying))
         manager = make_manager()
         assert manager.files("org/tiny v1") == [xm.FileInfo(name, len(data)) for name, data in model.items()]
-        assert make_manager(registry_url="").verify("org/tiny v1") == ["model.safetensors"]  # by the copy
-        assert manager.verify("org/tiny v1") == []  # by the published manifest
+        assert listed(make_manager(registry_url="").verify("org/tiny v1")) == ["model.safetensors"]  # by the copy
+        assert manager.verify("org/tiny v1").ok  # by the published manifest
         assert stored.read_bytes() == published_bytes(registry_dir, "v1")
         weights = bytearray((root / "model.safetensors").read_bytes())
         weights[10] ^= 0xFF
         (root / "model.safetensors").write_bytes(bytes(weights))
         stored.write_bytes(go_json(json.loads(stored.read_bytes())))
-        assert manager.verify("org/tiny v1", repair=True) == ["model.safetensors"]
+        assert list(manager.verify("org/tiny v1", repair=True).repaired) == ["model.safetensors"]
         assert tree(root) == dict(sorted(model.items())) and stored.read_bytes() == published_bytes(registry_dir, "v1")
         assert server.chunk_requests() == 2  # the manifest, then the one damaged chunk
 
@@ -4607,14 +4963,14 @@ class TestGoOriginal:
         intact()
         manager.prune_cache(None)
         intact()
-        assert offline.verify("org/tiny v1") == []
+        assert offline.verify("org/tiny v1").ok
         intact()
         installed = manager.pull("org/tiny v1", force=True)
         assert tree(root) == dict(sorted(model.items())) and installed.path == str(root)
         assert stored.read_bytes() == published_bytes(registry_dir, "v1")
         assert registry_entry(data_dir, "v1")["manifest_hash"] == go_entry["manifest_hash"]
         assert go_own_files(data_dir) == theirs and not list((data_dir / "org" / "tiny").glob(".v1.*"))
-        assert manager.verify("org/tiny v1") == [] and manager.verify("org/tiny v2") == []
+        assert manager.verify("org/tiny v1").ok and manager.verify("org/tiny v2").ok
 
     def test_force_pull_over_a_go_directory_killed_between_renames(
         self, manager: xm.Manager, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
@@ -4691,8 +5047,9 @@ class TestRateLimit:
         assert sum(paid) == installed.total_size
         assert max(paid) <= 4096  # small reads keep a low cap smooth
 
-    @pytest.mark.parametrize(("text", "rate"), [("500K", 500 * 1024), ("2M", 2 << 20), ("1.5G", 1.5 * (1 << 30)),
-                                                ("4096", 4096), ("2MB/s", 2 << 20)])
+    @pytest.mark.parametrize(("text", "rate"), [("500K", 500_000), ("2M", 2_000_000), ("1.5G", 1.5e9),
+                                                ("4096", 4096), ("2MB/s", 2_000_000), ("500kB", 500_000),
+                                                ("512KiB", 512 << 10), ("2MiB", 2 << 20), ("1GiB", 1 << 30)])
     def test_cli_rate_syntax(self, text: str, rate: float) -> None:
         assert xm._rate(text) == rate
 
@@ -4737,7 +5094,7 @@ class TestPreflight:
         # A nearly full disk cannot be made for real here: the free space is what is mocked.
         # Chunks stream straight into the files: room for the files is enough.
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=6_000))
-        expected = r"needs 6\.4 KB of disk space in \S+ but only 5\.9 KB is free; free some space"
+        expected = r"needs 6\.5 kB of disk space in \S+ but only 6 kB is free; free some space"
         with pytest.raises(xm.StorageError, match=expected):
             manager.pull("org/tiny v1")
         assert server.chunk_requests() == 1  # the manifest only
@@ -4751,10 +5108,10 @@ class TestPreflight:
 
         server.fail(chunk_paths(registry_dir)[4], Fault(status=500))
         with pytest.raises(xm.NetworkError):
-            make_manager(retries=0).pull("org/tiny v1", concurrency=1)  # 4 KB landed in staging
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)  # 4 KiB landed in staging
         usage = shutil.disk_usage(".")
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * 1024))
-        # 6.4 KB of files less the 4 KB already written: fits in 3 KB
+        # 6.5 kB of files less the 4 KiB already written: fits in 3 KiB
         assert make_manager().pull("org/tiny v1").total_size == 6514
 
 
@@ -6369,13 +6726,14 @@ class SweepScenario:
             problems.append(f"running it again exits {again}")
         manager = self.manager(data_dir)
         for item in manager.list_installed():
-            damaged = manager.verify(item.ref)
+            damaged = listed(manager.verify(item.ref))
             if damaged:
                 problems.append(f"verify {item.ref} after the rerun: {damaged}")
         return problems
 
 
-SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-repeated", "pull-force", "update-alias", "remove", "pull-beside"]
+SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-repeated", "pull-force", "update-alias", "remove",
+                   "pull-beside"]
 
 
 @pytest.mark.skipif(bool(sweep_enabled()), reason=sweep_enabled() or "runs")

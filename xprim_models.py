@@ -31,8 +31,8 @@ again), swaps the files into place atomically, and records the install in
 
     manager = xprim_models.Manager(xprim_models.Config(
         app_name="whisper-tool", registry_url="https://models.example.com"))
-    model = manager.pull("fast-whisper/tiny fp16")
-    print(model.path)
+    path = manager.ensure("fast-whisper/tiny fp16")  # pulls only if it is not installed yet
+    print(path)
 
 Public names: ``Config``, ``ModelRef``, ``parse_model_ref``, ``FileInfo``,
 ``InstalledModel``, ``RemoteModel``, ``RemoteModelDetail``, ``PullProgress``,
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import urllib.request
     from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
-    from typing import Any, AnyStr, Callable, Literal, Union
+    from typing import Any, AnyStr, Callable, Literal, NoReturn, Union
     from typing import Protocol as _Protocol
 
 __version__ = "0.1.0"
@@ -96,6 +96,7 @@ __all__ = [
     "RemoteModel",
     "RemoteModelDetail",
     "StorageError",
+    "VerifyResult",
     "VersionNotFoundError",
     "__version__",
     "main",
@@ -157,6 +158,7 @@ _RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make us sleep longer
 _BACKOFF_CAP = 10.0
 _LOCK_NOTICE_AFTER = 1.0  # seconds of waiting before we say we are waiting
 _ATTEMPT_KEY = "xprim_models_attempt"  # logging ``extra`` of each request: (url, attempt, attempts)
+_NOTICE_KEY = "xprim_models_notice"  # logging ``extra`` of a warning that is news, not a fault (a wait)
 _OPEN_FILES_PER_THREAD = 16  # files a pull's writing thread keeps open
 _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync()
 # Windows refuses to replace or delete a file while another process has it open: how
@@ -297,14 +299,15 @@ def _sharing_violation(exc: OSError) -> bool:
     return True  # granted now: whoever had it open a moment ago has closed it
 
 
-_SIZE_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
+_SIZE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
 
 
 def _format_size(size: float) -> str:
-    """``75.5 MB``: 1024-based units, one decimal, none when whole."""
+    """``75.5 MB``: decimal units (1 kB = 1000 bytes, as huggingface and docker show sizes),
+    one decimal, none when whole."""
     unit = 0
-    while size >= 1024 and unit < len(_SIZE_UNITS) - 1:
-        size /= 1024
+    while size >= (1000 if unit == 0 else 999.95) and unit < len(_SIZE_UNITS) - 1:
+        size /= 1000
         unit += 1
     if unit == 0:
         return f"{int(size)} B"
@@ -507,6 +510,27 @@ class PullProgress:
     bytes_completed: int
     bytes_downloaded: int
     current_file: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``Manager.verify`` found, each a sorted tuple of relative paths.
+
+    ``damaged``: files damaged or missing (the stored manifest included, as
+    ``.<app>/manifest.json``). ``sharing_damaged_chunk``: files that only share a
+    damaged chunk with another file, so perhaps intact (a chunk's hash cannot say
+    which of its files holds the damage). ``repaired``: the files a repair
+    rewrote (compared byte by byte with the fetched chunks, so only those that
+    differed). ``ok`` is true when the scan found nothing damaged.
+    """
+
+    damaged: tuple[str, ...] = ()
+    sharing_damaged_chunk: tuple[str, ...] = ()
+    repaired: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.sharing_damaged_chunk
 
 
 if TYPE_CHECKING:
@@ -1499,8 +1523,8 @@ class _Index:
                 f"model not found in registry: {ref.group}/{ref.model}{_did_you_mean(ref, self.models)}"
             )
         raise VersionNotFoundError(
-            f"version not found: {ref}{_did_you_mean(ref, self.models)} (available: {_first_few(versions) or 'none'}"
-            + (f"; {invalid} invalid entries of this model are left out, see the warnings)" if invalid else ")")
+            f"version not found: {ref}{_did_you_mean(ref, self.models)}; available: {_first_few(versions) or 'none'}"
+            + (f"; {invalid} invalid entries of this model are left out, see the warnings" if invalid else "")
         )
 
 
@@ -2779,15 +2803,22 @@ class _Flow:
 class _Source:
     """Where this disk may hold the bytes of one chunk: read, hashed, and used only if they match.
 
-    ``pieces`` are (path, offset, count) in the chunk's order. ``place`` is the
-    chunk position whose own bytes they are in the files being written (a resumed
-    pull's), or -1: bytes found at the chunk's first position are only hashed.
+    Either chunk ``position`` of ``manifest``'s files under the directory ``origin``,
+    or the ``given`` pieces (path, offset, count) in the chunk's order. ``place`` is
+    the chunk position whose own bytes they are in the files being written (a
+    resumed pull's), or -1: bytes found at the chunk's first position are only hashed.
     """
 
-    __slots__ = ("origin", "pieces", "place")
+    __slots__ = ("given", "manifest", "origin", "place", "position")
 
-    def __init__(self, origin: str, pieces: Sequence[tuple[str, int, int]], place: int = -1) -> None:
-        self.origin, self.pieces, self.place = origin, pieces, place
+    def __init__(self, origin: str, manifest: _Manifest | None = None, position: int = -1, *,
+                 given: Sequence[tuple[str, int, int]] = (), place: int = -1) -> None:
+        self.origin, self.manifest, self.position, self.given, self.place = origin, manifest, position, given, place
+
+    def pieces(self) -> Sequence[tuple[str, int, int]]:
+        if self.manifest is None:
+            return self.given
+        return _chunk_pieces(self.origin, self.manifest, self.position)
 
 
 def _chunk_pieces(directory: str, manifest: _Manifest, position: int) -> list[tuple[str, int, int]]:
@@ -2825,8 +2856,22 @@ def _sources_by_hash(manifest: _Manifest, copies: Sequence[_Copy]) -> dict[str, 
         for position, digest in enumerate(copy.manifest.chunks):
             if digest in wanted:
                 found.setdefault(digest, []).append(
-                    _Source(copy.directory, _chunk_pieces(copy.directory, copy.manifest, position)))
+                    _Source(copy.directory, copy.manifest, position))
     return found
+
+
+def _local_sources(manifest: _Manifest, positions: Collection[int], copies: Sequence[_Copy],
+                   kin: Sequence[_Copy]) -> dict[str, list[_Source]]:
+    """Where this disk holds the chunks at ``positions``: installed versions (``copies``) by
+    hash, and for a chunk none holds by hash, installed files of the same model (``kin``) by path."""
+    sources = _sources_by_hash(manifest, copies)
+    for position in positions:
+        digest = manifest.chunks[position]
+        if digest not in sources and kin:
+            found = _sources_by_path(manifest, position, kin)
+            if found:
+                sources[digest] = found
+    return sources
 
 
 def _sources_by_path(manifest: _Manifest, position: int, kin: Sequence[_Copy]) -> list[_Source]:
@@ -2846,8 +2891,8 @@ def _sources_by_path(manifest: _Manifest, position: int, kin: Sequence[_Copy]) -
                     break
                 pieces.append((copy.path(info.path), at, count))
             else:
-                if not found or found[-1].pieces != pieces:
-                    found.append(_Source(copy.directory, pieces))
+                if not found or found[-1].given != pieces:
+                    found.append(_Source(copy.directory, given=pieces))
     return found[:_PATH_CANDIDATES]
 
 
@@ -2873,8 +2918,9 @@ class _PullJob:
     """Puts verified chunks into files with worker threads, through one path.
 
     Each distinct chunk streams into its first position while it is hashed:
-    from bytes already there (a resumed pull's, verified again), from a seed (an
-    installed version holding it), or from the network. Once it verifies, its
+    from bytes already there (a resumed pull's, verified again), from a source
+    on this disk (an installed version holding it, by hash or by path), or from
+    the network. Once it verifies, its
     other positions are copied from the first. The calling thread waits, reports
     progress, and re-raises a worker's error.
 
@@ -3038,7 +3084,7 @@ class _PullJob:
         Bytes that are already where they belong are only hashed."""
         put = sink.found if source.place == sink.position else sink.take
         try:
-            for path, offset, count in source.pieces:
+            for path, offset, count in source.pieces():
                 fd = _open_regular(path)  # a pipe planted in an installed version is not waited on
                 try:
                     for data in _read_pieces(fd, offset, count, _BUFFER_SIZE):
@@ -3246,32 +3292,33 @@ class _Staging(_ChunkFiles):
         self.shared = set(self.links)
         self.present = set() if self.resume else self._repeated_zero_chunks()
         self.present.update(self._covered_by_shared())
-        sources = _sources_by_hash(manifest, copies)
         first: dict[str, int] = {}
         for position, digest in enumerate(manifest.chunks):
-            first.setdefault(digest, position)
-        for digest, position in first.items():
-            if digest not in sources and digest not in self.present:
-                found = _sources_by_path(manifest, position, kin)
-                if found:
-                    sources[digest] = found
-        needed = sum(
-            count
-            for position, digest in enumerate(manifest.chunks)
-            if digest not in self.present and digest not in sources
-            for index, _, count in _segments(manifest, position * manifest.chunk_size,
-                                             manifest.chunk_length(position))
-            if index not in self.shared
-        )
+            if digest not in self.present:
+                first.setdefault(digest, position)
+        self.sources = _local_sources(manifest, first.values(), copies, kin)
+        self.needed = self._to_download()
         if self.resume:  # its bytes are hashed where they are, first of all
             in_place: dict[str, list[_Source]] = {}
             for position, digest in enumerate(manifest.chunks):
-                in_place.setdefault(digest, []).append(
-                    _Source(self.root, _chunk_pieces(self.root, manifest, position), position))
-            sources = {digest: found + sources.get(digest, []) for digest, found in in_place.items()}
+                in_place.setdefault(digest, []).append(_Source(self.root, manifest, position, place=position))
+            self.sources = {digest: found + self.sources.get(digest, []) for digest, found in in_place.items()}
+
+    def _to_download(self) -> int:
+        """The bytes the chunks to download take in the files that are written (a resumed
+        pull's files take some of them already)."""
+        manifest = self.manifest
+        needed = 0
+        for position, digest in enumerate(manifest.chunks):
+            if digest in self.present or digest in self.sources:
+                continue
+            length = manifest.chunk_length(position)
+            needed += sum(count for index, _, count in _segments(manifest, position * manifest.chunk_size, length)
+                          if index not in self.shared) if self.shared else length
+        if self.resume:
             needed -= sum(_tree_size(self.path(index), allocated=True)
                           for index in range(len(manifest.files)) if index not in self.shared)
-        self.sources, self.needed = sources, max(0, needed)
+        return max(0, needed)
 
     def _left_by_a_pull(self) -> bool:
         """Whether the staging directory is a plain one that an interrupted pull of this manifest left."""
@@ -3304,6 +3351,8 @@ class _Staging(_ChunkFiles):
 
     def _covered_by_shared(self) -> set[str]:
         """The chunks all of whose places lie in shared files: they are there already."""
+        if not self.shared:
+            return set()
         inside: dict[str, bool] = {}
         manifest = self.manifest
         for position, digest in enumerate(manifest.chunks):
@@ -3328,13 +3377,17 @@ class _Staging(_ChunkFiles):
         place is not followed, but replaced); otherwise it starts empty, with the
         manifest written first: it names what the directory holds, should a pull resume it.
         """
+        metadata = os.path.dirname(self.manifest_file)
         if not self.resume:
             try:
                 _remove_tree(self.root)
-                os.makedirs(os.path.dirname(self.manifest_file))
+                os.makedirs(metadata)
             except OSError as exc:
                 raise _storage_error("create", self.root, exc) from exc
             _atomic_write(self.manifest_file, self.manifest.raw)
+        for name in _list_directory(metadata):
+            if name.startswith("link-") and name.endswith(".tmp"):  # a link a killed pull was making
+                _remove_tree(os.path.join(metadata, name))
         for index, info in enumerate(self.manifest.files):
             path = self.path(index)
             try:
@@ -3365,7 +3418,7 @@ class _Staging(_ChunkFiles):
         path = self.path(index)
         _remove_tree(path)
         try:
-            os.link(self.links[index], path)
+            _hard_link(self.links[index], path)
         except OSError:
             return False
         if stat.S_ISREG(os.lstat(path).st_mode):
@@ -3445,7 +3498,7 @@ class _Staging(_ChunkFiles):
             temporary = os.path.join(os.path.dirname(self.manifest_file), f"link-{index}.tmp")
             try:
                 _remove_tree(temporary)
-                os.link(installed, temporary)
+                _hard_link(installed, temporary)
                 if not stat.S_ISREG(os.lstat(temporary).st_mode):
                     raise OSError(errno.EINVAL, "not a plain file", installed)
                 os.replace(temporary, self.path(index))
@@ -3454,6 +3507,15 @@ class _Staging(_ChunkFiles):
                 return  # the written copy stays
             self.shared.add(index)
             return
+
+
+def _hard_link(source: str, target: str) -> None:
+    """Make ``target`` a hard link to ``source`` itself: a symbolic link there is not followed
+    (the caller checks that ``target`` is a plain file)."""
+    if os.link in os.supports_follow_symlinks:
+        os.link(source, target, follow_symlinks=False)
+    else:
+        os.link(source, target)
 
 
 def _covering(manifest: _Manifest, index: int) -> tuple[int, range]:
@@ -3594,13 +3656,14 @@ class _Store:
             return nullcontext()
 
         def waiting() -> None:
-            self.logger.warning("Waiting for running downloads to finish...")
+            self.logger.warning("Waiting for running downloads to finish...", extra={_NOTICE_KEY: True})
 
         return _FileLock(self.private(os.path.join(self.root, _LOCKS_DIR, "cache.lock")), waiting, shared=shared)
 
     def model_lock(self, ref: ModelRef) -> _FileLock:
         def waiting() -> None:
-            self.logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model)
+            self.logger.warning("Waiting for another download of %s/%s to finish...", ref.group, ref.model,
+                                extra={_NOTICE_KEY: True})
 
         return _FileLock(
             self.private(os.path.join(self.root, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock")), waiting
@@ -3825,10 +3888,8 @@ class _Store:
             self.clean()
             final = self.private(self.version_dir(ref))  # a linked version directory is refused, not replaced
             staging = _Staging(manifest, self.sibling(ref, "staging"), f"pull {ref}", self.metadata_dir)
-            copies = self.copies(installed_models)
-            kin = {copy.manifest.digest: copy for copy, installed in copies
-                   if (installed.ref.group, installed.ref.model) == (ref.group, ref.model)}
-            staging.plan([copy for copy, _ in copies], list(kin.values()), share=share)
+            copies, kin = self.copies(installed_models, ref)
+            staging.plan(copies, kin, share=share)
             self.check_space(ref, staging.needed)
             if staging.resume:
                 self.logger.info("resuming %s from %s", ref, staging.root)
@@ -4059,15 +4120,23 @@ class _Store:
                     f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
                 )
 
-    def copies(self, installed_models: Sequence[InstalledModel]) -> list[tuple[_Copy, InstalledModel]]:
-        """The installed versions whose stored manifest can be read, as places to find chunks."""
-        found = []
+    def copies(self, installed_models: Sequence[InstalledModel], ref: ModelRef, *,
+               besides: bool = False) -> tuple[list[_Copy], list[_Copy]]:
+        """The installed versions whose stored manifest can be read, as places to find chunks
+        (``besides``: other than ``ref``), and of those, one per manifest of ``ref``'s model."""
+        copies: list[_Copy] = []
+        kin: dict[str, _Copy] = {}
         for installed in installed_models:
+            if besides and installed.ref == ref:
+                continue
             try:
-                found.append((_Copy(installed.path, self.stored_manifest(installed)), installed))
+                copy = _Copy(installed.path, self.stored_manifest(installed))
             except StorageError:
                 continue  # damaged or half-removed: nothing to take from it
-        return found
+            copies.append(copy)
+            if (installed.ref.group, installed.ref.model) == (ref.group, ref.model):
+                kin.setdefault(copy.manifest.digest, copy)
+        return copies, list(kin.values())
 
     def check_space(self, ref: ModelRef, needed: int) -> None:
         """Fail before the first request when the disk cannot hold the ``needed`` bytes a pull
@@ -4108,7 +4177,7 @@ class _Verification:
 
     def __init__(self, store: _Store, ref: ModelRef, *, repair: bool) -> None:
         self.store, self.ref, self.repair = store, ref, repair
-        self.lock = store.model_lock(ref)
+        self.lock: _FileLock | None = None
         self.held = False
         self.manifest_name = f"{store.metadata_dir}/manifest.json"
         self.damaged_manifest = False
@@ -4120,6 +4189,7 @@ class _Verification:
     def __enter__(self) -> _Verification:
         try:
             try:
+                self.lock = self.store.model_lock(self.ref)
                 self.lock.__enter__()
                 self.held = True
                 self.store.reclaim(self.ref)
@@ -4139,7 +4209,7 @@ class _Verification:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self.held:
+        if self.held and self.lock is not None:
             self.held = False
             self.lock.__exit__(None, None, None)
 
@@ -4178,14 +4248,11 @@ class _Verification:
         self.bad_positions, self.damaged, self.missing = _scan(self.installed.path, self.manifest)
         return bool(self.damaged or self.damaged_manifest)
 
-    def result(self, *, split: bool) -> Any:
-        """What Manager.verify returns."""
-        if self.repair:
-            return (sorted(self.repaired), []) if split else sorted(self.repaired)
-        assert self.manifest is not None
-        sharing = _only_sharing(self.manifest, self.bad_positions, self.missing)
-        damaged = sorted(self.damaged - sharing | ({self.manifest_name} if self.damaged_manifest else set()))
-        return (damaged, sorted(sharing)) if split else sorted([*damaged, *sharing])
+    def result(self) -> VerifyResult:
+        """What Manager.verify returns: what the scan found, and what a repair rewrote."""
+        sharing = _only_sharing(self.manifest, self.bad_positions, self.missing) if self.manifest else set()
+        damaged = self.damaged - sharing | ({self.manifest_name} if self.damaged_manifest else set())
+        return VerifyResult(tuple(sorted(damaged)), tuple(sorted(sharing)), tuple(sorted(self.repaired)))
 
     def repairing(self) -> _Repair:
         assert self.manifest is not None
@@ -4201,7 +4268,7 @@ class _Repair(_ChunkFiles):
         self.check = check
         self.root = check.store.private(check.installed.path)  # a linked version directory is refused
         self.metadata = _no_links(self.root, os.path.join(self.root, check.store.metadata_dir))
-        bad = sorted(check.bad_positions)
+        self.bad = bad = sorted(check.bad_positions)
         touched = {
             index
             for position in bad
@@ -4889,14 +4956,16 @@ class Manager:
 
         The configured registry is asked first; for an installed ``ref``, the registry
         it was installed from is the fallback. Chunks come from an interrupted pull's
-        staging directory, then from installed versions that hold the same bytes
-        (verified again either way), and only then from the network.
+        staging directory, then from installed versions that hold the same bytes or
+        files of the same paths (verified again either way), and only then from the
+        network. A file identical to one of an installed version of the model shares
+        its storage (see ``copy_files``).
 
         Args:
             ref: ``ModelRef`` or ``"group/model version"`` (or ``"... version@<sha256>"``,
                 pinned); an alias installs under its own name.
             force: install again even if the same manifest is installed (every
-                byte is verified again; intact chunks are copied, not downloaded).
+                byte is verified again; intact files are shared, not downloaded).
             concurrency: parallel chunk downloads (capped at 16).
             progress: called with a ``PullProgress`` as the pull advances; an
                 exception it raises stops the pull and is re-raised.
@@ -4980,8 +5049,7 @@ class Manager:
         concurrency: int = 4,
         progress: Callable[[PullProgress], None] | None = None,
         limit_rate: float | None = None,
-        split: bool = False,
-    ) -> Any:
+    ) -> VerifyResult:
         """Re-hash an installed version's files against its manifest's chunk hashes.
 
         A repair fetches from the configured registry if it lists the installed
@@ -4997,14 +5065,11 @@ class Manager:
             repair: fetch (or copy from other installed versions) only the damaged
                 chunks, and rewrite only the damaged files.
             concurrency, progress, limit_rate: as for ``pull``, when repairing.
-            split: return two sorted lists, ``(damaged or missing, only sharing a damaged
-                chunk)``: a chunk spanning several files cannot say which holds the damage.
 
         Returns:
-            Without ``repair``: the damaged or missing files, sorted (a file that
-            shares a damaged chunk with one is listed too, as the hash covers both).
-            With ``repair``: the files it rewrote, sorted (compared byte by byte
-            with the fetched chunks, so only those that really differed).
+            A ``VerifyResult``: the files damaged or missing, those that only share a
+            damaged chunk, and (with ``repair``) those rewritten. ``damaged`` and
+            ``sharing_damaged_chunk`` say what was found before the repair.
 
         Raises:
             NotInstalledError: ``ref`` is not installed.
@@ -5026,11 +5091,11 @@ class Manager:
                     check.use_published(exc)
             if check.scan() and repair:
                 with store.cache_lock(shared=True), check.repairing() as scratch:
-                    others = [copy for copy, installed in store.copies(self.list_installed()) if installed.ref != ref]
-                    sources = _sources_by_hash(scratch.manifest, others)
+                    copies, kin = store.copies(self.list_installed(), ref, besides=True)
+                    sources = _local_sources(scratch.manifest, scratch.bad, copies, kin)
                     self._job(source(), scratch, f"repair {ref}", scratch.chunks(), concurrency, progress, sources,
                               limit_rate).run()
-        return check.result(split=split)
+        return check.result()
 
     def prune_cache(self, max_age: float | None = 86400) -> int:
         """Delete what crashed pulls left, partial files, and the chunks earlier versions left
@@ -5302,11 +5367,13 @@ class _Console:
             line = _fit([f"{shown} {notice}", alone] if shown else [alone], width)
             self._write(sys.stderr, f"\r\x1b[2K{line}")
 
-    # The Manager's logger: debug lines with --verbose, warnings unless --quiet.
+    # The Manager's logger: debug lines with --verbose, warnings unless --quiet (a notice
+    # such as "Waiting for another download" without the label).
     def _log(self, level: str, message: str, *args: Any) -> None:
         with self.lock:
             partial = self.partial
-            self.err(("\n" if partial else "") + f"{level}: {message % args if args else message}")
+            label = f"{level}: " if level else ""
+            self.err(("\n" if partial else "") + f"{label}{message % args if args else message}")
             if partial:
                 self.err(partial.lstrip("\r"), end="")
 
@@ -5341,7 +5408,7 @@ class _Console:
     def warning(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
         self._track(extra)
         if not self.quiet:
-            self._log("warning", message, *args)
+            self._log("" if extra and extra.get(_NOTICE_KEY) else "warning", message, *args)
 
     def error(self, message: str, *args: Any, extra: Mapping[str, Any] | None = None, **_: Any) -> None:
         self._track(extra)
@@ -5377,8 +5444,9 @@ class _ProgressPrinter:
 
     _BAR = 20
 
-    def __init__(self, console: _Console) -> None:
+    def __init__(self, console: _Console, writing: str = "Extracting files") -> None:
         self.console = console
+        self.writing = writing  # what the last phase does to the files
         self.enabled = not (console.quiet or console.json)
         self.terminal = console.terminal
         self.phase = ""
@@ -5419,7 +5487,7 @@ class _ProgressPrinter:
         elif phase == "extracting":
             if previous == "chunks" or not previous:
                 self._summary(progress)
-            self.console.err("Extracting files... ", end="")
+            self.console.err(f"{self.writing}... ", end="")
 
     def _speed(self, progress: PullProgress, now: float) -> float:
         self.samples.append((now, progress.bytes_downloaded))
@@ -5494,7 +5562,7 @@ class _ProgressPrinter:
             return
         if self.phase == "chunks" and self.last is not None:
             self._summary(self.last)
-            self.console.err("Extracting files... ", end="")
+            self.console.err(f"{self.writing}... ", end="")
         self.console.err("done")
         self.phase = ""
 
@@ -5563,8 +5631,13 @@ def _version_label(ref: ModelRef, alias_of: str) -> str:
     return f"{ref.version} -> {alias_of}" if alias_of else ref.version
 
 
+def _ref_text(args: argparse.Namespace) -> str:
+    """The ref a command line gave: ``GROUP/MODEL [VERSION]``, or both as one word."""
+    return f"{args.models_ref} {args.models_version}".strip()
+
+
 def _command_list(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    if args.remote:
+    if args.models_remote:
         remote = manager.list_remote(detail=True)
         if console.json:
             console.document({"models": [_remote_json(item) for item in remote]})
@@ -5599,8 +5672,8 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
               *, force: bool = False) -> InstalledModel:
     printer = _ProgressPrinter(console)
     try:
-        installed = manager.pull(ref, force=force, concurrency=args.concurrency, progress=printer,
-                                 limit_rate=args.limit_rate)
+        installed = manager.pull(ref, force=force, concurrency=args.models_concurrency, progress=printer,
+                                 limit_rate=args.models_limit_rate)
     except BaseException:
         printer.abort()
         raise
@@ -5609,32 +5682,29 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
 
 
 def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    # "g/m v" also comes as one word; "v@<sha256>" pins the manifest
-    ref = _versioned(f"{args.model} {args.version}", "pull", pinned=True)
+    ref = _versioned(_ref_text(args), "pull", pinned=True)  # "g/m v" also comes as one word; "v@<sha256>" pins
     try:
-        installed = _pull_one(manager, ref, console, args, force=args.force)
+        installed = _pull_one(manager, ref, console, args, force=args.models_force)
     except AlreadyInstalledError as exc:
         if console.json:
             console.document({"status": "already_installed", "model": _installed_json(exc.installed)})
         else:
             console.out(f"Model already installed: {ref}")
-            console.out("Use --force to re-download")
+            console.out("Use --force to install it again (its chunks on this disk are hashed again and reused)")
         return 0
     if console.json:
         console.document({"status": "installed", "model": _installed_json(installed)})
     else:
-        if not console.quiet:
-            console.out()
         console.out(f"Model installed: {ref} ({_format_size(installed.total_size)})")
         console.out(f"Path: {installed.path}")
     return 0
 
 
 def _command_remove(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    base = _as_ref(f"{args.model} {args.version}")
-    if args.all == bool(base.version):
+    base = _as_ref(_ref_text(args))
+    if args.models_all == bool(base.version):
         raise InvalidRefError("remove: give either a version or --all")
-    if args.all:
+    if args.models_all:
         removed = manager.remove_all(base.group, base.model)
     else:
         removed = [base]
@@ -5644,22 +5714,22 @@ def _command_remove(manager: Manager, args: argparse.Namespace, console: _Consol
         return 0
     for ref in removed:
         console.out(f"Removed: {ref}")
-    if args.all:
+    if args.models_all:
         console.out(f"Removed {len(removed)} version{'s' if len(removed) != 1 else ''}")
     return 0
 
 
 def _command_info(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(f"{args.model} {args.version}", "info")
+    ref = _versioned(_ref_text(args), "info")
     installed: InstalledModel | None = None
     files: list[FileInfo] = []
     try:
         installed = manager.get_installed(ref)
         files = manager.files(ref)
     except NotInstalledError as exc:
-        if not args.remote:
+        if not args.models_remote:
             raise NotInstalledError(f"{exc} (use --remote to see the registry's copy)") from exc
-    remote = manager.get_remote_detail(ref) if args.remote else None
+    remote = manager.get_remote_detail(ref) if args.models_remote else None
     if console.json:
         console.document({
             **_ref_fields(ref),
@@ -5708,7 +5778,7 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
 
 
 def _command_path(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    path = manager.path(_versioned(f"{args.model} {args.version}", "path"))
+    path = manager.path(_versioned(_ref_text(args), "path"))
     if console.json:
         console.document({"path": path})
     else:
@@ -5726,11 +5796,12 @@ def _update_label(installed: InstalledModel, remote: RemoteModel) -> str:
 
 def _command_update(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
     installed = manager.list_installed()
-    if args.model:
-        base = _as_ref(args.model)
-        installed = [item for item in installed if (item.ref.group, item.ref.model) == (base.group, base.model)]
+    if args.models_ref:
+        base = _as_ref(_ref_text(args))
+        installed = [item for item in installed if (item.ref.group, item.ref.model) == (base.group, base.model)
+                     and base.version in ("", item.ref.version)]
         if not installed:
-            raise NotInstalledError(f"model not installed: {base.group}/{base.model}")
+            raise NotInstalledError(f"model not installed: {base}")
     if not installed:
         if console.json:
             console.document({"updates": []})
@@ -5777,7 +5848,7 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
         result["update_available"] = True
         if not console.json:
             console.out(f"{item.ref}: update available ({_update_label(item, remote)}){note}")
-        if args.apply:
+        if args.models_apply:
             if not console.json:
                 console.out(f"Downloading update for {item.ref}...")
             try:
@@ -5789,14 +5860,15 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
                 console.out(f"Updated: {item.ref} ({_format_size(updated.total_size)})")
     except ModelsError as exc:
         result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
-        console.err(f"error: {item.ref}: {_with_hints(exc, manager.config, console)}")
+        message = re.sub(rf"^\w+ {re.escape(str(item.ref))}: ", "", _with_hints(exc, manager.config, console))
+        console.err(f"error: {item.ref}: {message}")  # said once: "pull g/m v: needs ..." names it too
     return result
 
 
 def _command_verify(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
     # A repair fetches from the configured registry, else from the one each model came from.
-    if args.model:
-        refs = [_as_ref(f"{args.model} {args.version}")]
+    if args.models_ref:
+        refs = [_as_ref(_ref_text(args))]
         if not refs[0].version:
             raise InvalidRefError("verify: give a version too ('verify group/model version'), or no model at all")
     else:
@@ -5811,19 +5883,21 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
     results = []
     with manager._one_index_each():  # a repair asks each registry for models.json once
         for ref in refs:
-            printer = _ProgressPrinter(console) if args.repair else None
+            printer = _ProgressPrinter(console, "Rewriting damaged files") if args.models_repair else None
             try:
-                files, sharing = manager.verify(ref, repair=args.repair, concurrency=args.concurrency,
-                                                progress=printer, limit_rate=args.limit_rate, split=True)
+                result = manager.verify(ref, repair=args.models_repair, concurrency=args.models_concurrency,
+                                        progress=printer, limit_rate=args.models_limit_rate)
             except BaseException:
                 if printer is not None:
                     printer.abort()
                 raise
             if printer is not None and printer.phase:
                 printer.finish()
-            damaged = [] if args.repair else files
+            files = list(result.repaired if args.models_repair else result.damaged)
+            sharing = [] if args.models_repair else list(result.sharing_damaged_chunk)
+            damaged = [] if args.models_repair else files
             results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
-                            "repaired": files if args.repair else []})
+                            "repaired": files if args.models_repair else []})
             if damaged or sharing:
                 exit_code = HashMismatchError.exit_code
             if console.json:
@@ -5832,7 +5906,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
                 console.out(f"{ref}: ok")
                 continue
             if files:
-                verb = "repaired" if args.repair else "damaged or missing"
+                verb = "repaired" if args.models_repair else "damaged or missing"
                 console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
                 for path in files:
                     console.out(f"  {path}")
@@ -5841,7 +5915,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
                             "the chunk's hash cannot say which of its files holds the damage)")
                 for path in sharing:
                     console.out(f"  {path}")
-            if not args.repair:
+            if not args.models_repair:
                 console.out(f"To repair it: {console.prog} verify {ref} --repair")
     if console.json:
         console.document({"results": results})
@@ -5863,8 +5937,8 @@ def _export_refs(words: Sequence[str]) -> list[ModelRef]:
 
 
 def _command_export(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    directory = os.path.abspath(os.path.expanduser(args.to))
-    exported = manager.export(_export_refs(args.refs), directory)
+    directory = os.path.abspath(os.path.expanduser(args.models_to))
+    exported = manager.export(_export_refs(args.models_refs), directory)
     if console.json:
         console.document({"directory": directory, "exported": [_installed_json(item) for item in exported]})
         return 0
@@ -5875,7 +5949,7 @@ def _command_export(manager: Manager, args: argparse.Namespace, console: _Consol
 
 
 def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    freed = manager.prune_cache(None if args.all else 86400)
+    freed = manager.prune_cache(None if args.models_all else 86400)
     if console.json:
         console.document({"freed_bytes": freed})
     else:
@@ -5884,13 +5958,17 @@ def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console
 
 
 def _rate(text: str) -> float:
-    """``500K``, ``2M``, ``1.5G`` or plain bytes per second (1024-based units)."""
+    """``500K`` (500,000), ``2M``, ``1.5G``, ``2MB/s`` or plain bytes per second; decimal units, as
+    sizes are shown, and binary ones when asked for by name: ``512KiB`` (524,288), ``2MiB``, ``1GiB``."""
     import argparse
 
-    match = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?(?:/s)?\s*", text)
-    value = float(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ") if match else 0.0
+    match = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*(?:([kmg])(i?))?b?(?:/s)?\s*", text)
+    value = 0.0
+    if match:
+        prefix, binary = (match.group(2) or "").lower(), match.group(3)
+        value = float(match.group(1)) * (1024 if binary else 1000) ** " kmg".index(prefix or " ")
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a rate like 500K or 2M, not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a rate like 500K (500,000 bytes/s), 2M or 2MiB, not {text!r}")
     return value
 
 
@@ -5931,6 +6009,9 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
         return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"
     if isinstance(exc, ModelNotFoundError) and url:
         message += f"; '{console.prog} list --remote' shows what the registry has"
+    colon = re.search(r"'([^'\s/:]+/[^'\s/:]+):([^'\s/:]+)'", message) if isinstance(exc, InvalidRefError) else None
+    if colon:  # the docker and ollama habit
+        message += f"\nhint: the version is a word of its own: {colon[1]} {colon[2]}"
     if (isinstance(exc, (RegistryError, NetworkError, ModelNotFoundError)) and url
             and not re.match(r"(?i)[a-z][a-z0-9+.-]*://", url) and not os.path.isdir(os.path.expanduser(url))):
         message += f"\nhint: {url} is not a directory; if it is a server, write http://{url}"
@@ -5941,16 +6022,15 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
 
 def _run_command(
     handler: Callable[[Manager, argparse.Namespace, _Console], int],
-    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
-    manager_options: Mapping[str, Any],
+    configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     prog: str,
     usage: Callable[[], str],
     registry_hint: str,
     args: argparse.Namespace,
 ) -> int:
-    """Run ``handler`` as command ``prog`` ("mytool models pull"); ``usage`` is its usage text."""
-    if not isinstance(config, Config):  # main's: from --registry and --data-dir, wherever they were
-        config, manager_options = config(args)
+    """Run ``handler`` as command ``prog`` ("mytool models pull"); ``usage`` is its usage text and
+    ``configure`` gives the Config and Manager options for the parsed arguments."""
+    config, manager_options = configure(args)
     console = _Console(args, prog.rsplit(" ", 1)[0])
     console.registry_hint = registry_hint
     try:
@@ -5973,7 +6053,8 @@ def _run_command(
             pass  # stderr itself cannot be written: the exit code is all that is left
         return code
     except KeyboardInterrupt:
-        console.err("interrupted: run the same command again to resume (verified chunks are kept)")
+        resume = ": run the same command again to resume (verified chunks are kept)" if console.downloading else ""
+        console.err(f"interrupted{resume}")
         return 130
     except BrokenPipeError:
         _silence_stdout()
@@ -5988,14 +6069,100 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-_COMMANDS = ("list", "pull", "remove", "info", "path", "update", "verify", "prune")
+# Every option and positional stores under a models_ name, so a parent tool's own
+# --model, --force or --json is never overwritten by ours.
+
+def _ref_arguments(parser: argparse.ArgumentParser,
+                   version_help: str = "for example fp16, or an alias; needed, here or in one word with GROUP/MODEL "
+                                       "('fast-whisper/tiny fp16')") -> None:
+    # argparse takes VERSION as optional (usage: [VERSION]): "group/model version" may come as one word.
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="", help=version_help)
+
+
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", dest="models_concurrency", type=_positive_int, default=4, metavar="N",
+                        help="parallel chunk downloads (default 4, at most 16)")
+    parser.add_argument("--limit-rate", dest="models_limit_rate", type=_rate, default=None, metavar="RATE",
+                        help="cap the download rate in bytes per second: 500K is 500,000, 2M is 2,000,000 "
+                        "(2MiB is 2 x 1024 x 1024)")
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote", dest="models_remote", action="store_true", help="list what the registry offers")
+
+
+def _pull_arguments(parser: argparse.ArgumentParser) -> None:
+    _ref_arguments(parser)
+    parser.add_argument("--force", dest="models_force", action="store_true", help="install again even if installed")
+    _download_arguments(parser)
+
+
+def _remove_arguments(parser: argparse.ArgumentParser) -> None:
+    _ref_arguments(parser, "for example fp16, or an alias; or --all")
+    parser.add_argument("--all", dest="models_all", action="store_true",
+                        help="remove every installed version of the model")
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    _ref_arguments(parser)
+    parser.add_argument("--remote", dest="models_remote", action="store_true", help="also show the registry's copy")
+
+
+def _update_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="",
+                        help="check only this model (default: every installed one)")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="",
+                        help="check only this version of it")
+    parser.add_argument("--apply", dest="models_apply", action="store_true", help="download the updates")
+    _download_arguments(parser)
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models_ref", metavar="GROUP/MODEL", nargs="?", default="",
+                        help="verify only this model version (default: every installed one)")
+    parser.add_argument("models_version", metavar="VERSION", nargs="?", default="",
+                        help="for example fp16, or an alias (required with GROUP/MODEL)")
+    parser.add_argument("--repair", dest="models_repair", action="store_true",
+                        help="fetch and rewrite only what is damaged")
+    _download_arguments(parser)
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models_refs", metavar="GROUP/MODEL [VERSION]", nargs="+",
+                        help="installed versions, e.g. acme/whisper v3 acme/whisper latest; "
+                        "a model without a version: every installed version of it")
+    parser.add_argument("--to", dest="models_to", metavar="DIR", required=True,
+                        help="the registry directory to write (an earlier export is merged into)")
+
+
+def _prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--all", dest="models_all", action="store_true",
+                        help="delete every chunk left in cache/chunks, whatever its age")
+
+
+# The commands, in the order help lists them: (name, summary, handler, arguments).
+# register_subcommands and main both build their parsers from this table alone.
+_COMMAND_TABLE: tuple[tuple[str, str, Callable[[Manager, argparse.Namespace, _Console], int],
+                            Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("list", "list installed models (or the registry's, with --remote)", _command_list, _list_arguments),
+    ("pull", "download and install a model version", _command_pull, _pull_arguments),
+    ("remove", "remove an installed model version", _command_remove, _remove_arguments),
+    ("info", "show details of a model version", _command_info, _info_arguments),
+    ("path", "print the directory of an installed model version", _command_path, _ref_arguments),
+    ("update", "check installed models for updates", _command_update, _update_arguments),
+    ("verify", "re-hash installed files; --repair fixes what is damaged", _command_verify, _verify_arguments),
+    ("prune", "delete crash leftovers, and chunks earlier versions cached", _command_prune, _prune_arguments),
+    ("export", "write installed versions as a registry directory, to pull from with no network",
+     _command_export, _export_arguments),
+)
 
 
 def register_subcommands(
     subparsers: argparse._SubParsersAction[Any], config: Config, **manager_options: Any
 ) -> None:
-    """Add ``list``, ``pull``, ``remove``, ``info``, ``path``, ``update``, ``verify`` and ``prune``
-    to a parent's subparsers.
+    """Add ``list``, ``pull``, ``remove``, ``info``, ``path``, ``update``, ``verify``, ``prune``
+    and ``export`` to a parent's subparsers.
 
     Each command sets ``func(args) -> int`` on the parsed namespace; it returns
     the exit code and never raises ``ModelsError`` or calls ``sys.exit``.
@@ -6005,121 +6172,27 @@ def register_subcommands(
         config: the application's name and registry.
         **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
     """
-    _register(subparsers, config, manager_options)
+    _register(subparsers, lambda args: (config, manager_options))
 
 
 def _register(
     subparsers: argparse._SubParsersAction[Any],
-    config: Config | Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
-    manager_options: Mapping[str, Any],
+    configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]],
     *,
     registry_hint: str = "",
-    only: str | None = None,
-    formatter: type[argparse.HelpFormatter] | None = None,
     extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> None:
-    """``register_subcommands``, and for ``main``: the configuration taken from the parsed
-    arguments, how its users give a registry, the one command to register (start-up
-    time), the help formatter, and ``extra`` options each command also takes."""
-
-    def command(name: str, handler: Callable[[Manager, argparse.Namespace, _Console], int],
-                summary: str) -> argparse.ArgumentParser | None:
-        if only is not None and name != only:
-            return None
-        options: dict[str, Any] = {"formatter_class": formatter} if formatter else {}
-        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary, **options)
-        parser.set_defaults(func=partial(_run_command, handler, config, manager_options, parser.prog,
-                                         parser.format_usage, registry_hint))
+    """Add every command of the table to ``subparsers``. ``configure`` gives the Config and
+    Manager options for the parsed arguments; main also passes how its users give a
+    registry, and ``extra`` options each command takes."""
+    for name, summary, handler, arguments in _COMMAND_TABLE:
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
+        parser.set_defaults(func=partial(_run_command, handler, configure, parser.prog, parser.format_usage,
+                                         registry_hint))
         _add_output_flags(parser, top_level=False)
         if extra is not None:
             extra(parser)
-        return parser
-
-    def model_argument(parser: argparse.ArgumentParser, version: str = "required") -> None:
-        parser.add_argument("model", metavar="GROUP/MODEL", help="for example fast-whisper/tiny")
-        parser.add_argument("version", metavar="VERSION", nargs="?", default="",
-                            help="for example fp16, or an alias" + (" (required)" if version == "required" else ""))
-
-    def download_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
-                            help="parallel chunk downloads (default 4, at most 16)")
-        parser.add_argument("--limit-rate", type=_rate, default=None, metavar="RATE",
-                            help="cap the download rate, e.g. 500K or 2M (bytes per second)")
-
-    listing = command("list", _command_list, "list installed models (or the registry's, with --remote)")
-    if listing:
-        listing.add_argument("--remote", action="store_true", help="list what the registry offers")
-
-    pull = command("pull", _command_pull, "download and install a model version")
-    if pull:
-        model_argument(pull)
-        pull.add_argument("--force", action="store_true", help="install again even if installed")
-        download_options(pull)
-
-    remove = command("remove", _command_remove, "remove an installed model version")
-    if remove:
-        model_argument(remove, "optional")
-        remove.add_argument("--all", action="store_true", help="remove every installed version of the model")
-
-    info = command("info", _command_info, "show details of a model version")
-    if info:
-        model_argument(info)
-        info.add_argument("--remote", action="store_true", help="also show the registry's copy")
-
-    path = command("path", _command_path, "print the directory of an installed model version")
-    if path:
-        model_argument(path)
-
-    update = command("update", _command_update, "check installed models for updates")
-    if update:
-        update.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-        update.add_argument("--apply", action="store_true", help="download the updates")
-        download_options(update)
-
-    verify = command("verify", _command_verify, "re-hash installed files; --repair fixes what is damaged")
-    if verify:
-        verify.add_argument("model", metavar="GROUP/MODEL", nargs="?", default="")
-        verify.add_argument("version", metavar="VERSION", nargs="?", default="")
-        verify.add_argument("--repair", action="store_true", help="fetch and rewrite only what is damaged")
-        download_options(verify)
-
-    prune = command("prune", _command_prune, "delete crash leftovers, and chunks earlier versions cached")
-    if prune:
-        prune.add_argument("--all", action="store_true",
-                           help="delete every chunk left in cache/chunks, whatever its age")
-
-
-def _quick_args(arguments: Sequence[str]) -> dict[str, Any] | None:
-    """The arguments of the commonest command lines, ``path GROUP/MODEL VERSION`` and
-    ``list [--remote]`` with the global and output options, read without argparse: its
-    import and parsers take longer than the command itself. None for anything else, which
-    argparse reads (and explains, if it is wrong)."""
-    values: dict[str, Any] = {"registry": None, "data_dir": None, "header": None, "models_json": False,
-                              "models_quiet": False, "models_verbose": False}
-    flags = {"--json": "models_json", "--quiet": "models_quiet", "-q": "models_quiet",
-             "--verbose": "models_verbose", "-v": "models_verbose"}
-    words: list[str] = []
-    items = iter(arguments)
-    for item in items:
-        name, _, value = item.partition("=")
-        if item in flags:
-            values[flags[item]] = True
-        elif name in ("--registry", "--data-dir"):
-            value = value if "=" in item else next(items, "-")
-            if value.startswith("-"):
-                return None
-            values[name[2:].replace("-", "_")] = value
-        elif item == "--remote" and words == ["list"]:
-            values["remote"] = True
-        elif item.startswith("-") or not item:
-            return None
-        else:
-            words.append(item)
-    if words == ["list"]:
-        return {"command": "list", "remote": False, **values}
-    if len(words) in (2, 3) and words[0] == "path":
-        return {"command": "path", "model": words[1], "version": words[2] if len(words) == 3 else "", **values}
-    return None
+        arguments(parser)
 
 
 def _header_option(text: str) -> tuple[str, str]:
@@ -6139,71 +6212,71 @@ def _header_option(text: str) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xprim-models`` command line; return its exit code (never raises ``SystemExit``)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    registry_hint = "give --registry URL, or set XPRIM_MODELS_REGISTRY_URL"
-
-    def configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
-        config = Config("xprim-models", args.registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
-        options: dict[str, Any] = {"data_dir": args.data_dir} if args.data_dir else {}
-        if getattr(args, "header", None):
-            options["headers"] = dict(args.header)
-        return config, options
-
-    # Only the command given is built in full (its parser costs start-up time); --help and
-    # mistakes get them all. The word is the first that is not an option or its value.
-    word, value_next = None, False
-    for item in arguments:
-        if value_next:
-            value_next = False
-        elif item in ("--registry", "--data-dir", "--header"):
-            value_next = True
-        elif not item.startswith("-"):
-            word = item
-            break
-    quick = _quick_args(arguments)
-    if quick is not None:  # the same namespace argparse would make
-        from types import SimpleNamespace
-
-        handler = _command_path if quick["command"] == "path" else _command_list
-        args: Any = SimpleNamespace(**quick)
-        return _run_command(handler, configure, {}, f"xprim-models {quick['command']}",
-                            lambda: _main_parser(word, configure, registry_hint)[1], registry_hint, args)
+    options = arguments[:arguments.index("--")] if "--" in arguments else arguments
     try:
-        args = _main_parser(word, configure, registry_hint)[0].parse_args(arguments)
+        args = _main_parser(json_errors="--json" in options).parse_args(arguments)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     result: int = args.func(args)
     return result
 
 
-def _main_parser(
-    word: str | None, configure: Callable[[argparse.Namespace], tuple[Config, Mapping[str, Any]]], registry_hint: str
-) -> tuple[argparse.ArgumentParser, str]:
-    """``main``'s parser, with command ``word`` only if it is one, and that command's usage."""
+def _configure(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+    """main's Config and Manager options, from --registry, --data-dir and --header wherever they were."""
+    config = Config("xprim-models", args.models_registry or os.environ.get("XPRIM_MODELS_REGISTRY_URL", ""))
+    options: dict[str, Any] = {"data_dir": args.models_data_dir} if args.models_data_dir else {}
+    if getattr(args, "models_header", None):
+        options["headers"] = dict(args.models_header)
+    return config, options
+
+
+def _usage_error_document(message: str) -> None:
+    """The README's JSON error document, on stdout, for a command line argparse rejects."""
     import argparse
 
-    class Formatter(argparse.RawDescriptionHelpFormatter):
-        """argparse's, sized without importing shutil (which every argument's check would)."""
+    try:
+        _Console(argparse.Namespace(models_json=True)).document(
+            {"error": {"type": "UsageError", "message": message, "exit_code": 2}})
+    except BrokenPipeError:
+        _silence_stdout()
+    except StorageError:
+        pass  # stdout cannot be written: stderr and the exit code still say it
 
-        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                     width: int | None = None) -> None:
-            columns = os.environ.get("COLUMNS", "")
-            width = width or (int(columns) if columns.isdigit() else _terminal_width(sys.stdout)) - 2
-            super().__init__(prog, indent_increment, max_help_position, width)
+
+def _main_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    """main's parser; with ``json_errors`` (--json was given), a usage error also prints a JSON
+    document on stdout, as every other error does."""
+    import argparse
+
+    columns = os.environ.get("COLUMNS", "")
+    width = (int(columns) if columns.isdigit() else _terminal_width(sys.stdout)) - 2
+
+    class Parser(argparse.ArgumentParser):
+        """argparse's, with help sized once, without importing shutil: argparse would size it
+        again for every argument it checks (start-up time). The command parsers are of this class too."""
+
+        def _get_formatter(self) -> argparse.HelpFormatter:
+            return argparse.RawDescriptionHelpFormatter(self.prog, width=width)
+
+        def error(self, message: str) -> NoReturn:
+            if json_errors:
+                _usage_error_document(message)
+            super().error(message)
 
     def global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
         # Also accepted after the command word, but listed once.
         hidden: Any = argparse.SUPPRESS if after_command else None
-        parser.add_argument("--registry", metavar="URL", default=hidden,
+        parser.add_argument("--registry", dest="models_registry", metavar="URL", default=hidden,
                             help=hidden or "registry URL or directory (default: $XPRIM_MODELS_REGISTRY_URL)")
-        parser.add_argument("--data-dir", metavar="DIR", default=hidden,
+        parser.add_argument("--data-dir", dest="models_data_dir", metavar="DIR", default=hidden,
                             help=hidden or "where models live (default: $XPRIM_MODELS_MODELS_DIR, else the platform's)")
-        parser.add_argument("--header", metavar="'NAME: VALUE'", action="append", type=_header_option,
-                            default=hidden, help=hidden or "send this header with every registry request, "
+        parser.add_argument("--header", dest="models_header", metavar="'NAME: VALUE'", action="append",
+                            type=_header_option, default=hidden,
+                            help=hidden or "send this header with every registry request, "
                             "like curl -H (repeatable; e.g. 'Authorization: Bearer TOKEN')")
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xprim-models", description="Download and manage models from an XPRIM registry.",
-        formatter_class=Formatter,
         epilog=(
             "examples:\n"
             "  xprim-models --registry https://models.example.com pull fast-whisper/tiny fp16\n"
@@ -6216,10 +6289,9 @@ def _main_parser(
     parser.add_argument("--version", action="version", version=f"xprim-models {__version__}")
     _add_output_flags(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    only = word if word in _COMMANDS else None
-    _register(commands, configure, {}, registry_hint=registry_hint, only=only, formatter=Formatter,
+    _register(commands, _configure, registry_hint="give --registry URL, or set XPRIM_MODELS_REGISTRY_URL",
               extra=lambda command: global_options(command, after_command=True))
-    return parser, commands.choices[only].format_usage() if only else parser.format_usage()
+    return parser
 
 
 if __name__ == "__main__":

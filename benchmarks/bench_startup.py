@@ -3,7 +3,8 @@
 Builds the wheel, installs it into a fresh venv (bytecode compiled), installs one small
 model there, then runs the three commands interleaved, ``--rounds`` times each, and
 prints the median wall time and user+system CPU time of each, and its ratio to
-``python -c pass``. CPU time moves less than wall time on a busy machine.
+``python -c pass`` (the target: within 5x for ``path`` and ``list``; docs/performance.md).
+CPU time moves less than wall time on a busy machine.
 
     python3 benchmarks/bench_startup.py                 # 40 rounds
     python3 benchmarks/bench_startup.py --rounds 200

@@ -1,7 +1,7 @@
 """Build or extend an XPRIM registry directory from a directory of model files.
 
 This is the publisher's side of the wire format that xprim_models.py reads
-(DESIGN.md §1): it cuts the files, in order, into one byte stream of
+(README: Registry format): it cuts the files, in order, into one byte stream of
 fixed-size chunks, stores each chunk and the manifest under ``data/<sha256>``,
 and records the version (or an alias) in ``models.json``.
 
@@ -11,9 +11,13 @@ and records the version (or an alias) in ``models.json``.
 It refuses a bad name, a missing or empty source directory and an alias of a
 version the registry does not have, and it checks what it wrote with the
 client's own parser, putting ``models.json`` back as it was if that fails.
+Without ``--force`` it also refuses to change what a published name gives users:
+other files under a published version, files under an alias, or an alias over a
+version (publishing the same files again, and moving an alias, are fine).
 Errors go to stderr as ``error: ...`` with exit code 1 (2 for usage errors).
 
-The tests and the benchmark import ``publish`` and ``add_alias`` from here.
+The tests and the benchmark import ``publish`` and ``add_alias`` from here; they
+overwrite as they are told.
 """
 
 from __future__ import annotations
@@ -81,6 +85,14 @@ def publish(
     metadata: Mapping[str, Any] | None = None,
 ) -> str:
     """Store ``files`` (in order) as ``group/model version``; return the manifest hash."""
+    digest = store_files(registry, files, chunk_size=chunk_size)
+    record(registry, group, model, version, digest, metadata)
+    return digest
+
+
+def store_files(registry: str, files: FileList, *, chunk_size: int = 10 << 20) -> str:
+    """Store the chunks and the manifest of ``files`` (in order) under ``data/``; return the
+    manifest hash. ``models.json`` is left as it is: nothing lists them yet."""
     items: Iterable[tuple[str, Source]] = files.items() if isinstance(files, Mapping) else files
     chunks: list[str] = []
     entries: list[dict[str, Any]] = []
@@ -99,14 +111,18 @@ def publish(
     if pending:
         chunks.append(_store(registry, bytes(pending)))
     manifest = {"total_size": total, "chunk_size": chunk_size, "chunks": chunks, "files": entries}
-    digest = _store(registry, json.dumps(manifest, indent=1).encode("utf-8"))
+    return _store(registry, json.dumps(manifest, indent=1).encode("utf-8"))
+
+
+def record(registry: str, group: str, model: str, version: str, digest: str,
+           metadata: Mapping[str, Any] | None = None) -> None:
+    """List manifest ``digest`` in ``models.json`` as ``group/model version``."""
     index = _index(registry)
     entry: dict[str, Any] = {"hash": digest}
     if metadata:
         entry["metadata"] = dict(metadata)
     index.setdefault(group, {}).setdefault(model, {})[version] = entry
     _save_index(registry, index)
-    return digest
 
 
 def add_alias(registry: str, group: str, model: str, alias: str, target: str) -> None:
@@ -166,6 +182,28 @@ def _check(registry: str, ref: Any, digest: str | None) -> Any:
     return detail
 
 
+def _listed(registry: str, ref: Any) -> dict[str, Any] | None:
+    """What ``models.json`` lists under ``ref`` now, if anything."""
+    entry = _index(registry).get(ref.group, {}).get(ref.model, {}).get(ref.version)
+    return entry if isinstance(entry, dict) else None
+
+
+def _overwrite_problem(ref: Any, listed: dict[str, Any] | None, digest: str | None, alias_of: str | None) -> str:
+    """Why publishing ``digest`` (or an alias of ``alias_of``) as ``ref`` would change what users
+    get under a name already published; "" if it would not. Moving an alias is what aliases are for."""
+    if listed is None:
+        return ""
+    if "alias" in listed and digest is not None:
+        return f"{ref} is an alias of {listed['alias']}; these files would make it a version of its own"
+    if "alias" not in listed and alias_of is not None:
+        return (f"{ref} is a version (manifest {listed.get('hash', '?')[:12]}); making it an alias of {alias_of} "
+                "would replace its files for everyone who pulls or updates it")
+    if "alias" not in listed and digest is not None and listed.get("hash") != digest:
+        return (f"{ref} is already published with other files (manifest {listed.get('hash', '?')[:12]}, "
+                f"these make {digest[:12]}); replacing them changes the model under everyone who pulls or updates it")
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("registry", help="registry directory to create or extend")
@@ -175,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=10 << 20)
     parser.add_argument("--alias-of", metavar="VERSION", help="publish VERSION as an alias instead")
     parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--force", action="store_true",
+                        help="replace what the registry lists under that name: other files, or a version by an alias "
+                             "and back (refused without it)")
     args = parser.parse_args(argv)
     if args.alias_of and args.source:
         parser.error("give either SOURCE_DIR or --alias-of, not both")
@@ -201,7 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError:
         before = None
     try:
+        listed = _listed(args.registry, ref)
         if args.alias_of:
+            problem = _overwrite_problem(ref, listed, None, args.alias_of)
+            if problem and not args.force:
+                raise PublishError(f"{problem}; give --force to do it, or choose another name")
             try:
                 add_alias(args.registry, ref.group, ref.model, ref.version, args.alias_of)
             except ValueError as exc:
@@ -211,8 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         files = _source_files(args.source)
         metadata = dict(item.split("=", 1) for item in args.metadata)
-        digest = publish(args.registry, ref.group, ref.model, ref.version, files,
-                         chunk_size=args.chunk_size, metadata=metadata)
+        digest = store_files(args.registry, files, chunk_size=args.chunk_size)
+        problem = _overwrite_problem(ref, listed, digest, None)
+        if problem and not args.force:
+            raise PublishError(f"{problem}; give --force to do it, or publish a new version")
+        record(args.registry, ref.group, ref.model, ref.version, digest, metadata)
         _check(args.registry, ref, digest)
     except (PublishError, OSError) as exc:
         if before is None:  # the index as it was: nobody sees a broken model

@@ -3037,13 +3037,13 @@ class TestRegistries:
     def check_moved(self, old: str, new: RegistryServer, data_dir: Path, code: int, out: str, err: str) -> None:
         assert code == 3, err  # the exit code of org/gone's error; the others are updated
         assert f"org/tiny latest: update available (v1 \u2192 v2); source: {old} \u2192 {new.url}" in out
-        assert f"org/tiny v1: up to date; source: {old} \u2192 {new.url}" in out
+        assert f"org/tiny v1: up to date; source: {old} \u2192 {new.url} (recorded)" in out
         assert "Updated: org/tiny latest" in out
         (line,) = [line for line in err.splitlines() if line.startswith("error: org/gone v1: ")]
         assert f"not the configured {new.url}" in line and f"nor {old}, where it was installed from" in line
         assert "configure a registry that lists it, or remove it" in line
         assert tree(data_dir / "org" / "tiny" / "latest") == V2_FILES
-        assert recorded_sources(data_dir) == {"org/tiny latest": new.url, "org/tiny v1": old, "org/gone v1": old}
+        assert recorded_sources(data_dir) == {"org/tiny latest": new.url, "org/tiny v1": new.url, "org/gone v1": old}
         assert new.requests["models.json"] == 1
 
     def test_a_moved_registry_via_the_embedded_command(
@@ -3060,8 +3060,13 @@ class TestRegistries:
             updates = {f"{u['model']} {u['version']}": u for u in json.loads(capsys.readouterr().out)["updates"]}
             assert updates["tiny latest"]["source_changed"] is False  # recorded when applied
             assert updates["tiny latest"]["registry_url"] == new.url
-            assert (updates["tiny v1"]["source_changed"], updates["tiny v1"]["installed_registry_url"]) == (True, old)
+            assert (updates["tiny v1"]["source_changed"], updates["tiny v1"]["installed_registry_url"]) == (
+                False, new.url)  # up to date, recorded by --apply
             assert updates["gone v1"]["error"]["exit_code"] == 3 and updates["gone v1"]["registry_url"] is None
+            (data_dir / "org" / "tiny" / "v1" / "config.json").unlink()  # repaired from the recorded new place
+            unconfigured = embedded_tool(xm.Config("whisper-tool", "", data_dir), retries=0)
+            assert unconfigured("verify", "org/tiny", "v1", "--repair", "-q") == 0, capsys.readouterr().err
+            assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
         finally:
             new.close()
 

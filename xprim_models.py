@@ -4823,6 +4823,13 @@ class Manager:
             "lists it, or remove it if it is no longer published"
         ) from first
 
+    def _record_source(self, installed: InstalledModel, registry_url: str) -> None:
+        """Record ``registry_url`` as where ``installed`` comes from, unless it changed meanwhile."""
+        with self._store.model_lock(installed.ref):
+            entry = self._store.entry(self._store.read(), installed.ref)
+            if isinstance(entry, dict) and entry.get("manifest_hash") == installed.manifest_hash:
+                self._store.commit(installed.ref, {**entry, "registry_url": registry_url})
+
     def _installed_source(self, installed: InstalledModel) -> _RegistryClient:
         """The registry to fetch an installed version's manifest and chunks from, by hash: the
         configured one if it lists that manifest, else the one it was installed from."""
@@ -5842,6 +5849,9 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
                       registry_url=client.origin, source_changed=moved)
         note = f"; source: {item.registry_url} \u2192 {client.origin}" if moved else ""
         if remote.manifest_hash == item.manifest_hash:
+            if moved and args.models_apply:  # the same bytes, from the registry that now serves them
+                manager._record_source(item, client.origin)
+                note += " (recorded)"
             if not console.json:
                 console.out(f"{item.ref}: up to date{note}")
             return result

@@ -6104,6 +6104,8 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pull_arguments(parser: argparse.ArgumentParser) -> None:
     _ref_arguments(parser)
+    parser.epilog = ("VERSION@<sha256> pins the manifest: exactly those bytes are installed,\n"
+                     "whatever the registry lists now ('info' shows an installed version's pin)")
     parser.add_argument("--force", dest="models_force", action="store_true", help="install again even if installed")
     _download_arguments(parser)
 
@@ -6180,7 +6182,9 @@ def register_subcommands(
     Args:
         subparsers: what ``parser.add_subparsers()`` returned.
         config: the application's name and registry.
-        **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
+        **manager_options: passed to ``Manager`` (``headers``, ``timeout``, ``retries``,
+            ``opener``...), and so used for every registry a command reaches: the
+            configured one and those that installed models came from.
     """
     _register(subparsers, lambda args: (config, manager_options))
 

@@ -6082,6 +6082,7 @@ def _silence_stdout() -> None:
 # Every option and positional stores under a models_ name, so a parent tool's own
 # --model, --force or --json is never overwritten by ours.
 
+
 def _ref_arguments(parser: argparse.ArgumentParser,
                    version_help: str = "for example fp16, or an alias; needed, here or in one word with GROUP/MODEL "
                                        "('fast-whisper/tiny fp16')") -> None:

@@ -617,7 +617,7 @@ class TestApi:
     def test_manager_has_every_operation(self, manager: xm.Manager, data_dir: Path) -> None:
         for name in ("list_installed", "list_remote", "list_remote_group", "list_remote_versions",
                      "get_installed", "get_remote", "get_remote_detail", "pull", "remove", "remove_all",
-                     "path", "check_update"):
+                     "path", "check_update", "ensure", "verify", "export"):
             assert callable(getattr(manager, name)), name
         assert manager.data_dir == str(data_dir)
 

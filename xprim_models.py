@@ -4450,6 +4450,8 @@ def _registry_key(url: str) -> str:
         return origin  # the client refuses it when it is used
     scheme, host = parts.scheme.lower(), (parts.hostname or "")
     host = f"[{host}]" if ":" in host else host
+    userinfo = parts.netloc.rpartition("@")[0]  # kept: other credentials, another client
+    host = f"{userinfo}@{host}" if userinfo else host
     port_text = f":{port}" if port not in (None, 443 if scheme == "https" else 80) else ""
     query = f"?{parts.query}" if parts.query else ""
     return f"{scheme}://{host}{port_text}{parts.path.rstrip('/')}{query}"

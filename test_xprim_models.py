@@ -1035,6 +1035,51 @@ class TestRegistry:
             manager.list_remote()
         assert server.requests["models.json"] == 1
 
+    @pytest.mark.parametrize("through", ["our client", "an opener"])
+    @pytest.mark.parametrize("status", [401, 403])
+    def test_refused_credentials_say_how_to_send_them(self, make_manager: Callable[..., xm.Manager],
+                                                      server: RegistryServer, data_dir: Path, status: int,
+                                                      through: str) -> None:
+        import urllib.request
+
+        server.always["models.json"] = Fault(status=status)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) if through == "an opener" else None
+        with pytest.raises(xm.NetworkError, match=rf"HTTP {status}.*--header 'Authorization: \.\.\.'.*headers="):
+            make_manager(opener=opener).list_remote()
+        assert server.requests["models.json"] == 1  # not retried
+        result = cli_run(server, data_dir, "list", "--remote")
+        assert result.returncode == 5 and "--header 'Authorization: ...'" in result.stderr
+
+    @pytest.mark.parametrize("location", ["http://[::1", "http://127.0.0.1:99999/x"])
+    def test_a_redirect_to_a_malformed_url_is_a_network_error(self, manager: xm.Manager, server: RegistryServer,
+                                                              data_dir: Path, location: str) -> None:
+        server.always["models.json"] = Fault(status=302, headers={"Location": location})
+        with pytest.raises(xm.NetworkError, match=f"redirect to a malformed URL {re.escape(repr(location))}"):
+            manager.list_remote()
+        assert server.requests["models.json"] == 1  # not retried
+        result = cli_run(server, data_dir, "list", "--remote")
+        assert result.returncode == 5 and location in result.stderr
+
+    def test_redirects_to_another_origin_keep_their_connections(
+        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path
+    ) -> None:
+        # data/ answered by a 302 to a second host, as object stores and CDNs do: each worker keeps
+        # one connection to each origin, not a new pair for every chunk.
+        content = blob(60 * 512, "many")
+        publish.publish(str(registry_dir), "org", "many", "v1", {"f": content}, chunk_size=512)
+        cdn = RegistryServer(registry_dir)
+        try:
+            for path in (registry_dir / "data").iterdir():
+                moved = {"Location": f"{cdn.url}/data/{path.name}"}
+                server.always[f"data/{path.name}"] = Fault(status=302, headers=moved)
+            installed = make_manager().pull("org/many v1", concurrency=4)
+            assert (Path(installed.path) / "f").read_bytes() == content
+            assert server.chunk_requests() == cdn.chunk_requests() == 61  # the manifest and 60 chunks
+            assert len(server.connections) <= 4 + 2  # a connection per worker, plus index and manifest
+            assert len(cdn.connections) <= 4 + 1
+        finally:
+            cdn.close()
+
 
 # --- Pull engine ---------------------------------------------------------------------
 
@@ -6030,6 +6075,25 @@ class TestRetryPolicy:
         assert "hash mismatch" in waits[0] and "HTTP 503" in waits[1] and "expected 1024" in waits[3]
 
 
+    @pytest.mark.parametrize("through", ["our client", "an opener"])
+    def test_a_chunk_answered_with_204_is_a_broken_transfer(self, make_manager: Callable[..., xm.Manager],
+                                                          model: dict[str, bytes], server: RegistryServer,
+                                                          registry_dir: Path, through: str) -> None:
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) if through == "an opener" else None
+        bad = chunk_paths(registry_dir)[3]
+        server.always[bad] = Fault(status=204)
+        with pytest.raises(xm.NetworkError, match=r"chunk 4/7 .*HTTP 204 No Content.*after 2 attempts"):
+            make_manager(retries=1, opener=opener).pull("org/tiny v1")
+        assert server.requests[bad] == 2
+        del server.always[bad]
+        server.fail(bad, Fault(status=204))
+        installed = make_manager(retries=1, opener=opener).pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        assert server.requests[bad] == 4
+
+
 def framed(head: bytes, body: bytes = b"{}") -> bytes:
     return head.replace(b"\n", b"\r\n") + b"\r\n" + body
 
@@ -6090,7 +6154,7 @@ LEGAL = {
 
 
 class TestFraming:
-    """The one HTTP parser (``_Session``), against malformed framing of every kind and legal oddities."""
+    """The one HTTP parser (``_Connection``), against malformed framing of every kind and legal oddities."""
 
     @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
     def test_malformed_is_a_network_error(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
@@ -6136,9 +6200,11 @@ class TestFraming:
 
 class TunnelProxy:
     """An HTTP proxy on raw loopback sockets: CONNECT tunnels, and absolute-form GETs relayed
-    over one upstream connection per client connection. Counts connections and records heads."""
+    over one upstream connection per client connection. Counts connections and records heads.
+    With ``refusal``, it answers every CONNECT with those bytes and closes, as squid does."""
 
-    def __init__(self) -> None:
+    def __init__(self, refusal: bytes = b"") -> None:
+        self.refusal = refusal
         self.heads: list[str] = []
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -6182,6 +6248,9 @@ class TunnelProxy:
                 text = head.decode("latin-1")
                 self.heads.append(text)
                 method, target, _ = text.split("\r\n")[0].split(" ")
+                if method == "CONNECT" and self.refusal:
+                    conn.sendall(self.refusal)
+                    return
                 if method == "CONNECT":
                     host, _, port = target.rpartition(":")
                     upstream = socket.create_connection((host, int(port)))
@@ -6258,6 +6327,31 @@ class TestProxies:
         finally:
             proxy.close()
 
+    @pytest.mark.parametrize(("status", "credentials"), [(403, "user:wr0ng@"), (407, "user:wr0ng@"), (407, "")])
+    def test_a_refused_connect_is_final_and_says_what_to_do(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            status: int, credentials: str) -> None:
+        # squid's answer: its HTML page in the same write as the head. 403 is what Debian's stock
+        # "http_access deny CONNECT !SSL_ports" gives any port but 443.
+        page = b"<html><body>ERROR: The requested URL could not be retrieved</body></html>\n" * 20
+        reason = {403: b"Forbidden", 407: b"Proxy Authentication Required"}[status]
+        proxy = TunnelProxy(b"HTTP/1.1 %d %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s"
+                            % (status, reason, len(page), page))
+        try:
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", f"http://{credentials}"))
+            monkeypatch.setenv("NO_PROXY", "")
+            manager = xm.Manager(xm.Config("t", "https://models.example.com:8443", tmp_path), retry_backoff=0.01)
+            expected = {(403, True): r"refused to tunnel to models\.example\.com:8443 \(HTTP 403 Forbidden\).*"
+                                     r"allow port 8443, or add models\.example\.com to NO_PROXY",
+                        (407, True): r"refused the credentials in its URL \(HTTP 407\); check them",
+                        (407, False): r"asks for credentials \(HTTP 407\); put them in the proxy URL"
+                                      r" \(http://user:password@host:port\)"}[status, bool(credentials)]
+            with pytest.raises(xm.NetworkError, match=rf"the proxy {proxy.url} {expected}") as caught:
+                manager.list_remote()
+            assert len(proxy.heads) == 1  # not retried
+            assert "wr0ng" not in str(caught.value)
+        finally:
+            proxy.close()
+
     def test_an_unsupported_proxy_is_a_clear_network_error(self, make_manager: Callable[..., xm.Manager],
                                                            server: RegistryServer, model: dict[str, bytes],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -6316,6 +6410,16 @@ class TestHeaders:
         with pytest.raises(ValueError, match="header") as caught:
             xm.Manager(xm.Config("t", "http://127.0.0.1:1", tmp_path), headers=headers)
         assert "Injected" not in str(caught.value) and "caf" not in str(caught.value)
+
+    def test_accept_encoding_is_refused_naming_it(self, raw_server: RawServer, data_dir: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+        # The hashes cover the bytes as stored: a compressed answer could only fail them.
+        with pytest.raises(ValueError, match="header accept-encoding cannot be given"):
+            xm.Manager(xm.Config("t", raw_server.url, data_dir), headers={"accept-encoding": "gzip"})
+        code = xm.main(["--registry", raw_server.url, "--data-dir", str(data_dir),
+                        "--header", "Accept-Encoding: gzip", "list", "--remote"])
+        assert code == 2 and "header Accept-Encoding cannot be given" in capsys.readouterr().err
+        assert not raw_server.headers
 
     @pytest.mark.parametrize("target", ["another host", "another port", "the same origin"])
     def test_credentials_stay_with_their_origin_across_redirects(

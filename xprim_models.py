@@ -1664,8 +1664,9 @@ def _detail(remote: RemoteModel, manifest: _Manifest) -> RemoteModelDetail:
 
 
 # --- Registry client --------------------------------------------------------------
-# Fetching from http(s)://, file:// or a directory: one HTTP/1.1 transport with a
-# wait budget per request, bounded bodies, and one retry policy (``fetch``).
+# Fetching from http(s)://, file:// or a directory through one _Transport per registry
+# (our HTTP/1.1 with a wait budget per request, a caller's opener, or files), with
+# bounded bodies and one retry policy (_Retry, applied in ``fetch``).
 
 
 class _Transient(Exception):
@@ -1830,8 +1831,64 @@ def _content_length(value: str | None) -> int | None:
     return int(value) if re.fullmatch(_DIGITS_RE, value) else None
 
 
+class _Retry:
+    """The retry policy as one value, as urllib3's ``Retry`` is: how many attempts a request
+    gets, how long to wait before each, and which failures are worth another attempt
+    (``for_status`` and ``for_error``, the one mapping every transport uses).
+    README, "Errors, exit codes and retries", states it for users."""
+
+    __slots__ = ("attempts", "backoff")
+
+    def __init__(self, retries: int, backoff: float) -> None:
+        self.attempts, self.backoff = retries + 1, backoff
+
+    def delay(self, attempt: int, last: _Transient) -> float:
+        """Seconds to wait before attempt ``attempt`` (0 is the first) after ``last`` failed:
+        the backoff doubling up to 10 s, or longer when the server asked (Retry-After, up to 30 s)."""
+        delay: float = min(self.backoff * 2.0 ** (attempt - 1), _BACKOFF_CAP)
+        if last.retry_after is not None:
+            delay = max(delay, min(last.retry_after, _RETRY_AFTER_CAP))
+        return delay
+
+    @staticmethod
+    def for_status(url: str, status: int, reason: str, fields: Mapping[str, str] | None,
+                   ranged: bool) -> Exception:
+        """What to raise for a final answer whose ``status`` is not one of ``_BODY_STATUSES``
+        (a ``_Transient`` is retried). ``fields`` are the answer's (for Retry-After)."""
+        if status in (404, 410):
+            return _Missing(f"HTTP {status}")
+        if status in (204, 205):  # no body where one was asked for: a broken transfer
+            return _Transient(f"HTTP {status} {reason}".rstrip() + ", an answer without the body")
+        if status == 416 and ranged:
+            return _Transient("HTTP 416 for a resumed range", restart=True)
+        if status == 429 or status >= 500:
+            retry_after = _retry_after_seconds(fields.get("retry-after") if fields is not None else None)
+            return _Transient(f"HTTP {status} {reason}".rstrip(), retry_after)
+        if status in (401, 403):
+            return NetworkError(f"{url}: HTTP {status} {reason}".rstrip() + "; if the registry needs credentials, "
+                                "send them (or check them) with --header 'Authorization: ...' on the command "
+                                "line, or headers={'Authorization': ...} in the Python API")
+        if status == 407:
+            return NetworkError(f"{url}: HTTP 407, a proxy asks for credentials; put them in the proxy URL "
+                                "(http://user:password@host:port in HTTP_PROXY/HTTPS_PROXY)")
+        return NetworkError(f"{url}: HTTP {status} {reason}".rstrip())
+
+    @staticmethod
+    def for_error(url: str, cause: object, doing: str = "") -> Exception:
+        """What to raise when connecting, sending or receiving failed with ``cause`` (an OSError, an
+        http.client error from a caller's opener, or urllib's reason): a certificate that fails
+        verification is final; anything else is retried. ``doing`` prefixes the reason."""
+        if type(cause).__name__ == "SSLCertVerificationError":
+            return NetworkError(
+                f"{url}: TLS certificate verification failed ({getattr(cause, 'verify_message', None) or cause}); "
+                "set SSL_CERT_FILE to your CA bundle if you use a private CA"
+            )
+        return _Transient(f"{doing}{cause or type(cause).__name__}")
+
+
 class _Response:
-    """The parts of an HTTP or file response the transfer loop uses."""
+    """A response as the transfer loop sees it, from any transport: its status, length and
+    Content-Range, a body read into the caller's buffer, and ``close``."""
 
     def __init__(self, status: int, length: int | None, body: Any, content_range: str = "") -> None:
         self.status, self.length, self.body, self.content_range = status, length, body, content_range
@@ -1878,6 +1935,9 @@ _HOP_HEADERS = frozenset([  # the transport's own: a caller may not set them
     "expect", "range", "proxy-authorization", "proxy-connection",
 ])
 _CREDENTIAL_HEADERS = frozenset(["authorization", "cookie"])  # not sent to another host after a redirect
+_BODY_STATUSES = (200, 203, 206)  # final answers that bring the body asked for
+_REDIRECTS = (301, 302, 303, 307, 308)
+_ORIGINS_KEPT = 4  # kept-alive connections per worker: the registry's origin and those its redirects lead to
 
 
 @cache
@@ -1895,14 +1955,28 @@ def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
             raise ValueError(f"header name {name!r} is not a valid HTTP field name")
         if name.lower() in _HOP_HEADERS:
             raise ValueError(f"header {name} is set by xprim-models itself and cannot be given")
+        if name.lower() == "accept-encoding":  # hashes cover the bytes as stored: nothing is decoded
+            raise ValueError(f"header {name} cannot be given: xprim-models asks for the registry's bytes "
+                             "as stored (identity) and does not decode compressed answers")
         if not isinstance(value, str) or not (value.isascii() and re.fullmatch(_FIELD_VALUE_RE, value)):
             raise ValueError(f"the value of header {name} must be ASCII text without control characters")
         checked[name] = value.strip(" \t")
     return checked
 
 
-class _Session:
-    """One persistent HTTP/1.1 connection, used by one thread at a time (a pull's worker).
+_Key = tuple[str, str, int, str]  # a connection's scheme, host, port and proxy URL ("" for none)
+
+
+def _safe_proxy(proxy: str) -> str:
+    """The proxy URL without its credentials, for messages."""
+    return re.sub(r"//[^@/]*@", "//", proxy)
+
+
+class _Connection:
+    """One persistent HTTP/1.1 connection to one origin, direct or through a proxy, used
+    by one thread at a time. It owns its socket, its TLS, its CONNECT tunnel and its
+    deadline: ``exchange`` sends a request and reads the final head, connecting first
+    when the kept one cannot be reused.
 
     This is the only HTTP parser in the module (urllib serves only a caller's
     ``opener``). One receive into its 128 KiB buffer usually brings a head and,
@@ -1919,12 +1993,13 @@ class _Session:
     the socket counts, not a rate limit's pauses.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, key: _Key, timeout: float, tls: ssl.SSLContext | None,
+                 proxy: tuple[tuple[str, int], str] | None, logger: Any) -> None:
+        self.key, self.timeout, self.tls, self.logger = key, timeout, tls, logger
+        self.proxy = proxy  # the proxy's address and Proxy-Authorization value, or None to connect directly
         self.sock: socket.socket | None = None
-        self.key: tuple[str, str, int, str] | None = None
         self.buffer = bytearray(_RECEIVE_BUFFER)
         self.start = self.end = 0  # unread bytes: buffer[start:end]
-        self.timeout = 30.0
         self.budget = 0.0  # seconds of waiting left
         self.window = 0  # bytes still to arrive before the budget is renewed
         self.poller: Any = None  # select.poll() on this connection, made when first needed
@@ -1941,9 +2016,82 @@ class _Session:
         self.sock_timeout = -1.0
         self.start = self.end = 0
 
-    def arm(self, timeout: float, window: int) -> None:
-        """Start a budget of ``timeout`` seconds of waiting, renewed after each ``window`` bytes."""
-        self.timeout, self.budget, self.window = timeout, timeout, window
+    def exchange(self, request: bytes, url: str) -> tuple[int, int, str, dict[str, str]]:
+        """Send ``request`` for ``url`` and read its final head: HTTP minor version, status, reason
+        and fields. The connection is reused when it is idle; one the server dropped meanwhile is
+        replaced without counting as a failure. Then the body's deadline starts."""
+        self.budget, self.window = self.timeout, 1 << 62  # connect, send and the head: one budget
+        for _ in range(2):
+            reused = self.idle()
+            try:
+                if not reused:
+                    if self.sock is not None:
+                        self.logger.debug("%s: a new connection (the kept one was closed or had stray bytes)", url)
+                    self._connect(url)
+                self.send(request)
+                interim = 0
+                while True:
+                    head = self.read_head()
+                    if not 100 <= head[1] < 200:
+                        break
+                    interim += 1
+                    if head[1] == 101 or interim > _INTERIM_LIMIT:
+                        raise _Malformed(f"HTTP {head[1]}" if head[1] == 101 else
+                                         f"more than {_INTERIM_LIMIT} interim (1xx) responses")
+                break
+            except (_Transient, NetworkError):
+                self.close()
+                raise
+            except OSError as exc:
+                self.close()
+                stale = isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+                if not (reused and stale):
+                    raise _Retry.for_error(url, exc) from exc
+                # The server closed a kept-alive connection meanwhile: reconnect, not a retry.
+        self.budget, self.window = self.timeout, _PROGRESS_WINDOW  # the body: 64 KiB per timeout
+        return head
+
+    def _connect(self, url: str) -> None:
+        import socket
+
+        self.close()
+        scheme, host, port, _ = self.key
+        began = time.monotonic()
+        sock = socket.create_connection(self.proxy[0] if self.proxy else (host, port), max(self.budget, 0.001))
+        self.budget -= time.monotonic() - began
+        self.sock = sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one small write
+        if self.proxy and scheme == "https":
+            self._tunnel(url)
+        if self.tls is not None:
+            began = time.monotonic()
+            sock.settimeout(max(self.budget, 0.001))
+            self.sock = self.tls.wrap_socket(sock, server_hostname=host)
+            self.budget -= time.monotonic() - began
+            self.sock_timeout = -1.0
+
+    def _tunnel(self, url: str) -> None:
+        """Ask the proxy for a tunnel to the origin (CONNECT); its refusal is looked at first."""
+        assert self.proxy is not None
+        _, host, port, proxy = self.key
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        auth = f"Proxy-Authorization: {self.proxy[1]}\r\n" if self.proxy[1] else ""
+        self.send(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode("idna"))
+        _, status, reason, _ = self.read_head()
+        where = f"{url}: the proxy {_safe_proxy(proxy)}"
+        if status == 407:
+            raise NetworkError(f"{where} refused the credentials in its URL (HTTP 407); check them" if self.proxy[1]
+                               else f"{where} asks for credentials (HTTP 407); put them in the proxy URL "
+                               "(http://user:password@host:port)")
+        if 400 <= status < 500 and status != 429:
+            advice = (f"many proxies allow CONNECT only to port 443 (squid's default): ask its administrator to "
+                      f"allow port {port}" if status == 403 else "check HTTPS_PROXY, or ask its administrator")
+            raise NetworkError(f"{where} refused to tunnel to {target} (HTTP {status} {reason}".rstrip()
+                               + f"); {advice}, or add {host} to NO_PROXY to connect directly")
+        if not 200 <= status < 300:
+            raise _Retry.for_status(f"{url} (through the proxy {_safe_proxy(proxy)})", status, reason, None, False)
+        if self.start < self.end:
+            raise _Malformed("bytes after the proxy's answer to CONNECT")
 
     def idle(self) -> bool:
         """True when the kept-alive connection has nothing to read: no stray bytes, no close."""
@@ -1965,8 +2113,15 @@ class _Session:
         except (OSError, ValueError):
             return False
 
-    def recv_into(self, view: memoryview) -> int:
-        """Receive into ``view`` within the budget; 0 at the end of the stream."""
+    def buffered(self, limit: int) -> memoryview:
+        """Up to ``limit`` of the bytes received and not read yet, read now, where they lie."""
+        count = min(limit, self.end - self.start)
+        view = memoryview(self.buffer)[self.start : self.start + count]
+        self.start += count
+        return view
+
+    def receive(self, view: memoryview) -> int:
+        """Receive into ``view`` within the budget (after ``buffered`` bytes); 0 at the end of the stream."""
         sock = self.sock
         if sock is None:
             return 0
@@ -2019,7 +2174,7 @@ class _Session:
             # An unusually long head: a bigger buffer, up to the cap. A new one, not this one
             # resized: a failed attempt's exception, kept for the message, may hold views of it.
             self.buffer = self.buffer + bytes(len(self.buffer))
-        count = self.recv_into(memoryview(self.buffer)[self.end :])
+        count = self.receive(memoryview(self.buffer)[self.end :])
         if not count:
             if not self.end:  # not a byte of an answer: a kept-alive connection the server had dropped
                 raise ConnectionResetError(errno.ECONNRESET, "the server closed the connection")
@@ -2070,18 +2225,19 @@ def _head_problem(head: bytes) -> str:
     return f"{what} {bad.decode('latin-1').rstrip()[:80]!r}"
 
 
-class _SessionResponse(_Response):
-    """A response on a session's connection; one not read to its end spoils the connection."""
+class _HttpResponse(_Response):
+    """A response on a ``_Connection``; one not read to its end spoils the connection."""
 
-    def __init__(self, session: _Session, head: tuple[int, int, str, dict[str, str]], *, bodiless: bool) -> None:
+    def __init__(self, connection: _Connection, head: tuple[int, int, str, dict[str, str]], *,
+                 bodiless: bool) -> None:
         minor, status, reason, fields = head
-        self.session, self.fields, self.reason = session, fields, reason
-        connection = fields.get("connection")
-        if connection is None:
+        self.connection, self.fields, self.reason = connection, fields, reason
+        value = fields.get("connection")
+        if value is None:
             self.keep_alive = minor == 1
         else:
-            connection = connection.lower()
-            self.keep_alive = "close" not in connection and (minor == 1 or "keep-alive" in connection)
+            value = value.lower()
+            self.keep_alive = "close" not in value and (minor == 1 or "keep-alive" in value)
         self.chunked, self.chunk_left = False, 0
         coding = fields.get("transfer-encoding")
         length: int | None = None
@@ -2108,16 +2264,12 @@ class _SessionResponse(_Response):
         self.done = length == 0
 
     def buffered(self, limit: int) -> memoryview:
-        session = self.session
-        if self.chunked or self.done or session.start == session.end:
+        if self.chunked or self.done:
             return memoryview(b"")
-        count = min(limit, session.end - session.start)
+        view = self.connection.buffered(min(limit, self.remaining) if self.remaining >= 0 else limit)
         if self.remaining >= 0:
-            count = min(count, self.remaining)
-            self.remaining -= count
+            self.remaining -= len(view)
             self.done = not self.remaining
-        view = memoryview(session.buffer)[session.start : session.start + count]
-        session.start += count
         return view
 
     def readinto(self, view: memoryview) -> int:
@@ -2130,13 +2282,13 @@ class _SessionResponse(_Response):
         limit = self.chunk_left if self.chunked else self.remaining
         if limit >= 0:
             view = view[:limit]
-        session = self.session
-        if session.start < session.end:
-            count = min(len(view), session.end - session.start)
-            view[:count] = memoryview(session.buffer)[session.start : session.start + count]
-            session.start += count
+        connection = self.connection
+        if connection.start < connection.end:
+            arrived = connection.buffered(len(view))
+            count = len(arrived)
+            view[:count] = arrived
         else:
-            count = session.recv_into(view)
+            count = connection.receive(view)
         if self.chunked:
             if not count:
                 raise _Transient("the connection closed inside a chunked body")
@@ -2149,16 +2301,16 @@ class _SessionResponse(_Response):
         return count
 
     def _next_chunk(self) -> None:
-        session = self.session
-        if self.chunk_left == 0 and self.remaining == -2 and session.read_line():
+        connection = self.connection
+        if self.chunk_left == 0 and self.remaining == -2 and connection.read_line():
             raise _Malformed("chunk data longer than its size")
-        match = re.fullmatch(_CHUNK_SIZE_RE, session.read_line())
+        match = re.fullmatch(_CHUNK_SIZE_RE, connection.read_line())
         if match is None:
             raise _Malformed("a bad chunk-size line")
         self.chunk_left, self.remaining = int(match.group(1), 16), -2  # -2: data lines end with CRLF
         if not self.chunk_left:
             for _ in range(100):  # trailer fields, then a blank line
-                line = session.read_line()
+                line = connection.read_line()
                 if not line:
                     self.done = True
                     return
@@ -2168,8 +2320,28 @@ class _SessionResponse(_Response):
 
     def close(self) -> None:
         # Anything but a clean end leaves the connection in an unknown state: start afresh.
-        if not (self.done and self.keep_alive) or self.session.start < self.session.end:
-            self.session.close()
+        if not (self.done and self.keep_alive) or self.connection.start < self.connection.end:
+            self.connection.close()
+
+
+class _Session:
+    """A worker's kept-alive connections, one per origin that its requests and their
+    redirects lead to (a CDN's or an object store's besides the registry's). At most
+    ``_ORIGINS_KEPT`` are kept; the oldest goes first."""
+
+    def __init__(self) -> None:
+        self.connections: dict[_Key, _Connection] = {}
+
+    def keep(self, connection: _Connection) -> _Connection:
+        if len(self.connections) >= _ORIGINS_KEPT:
+            self.connections.pop(next(iter(self.connections))).close()
+        self.connections[connection.key] = connection
+        return connection
+
+    def close(self) -> None:
+        """Close every connection (each reconnects when next used)."""
+        for connection in self.connections.values():
+            connection.close()
 
 
 class _Mismatch(_Transient):
@@ -2179,86 +2351,109 @@ class _Mismatch(_Transient):
         super().__init__(reason, restart=True)
 
 
-_Route = tuple[tuple[str, str, int, str], str, str]  # connection key, Host header, request-target prefix
+def _request_headers(headers: Mapping[str, str], start: int, revalidate: bool) -> dict[str, str]:
+    """A request's headers: the client's, and what this request adds."""
+    sent = dict(headers)  # a redirect to another host takes credentials out of it
+    if revalidate:  # any cache on the way must ask the registry whether its copy is current
+        sent["Cache-Control"] = "no-cache"
+        sent["Pragma"] = "no-cache"
+    if start:
+        sent["Range"] = f"bytes={start}-"
+    return sent
 
 
-def _registry_origin(url: str) -> str:
-    """A registry URL as installs record it (``InstalledModel.registry_url``): a directory
-    or file:// URL as an absolute path, an http(s) URL without its trailing slash."""
-    if not url:
-        return ""
-    if re.match(r"(?i)https?://", url):
-        return url.rstrip("/")
-    try:
-        root = _RegistryClient._local_root(url)
-    except RegistryError:
-        return url
-    return root if root is not None else url
+class _Transport:
+    """Opens a registry URL and returns the final response (``_Response``), or raises what
+    ``_Retry`` maps the failure to. One implementation per kind of registry, chosen once
+    per client: ``_HttpTransport``, ``_OpenerTransport`` and ``_LocalTransport``."""
+
+    def open(self, url: str, start: int, revalidate: bool, session: _Session) -> _Response:
+        """GET ``url`` from byte ``start``, on ``session``'s connections where the transport keeps any;
+        with ``revalidate``, caches on the way must check with the registry that their copy is current."""
+        raise NotImplementedError
 
 
-class _RegistryClient:
-    """Fetches from the registry: one transport (``_Session``) for every http(s) request,
-    direct or through a proxy; files for ``file://`` and directories; urllib only for a
-    caller's ``opener``. The retry policy lives in ``fetch``."""
+_Route = tuple[_Key, str, str]  # connection key, Host header, request-target prefix
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        opener: Any,
-        ssl_context: ssl.SSLContext | None,
-        timeout: float,
-        retries: int,
-        backoff: float,
-        logger: logging.Logger | Any,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.url = url.rstrip("/") if re.match(r"(?i)(https?|file)://", url) else url
-        self.local_root = self._local_root(url)
-        self._opener = opener
+
+class _HttpTransport(_Transport):
+    """Our HTTP/1.1 (``_Connection``) for http(s) registries, direct or through a proxy,
+    following redirects; credentials stay with the host they were given for."""
+
+    def __init__(self, headers: Mapping[str, str], *, timeout: float, ssl_context: ssl.SSLContext | None,
+                 logger: Any) -> None:
+        self.headers, self.timeout, self.logger = headers, timeout, logger
         self._ssl_context = ssl_context
         self._proxies: dict[tuple[str, str], str] = {}
         self._proxy_addresses: dict[str, tuple[tuple[str, int], str]] = {}
         self._routes: dict[str, _Route] = {}
         self._header_blocks: dict[tuple[Any, ...], bytes] = {}
         self._guard = threading.Lock()
-        # Sent with every request (a caller's own last: they may replace the first two).
-        self.headers = {"User-Agent": f"xprim-models/{__version__} python/{sys.version.split()[0]}",
-                        "Accept-Encoding": "identity", **(headers or {})}
-        self.timeout, self.retries, self.backoff, self.logger = timeout, retries, backoff, logger
-        self.index_warned: set[tuple[str, ...]] = set()  # bad models.json entries already logged
+
+    def open(self, url: str, start: int, revalidate: bool, session: _Session) -> _Response:
+        headers = _request_headers(self.headers, start, revalidate)
+        for _ in range(_REDIRECT_LIMIT + 1):
+            response = self._request(session, url, headers)
+            status = response.status
+            if status in _BODY_STATUSES:
+                return response
+            if status not in _REDIRECTS:
+                response.connection.close()
+                raise _Retry.for_status(url, status, response.reason, response.fields, bool(start))
+            location = response.fields.get("location", "")
+            self._drain(response)
+            url = self._redirect(url, location, status, headers)
+        raise NetworkError(f"{url}: more than {_REDIRECT_LIMIT} redirects")
+
+    def _request(self, session: _Session, url: str, headers: Mapping[str, str]) -> _HttpResponse:
+        """Send one GET on the session's connection to the URL's origin, and read the final head."""
+        route, target = self._route(url)
+        key, authority, _ = route
+        request = b"GET " + target.encode("ascii") + b" HTTP/1.1\r\n" + self._header_block(key, authority, headers, url)
+        connection = session.connections.get(key) or session.keep(self._connection(key, url))
+        head = connection.exchange(request, url)
+        try:
+            return _HttpResponse(connection, head, bodiless=head[1] in (204, 304))
+        except _Transient:
+            connection.close()
+            raise
+
+    def _connection(self, key: _Key, url: str) -> _Connection:
+        scheme, _, _, proxy = key
+        return _Connection(key, self.timeout, self._default_ssl_context() if scheme == "https" else None,
+                           self._proxy_address(proxy, url) if proxy else None, self.logger)
+
+    def _redirect(self, url: str, location: str, status: int, headers: dict[str, str]) -> str:
+        from urllib.parse import quote, urljoin, urlsplit
+
+        if not location:
+            raise NetworkError(f"{url}: HTTP {status} redirect without a Location")
+        try:
+            target = urljoin(url, quote(location.strip(), safe="/:?=&%;@+,$!*'()~#[]"))
+            old, new = urlsplit(url), urlsplit(target)
+            if new.scheme.lower() in ("http", "https"):
+                self._route(target)  # checks the host and port
+            moved = (old.hostname, old.port) != (new.hostname, new.port)
+        except (ValueError, RegistryError) as exc:
+            raise NetworkError(f"{url}: HTTP {status} redirect to a malformed URL {location.strip()[:200]!r} "
+                               f"({str(exc).rpartition(': ')[2]}); tell the registry's operator") from exc
+        if new.scheme.lower() not in ("http", "https"):
+            raise NetworkError(f"{url}: redirected to {new.scheme}:, not http(s)")
+        # Like curl and requests: credentials go to no other host, and never down to plain http.
+        if moved or (old.scheme, new.scheme) == ("https", "http"):
+            for name in [name for name in headers if name.lower() in _CREDENTIAL_HEADERS]:
+                del headers[name]
+        self.logger.debug("%s: HTTP %d to %s", url, status, target)
+        return target
 
     @staticmethod
-    def _local_root(url: str) -> str | None:
-        if not url:
-            raise RegistryError("no registry URL is configured: set Config.registry_url")
-        match = re.match(r"(?i)([a-z][a-z0-9+.-]*)://", url)
-        if not match:
-            return os.path.abspath(os.path.expanduser(url))
-        scheme = match.group(1).lower()
-        if scheme in ("http", "https"):
-            return None
-        if scheme == "file":
-            from urllib.parse import unquote, urlsplit
-
-            parts = urlsplit(url)
-            if parts.netloc not in ("", "localhost"):
-                raise RegistryError(f"registry URL {url}: file:// URLs must name a local path")
-            path = unquote(parts.path)
-            if os.name == "nt" and re.match(r"/[A-Za-z]:", path):
-                path = path[1:]
-            return path
-        raise RegistryError(f"registry URL {url}: unsupported scheme {scheme!r}; use http(s)://, file:// or a path")
-
-    @property
-    def origin(self) -> str:
-        """The registry as installs record it: a URL, or a directory's absolute path."""
-        return _registry_origin(self.url)
-
-    def location(self, relative: str) -> str:
-        if self.local_root is not None:
-            return os.path.join(self.local_root, *relative.split("/"))
-        return f"{self.url}/{relative}"
+    def _drain(response: _HttpResponse) -> None:
+        """Read a redirect's short body, so its connection stays usable; a longer one closes it."""
+        scrap = memoryview(bytearray(4096))
+        for _ in range(16):
+            if not response.readinto(scrap):
+                break
+        response.close()
 
     # Routing ---------------------------------------------------------------
 
@@ -2325,47 +2520,6 @@ class _RegistryClient:
                 self._ssl_context = ssl.create_default_context()  # honours SSL_CERT_FILE
             return self._ssl_context
 
-    # One request -----------------------------------------------------------
-
-    def _connect(self, session: _Session, key: tuple[str, str, int, str], url: str) -> None:
-        import socket
-
-        session.close()
-        scheme, host, port, proxy = key
-        address, proxy_auth = (host, port), ""
-        if proxy:
-            address, proxy_auth = self._proxy_address(proxy, url)
-        began = time.monotonic()
-        sock = socket.create_connection(address, max(session.budget, 0.001))
-        session.budget -= time.monotonic() - began
-        session.sock, session.key, session.sock_timeout = sock, key, -1.0
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one small write
-        if proxy and scheme == "https":
-            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            auth = f"Proxy-Authorization: {proxy_auth}\r\n" if proxy_auth else ""
-            session.send(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode("idna"))
-            _, status, reason, _ = session.read_head()
-            if session.start < session.end:
-                raise _Malformed("bytes after the proxy's answer to CONNECT")
-            if status == 407:
-                raise NetworkError(f"{url}: the proxy {self._safe_proxy(proxy)} asks for credentials (HTTP 407); "
-                                   "put them in the proxy URL (http://user:password@host:port)")
-            if not 200 <= status < 300:
-                self._raise_for_status(f"{url} (through the proxy {self._safe_proxy(proxy)})", status, reason,
-                                       None, False)
-        if scheme == "https":
-            context = self._default_ssl_context()
-            began = time.monotonic()
-            sock.settimeout(max(session.budget, 0.001))
-            session.sock = context.wrap_socket(sock, server_hostname=host)
-            session.budget -= time.monotonic() - began
-            session.sock_timeout = -1.0
-
-    @staticmethod
-    def _safe_proxy(proxy: str) -> str:
-        """The proxy URL without its credentials, for messages."""
-        return re.sub(r"//[^@/]*@", "//", proxy)
-
     def _proxy_address(self, proxy: str, url: str) -> tuple[tuple[str, int], str]:
         """The proxy's (host, port) and its Proxy-Authorization value ("" without credentials)."""
         known = self._proxy_addresses.get(proxy)
@@ -2373,7 +2527,8 @@ class _RegistryClient:
             known = self._proxy_addresses[proxy] = self._parse_proxy(proxy, url)
         return known
 
-    def _parse_proxy(self, proxy: str, url: str) -> tuple[tuple[str, int], str]:
+    @staticmethod
+    def _parse_proxy(proxy: str, url: str) -> tuple[tuple[str, int], str]:
         import base64
         from urllib.parse import unquote, urlsplit
 
@@ -2383,7 +2538,7 @@ class _RegistryClient:
         except ValueError:
             port = -1
         if parts.scheme.lower() != "http" or not parts.hostname or port < 0:
-            raise NetworkError(f"{url}: the proxy {self._safe_proxy(proxy)} is not a plain http://host:port proxy, "
+            raise NetworkError(f"{url}: the proxy {_safe_proxy(proxy)} is not a plain http://host:port proxy, "
                                "the only kind supported; check HTTP_PROXY/HTTPS_PROXY")
         auth = ""
         if parts.username is not None:
@@ -2391,53 +2546,7 @@ class _RegistryClient:
             auth = "Basic " + base64.b64encode(credentials).decode("ascii")
         return (parts.hostname, port), auth
 
-    def _request(self, session: _Session, url: str, headers: Mapping[str, str]) -> _SessionResponse:
-        """Send one GET on ``session`` (reusing its connection when it is idle) and read the final head."""
-        route, target = self._route(url)
-        key, authority, _ = route
-        request = b"GET " + target.encode("ascii") + b" HTTP/1.1\r\n" + self._header_block(key, authority, headers, url)
-        session.arm(self.timeout, 1 << 62)  # connect, send and the head: one budget
-        for _ in range(2):
-            reused = session.key == key and session.idle()
-            try:
-                if not reused:
-                    if session.sock is not None and session.key == key:
-                        self.logger.debug("%s: a new connection (the kept one was closed or had stray bytes)", url)
-                    self._connect(session, key, url)
-                session.send(request)
-                interim = 0
-                while True:
-                    head = session.read_head()
-                    if not 100 <= head[1] < 200:
-                        break
-                    interim += 1
-                    if head[1] == 101 or interim > _INTERIM_LIMIT:
-                        raise _Malformed(f"HTTP {head[1]}" if head[1] == 101 else
-                                         f"more than {_INTERIM_LIMIT} interim (1xx) responses")
-                break
-            except (_Transient, NetworkError):
-                session.close()
-                raise
-            except OSError as exc:
-                session.close()
-                if type(exc).__name__ == "SSLCertVerificationError":
-                    raise NetworkError(
-                        f"{url}: TLS certificate verification failed ({getattr(exc, 'verify_message', exc)}); "
-                        "set SSL_CERT_FILE to your CA bundle if you use a private CA"
-                    ) from exc
-                stale = isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
-                if not (reused and stale):
-                    raise _Transient(str(exc) or type(exc).__name__) from exc
-                # The server closed a kept-alive connection meanwhile: reconnect, not a retry.
-        session.arm(self.timeout, _PROGRESS_WINDOW)  # the body: 64 KiB per timeout
-        try:
-            return _SessionResponse(session, head, bodiless=head[1] in (204, 304))
-        except _Transient:
-            session.close()
-            raise
-
-    def _header_block(self, key: tuple[str, str, int, str], authority: str, headers: Mapping[str, str],
-                      url: str) -> bytes:
+    def _header_block(self, key: _Key, authority: str, headers: Mapping[str, str], url: str) -> bytes:
         """A request's header lines, and the blank line that ends them (made once for a pull's chunks)."""
         made = (key, authority, *headers.items())
         block = self._header_blocks.get(made)
@@ -2451,116 +2560,138 @@ class _RegistryClient:
                 self._header_blocks[made] = block
         return block
 
-    def _open_http(self, url: str, headers: dict[str, str], session: _Session) -> _Response:
-        """GET ``url``, following redirects; credentials stay with the host they were given for."""
-        for _ in range(_REDIRECT_LIMIT + 1):
-            response = self._request(session, url, headers)
-            status = response.status
-            if status >= 400:
-                session.close()
-                retry_after = _retry_after_seconds(response.fields.get("retry-after"))
-                self._raise_for_status(url, status, response.reason, retry_after, "Range" in headers)
-            if status not in (301, 302, 303, 307, 308):
-                if status not in (200, 203, 206):
-                    session.close()
-                    raise NetworkError(f"{url}: HTTP {status} {response.reason}".rstrip())
-                return response
-            location = response.fields.get("location", "")
-            self._drain(response)
-            url = self._redirect(url, location, status, headers)
-        raise NetworkError(f"{url}: more than {_REDIRECT_LIMIT} redirects")
 
-    def _redirect(self, url: str, location: str, status: int, headers: dict[str, str]) -> str:
-        from urllib.parse import quote, urljoin, urlsplit
+class _OpenerTransport(_Transport):
+    """A caller's ``opener`` (urllib's interface: ``open(request, timeout=)``), which follows
+    redirects itself; its failures go through the same ``_Retry`` mapping as ours."""
 
-        if not location:
-            raise NetworkError(f"{url}: HTTP {status} redirect without a Location")
-        target = urljoin(url, quote(location.strip(), safe="/:?=&%;@+,$!*'()~#[]"))
-        old, new = urlsplit(url), urlsplit(target)
-        if new.scheme.lower() not in ("http", "https"):
-            raise NetworkError(f"{url}: redirected to {new.scheme}:, not http(s)")
-        # Like curl and requests: credentials go to no other host, and never down to plain http.
-        if (old.hostname, old.port) != (new.hostname, new.port) or (old.scheme, new.scheme) == ("https", "http"):
-            for name in [name for name in headers if name.lower() in _CREDENTIAL_HEADERS]:
-                del headers[name]
-        self.logger.debug("%s: HTTP %d to %s", url, status, target)
-        return target
+    def __init__(self, opener: Any, headers: Mapping[str, str], timeout: float) -> None:
+        self.opener, self.headers, self.timeout = opener, headers, timeout
 
-    @staticmethod
-    def _drain(response: _SessionResponse) -> None:
-        """Read a redirect's short body, so its connection stays usable; a longer one closes it."""
-        scrap = memoryview(bytearray(4096))
-        for _ in range(16):
-            if not response.readinto(scrap):
-                break
-        response.close()
-
-    @staticmethod
-    def _raise_for_status(url: str, code: int, reason: str, retry_after: float | None, ranged: bool) -> None:
-        if code in (404, 410):
-            raise _Missing(f"HTTP {code}")
-        if code == 416 and ranged:
-            raise _Transient("HTTP 416 for a resumed range", restart=True)
-        if code == 429 or code >= 500:
-            raise _Transient(f"HTTP {code} {reason}", retry_after)
-        raise NetworkError(f"{url}: HTTP {code} {reason}")
-
-    def _open_url(self, url: str, start: int, session: _Session, revalidate: bool) -> _Response:
-        headers = dict(self.headers)  # a redirect to another host takes credentials out of it
-        if revalidate:  # any cache on the way must ask the registry whether its copy is current
-            headers["Cache-Control"] = "no-cache"
-            headers["Pragma"] = "no-cache"
-        if start:
-            headers["Range"] = f"bytes={start}-"
-        if self._opener is None:
-            return self._open_http(url, headers, session)
-        return self._open_with_opener(url, headers, start)
-
-    def _open_with_opener(self, url: str, headers: Mapping[str, str], start: int) -> _Response:
-        """GET ``url`` through the caller's opener (urllib's interface)."""
+    def open(self, url: str, start: int, revalidate: bool, session: _Session) -> _Response:
         import http.client
         import urllib.error
         import urllib.request
 
+        request = urllib.request.Request(url, headers=_request_headers(self.headers, start, revalidate))
         try:
-            response = self._opener.open(urllib.request.Request(url, headers=dict(headers)), timeout=self.timeout)
+            response = self.opener.open(request, timeout=self.timeout)
         except ValueError as exc:  # includes UnicodeEncodeError; HTTPError is not one
             raise RegistryError(f"invalid registry URL {url!r}: {exc}") from exc
         except urllib.error.HTTPError as exc:
-            retry_after = _retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None)
+            fields = {"retry-after": exc.headers.get("Retry-After", "")} if exc.headers else None
             exc.close()
-            try:
-                self._raise_for_status(url, exc.code, str(exc.reason), retry_after, bool(start))
-            except (_Missing, _Transient, NetworkError) as mapped:
-                raise mapped from exc
+            raise _Retry.for_status(url, exc.code, str(exc.reason), fields, bool(start)) from exc
         except urllib.error.URLError as exc:
-            reason = exc.reason
-            if type(reason).__name__ == "SSLCertVerificationError":
-                raise NetworkError(
-                    f"{url}: TLS certificate verification failed ({reason}); "
-                    "set SSL_CERT_FILE to your CA bundle if you use a private CA"
-                ) from exc
-            raise _Transient(str(reason)) from exc
+            raise _Retry.for_error(url, exc.reason) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise _Transient(str(exc) or type(exc).__name__) from exc
-        length = _content_length(response.headers.get("Content-Length"))
+            raise _Retry.for_error(url, exc) from exc
         status = getattr(response, "status", None) or response.getcode() or 200
+        if status not in _BODY_STATUSES:
+            _Response(status, None, response).close()
+            raise _Retry.for_status(url, status, str(getattr(response, "reason", "") or ""),
+                                    {"retry-after": response.headers.get("Retry-After", "")}, bool(start))
+        length = _content_length(response.headers.get("Content-Length"))
         return _Response(status, length, response, response.headers.get("Content-Range") or "")
 
-    def _open_local(self, path: str, start: int) -> _Response:
+
+class _LocalTransport(_Transport):
+    """A registry directory (a path or a ``file://`` URL): ``url`` is a file's path."""
+
+    def open(self, url: str, start: int, revalidate: bool, session: _Session) -> _Response:
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed by _Response.close
+            handle = open(url, "rb")  # noqa: SIM115 - closed by _Response.close
         except FileNotFoundError as exc:
             raise _Missing("no such file") from exc
         except IsADirectoryError as exc:
             raise _Missing("is a directory") from exc
         except OSError as exc:
-            raise _Transient(exc.strerror or str(exc)) from exc
+            raise _Retry.for_error(url, exc.strerror or exc) from exc
         size = os.fstat(handle.fileno()).st_size
         if start:
             handle.seek(start)
             return _Response(206, size - start, handle, f"bytes {start}-{size - 1}/{size}")
         return _Response(200, size, handle)
+
+
+def _registry_origin(url: str) -> str:
+    """A registry URL as installs record it (``InstalledModel.registry_url``): a directory
+    or file:// URL as an absolute path, an http(s) URL without its trailing slash."""
+    if not url:
+        return ""
+    if re.match(r"(?i)https?://", url):
+        return url.rstrip("/")
+    try:
+        root = _RegistryClient._local_root(url)
+    except RegistryError:
+        return url
+    return root if root is not None else url
+
+
+class _RegistryClient:
+    """Fetches registry documents and chunks: through one ``_Transport``, chosen once
+    (our HTTP/1.1 for http(s)://, files for ``file://`` and directories, a caller's
+    ``opener``), under one retry policy (``_Retry``, applied in ``fetch``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        opener: Any,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        logger: logging.Logger | Any,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/") if re.match(r"(?i)(https?|file)://", url) else url
+        self.local_root = self._local_root(url)
+        # Sent with every request (a caller's own last: they may replace the User-Agent).
+        sent = {"User-Agent": f"xprim-models/{__version__} python/{sys.version.split()[0]}",
+                "Accept-Encoding": "identity", **(headers or {})}
+        self.transport: _Transport
+        if self.local_root is not None:
+            self.transport = _LocalTransport()
+        elif opener is not None:
+            self.transport = _OpenerTransport(opener, sent, timeout)
+        else:
+            self.transport = _HttpTransport(sent, timeout=timeout, ssl_context=ssl_context, logger=logger)
+        self.retry = _Retry(retries, backoff)
+        self.logger = logger
+        self.index_warned: set[tuple[str, ...]] = set()  # bad models.json entries already logged
+
+    @staticmethod
+    def _local_root(url: str) -> str | None:
+        if not url:
+            raise RegistryError("no registry URL is configured: set Config.registry_url")
+        match = re.match(r"(?i)([a-z][a-z0-9+.-]*)://", url)
+        if not match:
+            return os.path.abspath(os.path.expanduser(url))
+        scheme = match.group(1).lower()
+        if scheme in ("http", "https"):
+            return None
+        if scheme == "file":
+            from urllib.parse import unquote, urlsplit
+
+            parts = urlsplit(url)
+            if parts.netloc not in ("", "localhost"):
+                raise RegistryError(f"registry URL {url}: file:// URLs must name a local path")
+            path = unquote(parts.path)
+            if os.name == "nt" and re.match(r"/[A-Za-z]:", path):
+                path = path[1:]
+            return path
+        raise RegistryError(f"registry URL {url}: unsupported scheme {scheme!r}; use http(s)://, file:// or a path")
+
+    @property
+    def origin(self) -> str:
+        """The registry as installs record it: a URL, or a directory's absolute path."""
+        return _registry_origin(self.url)
+
+    def location(self, relative: str) -> str:
+        if self.local_root is not None:
+            return os.path.join(self.local_root, *relative.split("/"))
+        return f"{self.url}/{relative}"
 
     # The retry policy --------------------------------------------------------
 
@@ -2578,7 +2709,7 @@ class _RegistryClient:
         check: Callable[[], str] | None = None,
         revalidate: bool = False,
     ) -> None:
-        """Transfer one body into ``sink``, under the one retry policy.
+        """Transfer one body into ``sink``, under the one retry policy (``_Retry``).
 
         At most ``retries + 1`` attempts, whatever fails: a connection error or
         timeout, a 5xx or 429, a cut or malformed response, or a body that fails
@@ -2592,25 +2723,23 @@ class _RegistryClient:
         ``size`` is a cap and a longer body is a RegistryError.
         """
         location = self.location(relative)
-        last: _Transient | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                delay = min(self.backoff * 2 ** (attempt - 1), _BACKOFF_CAP)
-                if last is not None and last.retry_after is not None:
-                    delay = max(delay, min(last.retry_after, _RETRY_AFTER_CAP))
+        retry, last = self.retry, None
+        for attempt in range(retry.attempts):
+            if last is not None:
+                delay = retry.delay(attempt, last)
                 self.logger.info("retrying %s in %.1fs (attempt %d of %d): %s",
-                                 location, delay, attempt + 1, self.retries + 1, last)
+                                 location, delay, attempt + 1, retry.attempts, last)
                 if cancel is not None and cancel.wait(delay):
                     raise _Cancelled()
                 if cancel is None:
                     time.sleep(delay)
-                if last is not None and last.restart:
+                if last.restart:
                     sink.reset()
             elif sink.kept:
                 sink.reset()
             try:
                 self._attempt(location, what, sink, size, exact, cancel, read_size, session, revalidate,
-                              (attempt + 1, self.retries + 1))
+                              (attempt + 1, retry.attempts))
                 problem = check() if check is not None else ""
                 if not problem:
                     return
@@ -2619,7 +2748,7 @@ class _RegistryClient:
                 last = exc
                 if isinstance(exc, _Mismatch):
                     session.close()  # a desynchronised connection could be the cause: take a new one
-                    if attempt < self.retries:
+                    if attempt + 1 < retry.attempts:
                         self.logger.warning("%s: %s, downloading it again", what, exc)
                 else:
                     self.logger.debug("%s: %s", location, exc)
@@ -2631,9 +2760,9 @@ class _RegistryClient:
         assert last is not None
         if isinstance(last, _Mismatch):
             raise HashMismatchError(
-                f"{what}: {last}, after {self.retries + 1} attempts; the registry serves corrupt data"
+                f"{what}: {last}, after {retry.attempts} attempts; the registry serves corrupt data"
             ) from None
-        raise NetworkError(f"{what}: {location}: {last} (after {self.retries + 1} attempts)") from last
+        raise NetworkError(f"{what}: {location}: {last} (after {retry.attempts} attempts)") from last
 
     def _attempt(
         self,
@@ -2654,9 +2783,7 @@ class _RegistryClient:
         # The extra tells the CLI what it waits for, should the request stall (see _Console).
         self.logger.debug("GET %s%s", location, f" (from byte {start})" if start else "",
                           extra={_ATTEMPT_KEY: (location, *attempt)})
-        local = self.local_root is not None
-        response = (self._open_local(location, start) if local
-                    else self._open_url(location, start, session, revalidate))
+        response = self.transport.open(location, start, revalidate, session)
         try:
             if start and response.status != 206:
                 sink.reset()  # the server ignored Range: take the whole body again
@@ -2666,7 +2793,7 @@ class _RegistryClient:
             remaining = size - start
             if response.length is not None and response.length > remaining:
                 raise self._too_long(what, location, size, start + response.length, exact)
-            self._stream(response, sink, remaining, cancel, read_size)
+            self._stream(response, sink, remaining, cancel, read_size, location)
             expected = size if exact else start + (response.length if response.length is not None else 0)
             if sink.kept < expected:
                 raise _Transient(f"connection closed after {sink.kept} of {expected} bytes")
@@ -2696,6 +2823,7 @@ class _RegistryClient:
         remaining: int,
         cancel: threading.Event | None,
         read_size: int,
+        location: str,
     ) -> None:
         with response.buffered(min(read_size, remaining)) as arrived:  # released before the buffer is read into
             if arrived:
@@ -2711,7 +2839,7 @@ class _RegistryClient:
 
                 if not isinstance(exc, (OSError, http.client.HTTPException)):
                     raise
-                raise _Transient(f"connection broken: {exc or type(exc).__name__}") from exc
+                raise _Retry.for_error(location, exc, "connection broken: ") from exc
             if not count:
                 return
             sink.took(count)
@@ -2719,15 +2847,15 @@ class _RegistryClient:
 
     def fetch_document(self, relative: str, what: str, limit: int, *, session: _Session | None = None,
                        revalidate: bool = False) -> bytes:
-        """A whole document of at most ``limit`` bytes, on ``session`` or on a connection of its own;
+        """A whole document of at most ``limit`` bytes, on ``session`` or on connections of its own;
         with ``revalidate``, caches on the way must check with the registry that their copy is current."""
         sink = _MemorySink()
-        connection = session or _Session()
+        connections = session or _Session()
         try:
-            self.fetch(relative, what, sink, size=limit, exact=False, session=connection, revalidate=revalidate)
+            self.fetch(relative, what, sink, size=limit, exact=False, session=connections, revalidate=revalidate)
         finally:
-            if connection is not session:
-                connection.close()
+            if connections is not session:
+                connections.close()
         return bytes(sink.data)
 
     def index(self) -> _Index:

@@ -63,16 +63,16 @@ def with_http_client(buffer: memoryview) -> float:
     return (time.process_time() - began) / RESPONSES * 1e6
 
 
-def with_session(buffer: memoryview) -> float:
-    session = xprim_models._Session()
+def with_connection(buffer: memoryview) -> float:
+    connection = xprim_models._Connection(("http", "localhost", 80, ""), 30.0, None, None, None)
     began = time.process_time()
     for _ in range(RESPONSES):
-        session.sock = MemorySocket(WIRE)  # type: ignore[assignment]
-        session.start = session.end = 0
-        session.arm(30.0, 1 << 62)
-        head = session.read_head()
-        session.arm(30.0, 64 << 10)
-        read_body(xprim_models._SessionResponse(session, head, bodiless=False), buffer)
+        connection.sock = MemorySocket(WIRE)  # type: ignore[assignment]
+        connection.start = connection.end = 0
+        connection.budget, connection.window = 30.0, 1 << 62
+        head = connection.read_head()
+        connection.budget, connection.window = 30.0, 64 << 10
+        read_body(xprim_models._HttpResponse(connection, head, bodiless=False), buffer)
     return (time.process_time() - began) / RESPONSES * 1e6
 
 
@@ -82,7 +82,7 @@ def main() -> None:
     theirs: list[float] = []
     for _ in range(ROUNDS):
         theirs.append(with_http_client(buffer))
-        ours.append(with_session(buffer))
+        ours.append(with_connection(buffer))
     for name, times in (("http.client", theirs), ("xprim_models", ours)):
         print(f"{name:13s} median {statistics.median(times):5.1f} us of CPU per response "
               f"(min {min(times):.1f}, max {max(times):.1f}; {ROUNDS} rounds of {RESPONSES})")

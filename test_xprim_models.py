@@ -264,6 +264,7 @@ class RegistryServer:
         self.gated: set[str] = set()
         self.holds: dict[str, Hold] = {}
         self.cache_control: dict[str, str] = {}  # path prefix -> the Cache-Control of its answers
+        self.required_headers: dict[str, str] = {}  # a request without all of them is answered 401
         self.gate_open = False
         self.stop = threading.Event()
         server = self
@@ -324,6 +325,8 @@ class RegistryServer:
             self.user_agents.add(request.headers.get("User-Agent", ""))
             self.connections.add(request.client_address)
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
+            if any(request.headers.get(name) != value for name, value in self.required_headers.items()):
+                fault = Fault(status=401)
             hold = self.holds.get(path)
             if hold is not None and hold.arrived.is_set():
                 hold = None  # only the first request is held
@@ -614,7 +617,7 @@ class TestApi:
     def test_manager_has_every_operation(self, manager: xm.Manager, data_dir: Path) -> None:
         for name in ("list_installed", "list_remote", "list_remote_group", "list_remote_versions",
                      "get_installed", "get_remote", "get_remote_detail", "pull", "remove", "remove_all",
-                     "path", "check_update"):
+                     "path", "check_update", "ensure", "verify", "export"):
             assert callable(getattr(manager, name)), name
         assert manager.data_dir == str(data_dir)
 
@@ -2317,7 +2320,7 @@ class TestCli:
 
     def test_info_installed_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
-        installed_at = cli_document(cli_run(server, data_dir, "--json", "list"))["models"][0]["installed_at"]
+        (listed,) = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
         result = cli_run(server, data_dir, "info", "org/tiny", "v1")
         assert result.returncode == 0
         assert result.stdout == textwrap.dedent(f"""\
@@ -2325,9 +2328,10 @@ class TestCli:
             Status:       Installed
             Size:         6.5 kB
             Files:        4
-            Installed:    {cli_local_time(installed_at, True)}
+            Installed:    {cli_local_time(listed["installed_at"], True)}
             Path:         {data_dir / "org" / "tiny" / "v1"}
             Registry:     {server.url}
+            Pin:          org/tiny v1@{listed["manifest_hash"]}
 
             Files:
               model.safetensors     5 kB
@@ -2338,11 +2342,13 @@ class TestCli:
 
     def test_info_remote_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         result = cli_run(server, data_dir, "info", "org/tiny", "v1", "--remote")
+        digest = json.loads((server.root / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
         assert result.returncode == 0
-        assert result.stdout == textwrap.dedent("""\
+        assert result.stdout == textwrap.dedent(f"""\
             Model:        org/tiny v1
             Status:       Available (not installed)
             Size:         6.5 kB
+            Pin:          org/tiny v1@{digest}
             Chunks:       7 \u00d7 1 kB
             Files:        4
 
@@ -2932,7 +2938,7 @@ class TestProvenance:
         assert (data / "org" / "x" / "v1" / "x.bin").read_bytes() == b"x two"
         assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y two"
 
-    def test_update_with_a_named_registry_skips_the_others(
+    def test_update_with_a_named_registry_falls_back_to_where_each_came_from(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         first, second, data = self.setup_registries(tmp_path)
@@ -2940,9 +2946,456 @@ class TestProvenance:
         capsys.readouterr()
         assert xm.main(["--registry", str(first), "--data-dir", str(data), "update", "--apply"]) == 0
         out = capsys.readouterr().out
-        assert "org/x v1: up to date" in out
-        assert f"org/y v1: skipped: installed from {second}, not {first}" in out
-        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y one"
+        assert "org/x v1: up to date\n" in out
+        assert "org/y v1: update available" in out and "source:" not in out  # first does not list it
+        assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y two"
+
+
+def embedded_tool(config: xm.Config, **manager_options: Any) -> Callable[..., int]:
+    """``whisper-tool models ARGS`` in this process: register_subcommands in a parent's parser."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="whisper-tool")
+    commands = parser.add_subparsers(dest="command", required=True)
+    models = commands.add_parser("models").add_subparsers(dest="models_command", required=True)
+    xm.register_subcommands(models, config, **manager_options)
+
+    def run(*argv: str) -> int:
+        args = parser.parse_args(["models", *argv])
+        code: int = args.func(args)
+        return code
+
+    return run
+
+
+def recorded_sources(data_dir: Path) -> dict[str, str]:
+    """``{"group/model version": registry_url}`` from registry.json."""
+    doc = json.loads((data_dir / "registry.json").read_text())
+    return {f"{g}/{m} {v}": entry.get("registry_url", "") for g, models in doc.items()
+            for m, versions in models.items() for v, entry in versions.items()}
+
+
+TOKEN = {"Authorization": "Bearer team-token"}
+
+
+class TestRegistries:
+    """Which registry a command asks, with which settings, and how often (README: Moving models)."""
+
+    @pytest.fixture
+    def no_registry_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("XPRIM_MODELS_REGISTRY_URL", raising=False)
+
+    @pytest.fixture
+    def private(self, tmp_path: Path) -> Iterator[RegistryServer]:
+        """A second registry that, like ``server`` in these tests, answers 401 without TOKEN."""
+        running = RegistryServer(tmp_path / "private")
+        running.required_headers = dict(TOKEN)
+        yield running
+        running.close()
+
+    def install_from_both(self, server: RegistryServer, private: RegistryServer, data_dir: Path,
+                          app: str) -> None:
+        server.required_headers = dict(TOKEN)
+        publish.publish(str(private.root), "team", "small", "v1", {"w.bin": b"small one"})
+        for registry in (server, private):
+            manager = xm.Manager(xm.Config(app, registry.url), data_dir=str(data_dir), headers=TOKEN,
+                                 retry_backoff=0.01)
+            manager.pull("org/tiny v1" if registry is server else "team/small v1")
+        publish.publish(str(server.root), "org", "tiny", "v1", V2_FILES, chunk_size=1024)  # republished
+        publish.publish(str(private.root), "team", "small", "v1", {"w.bin": b"small two"})
+
+    def test_update_and_repair_send_the_header_to_every_recorded_registry(
+        self, server: RegistryServer, private: RegistryServer, model: dict[str, bytes], data_dir: Path,
+        no_registry_env: None
+    ) -> None:
+        self.install_from_both(server, private, data_dir, "xprim-models")
+        header = ["--header", f"Authorization: {TOKEN['Authorization']}"]
+        result = main_in_process("--data-dir", str(data_dir), *header, "-q", "update", "--apply")
+        assert (result.returncode, result.stderr) == (0, ""), result.stdout
+        assert tree(data_dir / "org" / "tiny" / "v1") == V2_FILES
+        assert (data_dir / "team" / "small" / "v1" / "w.bin").read_bytes() == b"small two"
+        (data_dir / "team" / "small" / "v1" / "w.bin").write_bytes(b"small 2wo")
+        repaired = main_in_process("--data-dir", str(data_dir), *header, "verify", "--repair")
+        assert repaired.returncode == 0, repaired.stderr
+        assert (data_dir / "team" / "small" / "v1" / "w.bin").read_bytes() == b"small two"
+        without = main_in_process("--data-dir", str(data_dir), "update")
+        assert without.returncode == 5 and "401" in without.stderr  # the servers do require it
+
+    def test_embedding_options_reach_every_recorded_registry(
+        self, server: RegistryServer, private: RegistryServer, model: dict[str, bytes], data_dir: Path,
+        capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        self.install_from_both(server, private, data_dir, "whisper-tool")
+        tool = embedded_tool(xm.Config("whisper-tool", "", data_dir), headers=TOKEN, retries=0)
+        assert tool("update", "--apply") == 0, capsys.readouterr().err
+        assert tree(data_dir / "org" / "tiny" / "v1") == V2_FILES
+        assert (data_dir / "team" / "small" / "v1" / "w.bin").read_bytes() == b"small two"
+        (data_dir / "org" / "tiny" / "v1" / "config.json").unlink()
+        assert tool("verify", "--repair") == 0, capsys.readouterr().err
+        assert tree(data_dir / "org" / "tiny" / "v1") == V2_FILES
+        assert tool("verify", "--repair") == 0
+        assert embedded_tool(xm.Config("whisper-tool", "", data_dir), retries=0)("update") == 5  # 401s
+
+    def test_each_index_is_fetched_once_per_command(
+        self, server: RegistryServer, registry_dir: Path, data_dir: Path, tmp_path: Path
+    ) -> None:
+        names = [f"m{number}" for number in range(6)]
+        for name in names:
+            publish.publish(str(registry_dir), "org", name, "v1", {"w.bin": name.encode()})
+        cli_run(server, data_dir, "-q", "pull", "org/m0", "v1")
+        for name in names[1:]:
+            cli_run(server, data_dir, "-q", "pull", f"org/{name}", "v1")
+        for name in names:
+            publish.publish(str(registry_dir), "org", name, "v1", {"w.bin": name.encode() * 2})
+        server.requests.clear()
+        result = cli_run(server, data_dir, "update", "--apply")
+        assert result.returncode == 0 and result.stdout.count("Updated: ") == 6, result.stderr
+        assert server.requests["models.json"] == 1
+        mirror = RegistryServer(registry_dir)  # another registry: asked first, it lists the same manifests
+        try:
+            for name in names:
+                (data_dir / "org" / name / "v1" / "w.bin").write_bytes(b"damaged")
+            server.requests.clear()
+            repaired = cli_run(mirror, data_dir, "verify", "--repair")
+            assert repaired.returncode == 0, repaired.stderr
+            assert mirror.requests["models.json"] == 1 and server.requests["models.json"] == 0
+            assert all((data_dir / "org" / name / "v1" / "w.bin").read_bytes() == name.encode() * 2
+                       for name in names)
+        finally:
+            mirror.close()
+
+    def moved(self, server: RegistryServer, registry_dir: Path, data_dir: Path, tmp_path: Path,
+              app: str) -> RegistryServer:
+        """org/tiny v1 and latest, and org/gone v1, installed from ``server``, which then goes
+        down; a copy of its directory without org/gone, where latest moved to v2, is served
+        on another port."""
+        manager = xm.Manager(xm.Config(app, server.url), data_dir=str(data_dir), retry_backoff=0.01)
+        for ref in ("org/tiny v1", "org/tiny latest"):
+            manager.pull(ref)
+        shutil.copytree(registry_dir, tmp_path / "moved")
+        publish.publish(str(registry_dir), "org", "gone", "v1", {"g.bin": b"gone"})
+        manager.pull("org/gone v1")
+        publish.add_alias(str(tmp_path / "moved"), "org", "tiny", "latest", "v2")
+        server.close()
+        return RegistryServer(tmp_path / "moved")
+
+    def check_moved(self, old: str, new: RegistryServer, data_dir: Path, code: int, out: str, err: str) -> None:
+        assert code == 3, err  # the exit code of org/gone's error; the others are updated
+        assert f"org/tiny latest: update available (v1 \u2192 v2); source: {old} \u2192 {new.url}" in out
+        assert f"org/tiny v1: up to date; source: {old} \u2192 {new.url} (recorded)" in out
+        assert "Updated: org/tiny latest" in out
+        (line,) = [line for line in err.splitlines() if line.startswith("error: org/gone v1: ")]
+        assert f"not the configured {new.url}" in line and f"nor {old}, where it was installed from" in line
+        assert "configure a registry that lists it, or remove it" in line
+        assert tree(data_dir / "org" / "tiny" / "latest") == V2_FILES
+        assert recorded_sources(data_dir) == {"org/tiny latest": new.url, "org/tiny v1": new.url, "org/gone v1": old}
+        assert new.requests["models.json"] == 1
+
+    def test_a_moved_registry_via_the_embedded_command(
+        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "whisper-tool")
+        try:
+            tool = embedded_tool(xm.Config("whisper-tool", new.url, data_dir), retries=0)  # the app's setting moved
+            code = tool("update", "--apply")
+            self.check_moved(old, new, data_dir, code, *capsys.readouterr())
+            new.requests.clear()
+            assert tool("update", "--json") == 3
+            updates = {f"{u['model']} {u['version']}": u for u in json.loads(capsys.readouterr().out)["updates"]}
+            assert updates["tiny latest"]["source_changed"] is False  # recorded when applied
+            assert updates["tiny latest"]["registry_url"] == new.url
+            assert (updates["tiny v1"]["source_changed"], updates["tiny v1"]["installed_registry_url"]) == (
+                False, new.url)  # up to date, recorded by --apply
+            assert updates["gone v1"]["error"]["exit_code"] == 3 and updates["gone v1"]["registry_url"] is None
+            (data_dir / "org" / "tiny" / "v1" / "config.json").unlink()  # repaired from the recorded new place
+            unconfigured = embedded_tool(xm.Config("whisper-tool", "", data_dir), retries=0)
+            assert unconfigured("verify", "org/tiny", "v1", "--repair", "-q") == 0, capsys.readouterr().err
+            assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
+        finally:
+            new.close()
+
+    def test_a_moved_registry_via_the_standalone_command(
+        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
+    ) -> None:
+        old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "xprim-models")
+        try:
+            result = main_in_process("--registry", new.url, "--data-dir", str(data_dir), "update", "--apply")
+            self.check_moved(old, new, data_dir, result.returncode, result.stdout, result.stderr)
+        finally:
+            new.close()
+
+    def test_one_registry_under_two_spellings(self, server: RegistryServer, model: dict[str, bytes],
+                                              data_dir: Path) -> None:
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "latest")
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
+        server.requests.clear()
+        spelled = server.url.replace("http://", "HTTP://") + "/"
+        result = main_in_process("--registry", spelled, "--data-dir", str(data_dir), "update")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count(": up to date\n") == 2 and "source" not in result.stdout
+        assert server.requests["models.json"] == 1
+
+    def test_a_recorded_registry_s_own_error_is_not_taken_for_a_missing_configuration(
+        self, tmp_path: Path, no_registry_env: None
+    ) -> None:
+        registry, data = tmp_path / "registry", tmp_path / "data"
+        publish.publish(str(registry), "org", "x", "v1", {"x.bin": b"x"})
+        assert main_in_process("--registry", str(registry), "--data-dir", str(data), "-q", "pull", "org/x v1"
+                               ).returncode == 0
+        (registry / "models.json").write_text("[]")
+        result = main_in_process("--data-dir", str(data), "update")
+        assert result.returncode == 1
+        assert f"error: org/x v1: models.json at {registry / 'models.json'} is invalid" in result.stderr
+        assert "no registry URL" not in result.stderr
+
+    def test_verify_repair_with_no_configured_registry(self, server: RegistryServer, model: dict[str, bytes],
+                                                      data_dir: Path, no_registry_env: None) -> None:
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
+        (data_dir / "org" / "tiny" / "v1" / "model.safetensors").write_bytes(b"x")
+        result = main_in_process("--data-dir", str(data_dir), "verify", "org/tiny", "v1", "--repair")
+        assert result.returncode == 0, result.stderr
+        assert "org/tiny v1: 1 file repaired\n  model.safetensors\n" in result.stdout
+        assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
+
+
+def listed_hash(registry_dir: Path, version: str) -> str:
+    return str(json.loads((registry_dir / "models.json").read_text())["org"]["tiny"][version]["hash"])
+
+
+class TestPinning:
+    """``group/model version@<sha256>`` and ``pin=`` (README: Moving models)."""
+
+    def test_parse_str_and_equality(self) -> None:
+        digest = "ab" * 32
+        ref = xm.ModelRef.parse(f"org/tiny v1@{digest.upper()}")
+        assert (ref.version, ref.pin, str(ref)) == ("v1", digest, f"org/tiny v1@{digest}")
+        assert ref == xm.ModelRef("org", "tiny", "v1", digest) != xm.ModelRef("org", "tiny", "v1")
+        assert xm.parse_model_ref(str(ref)) == ref and xm.ModelRef.parse("org/tiny v1").pin == ""
+        for text in ("org/tiny v1@", "org/tiny v1@abc", f"org/tiny v1@{digest}x"):
+            with pytest.raises(xm.InvalidRefError, match="manifest hash"):
+                xm.ModelRef.parse(text)
+        with pytest.raises(xm.InvalidRefError, match="model 'tiny@"):  # a pin needs a version
+            xm.ModelRef.parse(f"org/tiny@{digest}")
+        with pytest.raises(xm.InvalidRefError, match="pin"):
+            xm.ModelRef("org", "tiny", "", digest)
+
+    def test_pinned_pull_after_the_registry_republishes_the_version(
+        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], registry_dir: Path,
+        data_dir: Path
+    ) -> None:
+        first = listed_hash(registry_dir, "v1")
+        publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        assert listed_hash(registry_dir, "v1") != first
+        server.requests.clear()
+        installed = manager.pull(f"org/tiny v1@{first}")
+        assert (installed.ref, installed.manifest_hash) == (xm.ModelRef("org", "tiny", "v1"), first)
+        assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES  # never the new bytes
+        assert server.requests["models.json"] == 0  # fetched by its hash, not through the index
+        with pytest.raises(xm.AlreadyInstalledError):
+            manager.pull("org/tiny v1", pin=first)
+        assert manager.ensure("org/tiny v1", pin=first) == installed.path
+        assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
+        result = cli_run(server, data_dir, "--json", "pull", "org/tiny", f"v1@{first}", "--force")
+        assert cli_document(result)["model"]["pinned_ref"] == f"org/tiny v1@{first}"
+        assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
+        (listed,) = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
+        assert listed["pinned_ref"] == f"org/tiny v1@{first}"  # what pull takes, to be copied
+        assert f"Pin:          org/tiny v1@{first}\n" in cli_run(server, data_dir, "info", "org/tiny", "v1").stdout
+        with pytest.raises(xm.InvalidRefError, match="pinned twice"):
+            manager.pull(f"org/tiny v1@{first}", pin="cd" * 32)
+        with pytest.raises(xm.InvalidRefError, match="takes no pin"):
+            manager.path(f"org/tiny v1@{first}")
+
+    def test_a_pin_the_registry_lacks(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes],
+                                      data_dir: Path) -> None:
+        manager.pull("org/tiny v1")
+        before, record = tree(data_dir / "org" / "tiny" / "v1"), (data_dir / "registry.json").read_bytes()
+        missing = hashlib.sha256(b"never published").hexdigest()
+        with pytest.raises(xm.VersionNotFoundError) as caught:
+            manager.pull(f"org/tiny v1@{missing}")
+        assert f"org/tiny v1@{missing}" in str(caught.value) and "nothing was installed or changed" in str(caught.value)
+        with pytest.raises(xm.VersionNotFoundError):
+            manager.ensure("org/tiny v1", pin=missing)
+        assert tree(data_dir / "org" / "tiny" / "v1") == before
+        assert (data_dir / "registry.json").read_bytes() == record
+        result = cli_run(server, data_dir, "pull", "org/tiny", f"v1@{missing}")
+        assert result.returncode == 3 and f"pinned manifest not found: org/tiny v1@{missing}" in result.stderr
+
+    def test_ensure_takes_the_keywords_of_pull(self) -> None:
+        import inspect
+
+        def keywords(method: Any) -> dict[str, Any]:
+            return {name: (p.kind, p.default) for name, p in inspect.signature(method).parameters.items()}
+
+        assert keywords(xm.Manager.ensure) == keywords(xm.Manager.pull)
+
+    def test_pinned_ensure_with_no_server_running(self, make_manager: Callable[..., xm.Manager],
+                                                  server: RegistryServer, model: dict[str, bytes],
+                                                  registry_dir: Path) -> None:
+        manager = make_manager(retries=0)
+        first, second = listed_hash(registry_dir, "v1"), listed_hash(registry_dir, "v2")
+        path = manager.ensure(f"org/tiny v1@{first}")
+        server.close()
+        assert manager.ensure(f"org/tiny v1@{first}") == path
+        assert manager.ensure("org/tiny v1", pin=first) == path
+        with pytest.raises(xm.NetworkError):  # installed, but as other bytes than the pin: it must ask
+            manager.ensure("org/tiny v1", pin=second)
+
+
+def objects_needed(data_dir: Path, *refs: str) -> set[str]:
+    """The data/ names the installed versions ``refs`` ("org/tiny v1") need: manifests and chunks."""
+    names = set()
+    for ref in refs:
+        group_model, version = ref.split()
+        raw = (data_dir / group_model / version / ".test-app" / "manifest.json").read_bytes()
+        names |= {hashlib.sha256(raw).hexdigest(), *json.loads(raw)["chunks"]}
+    return names
+
+
+class TestExport:
+    """``Manager.export`` and ``export REF... --to DIR`` (README: Moving models)."""
+
+    def test_round_trip_into_an_empty_data_dir_with_no_server(
+        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
+    ) -> None:
+        refs = ["org/tiny v1", "org/tiny latest", "org/tiny v2"]
+        for ref in refs:
+            manager.pull(ref)
+        export = tmp_path / "usb" / "models"
+        exported = manager.export(refs, export)
+        assert [str(item.ref) for item in exported] == refs
+        server.close()
+        index = json.loads((export / "models.json").read_text())
+        assert index["org"]["tiny"]["latest"] == {"alias": "v1"}
+        assert set(index["org"]["tiny"]) == {"v1", "v2", "latest"}
+        assert set(os.listdir(export / "data")) == objects_needed(data_dir, *refs)  # exactly, no temporaries
+        elsewhere = tmp_path / "elsewhere"
+        for ref in refs:
+            result = main_in_process("--registry", str(export), "--data-dir", str(elsewhere), "-q", "pull",
+                                     *ref.split())
+            assert result.returncode == 0, result.stderr
+            version = ref.split()[1]
+            assert tree(elsewhere / "org" / "tiny" / version) == tree(data_dir / "org" / "tiny" / version)
+            manifest = Path(".xprim-models", "manifest.json")
+            assert (elsewhere / "org/tiny" / version / manifest).read_bytes() == \
+                (data_dir / "org/tiny" / version / ".test-app" / "manifest.json").read_bytes()
+        listed = {item["version"]: item for item in cli_document(
+            main_in_process("--data-dir", str(elsewhere), "--json", "list"))["models"]}
+        assert listed["latest"]["alias_of"] == "v1" and listed["v1"]["registry_url"] == str(export)
+
+    def test_the_export_is_servable_over_http(
+        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], tmp_path: Path
+    ) -> None:
+        manager.pull("org/tiny latest")
+        manager.export(["org/tiny"], tmp_path / "export")  # every installed version of org/tiny
+        served = RegistryServer(tmp_path / "export")
+        try:
+            fresh = xm.Manager(xm.Config("test-app", served.url, tmp_path / "fresh"), retry_backoff=0.01)
+            installed = fresh.pull("org/tiny latest")
+            assert (installed.alias_of, tree(Path(installed.path))) == ("v1", MODEL_FILES)
+            pinned = fresh.pull("org/tiny v1", pin=installed.manifest_hash)
+            assert tree(Path(pinned.path)) == MODEL_FILES
+        finally:
+            served.close()
+
+    def test_merge_into_an_existing_export(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
+    ) -> None:
+        export = tmp_path / "export"
+        publish.publish(str(export), "team", "own", "v1", {"own.bin": b"someone else's"}, metadata={"k": "v"})
+        theirs = json.loads((export / "models.json").read_text())["team"]
+        their_objects = set(os.listdir(export / "data"))
+        manager.pull("org/tiny v1")
+        manager.export(["org/tiny v1"], export)
+        first = {name: (export / "data" / name).stat() for name in os.listdir(export / "data")}
+        publish.publish(str(registry_dir), "org", "other", "v1", {**MODEL_FILES, "extra.txt": b"more"},
+                        chunk_size=1024)
+        manager.pull("org/other v1")
+        manager.export(["org/tiny v1", "org/other v1"], export)
+        index = json.loads((export / "models.json").read_text())
+        assert index["team"] == theirs and set(index["org"]) == {"tiny", "other"}
+        names = set(os.listdir(export / "data"))
+        assert names == their_objects | objects_needed(data_dir, "org/tiny v1", "org/other v1")
+        for name, before in first.items():  # already there: not written again
+            after = (export / "data" / name).stat()
+            assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
+        fresh = xm.Manager(xm.Config("test-app", str(export), tmp_path / "fresh"))
+        assert tree(Path(fresh.pull("team/own v1").path)) == {"own.bin": b"someone else's"}
+        assert fresh.get_remote("team/own v1").metadata == {"k": "v"}
+        assert tree(Path(fresh.pull("org/other v1").path)) == {**MODEL_FILES, "extra.txt": b"more"}
+
+    @pytest.mark.parametrize("damage", ["flipped", "missing"])
+    def test_a_damaged_install_is_refused(self, manager: xm.Manager, server: RegistryServer,
+                                          model: dict[str, bytes], data_dir: Path, tmp_path: Path,
+                                          damage: str, capsys: pytest.CaptureFixture[str]) -> None:
+        manager.pull("org/tiny v1")
+        manager.pull("org/tiny v2")
+        weights = data_dir / "org" / "tiny" / "v1" / "model.safetensors"
+        weights.unlink()  # v2 may share this file (a hard link): damage v1's copy only
+        if damage == "flipped":
+            weights.write_bytes(b"\0" + MODEL_FILES["model.safetensors"][1:])
+        export = tmp_path / "export"
+        manager.export(["org/tiny v2"], export)
+        listed = (export / "models.json").read_bytes()
+        with pytest.raises(xm.HashMismatchError) as caught:
+            manager.export(["org/tiny v1"], export)
+        message = str(caught.value)
+        assert "model.safetensors" in message and "verify --repair on org/tiny v1" in message
+        assert (export / "models.json").read_bytes() == listed  # v2 stays; v1 is not listed
+        tool = embedded_tool(xm.Config("test-app", server.url, data_dir))  # the manager's app, as a command
+        assert tool("export", "org/tiny", "v1", "--to", str(export)) == 6
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot export org/tiny v1: damaged in ") and "model.safetensors" in err
+        manager.verify("org/tiny v1", repair=True)
+        manager.export(["org/tiny v1"], export)
+        assert set(json.loads((export / "models.json").read_text())["org"]["tiny"]) == {"v1", "v2"}
+
+    def test_the_export_command(self, server: RegistryServer, model: dict[str, bytes], data_dir: Path,
+                                tmp_path: Path) -> None:
+        for version in ("v1", "v2", "latest"):
+            cli_run(server, data_dir, "-q", "pull", "org/tiny", version)
+        export = tmp_path / "export"
+        result = cli_run(server, data_dir, "export", "org/tiny", "latest", "org/tiny v2", "--to", str(export))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("Exported: org/tiny latest (6.5 kB)\nExported: org/tiny v2 (6.5 kB)\n")
+        assert f"Registry: {export} " in result.stdout
+        as_json = cli_document(cli_run(server, data_dir, "--json", "export", "org/tiny", "--to", str(export)))
+        assert as_json["directory"] == str(export)
+        assert [item["version"] for item in as_json["exported"]] == ["latest", "v1", "v2"]
+        server.close()
+        elsewhere = tmp_path / "elsewhere"
+        pulled = main_in_process("--registry", str(export), "--data-dir", str(elsewhere), "--json", "pull",
+                                 "org/tiny", "latest")
+        assert cli_document(pulled)["model"]["alias_of"] == "v1"
+        assert tree(elsewhere / "org" / "tiny" / "latest") == MODEL_FILES
+        for argv in (["export", "org/tiny", "--to", str(export), "v9"], ["export", "v1", "--to", str(export)]):
+            bad = main_in_process("--data-dir", str(data_dir), *argv)
+            assert bad.returncode in (2, 4) and "Traceback" not in bad.stderr, argv
+        assert main_in_process("--data-dir", str(data_dir), "export", "org/tiny").returncode == 2  # --to is required
+
+    def test_a_chunk_over_4_gib_is_refused_on_fat32(
+        self, manager: xm.Manager, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        if sys.platform.startswith("linux"):
+            assert xm._file_system(str(tmp_path))  # the kind of file system is known here
+        manager.pull("org/tiny v1")
+        monkeypatch.setattr(xm, "_file_system", lambda path: "vfat")
+        monkeypatch.setattr(xm, "_FAT32_MAX_FILE", 1000)  # the 1 KiB chunks stand for chunks over 4 GiB
+        with pytest.raises(xm.StorageError, match=r"FAT file system \(vfat\), which holds no file over 4 GiB"):
+            manager.export(["org/tiny v1"], tmp_path / "export")
+        assert not (tmp_path / "export" / "models.json").exists()
+        assert os.listdir(tmp_path / "export" / "data") == []
+
+    def test_an_alias_whose_target_the_export_lists_as_other_bytes(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path
+    ) -> None:
+        manager.pull("org/tiny latest")  # v1's bytes
+        publish.publish(str(tmp_path / "export"), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        with pytest.raises(xm.RegistryError, match="alias of v1"):
+            manager.export(["org/tiny latest"], tmp_path / "export")
+        with pytest.raises(xm.StorageError, match="inside the data directory"):
+            manager.export(["org/tiny latest"], Path(manager.data_dir) / "export")
 
 
 class TestEmbedding:
@@ -2974,9 +3427,11 @@ class TestEmbedding:
         models = commands.add_parser("models")
         subparsers = models.add_subparsers(dest="models_command", required=True)
         xm.register_subcommands(subparsers, xm.Config("whisper-tool", server.url), retries=0)
-        assert set(subparsers.choices) == {"list", "pull", "remove", "info", "path", "update", "verify", "prune"}
+        assert set(subparsers.choices) == {"list", "pull", "remove", "info", "path", "update", "verify", "prune",
+                                           "export"}
         for argv in (["list"], ["pull", "org/tiny", "v1"], ["remove", "org/tiny", "--all"],
-                     ["info", "org/tiny", "v1"], ["path", "org/tiny", "v1"], ["update"], ["verify"], ["prune"]):
+                     ["info", "org/tiny", "v1"], ["path", "org/tiny", "v1"], ["update"], ["verify"], ["prune"],
+                     ["export", "org/tiny", "v1", "--to", "somewhere"]):
             args = parser.parse_args(["models", *argv])
             assert callable(args.func), argv
         args = parser.parse_args(["models", "list", "--remote", "--json"])
@@ -3100,12 +3555,14 @@ class TestEmbedding:
             return code, capsys.readouterr().err
 
         no_registry = tool("")
-        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"], ["verify", "--repair"]):
-            if argv == ["verify", "--repair"]:
-                xm.Manager(xm.Config("whisper-tool", server.url, data_dir)).pull("org/tiny v1")
+        for argv in (["list", "--remote"], ["pull", "org/tiny", "v1"]):
             code, err = run(no_registry, *argv)
             assert (code, err) == (1, "error: no registry URL is configured for whisper-tool\n"), argv
+        xm.Manager(xm.Config("whisper-tool", server.url, data_dir)).pull("org/tiny v1")
         assert run(no_registry, "update") == (0, "")  # checked against the registry it was pulled from
+        (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
+        assert run(no_registry, "verify", "--repair", "-q") == (0, "")  # repaired from there too
+        assert (data_dir / "org" / "tiny" / "v1" / "config.json").read_bytes() == MODEL_FILES["config.json"]
         code, err = run(tool(server.url), "pull", "org/tiyn", "v1")
         assert code == 3
         assert err == ("error: model not found in registry: org/tiyn (did you mean org/tiny v1?); "
@@ -4168,10 +4625,13 @@ class TestVerify:
         with pytest.raises(ValueError, match="concurrency"):
             manager.verify("org/tiny v1", repair=True, concurrency=0)
 
-    def test_cli_repair_without_a_registry_fails_before_it_starts(
+    def test_cli_repair_without_a_registry_configured_or_recorded_fails_before_it_starts(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:
         cli_install(server, data_dir, "v1")
+        record = json.loads((data_dir / "registry.json").read_text())
+        del record["org"]["tiny"]["v1"]["registry_url"]  # as the Go original installs
+        (data_dir / "registry.json").write_text(json.dumps(record))
         self.damage(data_dir / "org" / "tiny" / "v1")
         before = tree(data_dir / "org" / "tiny" / "v1")
         assert xm.main(["--data-dir", str(data_dir), "verify", "--repair"]) == 1

@@ -56,7 +56,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from functools import cache, cached_property, partial
+from functools import cache, partial
 
 # typing.TYPE_CHECKING, without importing typing at run time: it costs a tenth of the
 # start-up of `xprim-models path`. Type checkers take it as True.
@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     import socket
     import ssl
     import urllib.request
-    from collections.abc import Collection, Iterator, Mapping, Sequence
+    from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
     from typing import Any, AnyStr, Callable, Literal, NoReturn, Union
     from typing import Protocol as _Protocol
@@ -353,7 +353,8 @@ def _check_name(kind: str, name: str, text: str) -> None:
 
 @dataclass(frozen=True, order=True)
 class ModelRef:
-    """A model, or one version of it: ``group/model version``.
+    """A model, or one version of it: ``group/model version``; pinned to the manifest it
+    must resolve to, ``group/model version@<sha256>``.
 
     >>> ref = ModelRef.parse("fast-whisper/tiny fp16")
     >>> ref.group, ref.model, ref.version
@@ -362,25 +363,36 @@ class ModelRef:
     'fast-whisper/tiny fp16'
     >>> str(ModelRef("llama", "7b"))
     'llama/7b'
+    >>> ModelRef.parse("llama/7b q4@" + "ab" * 32).pin == "ab" * 32
+    True
+
+    Attributes:
+        pin: the SHA-256 of the manifest the version must be (as ``list --json`` and
+            ``info`` show it), or "". A pinned ref differs from the unpinned one.
     """
 
     group: str
     model: str
     version: str = ""
+    pin: str = ""
 
     def __post_init__(self) -> None:
         _check_name("group", self.group, f"{self.group}/{self.model}")
         _check_name("model", self.model, f"{self.group}/{self.model}")
         if self.version:
             _check_name("version", self.version, str(self))
+        if self.pin and not (isinstance(self.pin, str) and re.fullmatch(_HASH_RE, self.pin) and self.version):
+            raise InvalidRefError(f"invalid model reference {str(self)!r}: a pin is a version's manifest hash, "
+                                  "64 hexadecimal digits: 'group/model version@<sha256>'")
 
     def __str__(self) -> str:
         base = f"{self.group}/{self.model}"
-        return f"{base} {self.version}" if self.version else base
+        version = f"{self.version}@{self.pin}" if self.pin else self.version
+        return f"{base} {version}" if version else base
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
-        """Parse ``"group/model"`` or ``"group/model version"``.
+        """Parse ``"group/model"``, ``"group/model version"`` or ``"group/model version@<sha256>"``.
 
         Raises:
             InvalidRefError: the text is not of that form, or a name is invalid.
@@ -393,11 +405,16 @@ class ModelRef:
                 f"invalid model reference {text!r}: expected 'group/model' or 'group/model version'"
             )
         group, model = parts[0].split("/")
-        return cls(group, model, parts[1] if len(parts) == 2 else "")
+        version, at, pin = (parts[1] if len(parts) == 2 else "").partition("@")
+        if at and not re.fullmatch(_HASH_RE, pin.lower()):
+            raise InvalidRefError(f"invalid model reference {text!r}: after '@' comes the manifest hash, "
+                                  "64 hexadecimal digits (as 'list --json' and 'info' show it)")
+        return cls(group, model, version, pin.lower())
 
 
 def parse_model_ref(text: str) -> ModelRef:
-    """Parse ``"group/model"`` or ``"group/model version"`` (see ``ModelRef.parse``)."""
+    """Parse ``"group/model"``, ``"group/model version"`` or ``"group/model version@<sha256>"``
+    (see ``ModelRef.parse``)."""
     return ModelRef.parse(text)
 
 
@@ -578,11 +595,24 @@ def _as_ref(ref: RefLike) -> ModelRef:
     return ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
 
 
-def _versioned(ref: RefLike, action: str) -> ModelRef:
+def _versioned(ref: RefLike, action: str, *, pinned: bool = False) -> ModelRef:
+    """``ref`` as a ModelRef with a version; a pin only where the action takes one."""
     ref = _as_ref(ref)
     if not ref.version:
         raise InvalidRefError(f"{action} {ref}: a version is required ('{ref} <version>')")
+    if ref.pin and not pinned:
+        raise InvalidRefError(f"{action} {ref}: takes no pin (only pull and ensure do); "
+                              f"drop '@{ref.pin[:12]}...'")
     return ref
+
+
+def _unpinned(ref: ModelRef, pin: str, action: str) -> tuple[ModelRef, str]:
+    """``ref`` without its pin, and the pin: from ``ref`` or the ``pin`` keyword, which must agree."""
+    if pin and not (isinstance(pin, str) and re.fullmatch(_HASH_RE, pin)):
+        raise InvalidRefError(f"{action} {ref}: pin={pin!r:.80} is not a manifest hash (64 lowercase hex digits)")
+    if ref.pin and pin and ref.pin != pin:
+        raise InvalidRefError(f"{action} {ref}: pinned twice, to {ref.pin} and pin={pin}")
+    return replace(ref, pin=""), ref.pin or pin
 
 
 # --- Paths --------------------------------------------------------------------
@@ -4609,6 +4639,245 @@ def _check_download_options(concurrency: int, limit_rate: float | None) -> int:
     return min(concurrency, _MAX_CONCURRENCY)
 
 
+def _registry_key(url: str) -> str:
+    """What two spellings of one registry share: an http(s) URL with its scheme and host in
+    lower case, without a default port or a trailing slash; a directory's absolute path, as
+    the platform compares paths. ``localhost`` and ``127.0.0.1`` stay two registries."""
+    origin = _registry_origin(url)
+    if not re.match(r"(?i)https?://", origin):
+        return os.path.normcase(origin)
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return origin  # the client refuses it when it is used
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    host = f"[{host}]" if ":" in host else host
+    userinfo = parts.netloc.rpartition("@")[0]  # kept: other credentials, another client
+    host = f"{userinfo}@{host}" if userinfo else host
+    port_text = f":{port}" if port not in (None, 443 if scheme == "https" else 80) else ""
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{host}{port_text}{parts.path.rstrip('/')}{query}"
+
+
+def _pin_missing(ref: ModelRef, pin: str, client: _RegistryClient, exc: ModelsError) -> ModelsError:
+    """The error of a pinned pull whose registry answered ``exc``: a typed one naming the pin
+    when the registry does not have that manifest."""
+    if isinstance(exc, RegistryError) and isinstance(exc.__cause__, _Missing):
+        return VersionNotFoundError(
+            f"pinned manifest not found: {ref}@{pin}: {client.origin} has no data/{pin} (never published there, "
+            "or deleted since); nothing was installed or changed; pull without the pin to get what the "
+            "registry lists now, or ask its publisher for that manifest"
+        )
+    return exc
+
+
+class _IndexScope:
+    """``with manager._one_index_each():``: within the block, on this thread, each registry's
+    models.json is fetched at most once (a failure to fetch it is kept too). One CLI command
+    runs in one such block; outside it, every API call fetches the index anew, so a
+    long-lived Manager sees an alias move at its next call."""
+
+    def __init__(self, local: threading.local) -> None:
+        self._local = local
+        self._outer = True
+
+    def __enter__(self) -> None:
+        self._outer = getattr(self._local, "indexes", None) is None
+        if self._outer:
+            self._local.indexes = {}
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._outer:
+            self._local.indexes = None
+
+
+# --- Export -----------------------------------------------------------------------
+# An export is a registry directory (README: Moving models): models.json and data/<sha256>,
+# each object rebuilt from the installed files, checked against its hash, then renamed
+# into place. The names are FAT and exFAT safe: lowercase hex, digits and dots.
+
+_FAT32_MAX_FILE = (1 << 32) - 1  # bytes: FAT12/16/32 hold no bigger file (exFAT does)
+_FAT_KINDS = frozenset(["vfat", "msdos", "fat", "FAT", "FAT32", "FAT16", "FAT12"])
+_EXPORT_LOCK = ".models.json.lock"
+
+
+def _file_system(path: str) -> str:
+    """The kind of file system holding ``path`` (``vfat``, ``FAT32``, ``exfat``, ``ext4``...),
+    or "" where this platform does not say (macOS: a chunk over 4 GiB then fails with EFBIG)."""
+    path = os.path.realpath(path)
+    if sys.platform == "win32":
+        import ctypes
+
+        name = ctypes.create_unicode_buffer(64)
+        root = os.path.splitdrive(path)[0] + "\\"
+        if ctypes.windll.kernel32.GetVolumeInformationW(root, None, 0, None, None, None, name, len(name)):
+            return name.value
+        return ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            mounts = handle.read().splitlines()
+    except OSError:
+        return ""
+    best, kind = "", ""
+    for line in mounts:  # "36 35 98:0 /mnt1 /mnt/point rw ... - ext3 /dev/root rw"
+        fields = line.split()
+        if "-" not in fields[5:]:
+            continue
+        mount = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields[4])
+        inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, fields[fields.index("-", 5) + 1]
+    return kind
+
+
+def _export_index(path: str) -> dict[str, Any]:
+    """The models.json an earlier export left in the export directory ({} if none)."""
+    import json
+
+    try:
+        raw = _read_small(path, _MAX_INDEX_BYTES)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise _storage_error("read", path, exc) from exc
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        doc = exc
+    if not isinstance(doc, dict):
+        raise RegistryError(f"cannot export into {os.path.dirname(path)}: its models.json is not a registry "
+                            "index; export into an empty directory or into an earlier export")
+    return doc
+
+
+def _export_entries(doc: dict[str, Any], exported: Sequence[InstalledModel], path: str) -> None:
+    """Set the models.json entries of ``exported`` in ``doc``: a version as its manifest hash,
+    an alias as an alias, with its target; the other entries stay."""
+    wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for item in exported:
+        group, model = item.ref.group, item.ref.model
+        wanted[(group, model, item.ref.version)] = {"alias": item.alias_of} if item.alias_of else {
+            "hash": item.manifest_hash}
+    for item in exported:
+        if not item.alias_of:
+            continue
+        key = (item.ref.group, item.ref.model, item.alias_of)
+        listed = wanted.get(key) or doc.get(key[0], {}).get(key[1], {}).get(key[2])
+        if listed is None:
+            wanted[key] = {"hash": item.manifest_hash}
+        elif not isinstance(listed, dict) or listed.get("hash") != item.manifest_hash:
+            raise RegistryError(
+                f"export {item.ref}: it is an alias of {item.alias_of}, but {path} lists "
+                f"{ModelRef(*key)} as other bytes; export {ModelRef(*key)} into another directory, "
+                "or pull the alias again so that both are the same"
+            )
+    for (group, model, version), entry in wanted.items():
+        versions = doc.setdefault(group, {}).setdefault(model, {})
+        if not (isinstance(versions.get(version), dict) and entry.get("hash")
+                and versions[version].get("hash") == entry["hash"]):  # the same bytes keep their metadata
+            versions[version] = entry
+
+
+def _object_present(path: str, size: int) -> bool:
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(status.st_mode) and status.st_size == size
+
+
+def _installed_bytes(installed: InstalledModel, manifest: _Manifest,
+                     pieces: Sequence[tuple[int, int, int]]) -> Iterator[bytes]:
+    """The bytes of ``pieces`` (file index, offset, count) from ``installed``'s files;
+    HashMismatchError naming the file that cannot give them."""
+    for index, offset, count in pieces:
+        path = os.path.join(installed.path, *manifest.files[index].path.split("/"))
+        try:
+            source = _open_regular(path)
+            try:
+                yield from _read_pieces(source, offset, count, _BUFFER_SIZE)
+            finally:
+                os.close(source)
+        except OSError as exc:
+            raise _damaged(installed, [manifest.files[index].path], str(exc.strerror or exc)) from exc
+
+
+def _export_chunk(installed: InstalledModel, manifest: _Manifest, position: int, target: str) -> None:
+    """Rebuild chunk ``position`` from ``installed``'s files, check its hash, and rename it
+    to ``target``, or only check it when ``target`` is there already; HashMismatchError
+    naming the files when they do not hold it."""
+    temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
+    pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
+    present = _object_present(target, manifest.chunk_length(position))
+    hasher = _sha256()
+    fd = -1
+    try:
+        fd = -1 if present else _create_new(temporary)
+        for data in _installed_bytes(installed, manifest, pieces):
+            hasher.update(data)
+            view = memoryview(data)
+            while fd >= 0 and view:
+                view = view[os.write(fd, view):]
+        if hasher.hexdigest() != manifest.chunks[position]:
+            raise _damaged(installed, sorted({manifest.files[index].path for index, _, _ in pieces}),
+                           "its bytes do not match the manifest's hash")
+        if present:
+            return
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        _retry_shared(partial(os.replace, temporary, target))
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EFBIG:
+            hint = (f"the file system does not hold a file of {_format_size(manifest.chunk_length(position))} "
+                    "(FAT32 holds none over 4 GiB); export to an exFAT, NTFS, ext4 or APFS drive")
+        raise _storage_error("write", target, exc, hint) from exc
+    finally:
+        if fd >= 0:
+            _close_quietly(fd)
+        _remove_file(temporary)
+
+
+def _damaged(installed: InstalledModel, paths: Sequence[str], why: str) -> HashMismatchError:
+    return HashMismatchError(
+        f"cannot export {installed.ref}: damaged in {installed.path}: {', '.join(paths)} ({why}); "
+        f"run verify --repair on {installed.ref}, then export again (nothing of it was listed in the export)"
+    )
+
+
+def _export_version(store: _Store, installed: InstalledModel, data: str, fat: str) -> None:
+    """Write the manifest and chunks of ``installed`` that ``data`` lacks (model lock held)."""
+    manifest = store.stored_manifest(installed)
+    if _sha256(manifest.raw).hexdigest() != installed.manifest_hash:
+        raise StorageError(
+            f"cannot export {installed.ref}: {store.manifest_path(installed.path)} is a re-serialized copy of its "
+            "manifest (written by another tool, such as the Go original), not the published bytes; run verify on "
+            f"{installed.ref} with its registry reachable, which restores them, then export again"
+        )
+    biggest = max((manifest.chunk_length(p) for p in range(len(manifest.chunks))), default=0)
+    if fat and biggest > _FAT32_MAX_FILE:
+        raise StorageError(
+            f"cannot export {installed.ref}: it has chunks of {_format_size(biggest)}, and {data} is on a FAT "
+            f"file system ({fat}), which holds no file over 4 GiB; export to an exFAT, NTFS, ext4 or APFS drive"
+        )
+    for info in manifest.files:
+        path = os.path.join(installed.path, *info.path.split("/"))
+        if not _object_present(path, info.size):
+            raise _damaged(installed, [info.path], "missing, or not of its size")
+    done: set[str] = set()
+    for position, digest in enumerate(manifest.chunks):
+        if digest not in done:  # every chunk is checked; one already in data/ is not written again
+            _export_chunk(installed, manifest, position, os.path.join(data, digest))
+            done.add(digest)
+    target = os.path.join(data, installed.manifest_hash)
+    if not _object_present(target, len(manifest.raw)):
+        _atomic_write(target, manifest.raw)
+
+
 # --- Manager ----------------------------------------------------------------------
 # The public API: argument checks, lock order, and delegation to the registry
 # client, the pull engine and the local store.
@@ -4676,6 +4945,9 @@ class Manager:
         self._opener, self._ssl_context = opener, ssl_context
         self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
         self._share_files = not copy_files and os.environ.get("XPRIM_MODELS_COPY_FILES", "") in ("", "0")
+        self._clients: dict[str, _RegistryClient] = {}  # by _registry_key
+        self._clients_guard = threading.Lock()
+        self._scope = threading.local()  # the indexes held by _one_index_each
 
     @property
     def data_dir(self) -> str:
@@ -4687,23 +4959,107 @@ class Manager:
 
     # The remote side ---------------------------------------------------------
 
-    @cached_property
-    def _client(self) -> _RegistryClient:  # made on first use: the local commands need none
-        return _RegistryClient(
-            self.config.registry_url, opener=self._opener, ssl_context=self._ssl_context, timeout=self._timeout,
-            retries=self._retries, backoff=self._backoff, logger=self._logger, headers=self._headers,
-        )
+    def _client_for(self, url: str) -> _RegistryClient:
+        """The client of registry ``url``, made on first use with this Manager's headers,
+        timeout, retries, TLS context, opener and logger: every registry contact, the
+        configured registry's or one an install recorded, goes through one of these."""
+        key = _registry_key(url)
+        with self._clients_guard:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = _RegistryClient(
+                    url, opener=self._opener, ssl_context=self._ssl_context, timeout=self._timeout,
+                    retries=self._retries, backoff=self._backoff, logger=self._logger, headers=self._headers,
+                )
+            return client
 
-    def _manifest(self, digest: str) -> _Manifest:
-        """The validated manifest, from the local manifest cache or the registry."""
-        return self._store.manifests(
-            [digest], lambda missing: self._client.manifests(missing, self._store.metadata_dir))[digest]
+    @property
+    def _client(self) -> _RegistryClient:
+        """The configured registry's client (RegistryError if none is configured)."""
+        return self._client_for(self.config.registry_url)
 
-    def _job(self, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]], concurrency: int,
-             progress: Callable[[PullProgress], None] | None, sources: Mapping[str, Sequence[_Source]],
-             limit_rate: float | None) -> _PullJob:
+    def _one_index_each(self) -> _IndexScope:
+        return _IndexScope(self._scope)
+
+    def _index(self, client: _RegistryClient) -> _Index:
+        """``client``'s models.json: fetched now, or once per ``_one_index_each`` block."""
+        held: dict[str, _Index | ModelsError] | None = getattr(self._scope, "indexes", None)
+        if held is None:
+            return client.index()
+        key = _registry_key(client.url)
+        if key not in held:
+            try:
+                held[key] = client.index()
+            except ModelsError as exc:
+                held[key] = exc
+        found = held[key]
+        if isinstance(found, ModelsError):
+            raise found
+        return found
+
+    def _sources(self, recorded: str) -> list[_RegistryClient]:
+        """The registries to ask, in order: the configured one, then ``recorded`` (where an
+        installed version came from) if it is another (README: Moving models)."""
+        urls = [url for url in (self.config.registry_url, recorded) if url]
+        if len(urls) == 2 and _registry_key(urls[0]) == _registry_key(urls[1]):
+            urls.pop()
+        return [self._client_for(url) for url in urls] or [self._client]  # none: the "no registry" error
+
+    def _resolve(self, ref: ModelRef, *, pin: str = "") -> tuple[_RegistryClient, RemoteModel]:
+        """The registry that serves ``ref`` and what it lists for it: the configured registry
+        if it lists ``ref``, else the one ``ref`` is installed from. With ``pin``, the first
+        that holds the manifest of that hash (fetched by it, and cached), whatever either
+        index lists."""
+        entry = self._store.entry(self._store.read(), ref)
+        recorded = str(entry.get("registry_url", "")) if isinstance(entry, dict) else ""
+        failures: list[tuple[_RegistryClient, ModelsError]] = []
+        for client in self._sources(recorded):
+            try:
+                if pin:
+                    self._manifest(pin, client)
+                    return client, RemoteModel(ref, pin)
+                return client, self._index(client).lookup(ref)
+            except (ModelNotFoundError, VersionNotFoundError, RegistryError, NetworkError, HashMismatchError) as exc:
+                failures.append((client, _pin_missing(ref, pin, client, exc) if pin else exc))
+        if len(failures) == 1:
+            raise failures[0][1]
+        (configured, first), (installed_from, second) = failures
+        raise type(first)(
+            f"no registry serves {ref}{'@' + pin if pin else ''}: not the configured {configured.origin} ({first}), "
+            f"nor {installed_from.origin}, where it was installed from ({second}); configure a registry that "
+            "lists it, or remove it if it is no longer published"
+        ) from first
+
+    def _record_source(self, installed: InstalledModel, registry_url: str) -> None:
+        """Record ``registry_url`` as where ``installed`` comes from, unless it changed meanwhile."""
+        with self._store.model_lock(installed.ref):
+            entry = self._store.entry(self._store.read(), installed.ref)
+            if isinstance(entry, dict) and entry.get("manifest_hash") == installed.manifest_hash:
+                self._store.commit(installed.ref, {**entry, "registry_url": registry_url})
+
+    def _installed_source(self, installed: InstalledModel) -> _RegistryClient:
+        """The registry to fetch an installed version's manifest and chunks from, by hash: the
+        configured one if it lists that manifest, else the one it was installed from."""
+        sources = self._sources(installed.registry_url)
+        for client in sources[:-1]:
+            try:
+                if any(item.manifest_hash == installed.manifest_hash for item in self._index(client).models.values()):
+                    return client
+            except ModelsError as exc:
+                self._logger.info("%s: asking %s instead: %s", installed.ref, sources[-1].origin, exc)
+        return sources[-1]
+
+    def _manifest(self, digest: str, client: _RegistryClient | None = None) -> _Manifest:
+        """The validated manifest, from the local manifest cache or the registry (``client``'s,
+        else the configured one)."""
+        return self._store.manifests([digest], lambda missing: (client or self._client).manifests(
+            missing, self._store.metadata_dir))[digest]
+
+    def _job(self, client: _RegistryClient, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]],
+             concurrency: int, progress: Callable[[PullProgress], None] | None,
+             sources: Mapping[str, Sequence[_Source]], limit_rate: float | None) -> _PullJob:
         emit = progress if progress is not None else (lambda snapshot: None)
-        return _PullJob(self._client, writer, label, chunks, concurrency=concurrency, emit=emit,
+        return _PullJob(client, writer, label, chunks, concurrency=concurrency, emit=emit,
                         logger=self._logger, sources=sources, limit_rate=limit_rate)
 
     # Public API --------------------------------------------------------------
@@ -4790,14 +5146,15 @@ class Manager:
         """``(installed manifest hash, remote manifest hash)``; they differ when an update exists.
 
         For an installed alias, the remote hash is that of the version the alias
-        points to now; ``get_remote(ref).alias_of`` names it.
+        points to now; ``get_remote(ref).alias_of`` names it. The configured registry
+        is asked first, then the one ``ref`` was installed from.
 
         Raises:
             NotInstalledError: ``ref`` is not installed.
             ModelNotFoundError, VersionNotFoundError: the registry no longer lists it.
         """
         installed = self.get_installed(ref)
-        return installed.manifest_hash, self.get_remote(installed.ref).manifest_hash
+        return installed.manifest_hash, self._resolve(installed.ref)[1].manifest_hash
 
     def pull(
         self,
@@ -4807,33 +5164,40 @@ class Manager:
         concurrency: int = 4,
         progress: Callable[[PullProgress], None] | None = None,
         limit_rate: float | None = None,
+        pin: str = "",
     ) -> InstalledModel:
         """Download, verify and install ``ref``; return the installed model.
 
-        Chunks come from an interrupted pull's staging directory, then from
-        installed versions that hold the same bytes or files of the same paths
-        (verified again either way), and only then from the network. A file
-        identical to one of an installed version of the model shares its
-        storage (see ``copy_files``).
+        The configured registry is asked first; for an installed ``ref``, the registry
+        it was installed from is the fallback. Chunks come from an interrupted pull's
+        staging directory, then from installed versions that hold the same bytes or
+        files of the same paths (verified again either way), and only then from the
+        network. A file identical to one of an installed version of the model shares
+        its storage (see ``copy_files``).
 
         Args:
-            ref: ``ModelRef`` or ``"group/model version"``; an alias installs under its own name.
+            ref: ``ModelRef`` or ``"group/model version"`` (or ``"... version@<sha256>"``,
+                pinned); an alias installs under its own name.
             force: install again even if the same manifest is installed (every
                 byte is verified again; intact files are shared, not downloaded).
             concurrency: parallel chunk downloads (capped at 16).
             progress: called with a ``PullProgress`` as the pull advances; an
                 exception it raises stops the pull and is re-raised.
             limit_rate: cap on the total download rate, in bytes per second.
+            pin: the manifest hash ``ref`` must be (as ``InstalledModel.manifest_hash``):
+                that manifest is fetched by its hash and installed, whatever the index
+                lists now (then ``alias_of`` is "").
 
         Raises:
             AlreadyInstalledError: the same manifest is installed and ``force`` is false.
-            ModelNotFoundError, VersionNotFoundError, RegistryError, NetworkError,
-            HashMismatchError, StorageError, InvalidRefError.
+            VersionNotFoundError: the registry no longer has the pinned manifest.
+            ModelNotFoundError, RegistryError, NetworkError, HashMismatchError,
+            StorageError, InvalidRefError.
         """
-        ref = _versioned(ref, "pull")
+        ref, pin = _unpinned(_versioned(ref, "pull", pinned=True), pin, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
-        remote = self._client.index().lookup(ref)
+        client, remote = self._resolve(ref, pin=pin)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
@@ -4846,36 +5210,48 @@ class Manager:
                 store.raise_if_installed(ref, remote.manifest_hash)
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
-            manifest = self._manifest(remote.manifest_hash)
+            manifest = self._manifest(remote.manifest_hash, client)
             with store.installing(ref, manifest, installed_models, alias_of=remote.alias_of,
-                                  registry_url=self._client.origin, share=self._share_files) as staging:
-                job = self._job(staging, f"pull {ref}", staging.chunks(), concurrency, progress, staging.sources,
-                                limit_rate)
+                                  registry_url=client.origin, share=self._share_files) as staging:
+                job = self._job(client, staging, f"pull {ref}", staging.chunks(), concurrency, progress,
+                                staging.sources, limit_rate)
                 job.run()
                 for path in staging.flush():
                     job.set_current_file(path)
                 job.report()
             return staging.installed
 
-    def ensure(self, ref: RefLike, **pull_options: Any) -> str:
-        """The directory of ``ref``, pulling it first only if it is not installed.
+    def ensure(
+        self,
+        ref: RefLike,
+        *,
+        force: bool = False,
+        concurrency: int = 4,
+        progress: Callable[[PullProgress], None] | None = None,
+        limit_rate: float | None = None,
+        pin: str = "",
+    ) -> str:
+        """The directory of ``ref``, pulling it first only if it is not installed (with
+        ``pin``: not installed as that manifest).
 
         No network request is made when it is installed. Safe to call from many
         threads and processes at once: one of them downloads, the others wait.
 
         Args:
-            ref: ``ModelRef`` or ``"group/model version"``.
-            **pull_options: passed to ``pull`` (``concurrency``, ``progress``, ``limit_rate``).
+            ref: ``ModelRef`` or ``"group/model version"`` (or ``"... version@<sha256>"``).
+            force, concurrency, progress, limit_rate, pin: as for ``pull``; with ``force``
+                it pulls (verifying every byte again) even when installed.
 
         Raises:
             the errors of ``pull``, except ``AlreadyInstalledError``.
         """
-        ref = _versioned(ref, "ensure")
+        ref, pin = _unpinned(_versioned(ref, "ensure", pinned=True), pin, "ensure")
         installed = self._store.intact(ref)
-        if installed is not None:
+        if installed is not None and not force and installed.manifest_hash == (pin or installed.manifest_hash):
             return installed.path
         try:
-            return self.pull(ref, **pull_options).path
+            return self.pull(ref, force=force, concurrency=concurrency, progress=progress, limit_rate=limit_rate,
+                             pin=pin).path
         except AlreadyInstalledError as exc:
             return exc.installed.path
 
@@ -4889,6 +5265,9 @@ class Manager:
         limit_rate: float | None = None,
     ) -> VerifyResult:
         """Re-hash an installed version's files against its manifest's chunk hashes.
+
+        A repair fetches from the configured registry if it lists the installed
+        manifest, else from the registry the version was installed from.
 
         A stored manifest that another tool re-serialized (the Go original does) is
         replaced by the published one, fetched by its hash, and the files are checked
@@ -4914,16 +5293,21 @@ class Manager:
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
         with _Verification(store, ref, repair=repair) as check:
+
+            @cache
+            def source() -> _RegistryClient:  # asked only when something must be fetched
+                return self._installed_source(check.installed)
+
             if check.needs_published():
                 try:
-                    check.use_published(self._manifest(check.installed.manifest_hash))
+                    check.use_published(self._manifest(check.installed.manifest_hash, source()))
                 except ModelsError as exc:
                     check.use_published(exc)
             if check.scan() and repair:
                 with store.cache_lock(shared=True), check.repairing() as scratch:
                     copies, kin = store.copies(self.list_installed(), ref, besides=True)
                     sources = _local_sources(scratch.manifest, scratch.bad, copies, kin)
-                    self._job(scratch, f"repair {ref}", scratch.chunks(), concurrency, progress, sources,
+                    self._job(source(), scratch, f"repair {ref}", scratch.chunks(), concurrency, progress, sources,
                               limit_rate).run()
         return check.result()
 
@@ -4968,6 +5352,81 @@ class Manager:
                 self.remove(ref)
                 removed.append(ref)
         return removed
+
+    def export(self, refs: Iterable[RefLike], directory: str | os.PathLike[str]) -> list[InstalledModel]:
+        """Write installed versions into ``directory`` as a registry (``models.json`` and
+        ``data/<sha256>``) that ``Config(registry_url=directory)`` installs from; return them.
+
+        Each object is rebuilt from the installed files, checked against its hash and
+        written atomically; objects already there are not written again. An alias is
+        written as an alias, with its target. Entries already in ``directory``'s
+        models.json stay (a version exported again is replaced); models.json is written
+        last, so an interrupted export lists nothing it lacks.
+
+        Args:
+            refs: versions, or ``"group/model"`` for every installed version of it.
+            directory: created if needed; an earlier export is merged into.
+
+        Raises:
+            NotInstalledError: a ref is not installed.
+            HashMismatchError: an installed file is damaged (``verify --repair`` fixes it).
+            StorageError: the directory cannot be written, or a chunk is over 4 GiB and
+                it is on FAT32.
+            RegistryError: ``directory`` holds a models.json that is not an index, or one
+                whose entries contradict an exported alias.
+        """
+        wanted = self._export_refs([refs] if isinstance(refs, (str, ModelRef)) else refs)
+        root = os.path.abspath(os.fspath(directory))
+        if os.path.normcase(root + os.sep).startswith(os.path.normcase(os.path.join(self.data_dir, ""))):
+            raise StorageError(f"cannot export into {root}: it is inside the data directory; choose another one")
+        data = os.path.join(root, "data")
+        try:
+            os.makedirs(data, exist_ok=True)
+        except OSError as exc:
+            raise _storage_error("create", data, exc) from exc
+        fat = _file_system(data)
+        fat = fat if fat in _FAT_KINDS else ""
+        exported = []
+        with _FileLock(os.path.join(root, _EXPORT_LOCK)):
+            for ref in wanted:
+                with self._store.model_lock(ref):
+                    self._store.reclaim(ref)
+                    installed = self._store.get(ref)
+                    _export_version(self._store, installed, data, fat)
+                exported.append(installed)
+                self._logger.info("exported %s to %s", ref, root)
+            index_path = os.path.join(root, "models.json")
+            doc = _export_index(index_path)
+            _export_entries(doc, exported, index_path)
+            self._write_export_index(index_path, doc, exported)
+        return exported
+
+    def _export_refs(self, refs: Iterable[RefLike]) -> list[ModelRef]:
+        """The installed versions ``refs`` name, once each, in order."""
+        wanted: list[ModelRef] = []
+        for item in refs:
+            ref = _as_ref(item)
+            if ref.pin:
+                raise InvalidRefError(f"export {ref}: takes no pin; drop '@{ref.pin[:12]}...'")
+            found = [ref] if ref.version else [
+                installed.ref for installed in self.list_installed()
+                if (installed.ref.group, installed.ref.model) == (ref.group, ref.model)]
+            if not found:
+                raise NotInstalledError(f"model not installed: {ref} (no versions)")
+            wanted += [one for one in found if one not in wanted]
+        return wanted
+
+    def _write_export_index(self, path: str, doc: dict[str, Any], exported: Sequence[InstalledModel]) -> None:
+        """Write ``doc`` as models.json, once it is checked to list every exported version as
+        installed, the way a pull will read it."""
+        import json
+
+        raw = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+        index = _parse_index(raw, path)
+        for item in exported:
+            if index.lookup(item.ref).manifest_hash != item.manifest_hash:
+                raise RegistryError(f"export {item.ref}: {path} would not list it as installed; nothing was listed")
+        _atomic_write(path, raw)
 
 
 # --- Command line -----------------------------------------------------------------
@@ -5332,10 +5791,16 @@ def _ref_fields(ref: ModelRef) -> dict[str, str]:
     return {"group": ref.group, "model": ref.model, "version": ref.version}
 
 
+def _pinned_ref(ref: ModelRef, manifest_hash: str) -> str:
+    """``group/model version@<sha256>``: what ``pull`` takes to get exactly this manifest."""
+    return f"{ref.group}/{ref.model} {ref.version}@{manifest_hash}"
+
+
 def _installed_json(item: InstalledModel) -> dict[str, Any]:
     return {
         **_ref_fields(item.ref),
         "manifest_hash": item.manifest_hash,
+        "pinned_ref": _pinned_ref(item.ref, item.manifest_hash),
         "total_size": item.total_size,
         "file_count": item.file_count,
         "installed_at": _format_time(item.installed_at),
@@ -5349,6 +5814,7 @@ def _remote_json(item: RemoteModel) -> dict[str, Any]:
     doc: dict[str, Any] = {
         **_ref_fields(item.ref),
         "manifest_hash": item.manifest_hash,
+        "pinned_ref": _pinned_ref(item.ref, item.manifest_hash),
         "alias_of": item.alias_of,
         "metadata": dict(item.metadata),
     }
@@ -5430,7 +5896,7 @@ def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse
 
 
 def _command_pull(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    ref = _versioned(_ref_text(args), "pull")  # "g/m v" also comes as one word
+    ref = _versioned(_ref_text(args), "pull", pinned=True)  # "g/m v" also comes as one word; "v@<sha256>" pins
     try:
         installed = _pull_one(manager, ref, console, args, force=args.models_force)
     except AlreadyInstalledError as exc:
@@ -5494,10 +5960,12 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
         lines += [("Status", status), ("Size", _format_size(installed.total_size)),
                   ("Files", str(installed.file_count)),
                   ("Installed", _local_time(installed.installed_at, True)), ("Path", installed.path),
-                  ("Registry", installed.registry_url or "unknown")]
+                  ("Registry", installed.registry_url or "unknown"),
+                  ("Pin", _pinned_ref(installed.ref, installed.manifest_hash))]
     else:
         assert remote is not None
-        lines += [("Status", "Available (not installed)"), ("Size", _format_size(remote.total_size))]
+        lines += [("Status", "Available (not installed)"), ("Size", _format_size(remote.total_size)),
+                  ("Pin", _pinned_ref(ref, remote.manifest_hash))]
     if remote is not None:
         chunks = f"{remote.chunk_count} \u00d7 {_format_size(remote.chunk_size)}" if remote.chunk_count else "0"
         lines.append(("Chunks", chunks))
@@ -5554,67 +6022,68 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         else:
             console.out("No models installed")
         return 0
-    here = _registry_origin(manager.config.registry_url)
-    if not here and not all(item.registry_url for item in installed):
+    if not manager.config.registry_url and not all(item.registry_url for item in installed):
         raise RegistryError("update: no registry URL is configured")  # _run_command says how to give one
-    named = bool(getattr(args, "models_registry", None))  # --registry on this command line: check only there
-    others: dict[str, Manager] = {}
     if not console.json:
         console.out("Checking for updates...")
         console.out()
     exit_code = 0
     results = []
-    for item in installed:
-        origin = item.registry_url or here
-        if origin != here and named:
-            results.append({**_ref_fields(item.ref), "installed_hash": item.manifest_hash, "skipped":
-                            f"installed from {origin}"})
-            if not console.json:
-                console.out(f"{item.ref}: skipped: installed from {origin}, not {here}")
-            continue
-        if origin != here and origin not in others:  # checked where it came from (without --header values)
-            others[origin] = Manager(replace(manager.config, registry_url=origin), data_dir=manager.data_dir,
-                                     logger=console)
-        source = others.get(origin, manager)
-        result: dict[str, Any] = {
-            **_ref_fields(item.ref), "installed_hash": item.manifest_hash, "installed_alias_of": item.alias_of,
-            "remote_hash": None, "remote_alias_of": None, "update_available": False, "applied": False,
-            "error": None,
-        }
-        results.append(result)
-        try:
-            remote = source.get_remote(item.ref)
-            result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of)
-            if remote.manifest_hash == item.manifest_hash:
-                if not console.json:
-                    console.out(f"{item.ref}: up to date")
-                continue
-            result["update_available"] = True
-            if not console.json:
-                console.out(f"{item.ref}: update available ({_update_label(item, remote)})")
-            if args.models_apply:
-                if not console.json:
-                    console.out(f"Downloading update for {item.ref}...")
-                try:
-                    updated = _pull_one(source, item.ref, console, args)
-                except AlreadyInstalledError as exc:
-                    updated = exc.installed  # another process applied it meanwhile
-                result["applied"] = True
-                if not console.json:
-                    console.out(f"Updated: {item.ref} ({_format_size(updated.total_size)})")
-        except ModelsError as exc:
-            exit_code = exit_code or exc.exit_code or 1
-            result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
-            message = re.sub(rf"^\w+ {re.escape(str(item.ref))}: ", "", _with_hints(exc, manager.config, console))
-            console.err(f"error: {item.ref}: {message}")  # said once: "pull g/m v: needs ..." names it too
+    with manager._one_index_each():  # each registry's models.json once, for the checks and the pulls
+        for item in installed:
+            result = _update_one(manager, item, args, console)
+            results.append(result)
+            if result["error"] is not None:
+                exit_code = exit_code or result["error"]["exit_code"] or 1
     if console.json:
         console.document({"updates": results})
     return exit_code
 
 
+def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace,
+                console: _Console) -> dict[str, Any]:
+    """Check ``item`` (the configured registry first, then the one it came from), and with
+    ``--apply`` pull the update; its ``update --json`` entry."""
+    result: dict[str, Any] = {
+        **_ref_fields(item.ref), "installed_hash": item.manifest_hash, "installed_alias_of": item.alias_of,
+        "remote_hash": None, "remote_alias_of": None, "update_available": False, "applied": False,
+        "registry_url": None, "installed_registry_url": item.registry_url, "source_changed": False, "error": None,
+    }
+    try:
+        client, remote = manager._resolve(item.ref)
+        moved = bool(item.registry_url) and _registry_key(item.registry_url) != _registry_key(client.origin)
+        result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of,
+                      registry_url=client.origin, source_changed=moved)
+        note = f"; source: {item.registry_url} \u2192 {client.origin}" if moved else ""
+        if remote.manifest_hash == item.manifest_hash:
+            if moved and args.models_apply:  # the same bytes, from the registry that now serves them
+                manager._record_source(item, client.origin)
+                note += " (recorded)"
+            if not console.json:
+                console.out(f"{item.ref}: up to date{note}")
+            return result
+        result["update_available"] = True
+        if not console.json:
+            console.out(f"{item.ref}: update available ({_update_label(item, remote)}){note}")
+        if args.models_apply:
+            if not console.json:
+                console.out(f"Downloading update for {item.ref}...")
+            try:
+                updated = _pull_one(manager, item.ref, console, args)
+            except AlreadyInstalledError as exc:
+                updated = exc.installed  # another process applied it meanwhile
+            result["applied"] = True
+            if not console.json:
+                console.out(f"Updated: {item.ref} ({_format_size(updated.total_size)})")
+    except ModelsError as exc:
+        result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+        message = re.sub(rf"^\w+ {re.escape(str(item.ref))}: ", "", _with_hints(exc, manager.config, console))
+        console.err(f"error: {item.ref}: {message}")  # said once: "pull g/m v: needs ..." names it too
+    return result
+
+
 def _command_verify(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    if args.models_repair and not manager.config.registry_url:
-        raise RegistryError("verify --repair: no registry URL is configured")  # _run_command says how to give one
+    # A repair fetches from the configured registry, else from the one each model came from.
     if args.models_ref:
         refs = [_as_ref(_ref_text(args))]
         if not refs[0].version:
@@ -5629,44 +6098,71 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
             return 0
     exit_code = 0
     results = []
-    for ref in refs:
-        printer = _ProgressPrinter(console, "Rewriting damaged files") if args.models_repair else None
-        try:
-            result = manager.verify(ref, repair=args.models_repair, concurrency=args.models_concurrency,
-                                    progress=printer, limit_rate=args.models_limit_rate)
-        except BaseException:
-            if printer is not None:
-                printer.abort()
-            raise
-        if printer is not None and printer.phase:
-            printer.finish()
-        files = list(result.repaired if args.models_repair else result.damaged)
-        sharing = [] if args.models_repair else list(result.sharing_damaged_chunk)
-        damaged = [] if args.models_repair else files
-        results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
-                        "repaired": files if args.models_repair else []})
-        if damaged or sharing:
-            exit_code = HashMismatchError.exit_code
-        if console.json:
-            continue
-        if not files and not sharing:
-            console.out(f"{ref}: ok")
-            continue
-        if files:
-            verb = "repaired" if args.models_repair else "damaged or missing"
-            console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
-            for path in files:
-                console.out(f"  {path}")
-        if sharing:
-            console.out(f"{ref}: {_plural(len(sharing), 'file')} sharing a damaged chunk (perhaps intact: "
-                        "the chunk's hash cannot say which of its files holds the damage)")
-            for path in sharing:
-                console.out(f"  {path}")
-        if not args.models_repair:
-            console.out(f"To repair it: {console.prog} verify {ref} --repair")
+    with manager._one_index_each():  # a repair asks each registry for models.json once
+        for ref in refs:
+            printer = _ProgressPrinter(console, "Rewriting damaged files") if args.models_repair else None
+            try:
+                result = manager.verify(ref, repair=args.models_repair, concurrency=args.models_concurrency,
+                                        progress=printer, limit_rate=args.models_limit_rate)
+            except BaseException:
+                if printer is not None:
+                    printer.abort()
+                raise
+            if printer is not None and printer.phase:
+                printer.finish()
+            files = list(result.repaired if args.models_repair else result.damaged)
+            sharing = [] if args.models_repair else list(result.sharing_damaged_chunk)
+            damaged = [] if args.models_repair else files
+            results.append({**_ref_fields(ref), "damaged": damaged, "sharing_damaged_chunk": sharing,
+                            "repaired": files if args.models_repair else []})
+            if damaged or sharing:
+                exit_code = HashMismatchError.exit_code
+            if console.json:
+                continue
+            if not files and not sharing:
+                console.out(f"{ref}: ok")
+                continue
+            if files:
+                verb = "repaired" if args.models_repair else "damaged or missing"
+                console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
+                for path in files:
+                    console.out(f"  {path}")
+            if sharing:
+                console.out(f"{ref}: {_plural(len(sharing), 'file')} sharing a damaged chunk (perhaps intact: "
+                            "the chunk's hash cannot say which of its files holds the damage)")
+                for path in sharing:
+                    console.out(f"  {path}")
+            if not args.models_repair:
+                console.out(f"To repair it: {console.prog} verify {ref} --repair")
     if console.json:
         console.document({"results": results})
     return exit_code
+
+
+def _export_refs(words: Sequence[str]) -> list[ModelRef]:
+    """``org/a v1 org/b "org/c v2" org/d``: a word with a slash starts a ref, a word after it
+    without one is its version; a ref without a version is every installed version."""
+    refs: list[ModelRef] = []
+    for word in " ".join(words).split():
+        if "/" in word:
+            refs.append(_as_ref(word))
+        elif refs and not refs[-1].version:
+            refs[-1] = _as_ref(f"{refs[-1]} {word}")
+        else:
+            raise InvalidRefError(f"export: {word!r} is neither a group/model nor the version of one before it")
+    return refs
+
+
+def _command_export(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
+    directory = os.path.abspath(os.path.expanduser(args.models_to))
+    exported = manager.export(_export_refs(args.models_refs), directory)
+    if console.json:
+        console.document({"directory": directory, "exported": [_installed_json(item) for item in exported]})
+        return 0
+    for item in exported:
+        console.out(f"Exported: {item.ref} ({_format_size(item.total_size)})")
+    console.out(f"Registry: {directory} (a registry directory: give it as the registry URL to pull from it)")
+    return 0
 
 
 def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
@@ -5724,7 +6220,7 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
     """The error's message, and what the user can do about it on this command line."""
     message = str(exc)
     url = config.registry_url
-    if isinstance(exc, RegistryError) and not url:
+    if isinstance(exc, RegistryError) and not url and "no registry URL is configured" in message:
         # Only the parent tool knows how its users set a registry: embedded, stay neutral.
         hint = console.registry_hint
         return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"
@@ -5816,6 +6312,8 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pull_arguments(parser: argparse.ArgumentParser) -> None:
     _ref_arguments(parser)
+    parser.epilog = ("VERSION@<sha256> pins the manifest: exactly those bytes are installed,\n"
+                     "whatever the registry lists now ('info' shows an installed version's pin)")
     parser.add_argument("--force", dest="models_force", action="store_true", help="install again even if installed")
     _download_arguments(parser)
 
@@ -5850,6 +6348,14 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     _download_arguments(parser)
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models_refs", metavar="GROUP/MODEL [VERSION]", nargs="+",
+                        help="installed versions, e.g. acme/whisper v3 acme/whisper latest; "
+                        "a model without a version: every installed version of it")
+    parser.add_argument("--to", dest="models_to", metavar="DIR", required=True,
+                        help="the registry directory to write (an earlier export is merged into)")
+
+
 def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", dest="models_all", action="store_true",
                         help="delete every chunk left in cache/chunks, whatever its age")
@@ -5867,14 +6373,16 @@ _COMMAND_TABLE: tuple[tuple[str, str, Callable[[Manager, argparse.Namespace, _Co
     ("update", "check installed models for updates", _command_update, _update_arguments),
     ("verify", "re-hash installed files; --repair fixes what is damaged", _command_verify, _verify_arguments),
     ("prune", "delete crash leftovers, and chunks earlier versions cached", _command_prune, _prune_arguments),
+    ("export", "write installed versions as a registry directory, to pull from with no network",
+     _command_export, _export_arguments),
 )
 
 
 def register_subcommands(
     subparsers: argparse._SubParsersAction[Any], config: Config, **manager_options: Any
 ) -> None:
-    """Add ``list``, ``pull``, ``remove``, ``info``, ``path``, ``update``, ``verify`` and ``prune``
-    to a parent's subparsers.
+    """Add ``list``, ``pull``, ``remove``, ``info``, ``path``, ``update``, ``verify``, ``prune``
+    and ``export`` to a parent's subparsers.
 
     Each command sets ``func(args) -> int`` on the parsed namespace; it returns
     the exit code and never raises ``ModelsError`` or calls ``sys.exit``.
@@ -5882,7 +6390,9 @@ def register_subcommands(
     Args:
         subparsers: what ``parser.add_subparsers()`` returned.
         config: the application's name and registry.
-        **manager_options: passed to ``Manager`` (``timeout``, ``retries``, ``opener``...).
+        **manager_options: passed to ``Manager`` (``headers``, ``timeout``, ``retries``,
+            ``opener``...), and so used for every registry a command reaches: the
+            configured one and those that installed models came from.
     """
     _register(subparsers, lambda args: (config, manager_options))
 

@@ -3111,6 +3111,9 @@ class TestRegistries:
             (data_dir / "org" / "tiny" / "v1" / "config.json").unlink()  # repaired from the recorded new place
             unconfigured = embedded_tool(xm.Config("whisper-tool", "", data_dir), retries=0)
             assert unconfigured("verify", "org/tiny", "v1", "--repair", "-q") == 0, capsys.readouterr().err
+            assert unconfigured("update", "org/gone") == 5  # installed from the old place, which is down
+            assert (f"hint: if the registry moved from {old}, configure whisper-tool's registry URL: "
+                    "the new one is asked first") in capsys.readouterr().err
             assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
         finally:
             new.close()
@@ -3120,6 +3123,10 @@ class TestRegistries:
     ) -> None:
         old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "xprim-models")
         try:
+            stuck = main_in_process("--data-dir", str(data_dir), "update")  # only the old place is known
+            assert stuck.returncode == 5
+            assert (f"hint: if the registry moved from {old}, give --registry URL, or set "
+                    "XPRIM_MODELS_REGISTRY_URL: the new one is asked first") in stuck.stderr
             result = main_in_process("--registry", new.url, "--data-dir", str(data_dir), "update", "--apply")
             self.check_moved(old, new, data_dir, result.returncode, result.stdout, result.stderr)
         finally:

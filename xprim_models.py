@@ -6078,6 +6078,9 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
     except ModelsError as exc:
         result["error"] = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
         message = re.sub(rf"^\w+ {re.escape(str(item.ref))}: ", "", _with_hints(exc, manager.config, console))
+        if not manager.config.registry_url and item.registry_url and isinstance(exc, (NetworkError, RegistryError)):
+            how = console.registry_hint or f"configure {manager.config.app_name}'s registry URL"
+            message += f"\nhint: if the registry moved from {item.registry_url}, {how}: the new one is asked first"
         console.err(f"error: {item.ref}: {message}")  # said once: "pull g/m v: needs ..." names it too
     return result
 

@@ -5539,13 +5539,34 @@ class _Console:
             else:
                 self.partial = text if text.startswith("\r") else self.partial + text
 
-    def document(self, doc: Any) -> None:
-        """Print ``doc`` as strict JSON (RFC 8259: no NaN or Infinity), streamed in pieces of about 64 KiB."""
+    def document(self, doc: Mapping[str, Any]) -> None:
+        """Print ``doc`` as strict JSON (RFC 8259: no NaN or Infinity), streamed in pieces of about 64 KiB.
+
+        A value that is an iterator is a list encoded one item at a time, so a long list's
+        documents never all exist at once (``list --remote --json`` of a registry's every alias).
+        """
+        import collections.abc
         import json
+
+        encoder = json.JSONEncoder(indent=2, ensure_ascii=False, allow_nan=False)
+
+        def text() -> Iterator[str]:  # what json.dumps(doc, indent=2) prints, item by item
+            yield "{"
+            for number, (key, value) in enumerate(doc.items()):
+                yield f'{"," if number else ""}\n  {encoder.encode(key)}: '
+                if not isinstance(value, collections.abc.Iterator):
+                    yield encoder.encode(value).replace("\n", "\n  ")
+                    continue
+                empty = True
+                for item in value:
+                    yield f'{"," if not empty else "["}\n    {encoder.encode(item).replace(chr(10), chr(10) + "    ")}'
+                    empty = False
+                yield "[]" if empty else "\n  ]"
+            yield "\n}" if doc else "}"
 
         pieces: list[str] = []
         size = 0
-        for piece in json.JSONEncoder(indent=2, ensure_ascii=False, allow_nan=False).iterencode(doc):
+        for piece in text():
             pieces.append(piece)
             size += len(piece)
             if size >= 1 << 16:
@@ -5854,7 +5875,7 @@ def _command_list(manager: Manager, args: argparse.Namespace, console: _Console)
     if args.models_remote:
         remote = manager.list_remote(detail=True)
         if console.json:
-            console.document({"models": [_remote_json(item) for item in remote]})
+            console.document({"models": (_remote_json(item) for item in remote)})
         elif not remote:
             console.out("The registry lists no models")
         else:
@@ -5868,7 +5889,7 @@ def _command_list(manager: Manager, args: argparse.Namespace, console: _Console)
         return 0
     installed = manager.list_installed()
     if console.json:
-        console.document({"models": [_installed_json(item) for item in installed]})
+        console.document({"models": (_installed_json(item) for item in installed)})
     elif not installed:
         console.out("No models installed")
     else:

@@ -1577,12 +1577,11 @@ class TestStorage:
         manager.pull("org/tiny v1")
         before = tree(data_dir / "org" / "tiny" / "v1")
 
-        def failing(fd: int, data: memoryview) -> None:
+        def failing(fd: int, data: memoryview, offset: int) -> None:
             raise OSError(code, os.strerror(code))
 
-        # A full or read-only disk cannot be made here as root: writes into the cache and the files fail.
-        monkeypatch.setattr(xm, "_write_all", failing)
-        monkeypatch.setattr(xm, "_pwrite_all", lambda fd, data, offset: failing(fd, data))
+        # A full or read-only disk cannot be made here as root: every write into the files fails.
+        monkeypatch.setattr(xm, "_pwrite_all", failing)
         with pytest.raises(xm.StorageError, match=f"{os.strerror(code)}; {hint}"):
             copying.pull("org/tiny v1", force=True)  # a sharing pull would link the intact files, writing nothing
         assert tree(data_dir / "org" / "tiny" / "v1") == before

@@ -1071,14 +1071,12 @@ def _list_directory(path: str) -> list[str]:
         return []
 
 
-def _tree_size(path: str, *, allocated: bool = False) -> int:
-    """Bytes of the files under ``path`` (links not followed); with ``allocated``, the disk
-    space deleting them frees (sparse files take less; a file with other hard links, none)."""
+def _tree_size(path: str) -> int:
+    """The disk space deleting the files under ``path`` frees (links not followed; sparse
+    files take less than their size, a file with other hard links nothing)."""
 
     def size(path: str) -> int:
         status = os.lstat(path)
-        if not allocated:
-            return status.st_size
         return 0 if status.st_nlink > 1 and stat.S_ISREG(status.st_mode) else _allocated(path, status)
 
     try:
@@ -1171,11 +1169,6 @@ def _writer_gone(path: str, pid: int) -> bool:
         _close_quietly(fd)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
-
-
 def _sha256(data: bytes = b"") -> hashlib._Hash:
     """A SHA-256 hasher; hashlib (and OpenSSL behind it) loads on first use, not at import."""
     import hashlib
@@ -1199,20 +1192,6 @@ def _pread(fd: int, count: int, offset: int) -> bytes:
         return os.pread(fd, count, offset)
     os.lseek(fd, offset, os.SEEK_SET)  # Windows
     return os.read(fd, count)
-
-
-def _hash_file(fd: int, buffer: bytearray, cancel: threading.Event | None = None) -> tuple[str, int]:
-    """SHA-256 and size of what ``fd`` holds, read from its start in ``buffer``-sized pieces."""
-    hasher = _sha256()
-    total = 0
-    while True:
-        if cancel is not None and cancel.is_set():
-            raise _Cancelled()
-        data = _pread(fd, len(buffer), total)
-        if not data:
-            return hasher.hexdigest(), total
-        hasher.update(data)
-        total += len(data)
 
 
 def _read_pieces(fd: int, offset: int, count: int, size: int) -> Iterator[bytes]:
@@ -2876,12 +2855,12 @@ class _RegistryClient:
                                 len(fresh) - _WARNED_AT_MOST)
         return index
 
-    def manifest(self, digest: str, metadata_dir: str, session: _Session | None = None) -> tuple[_Manifest, bytes]:
-        """The manifest ``digest``, validated, and its bytes."""
+    def manifest(self, digest: str, metadata_dir: str, session: _Session | None = None) -> _Manifest:
+        """The manifest ``digest``, validated (``raw`` holds its bytes)."""
         raw = self.fetch_document(f"data/{digest}", f"manifest {digest}", _MAX_MANIFEST_BYTES, session=session)
-        return _parse_manifest(digest, raw, metadata_dir), raw
+        return _parse_manifest(digest, raw, metadata_dir)
 
-    def manifests(self, digests: Sequence[str], metadata_dir: str) -> dict[str, tuple[_Manifest, bytes]]:
+    def manifests(self, digests: Sequence[str], metadata_dir: str) -> dict[str, _Manifest]:
         """Many manifests, fetched concurrently on a connection per pool thread."""
         if not digests:
             return {}
@@ -2889,7 +2868,7 @@ class _RegistryClient:
 
         local, sessions = threading.local(), []
 
-        def fetch(digest: str) -> tuple[_Manifest, bytes]:
+        def fetch(digest: str) -> _Manifest:
             if not hasattr(local, "session"):
                 local.session = _Session()
                 sessions.append(local.session)
@@ -3453,7 +3432,7 @@ class _Staging(_ChunkFiles):
             needed += sum(count for index, _, count in _segments(manifest, position * manifest.chunk_size, length)
                           if index not in self.shared) if self.shared else length
         if self.resume:
-            needed -= sum(_tree_size(self.path(index), allocated=True)
+            needed -= sum(_tree_size(self.path(index))
                           for index in range(len(manifest.files)) if index not in self.shared)
         return max(0, needed)
 
@@ -4061,12 +4040,12 @@ class _Store:
         return None
 
     def manifests(self, digests: Sequence[str],
-                  fetch: Callable[[Sequence[str]], Mapping[str, tuple[_Manifest, bytes]]]) -> dict[str, _Manifest]:
+                  fetch: Callable[[Sequence[str]], Mapping[str, _Manifest]]) -> dict[str, _Manifest]:
         """Manifests from the cache, and with ``fetch(missing)`` those not there (then cached)."""
         found = {digest: self.cached_manifest(digest) for digest in digests}
-        for digest, (manifest, raw) in fetch([digest for digest, known in found.items() if known is None]).items():
+        for digest, manifest in fetch([digest for digest, known in found.items() if known is None]).items():
             found[digest] = manifest
-            self.cache_manifest(digest, raw)
+            self.cache_manifest(digest, manifest.raw)
         return found  # type: ignore[return-value]
 
     def cache_manifest(self, digest: str, raw: bytes) -> None:
@@ -4220,7 +4199,7 @@ class _Store:
     def discard(self, path: str) -> int:
         """Delete what is no longer installed; return the bytes freed. A failure only costs
         disk space until the next command that holds the model's lock, or prune."""
-        size = _tree_size(path, allocated=True)
+        size = _tree_size(path)
         try:
             _remove_tree(path)
         except StorageError as exc:

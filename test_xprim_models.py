@@ -1106,7 +1106,6 @@ class TestPull:
         assert installed.installed_at.tzinfo is not None and installed.installed_at.timestamp() >= int(before)
         assert manager.get_installed("org/tiny v1") == installed
         assert manager.list_installed() == [installed]
-        assert not (data_dir / "cache" / "chunks").exists()  # chunks go straight into their files
         assert sorted(os.listdir(root.parent)) == ["v1"]  # no staging left behind
 
     def test_pull_alias_installs_under_alias_name(self, manager: xm.Manager, model: dict[str, bytes],
@@ -1275,7 +1274,6 @@ class TestPull:
         # What was verified stays: written into the staging files, which the next pull resumes.
         assert (data_dir / "org" / "tiny" / ".v1.staging" / "model.safetensors").read_bytes()[:5 * 1024] == \
             model["model.safetensors"][:5 * 1024]
-        assert not (data_dir / "cache" / "chunks").exists()  # nothing is written anywhere else
         first = dict(server.requests)
         make_manager(retries=0).pull("org/tiny v1", concurrency=1)
         for path in chunks[:5]:
@@ -1319,19 +1317,6 @@ class TestPull:
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
         assert list(outside.iterdir()) == []
 
-    def test_a_chunk_cache_of_earlier_versions_is_not_read(self, manager: xm.Manager, model: dict[str, bytes],
-                                                           server: RegistryServer, registry_dir: Path,
-                                                           data_dir: Path) -> None:
-        chunks = chunk_paths(registry_dir)
-        cache = data_dir / "cache" / "chunks"
-        cache.mkdir(parents=True)
-        (cache / chunks[0].split("/")[1]).write_bytes(b"not the chunk")
-        assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
-        assert all(server.requests[path] == 1 for path in chunks)
-        assert os.listdir(cache) == [chunks[0].split("/")[1]]  # left for prune
-        left = disk_usage(cache / chunks[0].split("/")[1])
-        assert manager.prune_cache(None) == left and not cache.exists()
-
     @pytest.mark.parametrize("chunk_kib", [300, 1024])
     def test_big_and_repeated_chunks_stream_into_their_places(
         self, manager: xm.Manager, registry_dir: Path, server: RegistryServer, data_dir: Path, chunk_kib: int
@@ -1361,7 +1346,6 @@ class TestPull:
         assert tree(Path(installed.path)) == files
         assert server.requests[f"data/{repeated[0]}"] == 2  # once corrupt, once right; copied to the others
         assert all(server.requests[f"data/{digest}"] == 1 for digest in set(chunks) - {repeated[0]})
-        assert not (data_dir / "cache" / "chunks").exists()
 
     def test_concurrency_is_reached_and_not_exceeded(self, manager: xm.Manager, registry_dir: Path,
                                                      server: RegistryServer) -> None:
@@ -3461,7 +3445,7 @@ class TestEmbedding:
         xm.register_subcommands(commands.add_parser("models").add_subparsers(dest="models_command", required=True),
                                 xm.Config("clash", server.url), data_dir=str(data_dir))
         for argv in (["pull", "org/tiny", "v1", "--force"], ["path", "org/tiny", "v1"], ["info", "org/tiny", "v1"],
-                     ["update"], ["verify"], ["list", "--remote"], ["remove", "org/tiny", "--all"], ["prune", "--all"]):
+                     ["update"], ["verify"], ["list", "--remote"], ["remove", "org/tiny", "--all"], ["prune"]):
             args = parser.parse_args(["--model", "m", "--version", "3", "--json", "--verbose", "models", *argv])
             assert (args.model, args.version, args.json, args.verbose, args.force, args.all) == (
                 "m", "3", True, True, False, False), argv
@@ -4005,12 +3989,8 @@ class TestReliability:
 
     def test_planted_cache_links_are_not_followed(self, manager: xm.Manager, model: dict[str, bytes],
                                                   data_dir: Path, registry_dir: Path, outside: Path) -> None:
-        cache = data_dir / "cache" / "chunks"
-        cache.mkdir(parents=True)
-        for path in chunk_paths(registry_dir):
-            symlink(outside / "precious", cache / path[5:])
         digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
-        (data_dir / "cache" / "manifests").mkdir()
+        (data_dir / "cache" / "manifests").mkdir(parents=True)
         symlink(outside / "precious", data_dir / "cache" / "manifests" / digest)
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
         self.assert_outside_untouched(outside)
@@ -4026,16 +4006,13 @@ class TestReliability:
         manager.remove("org/tiny v1")
         self.assert_outside_untouched(outside)
 
-    @pytest.mark.parametrize("link", ["cache", "cache/chunks", "cache/manifests", ".locks", ".locks/models/org"])
+    @pytest.mark.parametrize("link", ["cache", "cache/manifests", ".locks", ".locks/models/org"])
     def test_linked_private_directories_are_refused(self, manager: xm.Manager, model: dict[str, bytes],
                                                     data_dir: Path, outside: Path, link: str) -> None:
         (data_dir / link).parent.mkdir(parents=True, exist_ok=True)
         symlink(outside, data_dir / link)
         with pytest.raises(xm.StorageError, match=f"{re.escape(str(data_dir / link))} is a symbolic link"):
-            if link == "cache/chunks":  # only prune goes there now, to delete what earlier versions left
-                manager.prune_cache()
-            else:
-                manager.pull("org/tiny v1")
+            manager.pull("org/tiny v1")
         self.assert_outside_untouched(outside)
 
     # Hostile local files: a hard link, pipe or device is never written through or waited on.
@@ -4067,11 +4044,8 @@ class TestReliability:
         digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
         staging = data_dir / "org" / "tiny" / ".v1.staging"
         planted = [staging / "config.json", data_dir / "cache" / "manifests" / digest,
-                   data_dir / f"registry.json.{dead_pid()}.1.tmp",
-                   data_dir / "cache" / "chunks" / chunk_paths(registry_dir)[6][5:],
-                   data_dir / "cache" / "chunks" / f"{chunk_paths(registry_dir)[6][5:]}.{dead_pid()}.1.part"]
+                   data_dir / f"registry.json.{dead_pid()}.1.tmp"]
         (data_dir / "cache" / "manifests").mkdir(exist_ok=True)
-        (data_dir / "cache" / "chunks").mkdir()  # as earlier versions left it
         for path in planted:
             path.unlink(missing_ok=True)
             if pipes:
@@ -4082,15 +4056,10 @@ class TestReliability:
         installed = manager.pull("org/tiny v1")  # a pipe opened to read or write would hang it
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
         if pipes:
-            for path in planted[1:3]:  # the caches drop what is not a plain file (a fresh copy may take its place)
+            for path in planted[1:]:  # the caches drop what is not a plain file (a fresh copy may take its place)
                 assert not path.exists() or (path.is_file() and not path.is_fifo()), path
-            assert all(path.is_fifo() for path in planted[3:])  # pulls never look in cache/chunks
-            manager.prune_cache(None)  # which prune deletes without opening anything
-            assert not (data_dir / "cache" / "chunks").exists()
         else:  # nothing was written into a directory, and the caches left them as they were
             assert all(path.is_dir() and not any(path.iterdir()) for path in planted[1:]), planted
-            manager.prune_cache(None)  # which deletes files only
-            assert sorted(os.listdir(data_dir / "cache" / "chunks")) == sorted(path.name for path in planted[3:])
 
     def test_repair_refuses_a_linked_version_directory_as_pull_does(
         self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, outside: Path
@@ -4701,23 +4670,15 @@ def make_sparse(path: Path) -> None:
 
 
 class TestPrune:
-    def test_prune_by_age_and_all(self, manager: xm.Manager, data_dir: Path) -> None:
-        cache = data_dir / "cache" / "chunks"
-        cache.mkdir(parents=True)
-        (cache / ("a" * 64)).write_bytes(b"x" * 100)
-        (cache / ("b" * 64)).write_bytes(b"x" * 10)
-        (cache / f"{'c' * 64}.1.1.part").write_bytes(b"x" * 5)
-        old = time.time() - 3 * 86400
-        os.utime(cache / ("a" * 64), (old, old))
+    def test_prune_deletes_staging_and_empty_directories(self, manager: xm.Manager, data_dir: Path) -> None:
         staging = data_dir / "org" / "tiny" / ".v1.staging"
         staging.mkdir(parents=True)
         (staging / "half").write_bytes(b"x" * 7)
-        on_disk = {path.name: disk_usage(path) for path in [*cache.iterdir(), staging / "half"]}
-        assert manager.prune_cache() == on_disk["a" * 64] + on_disk[f"{'c' * 64}.1.1.part"] + on_disk["half"]
-        assert os.listdir(cache) == ["b" * 64] and not staging.exists()
-        assert manager.prune_cache(None) == on_disk["b" * 64]
-        assert not cache.exists()  # pulls no longer write there: once empty, it goes
-        assert manager.prune_cache(None) == 0
+        (data_dir / "org" / "empty").mkdir()
+        on_disk = disk_usage(staging / "half")
+        assert manager.prune_cache() == on_disk
+        assert not (data_dir / "org").exists()
+        assert manager.prune_cache() == 0
 
     def test_prune_waits_for_a_running_pull(self, manager: xm.Manager, model: dict[str, bytes],
                                             server: RegistryServer, registry_dir: Path, data_dir: Path,
@@ -4730,7 +4691,7 @@ class TestPrune:
         assert arrived.wait(20)
         assert (data_dir / "org" / "tiny" / ".v1.staging").is_dir()  # the pull is under way
         pruned, waiting = threading.Event(), logged("Waiting for another download of org/tiny to finish")
-        pruner = threading.Thread(target=lambda: (manager.prune_cache(None), pruned.set()))
+        pruner = threading.Thread(target=lambda: (manager.prune_cache(), pruned.set()))
         pruner.start()
         assert waiting.wait(20)  # deleting now would pull the chunks from under the pull
         assert not pruned.is_set()
@@ -4799,7 +4760,7 @@ class TestPrune:
         good = registry.read_text()
         registry.write_text(good.replace('"org"', json.dumps(group)))  # the installed version is no longer named
         installed = data_dir / "org" / "tiny" / "latest"
-        for command in (["prune"], ["prune", "--all"], ["remove", "org/tiny", "latest"],
+        for command in (["prune"], ["remove", "org/tiny", "latest"],
                         ["verify", "org/tiny", "latest", "--repair"], ["pull", "org/tiny", "latest"]):
             result = cli_run(server, data_dir, *command)
             assert result.returncode == 7, (command, result.stderr)
@@ -4815,12 +4776,12 @@ class TestPrune:
         assert tree(installed) == dict(sorted(model.items()))
 
     def test_cli_prune(self, server: RegistryServer, data_dir: Path) -> None:
-        cache = data_dir / "cache" / "chunks"
-        cache.mkdir(parents=True)
-        (cache / ("a" * 64)).write_bytes(b"x" * 8192)
-        freed = xm._format_size(disk_usage(cache / ("a" * 64)))
+        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        staging.mkdir(parents=True)
+        (staging / "half").write_bytes(b"x" * 8192)
+        freed = xm._format_size(disk_usage(staging / "half"))
+        assert cli_run(server, data_dir, "prune").stdout == f"Freed {freed}\n"
         assert cli_run(server, data_dir, "prune").stdout == "Nothing to prune\n"
-        assert cli_run(server, data_dir, "prune", "--all").stdout == f"Freed {freed}\n"
 
     def test_prune_reports_the_disk_space_of_sparse_files(self, manager: xm.Manager, data_dir: Path) -> None:
         staging = data_dir / "org" / "tiny" / ".v1.staging"
@@ -5102,7 +5063,7 @@ class TestGoOriginal:
         with pytest.raises(xm.AlreadyInstalledError):
             manager.pull("org/tiny v1")
         intact()
-        manager.prune_cache(None)
+        manager.prune_cache()
         intact()
         assert offline.verify("org/tiny v1").ok
         intact()
@@ -5157,7 +5118,7 @@ class TestGoOriginal:
         (data_dir / "registry.json.lock").touch()
         with pytest.raises(xm.InvalidRefError, match="reserved"):
             manager.pull("registry.json.lock/tiny v1")
-        assert (data_dir / "registry.json.lock").is_file() and manager.prune_cache(None) == 0
+        assert (data_dir / "registry.json.lock").is_file() and manager.prune_cache() == 0
         assert (data_dir / "registry.json.lock").is_file()
 
 
@@ -5546,7 +5507,6 @@ def crash_resume(sc: CrashScenario, strict_leftovers: bool = False) -> None:
     assert left <= leftovers, f"the resumed pull left files behind: {sorted(left - leftovers)}"
     if strict_leftovers and left:
         raise LeftoverNotCleaned(f"files left by the crash survive the next pull: {sorted(left)}")
-    assert not (sc.data_dir / "cache" / "chunks").exists()  # chunks go nowhere but into their files
 
 
 def crash_verify(sc: CrashScenario, where: str) -> None:

@@ -166,7 +166,6 @@ _FSYNC_EACH_UP_TO = 256  # files; a model with more is flushed with one os.sync(
 _SHARING_RETRY_SECONDS = 2.0
 
 _REGISTRY_FILE = "registry.json"
-_CHUNKS_DIR = ("cache", "chunks")  # written by earlier versions only: prune deletes it
 _MANIFESTS_DIR = ("cache", "manifests")
 _LOCKS_DIR = ".locks"
 
@@ -1094,8 +1093,8 @@ def _tree_size(path: str) -> int:
     return total
 
 
-# Temporary names carry the writer's process id: <name>.<pid>.<thread>.tmp or .part
-_TEMPORARY_RE = r".+\.(\d+)\.\d+\.(?:tmp|part)"
+# Temporary names carry the writer's process id: <name>.<pid>.<thread>.tmp
+_TEMPORARY_RE = r".+\.(\d+)\.\d+\.tmp"
 
 
 def _remove_abandoned(directory: str) -> None:
@@ -3804,7 +3803,6 @@ class _Store:
     def __init__(self, root: str, app_name: str, logger: Any) -> None:
         self.root = root
         self.metadata_dir = f".{app_name}"
-        self.chunks_dir = os.path.join(root, *_CHUNKS_DIR)
         self.manifests_dir = os.path.join(root, *_MANIFESTS_DIR)
         self.registry_path = os.path.join(root, _REGISTRY_FILE)
         self.logger = logger
@@ -4207,7 +4205,7 @@ class _Store:
             return 0
         return size
 
-    # Leftovers, and the chunk cache earlier versions left ---------------------
+    # Leftovers ---------------------------------------------------------------
 
     def leftovers(self, *, unlisted: bool = True) -> Iterator[ModelRef]:
         """Versions with a staging directory or old copy beside them, or (with ``unlisted``)
@@ -4230,52 +4228,19 @@ class _Store:
                     ):
                         yield ref
 
-    def expire_chunks(self, horizon: float | None, *, keep: Collection[str] = (), parts: bool = False) -> int:
-        """Delete files in cache/chunks, which earlier versions filled and nothing reads now,
-        last touched before ``horizon`` (all of them with None), but not those in ``keep``;
-        with ``parts``, partial downloads whatever their age. Return the bytes freed."""
-        try:
-            names = os.listdir(self.chunks_dir)
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise _storage_error("read", self.chunks_dir, exc) from exc
-        freed = 0
-        for name in names:
-            if name in keep:
-                continue
-            path = os.path.join(self.chunks_dir, name)
-            try:
-                status = os.lstat(path)
-            except OSError:
-                continue
-            if horizon is None or (parts and name.endswith(".part")) or status.st_mtime < horizon:
-                size = _allocated(path, status)
-                if _remove_file(path):
-                    self.logger.debug("removed cache file %s", path)
-                    freed += size
-        return freed
-
     def clean(self) -> None:
         """Remove what dead processes left half-written (a pull's start, cache lock shared)."""
         for directory in (self.root, self.private(self.manifests_dir)):
             _remove_abandoned(directory)
 
-    def prune(self, max_age: float | None) -> int:
+    def prune(self) -> int:
         freed = 0
         for ref in sorted(set(self.leftovers())):
             with self.model_lock(ref):
                 freed += self.reclaim(ref, keep_staging=False)
-        horizon = None if max_age is None else time.time() - max_age
         for directory in (self.root, self.private(self.manifests_dir)):
             _remove_abandoned(directory)
-        with self.cache_lock(shared=False):  # no pull runs: partial downloads are all dead
-            self.private(self.chunks_dir)
-            freed += self.expire_chunks(horizon, parts=True)
-            try:
-                os.rmdir(self.chunks_dir)  # gone once empty: pulls no longer write there
-            except OSError:
-                pass  # absent, or chunks younger than max_age remain
+        with self.cache_lock(shared=False):  # no pull is between creating a directory and filling it
             self.remove_empty()
         return freed
 
@@ -5290,17 +5255,16 @@ class Manager:
                               limit_rate).run()
         return check.result()
 
-    def prune_cache(self, max_age: float | None = 86400) -> int:
-        """Delete what crashed pulls left, partial files, and the chunks earlier versions left
-        in cache/chunks older than ``max_age`` seconds (all of them with None); return the
-        bytes freed.
+    def prune_cache(self) -> int:
+        """Delete what failed and crashed pulls left, and model and group directories left
+        empty; return the bytes freed.
 
         This waits for running pulls to finish first.
 
         Raises:
             StorageError: something could not be deleted.
         """
-        freed = self._store.prune(max_age)
+        freed = self._store.prune()
         self._logger.info("pruned %d bytes from %s", freed, self.data_dir)
         return freed
 
@@ -6169,7 +6133,7 @@ def _command_export(manager: Manager, args: argparse.Namespace, console: _Consol
 
 
 def _command_prune(manager: Manager, args: argparse.Namespace, console: _Console) -> int:
-    freed = manager.prune_cache(None if args.models_all else 86400)
+    freed = manager.prune_cache()
     if console.json:
         console.document({"freed_bytes": freed})
     else:
@@ -6360,8 +6324,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--all", dest="models_all", action="store_true",
-                        help="delete every chunk left in cache/chunks, whatever its age")
+    pass  # prune takes none
 
 
 # The commands, in the order help lists them: (name, summary, handler, arguments).
@@ -6375,7 +6338,7 @@ _COMMAND_TABLE: tuple[tuple[str, str, Callable[[Manager, argparse.Namespace, _Co
     ("path", "print the directory of an installed model version", _command_path, _ref_arguments),
     ("update", "check installed models for updates", _command_update, _update_arguments),
     ("verify", "re-hash installed files; --repair fixes what is damaged", _command_verify, _verify_arguments),
-    ("prune", "delete crash leftovers, and chunks earlier versions cached", _command_prune, _prune_arguments),
+    ("prune", "delete what failed pulls left, and empty model directories", _command_prune, _prune_arguments),
     ("export", "write installed versions as a registry directory, to pull from with no network",
      _command_export, _export_arguments),
 )

@@ -2070,7 +2070,7 @@ def cli_read_until_eof(fd: int, process: subprocess.Popen[bytes], limit: float =
 
 
 EMBEDDING_SCRIPT = """\
-    # A parent tool embedding the models commands exactly as DESIGN.md section 4 shows.
+    # A parent tool embedding the models commands as the README ("Embedding in your CLI") shows.
     import argparse
     import json
     import os

@@ -3787,6 +3787,37 @@ def _parse_time(text: str) -> datetime:
     return moment
 
 
+# Checks a pull makes before it creates its staging directory.
+
+
+def _check_case(ref: ModelRef, installed_models: Sequence[InstalledModel]) -> None:
+    """Refuse ``ref`` when an installed version differs from it only in letter case."""
+    for item in installed_models:
+        if str(item.ref).casefold() == str(ref).casefold() and item.ref != ref:
+            raise InvalidRefError(
+                f"pull {ref}: differs only in letter case from the installed {item.ref}, and "
+                f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
+            )
+
+
+def _check_space(root: str, ref: ModelRef, needed: int) -> None:
+    """Fail before the first request when the disk of ``root`` cannot hold the ``needed`` bytes
+    a pull writes (chunks stream straight into the staging files: nothing else is written)."""
+    import shutil
+
+    try:
+        os.makedirs(root, exist_ok=True)
+        free = shutil.disk_usage(root).free
+    except OSError as exc:
+        raise _storage_error("use", root, exc) from exc
+    if needed > free:
+        raise StorageError(
+            f"pull {ref}: needs {_format_size(needed)} of disk space in {root}"
+            f" but only {_format_size(free)} is free; "
+            "free some space or choose another data directory"
+        )
+
+
 _LEFTOVER_RE = r"\.(.+)\.(staging|old)"
 
 
@@ -4074,7 +4105,7 @@ class _Store:
             staging = _Staging(manifest, self.sibling(ref, "staging"), f"pull {ref}", self.metadata_dir)
             copies, kin = self.copies(installed_models, ref)
             staging.plan(copies, kin, share=share)
-            self.check_space(ref, staging.needed)
+            _check_space(self.root, ref, staging.needed)
             if staging.resume:
                 self.logger.info("resuming %s from %s", ref, staging.root)
             started = time.monotonic()
@@ -4262,15 +4293,6 @@ class _Store:
                         lock.__exit__(None, None, None)
             _remove_if_empty(group_dir)
 
-    @staticmethod
-    def check_case(ref: ModelRef, installed_models: Sequence[InstalledModel]) -> None:
-        for item in installed_models:
-            if str(item.ref).casefold() == str(ref).casefold() and item.ref != ref:
-                raise InvalidRefError(
-                    f"pull {ref}: differs only in letter case from the installed {item.ref}, and "
-                    f"case-insensitive file systems would store both in one directory; remove {item.ref} first"
-                )
-
     def copies(self, installed_models: Sequence[InstalledModel], ref: ModelRef, *,
                besides: bool = False) -> tuple[list[_Copy], list[_Copy]]:
         """The installed versions whose stored manifest can be read, as places to find chunks
@@ -4288,23 +4310,6 @@ class _Store:
             if (installed.ref.group, installed.ref.model) == (ref.group, ref.model):
                 kin.setdefault(copy.manifest.digest, copy)
         return copies, list(kin.values())
-
-    def check_space(self, ref: ModelRef, needed: int) -> None:
-        """Fail before the first request when the disk cannot hold the ``needed`` bytes a pull
-        writes (chunks stream straight into the staging files: nothing else is written)."""
-        import shutil
-
-        try:
-            os.makedirs(self.root, exist_ok=True)
-            free = shutil.disk_usage(self.root).free
-        except OSError as exc:
-            raise _storage_error("use", self.root, exc) from exc
-        if needed > free:
-            raise StorageError(
-                f"pull {ref}: needs {_format_size(needed)} of disk space in {self.root}"
-                f" but only {_format_size(free)} is free; "
-                "free some space or choose another data directory"
-            )
 
 
 # Verify and repair ----------------------------------------------------------------
@@ -5148,7 +5153,7 @@ class Manager:
             # Before anything touches ref's directory: on a case-insensitive disk (Windows,
             # macOS) it may be the directory of an installed version spelled otherwise.
             installed_models = self.list_installed()
-            store.check_case(ref, installed_models)
+            _check_case(ref, installed_models)
             store.reclaim(ref)
             if not force:  # another thread or process may have installed it meanwhile
                 store.raise_if_installed(ref, remote.manifest_hash)

@@ -542,12 +542,18 @@ def write_manifest(registry_dir: Path, group: str, model: str, version: str, man
     return digest
 
 
-def die_in_child(server: RegistryServer, data_dir: Path, step: str, action: str) -> None:
-    """Run ``action`` (Python using ``manager``) in a child whose store exits with code 9 at
-    ``_Store.<step>``: a crash at that step of the install transaction."""
+def die_in_child(server: RegistryServer, data_dir: Path, when: str, action: str) -> None:
+    """Run ``action`` (Python using ``manager``) in a child that exits with code 9 ``when``
+    ("before" or "after") it replaces registry.json: a crash at the commit of the install
+    transaction (or of a remove)."""
+    replace = "replace(source, target, *args, **kwargs)"
     script = (
         "import os, sys, xprim_models as xm\n"
-        f"xm._Store.{step} = lambda *args: os._exit(9)\n"
+        "replace = os.replace\n"
+        "def crash(source, target, *args, **kwargs):\n"
+        f"    if os.path.basename(target) != 'registry.json': return {replace}\n"
+        f"    {'' if when == 'before' else replace + '; '}os._exit(9)\n"
+        "os.replace = crash\n"
         "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
         f"{action}\n"
     )
@@ -1603,7 +1609,7 @@ class TestStorage:
         manager.pull("org/tiny v1")
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"model.safetensors": b"new bytes"})
         action = 'manager.pull("org/tiny v1", force=True)' if crash_in == "pull" else 'manager.remove("org/tiny v1")'
-        die_in_child(server, data_dir, "commit", action)
+        die_in_child(server, data_dir, "before", action)
         publish.publish(str(registry_dir), "org", "tiny", "v1", MODEL_FILES, chunk_size=1024,
                         metadata={"framework": "onnx"})
         with pytest.raises(xm.AlreadyInstalledError):
@@ -1618,7 +1624,7 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, server: RegistryServer
     ) -> None:
         manager.pull("org/tiny v1")
-        die_in_child(server, data_dir, "discard", "manager.remove('org/tiny v1')")
+        die_in_child(server, data_dir, "after", "manager.remove('org/tiny v1')")
         assert manager.list_installed() == []
         manager.pull("org/tiny v1")
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
@@ -1627,7 +1633,7 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
-        die_in_child(server, data_dir, "commit", 'manager.pull("org/tiny v1")')
+        die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
         assert (data_dir / "org" / "tiny" / "v1").is_dir() and manager.list_installed() == []
         before = sum(server.requests[path] for path in chunk_paths(registry_dir))
         installed = manager.pull("org/tiny v1")
@@ -1639,10 +1645,10 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
-        die_in_child(server, data_dir, "commit", 'manager.pull("org/tiny v1")')
+        die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
         assert manager.prune_cache() > 0
         assert not (data_dir / "org" / "tiny").exists() or os.listdir(data_dir / "org" / "tiny") == []
-        die_in_child(server, data_dir, "commit", 'manager.pull("org/tiny v1")')
+        die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"other.bin": b"republished"})
         assert tree(Path(manager.pull("org/tiny v1").path)) == {"other.bin": b"republished"}
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
@@ -1652,7 +1658,7 @@ class TestStorage:
     ) -> None:
         manager.pull("org/tiny v1")
         manager.pull("org/tiny v2")
-        die_in_child(server, data_dir, "discard", "manager.remove('org/tiny v1')")
+        die_in_child(server, data_dir, "after", "manager.remove('org/tiny v1')")
         assert (data_dir / "org" / "tiny" / ".v1.old").is_dir()
         temporary = data_dir / f"registry.json.{dead_pid()}.1.tmp"
         temporary.write_bytes(b"{}")
@@ -5267,7 +5273,7 @@ def progress(snapshot):
     if plan.get("progress_at") and snapshot.chunks_completed >= plan["progress_at"]:
         die("progress %s %d/%d" % (snapshot.phase, snapshot.chunks_completed, snapshot.chunks_total))
 
-owners = {"os": os, "xm": xm, "xm._Store": xm._Store}
+owners = {"os": os, "xm": xm}
 for owner, name, pattern, when in plan.get("hooks", []):
     hook(owners[owner], name, pattern, when)
 manager = xm.Manager(xm.Config("test-app", url, data_dir), retry_backoff=0.01, timeout=5.0)

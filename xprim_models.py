@@ -3821,6 +3821,138 @@ def _check_space(root: str, ref: ModelRef, needed: int) -> None:
 _LEFTOVER_RE = r"\.(.+)\.(staging|old)"
 
 
+class _InstallRecords:
+    """registry.json: which versions are installed, from which manifest and registry.
+
+    It is the only record that tells an installed version from a leftover: what it
+    cannot read, nothing deletes. Written whole and atomically, under the registry lock.
+    """
+
+    def __init__(self, store: _Store) -> None:
+        self.store = store
+        self.path = os.path.join(store.root, _REGISTRY_FILE)
+
+    def read(self) -> dict[str, Any]:
+        """registry.json as {group: {model: {version: entry}}} ({} when there is none)."""
+        path = self.path
+        try:
+            raw = _read_small(path, _MAX_REGISTRY_BYTES)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise _storage_error("read", path, exc) from exc
+        hint = self._fix_hint()
+        if len(raw) > _MAX_REGISTRY_BYTES:
+            raise StorageError(f"{path} is over {_format_size(_MAX_REGISTRY_BYTES)}{hint}")
+        try:
+            doc = _parse_json(raw, path, StorageError)
+        except StorageError as exc:
+            raise StorageError(f"{exc}{hint}") from exc.__cause__
+        shape_ok = isinstance(doc, dict) and all(
+            isinstance(models, dict)
+            and all(
+                isinstance(versions, dict) and all(isinstance(entry, dict) for entry in versions.values())
+                for versions in models.values()
+            )
+            for models in doc.values()
+        )
+        if not shape_ok:
+            raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
+        return doc  # type: ignore[no-any-return]
+
+    def _fix_hint(self) -> str:
+        return f"; fix or delete {self.path} (model files are not affected)"
+
+    def listing(self) -> dict[str, Any]:
+        """registry.json with every name in it checked. Only it tells an installed version
+        from a leftover, so what deletes leftovers (prune, remove, reclaim) reads it here and
+        deletes nothing while it cannot be read."""
+        try:
+            doc = self.read()
+            self.refs(doc)
+        except StorageError as exc:
+            problem = str(exc).removesuffix(self._fix_hint())
+            raise StorageError(
+                f"{problem}; nothing was deleted, as only registry.json tells an installed version from a "
+                f"leftover: fix it, or move it away and pull each installed version again "
+                "(the pull reuses its files) before you remove or prune"
+            ) from exc
+        return doc
+
+    @staticmethod
+    def entry(doc: Mapping[str, Any], ref: ModelRef) -> dict[str, Any] | None:
+        return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)  # type: ignore[no-any-return]
+
+    def find(self, ref: ModelRef) -> dict[str, Any] | None:
+        """The entry of ``ref`` in registry.json as it is now (None if it lists no such version)."""
+        return self.entry(self.read(), ref)
+
+    def refs(self, doc: Mapping[str, Any]) -> list[ModelRef]:
+        refs = []
+        for group, models in doc.items():
+            for model, versions in models.items():
+                for version in versions:
+                    try:
+                        refs.append(ModelRef(group, model, version))
+                        self.store.version_dir(refs[-1])  # a reserved group cannot be installed
+                    except InvalidRefError as exc:
+                        raise StorageError(f"{self.path} is corrupt: {exc}{self._fix_hint()}") from exc
+        return refs
+
+    def installed(self, ref: ModelRef, entry: Mapping[str, Any]) -> InstalledModel:
+        """The InstalledModel a registry.json entry describes."""
+        try:
+            digest, total, count = entry["manifest_hash"], entry["total_size"], entry["file_count"]
+            if not (isinstance(digest, str) and re.fullmatch(_HASH_RE, digest)):
+                raise ValueError(f"manifest_hash {digest!r}")
+            if not (_is_size(total, _MAX_TOTAL_SIZE) and _is_size(count, _MAX_FILES)):
+                raise ValueError(f"total_size {total!r} or file_count {count!r}")
+            return InstalledModel(
+                ref=ref, manifest_hash=digest, total_size=total, file_count=count,
+                installed_at=self._installed_at(ref, entry.get("installed_at")), path=self.store.version_dir(ref),
+                alias_of=str(entry.get("alias_of", "")), registry_url=str(entry.get("registry_url", "")),
+            )
+        except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
+            raise StorageError(
+                f"{self.path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
+                f"fix or delete {self.path} (model files are not affected)"
+            ) from exc
+
+    def _installed_at(self, ref: ModelRef, value: Any) -> datetime:
+        """An entry's install time. One that is no RFC 3339 time makes only this entry's
+        time unknown (_UNKNOWN_TIME), not the whole registry.json unreadable."""
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not an RFC 3339 date and time")
+            return _parse_time(value)
+        except ValueError as exc:
+            self.store.logger.warning("%s: the install time of %s is unknown: %s", self.path, ref, exc)
+            return _UNKNOWN_TIME
+
+    def commit(self, ref: ModelRef, record: Mapping[str, Any] | None) -> None:
+        """Make ``record`` the registry.json entry of ``ref``; None removes it."""
+        import json
+
+        with self.store.registry_lock():
+            _remove_abandoned(self.store.root)  # temporary registry.json files of dead writers
+            doc = self.read()
+            versions = doc.setdefault(ref.group, {}).setdefault(ref.model, {})
+            if record is not None:
+                versions[ref.version] = dict(record)
+            else:
+                versions.pop(ref.version, None)
+                if not versions:
+                    del doc[ref.group][ref.model]
+                if not doc[ref.group]:
+                    del doc[ref.group]
+            _atomic_write(self.path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+    def committed_hash(self, ref: ModelRef) -> str:
+        entry = self.entry(self.listing(), ref)
+        value = entry.get("manifest_hash") if entry is not None else None
+        return value if isinstance(value, str) else ""
+
+
 class _Store:
     """What one application keeps under its data directory.
 
@@ -3835,8 +3967,9 @@ class _Store:
         self.root = root
         self.metadata_dir = f".{app_name}"
         self.manifests_dir = os.path.join(root, *_MANIFESTS_DIR)
-        self.registry_path = os.path.join(root, _REGISTRY_FILE)
         self.logger = logger
+        self.records = _InstallRecords(self)
+        self.registry_path = self.records.path
 
     # Layout ------------------------------------------------------------------
 
@@ -3884,149 +4017,32 @@ class _Store:
             self.private(os.path.join(self.root, _LOCKS_DIR, "models", ref.group, f"{ref.model}.lock")), waiting
         )
 
-    # registry.json -----------------------------------------------------------
-
-    def read(self) -> dict[str, Any]:
-        """registry.json as {group: {model: {version: entry}}} ({} when there is none)."""
-        path = self.registry_path
-        try:
-            raw = _read_small(path, _MAX_REGISTRY_BYTES)
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise _storage_error("read", path, exc) from exc
-        hint = self._fix_hint()
-        if len(raw) > _MAX_REGISTRY_BYTES:
-            raise StorageError(f"{path} is over {_format_size(_MAX_REGISTRY_BYTES)}{hint}")
-        try:
-            doc = _parse_json(raw, path, StorageError)
-        except StorageError as exc:
-            raise StorageError(f"{exc}{hint}") from exc.__cause__
-        shape_ok = isinstance(doc, dict) and all(
-            isinstance(models, dict)
-            and all(
-                isinstance(versions, dict) and all(isinstance(entry, dict) for entry in versions.values())
-                for versions in models.values()
-            )
-            for models in doc.values()
-        )
-        if not shape_ok:
-            raise StorageError(f"{path} is corrupt: not an object of group/model/version entries{hint}")
-        return doc  # type: ignore[no-any-return]
-
-    def _fix_hint(self) -> str:
-        return f"; fix or delete {self.registry_path} (model files are not affected)"
-
-    def listing(self) -> dict[str, Any]:
-        """registry.json with every name in it checked. Only it tells an installed version
-        from a leftover, so what deletes leftovers (prune, remove, reclaim) reads it here and
-        deletes nothing while it cannot be read."""
-        try:
-            doc = self.read()
-            self.refs(doc)
-        except StorageError as exc:
-            problem = str(exc).removesuffix(self._fix_hint())
-            raise StorageError(
-                f"{problem}; nothing was deleted, as only registry.json tells an installed version from a "
-                f"leftover: fix it, or move it away and pull each installed version again "
-                "(the pull reuses its files) before you remove or prune"
-            ) from exc
-        return doc
-
-    @staticmethod
-    def entry(doc: Mapping[str, Any], ref: ModelRef) -> dict[str, Any] | None:
-        return doc.get(ref.group, {}).get(ref.model, {}).get(ref.version)  # type: ignore[no-any-return]
-
-    def refs(self, doc: Mapping[str, Any]) -> list[ModelRef]:
-        refs = []
-        for group, models in doc.items():
-            for model, versions in models.items():
-                for version in versions:
-                    try:
-                        refs.append(ModelRef(group, model, version))
-                        self.version_dir(refs[-1])  # a reserved group cannot be installed
-                    except InvalidRefError as exc:
-                        raise StorageError(f"{self.registry_path} is corrupt: {exc}{self._fix_hint()}") from exc
-        return refs
-
-    def installed(self, ref: ModelRef, entry: Mapping[str, Any]) -> InstalledModel:
-        """The InstalledModel a registry.json entry describes."""
-        try:
-            digest, total, count = entry["manifest_hash"], entry["total_size"], entry["file_count"]
-            if not (isinstance(digest, str) and re.fullmatch(_HASH_RE, digest)):
-                raise ValueError(f"manifest_hash {digest!r}")
-            if not (_is_size(total, _MAX_TOTAL_SIZE) and _is_size(count, _MAX_FILES)):
-                raise ValueError(f"total_size {total!r} or file_count {count!r}")
-            return InstalledModel(
-                ref=ref, manifest_hash=digest, total_size=total, file_count=count,
-                installed_at=self._installed_at(ref, entry.get("installed_at")), path=self.version_dir(ref),
-                alias_of=str(entry.get("alias_of", "")), registry_url=str(entry.get("registry_url", "")),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
-            raise StorageError(
-                f"{self.registry_path} is corrupt: the entry for {ref} is malformed ({exc!r}); "
-                f"fix or delete {self.registry_path} (model files are not affected)"
-            ) from exc
-
-    def _installed_at(self, ref: ModelRef, value: Any) -> datetime:
-        """An entry's install time. One that is no RFC 3339 time makes only this entry's
-        time unknown (_UNKNOWN_TIME), not the whole registry.json unreadable."""
-        try:
-            if not isinstance(value, str):
-                raise ValueError(f"{value!r} is not an RFC 3339 date and time")
-            return _parse_time(value)
-        except ValueError as exc:
-            self.logger.warning("%s: the install time of %s is unknown: %s", self.registry_path, ref, exc)
-            return _UNKNOWN_TIME
-
-    def commit(self, ref: ModelRef, record: Mapping[str, Any] | None) -> None:
-        """Make ``record`` the registry.json entry of ``ref``; None removes it."""
-        import json
-
-        with self.registry_lock():
-            _remove_abandoned(self.root)  # temporary registry.json files of dead writers
-            doc = self.read()
-            versions = doc.setdefault(ref.group, {}).setdefault(ref.model, {})
-            if record is not None:
-                versions[ref.version] = dict(record)
-            else:
-                versions.pop(ref.version, None)
-                if not versions:
-                    del doc[ref.group][ref.model]
-                if not doc[ref.group]:
-                    del doc[ref.group]
-            _atomic_write(self.registry_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-    def committed_hash(self, ref: ModelRef) -> str:
-        entry = self.entry(self.listing(), ref)
-        value = entry.get("manifest_hash") if entry is not None else None
-        return value if isinstance(value, str) else ""
-
     def list_installed(self) -> list[InstalledModel]:
         """Every installed version, sorted, once what a crash left beside them is put right."""
-        doc = self.read()
-        refs = self.refs(doc)
+        doc = self.records.read()
+        refs = self.records.refs(doc)
         if any(self.reclaim_if_idle(ref) for ref in self.leftovers(unlisted=False)):
-            doc = self.read()
-        return sorted((self.installed(ref, entry) for ref in refs if (entry := self.entry(doc, ref)) is not None),
+            doc = self.records.read()
+        records = self.records
+        return sorted((records.installed(ref, entry) for ref in refs if (entry := records.entry(doc, ref)) is not None),
                       key=lambda item: item.ref)
 
     def get(self, ref: ModelRef) -> InstalledModel:
         """The installed version ``ref``, or NotInstalledError (with a did-you-mean)."""
-        doc = self.read()
-        entry = self.entry(doc, ref)
+        doc = self.records.read()
+        entry = self.records.entry(doc, ref)
         if entry is None:
             installed = [(g, m, v) for g, models in doc.items() for m, versions in models.items() for v in versions]
             raise NotInstalledError(f"model not installed: {ref}{_did_you_mean(ref, installed)}")
-        return self.installed(ref, entry)
+        return self.records.installed(ref, entry)
 
     def intact(self, ref: ModelRef) -> InstalledModel | None:
         """``ref`` as installed, if registry.json lists it, its directory is there, and no
         crashed swap is waiting to be recovered; else None."""
-        entry = self.entry(self.read(), ref)
+        entry = self.records.find(ref)
         if entry is None or os.path.lexists(self.sibling(ref, "old")):
             return None
-        installed = self.installed(ref, entry)
+        installed = self.records.installed(ref, entry)
         return installed if os.path.isdir(installed.path) else None
 
     def raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
@@ -4138,7 +4154,7 @@ class _Store:
             except OSError as exc:
                 raise _storage_error("install", final, exc) from exc
             _fsync_directory(os.path.dirname(final))
-            self.commit(ref, record)
+            self.records.commit(ref, record)
         except BaseException:
             self._reclaim_quietly(ref)
             raise
@@ -4150,7 +4166,7 @@ class _Store:
         (model lock held); return the bytes deleted. ``keep_staging=False`` deletes the
         staging directory too."""
         final, old, staging = self.version_dir(ref), self.sibling(ref, "old"), self.sibling(ref, "staging")
-        committed = self.committed_hash(ref)
+        committed = self.records.committed_hash(ref)
         freed = 0
         if os.path.lexists(old):
             if committed and self.stored_hash(final) == committed:
@@ -4205,7 +4221,7 @@ class _Store:
         """Delete the installed version ``ref`` (model lock held): out of sight first, then
         out of registry.json, then off the disk."""
         self.reclaim(ref, keep_staging=False)
-        if self.entry(self.read(), ref) is None:
+        if self.records.find(ref) is None:
             raise NotInstalledError(f"model not installed: {ref}")
         final, old = self.version_dir(ref), self.sibling(ref, "old")
         try:
@@ -4214,7 +4230,7 @@ class _Store:
         except OSError as exc:
             raise _storage_error("remove", final, exc) from exc
         try:
-            self.commit(ref, None)
+            self.records.commit(ref, None)
         except BaseException:
             self._reclaim_quietly(ref)
             raise
@@ -4241,7 +4257,7 @@ class _Store:
     def leftovers(self, *, unlisted: bool = True) -> Iterator[ModelRef]:
         """Versions with a staging directory or old copy beside them, or (with ``unlisted``)
         a version directory that registry.json does not list."""
-        doc = self.listing() if unlisted else {}
+        doc = self.records.listing() if unlisted else {}
         for group in _list_directory(self.root):
             if group.startswith(".") or group.lower() in _RESERVED_GROUPS:
                 continue
@@ -4254,7 +4270,7 @@ class _Store:
                     except InvalidRefError:
                         continue
                     if match or (
-                        unlisted and self.entry(doc, ref) is None
+                        unlisted and self.records.entry(doc, ref) is None
                         and os.path.isfile(self.manifest_path(os.path.join(self.root, group, model, name)))
                     ):
                         yield ref
@@ -4959,7 +4975,7 @@ class Manager:
         if it lists ``ref``, else the one ``ref`` is installed from. With ``pin``, the first
         that holds the manifest of that hash (fetched by it, and cached), whatever either
         index lists."""
-        entry = self._store.entry(self._store.read(), ref)
+        entry = self._store.records.find(ref)
         recorded = str(entry.get("registry_url", "")) if isinstance(entry, dict) else ""
         failures: list[tuple[_RegistryClient, ModelsError]] = []
         for client in self._sources(recorded):
@@ -4982,9 +4998,9 @@ class Manager:
     def _record_source(self, installed: InstalledModel, registry_url: str) -> None:
         """Record ``registry_url`` as where ``installed`` comes from, unless it changed meanwhile."""
         with self._store.model_lock(installed.ref):
-            entry = self._store.entry(self._store.read(), installed.ref)
+            entry = self._store.records.find(installed.ref)
             if isinstance(entry, dict) and entry.get("manifest_hash") == installed.manifest_hash:
-                self._store.commit(installed.ref, {**entry, "registry_url": registry_url})
+                self._store.records.commit(installed.ref, {**entry, "registry_url": registry_url})
 
     def _installed_source(self, installed: InstalledModel) -> _RegistryClient:
         """The registry to fetch an installed version's manifest and chunks from, by hash: the

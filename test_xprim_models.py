@@ -4494,6 +4494,35 @@ class TestUpdates:
         assert (alias / "tokenizer.json").read_bytes() == big_files()["tokenizer.json"]
         assert os.path.samefile(target / "weights.bin", alias / "weights.bin")  # the intact files are shared
 
+    def test_no_link_is_made_through_a_linked_directory(self, manager: xm.Manager, model: dict[str, bytes],
+                                                        tmp_path: Path) -> None:
+        target = Path(manager.pull("org/tiny v1").path)
+        outside = tmp_path / "outside"  # the same bytes, so only the linked directory gives it away
+        shutil.copytree(target / "sub", outside)
+        shutil.rmtree(target / "sub")
+        symlink(outside, target / "sub")
+        alias = Path(manager.pull("org/tiny latest").path)
+        assert (outside / "tokenizer.json").stat().st_nlink == 1
+        assert tree(alias) == dict(sorted(model.items()))
+        assert os.path.samefile(target / "model.safetensors", alias / "model.safetensors")  # the others are shared
+
+    @pytest.mark.parametrize("shifted", [False, True], ids=["aligned", "shifted"])
+    def test_no_link_is_made_to_an_installed_file_that_grew(self, manager: xm.Manager, server: RegistryServer,
+                                                            registry_dir: Path, shifted: bool) -> None:
+        files = big_files()
+        publish_big(registry_dir, "v1", files)
+        # Aligned, tokenizer.json is linked as planned; shifted (config.json grows, and tokenizer.json
+        # lies in no chunk wholly), it is written, then found identical and linked.
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'} if shifted else files
+        publish_big(registry_dir, "v2", v2)
+        old = Path(manager.pull("org/big v1").path)
+        with open(old / "tokenizer.json", "ab") as handle:  # what the manifest covers still hashes right
+            handle.write(b"appended by someone")
+        new = Path(manager.pull("org/big v2").path)
+        assert tree(new) == dict(sorted(v2.items()))
+        assert not os.path.samefile(old / "tokenizer.json", new / "tokenizer.json")
+        assert manager.verify("org/big v2").ok
+
     def test_prune_counts_only_what_it_frees(self, make_manager: Callable[..., xm.Manager], data_dir: Path,
                                              server: RegistryServer, registry_dir: Path) -> None:
         files = big_files()

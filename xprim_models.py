@@ -3402,6 +3402,7 @@ class _Staging(_ChunkFiles):
         self.directories: set[str] = set()
         self.resume = False
         self.links: dict[int, str] = {}  # file index: the installed file it shares storage with
+        self.identities: dict[int, tuple[int, ...]] = {}  # file index: its installed file as it was hashed
         self.unproven: set[int] = set()  # shared files whose first or last bytes are still to compare
         self.verified: dict[int, Collection[int]] = {}  # shared file: chunk positions whose bytes in it hashed right
         self.sharing = threading.Lock()
@@ -3474,12 +3475,17 @@ class _Staging(_ChunkFiles):
         bytes the first and last chunks hold of it are compared as they arrive (``unproven``)."""
         manifest = self.manifest
         links: dict[int, str] = {}
+        self.identities = {}
         checked: dict[tuple[str, int], bool] = {}  # (installed directory, position): hashed right
         for index, info in enumerate(manifest.files):
             for copy in kin:
                 known = copy.sizes.get(info.path)
                 if not info.size or not known or known[1] != info.size:
                     continue
+                identity = _linkable(copy, info)  # taken before hashing: a later change shows in it
+                if identity is None:
+                    continue
+                self.identities[index] = identity
                 ours = _covering(manifest, index)
                 theirs = _covering(copy.manifest, known[0])
                 if copy.manifest.chunk_size == manifest.chunk_size and ours[0] == theirs[0] and [
@@ -3615,16 +3621,17 @@ class _Staging(_ChunkFiles):
 
     def _link(self, index: int) -> bool:
         """Make file ``index`` a hard link to its identical installed file; False where the
-        file system cannot (FAT, another device, no permission): it is then written."""
+        file system cannot (FAT, another device, no permission), or where the installed file
+        is no longer the one hashed (replaced, written or grown since): it is then written."""
         path = self.path(index)
         _remove_tree(path)
         try:
             _hard_link(self.links[index], path)
         except OSError:
             return False
-        if stat.S_ISREG(os.lstat(path).st_mode):
+        if _identity(os.lstat(path)) == self.identities.get(index):
             return True
-        os.unlink(path)  # a link planted in the installed version since it was hashed
+        os.unlink(path)  # a link planted in the installed version since it was hashed, or other bytes
         return False
 
     def _covered_chunks(self, index: int) -> set[str]:
@@ -3693,21 +3700,48 @@ class _Staging(_ChunkFiles):
             known = copy.sizes.get(info.path)
             if not info.size or not known or known[1] != info.size:
                 continue
-            installed = copy.path(info.path)
-            if not _same_bytes(self.path(index), installed, 0, info.size):
+            identity = _linkable(copy, info)
+            if identity is None or not _same_bytes(self.path(index), copy.path(info.path), 0, info.size):
                 continue
             temporary = os.path.join(os.path.dirname(self.manifest_file), f"link-{index}.tmp")
             try:
                 _remove_tree(temporary)
-                _hard_link(installed, temporary)
-                if not stat.S_ISREG(os.lstat(temporary).st_mode):
-                    raise OSError(errno.EINVAL, "not a plain file", installed)
+                _hard_link(copy.path(info.path), temporary)
+                # The bytes are compared again through the link: they are what gets installed.
+                if _identity(os.lstat(temporary)) != identity or not _same_bytes(
+                        self.path(index), temporary, 0, info.size):
+                    raise OSError(errno.EINVAL, "not the file compared", copy.path(info.path))
                 os.replace(temporary, self.path(index))
             except (OSError, StorageError):
                 _remove_file(temporary)
                 return  # the written copy stays
             self.shared.add(index)
             return
+
+
+def _identity(status: os.stat_result) -> tuple[int, ...] | None:
+    """What tells a plain file from another, or from itself rewritten: its device, inode,
+    size and modification time (None for anything but a plain file)."""
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _linkable(copy: _Copy, info: FileInfo) -> tuple[int, ...] | None:
+    """The identity of ``copy``'s file ``info.path`` if a version may share it: a plain file of
+    the manifest's size (not grown), in plain directories from the version directory down (a
+    link or junction there leads out of the data directory); else None."""
+    parts = info.path.split("/")
+    directory = copy.directory
+    for part in ["", *parts[:-1]]:
+        directory = os.path.join(directory, part) if part else directory
+        if not _real_directory(directory):
+            return None
+    try:
+        identity = _identity(os.lstat(copy.path(info.path)))
+    except OSError:
+        return None
+    return identity if identity is not None and identity[2] == info.size else None
 
 
 def _hard_link(source: str, target: str) -> None:

@@ -3405,6 +3405,40 @@ class TestExport:
             manager.export(["org/tiny latest"], Path(manager.data_dir) / "export")
 
 
+    def test_the_data_directory_is_never_an_export_target(self, server: RegistryServer,
+                                                          model: dict[str, bytes], tmp_path: Path) -> None:
+        parent = tmp_path / "parent"
+        data_dir = parent / "data"
+        manager = xm.Manager(xm.Config("test-app", server.url, str(data_dir)))
+        manager.pull("org/tiny v1")
+        before = {path: path.stat().st_mtime_ns for path in data_dir.rglob("*")}
+        symlink(data_dir, tmp_path / "linked")
+        symlink(data_dir / "org", tmp_path / "linked-org")
+        for target in (tmp_path / "linked", tmp_path / "linked-org" / "export", data_dir / "org" / "export"):
+            with pytest.raises(xm.StorageError, match="inside the data directory"):
+                manager.export(["org/tiny v1"], target)
+        with pytest.raises(xm.StorageError, match=r"its data[/\\] would be the data directory"):
+            manager.export(["org/tiny v1"], parent)  # <to>/data/ is the data directory itself
+        assert {path: path.stat().st_mtime_ns for path in data_dir.rglob("*")} == before
+        assert sorted(os.listdir(parent)) == ["data"]
+
+    @pytest.mark.parametrize("kind", ["chunk", "manifest"])
+    def test_an_object_already_in_the_export_is_kept_only_if_it_hashes_right(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path, kind: str
+    ) -> None:
+        installed = manager.pull("org/tiny v1")
+        export = tmp_path / "export"
+        manager.export(["org/tiny v1"], export)
+        name = installed.manifest_hash if kind == "manifest" else chunk_paths(registry_dir)[2][5:]
+        damaged = bytearray((export / "data" / name).read_bytes())
+        damaged[0] ^= 0xFF  # of its size, other bytes
+        (export / "data" / name).write_bytes(bytes(damaged))
+        manager.export(["org/tiny v1"], export)
+        assert hashlib.sha256((export / "data" / name).read_bytes()).hexdigest() == name
+        fresh = xm.Manager(xm.Config("test-app", str(export), tmp_path / "fresh"), retries=0)
+        assert tree(Path(fresh.pull("org/tiny v1").path)) == MODEL_FILES
+
+
 class TestEmbedding:
     @pytest.fixture
     def whisper_tool(self, tmp_path: Path) -> Path:

@@ -4815,12 +4815,15 @@ def _export_entries(doc: dict[str, Any], exported: Sequence[InstalledModel], pat
             versions[version] = entry
 
 
-def _object_present(path: str, size: int) -> bool:
+def _object_present(path: str, size: int, digest: str = "") -> bool:
+    """Whether ``path`` is a plain file of ``size`` bytes, and with ``digest``, they hash to it."""
     try:
         status = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISREG(status.st_mode) and status.st_size == size
+    if not (stat.S_ISREG(status.st_mode) and status.st_size == size):
+        return False
+    return not digest or _hash_pieces([(path, 0, size)]) == digest
 
 
 def _installed_bytes(installed: InstalledModel, manifest: _Manifest,
@@ -4845,7 +4848,7 @@ def _export_chunk(installed: InstalledModel, manifest: _Manifest, position: int,
     naming the files when they do not hold it."""
     temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
     pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
-    present = _object_present(target, manifest.chunk_length(position))
+    present = _object_present(target, manifest.chunk_length(position), manifest.chunks[position])
     hasher = _sha256()
     fd = -1
     try:
@@ -4908,7 +4911,7 @@ def _export_version(store: _Store, installed: InstalledModel, data: str, fat: st
             _export_chunk(installed, manifest, position, os.path.join(data, digest))
             done.add(digest)
     target = os.path.join(data, installed.manifest_hash)
-    if not _object_present(target, len(manifest.raw)):
+    if not _object_present(target, len(manifest.raw), installed.manifest_hash):
         _atomic_write(target, manifest.raw)
 
 
@@ -5392,7 +5395,7 @@ class Manager:
         ``data/<sha256>``) that ``Config(registry_url=directory)`` installs from; return them.
 
         Each object is rebuilt from the installed files, checked against its hash and
-        written atomically; objects already there are not written again. An alias is
+        written atomically; objects already there are kept if they hash right. An alias is
         written as an alias, with its target. Entries already in ``directory``'s
         models.json stay (a version exported again is replaced); models.json is written
         last, so an interrupted export lists nothing it lacks.
@@ -5404,16 +5407,16 @@ class Manager:
         Raises:
             NotInstalledError: a ref is not installed.
             HashMismatchError: an installed file is damaged (``verify --repair`` fixes it).
-            StorageError: the directory cannot be written, or a chunk is over 4 GiB and
-                it is on FAT32.
+            StorageError: the directory cannot be written, is (or is inside) the data
+                directory or has it as its ``data/``, or a chunk is over 4 GiB and it is
+                on FAT32.
             RegistryError: ``directory`` holds a models.json that is not an index, or one
                 whose entries contradict an exported alias.
         """
         wanted = self._export_refs([refs] if isinstance(refs, (str, ModelRef)) else refs)
         root = os.path.abspath(os.fspath(directory))
-        if os.path.normcase(root + os.sep).startswith(os.path.normcase(os.path.join(self.data_dir, ""))):
-            raise StorageError(f"cannot export into {root}: it is inside the data directory; choose another one")
         data = os.path.join(root, "data")
+        self._check_export_target(root, data)
         try:
             os.makedirs(data, exist_ok=True)
         except OSError as exc:
@@ -5434,6 +5437,20 @@ class Manager:
             _export_entries(doc, exported, index_path)
             self._write_export_index(index_path, doc, exported)
         return exported
+
+    def _check_export_target(self, root: str, data: str) -> None:
+        """Refuse an export directory that is, or is inside, the data directory (as written,
+        or where links lead), or whose ``data/`` is the data directory itself."""
+        def within(path: str, directory: str) -> bool:
+            return os.path.normcase(os.path.join(path, "")).startswith(os.path.normcase(os.path.join(directory, "")))
+
+        homes = {self.data_dir, os.path.realpath(self.data_dir)}
+        if any(within(path, home) for path in (root, os.path.realpath(root)) for home in homes):
+            raise StorageError(f"cannot export into {root}: it is inside the data directory {self.data_dir}; "
+                               "choose a directory outside it")
+        if any(within(path, home) for path in (data, os.path.realpath(data)) for home in homes):
+            raise StorageError(f"cannot export into {root}: its {os.path.join('data', '')} would be the data "
+                               f"directory {self.data_dir}; choose a directory outside it")
 
     def _export_refs(self, refs: Iterable[RefLike]) -> list[ModelRef]:
         """The installed versions ``refs`` name, once each, in order."""

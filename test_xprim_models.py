@@ -3165,6 +3165,36 @@ class TestRegistries:
         assert "org/tiny v1: 1 file repaired\n  model.safetensors\n" in result.stdout
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
 
+    @pytest.mark.parametrize("recorded", ["registry", "~/registry", 42], ids=["relative", "home", "number"])
+    def test_a_recorded_registry_that_is_no_url_nor_absolute_path_is_not_asked(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path,
+        isolated_env: Path, monkeypatch: pytest.MonkeyPatch, no_registry_env: None, recorded: Any
+    ) -> None:
+        manager.pull("org/tiny v1")
+        doc = json.loads((data_dir / "registry.json").read_text())
+        doc["org"]["tiny"]["v1"]["registry_url"] = recorded  # where it would lead, a registry waits
+        (data_dir / "registry.json").write_text(json.dumps(doc))
+        shutil.copytree(registry_dir, isolated_env / "registry")
+        shutil.copytree(registry_dir, tmp_path / "42")
+        monkeypatch.chdir(tmp_path)
+        unconfigured = xm.Manager(xm.Config("test-app", "", str(data_dir)), retries=0)
+        (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
+        for action in (lambda: unconfigured.check_update("org/tiny v1"),
+                       lambda: unconfigured.verify("org/tiny v1", repair=True)):
+            with pytest.raises(xm.RegistryError, match=rf"registry\.json records the registry of org/tiny v1 as "
+                                                         rf"{re.escape(repr(str(recorded)))}, which is not an"):
+                action()
+        assert (data_dir / "org" / "tiny" / "v1" / "config.json").read_bytes() == b"damaged"
+        result = main_in_process("--data-dir", str(data_dir), "update")
+        assert result.returncode == 1 and "it is not asked" in result.stderr
+        assert "give --registry URL, or set XPRIM_MODELS_REGISTRY_URL" in result.stderr
+        fixed = manager.verify("org/tiny v1", repair=True)  # the configured registry is asked as always
+        assert fixed.repaired == ("config.json",)
+        applied = main_in_process("--registry", str(registry_dir), "--data-dir", str(data_dir), "update", "--apply")
+        assert applied.returncode == 0 and "it is not asked" in applied.stderr
+        assert f"up to date; source: {recorded} \u2192 {registry_dir} (recorded)" in applied.stdout
+        assert recorded_sources(data_dir)["org/tiny v1"] == str(registry_dir)
+
 
 def listed_hash(registry_dir: Path, version: str) -> str:
     return str(json.loads((registry_dir / "models.json").read_text())["org"]["tiny"][version]["hash"])

@@ -4696,6 +4696,14 @@ def _registry_key(url: str) -> str:
     return f"{scheme}://{host}{port_text}{parts.path.rstrip('/')}{query}"
 
 
+def _recordable(url: str) -> bool:
+    """Whether ``url`` is a registry as installs record it (``_registry_origin``): an http(s)
+    or file:// URL, or an absolute path (on Windows, with its drive or UNC share)."""
+    if re.match(r"(?i)(https?|file)://", url):
+        return True
+    return os.path.isabs(url) and (os.name != "nt" or bool(os.path.splitdrive(url)[0]))
+
+
 def _pin_missing(ref: ModelRef, pin: str, client: _RegistryClient, exc: ModelsError) -> ModelsError:
     """The error of a pinned pull whose registry answered ``exc``: a typed one naming the pin
     when the registry does not have that manifest."""
@@ -5034,9 +5042,20 @@ class Manager:
             raise found
         return found
 
-    def _sources(self, recorded: str) -> list[_RegistryClient]:
+    def _sources(self, ref: ModelRef, recorded: str) -> list[_RegistryClient]:
         """The registries to ask, in order: the configured one, then ``recorded`` (where an
-        installed version came from) if it is another (README: Moving models)."""
+        installed version came from) if it is another (README: Moving models).
+
+        A recorded registry that is no http(s) or file:// URL nor an absolute path is not
+        asked: installs record only those, and a relative path or ``~`` would lead wherever
+        the working directory or home is."""
+        if recorded and not _recordable(recorded):
+            problem = (f"{self._store.registry_path} records the registry of {ref} as {recorded!r:.100}, which is "
+                       "not an http(s) or file:// URL nor an absolute path, so it is not asked")
+            if not self.config.registry_url:
+                raise RegistryError(f"{problem}; configure the registry's URL (update --apply then records it)")
+            self._logger.warning("%s", problem)
+            recorded = ""
         urls = [url for url in (self.config.registry_url, recorded) if url]
         if len(urls) == 2 and _registry_key(urls[0]) == _registry_key(urls[1]):
             urls.pop()
@@ -5050,7 +5069,7 @@ class Manager:
         entry = self._store.entry(self._store.read(), ref)
         recorded = str(entry.get("registry_url", "")) if isinstance(entry, dict) else ""
         failures: list[tuple[_RegistryClient, ModelsError]] = []
-        for client in self._sources(recorded):
+        for client in self._sources(ref, recorded):
             try:
                 if pin:
                     self._manifest(pin, client)
@@ -5077,7 +5096,7 @@ class Manager:
     def _installed_source(self, installed: InstalledModel) -> _RegistryClient:
         """The registry to fetch an installed version's manifest and chunks from, by hash: the
         configured one if it lists that manifest, else the one it was installed from."""
-        sources = self._sources(installed.registry_url)
+        sources = self._sources(installed.ref, installed.registry_url)
         for client in sources[:-1]:
             try:
                 if any(item.manifest_hash == installed.manifest_hash for item in self._index(client).models.values()):
@@ -6123,7 +6142,8 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
     }
     try:
         client, remote = manager._resolve(item.ref)
-        moved = bool(item.registry_url) and _registry_key(item.registry_url) != _registry_key(client.origin)
+        moved = bool(item.registry_url) and (not _recordable(item.registry_url)  # recorded anew with --apply
+                                             or _registry_key(item.registry_url) != _registry_key(client.origin))
         result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of,
                       registry_url=client.origin, source_changed=moved)
         note = f"; source: {item.registry_url} \u2192 {client.origin}" if moved else ""
@@ -6152,7 +6172,10 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
         message = re.sub(rf"^\w+ {re.escape(str(item.ref))}: ", "", _with_hints(exc, manager.config, console))
         if not manager.config.registry_url and item.registry_url and isinstance(exc, (NetworkError, RegistryError)):
             how = console.registry_hint or f"configure {manager.config.app_name}'s registry URL"
-            message += f"\nhint: if the registry moved from {item.registry_url}, {how}: the new one is asked first"
+            if _recordable(item.registry_url):
+                message += f"\nhint: if the registry moved from {item.registry_url}, {how}: the new one is asked first"
+            else:
+                message += f"\nhint: {how}"
         console.err(f"error: {item.ref}: {message}")  # said once: "pull g/m v: needs ..." names it too
     return result
 

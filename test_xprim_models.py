@@ -3452,6 +3452,24 @@ class TestExport:
         assert {path: path.stat().st_mtime_ns for path in data_dir.rglob("*")} == before
         assert sorted(os.listdir(parent)) == ["data"]
 
+    def test_the_next_export_deletes_what_a_killed_one_was_writing(
+        self, manager: xm.Manager, model: dict[str, bytes], tmp_path: Path
+    ) -> None:
+        manager.pull("org/tiny v1")
+        export = tmp_path / "export"
+        manager.export(["org/tiny v1"], export)
+        dead = dead_pid()
+        chunk = next(name for name in os.listdir(export / "data"))
+        left = [export / "data" / f"{chunk}.{dead}.1.tmp", export / f"models.json.{dead}.1.tmp"]
+        for path in left:
+            path.write_bytes(b"half written")
+        own = [export / f"notes.{dead}.1.tmp", export / "data" / f"notes.{dead}.1.tmp"]  # not an export's names
+        for path in own:
+            path.write_bytes(b"someone's")
+        manager.export(["org/tiny v1"], export)
+        assert not any(path.exists() for path in left)
+        assert all(path.read_bytes() == b"someone's" for path in own)
+
     @pytest.mark.parametrize("kind", ["chunk", "manifest"])
     def test_an_object_already_in_the_export_is_kept_only_if_it_hashes_right(
         self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path, kind: str

@@ -4775,6 +4775,17 @@ def _file_system(path: str) -> str:
     return kind
 
 
+def _remove_abandoned_export_files(root: str, data: str) -> None:
+    """Delete the temporary files a killed export left (an object's in ``data``, models.json's
+    in ``root``) once their writer is gone; no other name in the directory is touched."""
+    for directory, name in ((data, _HASH_RE), (root, r"models\.json")):
+        for found in _list_directory(directory):
+            match = re.fullmatch(rf"{name}\.(\d+)\.\d+\.tmp", found)
+            path = os.path.join(directory, found)
+            if match and int(match.group(1)) != os.getpid() and _writer_gone(path, int(match.group(1))):
+                _remove_file(path)
+
+
 def _export_index(path: str) -> dict[str, Any]:
     """The models.json an earlier export left in the export directory ({} if none)."""
     import json
@@ -5444,6 +5455,7 @@ class Manager:
         fat = fat if fat in _FAT_KINDS else ""
         exported = []
         with _FileLock(os.path.join(root, _EXPORT_LOCK)):
+            _remove_abandoned_export_files(root, data)
             for ref in wanted:
                 with self._store.model_lock(ref):
                     self._store.reclaim(ref)

@@ -3470,6 +3470,25 @@ class TestExport:
         assert not any(path.exists() for path in left)
         assert all(path.read_bytes() == b"someone's" for path in own)
 
+    @pytest.mark.skipif(WINDOWS, reason="Windows opens no directory to flush it; NTFS journals renames")
+    def test_objects_are_on_stable_storage_before_models_json_lists_them(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager.pull("org/tiny v1")
+        export = tmp_path / "export"
+        manager.export(["org/tiny v1"], export)
+        chunk = chunk_paths(registry_dir)[3][5:]
+        (export / "data" / chunk).unlink()  # the manifest stays: only this object is written again
+        calls: list[tuple[str, object]] = []
+        fsync, replace = os.fsync, os.replace
+        monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.fstat(fd).st_ino)), fsync(fd))[1])
+        monkeypatch.setattr(os, "replace", lambda source, target: (
+            calls.append(("replace", os.path.basename(target))), replace(source, target))[1])
+        manager.export(["org/tiny v1"], export)
+        renamed, listed = calls.index(("replace", chunk)), calls.index(("replace", "models.json"))
+        assert ("fsync", (export / "data").stat().st_ino) in calls[renamed:listed]
+
     @pytest.mark.parametrize("kind", ["chunk", "manifest"])
     def test_an_object_already_in_the_export_is_kept_only_if_it_hashes_right(
         self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path, kind: str

@@ -5463,6 +5463,7 @@ class Manager:
                     _export_version(self._store, installed, data, fat)
                 exported.append(installed)
                 self._logger.info("exported %s to %s", ref, root)
+            _fsync_directory(data)  # every object's rename is durable before models.json lists it
             index_path = os.path.join(root, "models.json")
             doc = _export_index(index_path)
             _export_entries(doc, exported, index_path)

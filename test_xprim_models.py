@@ -3489,6 +3489,19 @@ class TestExport:
         renamed, listed = calls.index(("replace", chunk)), calls.index(("replace", "models.json"))
         assert ("fsync", (export / "data").stat().st_ino) in calls[renamed:listed]
 
+    @pytest.mark.parametrize("alias_of", ["bad name!", "con", "latest"])
+    def test_an_alias_recorded_with_no_valid_target_is_refused_before_anything_is_written(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, tmp_path: Path, alias_of: str
+    ) -> None:
+        manager.pull("org/tiny latest")
+        doc = json.loads((data_dir / "registry.json").read_text())
+        doc["org"]["tiny"]["latest"]["alias_of"] = alias_of
+        (data_dir / "registry.json").write_text(json.dumps(doc))
+        with pytest.raises(xm.StorageError, match=r"records org/tiny latest as an alias of .*; pull org/tiny "
+                                                  r"latest again, which records it anew"):
+            manager.export(["org/tiny latest"], tmp_path / "export")
+        assert os.listdir(tmp_path / "export" / "data") == []
+
     @pytest.mark.parametrize("kind", ["chunk", "manifest"])
     def test_an_object_already_in_the_export_is_kept_only_if_it_hashes_right(
         self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path, kind: str

@@ -4907,6 +4907,15 @@ def _damaged(installed: InstalledModel, paths: Sequence[str], why: str) -> HashM
 
 def _export_version(store: _Store, installed: InstalledModel, data: str, fat: str) -> None:
     """Write the manifest and chunks of ``installed`` that ``data`` lacks (model lock held)."""
+    alias_of = installed.alias_of
+    problem = (_name_problem("version", alias_of) or ("it is its own name" if alias_of == installed.ref.version
+                                                       else "")) if alias_of else ""
+    if problem:  # models.json would list an alias no pull can follow
+        raise StorageError(
+            f"cannot export {installed.ref}: {store.registry_path} records {installed.ref} as an alias of "
+            f"{alias_of!r:.80}, which cannot be exported ({problem}); pull {installed.ref} again, which records "
+            "it anew (nothing of it was listed in the export)"
+        )
     manifest = store.stored_manifest(installed)
     if _sha256(manifest.raw).hexdigest() != installed.manifest_hash:
         raise StorageError(

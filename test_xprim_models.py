@@ -3182,7 +3182,7 @@ class TestRegistries:
         for action in (lambda: unconfigured.check_update("org/tiny v1"),
                        lambda: unconfigured.verify("org/tiny v1", repair=True)):
             with pytest.raises(xm.RegistryError, match=rf"registry\.json records the registry of org/tiny v1 as "
-                                                         rf"{re.escape(repr(str(recorded)))}, which is not an"):
+                                                         rf"{re.escape(repr(str(recorded)))}, which is not what"):
                 action()
         assert (data_dir / "org" / "tiny" / "v1" / "config.json").read_bytes() == b"damaged"
         result = main_in_process("--data-dir", str(data_dir), "update")
@@ -3194,6 +3194,20 @@ class TestRegistries:
         assert applied.returncode == 0 and "it is not asked" in applied.stderr
         assert f"up to date; source: {recorded} \u2192 {registry_dir} (recorded)" in applied.stdout
         assert recorded_sources(data_dir)["org/tiny v1"] == str(registry_dir)
+
+    def test_a_recorded_file_url_of_another_host_does_not_stop_the_configured_registry(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, registry_dir: Path
+    ) -> None:
+        manager.pull("org/tiny v1")
+        doc = json.loads((data_dir / "registry.json").read_text())
+        doc["org"]["tiny"]["v1"]["registry_url"] = "file://fileserver/registry"
+        (data_dir / "registry.json").write_text(json.dumps(doc))
+        publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        assert manager.check_update("org/tiny v1")[1] == listed_hash(registry_dir, "v1")
+        (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
+        assert manager.verify("org/tiny v1", repair=True).repaired == ("config.json",)
+        with pytest.raises(xm.RegistryError, match="'file://fileserver/registry', which is not what installs"):
+            xm.Manager(xm.Config("test-app", "", str(data_dir))).check_update("org/tiny v1")
 
 
 def listed_hash(registry_dir: Path, version: str) -> str:

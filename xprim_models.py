@@ -4698,9 +4698,15 @@ def _registry_key(url: str) -> str:
 
 def _recordable(url: str) -> bool:
     """Whether ``url`` is a registry as installs record it (``_registry_origin``): an http(s)
-    or file:// URL, or an absolute path (on Windows, with its drive or UNC share)."""
-    if re.match(r"(?i)(https?|file)://", url):
+    URL, or a local directory's absolute path (on Windows, with its drive or UNC share) or
+    file:// URL."""
+    if re.match(r"(?i)https?://", url):
         return True
+    if re.match(r"(?i)file://", url):
+        try:
+            url = _RegistryClient._local_root(url) or ""
+        except RegistryError:
+            return False  # a file:// URL of another host
     return os.path.isabs(url) and (os.name != "nt" or bool(os.path.splitdrive(url)[0]))
 
 
@@ -5071,7 +5077,8 @@ class Manager:
         the working directory or home is."""
         if recorded and not _recordable(recorded):
             problem = (f"{self._store.registry_path} records the registry of {ref} as {recorded!r:.100}, which is "
-                       "not an http(s) or file:// URL nor an absolute path, so it is not asked")
+                       "not what installs record (an http(s) URL, or a local directory's absolute path or file:// "
+                       "URL), so it is not asked")
             if not self.config.registry_url:
                 raise RegistryError(f"{problem}; configure the registry's URL (update --apply then records it)")
             self._logger.warning("%s", problem)

@@ -135,6 +135,17 @@ def symlink(target: Path, link: Path, *, or_skip: bool = True) -> bool:
     return False
 
 
+def directory_link(target: Path, link: Path) -> None:
+    """A link to the directory ``target``: a junction on Windows (which needs no privilege, and
+    which ``os.path.islink`` does not report), else a symbolic link."""
+    if WINDOWS:
+        import _winapi
+
+        _winapi.CreateJunction(str(target), str(link))  # type: ignore[attr-defined,unused-ignore]
+    else:
+        symlink(target, link)
+
+
 def open_under(root: Path) -> list[str]:
     """What this process holds open below ``root``: from /proc/self/fd on Linux; on Windows,
     the C runtime's descriptors (which os.open and open() use), each asked for its path."""
@@ -4131,6 +4142,20 @@ class TestReliability:
         manager.pull("org/tiny v2")
         self.assert_outside_untouched(outside)
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1", "v2"]
+
+    def test_a_linked_directory_in_a_resumed_staging_directory_is_replaced(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        registry_dir: Path, data_dir: Path, outside: Path
+    ) -> None:
+        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        shutil.rmtree(staging / "sub")
+        directory_link(outside, staging / "sub")
+        installed = make_manager().pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        self.assert_outside_untouched(outside)
 
     def test_planted_cache_links_are_not_followed(self, manager: xm.Manager, model: dict[str, bytes],
                                                   data_dir: Path, registry_dir: Path, outside: Path) -> None:

@@ -987,13 +987,26 @@ def _remove_file(path: str) -> bool:
     return True
 
 
+_IO_REPARSE_TAG_MOUNT_POINT = 0xA0000003  # a junction (stat.IO_REPARSE_TAG_MOUNT_POINT, typed for Windows only)
+
+
+def _is_link(path: str) -> bool:
+    """Whether ``path`` is a symbolic link, or a Windows junction (which os.path.islink does
+    not report before Python 3.12), either leading anywhere."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISLNK(status.st_mode) or getattr(status, "st_reparse_tag", 0) == _IO_REPARSE_TAG_MOUNT_POINT
+
+
 def _remove_tree(path: str) -> None:
     """Delete a directory tree (or a stray file or link) without following links."""
     import shutil
 
     try:
-        if os.path.islink(path) or not os.path.isdir(path):
-            os.unlink(path)
+        if _is_link(path) or not os.path.isdir(path):
+            os.unlink(path)  # on Windows it removes a directory link or junction itself, not what it leads to
         else:
             shutil.rmtree(path)
     except FileNotFoundError:
@@ -3613,7 +3626,7 @@ class _Staging(_ChunkFiles):
             directory = os.path.join(self.root, *parts[:depth])
             if directory not in self.directories:
                 if self.resume and os.path.lexists(directory) and (
-                    os.path.islink(directory) or not os.path.isdir(directory)
+                    _is_link(directory) or not os.path.isdir(directory)
                 ):
                     _remove_tree(directory)  # a link or a file where a directory belongs
                 os.makedirs(directory, exist_ok=True)

@@ -3284,6 +3284,22 @@ class TestPinning:
         result = cli_run(server, data_dir, "pull", "org/tiny", f"v1@{missing}")
         assert result.returncode == 3 and f"pinned manifest not found: org/tiny v1@{missing}" in result.stderr
 
+    def test_a_cached_pin_is_fetched_from_the_registry_that_holds_it(
+        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
+    ) -> None:
+        first = xm.Manager(xm.Config("test-app", server.url, str(data_dir))).pull("org/tiny v1").manifest_hash
+        publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        xm.Manager(xm.Config("test-app", server.url, str(data_dir))).pull("org/tiny v1")  # first stays cached
+        mirror = RegistryServer(tmp_path / "mirror")  # the new registry: it has the new bytes only
+        try:
+            publish.publish(str(mirror.root), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+            moved = xm.Manager(xm.Config("test-app", mirror.url, str(data_dir)), retries=0)
+            installed = moved.pull("org/tiny v1", pin=first)  # config.json's chunk is on server only
+            assert (installed.manifest_hash, installed.registry_url) == (first, server.url)
+            assert tree(Path(installed.path)) == MODEL_FILES
+        finally:
+            mirror.close()
+
     def test_ensure_takes_the_keywords_of_pull(self) -> None:
         import inspect
 

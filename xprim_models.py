@@ -5109,8 +5109,14 @@ class Manager:
         entry = self._store.entry(self._store.read(), ref)
         recorded = str(entry.get("registry_url", "")) if isinstance(entry, dict) else ""
         failures: list[tuple[_RegistryClient, ModelsError]] = []
-        for client in self._sources(ref, recorded):
+        sources = self._sources(ref, recorded)
+        for client in sources:
             try:
+                if pin and client is not sources[-1]:
+                    # Asked itself, with another registry to fall back on: a copy of the manifest in
+                    # the cache does not say that this registry holds its chunks.
+                    self._store.cache_manifest(pin, client.manifests([pin], self._store.metadata_dir)[pin][1])
+                    return client, RemoteModel(ref, pin)
                 if pin:
                     self._manifest(pin, client)
                     return client, RemoteModel(ref, pin)

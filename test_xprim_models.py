@@ -3196,9 +3196,10 @@ class TestRegistries:
                                                          rf"{re.escape(repr(str(recorded)))}, which is not what"):
                 action()
         assert (data_dir / "org" / "tiny" / "v1" / "config.json").read_bytes() == b"damaged"
-        result = main_in_process("--data-dir", str(data_dir), "update")
-        assert result.returncode == 1 and "it is not asked" in result.stderr
-        assert "give --registry URL, or set XPRIM_MODELS_REGISTRY_URL" in result.stderr
+        for command in ("update", "verify"):
+            result = main_in_process("--data-dir", str(data_dir), command, *(["--repair"] * (command == "verify")))
+            assert result.returncode == 1 and "it is not asked" in result.stderr, command
+            assert result.stderr.count("\nhint: give --registry URL, or set XPRIM_MODELS_REGISTRY_URL\n") == 1
         fixed = manager.verify("org/tiny v1", repair=True)  # the configured registry is asked as always
         assert fixed.repaired == ("config.json",)
         applied = main_in_process("--registry", str(registry_dir), "--data-dir", str(data_dir), "update", "--apply")

@@ -6220,10 +6220,8 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
         message = re.sub(rf"^\w+ {re.escape(str(item.ref))}: ", "", _with_hints(exc, manager.config, console))
         if not manager.config.registry_url and item.registry_url and isinstance(exc, (NetworkError, RegistryError)):
             how = console.registry_hint or f"configure {manager.config.app_name}'s registry URL"
-            if _recordable(item.registry_url):
+            if _recordable(item.registry_url):  # else _with_hints says how to give one
                 message += f"\nhint: if the registry moved from {item.registry_url}, {how}: the new one is asked first"
-            else:
-                message += f"\nhint: {how}"
         console.err(f"error: {item.ref}: {message}")  # said once: "pull g/m v: needs ..." names it too
     return result
 
@@ -6370,6 +6368,8 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
         # Only the parent tool knows how its users set a registry: embedded, stay neutral.
         hint = console.registry_hint
         return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"
+    if isinstance(exc, RegistryError) and not url and "so it is not asked" in message and console.registry_hint:
+        message += f"\nhint: {console.registry_hint}"  # a recorded registry no install records
     if isinstance(exc, ModelNotFoundError) and url:
         message += f"; '{console.prog} list --remote' shows what the registry has"
     colon = re.search(r"'([^'\s/:]+/[^'\s/:]+):([^'\s/:]+)'", message) if isinstance(exc, InvalidRefError) else None

@@ -3745,11 +3745,8 @@ def _linkable(copy: _Copy, info: FileInfo) -> tuple[int, ...] | None:
     the manifest's size (not grown), in plain directories from the version directory down (a
     link or junction there leads out of the data directory); else None."""
     parts = info.path.split("/")
-    directory = copy.directory
-    for part in ["", *parts[:-1]]:
-        directory = os.path.join(directory, part) if part else directory
-        if not _real_directory(directory):
-            return None
+    if not all(_real_directory(os.path.join(copy.directory, *parts[:depth])) for depth in range(len(parts))):
+        return None
     try:
         identity = _identity(os.lstat(copy.path(info.path)))
     except OSError:
@@ -5085,9 +5082,8 @@ class Manager:
         """The registries to ask, in order: the configured one, then ``recorded`` (where an
         installed version came from) if it is another (README: Moving models).
 
-        A recorded registry that is no http(s) or file:// URL nor an absolute path is not
-        asked: installs record only those, and a relative path or ``~`` would lead wherever
-        the working directory or home is."""
+        A recorded registry that installs do not record (``_recordable``) is not asked: a
+        relative path or ``~`` would lead wherever the working directory or home is."""
         if recorded and not _recordable(recorded):
             problem = (f"{self._store.registry_path} records the registry of {ref} as {recorded!r:.100}, which is "
                        "not what installs record (an http(s) URL, or a local directory's absolute path or file:// "
@@ -5112,13 +5108,13 @@ class Manager:
         sources = self._sources(ref, recorded)
         for client in sources:
             try:
-                if pin and client is not sources[-1]:
-                    # Asked itself, with another registry to fall back on: a copy of the manifest in
-                    # the cache does not say that this registry holds its chunks.
-                    self._store.cache_manifest(pin, client.manifests([pin], self._store.metadata_dir)[pin][1])
-                    return client, RemoteModel(ref, pin)
                 if pin:
-                    self._manifest(pin, client)
+                    if client is not sources[-1]:
+                        # Asked itself, with another registry to fall back on: a copy of the manifest
+                        # in the cache does not say that this registry holds its chunks.
+                        self._store.cache_manifest(pin, client.manifests([pin], self._store.metadata_dir)[pin][1])
+                    else:
+                        self._manifest(pin, client)
                     return client, RemoteModel(ref, pin)
                 return client, self._index(client).lookup(ref)
             except (ModelNotFoundError, VersionNotFoundError, RegistryError, NetworkError, HashMismatchError) as exc:

@@ -3544,6 +3544,18 @@ class TestExport:
             manager.export(["org/tiny latest"], tmp_path / "export")
         assert os.listdir(tmp_path / "export" / "data") == []
 
+    def test_a_models_json_nested_too_deeply_in_the_export_directory_is_refused(
+        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
+    ) -> None:
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
+        export = tmp_path / "export"
+        export.mkdir()
+        index = b'{"org": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        (export / "models.json").write_bytes(index)
+        result = cli_run(server, data_dir, "export", "org/tiny", "v1", "--to", str(export))
+        assert result.returncode == 1 and "its models.json is not a registry index" in result.stderr
+        assert (export / "models.json").read_bytes() == index
+
     @pytest.mark.parametrize("kind", ["chunk", "manifest"])
     def test_an_object_already_in_the_export_is_kept_only_if_it_hashes_right(
         self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path, kind: str

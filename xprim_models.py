@@ -4814,7 +4814,7 @@ def _export_index(path: str) -> dict[str, Any]:
         raise _storage_error("read", path, exc) from exc
     try:
         doc = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: containers nested too deeply to parse
         doc = exc
     if not isinstance(doc, dict):
         raise RegistryError(f"cannot export into {os.path.dirname(path)}: its models.json is not a registry "

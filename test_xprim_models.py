@@ -3544,6 +3544,18 @@ class TestExport:
             manager.export(["org/tiny latest"], tmp_path / "export")
         assert os.listdir(tmp_path / "export" / "data") == []
 
+    @pytest.mark.parametrize("index", [b'{"org": 5}', b'{"org": {"tiny": []}}'], ids=["group", "model"])
+    def test_a_models_json_entry_of_another_shape_in_the_export_directory_is_refused(
+        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path, index: bytes
+    ) -> None:
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "latest")
+        export = tmp_path / "export"
+        export.mkdir()
+        (export / "models.json").write_bytes(index)
+        result = cli_run(server, data_dir, "export", "org/tiny", "latest", "--to", str(export))
+        assert result.returncode == 1 and "fix that entry, or export into another directory" in result.stderr
+        assert (export / "models.json").read_bytes() == index
+
     def test_a_models_json_nested_too_deeply_in_the_export_directory_is_refused(
         self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
     ) -> None:

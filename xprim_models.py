@@ -4825,6 +4825,15 @@ def _export_index(path: str) -> dict[str, Any]:
 def _export_entries(doc: dict[str, Any], exported: Sequence[InstalledModel], path: str) -> None:
     """Set the models.json entries of ``exported`` in ``doc``: a version as its manifest hash,
     an alias as an alias, with its target; the other entries stay."""
+    for item in exported:  # where their entries go must be objects: merging never drops what is there
+        models = doc.get(item.ref.group, {})
+        if not isinstance(models, dict) or not isinstance(models.get(item.ref.model, {}), dict):
+            where = item.ref.group if not isinstance(models, dict) else f"{item.ref.group}/{item.ref.model}"
+            raise RegistryError(
+                f"export {item.ref}: {path} holds {where} as something other than a JSON object of "
+                f"{'models' if where == item.ref.group else 'versions'}; fix that entry, or export into "
+                "another directory"
+            )
     wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
     for item in exported:
         group, model = item.ref.group, item.ref.model

@@ -135,6 +135,17 @@ def symlink(target: Path, link: Path, *, or_skip: bool = True) -> bool:
     return False
 
 
+def directory_link(target: Path, link: Path) -> None:
+    """A link to the directory ``target``: a junction on Windows (which needs no privilege, and
+    which ``os.path.islink`` does not report), else a symbolic link."""
+    if WINDOWS:
+        import _winapi
+
+        _winapi.CreateJunction(str(target), str(link))  # type: ignore[attr-defined,unused-ignore]
+    else:
+        symlink(target, link)
+
+
 def open_under(root: Path) -> list[str]:
     """What this process holds open below ``root``: from /proc/self/fd on Linux; on Windows,
     the C runtime's descriptors (which os.open and open() use), each asked for its path."""
@@ -3154,6 +3165,51 @@ class TestRegistries:
         assert "org/tiny v1: 1 file repaired\n  model.safetensors\n" in result.stdout
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
 
+    @pytest.mark.parametrize("recorded", ["registry", "~/registry", 42], ids=["relative", "home", "number"])
+    def test_a_recorded_registry_that_is_no_url_nor_absolute_path_is_not_asked(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path,
+        isolated_env: Path, monkeypatch: pytest.MonkeyPatch, no_registry_env: None, recorded: Any
+    ) -> None:
+        manager.pull("org/tiny v1")
+        doc = json.loads((data_dir / "registry.json").read_text())
+        doc["org"]["tiny"]["v1"]["registry_url"] = recorded  # where it would lead, a registry waits
+        (data_dir / "registry.json").write_text(json.dumps(doc))
+        shutil.copytree(registry_dir, isolated_env / "registry")
+        shutil.copytree(registry_dir, tmp_path / "42")
+        monkeypatch.chdir(tmp_path)
+        unconfigured = xm.Manager(xm.Config("test-app", "", str(data_dir)), retries=0)
+        (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
+        for action in (lambda: unconfigured.check_update("org/tiny v1"),
+                       lambda: unconfigured.verify("org/tiny v1", repair=True)):
+            with pytest.raises(xm.RegistryError, match=rf"registry\.json records the registry of org/tiny v1 as "
+                                                         rf"{re.escape(repr(str(recorded)))}, which is not what"):
+                action()
+        assert (data_dir / "org" / "tiny" / "v1" / "config.json").read_bytes() == b"damaged"
+        for command in ("update", "verify"):
+            result = main_in_process("--data-dir", str(data_dir), command, *(["--repair"] * (command == "verify")))
+            assert result.returncode == 1 and "it is not asked" in result.stderr, command
+            assert result.stderr.count("\nhint: give --registry URL, or set XPRIM_MODELS_REGISTRY_URL\n") == 1
+        fixed = manager.verify("org/tiny v1", repair=True)  # the configured registry is asked as always
+        assert fixed.repaired == ("config.json",)
+        applied = main_in_process("--registry", str(registry_dir), "--data-dir", str(data_dir), "update", "--apply")
+        assert applied.returncode == 0 and "it is not asked" in applied.stderr
+        assert f"up to date; source: {recorded} \u2192 {registry_dir} (recorded)" in applied.stdout
+        assert recorded_sources(data_dir)["org/tiny v1"] == str(registry_dir)
+
+    def test_a_recorded_file_url_of_another_host_does_not_stop_the_configured_registry(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, registry_dir: Path
+    ) -> None:
+        manager.pull("org/tiny v1")
+        doc = json.loads((data_dir / "registry.json").read_text())
+        doc["org"]["tiny"]["v1"]["registry_url"] = "file://fileserver/registry"
+        (data_dir / "registry.json").write_text(json.dumps(doc))
+        publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        assert manager.check_update("org/tiny v1")[1] == listed_hash(registry_dir, "v1")
+        (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
+        assert manager.verify("org/tiny v1", repair=True).repaired == ("config.json",)
+        with pytest.raises(xm.RegistryError, match="'file://fileserver/registry', which is not what installs"):
+            xm.Manager(xm.Config("test-app", "", str(data_dir))).check_update("org/tiny v1")
+
 
 def listed_hash(registry_dir: Path, version: str) -> str:
     return str(json.loads((registry_dir / "models.json").read_text())["org"]["tiny"][version]["hash"])
@@ -3217,6 +3273,22 @@ class TestPinning:
         assert (data_dir / "registry.json").read_bytes() == record
         result = cli_run(server, data_dir, "pull", "org/tiny", f"v1@{missing}")
         assert result.returncode == 3 and f"pinned manifest not found: org/tiny v1@{missing}" in result.stderr
+
+    def test_a_cached_pin_is_fetched_from_the_registry_that_holds_it(
+        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
+    ) -> None:
+        first = xm.Manager(xm.Config("test-app", server.url, str(data_dir))).pull("org/tiny v1").manifest_hash
+        publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        xm.Manager(xm.Config("test-app", server.url, str(data_dir))).pull("org/tiny v1")  # first stays cached
+        mirror = RegistryServer(tmp_path / "mirror")  # the new registry: it has the new bytes only
+        try:
+            publish.publish(str(mirror.root), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+            moved = xm.Manager(xm.Config("test-app", mirror.url, str(data_dir)), retries=0)
+            installed = moved.pull("org/tiny v1", pin=first)  # config.json's chunk is on server only
+            assert (installed.manifest_hash, installed.registry_url) == (first, server.url)
+            assert tree(Path(installed.path)) == MODEL_FILES
+        finally:
+            mirror.close()
 
     def test_ensure_takes_the_keywords_of_pull(self) -> None:
         import inspect
@@ -3392,6 +3464,114 @@ class TestExport:
             manager.export(["org/tiny latest"], tmp_path / "export")
         with pytest.raises(xm.StorageError, match="inside the data directory"):
             manager.export(["org/tiny latest"], Path(manager.data_dir) / "export")
+
+
+    def test_the_data_directory_is_never_an_export_target(self, server: RegistryServer,
+                                                          model: dict[str, bytes], tmp_path: Path) -> None:
+        parent = tmp_path / "parent"
+        data_dir = parent / "data"
+        manager = xm.Manager(xm.Config("test-app", server.url, str(data_dir)))
+        manager.pull("org/tiny v1")
+        before = {path: path.stat().st_mtime_ns for path in data_dir.rglob("*")}
+        symlink(data_dir, tmp_path / "linked")
+        symlink(data_dir / "org", tmp_path / "linked-org")
+        for target in (tmp_path / "linked", tmp_path / "linked-org" / "export", data_dir / "org" / "export"):
+            with pytest.raises(xm.StorageError, match="inside the data directory"):
+                manager.export(["org/tiny v1"], target)
+        with pytest.raises(xm.StorageError, match=r"its data[/\\] would be the data directory"):
+            manager.export(["org/tiny v1"], parent)  # <to>/data/ is the data directory itself
+        assert {path: path.stat().st_mtime_ns for path in data_dir.rglob("*")} == before
+        assert sorted(os.listdir(parent)) == ["data"]
+
+    def test_the_next_export_deletes_what_a_killed_one_was_writing(
+        self, manager: xm.Manager, model: dict[str, bytes], tmp_path: Path
+    ) -> None:
+        manager.pull("org/tiny v1")
+        export = tmp_path / "export"
+        manager.export(["org/tiny v1"], export)
+        dead = dead_pid()
+        chunk = next(name for name in os.listdir(export / "data"))
+        left = [export / "data" / f"{chunk}.{dead}.1.tmp", export / f"models.json.{dead}.1.tmp"]
+        for path in left:
+            path.write_bytes(b"half written")
+        own = [export / f"notes.{dead}.1.tmp", export / "data" / f"notes.{dead}.1.tmp"]  # not an export's names
+        for path in own:
+            path.write_bytes(b"someone's")
+        manager.export(["org/tiny v1"], export)
+        assert not any(path.exists() for path in left)
+        assert all(path.read_bytes() == b"someone's" for path in own)
+
+    @pytest.mark.skipif(WINDOWS, reason="Windows opens no directory to flush it; NTFS journals renames")
+    def test_objects_are_on_stable_storage_before_models_json_lists_them(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager.pull("org/tiny v1")
+        export = tmp_path / "export"
+        manager.export(["org/tiny v1"], export)
+        chunk = chunk_paths(registry_dir)[3][5:]
+        (export / "data" / chunk).unlink()  # the manifest stays: only this object is written again
+        calls: list[tuple[str, object]] = []
+        fsync, replace = os.fsync, os.replace
+        monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.fstat(fd).st_ino)), fsync(fd))[1])
+        monkeypatch.setattr(os, "replace", lambda source, target: (
+            calls.append(("replace", os.path.basename(target))), replace(source, target))[1])
+        manager.export(["org/tiny v1"], export)
+        renamed, listed = calls.index(("replace", chunk)), calls.index(("replace", "models.json"))
+        assert ("fsync", (export / "data").stat().st_ino) in calls[renamed:listed]
+
+    @pytest.mark.parametrize("alias_of", ["bad name!", "con", "latest"])
+    def test_an_alias_recorded_with_no_valid_target_is_refused_before_anything_is_written(
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, tmp_path: Path, alias_of: str
+    ) -> None:
+        manager.pull("org/tiny latest")
+        doc = json.loads((data_dir / "registry.json").read_text())
+        doc["org"]["tiny"]["latest"]["alias_of"] = alias_of
+        (data_dir / "registry.json").write_text(json.dumps(doc))
+        with pytest.raises(xm.StorageError, match=r"records org/tiny latest as an alias of .*; pull org/tiny "
+                                                  r"latest again, which records it anew"):
+            manager.export(["org/tiny latest"], tmp_path / "export")
+        assert os.listdir(tmp_path / "export" / "data") == []
+
+    @pytest.mark.parametrize("index", [b'{"org": 5}', b'{"org": {"tiny": []}}'], ids=["group", "model"])
+    def test_a_models_json_entry_of_another_shape_in_the_export_directory_is_refused(
+        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path, index: bytes
+    ) -> None:
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "latest")
+        export = tmp_path / "export"
+        export.mkdir()
+        (export / "models.json").write_bytes(index)
+        result = cli_run(server, data_dir, "export", "org/tiny", "latest", "--to", str(export))
+        assert result.returncode == 1 and "fix that entry, or export into another directory" in result.stderr
+        assert (export / "models.json").read_bytes() == index
+
+    def test_a_models_json_nested_too_deeply_in_the_export_directory_is_refused(
+        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
+    ) -> None:
+        cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
+        export = tmp_path / "export"
+        export.mkdir()
+        index = b'{"org": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        (export / "models.json").write_bytes(index)
+        result = cli_run(server, data_dir, "export", "org/tiny", "v1", "--to", str(export))
+        assert result.returncode == 1 and "its models.json is not a registry index" in result.stderr
+        assert (export / "models.json").read_bytes() == index
+
+    @pytest.mark.parametrize("kind", ["chunk", "manifest"])
+    def test_an_object_already_in_the_export_is_kept_only_if_it_hashes_right(
+        self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, tmp_path: Path, kind: str
+    ) -> None:
+        installed = manager.pull("org/tiny v1")
+        export = tmp_path / "export"
+        manager.export(["org/tiny v1"], export)
+        name = installed.manifest_hash if kind == "manifest" else chunk_paths(registry_dir)[2][5:]
+        damaged = bytearray((export / "data" / name).read_bytes())
+        damaged[0] ^= 0xFF  # of its size, other bytes
+        (export / "data" / name).write_bytes(bytes(damaged))
+        manager.export(["org/tiny v1"], export)
+        assert hashlib.sha256((export / "data" / name).read_bytes()).hexdigest() == name
+        fresh = xm.Manager(xm.Config("test-app", str(export), tmp_path / "fresh"), retries=0)
+        assert tree(Path(fresh.pull("org/tiny v1").path)) == MODEL_FILES
 
 
 class TestEmbedding:
@@ -3993,6 +4173,20 @@ class TestReliability:
         self.assert_outside_untouched(outside)
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1", "v2"]
 
+    def test_a_linked_directory_in_a_resumed_staging_directory_is_replaced(
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        registry_dir: Path, data_dir: Path, outside: Path
+    ) -> None:
+        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
+        with pytest.raises(xm.NetworkError):
+            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        shutil.rmtree(staging / "sub")
+        directory_link(outside, staging / "sub")
+        installed = make_manager().pull("org/tiny v1")
+        assert tree(Path(installed.path)) == dict(sorted(model.items()))
+        self.assert_outside_untouched(outside)
+
     def test_planted_cache_links_are_not_followed(self, manager: xm.Manager, model: dict[str, bytes],
                                                   data_dir: Path, registry_dir: Path, outside: Path) -> None:
         digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
@@ -4467,6 +4661,35 @@ class TestUpdates:
         assert not os.path.samefile(alias / "tokenizer.json", outside) and outside.stat().st_nlink == 1
         assert (alias / "tokenizer.json").read_bytes() == big_files()["tokenizer.json"]
         assert os.path.samefile(target / "weights.bin", alias / "weights.bin")  # the intact files are shared
+
+    def test_no_link_is_made_through_a_linked_directory(self, manager: xm.Manager, model: dict[str, bytes],
+                                                        tmp_path: Path) -> None:
+        target = Path(manager.pull("org/tiny v1").path)
+        outside = tmp_path / "outside"  # the same bytes, so only the linked directory gives it away
+        shutil.copytree(target / "sub", outside)
+        shutil.rmtree(target / "sub")
+        symlink(outside, target / "sub")
+        alias = Path(manager.pull("org/tiny latest").path)
+        assert (outside / "tokenizer.json").stat().st_nlink == 1
+        assert tree(alias) == dict(sorted(model.items()))
+        assert os.path.samefile(target / "model.safetensors", alias / "model.safetensors")  # the others are shared
+
+    @pytest.mark.parametrize("shifted", [False, True], ids=["aligned", "shifted"])
+    def test_no_link_is_made_to_an_installed_file_that_grew(self, manager: xm.Manager, server: RegistryServer,
+                                                            registry_dir: Path, shifted: bool) -> None:
+        files = big_files()
+        publish_big(registry_dir, "v1", files)
+        # Aligned, tokenizer.json is linked as planned; shifted (config.json grows, and tokenizer.json
+        # lies in no chunk wholly), it is written, then found identical and linked.
+        v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'} if shifted else files
+        publish_big(registry_dir, "v2", v2)
+        old = Path(manager.pull("org/big v1").path)
+        with open(old / "tokenizer.json", "ab") as handle:  # what the manifest covers still hashes right
+            handle.write(b"appended by someone")
+        new = Path(manager.pull("org/big v2").path)
+        assert tree(new) == dict(sorted(v2.items()))
+        assert not os.path.samefile(old / "tokenizer.json", new / "tokenizer.json")
+        assert manager.verify("org/big v2").ok
 
     def test_prune_counts_only_what_it_frees(self, make_manager: Callable[..., xm.Manager], data_dir: Path,
                                              server: RegistryServer, registry_dir: Path) -> None:

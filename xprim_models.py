@@ -986,13 +986,26 @@ def _remove_file(path: str) -> bool:
     return True
 
 
+_IO_REPARSE_TAG_MOUNT_POINT = 0xA0000003  # a junction (stat.IO_REPARSE_TAG_MOUNT_POINT, typed for Windows only)
+
+
+def _is_link(path: str) -> bool:
+    """Whether ``path`` is a symbolic link, or a Windows junction (which os.path.islink does
+    not report before Python 3.12), either leading anywhere."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISLNK(status.st_mode) or getattr(status, "st_reparse_tag", 0) == _IO_REPARSE_TAG_MOUNT_POINT
+
+
 def _remove_tree(path: str) -> None:
     """Delete a directory tree (or a stray file or link) without following links."""
     import shutil
 
     try:
-        if os.path.islink(path) or not os.path.isdir(path):
-            os.unlink(path)
+        if _is_link(path) or not os.path.isdir(path):
+            os.unlink(path)  # on Windows it removes a directory link or junction itself, not what it leads to
         else:
             shutil.rmtree(path)
     except FileNotFoundError:
@@ -3380,6 +3393,7 @@ class _Staging(_ChunkFiles):
         self.directories: set[str] = set()
         self.resume = False
         self.links: dict[int, str] = {}  # file index: the installed file it shares storage with
+        self.identities: dict[int, tuple[int, ...]] = {}  # file index: its installed file as it was hashed
         self.unproven: set[int] = set()  # shared files whose first or last bytes are still to compare
         self.verified: dict[int, Collection[int]] = {}  # shared file: chunk positions whose bytes in it hashed right
         self.sharing = threading.Lock()
@@ -3452,12 +3466,17 @@ class _Staging(_ChunkFiles):
         bytes the first and last chunks hold of it are compared as they arrive (``unproven``)."""
         manifest = self.manifest
         links: dict[int, str] = {}
+        self.identities = {}
         checked: dict[tuple[str, int], bool] = {}  # (installed directory, position): hashed right
         for index, info in enumerate(manifest.files):
             for copy in kin:
                 known = copy.sizes.get(info.path)
                 if not info.size or not known or known[1] != info.size:
                     continue
+                identity = _linkable(copy, info)  # taken before hashing: a later change shows in it
+                if identity is None:
+                    continue
+                self.identities[index] = identity
                 ours = _covering(manifest, index)
                 theirs = _covering(copy.manifest, known[0])
                 if copy.manifest.chunk_size == manifest.chunk_size and ours[0] == theirs[0] and [
@@ -3585,7 +3604,7 @@ class _Staging(_ChunkFiles):
             directory = os.path.join(self.root, *parts[:depth])
             if directory not in self.directories:
                 if self.resume and os.path.lexists(directory) and (
-                    os.path.islink(directory) or not os.path.isdir(directory)
+                    _is_link(directory) or not os.path.isdir(directory)
                 ):
                     _remove_tree(directory)  # a link or a file where a directory belongs
                 os.makedirs(directory, exist_ok=True)
@@ -3593,16 +3612,17 @@ class _Staging(_ChunkFiles):
 
     def _link(self, index: int) -> bool:
         """Make file ``index`` a hard link to its identical installed file; False where the
-        file system cannot (FAT, another device, no permission): it is then written."""
+        file system cannot (FAT, another device, no permission), or where the installed file
+        is no longer the one hashed (replaced, written or grown since): it is then written."""
         path = self.path(index)
         _remove_tree(path)
         try:
             _hard_link(self.links[index], path)
         except OSError:
             return False
-        if stat.S_ISREG(os.lstat(path).st_mode):
+        if _identity(os.lstat(path)) == self.identities.get(index):
             return True
-        os.unlink(path)  # a link planted in the installed version since it was hashed
+        os.unlink(path)  # a link planted in the installed version since it was hashed, or other bytes
         return False
 
     def _covered_chunks(self, index: int) -> set[str]:
@@ -3671,21 +3691,45 @@ class _Staging(_ChunkFiles):
             known = copy.sizes.get(info.path)
             if not info.size or not known or known[1] != info.size:
                 continue
-            installed = copy.path(info.path)
-            if not _same_bytes(self.path(index), installed, 0, info.size):
+            identity = _linkable(copy, info)
+            if identity is None or not _same_bytes(self.path(index), copy.path(info.path), 0, info.size):
                 continue
             temporary = os.path.join(os.path.dirname(self.manifest_file), f"link-{index}.tmp")
             try:
                 _remove_tree(temporary)
-                _hard_link(installed, temporary)
-                if not stat.S_ISREG(os.lstat(temporary).st_mode):
-                    raise OSError(errno.EINVAL, "not a plain file", installed)
+                _hard_link(copy.path(info.path), temporary)
+                # The bytes are compared again through the link: they are what gets installed.
+                if _identity(os.lstat(temporary)) != identity or not _same_bytes(
+                        self.path(index), temporary, 0, info.size):
+                    raise OSError(errno.EINVAL, "not the file compared", copy.path(info.path))
                 os.replace(temporary, self.path(index))
             except (OSError, StorageError):
                 _remove_file(temporary)
                 return  # the written copy stays
             self.shared.add(index)
             return
+
+
+def _identity(status: os.stat_result) -> tuple[int, ...] | None:
+    """What tells a plain file from another, or from itself rewritten: its device, inode,
+    size and modification time (None for anything but a plain file)."""
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _linkable(copy: _Copy, info: FileInfo) -> tuple[int, ...] | None:
+    """The identity of ``copy``'s file ``info.path`` if a version may share it: a plain file of
+    the manifest's size (not grown), in plain directories from the version directory down (a
+    link or junction there leads out of the data directory); else None."""
+    parts = info.path.split("/")
+    if not all(_real_directory(os.path.join(copy.directory, *parts[:depth])) for depth in range(len(parts))):
+        return None
+    try:
+        identity = _identity(os.lstat(copy.path(info.path)))
+    except OSError:
+        return None
+    return identity if identity is not None and identity[2] == info.size else None
 
 
 def _hard_link(source: str, target: str) -> None:
@@ -4627,6 +4671,20 @@ def _registry_key(url: str) -> str:
     return f"{scheme}://{host}{port_text}{parts.path.rstrip('/')}{query}"
 
 
+def _recordable(url: str) -> bool:
+    """Whether ``url`` is a registry as installs record it (``_registry_origin``): an http(s)
+    URL, or a local directory's absolute path (on Windows, with its drive or UNC share) or
+    file:// URL."""
+    if re.match(r"(?i)https?://", url):
+        return True
+    if re.match(r"(?i)file://", url):
+        try:
+            url = _RegistryClient._local_root(url) or ""
+        except RegistryError:
+            return False  # a file:// URL of another host
+    return os.path.isabs(url) and (os.name != "nt" or bool(os.path.splitdrive(url)[0]))
+
+
 def _pin_missing(ref: ModelRef, pin: str, client: _RegistryClient, exc: ModelsError) -> ModelsError:
     """The error of a pinned pull whose registry answered ``exc``: a typed one naming the pin
     when the registry does not have that manifest."""
@@ -4698,6 +4756,17 @@ def _file_system(path: str) -> str:
     return kind
 
 
+def _remove_abandoned_export_files(root: str, data: str) -> None:
+    """Delete the temporary files a killed export left (an object's in ``data``, models.json's
+    in ``root``) once their writer is gone; no other name in the directory is touched."""
+    for directory, name in ((data, _HASH_RE), (root, r"models\.json")):
+        for found in _list_directory(directory):
+            match = re.fullmatch(rf"{name}\.(\d+)\.\d+\.tmp", found)
+            path = os.path.join(directory, found)
+            if match and int(match.group(1)) != os.getpid() and _writer_gone(path, int(match.group(1))):
+                _remove_file(path)
+
+
 def _export_index(path: str) -> dict[str, Any]:
     """The models.json an earlier export left in the export directory ({} if none)."""
     import json
@@ -4710,7 +4779,7 @@ def _export_index(path: str) -> dict[str, Any]:
         raise _storage_error("read", path, exc) from exc
     try:
         doc = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: containers nested too deeply to parse
         doc = exc
     if not isinstance(doc, dict):
         raise RegistryError(f"cannot export into {os.path.dirname(path)}: its models.json is not a registry "
@@ -4721,6 +4790,15 @@ def _export_index(path: str) -> dict[str, Any]:
 def _export_entries(doc: dict[str, Any], exported: Sequence[InstalledModel], path: str) -> None:
     """Set the models.json entries of ``exported`` in ``doc``: a version as its manifest hash,
     an alias as an alias, with its target; the other entries stay."""
+    for item in exported:  # where their entries go must be objects: merging never drops what is there
+        models = doc.get(item.ref.group, {})
+        if not isinstance(models, dict) or not isinstance(models.get(item.ref.model, {}), dict):
+            where = item.ref.group if not isinstance(models, dict) else f"{item.ref.group}/{item.ref.model}"
+            raise RegistryError(
+                f"export {item.ref}: {path} holds {where} as something other than a JSON object of "
+                f"{'models' if where == item.ref.group else 'versions'}; fix that entry, or export into "
+                "another directory"
+            )
     wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
     for item in exported:
         group, model = item.ref.group, item.ref.model
@@ -4746,12 +4824,15 @@ def _export_entries(doc: dict[str, Any], exported: Sequence[InstalledModel], pat
             versions[version] = entry
 
 
-def _object_present(path: str, size: int) -> bool:
+def _object_present(path: str, size: int, digest: str = "") -> bool:
+    """Whether ``path`` is a plain file of ``size`` bytes, and with ``digest``, they hash to it."""
     try:
         status = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISREG(status.st_mode) and status.st_size == size
+    if not (stat.S_ISREG(status.st_mode) and status.st_size == size):
+        return False
+    return not digest or _hash_pieces([(path, 0, size)]) == digest
 
 
 def _installed_bytes(installed: InstalledModel, manifest: _Manifest,
@@ -4776,7 +4857,7 @@ def _export_chunk(installed: InstalledModel, manifest: _Manifest, position: int,
     naming the files when they do not hold it."""
     temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
     pieces = list(_segments(manifest, position * manifest.chunk_size, manifest.chunk_length(position)))
-    present = _object_present(target, manifest.chunk_length(position))
+    present = _object_present(target, manifest.chunk_length(position), manifest.chunks[position])
     hasher = _sha256()
     fd = -1
     try:
@@ -4816,6 +4897,15 @@ def _damaged(installed: InstalledModel, paths: Sequence[str], why: str) -> HashM
 
 def _export_version(store: _Store, installed: InstalledModel, data: str, fat: str) -> None:
     """Write the manifest and chunks of ``installed`` that ``data`` lacks (model lock held)."""
+    alias_of = installed.alias_of
+    problem = (_name_problem("version", alias_of) or ("it is its own name" if alias_of == installed.ref.version
+                                                       else "")) if alias_of else ""
+    if problem:  # models.json would list an alias no pull can follow
+        raise StorageError(
+            f"cannot export {installed.ref}: {store.registry_path} records {installed.ref} as an alias of "
+            f"{alias_of!r:.80}, which cannot be exported ({problem}); pull {installed.ref} again, which records "
+            "it anew (nothing of it was listed in the export)"
+        )
     manifest = store.stored_manifest(installed)
     if _sha256(manifest.raw).hexdigest() != installed.manifest_hash:
         raise StorageError(
@@ -4839,7 +4929,7 @@ def _export_version(store: _Store, installed: InstalledModel, data: str, fat: st
             _export_chunk(installed, manifest, position, os.path.join(data, digest))
             done.add(digest)
     target = os.path.join(data, installed.manifest_hash)
-    if not _object_present(target, len(manifest.raw)):
+    if not _object_present(target, len(manifest.raw), installed.manifest_hash):
         _atomic_write(target, manifest.raw)
 
 
@@ -4962,9 +5052,20 @@ class Manager:
             raise found
         return found
 
-    def _sources(self, recorded: str) -> list[_RegistryClient]:
+    def _sources(self, ref: ModelRef, recorded: str) -> list[_RegistryClient]:
         """The registries to ask, in order: the configured one, then ``recorded`` (where an
-        installed version came from) if it is another (README: Moving models)."""
+        installed version came from) if it is another (README: Moving models).
+
+        A recorded registry that installs do not record (``_recordable``) is not asked: a
+        relative path or ``~`` would lead wherever the working directory or home is."""
+        if recorded and not _recordable(recorded):
+            problem = (f"{self._store.registry_path} records the registry of {ref} as {recorded!r:.100}, which is "
+                       "not what installs record (an http(s) URL, or a local directory's absolute path or file:// "
+                       "URL), so it is not asked")
+            if not self.config.registry_url:
+                raise RegistryError(f"{problem}; configure the registry's URL (update --apply then records it)")
+            self._logger.warning("%s", problem)
+            recorded = ""
         urls = [url for url in (self.config.registry_url, recorded) if url]
         if len(urls) == 2 and _registry_key(urls[0]) == _registry_key(urls[1]):
             urls.pop()
@@ -4978,10 +5079,16 @@ class Manager:
         entry = self._store.records.find(ref)
         recorded = str(entry.get("registry_url", "")) if isinstance(entry, dict) else ""
         failures: list[tuple[_RegistryClient, ModelsError]] = []
-        for client in self._sources(recorded):
+        sources = self._sources(ref, recorded)
+        for client in sources:
             try:
                 if pin:
-                    self._manifest(pin, client)
+                    if client is not sources[-1]:
+                        # Asked itself, with another registry to fall back on: a copy of the manifest
+                        # in the cache does not say that this registry holds its chunks.
+                        self._store.cache_manifest(pin, client.manifests([pin], self._store.metadata_dir)[pin][1])
+                    else:
+                        self._manifest(pin, client)
                     return client, RemoteModel(ref, pin)
                 return client, self._index(client).lookup(ref)
             except (ModelNotFoundError, VersionNotFoundError, RegistryError, NetworkError, HashMismatchError) as exc:
@@ -5005,7 +5112,7 @@ class Manager:
     def _installed_source(self, installed: InstalledModel) -> _RegistryClient:
         """The registry to fetch an installed version's manifest and chunks from, by hash: the
         configured one if it lists that manifest, else the one it was installed from."""
-        sources = self._sources(installed.registry_url)
+        sources = self._sources(installed.ref, installed.registry_url)
         for client in sources[:-1]:
             try:
                 if any(item.manifest_hash == installed.manifest_hash for item in self._index(client).models.values()):
@@ -5322,7 +5429,7 @@ class Manager:
         ``data/<sha256>``) that ``Config(registry_url=directory)`` installs from; return them.
 
         Each object is rebuilt from the installed files, checked against its hash and
-        written atomically; objects already there are not written again. An alias is
+        written atomically; objects already there are kept if they hash right. An alias is
         written as an alias, with its target. Entries already in ``directory``'s
         models.json stay (a version exported again is replaced); models.json is written
         last, so an interrupted export lists nothing it lacks.
@@ -5334,16 +5441,16 @@ class Manager:
         Raises:
             NotInstalledError: a ref is not installed.
             HashMismatchError: an installed file is damaged (``verify --repair`` fixes it).
-            StorageError: the directory cannot be written, or a chunk is over 4 GiB and
-                it is on FAT32.
+            StorageError: the directory cannot be written, is (or is inside) the data
+                directory or has it as its ``data/``, or a chunk is over 4 GiB and it is
+                on FAT32.
             RegistryError: ``directory`` holds a models.json that is not an index, or one
                 whose entries contradict an exported alias.
         """
         wanted = self._export_refs([refs] if isinstance(refs, (str, ModelRef)) else refs)
         root = os.path.abspath(os.fspath(directory))
-        if os.path.normcase(root + os.sep).startswith(os.path.normcase(os.path.join(self.data_dir, ""))):
-            raise StorageError(f"cannot export into {root}: it is inside the data directory; choose another one")
         data = os.path.join(root, "data")
+        self._check_export_target(root, data)
         try:
             os.makedirs(data, exist_ok=True)
         except OSError as exc:
@@ -5352,6 +5459,7 @@ class Manager:
         fat = fat if fat in _FAT_KINDS else ""
         exported = []
         with _FileLock(os.path.join(root, _EXPORT_LOCK)):
+            _remove_abandoned_export_files(root, data)
             for ref in wanted:
                 with self._store.model_lock(ref):
                     self._store.reclaim(ref)
@@ -5359,11 +5467,26 @@ class Manager:
                     _export_version(self._store, installed, data, fat)
                 exported.append(installed)
                 self._logger.info("exported %s to %s", ref, root)
+            _fsync_directory(data)  # every object's rename is durable before models.json lists it
             index_path = os.path.join(root, "models.json")
             doc = _export_index(index_path)
             _export_entries(doc, exported, index_path)
             self._write_export_index(index_path, doc, exported)
         return exported
+
+    def _check_export_target(self, root: str, data: str) -> None:
+        """Refuse an export directory that is, or is inside, the data directory (as written,
+        or where links lead), or whose ``data/`` is the data directory itself."""
+        def within(path: str, directory: str) -> bool:
+            return os.path.normcase(os.path.join(path, "")).startswith(os.path.normcase(os.path.join(directory, "")))
+
+        homes = {self.data_dir, os.path.realpath(self.data_dir)}
+        if any(within(path, home) for path in (root, os.path.realpath(root)) for home in homes):
+            raise StorageError(f"cannot export into {root}: it is inside the data directory {self.data_dir}; "
+                               "choose a directory outside it")
+        if any(within(path, home) for path in (data, os.path.realpath(data)) for home in homes):
+            raise StorageError(f"cannot export into {root}: its {os.path.join('data', '')} would be the data "
+                               f"directory {self.data_dir}; choose a directory outside it")
 
     def _export_refs(self, refs: Iterable[RefLike]) -> list[ModelRef]:
         """The installed versions ``refs`` name, once each, in order."""
@@ -6036,7 +6159,8 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
     }
     try:
         client, remote = manager._resolve(item.ref)
-        moved = bool(item.registry_url) and _registry_key(item.registry_url) != _registry_key(client.origin)
+        moved = bool(item.registry_url) and (not _recordable(item.registry_url)  # recorded anew with --apply
+                                             or _registry_key(item.registry_url) != _registry_key(client.origin))
         result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of,
                       registry_url=client.origin, source_changed=moved)
         note = f"; source: {item.registry_url} \u2192 {client.origin}" if moved else ""
@@ -6065,7 +6189,8 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
         message = re.sub(rf"^\w+ {re.escape(str(item.ref))}: ", "", _with_hints(exc, manager.config, console))
         if not manager.config.registry_url and item.registry_url and isinstance(exc, (NetworkError, RegistryError)):
             how = console.registry_hint or f"configure {manager.config.app_name}'s registry URL"
-            message += f"\nhint: if the registry moved from {item.registry_url}, {how}: the new one is asked first"
+            if _recordable(item.registry_url):  # else _with_hints says how to give one
+                message += f"\nhint: if the registry moved from {item.registry_url}, {how}: the new one is asked first"
         console.err(f"error: {item.ref}: {message}")  # said once: "pull g/m v: needs ..." names it too
     return result
 
@@ -6212,6 +6337,8 @@ def _with_hints(exc: ModelsError, config: Config, console: _Console) -> str:
         # Only the parent tool knows how its users set a registry: embedded, stay neutral.
         hint = console.registry_hint
         return f"no registry URL is configured{': ' + hint if hint else f' for {config.app_name}'}"
+    if isinstance(exc, RegistryError) and not url and "so it is not asked" in message and console.registry_hint:
+        message += f"\nhint: {console.registry_hint}"  # a recorded registry no install records
     if isinstance(exc, ModelNotFoundError) and url:
         message += f"; '{console.prog} list --remote' shows what the registry has"
     colon = re.search(r"'([^'\s/:]+/[^'\s/:]+):([^'\s/:]+)'", message) if isinstance(exc, InvalidRefError) else None

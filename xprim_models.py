@@ -5086,7 +5086,7 @@ class Manager:
                     if client is not sources[-1]:
                         # Asked itself, with another registry to fall back on: a copy of the manifest
                         # in the cache does not say that this registry holds its chunks.
-                        self._store.cache_manifest(pin, client.manifests([pin], self._store.metadata_dir)[pin][1])
+                        self._store.cache_manifest(pin, client.manifests([pin], self._store.metadata_dir)[pin].raw)
                     else:
                         self._manifest(pin, client)
                     return client, RemoteModel(ref, pin)

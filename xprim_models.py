@@ -4697,26 +4697,6 @@ def _pin_missing(ref: ModelRef, pin: str, client: _RegistryClient, exc: ModelsEr
     return exc
 
 
-class _IndexScope:
-    """``with manager._one_index_each():``: within the block, on this thread, each registry's
-    models.json is fetched at most once (a failure to fetch it is kept too). One CLI command
-    runs in one such block; outside it, every API call fetches the index anew, so a
-    long-lived Manager sees an alias move at its next call."""
-
-    def __init__(self, local: threading.local) -> None:
-        self._local = local
-        self._outer = True
-
-    def __enter__(self) -> None:
-        self._outer = getattr(self._local, "indexes", None) is None
-        if self._outer:
-            self._local.indexes = {}
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._outer:
-            self._local.indexes = None
-
-
 # --- Export -----------------------------------------------------------------------
 # An export is a registry directory (README: Moving models): models.json and data/<sha256>,
 # each object rebuilt from the installed files, checked against its hash, then renamed
@@ -4933,9 +4913,198 @@ def _export_version(store: _Store, installed: InstalledModel, data: str, fat: st
         _atomic_write(target, manifest.raw)
 
 
+def _check_export_target(data_dir: str, root: str, data: str) -> None:
+    """Refuse an export directory that is, or is inside, the data directory (as written,
+    or where links lead), or whose ``data/`` is the data directory itself."""
+    def within(path: str, directory: str) -> bool:
+        return os.path.normcase(os.path.join(path, "")).startswith(os.path.normcase(os.path.join(directory, "")))
+
+    homes = {data_dir, os.path.realpath(data_dir)}
+    if any(within(path, home) for path in (root, os.path.realpath(root)) for home in homes):
+        raise StorageError(f"cannot export into {root}: it is inside the data directory {data_dir}; "
+                           "choose a directory outside it")
+    if any(within(path, home) for path in (data, os.path.realpath(data)) for home in homes):
+        raise StorageError(f"cannot export into {root}: its {os.path.join('data', '')} would be the data "
+                           f"directory {data_dir}; choose a directory outside it")
+
+
+def _installed_refs(store: _Store, refs: Iterable[RefLike]) -> list[ModelRef]:
+    """The installed versions ``refs`` name, once each, in order."""
+    wanted: list[ModelRef] = []
+    for item in refs:
+        ref = _as_ref(item)
+        if ref.pin:
+            raise InvalidRefError(f"export {ref}: takes no pin; drop '@{ref.pin[:12]}...'")
+        found = [ref] if ref.version else [
+            installed.ref for installed in store.list_installed()
+            if (installed.ref.group, installed.ref.model) == (ref.group, ref.model)]
+        if not found:
+            raise NotInstalledError(f"model not installed: {ref} (no versions)")
+        wanted += [one for one in found if one not in wanted]
+    return wanted
+
+
+def _write_export_index(path: str, doc: dict[str, Any], exported: Sequence[InstalledModel]) -> None:
+    """Write ``doc`` as models.json, once it is checked to list every exported version as
+    installed, the way a pull will read it."""
+    import json
+
+    raw = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+    index = _parse_index(raw, path)
+    for item in exported:
+        if index.lookup(item.ref).manifest_hash != item.manifest_hash:
+            raise RegistryError(f"export {item.ref}: {path} would not list it as installed; nothing was listed")
+    _atomic_write(path, raw)
+
+
 # --- Manager ----------------------------------------------------------------------
 # The public API: argument checks, lock order, and delegation to the registry
-# client, the pull engine and the local store.
+# client, the pull engine and the local store. _Registries first: which registry
+# answers for a model, each one's client, and its models.json once per command.
+
+
+class _IndexScope:
+    """``with registries.one_index_each():``: within the block, on this thread, each registry's
+    models.json is fetched at most once (a failure to fetch it is kept too). One CLI command
+    runs in one such block; outside it, every API call fetches the index anew, so a
+    long-lived Manager sees an alias move at its next call."""
+
+    def __init__(self, local: threading.local) -> None:
+        self._local = local
+        self._outer = True
+
+    def __enter__(self) -> None:
+        self._outer = getattr(self._local, "indexes", None) is None
+        if self._outer:
+            self._local.indexes = {}
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._outer:
+            self._local.indexes = None
+
+
+class _Registries:
+    """Which registry answers for a model (README: Moving models): the configured one
+    first, then the one an install recorded. One client per registry, made on first use
+    with the Manager's settings; each registry's models.json at most once per
+    ``one_index_each`` block."""
+
+    def __init__(self, configured_url: str, store: _Store, logger: LoggerLike, **client_options: Any) -> None:
+        self.configured_url = configured_url
+        self._store, self._logger, self._options = store, logger, client_options
+        self._clients: dict[str, _RegistryClient] = {}  # by _registry_key
+        self._guard = threading.Lock()
+        self._scope = threading.local()  # the indexes held by one_index_each
+
+    def client_for(self, url: str) -> _RegistryClient:
+        """The client of registry ``url``, made on first use with the Manager's headers,
+        timeout, retries, TLS context, opener and logger: every registry contact, the
+        configured registry's or one an install recorded, goes through one of these."""
+        key = _registry_key(url)
+        with self._guard:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = _RegistryClient(url, logger=self._logger, **self._options)
+            return client
+
+    @property
+    def configured(self) -> _RegistryClient:
+        """The configured registry's client (RegistryError if none is configured)."""
+        return self.client_for(self.configured_url)
+
+    def one_index_each(self) -> _IndexScope:
+        return _IndexScope(self._scope)
+
+    def index(self, client: _RegistryClient) -> _Index:
+        """``client``'s models.json: fetched now, or once per ``one_index_each`` block."""
+        held: dict[str, _Index | ModelsError] | None = getattr(self._scope, "indexes", None)
+        if held is None:
+            return client.index()
+        key = _registry_key(client.url)
+        if key not in held:
+            try:
+                held[key] = client.index()
+            except ModelsError as exc:
+                held[key] = exc
+        found = held[key]
+        if isinstance(found, ModelsError):
+            raise found
+        return found
+
+    def sources(self, ref: ModelRef, recorded: str) -> list[_RegistryClient]:
+        """The registries to ask, in order: the configured one, then ``recorded`` (where an
+        installed version came from) if it is another (README: Moving models).
+
+        A recorded registry that installs do not record (``_recordable``) is not asked: a
+        relative path or ``~`` would lead wherever the working directory or home is."""
+        if recorded and not _recordable(recorded):
+            problem = (f"{self._store.registry_path} records the registry of {ref} as {recorded!r:.100}, which is "
+                       "not what installs record (an http(s) URL, or a local directory's absolute path or file:// "
+                       "URL), so it is not asked")
+            if not self.configured_url:
+                raise RegistryError(f"{problem}; configure the registry's URL (update --apply then records it)")
+            self._logger.warning("%s", problem)
+            recorded = ""
+        urls = [url for url in (self.configured_url, recorded) if url]
+        if len(urls) == 2 and _registry_key(urls[0]) == _registry_key(urls[1]):
+            urls.pop()
+        return [self.client_for(url) for url in urls] or [self.configured]  # none: the "no registry" error
+
+    def resolve(self, ref: ModelRef, *, pin: str = "") -> tuple[_RegistryClient, RemoteModel]:
+        """The registry that serves ``ref`` and what it lists for it: the configured registry
+        if it lists ``ref``, else the one ``ref`` is installed from. With ``pin``, the first
+        that holds the manifest of that hash (fetched by it, and cached), whatever either
+        index lists."""
+        entry = self._store.records.find(ref)
+        recorded = str(entry.get("registry_url", "")) if isinstance(entry, dict) else ""
+        failures: list[tuple[_RegistryClient, ModelsError]] = []
+        sources = self.sources(ref, recorded)
+        for client in sources:
+            try:
+                if pin:
+                    if client is not sources[-1]:
+                        # Asked itself, with another registry to fall back on: a copy of the manifest
+                        # in the cache does not say that this registry holds its chunks.
+                        self._store.cache_manifest(pin, client.manifests([pin], self._store.metadata_dir)[pin].raw)
+                    else:
+                        self.manifest(pin, client)
+                    return client, RemoteModel(ref, pin)
+                return client, self.index(client).lookup(ref)
+            except (ModelNotFoundError, VersionNotFoundError, RegistryError, NetworkError, HashMismatchError) as exc:
+                failures.append((client, _pin_missing(ref, pin, client, exc) if pin else exc))
+        if len(failures) == 1:
+            raise failures[0][1]
+        (configured, first), (installed_from, second) = failures
+        raise type(first)(
+            f"no registry serves {ref}{'@' + pin if pin else ''}: not the configured {configured.origin} ({first}), "
+            f"nor {installed_from.origin}, where it was installed from ({second}); configure a registry that "
+            "lists it, or remove it if it is no longer published"
+        ) from first
+
+    def record_source(self, installed: InstalledModel, registry_url: str) -> None:
+        """Record ``registry_url`` as where ``installed`` comes from, unless it changed meanwhile."""
+        with self._store.model_lock(installed.ref):
+            entry = self._store.records.find(installed.ref)
+            if isinstance(entry, dict) and entry.get("manifest_hash") == installed.manifest_hash:
+                self._store.records.commit(installed.ref, {**entry, "registry_url": registry_url})
+
+    def installed_source(self, installed: InstalledModel) -> _RegistryClient:
+        """The registry to fetch an installed version's manifest and chunks from, by hash: the
+        configured one if it lists that manifest, else the one it was installed from."""
+        sources = self.sources(installed.ref, installed.registry_url)
+        for client in sources[:-1]:
+            try:
+                if any(item.manifest_hash == installed.manifest_hash for item in self.index(client).models.values()):
+                    return client
+            except ModelsError as exc:
+                self._logger.info("%s: asking %s instead: %s", installed.ref, sources[-1].origin, exc)
+        return sources[-1]
+
+    def manifest(self, digest: str, client: _RegistryClient | None = None) -> _Manifest:
+        """The validated manifest, from the local manifest cache or the registry (``client``'s,
+        else the configured one)."""
+        return self._store.manifests([digest], lambda missing: (client or self.configured).manifests(
+            missing, self._store.metadata_dir))[digest]
 
 
 class Manager:
@@ -4993,16 +5162,14 @@ class Manager:
         if timeout <= 0 or retries < 0 or retry_backoff < 0:
             raise ValueError("timeout must be positive; retries and retry_backoff must not be negative")
         self.config = config
-        self._headers = _check_headers(headers or {})
         self._logger = logger = logger if logger is not None else _default_logger()
         root = os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else _resolve_data_dir(config)
         self._store = _Store(root, config.app_name, logger)
-        self._opener, self._ssl_context = opener, ssl_context
-        self._timeout, self._retries, self._backoff = timeout, retries, retry_backoff
+        self._registries = _Registries(
+            config.registry_url, self._store, logger, opener=opener, ssl_context=ssl_context, timeout=timeout,
+            retries=retries, backoff=retry_backoff, headers=_check_headers(headers or {}),
+        )
         self._share_files = not copy_files and os.environ.get("XPRIM_MODELS_COPY_FILES", "") in ("", "0")
-        self._clients: dict[str, _RegistryClient] = {}  # by _registry_key
-        self._clients_guard = threading.Lock()
-        self._scope = threading.local()  # the indexes held by _one_index_each
 
     @property
     def data_dir(self) -> str:
@@ -5011,121 +5178,6 @@ class Manager:
 
     def __repr__(self) -> str:
         return f"Manager(app_name={self.config.app_name!r}, data_dir={self.data_dir!r})"
-
-    # The remote side ---------------------------------------------------------
-
-    def _client_for(self, url: str) -> _RegistryClient:
-        """The client of registry ``url``, made on first use with this Manager's headers,
-        timeout, retries, TLS context, opener and logger: every registry contact, the
-        configured registry's or one an install recorded, goes through one of these."""
-        key = _registry_key(url)
-        with self._clients_guard:
-            client = self._clients.get(key)
-            if client is None:
-                client = self._clients[key] = _RegistryClient(
-                    url, opener=self._opener, ssl_context=self._ssl_context, timeout=self._timeout,
-                    retries=self._retries, backoff=self._backoff, logger=self._logger, headers=self._headers,
-                )
-            return client
-
-    @property
-    def _client(self) -> _RegistryClient:
-        """The configured registry's client (RegistryError if none is configured)."""
-        return self._client_for(self.config.registry_url)
-
-    def _one_index_each(self) -> _IndexScope:
-        return _IndexScope(self._scope)
-
-    def _index(self, client: _RegistryClient) -> _Index:
-        """``client``'s models.json: fetched now, or once per ``_one_index_each`` block."""
-        held: dict[str, _Index | ModelsError] | None = getattr(self._scope, "indexes", None)
-        if held is None:
-            return client.index()
-        key = _registry_key(client.url)
-        if key not in held:
-            try:
-                held[key] = client.index()
-            except ModelsError as exc:
-                held[key] = exc
-        found = held[key]
-        if isinstance(found, ModelsError):
-            raise found
-        return found
-
-    def _sources(self, ref: ModelRef, recorded: str) -> list[_RegistryClient]:
-        """The registries to ask, in order: the configured one, then ``recorded`` (where an
-        installed version came from) if it is another (README: Moving models).
-
-        A recorded registry that installs do not record (``_recordable``) is not asked: a
-        relative path or ``~`` would lead wherever the working directory or home is."""
-        if recorded and not _recordable(recorded):
-            problem = (f"{self._store.registry_path} records the registry of {ref} as {recorded!r:.100}, which is "
-                       "not what installs record (an http(s) URL, or a local directory's absolute path or file:// "
-                       "URL), so it is not asked")
-            if not self.config.registry_url:
-                raise RegistryError(f"{problem}; configure the registry's URL (update --apply then records it)")
-            self._logger.warning("%s", problem)
-            recorded = ""
-        urls = [url for url in (self.config.registry_url, recorded) if url]
-        if len(urls) == 2 and _registry_key(urls[0]) == _registry_key(urls[1]):
-            urls.pop()
-        return [self._client_for(url) for url in urls] or [self._client]  # none: the "no registry" error
-
-    def _resolve(self, ref: ModelRef, *, pin: str = "") -> tuple[_RegistryClient, RemoteModel]:
-        """The registry that serves ``ref`` and what it lists for it: the configured registry
-        if it lists ``ref``, else the one ``ref`` is installed from. With ``pin``, the first
-        that holds the manifest of that hash (fetched by it, and cached), whatever either
-        index lists."""
-        entry = self._store.records.find(ref)
-        recorded = str(entry.get("registry_url", "")) if isinstance(entry, dict) else ""
-        failures: list[tuple[_RegistryClient, ModelsError]] = []
-        sources = self._sources(ref, recorded)
-        for client in sources:
-            try:
-                if pin:
-                    if client is not sources[-1]:
-                        # Asked itself, with another registry to fall back on: a copy of the manifest
-                        # in the cache does not say that this registry holds its chunks.
-                        self._store.cache_manifest(pin, client.manifests([pin], self._store.metadata_dir)[pin].raw)
-                    else:
-                        self._manifest(pin, client)
-                    return client, RemoteModel(ref, pin)
-                return client, self._index(client).lookup(ref)
-            except (ModelNotFoundError, VersionNotFoundError, RegistryError, NetworkError, HashMismatchError) as exc:
-                failures.append((client, _pin_missing(ref, pin, client, exc) if pin else exc))
-        if len(failures) == 1:
-            raise failures[0][1]
-        (configured, first), (installed_from, second) = failures
-        raise type(first)(
-            f"no registry serves {ref}{'@' + pin if pin else ''}: not the configured {configured.origin} ({first}), "
-            f"nor {installed_from.origin}, where it was installed from ({second}); configure a registry that "
-            "lists it, or remove it if it is no longer published"
-        ) from first
-
-    def _record_source(self, installed: InstalledModel, registry_url: str) -> None:
-        """Record ``registry_url`` as where ``installed`` comes from, unless it changed meanwhile."""
-        with self._store.model_lock(installed.ref):
-            entry = self._store.records.find(installed.ref)
-            if isinstance(entry, dict) and entry.get("manifest_hash") == installed.manifest_hash:
-                self._store.records.commit(installed.ref, {**entry, "registry_url": registry_url})
-
-    def _installed_source(self, installed: InstalledModel) -> _RegistryClient:
-        """The registry to fetch an installed version's manifest and chunks from, by hash: the
-        configured one if it lists that manifest, else the one it was installed from."""
-        sources = self._sources(installed.ref, installed.registry_url)
-        for client in sources[:-1]:
-            try:
-                if any(item.manifest_hash == installed.manifest_hash for item in self._index(client).models.values()):
-                    return client
-            except ModelsError as exc:
-                self._logger.info("%s: asking %s instead: %s", installed.ref, sources[-1].origin, exc)
-        return sources[-1]
-
-    def _manifest(self, digest: str, client: _RegistryClient | None = None) -> _Manifest:
-        """The validated manifest, from the local manifest cache or the registry (``client``'s,
-        else the configured one)."""
-        return self._store.manifests([digest], lambda missing: (client or self._client).manifests(
-            missing, self._store.metadata_dir))[digest]
 
     def _job(self, client: _RegistryClient, writer: _ChunkFiles, label: str, chunks: Sequence[tuple[str, int]],
              concurrency: int, progress: Callable[[PullProgress], None] | None,
@@ -5156,13 +5208,13 @@ class Manager:
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
         # ModelRef's order, compared as plain tuples (a big index sorts in a fraction of the time)
-        remote = sorted(self._client.index().models.values(),
+        remote = sorted(self._registries.configured.index().models.values(),
                         key=lambda item: (item.ref.group, item.ref.model, item.ref.version))
         if not detail:
             return remote
         digests = sorted({item.manifest_hash for item in remote})  # aliases share their target's
         manifests = self._store.manifests(
-            digests, lambda missing: self._client.manifests(missing, self._store.metadata_dir))
+            digests, lambda missing: self._registries.configured.manifests(missing, self._store.metadata_dir))
         return [_detail(item, manifests[item.manifest_hash]) for item in remote]
 
     def list_remote_group(self, group: str) -> list[RemoteModel]:
@@ -5188,7 +5240,7 @@ class Manager:
             ModelNotFoundError, VersionNotFoundError: the registry has no such model/version.
             NetworkError, RegistryError: the index cannot be fetched or is invalid.
         """
-        return self._client.index().lookup(_versioned(ref, "get_remote"))
+        return self._registries.configured.index().lookup(_versioned(ref, "get_remote"))
 
     def get_remote_detail(self, ref: RefLike) -> RemoteModelDetail:
         """What the registry lists for ``ref``, with its manifest's sizes and files.
@@ -5199,7 +5251,7 @@ class Manager:
             NetworkError: the registry cannot be reached.
         """
         remote = self.get_remote(ref)
-        return _detail(remote, self._manifest(remote.manifest_hash))
+        return _detail(remote, self._registries.manifest(remote.manifest_hash))
 
     def files(self, ref: RefLike) -> list[FileInfo]:
         """The files of the installed version ``ref``, in manifest order.
@@ -5226,7 +5278,7 @@ class Manager:
             ModelNotFoundError, VersionNotFoundError: the registry no longer lists it.
         """
         installed = self.get_installed(ref)
-        return installed.manifest_hash, self._resolve(installed.ref)[1].manifest_hash
+        return installed.manifest_hash, self._registries.resolve(installed.ref)[1].manifest_hash
 
     def pull(
         self,
@@ -5269,7 +5321,7 @@ class Manager:
         ref, pin = _unpinned(_versioned(ref, "pull", pinned=True), pin, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
-        client, remote = self._resolve(ref, pin=pin)
+        client, remote = self._registries.resolve(ref, pin=pin)
         if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
@@ -5282,7 +5334,7 @@ class Manager:
                 store.raise_if_installed(ref, remote.manifest_hash)
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
-            manifest = self._manifest(remote.manifest_hash, client)
+            manifest = self._registries.manifest(remote.manifest_hash, client)
             with store.installing(ref, manifest, installed_models, alias_of=remote.alias_of,
                                   registry_url=client.origin, share=self._share_files) as staging:
                 job = self._job(client, staging, f"pull {ref}", staging.chunks(), concurrency, progress,
@@ -5368,11 +5420,11 @@ class Manager:
 
             @cache
             def source() -> _RegistryClient:  # asked only when something must be fetched
-                return self._installed_source(check.installed)
+                return self._registries.installed_source(check.installed)
 
             if check.needs_published():
                 try:
-                    check.use_published(self._manifest(check.installed.manifest_hash, source()))
+                    check.use_published(self._registries.manifest(check.installed.manifest_hash, source()))
                 except ModelsError as exc:
                     check.use_published(exc)
             if check.scan() and repair:
@@ -5447,10 +5499,10 @@ class Manager:
             RegistryError: ``directory`` holds a models.json that is not an index, or one
                 whose entries contradict an exported alias.
         """
-        wanted = self._export_refs([refs] if isinstance(refs, (str, ModelRef)) else refs)
+        wanted = _installed_refs(self._store, [refs] if isinstance(refs, (str, ModelRef)) else refs)
         root = os.path.abspath(os.fspath(directory))
         data = os.path.join(root, "data")
-        self._check_export_target(root, data)
+        _check_export_target(self.data_dir, root, data)
         try:
             os.makedirs(data, exist_ok=True)
         except OSError as exc:
@@ -5471,49 +5523,8 @@ class Manager:
             index_path = os.path.join(root, "models.json")
             doc = _export_index(index_path)
             _export_entries(doc, exported, index_path)
-            self._write_export_index(index_path, doc, exported)
+            _write_export_index(index_path, doc, exported)
         return exported
-
-    def _check_export_target(self, root: str, data: str) -> None:
-        """Refuse an export directory that is, or is inside, the data directory (as written,
-        or where links lead), or whose ``data/`` is the data directory itself."""
-        def within(path: str, directory: str) -> bool:
-            return os.path.normcase(os.path.join(path, "")).startswith(os.path.normcase(os.path.join(directory, "")))
-
-        homes = {self.data_dir, os.path.realpath(self.data_dir)}
-        if any(within(path, home) for path in (root, os.path.realpath(root)) for home in homes):
-            raise StorageError(f"cannot export into {root}: it is inside the data directory {self.data_dir}; "
-                               "choose a directory outside it")
-        if any(within(path, home) for path in (data, os.path.realpath(data)) for home in homes):
-            raise StorageError(f"cannot export into {root}: its {os.path.join('data', '')} would be the data "
-                               f"directory {self.data_dir}; choose a directory outside it")
-
-    def _export_refs(self, refs: Iterable[RefLike]) -> list[ModelRef]:
-        """The installed versions ``refs`` name, once each, in order."""
-        wanted: list[ModelRef] = []
-        for item in refs:
-            ref = _as_ref(item)
-            if ref.pin:
-                raise InvalidRefError(f"export {ref}: takes no pin; drop '@{ref.pin[:12]}...'")
-            found = [ref] if ref.version else [
-                installed.ref for installed in self.list_installed()
-                if (installed.ref.group, installed.ref.model) == (ref.group, ref.model)]
-            if not found:
-                raise NotInstalledError(f"model not installed: {ref} (no versions)")
-            wanted += [one for one in found if one not in wanted]
-        return wanted
-
-    def _write_export_index(self, path: str, doc: dict[str, Any], exported: Sequence[InstalledModel]) -> None:
-        """Write ``doc`` as models.json, once it is checked to list every exported version as
-        installed, the way a pull will read it."""
-        import json
-
-        raw = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
-        index = _parse_index(raw, path)
-        for item in exported:
-            if index.lookup(item.ref).manifest_hash != item.manifest_hash:
-                raise RegistryError(f"export {item.ref}: {path} would not list it as installed; nothing was listed")
-        _atomic_write(path, raw)
 
 
 # --- Command line -----------------------------------------------------------------
@@ -6137,7 +6148,7 @@ def _command_update(manager: Manager, args: argparse.Namespace, console: _Consol
         console.out()
     exit_code = 0
     results = []
-    with manager._one_index_each():  # each registry's models.json once, for the checks and the pulls
+    with manager._registries.one_index_each():  # each registry's models.json once, for the checks and the pulls
         for item in installed:
             result = _update_one(manager, item, args, console)
             results.append(result)
@@ -6158,7 +6169,7 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
         "registry_url": None, "installed_registry_url": item.registry_url, "source_changed": False, "error": None,
     }
     try:
-        client, remote = manager._resolve(item.ref)
+        client, remote = manager._registries.resolve(item.ref)
         moved = bool(item.registry_url) and (not _recordable(item.registry_url)  # recorded anew with --apply
                                              or _registry_key(item.registry_url) != _registry_key(client.origin))
         result.update(remote_hash=remote.manifest_hash, remote_alias_of=remote.alias_of,
@@ -6166,7 +6177,7 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
         note = f"; source: {item.registry_url} \u2192 {client.origin}" if moved else ""
         if remote.manifest_hash == item.manifest_hash:
             if moved and args.models_apply:  # the same bytes, from the registry that now serves them
-                manager._record_source(item, client.origin)
+                manager._registries.record_source(item, client.origin)
                 note += " (recorded)"
             if not console.json:
                 console.out(f"{item.ref}: up to date{note}")
@@ -6211,7 +6222,7 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
             return 0
     exit_code = 0
     results = []
-    with manager._one_index_each():  # a repair asks each registry for models.json once
+    with manager._registries.one_index_each():  # a repair asks each registry for models.json once
         for ref in refs:
             printer = _ProgressPrinter(console, "Rewriting damaged files") if args.models_repair else None
             try:

@@ -2362,6 +2362,18 @@ class TestCli:
               framework: onnx
             """)
 
+    def test_info_shows_control_characters_of_metadata_as_escapes(
+        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+    ) -> None:
+        # A registry's metadata reaches a terminal: ESC, BEL and CSI there would retitle the
+        # window, move the cursor or rewrite what the user reads.
+        publish.publish(str(registry_dir), "org", "tiny", "v9", {"a.bin": b"a"},
+                        metadata={"note\x1b[2J": "\x1b]0;pwned\x07 \x9b31m red\x7f"})
+        result = cli_run(server, data_dir, "info", "org/tiny", "v9", "--remote")
+        assert result.returncode == 0, result.stderr
+        assert "  note\\x1b[2J: \\x1b]0;pwned\\x07 \\x9b31m red\\x7f\n" in result.stdout
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stdout)
+
     def test_remove_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1", "v2", "latest")
         one = cli_run(server, data_dir, "remove", "org/tiny", "latest")

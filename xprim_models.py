@@ -6106,8 +6106,14 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
         console.out("Metadata:")
         for key in sorted(remote.metadata):
             value = remote.metadata[key]
-            console.out(f"  {key}: {value if isinstance(value, str) else json.dumps(value)}")
+            console.out(f"  {_printable(key)}: {_printable(value) if isinstance(value, str) else json.dumps(value)}")
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters (C0, DEL, C1) shown as escapes: a registry's
+    metadata reaches a terminal, where ESC and CSI would be commands, not text."""
+    return re.sub("[\x00-\x1f\x7f-\x9f]", lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def _command_path(manager: Manager, args: argparse.Namespace, console: _Console) -> int:

@@ -3688,7 +3688,14 @@ class ForwardProxy:
     """A minimal HTTP forward proxy on loopback that counts what passes through it."""
 
     def __init__(self) -> None:
+        import urllib.error
+        import urllib.request
+
         self.urls: list[str] = []
+        # One opener for all requests: from Python 3.12 on, building one makes an SSL context, which on
+        # Windows reads the system's certificate store (0.6 s each under wine). Built per request, the
+        # proxy's concurrent answers took seconds, and on a busy machine outlasted the client's timeout.
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -3696,11 +3703,7 @@ class ForwardProxy:
                 pass
 
             def do_GET(self) -> None:
-                import urllib.error
-                import urllib.request
-
                 proxy.urls.append(self.path)
-                direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
                 try:
                     with direct.open(self.path, timeout=10) as upstream:
                         body, status = upstream.read(), upstream.status

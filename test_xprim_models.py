@@ -65,6 +65,13 @@ KILL_SIGNAL = 9 if WINDOWS else signal.SIGKILL
 KILLED = 9 if WINDOWS else -signal.SIGKILL  # the return code of a process killed so
 
 
+def child_timeout(seconds: float) -> float:
+    """How long to wait for a child process (to start, reach a point, answer or end) before
+    calling it hung: ``seconds``, or on Windows at least 240 s. Under wine a child takes
+    seconds to start, and tens of seconds on a busy machine. Only a hung child waits it out."""
+    return max(seconds, 240.0) if WINDOWS else seconds
+
+
 def kill(process: subprocess.Popen[Any]) -> None:
     """End ``process`` at once: no handler, no finally, no atexit runs in it."""
     os.kill(process.pid, KILL_SIGNAL)
@@ -568,7 +575,7 @@ def die_in_child(server: RegistryServer, data_dir: Path, when: str, action: str)
         "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
         f"{action}\n"
     )
-    result = subprocess.run([*PYTHON, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=30)
+    result = subprocess.run([*PYTHON, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=child_timeout(30))
     assert result.returncode == 9
 
 
@@ -595,7 +602,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = N
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*PYTHON, "-m", "xprim_models", *args], capture_output=True, text=True, cwd=HERE,
-        env={**os.environ, **(env or {})}, input=input, timeout=timeout,
+        env={**os.environ, **(env or {})}, input=input, timeout=child_timeout(timeout),
     )
 
 
@@ -917,7 +924,8 @@ class TestRegistry:
             f"{PEAK_RSS}"
             "sys.__stdout__.write(f'{code} {peak}')\n"
         )
-        result = subprocess.run([*PYTHON, "-c", child], capture_output=True, text=True, cwd=HERE, timeout=120)
+        result = subprocess.run([*PYTHON, "-c", child], capture_output=True, text=True, cwd=HERE,
+                                timeout=child_timeout(120))
         code, peak = map(int, result.stdout.split())
         assert code == expected, result.stderr
         assert peak <= 256 << 20, f"peak RSS {peak >> 20} MiB"
@@ -1892,7 +1900,7 @@ class TestConcurrency:
                                            registry_dir: Path, data_dir: Path) -> None:
         command = [*PYTHON, "-c", PULL_SCRIPT, server.url, str(data_dir), "org/tiny v1"]
         processes = [subprocess.Popen(command, cwd=HERE, stdout=subprocess.PIPE, text=True) for _ in range(3)]
-        outputs = sorted(process.communicate(timeout=30)[0].strip() for process in processes)
+        outputs = sorted(process.communicate(timeout=child_timeout(30))[0].strip() for process in processes)
         assert outputs == ["already", "already", "installed"]
         assert all(server.requests[path] == 1 for path in chunk_paths(registry_dir))
 
@@ -1940,9 +1948,9 @@ class TestConcurrency:
         process = popen_interruptible([*PYTHON, "-c", script, server.url, str(data_dir), "org/tiny v1"],
                                       cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            assert arrived.wait(20)
+            assert arrived.wait(child_timeout(20))
             ctrl_c(process)
-            _, stderr = process.communicate(timeout=5)
+            _, stderr = process.communicate(timeout=child_timeout(5))
         finally:
             process.kill()
         assert "KeyboardInterrupt" in stderr
@@ -2804,7 +2812,7 @@ class TestCli:
         assert hashlib.sha256(b"").hexdigest() not in result.stderr
         assert f"(got {received})" in result.stderr
         assert result.stderr.count("downloading it again") == 3 and "after 4 attempts" in result.stderr
-        out, err = as_json.communicate(timeout=30)
+        out, err = as_json.communicate(timeout=child_timeout(30))
         assert as_json.returncode == 6, err
         assert cli_document(subprocess.CompletedProcess(as_json.args, 6, out))["error"]["type"] == "HashMismatchError"
         assert server.requests["data/" + chunk] == 8  # 4 attempts each
@@ -2834,9 +2842,9 @@ class TestCli:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE,
         )
         try:
-            assert reached.wait(timeout=20), "the pull never asked for the stalled chunk"
+            assert reached.wait(timeout=child_timeout(20)), "the pull never asked for the stalled chunk"
             ctrl_c(process)
-            stdout, stderr = process.communicate(timeout=20)
+            stdout, stderr = process.communicate(timeout=child_timeout(20))
         finally:
             if process.poll() is None:
                 process.kill()
@@ -2871,8 +2879,8 @@ class TestCli:
         writer.stdout.close()
         writer.stdout = None  # the reader's now: communicate() must not read it (on Windows it would try)
         try:
-            first, _ = reader.communicate(timeout=30)
-            _, errors = writer.communicate(timeout=30)
+            first, _ = reader.communicate(timeout=child_timeout(30))
+            _, errors = writer.communicate(timeout=child_timeout(30))
         finally:
             for process in (reader, writer):
                 if process.poll() is None:
@@ -2891,7 +2899,7 @@ class TestCli:
         try:
             result = subprocess.run(
                 [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir), *args],
-                stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=HERE, timeout=30, check=False,
+                stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=HERE, timeout=child_timeout(30), check=False,
             )
         finally:
             os.close(write_end)
@@ -2905,7 +2913,7 @@ class TestCli:
             result = subprocess.run(
                 [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir),
                  "--json", "path", "org/tiny", "v1"],
-                stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=HERE, timeout=30, check=False,
+                stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=HERE, timeout=child_timeout(30), check=False,
             )
         finally:
             os.close(write_end)
@@ -3599,7 +3607,7 @@ class TestEmbedding:
         """``whisper-tool ARGS`` as a subprocess, importing xprim_models through PYTHONPATH."""
         result = subprocess.run(
             [*PYTHON, str(script), *args], capture_output=True, text=True, cwd=script.parent,
-            timeout=timeout, check=False,
+            timeout=child_timeout(timeout), check=False,
             env={**os.environ, "PYTHONPATH": str(HERE), "WHISPER_TOOL_REGISTRY": registry, **(env or {})},
         )
         cli_no_traceback(result)
@@ -3660,8 +3668,8 @@ class TestEmbedding:
         code = example.replace("https://models.example.com", server.url)
         publish.publish(str(registry_dir), "fast-whisper", "tiny", "fp16", MODEL_FILES, chunk_size=1024)
         env = {**os.environ, "PYTHONPATH": str(HERE), "WHISPER_TOOL_MODELS_DIR": str(tmp_path / "models")}
-        runs = [subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, env=env, timeout=60,
-                               check=False) for _ in range(2)]
+        runs = [subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, env=env,
+                               timeout=child_timeout(60), check=False) for _ in range(2)]
         assert [run.returncode for run in runs] == [0, 0], runs[1].stderr
         home = tmp_path / "models" / "fast-whisper" / "tiny" / "fp16"
         assert runs[0].stdout == runs[1].stdout == f"{home}\n{home} {V1_SIZE}\n"
@@ -3855,7 +3863,7 @@ class TestPublish:
     def test_runs_as_a_script_from_a_checkout(self, tmp_path: Path, source: Path) -> None:
         result = subprocess.run(
             [*PYTHON, str(HERE / "examples" / "publish.py"), str(tmp_path / "registry"), "org/pub", "v1",
-             str(source)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+             str(source)], capture_output=True, text=True, timeout=child_timeout(60), cwd=tmp_path,
             env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
         )
         assert result.returncode == 0, result.stderr
@@ -3869,7 +3877,14 @@ class ForwardProxy:
     """A minimal HTTP forward proxy on loopback that counts what passes through it."""
 
     def __init__(self) -> None:
+        import urllib.error
+        import urllib.request
+
         self.urls: list[str] = []
+        # One opener for all requests: from Python 3.12 on, building one makes an SSL context, which on
+        # Windows reads the system's certificate store (0.6 s each under wine). Built per request, the
+        # proxy's concurrent answers took seconds, and on a busy machine outlasted the client's timeout.
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -3877,11 +3892,7 @@ class ForwardProxy:
                 pass
 
             def do_GET(self) -> None:
-                import urllib.error
-                import urllib.request
-
                 proxy.urls.append(self.path)
-                direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
                 try:
                     with direct.open(self.path, timeout=10) as upstream:
                         body, status = upstream.read(), upstream.status
@@ -3948,7 +3959,7 @@ class TestConventions:
         empty = tmp_path / "empty"
         empty.mkdir()
         out = subprocess.run([*PYTHON, "-c", script], cwd=empty, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=30)
+                             env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=child_timeout(30))
         assert out.stdout.strip() == "[] 1 []", out.stderr
 
     def test_vendored_under_another_name(self, tmp_path: Path, server: RegistryServer, model: dict[str, bytes],
@@ -3972,7 +3983,8 @@ class TestConventions:
         """)
         result = subprocess.run([*PYTHON, "-c", script, server.url, str(data_dir), "models", "pull",
                                  "org/tiny", "v1", "--quiet"], cwd=tmp_path, capture_output=True, text=True,
-                                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=60)
+                                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                                timeout=child_timeout(60))
         assert result.returncode == 0, result.stderr
         assert f"Path: {data_dir / 'org' / 'tiny' / 'v1'}" in result.stdout
         assert tree(data_dir / "org" / "tiny" / "v1") == dict(sorted(model.items()))
@@ -3985,19 +3997,20 @@ class TestConventions:
         wine), with pip's --target into a directory on PYTHONPATH."""
         pytest.importorskip("hatchling", reason="the build backend is installed by the README's test command")
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                        "-q", "-w", str(work / "dist"), str(HERE)], check=True, timeout=120)
+                        "-q", "-w", str(work / "dist"), str(HERE)], check=True, timeout=child_timeout(120))
         (wheel,) = (work / "dist").glob("xprim_models-*.whl")
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "MYPYPATH")}
         if importlib.util.find_spec("venv") is None:
             target = work / "target"
             subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "-q", "--target", str(target),
-                            str(wheel)], check=True, timeout=120)
+                            str(wheel)], check=True, timeout=child_timeout(120))
             return wheel, Path(sys.executable), target / "bin" / "xprim-models", {**env, "PYTHONPATH": str(target)}
         venv = work / "venv"
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                       timeout=child_timeout(120))
         python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q",
-                        str(wheel)], check=True, timeout=120)
+                        str(wheel)], check=True, timeout=child_timeout(120))
         return wheel, python, python.parent / "xprim-models", env
 
     def test_wheel_installs_offline_with_no_dependencies_and_real_types(self, tmp_path: Path) -> None:
@@ -4014,8 +4027,8 @@ class TestConventions:
         assert "Requires-Dist" not in metadata
         assert "Requires-Python: >=3.9" in metadata and "License" in metadata and "Classifier:" in metadata
         for command in ([str(script)], [str(python), "-m", "xprim_models"]):
-            result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                                    env=env)
+            result = subprocess.run([*command, "--version"], capture_output=True, text=True,
+                                    timeout=child_timeout(60), cwd=tmp_path, env=env)
             assert result.stdout.strip() == f"xprim-models {xm.__version__}", result.stderr
         # mypy --strict on a user's file, against the installed wheel, sees the real types.
         pytest.importorskip("mypy", reason="mypy is installed by .ci/run")
@@ -4071,7 +4084,7 @@ class TestConventions:
         for host in ("silent", "configured"):
             server.fail(chunk_paths(registry_dir)[0], Fault(corrupt=True))
             result = subprocess.run([*PYTHON, "-c", script, server.url, str(data_dir / host), host], cwd=HERE,
-                                    capture_output=True, text=True, timeout=60)
+                                    capture_output=True, text=True, timeout=child_timeout(60))
             assert result.returncode == 0, result.stderr
             if host == "silent":
                 assert result.stderr == ""
@@ -4315,14 +4328,14 @@ class TestReliability:
         arrived = server.hold(chunk_paths(registry_dir, ref.split()[1])[2]).arrived
         child = subprocess.Popen([*PYTHON, "-c", HOLD_SCRIPT, server.url, str(data_dir), ref],
                                  cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert arrived.wait(20)
+        assert arrived.wait(child_timeout(20))
         return child, arrived
 
     def test_lock_of_a_killed_process_is_released(self, manager: xm.Manager, model: dict[str, bytes],
                                                   server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
         child, _ = self.hold_lock(server, registry_dir, data_dir)
         child.kill()
-        child.communicate(timeout=10)
+        child.communicate(timeout=child_timeout(10))
         installed = manager.pull("org/tiny v1")  # no stale lock: this does not wait
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
 
@@ -4338,8 +4351,8 @@ class TestReliability:
         line = waiting.stderr.readline()  # blocks until the notice, after about a second
         assert line == "Waiting for another download of org/tiny to finish...\n"  # news, not a warning
         child.kill()  # the lock dies with its holder
-        child.communicate(timeout=10)
-        out, _ = waiting.communicate(timeout=30)
+        child.communicate(timeout=child_timeout(10))
+        out, _ = waiting.communicate(timeout=child_timeout(30))
         assert waiting.returncode == 0 and "Model installed: org/tiny v1" in out
 
     def test_ctrl_c_while_waiting_for_another_download_promises_nothing_kept(
@@ -4354,10 +4367,10 @@ class TestReliability:
             assert waiting.stderr is not None
             assert waiting.stderr.readline() == "Waiting for another download of org/tiny to finish...\n"
             ctrl_c(waiting)
-            out, err = waiting.communicate(timeout=30)
+            out, err = waiting.communicate(timeout=child_timeout(30))
         finally:
             child.kill()
-            child.communicate(timeout=10)
+            child.communicate(timeout=child_timeout(10))
             if waiting.poll() is None:
                 waiting.kill()
                 waiting.communicate()
@@ -4372,14 +4385,14 @@ class TestReliability:
         arrived, release = held.arrived, held.release
         child = subprocess.Popen([*PYTHON, "-c", HOLD_SCRIPT, server.url, str(data_dir), "org/tiny v1"],
                                  cwd=HERE, stdout=subprocess.PIPE, text=True)
-        assert arrived.wait(20)
+        assert arrived.wait(child_timeout(20))
         removed, waiting = threading.Event(), logged("Waiting for another download of org/tiny to finish")
         remover = threading.Thread(target=lambda: (manager.remove("org/tiny v2"), removed.set()))
         remover.start()
         assert waiting.wait(20)  # for the same model's lock, which the pull holds (said after 1 s)
         assert not removed.is_set()
         release.set()
-        assert child.communicate(timeout=30)[0].strip() == "installed"
+        assert child.communicate(timeout=child_timeout(30))[0].strip() == "installed"
         remover.join(30)
         assert removed.is_set()
         assert [str(item.ref) for item in manager.list_installed()] == ["org/tiny v1"]
@@ -4394,7 +4407,7 @@ class TestReliability:
         children = [subprocess.Popen([*PYTHON, "-c", PULL_SCRIPT, server.url, str(data_dir),
                                       f"many/m{index} v1"], cwd=HERE, stdout=subprocess.PIPE, text=True)
                     for index in range(5)]
-        assert [child.communicate(timeout=60)[0].strip() for child in children] == ["installed"] * 5
+        assert [child.communicate(timeout=child_timeout(60))[0].strip() for child in children] == ["installed"] * 5
         installed = xm.Manager(xm.Config("test-app", server.url, str(data_dir))).list_installed()
         assert [str(item.ref) for item in installed] == [f"many/m{index} v1" for index in range(5)]
         for item in installed:
@@ -4929,7 +4942,7 @@ class TestPrune:
         results: list[object] = []
         puller = threading.Thread(target=lambda: results.append(manager.pull("org/tiny v1", concurrency=1)))
         puller.start()
-        assert arrived.wait(20)
+        assert arrived.wait(child_timeout(20))
         assert (data_dir / "org" / "tiny" / ".v1.staging").is_dir()  # the pull is under way
         pruned, waiting = threading.Event(), logged("Waiting for another download of org/tiny to finish")
         pruner = threading.Thread(target=lambda: (manager.prune_cache(), pruned.set()))
@@ -5423,7 +5436,7 @@ class TestEnsure:
             thread.start()
         for thread in threads:
             thread.join(30)
-        paths += [child.communicate(timeout=60)[0].strip() for child in children]
+        paths += [child.communicate(timeout=child_timeout(60))[0].strip() for child in children]
         assert paths == [str(data_dir / "org" / "tiny" / "v1")] * 6
         assert all(server.requests[path] == 1 for path in chunk_paths(registry_dir))
 
@@ -5629,13 +5642,14 @@ def crash_run_child(server: RegistryServer, data_dir: Path, plan: str) -> subpro
 
         reader = threading.Thread(target=read_errors, args=(child.stderr,), daemon=True)
         reader.start()
-        if not stopped.wait(120):  # wine starts slowly
+        bound = child_timeout(120)
+        if not stopped.wait(bound):
             kill(child)
-            raise AssertionError(f"the crash child was still running after 120 s: {''.join(errors)}")
+            raise AssertionError(f"the crash child was still running after {bound:.0f} s: {''.join(errors)}")
         if any(line.startswith("killed at ") for line in errors):
             kill(child)
         output = child.stdout.read()
-        child.wait(60)
+        child.wait(child_timeout(60))
         reader.join(60)
     return subprocess.CompletedProcess(command, child.returncode, output, "".join(errors))
 
@@ -5906,9 +5920,9 @@ class TestCrash:
         process = subprocess.Popen([*PYTHON, "-c", CRASH_CHILD, server.url, str(sc.data_dir), plan],
                                    cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            assert reached.wait(20), "the child never asked for its chunk"
+            assert reached.wait(child_timeout(20)), "the child never asked for its chunk"
             kill(process)
-            _, stderr = process.communicate(timeout=10)
+            _, stderr = process.communicate(timeout=child_timeout(10))
         finally:
             process.kill()
             release.set()
@@ -6077,7 +6091,7 @@ class TestScale:
         command = [*PYTHON, "-c", f"{limit}import runpy, sys; "
                    "sys.argv[0] = 'xprim_models'; runpy.run_module('xprim_models', run_name='__main__')",
                    "--registry", server.url, "--data-dir", str(data_dir), "-q", "pull", "org/small-files", "v1"]
-        result = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=child_timeout(60))
         assert result.returncode == 0, result.stderr
         assert tree(data_dir / "org" / "small-files" / "v1") == files
 
@@ -6836,7 +6850,7 @@ class TestFleet:
             for n in range(clients)
         ]
         for process in processes:
-            _, err = process.communicate(timeout=120)
+            _, err = process.communicate(timeout=child_timeout(120))
             assert process.returncode == 0, err
         for n in range(clients):
             assert (tmp_path / f"client{n}" / "org" / "fleet" / "v1" / "w.bin").read_bytes() == content

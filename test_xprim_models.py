@@ -4862,6 +4862,48 @@ class TestPinning:
         with pytest.raises(xm.InvalidRefError, match="takes no pin"):
             manager.path(f"org/tiny v1@{first}")
 
+    def test_update_leaves_a_pinned_install_as_it_is(
+        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path
+    ) -> None:
+        # An app pins what it was tested with; a routine `update --apply` must not move it, or
+        # the app's next ensure(pin=) would need the network to put the pinned bytes back.
+        first = listed_hash(registry_dir, "v1")
+        assert cli_run(server, data_dir, "-q", "pull", "org/tiny", f"v1@{first}").returncode == 0
+        assert cli_run(server, data_dir, "-q", "pull", "org/tiny", "v2").returncode == 0
+        publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        server.requests.clear()
+        result = cli_run(server, data_dir, "update", "--apply")
+        assert result.returncode == 0, result.stderr
+        assert (f"org/tiny v1: pinned to {first[:12]}, not checked "
+                "(pull org/tiny v1 without a pin to follow the registry again)\n") in result.stdout
+        assert "org/tiny v2: up to date\n" in result.stdout
+        assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
+        assert server.requests["models.json"] == 1  # for v2 alone
+        updates = cli_document(cli_run(server, data_dir, "--json", "update"))["updates"]
+        assert [(item["version"], item["pinned"], item["update_available"]) for item in updates] == [
+            ("v1", True, False), ("v2", False, False)]
+        listed = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
+        assert [(item["version"], item["pinned"]) for item in listed] == [("v1", True), ("v2", False)]
+        info = cli_run(server, data_dir, "info", "org/tiny", "v1")
+        assert "Status:       Installed, pinned\n" in info.stdout, info.stderr
+        server.close()  # the pinned app starts with no network
+        app = xm.Manager(xm.Config("xprim-models", server.url, str(data_dir)), retries=0)
+        assert app.ensure("org/tiny v1", pin=first) == str(data_dir / "org" / "tiny" / "v1")
+
+    def test_a_pull_without_a_pin_releases_a_pinned_install(
+        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], registry_dir: Path
+    ) -> None:
+        first = listed_hash(registry_dir, "v1")
+        assert manager.pull(f"org/tiny v1@{first}").pinned
+        before = sum(server.requests[path] for path in chunk_paths(registry_dir))
+        released = manager.pull("org/tiny v1")  # the same manifest: installed again, its files shared
+        assert (released.pinned, released.manifest_hash) == (False, first)
+        assert sum(server.requests[path] for path in chunk_paths(registry_dir)) == before
+        with pytest.raises(xm.AlreadyInstalledError):
+            manager.pull("org/tiny v1")
+        publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
+        assert manager.check_update("org/tiny v1") == (first, listed_hash(registry_dir, "v1"))
+
     def test_a_pin_the_registry_lacks(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes],
                                       data_dir: Path) -> None:
         manager.pull("org/tiny v1")

@@ -446,6 +446,8 @@ class InstalledModel:
         registry_url: the registry it was pulled from (a URL, or a directory's
             absolute path), or "" when unknown (installed by an older release or
             another tool); ``update`` checks each model against it.
+        pinned: installed by a pinned pull (``pin=``, ``version@<sha256>``): ``update``
+            leaves it as it is, until a pull without a pin installs it again.
     """
 
     ref: ModelRef
@@ -456,6 +458,7 @@ class InstalledModel:
     path: str
     alias_of: str = ""
     registry_url: str = ""
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -3955,6 +3958,7 @@ class _InstallRecords:
                 ref=ref, manifest_hash=digest, total_size=total, file_count=count,
                 installed_at=self._installed_at(ref, entry.get("installed_at")), path=self.store.version_dir(ref),
                 alias_of=str(entry.get("alias_of", "")), registry_url=str(entry.get("registry_url", "")),
+                pinned=entry.get("pinned") is True,
             )
         except (KeyError, TypeError, ValueError, OverflowError, InvalidRefError) as exc:
             raise StorageError(
@@ -4154,7 +4158,7 @@ class _Store:
 
     @contextmanager
     def installing(self, ref: ModelRef, manifest: _Manifest, installed_models: Sequence[InstalledModel], *,
-                   alias_of: str, registry_url: str, share: bool) -> Iterator[_Staging]:
+                   alias_of: str, registry_url: str, share: bool, pinned: bool = False) -> Iterator[_Staging]:
         """The staging directory of ``manifest``, planned against the ``installed_models`` and
         created, for the block to fill and flush (model lock held). When the block succeeds,
         its files are swapped in and committed as ``ref`` (``staging.installed``); if the swap
@@ -4171,24 +4175,25 @@ class _Store:
             started = time.monotonic()
             staging.create()
             yield staging  # every file complete, verified and flushed, or an exception
-            staging.installed = self._swap(ref, manifest, final, staging.root, alias_of, registry_url)
+            staging.installed = self._swap(ref, manifest, final, staging.root, alias_of, registry_url, pinned)
             self.logger.info("installed %s (%d bytes) in %.2fs", ref, manifest.total_size,
                              time.monotonic() - started)
 
     def _swap(self, ref: ModelRef, manifest: _Manifest, final: str, staging: str, alias_of: str,
-              registry_url: str) -> InstalledModel:
+              registry_url: str, pinned: bool) -> InstalledModel:
         """Put the complete ``staging`` in ``final``'s place and commit it; undone on failure."""
         old = self.sibling(ref, "old")
         installed = InstalledModel(
             ref=ref, manifest_hash=manifest.digest, total_size=manifest.total_size, file_count=len(manifest.files),
             installed_at=datetime.now(timezone.utc).replace(microsecond=0), path=final, alias_of=alias_of,
-            registry_url=registry_url,
+            registry_url=registry_url, pinned=pinned,
         )
         # The keys the Go original reads, with its types; the others it ignores.
         record = {"manifest_hash": installed.manifest_hash, "total_size": installed.total_size,
                   "file_count": installed.file_count, "installed_at": _format_time(installed.installed_at),
                   **({"alias_of": alias_of} if alias_of else {}),
-                  **({"registry_url": registry_url} if registry_url else {})}
+                  **({"registry_url": registry_url} if registry_url else {}),
+                  **({"pinned": True} if pinned else {})}
         try:
             _fsync_directory(staging)
             try:
@@ -5310,7 +5315,8 @@ class Manager:
             limit_rate: cap on the total download rate, in bytes per second.
             pin: the manifest hash ``ref`` must be (as ``InstalledModel.manifest_hash``):
                 that manifest is fetched by its hash and installed, whatever the index
-                lists now (then ``alias_of`` is "").
+                lists now (then ``alias_of`` is "", and ``pinned`` is true: ``update``
+                leaves it as it is).
 
         Raises:
             AlreadyInstalledError: the same manifest is installed and ``force`` is false.
@@ -5322,7 +5328,9 @@ class Manager:
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
         client, remote = self._registries.resolve(ref, pin=pin)
-        if not force:  # mid-swap after a crash, it is answered below, once recovered under the lock
+        # A pull without a pin installs a pinned install again, unpinned (its files are shared).
+        again = force or (not pin and getattr(store.intact(ref), "pinned", False))
+        if not again:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
             # Before anything touches ref's directory: on a case-insensitive disk (Windows,
@@ -5330,13 +5338,13 @@ class Manager:
             installed_models = self.list_installed()
             _check_case(ref, installed_models)
             store.reclaim(ref)
-            if not force:  # another thread or process may have installed it meanwhile
+            if not again:  # another thread or process may have installed it meanwhile
                 store.raise_if_installed(ref, remote.manifest_hash)
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._registries.manifest(remote.manifest_hash, client)
             with store.installing(ref, manifest, installed_models, alias_of=remote.alias_of,
-                                  registry_url=client.origin, share=self._share_files) as staging:
+                                  registry_url=client.origin, share=self._share_files, pinned=bool(pin)) as staging:
                 job = self._job(client, staging, f"pull {ref}", staging.chunks(), concurrency, progress,
                                 staging.sources, limit_rate)
                 job.run()
@@ -5926,6 +5934,7 @@ def _installed_json(item: InstalledModel) -> dict[str, Any]:
         "path": item.path,
         "alias_of": item.alias_of,
         "registry_url": item.registry_url,
+        "pinned": item.pinned,
     }
 
 
@@ -6073,9 +6082,9 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
     alias_of = (remote.alias_of if remote else installed.alias_of if installed else "")
     lines = [("Model", f"{ref}" + (f" (alias of {alias_of})" if alias_of else ""))]
     if installed is not None:
-        status = "Installed"
+        status = "Installed, pinned" if installed.pinned else "Installed"
         if remote is not None and remote.manifest_hash != installed.manifest_hash:
-            status = "Installed (update available)"
+            status += " (update available)"
         lines += [("Status", status), ("Size", _format_size(installed.total_size)),
                   ("Files", str(installed.file_count)),
                   ("Installed", _local_time(installed.installed_at, True)), ("Path", installed.path),
@@ -6173,7 +6182,13 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
         **_ref_fields(item.ref), "installed_hash": item.manifest_hash, "installed_alias_of": item.alias_of,
         "remote_hash": None, "remote_alias_of": None, "update_available": False, "applied": False,
         "registry_url": None, "installed_registry_url": item.registry_url, "source_changed": False, "error": None,
+        "pinned": item.pinned,
     }
+    if item.pinned:  # held at its pin: not even checked, so a registry that is down costs nothing
+        if not console.json:
+            console.out(f"{item.ref}: pinned to {item.manifest_hash[:12]}, not checked "
+                        f"(pull {item.ref} without a pin to follow the registry again)")
+        return result
     try:
         client, remote = manager._registries.resolve(item.ref)
         moved = bool(item.registry_url) and (not _recordable(item.registry_url)  # recorded anew with --apply

@@ -4904,6 +4904,49 @@ class TestPinning:
         publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
         assert manager.check_update("org/tiny v1") == (first, listed_hash(registry_dir, "v1"))
 
+    def test_a_pinned_ensure_or_pull_holds_what_is_installed(
+        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path
+    ) -> None:
+        # The usual way an app meets its pin: someone pulled the model first, without one.
+        first = listed_hash(registry_dir, "v1")
+        assert cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1").returncode == 0
+        assert cli_run(server, data_dir, "-q", "pull", "org/tiny", "v2").returncode == 0
+        second = listed_hash(registry_dir, "v2")
+        server.close()
+        app = xm.Manager(xm.Config("xprim-models", server.url, str(data_dir)), retries=0)
+        assert app.ensure("org/tiny v1", pin=first) == str(data_dir / "org" / "tiny" / "v1")  # no network
+        assert app.get_installed("org/tiny v1").pinned
+        with pytest.raises(xm.AlreadyInstalledError) as caught:
+            app.pull("org/tiny v2", pin=second)  # from the manifest cache, as ensure's would be
+        assert caught.value.installed.pinned and app.get_installed("org/tiny v2").pinned
+
+    def test_update_leaves_an_install_pinned_while_it_runs(
+        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path
+    ) -> None:
+        publish.publish(str(registry_dir), "org", "a", "v1", {"a.bin": blob(3000, "a1")}, chunk_size=1024)
+        publish.publish(str(registry_dir), "org", "b", "v1", {"b.bin": blob(3000, "b1")}, chunk_size=1024)
+        assert cli_run(server, data_dir, "-q", "pull", "org/a", "v1").returncode == 0
+        assert cli_run(server, data_dir, "-q", "pull", "org/b", "v1").returncode == 0
+        pinned = json.loads((registry_dir / "models.json").read_text())["org"]["b"]["v1"]["hash"]
+        publish.publish(str(registry_dir), "org", "a", "v1", {"a.bin": blob(3000, "a2")}, chunk_size=1024)
+        publish.publish(str(registry_dir), "org", "b", "v1", {"b.bin": blob(3000, "b2")}, chunk_size=1024)
+        held = server.hold(f"data/{manifest_of(registry_dir, 'org', 'a', 'v1')['chunks'][0]}")
+        update = subprocess.Popen(
+            [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir), "update", "--apply"],
+            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert held.arrived.wait(child_timeout(30))  # update has listed both, and is on org/a
+            app = xm.Manager(xm.Config("xprim-models", server.url, str(data_dir)))
+            assert app.ensure("org/b v1", pin=pinned) == str(data_dir / "org" / "b" / "v1")
+        finally:
+            held.release.set()
+            out, err = update.communicate(timeout=child_timeout(60))
+        assert update.returncode == 0, err
+        assert "org/a v1: update available" in out and "Updated: org/a v1" in out
+        assert f"org/b v1: pinned meanwhile (to {pinned[:12]}), not updated\n" in out
+        assert (data_dir / "org" / "b" / "v1" / "b.bin").read_bytes() == blob(3000, "b1")
+        assert app.get_installed("org/b v1").pinned
+
     def test_a_pin_the_registry_lacks(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes],
                                       data_dir: Path) -> None:
         manager.pull("org/tiny v1")
@@ -5393,11 +5436,12 @@ class TestCli:
     ) -> None:
         # A registry's metadata reaches a terminal: ESC, BEL and CSI there would retitle the
         # window, move the cursor or rewrite what the user reads.
-        publish.publish(str(registry_dir), "org", "tiny", "v9", {"a.bin": b"a"},
+        publish.publish(str(registry_dir), "org", "tiny", "v9", {"a\x9b31m.bin": b"a"},
                         metadata={"note\x1b[2J": "\x1b]0;pwned\x07 \x9b31m red\x7f"})
         result = cli_run(server, data_dir, "info", "org/tiny", "v9", "--remote")
         assert result.returncode == 0, result.stderr
         assert "  note\\x1b[2J: \\x1b]0;pwned\\x07 \\x9b31m red\\x7f\n" in result.stdout
+        assert "  a\\x9b31m.bin    1 B\n" in result.stdout  # a path may hold C1 (C0 is refused)
         assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stdout)
 
     def test_remove_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:

@@ -4093,10 +4093,21 @@ class _Store:
         installed = self.records.installed(ref, entry)
         return installed if os.path.isdir(installed.path) else None
 
-    def raise_if_installed(self, ref: ModelRef, manifest_hash: str) -> None:
-        installed = self.intact(ref)
+    def raise_if_installed(self, ref: ModelRef, manifest_hash: str, *, pin: bool = False) -> None:
+        """AlreadyInstalledError if ``ref`` is installed as ``manifest_hash``; with ``pin`` (the
+        model lock held), it is recorded as pinned first."""
+        installed = self.hold(ref, manifest_hash) if pin else self.intact(ref)
         if installed is not None and installed.manifest_hash == manifest_hash:
             raise AlreadyInstalledError(f"model already installed: {ref}", installed)
+
+    def hold(self, ref: ModelRef, manifest_hash: str) -> InstalledModel | None:
+        """``ref`` as installed, recorded as pinned if it is installed as ``manifest_hash`` (a
+        pinned pull or ensure found it so; the model lock held): ``update`` leaves it then."""
+        installed = self.intact(ref)
+        if installed is None or installed.manifest_hash != manifest_hash or installed.pinned:
+            return installed
+        self.records.commit(ref, {**(self.records.find(ref) or {}), "pinned": True})
+        return replace(installed, pinned=True)
 
     # Manifests ---------------------------------------------------------------
 
@@ -5324,13 +5335,21 @@ class Manager:
             ModelNotFoundError, RegistryError, NetworkError, HashMismatchError,
             StorageError, InvalidRefError.
         """
+        return self._pull(ref, force=force, concurrency=concurrency, progress=progress, limit_rate=limit_rate,
+                          pin=pin)
+
+    def _pull(self, ref: RefLike, *, force: bool = False, concurrency: int = 4,
+              progress: Callable[[PullProgress], None] | None = None, limit_rate: float | None = None,
+              pin: str = "", keep_pinned: bool = False) -> InstalledModel:
+        """``pull``; with ``keep_pinned`` (``update --apply``), a pinned install is left as it is
+        (AlreadyInstalledError, its ``installed.pinned`` true), where a pull releases it."""
         ref, pin = _unpinned(_versioned(ref, "pull", pinned=True), pin, "pull")
         concurrency = _check_download_options(concurrency, limit_rate)
         store = self._store
         client, remote = self._registries.resolve(ref, pin=pin)
         # A pull without a pin installs a pinned install again, unpinned (its files are shared).
-        again = force or (not pin and getattr(store.intact(ref), "pinned", False))
-        if not again:  # mid-swap after a crash, it is answered below, once recovered under the lock
+        again = force or (not pin and not keep_pinned and getattr(store.intact(ref), "pinned", False))
+        if not again and not pin:  # mid-swap after a crash, it is answered below, once recovered under the lock
             store.raise_if_installed(ref, remote.manifest_hash)
         with store.model_lock(ref):
             # Before anything touches ref's directory: on a case-insensitive disk (Windows,
@@ -5338,8 +5357,11 @@ class Manager:
             installed_models = self.list_installed()
             _check_case(ref, installed_models)
             store.reclaim(ref)
+            held = store.intact(ref) if keep_pinned and not pin else None
+            if held is not None and held.pinned:  # pinned since update looked
+                raise AlreadyInstalledError(f"model installed and pinned: {ref}", held)
             if not again:  # another thread or process may have installed it meanwhile
-                store.raise_if_installed(ref, remote.manifest_hash)
+                store.raise_if_installed(ref, remote.manifest_hash, pin=bool(pin))
             if progress is not None:
                 progress(PullProgress("manifest", 0, 0, 0, 0, 0))
             manifest = self._registries.manifest(remote.manifest_hash, client)
@@ -5380,7 +5402,12 @@ class Manager:
         ref, pin = _unpinned(_versioned(ref, "ensure", pinned=True), pin, "ensure")
         installed = self._store.intact(ref)
         if installed is not None and not force and installed.manifest_hash == (pin or installed.manifest_hash):
-            return installed.path
+            if not pin or installed.pinned:
+                return installed.path
+            with self._store.model_lock(ref):  # installed unpinned: held from now on, with no network
+                installed = self._store.hold(ref, pin)
+            if installed is not None and installed.manifest_hash == pin:
+                return installed.path
         try:
             return self.pull(ref, force=force, concurrency=concurrency, progress=progress, limit_rate=limit_rate,
                              pin=pin).path
@@ -6011,11 +6038,11 @@ def _command_list(manager: Manager, args: argparse.Namespace, console: _Console)
 
 
 def _pull_one(manager: Manager, ref: ModelRef, console: _Console, args: argparse.Namespace,
-              *, force: bool = False) -> InstalledModel:
+              *, force: bool = False, keep_pinned: bool = False) -> InstalledModel:
     printer = _ProgressPrinter(console)
     try:
-        installed = manager.pull(ref, force=force, concurrency=args.models_concurrency, progress=printer,
-                                 limit_rate=args.models_limit_rate)
+        installed = manager._pull(ref, force=force, concurrency=args.models_concurrency, progress=printer,
+                                  limit_rate=args.models_limit_rate, keep_pinned=keep_pinned)
     except BaseException:
         printer.abort()
         raise
@@ -6105,9 +6132,10 @@ def _command_info(manager: Manager, args: argparse.Namespace, console: _Console)
     if shown:
         console.out()
         console.out("Files:")
-        width = max(len(info.path) for info in shown)
-        for info in shown:
-            console.out(f"  {info.path:<{width}}    {_format_size(info.size)}")
+        paths = [_printable(info.path) for info in shown]
+        width = max(len(path) for path in paths)
+        for path, info in zip(paths, shown):
+            console.out(f"  {path:<{width}}    {_format_size(info.size)}")
     if remote is not None and remote.metadata:
         import json
 
@@ -6210,9 +6238,14 @@ def _update_one(manager: Manager, item: InstalledModel, args: argparse.Namespace
             if not console.json:
                 console.out(f"Downloading update for {item.ref}...")
             try:
-                updated = _pull_one(manager, item.ref, console, args)
+                updated = _pull_one(manager, item.ref, console, args, keep_pinned=True)
             except AlreadyInstalledError as exc:
-                updated = exc.installed  # another process applied it meanwhile
+                updated = exc.installed  # another process applied it meanwhile, or pinned it
+            if updated.pinned and updated.manifest_hash != remote.manifest_hash:
+                result["pinned"] = True
+                if not console.json:
+                    console.out(f"{item.ref}: pinned meanwhile (to {updated.manifest_hash[:12]}), not updated")
+                return result
             result["applied"] = True
             if not console.json:
                 console.out(f"Updated: {item.ref} ({_format_size(updated.total_size)})")
@@ -6271,12 +6304,12 @@ def _command_verify(manager: Manager, args: argparse.Namespace, console: _Consol
                 verb = "repaired" if args.models_repair else "damaged or missing"
                 console.out(f"{ref}: {_plural(len(files), 'file')} {verb}")
                 for path in files:
-                    console.out(f"  {path}")
+                    console.out(f"  {_printable(path)}")
             if sharing:
                 console.out(f"{ref}: {_plural(len(sharing), 'file')} sharing a damaged chunk (perhaps intact: "
                             "the chunk's hash cannot say which of its files holds the damage)")
                 for path in sharing:
-                    console.out(f"  {path}")
+                    console.out(f"  {_printable(path)}")
             if not args.models_repair:
                 console.out(f"To repair it: {console.prog} verify {ref} --repair")
     if console.json:

@@ -1109,18 +1109,16 @@ def _tree_size(path: str) -> int:
     return total
 
 
-# Temporary names carry the writer's process id: <name>.<pid>.<thread>.tmp
-_TEMPORARY_RE = r".+\.(\d+)\.\d+\.tmp"
-
-
-def _remove_abandoned(directory: str) -> None:
-    """Delete temporary files whose writer died (a crash or kill -9 leaves them behind)."""
+def _remove_abandoned(directory: str, names: str = ".+") -> None:
+    """Delete temporary files whose writer died (a crash or kill -9 leaves them behind): those
+    of the files whose names match ``names``. A temporary name carries the writer's process
+    id: <name>.<pid>.<thread>.tmp."""
     try:
-        names = os.listdir(directory)
+        found = os.listdir(directory)
     except OSError:
         return
-    for name in names:
-        match = re.fullmatch(_TEMPORARY_RE, name)
+    for name in found:
+        match = re.fullmatch(rf"(?:{names})\.(\d+)\.\d+\.tmp", name)
         if not match or int(match.group(1)) == os.getpid():
             continue
         path = os.path.join(directory, name)
@@ -3995,6 +3993,15 @@ class _InstallRecords:
                     del doc[ref.group]
             _atomic_write(self.path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
+    def amend(self, ref: ModelRef, manifest_hash: str, changes: Mapping[str, Any]) -> bool:
+        """Add ``changes`` to the entry of ``ref`` if it is still installed as ``manifest_hash``
+        (the model lock held); whether it was."""
+        entry = self.find(ref)
+        if not isinstance(entry, dict) or entry.get("manifest_hash") != manifest_hash:
+            return False
+        self.commit(ref, {**entry, **changes})
+        return True
+
     def committed_hash(self, ref: ModelRef) -> str:
         entry = self.entry(self.listing(), ref)
         value = entry.get("manifest_hash") if entry is not None else None
@@ -4067,11 +4074,11 @@ class _Store:
 
     def list_installed(self) -> list[InstalledModel]:
         """Every installed version, sorted, once what a crash left beside them is put right."""
-        doc = self.records.read()
-        refs = self.records.refs(doc)
-        if any(self.reclaim_if_idle(ref) for ref in self.leftovers(unlisted=False)):
-            doc = self.records.read()
         records = self.records
+        doc = records.read()
+        refs = records.refs(doc)
+        if any(self.reclaim_if_idle(ref) for ref in self.leftovers(unlisted=False)):
+            doc = records.read()
         return sorted((records.installed(ref, entry) for ref in refs if (entry := records.entry(doc, ref)) is not None),
                       key=lambda item: item.ref)
 
@@ -4106,7 +4113,7 @@ class _Store:
         installed = self.intact(ref)
         if installed is None or installed.manifest_hash != manifest_hash or installed.pinned:
             return installed
-        self.records.commit(ref, {**(self.records.find(ref) or {}), "pinned": True})
+        self.records.amend(ref, manifest_hash, {"pinned": True})
         return replace(installed, pinned=True)
 
     # Manifests ---------------------------------------------------------------
@@ -4752,17 +4759,6 @@ def _file_system(path: str) -> str:
     return kind
 
 
-def _remove_abandoned_export_files(root: str, data: str) -> None:
-    """Delete the temporary files a killed export left (an object's in ``data``, models.json's
-    in ``root``) once their writer is gone; no other name in the directory is touched."""
-    for directory, name in ((data, _HASH_RE), (root, r"models\.json")):
-        for found in _list_directory(directory):
-            match = re.fullmatch(rf"{name}\.(\d+)\.\d+\.tmp", found)
-            path = os.path.join(directory, found)
-            if match and int(match.group(1)) != os.getpid() and _writer_gone(path, int(match.group(1))):
-                _remove_file(path)
-
-
 def _export_index(path: str) -> dict[str, Any]:
     """The models.json an earlier export left in the export directory ({} if none)."""
     import json
@@ -5100,9 +5096,7 @@ class _Registries:
     def record_source(self, installed: InstalledModel, registry_url: str) -> None:
         """Record ``registry_url`` as where ``installed`` comes from, unless it changed meanwhile."""
         with self._store.model_lock(installed.ref):
-            entry = self._store.records.find(installed.ref)
-            if isinstance(entry, dict) and entry.get("manifest_hash") == installed.manifest_hash:
-                self._store.records.commit(installed.ref, {**entry, "registry_url": registry_url})
+            self._store.records.amend(installed.ref, installed.manifest_hash, {"registry_url": registry_url})
 
     def installed_source(self, installed: InstalledModel) -> _RegistryClient:
         """The registry to fetch an installed version's manifest and chunks from, by hash: the
@@ -5546,7 +5540,9 @@ class Manager:
         fat = fat if fat in _FAT_KINDS else ""
         exported = []
         with _FileLock(os.path.join(root, _EXPORT_LOCK)):
-            _remove_abandoned_export_files(root, data)
+            # What a killed export was writing; no other name in the user's directory is touched.
+            _remove_abandoned(data, _HASH_RE)
+            _remove_abandoned(root, r"models\.json")
             for ref in wanted:
                 with self._store.model_lock(ref):
                     self._store.reclaim(ref)
@@ -5692,7 +5688,8 @@ class _Console:
                     continue
                 empty = True
                 for item in value:
-                    yield f'{"," if not empty else "["}\n    {encoder.encode(item).replace(chr(10), chr(10) + "    ")}'
+                    indented = encoder.encode(item).replace("\n", "\n    ")
+                    yield f'{"," if not empty else "["}\n    {indented}'
                     empty = False
                 yield "[]" if empty else "\n  ]"
             yield "\n}" if doc else "}"

@@ -1887,6 +1887,15 @@ def chunk_paths(registry_dir: Path, version: str = "v1", model: str = "tiny") ->
     return [f"data/{digest}" for digest in manifest_of(registry_dir, "org", model, version)["chunks"]]
 
 
+def interrupted_pull(server: RegistryServer, registry_dir: Path, data_dir: Path,
+                     make_manager: Callable[..., xm.Manager]) -> Path:
+    """Pull org/tiny v1 until its sixth chunk fails; the staging directory it leaves to resume from."""
+    server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
+    with pytest.raises(xm.NetworkError):
+        make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+    return data_dir / "org" / "tiny" / ".v1.staging"
+
+
 class TestPull:
     def test_pull_installs_files_manifest_and_record(self, manager: xm.Manager, model: dict[str, bytes],
                                                      data_dir: Path, registry_dir: Path) -> None:
@@ -2101,10 +2110,7 @@ class TestPull:
         self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
         registry_dir: Path, data_dir: Path, tmp_path: Path
     ) -> None:
-        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
-        with pytest.raises(xm.NetworkError):
-            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
-        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        staging = interrupted_pull(server, registry_dir, data_dir, make_manager)
         (staging / "empty.txt").write_bytes(b"should be empty")
         shutil.rmtree(staging / "sub")
         (staging / "sub").write_bytes(b"a file where a directory belongs")
@@ -2946,10 +2952,7 @@ class TestReliability:
         self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
         registry_dir: Path, data_dir: Path, outside: Path
     ) -> None:
-        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
-        with pytest.raises(xm.NetworkError):
-            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
-        staging = data_dir / "org" / "tiny" / ".v1.staging"
+        staging = interrupted_pull(server, registry_dir, data_dir, make_manager)
         shutil.rmtree(staging / "sub")
         directory_link(outside, staging / "sub")
         installed = make_manager().pull("org/tiny v1")
@@ -2990,10 +2993,7 @@ class TestReliability:
         self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
         registry_dir: Path, data_dir: Path, outside: Path
     ) -> None:
-        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
-        with pytest.raises(xm.NetworkError):
-            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
-        planted = data_dir / "org" / "tiny" / ".v1.staging" / "model.safetensors"
+        planted = interrupted_pull(server, registry_dir, data_dir, make_manager) / "model.safetensors"
         planted.unlink()
         os.link(outside / "precious", planted)
         installed = make_manager().pull("org/tiny v1")
@@ -3007,9 +3007,7 @@ class TestReliability:
         # A named pipe where the OS has them in its file system; on Windows, which has not,
         # a directory: what can stand there that is not a plain file.
         pipes = hasattr(os, "mkfifo")
-        server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
-        with pytest.raises(xm.NetworkError):
-            make_manager(retries=0).pull("org/tiny v1", concurrency=1)
+        interrupted_pull(server, registry_dir, data_dir, make_manager)
         digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
         staging = data_dir / "org" / "tiny" / ".v1.staging"
         planted = [staging / "config.json", data_dir / "cache" / "manifests" / digest,

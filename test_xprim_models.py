@@ -602,12 +602,64 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PYTHON, "-m", "xprim_models", *args], capture_output=True, text=True, cwd=HERE,
-        env={**os.environ, **(env or {})}, input=input, timeout=child_timeout(timeout),
-    )
+def cli_command(*args: str, registry: RegistryServer | str | os.PathLike[str] | None = None,
+                data_dir: os.PathLike[str] | str | None = None) -> list[str]:
+    """``xprim-models [--registry R] [--data-dir D] ARGS`` as a command line of this Python."""
+    return [*PYTHON, "-m", "xprim_models", *cli_flags(registry, data_dir), *args]
+
+
+def cli_flags(registry: RegistryServer | str | os.PathLike[str] | None,
+              data_dir: os.PathLike[str] | str | None) -> list[str]:
+    flags = []
+    if registry is not None:
+        flags += ["--registry", registry.url if isinstance(registry, RegistryServer) else os.fspath(registry)]
+    if data_dir is not None:
+        flags += ["--data-dir", os.fspath(data_dir)]
+    return flags
+
+
+def cli(*args: str, registry: RegistryServer | str | os.PathLike[str] | None = None,
+        data_dir: os.PathLike[str] | str | None = None, env: dict[str, str] | None = None,
+        process: bool = False, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``xprim-models [--registry R] [--data-dir D] ARGS`` and check it printed no traceback.
+
+    It runs through ``main(argv)`` in this process, with stdout and stderr captured as a
+    pipe would (UTF-8, not a terminal) and ``env`` added to the environment for the call;
+    with ``process``, as ``python -m xprim_models`` in a child, for what only a process
+    shows: its start-up (time zone, stream encodings), its entry point and exit code.
+    A CLI left running (Ctrl-C, concurrency, a terminal) starts from ``cli_command``.
+    """
+    if process:
+        result = subprocess.run(
+            cli_command(*args, registry=registry, data_dir=data_dir), capture_output=True, text=True, cwd=HERE,
+            env={**os.environ, **(env or {})}, timeout=child_timeout(timeout),
+        )
+    else:
+        result = cli_in_process([*cli_flags(registry, data_dir), *args], env or {})
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    return result
+
+
+def cli_in_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import contextlib
+    import io
+
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="") for _ in range(2)]
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]):
+            code = xm.main(argv)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    for stream in streams:
+        stream.flush()
+    out, err = (stream.buffer.getvalue().decode() for stream in streams)  # type: ignore[attr-defined]
+    return subprocess.CompletedProcess(["xprim-models", *argv], code, out, err)
 
 
 # --- Public types ---------------------------------------------------------------------
@@ -855,7 +907,7 @@ class TestRegistry:
         index["org"]["tiny"]["v1"]["metadata"] = {"size": "1e400"}
         index["org"]["tiny"]["v3"] = {"alias": "v9"}
         (registry_dir / "models.json").write_text(json.dumps(index).replace('"1e400"', "1e400"))
-        listed = cli_run(server, data_dir, "--verbose", "list", "--remote")
+        listed = cli("--verbose", "list", "--remote", registry=server, data_dir=data_dir)
         assert listed.returncode == 0
         assert "warning: models.json: leaving out 'org/tiny v1': its metadata holds the number 1e400" \
             in listed.stderr
@@ -865,15 +917,15 @@ class TestRegistry:
         def no_constants(name: str) -> None:
             raise AssertionError(f"{name} in --json output")
 
-        as_json = cli_run(server, data_dir, "--json", "list", "--remote")
+        as_json = cli("--json", "list", "--remote", registry=server, data_dir=data_dir)
         listed_json = json.loads(as_json.stdout, parse_constant=no_constants)
         assert [item["version"] for item in listed_json["models"]] == ["v2"]
         for args in (["pull", "org/tiny", "v1"], ["pull", "org/tiny", "v3"],
                      ["info", "--remote", "org/tiny", "latest"]):
-            refused = cli_run(server, data_dir, *args)
+            refused = cli(*args, registry=server, data_dir=data_dir)
             assert refused.returncode == xm.RegistryError.exit_code, refused.stderr
             assert "its entry is invalid" in refused.stderr and "publisher must fix" in refused.stderr
-        updates = cli_run(server, data_dir, "--json", "update")
+        updates = cli("--json", "update", registry=server, data_dir=data_dir)
         first, second = json.loads(updates.stdout, parse_constant=no_constants)["updates"]
         assert first["version"] == "v1" and first["error"]["type"] == "RegistryError"
         assert "beyond the range of a 64-bit float" in first["error"]["message"]
@@ -1076,7 +1128,7 @@ class TestRegistry:
         with pytest.raises(xm.NetworkError, match=rf"HTTP {status}.*--header 'Authorization: \.\.\.'.*headers="):
             make_manager(opener=opener).list_remote()
         assert server.requests["models.json"] == 1  # not retried
-        result = cli_run(server, data_dir, "list", "--remote")
+        result = cli("list", "--remote", registry=server, data_dir=data_dir)
         assert result.returncode == 5 and "--header 'Authorization: ...'" in result.stderr
 
     @pytest.mark.parametrize("location", ["http://[::1", "http://127.0.0.1:99999/x"])
@@ -1086,7 +1138,7 @@ class TestRegistry:
         with pytest.raises(xm.NetworkError, match=f"redirect to a malformed URL {re.escape(repr(location))}"):
             manager.list_remote()
         assert server.requests["models.json"] == 1  # not retried
-        result = cli_run(server, data_dir, "list", "--remote")
+        result = cli("list", "--remote", registry=server, data_dir=data_dir)
         assert result.returncode == 5 and location in result.stderr
 
     def test_redirects_to_another_origin_keep_their_connections(
@@ -1804,15 +1856,14 @@ class TestHeaders:
         assert "s3cr3t" not in caplog.text and "retrying" in caplog.text
 
     def test_cli_header_option(self, raw_server: RawServer, data_dir: Path, model: dict[str, bytes]) -> None:
-        result = run_cli("--registry", raw_server.url, "--data-dir", str(data_dir), "-v",
-                         "--header", f"Authorization: {SECRET}", "--header", "X-Team:ml", "pull", "org/tiny", "v1")
-        cli_no_traceback(result)
+        result = cli("-v", "--header", f"Authorization: {SECRET}", "--header", "X-Team:ml", "pull", "org/tiny", "v1",
+                     registry=raw_server.url, data_dir=data_dir)
         assert result.returncode == 0, result.stderr
         assert all(h.get("authorization") == SECRET and h.get("x-team") == "ml" for h in raw_server.headers)
         assert "debug: GET" in result.stderr and "s3cr3t" not in result.stderr + result.stdout
         seen = len(raw_server.headers)
-        after = run_cli("--registry", raw_server.url, "--data-dir", str(data_dir), "list", "--remote",
-                        "--header", "X-Team: after")  # also after the command word
+        after = cli("list", "--remote", "--header", "X-Team: after",  # also after the command word
+                    registry=raw_server.url, data_dir=data_dir)
         assert after.returncode == 0, after.stderr
         assert {h.get("x-team") for h in raw_server.headers[seen:]} == {"after"}
 
@@ -2369,7 +2420,7 @@ class TestRateLimit:
     def test_invalid_rates(self, manager: xm.Manager, model: dict[str, bytes]) -> None:
         with pytest.raises(ValueError, match="limit_rate"):
             manager.pull("org/tiny v1", limit_rate=0)
-        assert run_cli("pull", "org/tiny", "v1", "--limit-rate", "fast").returncode == 2
+        assert cli("pull", "org/tiny", "v1", "--limit-rate", "fast").returncode == 2
 
 
 def sparse_files_work(directory: Path) -> bool:
@@ -4056,22 +4107,23 @@ class TestVerify:
 
     def test_cli_verify_exit_codes(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
-        assert cli_run(server, data_dir, "verify").stdout == "org/tiny v1: ok\n"
+        assert cli("verify", registry=server, data_dir=data_dir).stdout == "org/tiny v1: ok\n"
         self.damage(data_dir / "org" / "tiny" / "v1")
-        damaged = cli_run(server, data_dir, "verify", "org/tiny", "v1")
+        damaged = cli("verify", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert damaged.returncode == 6
         assert damaged.stdout == (
             "org/tiny v1: 2 files damaged or missing\n  model.safetensors\n  sub/tokenizer.json\n"
             "org/tiny v1: 1 file sharing a damaged chunk (perhaps intact: the chunk's hash cannot say which of "
             "its files holds the damage)\n  config.json\n"
             "To repair it: xprim-models verify org/tiny v1 --repair\n")
-        (result,) = cli_document(cli_run(server, data_dir, "verify", "org/tiny v1", "--json"))["results"]
+        (result,) = cli_document(cli("verify", "org/tiny v1", "--json", registry=server, data_dir=data_dir))["results"]
         assert (result["damaged"], result["sharing_damaged_chunk"]) == (
             ["model.safetensors", "sub/tokenizer.json"], ["config.json"])
-        repaired = cli_run(server, data_dir, "verify", "--repair", "--quiet")
+        repaired = cli("verify", "--repair", "--quiet", registry=server, data_dir=data_dir)
         assert (repaired.returncode, repaired.stdout) == (
             0, "org/tiny v1: 2 files repaired\n  model.safetensors\n  sub/tokenizer.json\n")
-        assert json.loads(cli_run(server, data_dir, "--json", "verify").stdout)["results"][0]["damaged"] == []
+        verified = cli("--json", "verify", registry=server, data_dir=data_dir)
+        assert json.loads(verified.stdout)["results"][0]["damaged"] == []
 
 
 def windows_file_call(path: Path, mode: str, function: str, *args: Any) -> None:
@@ -4202,7 +4254,7 @@ class TestPrune:
         installed = data_dir / "org" / "tiny" / "latest"
         for command in (["prune"], ["remove", "org/tiny", "latest"],
                         ["verify", "org/tiny", "latest", "--repair"], ["pull", "org/tiny", "latest"]):
-            result = cli_run(server, data_dir, *command)
+            result = cli(*command, registry=server, data_dir=data_dir)
             assert result.returncode == 7, (command, result.stderr)
             assert f"{registry} is corrupt" in result.stderr
             assert "nothing was deleted" in result.stderr or command[0] == "pull"  # a pull fails before
@@ -4211,7 +4263,7 @@ class TestPrune:
         registry.rename(data_dir / "registry.json.bad")
         chunks = chunk_paths(registry_dir)
         fetched = [server.requests[path] for path in chunks]
-        assert cli_run(server, data_dir, "pull", "org/tiny", "latest").returncode == 0
+        assert cli("pull", "org/tiny", "latest", registry=server, data_dir=data_dir).returncode == 0
         assert [server.requests[path] for path in chunks] == fetched  # not one chunk downloaded again
         assert tree(installed) == dict(sorted(model.items()))
 
@@ -4220,8 +4272,8 @@ class TestPrune:
         staging.mkdir(parents=True)
         (staging / "half").write_bytes(b"x" * 8192)
         freed = xm._format_size(disk_usage(staging / "half"))
-        assert cli_run(server, data_dir, "prune").stdout == f"Freed {freed}\n"
-        assert cli_run(server, data_dir, "prune").stdout == "Nothing to prune\n"
+        assert cli("prune", registry=server, data_dir=data_dir).stdout == f"Freed {freed}\n"
+        assert cli("prune", registry=server, data_dir=data_dir).stdout == "Nothing to prune\n"
 
     def test_prune_reports_the_disk_space_of_sparse_files(self, manager: xm.Manager, data_dir: Path) -> None:
         staging = data_dir / "org" / "tiny" / ".v1.staging"
@@ -4272,8 +4324,7 @@ class TestExport:
         assert set(os.listdir(export / "data")) == objects_needed(data_dir, *refs)  # exactly, no temporaries
         elsewhere = tmp_path / "elsewhere"
         for ref in refs:
-            result = main_in_process("--registry", str(export), "--data-dir", str(elsewhere), "-q", "pull",
-                                     *ref.split())
+            result = cli("-q", "pull", *ref.split(), registry=export, data_dir=elsewhere)
             assert result.returncode == 0, result.stderr
             version = ref.split()[1]
             assert tree(elsewhere / "org" / "tiny" / version) == tree(data_dir / "org" / "tiny" / version)
@@ -4281,7 +4332,7 @@ class TestExport:
             assert (elsewhere / "org/tiny" / version / manifest).read_bytes() == \
                 (data_dir / "org/tiny" / version / ".test-app" / "manifest.json").read_bytes()
         listed = {item["version"]: item for item in cli_document(
-            main_in_process("--data-dir", str(elsewhere), "--json", "list"))["models"]}
+            cli("--json", "list", data_dir=elsewhere))["models"]}
         assert listed["latest"]["alias_of"] == "v1" and listed["v1"]["registry_url"] == str(export)
 
     def test_the_export_is_servable_over_http(
@@ -4354,25 +4405,26 @@ class TestExport:
     def test_the_export_command(self, server: RegistryServer, model: dict[str, bytes], data_dir: Path,
                                 tmp_path: Path) -> None:
         for version in ("v1", "v2", "latest"):
-            cli_run(server, data_dir, "-q", "pull", "org/tiny", version)
+            cli("-q", "pull", "org/tiny", version, registry=server, data_dir=data_dir)
         export = tmp_path / "export"
-        result = cli_run(server, data_dir, "export", "org/tiny", "latest", "org/tiny v2", "--to", str(export))
+        result = cli("export", "org/tiny", "latest", "org/tiny v2", "--to", str(export),
+                     registry=server, data_dir=data_dir)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("Exported: org/tiny latest (6.5 kB)\nExported: org/tiny v2 (6.5 kB)\n")
         assert f"Registry: {export} " in result.stdout
-        as_json = cli_document(cli_run(server, data_dir, "--json", "export", "org/tiny", "--to", str(export)))
+        as_json = cli_document(cli("--json", "export", "org/tiny", "--to", str(export),
+                                   registry=server, data_dir=data_dir))
         assert as_json["directory"] == str(export)
         assert [item["version"] for item in as_json["exported"]] == ["latest", "v1", "v2"]
         server.close()
         elsewhere = tmp_path / "elsewhere"
-        pulled = main_in_process("--registry", str(export), "--data-dir", str(elsewhere), "--json", "pull",
-                                 "org/tiny", "latest")
+        pulled = cli("--json", "pull", "org/tiny", "latest", registry=export, data_dir=elsewhere)
         assert cli_document(pulled)["model"]["alias_of"] == "v1"
         assert tree(elsewhere / "org" / "tiny" / "latest") == MODEL_FILES
         for argv in (["export", "org/tiny", "--to", str(export), "v9"], ["export", "v1", "--to", str(export)]):
-            bad = main_in_process("--data-dir", str(data_dir), *argv)
+            bad = cli(*argv, data_dir=data_dir)
             assert bad.returncode in (2, 4) and "Traceback" not in bad.stderr, argv
-        assert main_in_process("--data-dir", str(data_dir), "export", "org/tiny").returncode == 2  # --to is required
+        assert cli("export", "org/tiny", data_dir=data_dir).returncode == 2  # --to is required
 
     def test_a_chunk_over_4_gib_is_refused_on_fat32(
         self, manager: xm.Manager, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -4469,23 +4521,23 @@ class TestExport:
     def test_a_models_json_entry_of_another_shape_in_the_export_directory_is_refused(
         self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path, index: bytes
     ) -> None:
-        cli_run(server, data_dir, "-q", "pull", "org/tiny", "latest")
+        cli("-q", "pull", "org/tiny", "latest", registry=server, data_dir=data_dir)
         export = tmp_path / "export"
         export.mkdir()
         (export / "models.json").write_bytes(index)
-        result = cli_run(server, data_dir, "export", "org/tiny", "latest", "--to", str(export))
+        result = cli("export", "org/tiny", "latest", "--to", str(export), registry=server, data_dir=data_dir)
         assert result.returncode == 1 and "fix that entry, or export into another directory" in result.stderr
         assert (export / "models.json").read_bytes() == index
 
     def test_a_models_json_nested_too_deeply_in_the_export_directory_is_refused(
         self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
     ) -> None:
-        cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
+        cli("-q", "pull", "org/tiny", "v1", registry=server, data_dir=data_dir)
         export = tmp_path / "export"
         export.mkdir()
         index = b'{"org": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
         (export / "models.json").write_bytes(index)
-        result = cli_run(server, data_dir, "export", "org/tiny", "v1", "--to", str(export))
+        result = cli("export", "org/tiny", "v1", "--to", str(export), registry=server, data_dir=data_dir)
         assert result.returncode == 1 and "its models.json is not a registry index" in result.stderr
         assert (export / "models.json").read_bytes() == index
 
@@ -4615,15 +4667,15 @@ class TestRegistries:
     ) -> None:
         self.install_from_both(server, private, data_dir, "xprim-models")
         header = ["--header", f"Authorization: {TOKEN['Authorization']}"]
-        result = main_in_process("--data-dir", str(data_dir), *header, "-q", "update", "--apply")
+        result = cli(*header, "-q", "update", "--apply", data_dir=data_dir)
         assert (result.returncode, result.stderr) == (0, ""), result.stdout
         assert tree(data_dir / "org" / "tiny" / "v1") == V2_FILES
         assert (data_dir / "team" / "small" / "v1" / "w.bin").read_bytes() == b"small two"
         (data_dir / "team" / "small" / "v1" / "w.bin").write_bytes(b"small 2wo")
-        repaired = main_in_process("--data-dir", str(data_dir), *header, "verify", "--repair")
+        repaired = cli(*header, "verify", "--repair", data_dir=data_dir)
         assert repaired.returncode == 0, repaired.stderr
         assert (data_dir / "team" / "small" / "v1" / "w.bin").read_bytes() == b"small two"
-        without = main_in_process("--data-dir", str(data_dir), "update")
+        without = cli("update", data_dir=data_dir)
         assert without.returncode == 5 and "401" in without.stderr  # the servers do require it
 
     def test_embedding_options_reach_every_recorded_registry(
@@ -4647,13 +4699,13 @@ class TestRegistries:
         names = [f"m{number}" for number in range(6)]
         for name in names:
             publish.publish(str(registry_dir), "org", name, "v1", {"w.bin": name.encode()})
-        cli_run(server, data_dir, "-q", "pull", "org/m0", "v1")
+        cli("-q", "pull", "org/m0", "v1", registry=server, data_dir=data_dir)
         for name in names[1:]:
-            cli_run(server, data_dir, "-q", "pull", f"org/{name}", "v1")
+            cli("-q", "pull", f"org/{name}", "v1", registry=server, data_dir=data_dir)
         for name in names:
             publish.publish(str(registry_dir), "org", name, "v1", {"w.bin": name.encode() * 2})
         server.requests.clear()
-        result = cli_run(server, data_dir, "update", "--apply")
+        result = cli("update", "--apply", registry=server, data_dir=data_dir)
         assert result.returncode == 0 and result.stdout.count("Updated: ") == 6, result.stderr
         assert server.requests["models.json"] == 1
         mirror = RegistryServer(registry_dir)  # another registry: asked first, it lists the same manifests
@@ -4661,7 +4713,7 @@ class TestRegistries:
             for name in names:
                 (data_dir / "org" / name / "v1" / "w.bin").write_bytes(b"damaged")
             server.requests.clear()
-            repaired = cli_run(mirror, data_dir, "verify", "--repair")
+            repaired = cli("verify", "--repair", registry=mirror, data_dir=data_dir)
             assert repaired.returncode == 0, repaired.stderr
             assert mirror.requests["models.json"] == 1 and server.requests["models.json"] == 0
             assert all((data_dir / "org" / name / "v1" / "w.bin").read_bytes() == name.encode() * 2
@@ -4728,22 +4780,22 @@ class TestRegistries:
     ) -> None:
         old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "xprim-models")
         try:
-            stuck = main_in_process("--data-dir", str(data_dir), "update")  # only the old place is known
+            stuck = cli("update", data_dir=data_dir)  # only the old place is known
             assert stuck.returncode == 5
             assert (f"hint: if the registry moved from {old}, give --registry URL, or set "
                     "XPRIM_MODELS_REGISTRY_URL: the new one is asked first") in stuck.stderr
-            result = main_in_process("--registry", new.url, "--data-dir", str(data_dir), "update", "--apply")
+            result = cli("update", "--apply", registry=new.url, data_dir=data_dir)
             self.check_moved(old, new, data_dir, result.returncode, result.stdout, result.stderr)
         finally:
             new.close()
 
     def test_one_registry_under_two_spellings(self, server: RegistryServer, model: dict[str, bytes],
                                               data_dir: Path) -> None:
-        cli_run(server, data_dir, "-q", "pull", "org/tiny", "latest")
-        cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
+        cli("-q", "pull", "org/tiny", "latest", registry=server, data_dir=data_dir)
+        cli("-q", "pull", "org/tiny", "v1", registry=server, data_dir=data_dir)
         server.requests.clear()
         spelled = server.url.replace("http://", "HTTP://") + "/"
-        result = main_in_process("--registry", spelled, "--data-dir", str(data_dir), "update")
+        result = cli("update", registry=spelled, data_dir=data_dir)
         assert result.returncode == 0, result.stderr
         assert result.stdout.count(": up to date\n") == 2 and "source" not in result.stdout
         assert server.requests["models.json"] == 1
@@ -4753,19 +4805,18 @@ class TestRegistries:
     ) -> None:
         registry, data = tmp_path / "registry", tmp_path / "data"
         publish.publish(str(registry), "org", "x", "v1", {"x.bin": b"x"})
-        assert main_in_process("--registry", str(registry), "--data-dir", str(data), "-q", "pull", "org/x v1"
-                               ).returncode == 0
+        assert cli("-q", "pull", "org/x v1", registry=registry, data_dir=data).returncode == 0
         (registry / "models.json").write_text("[]")
-        result = main_in_process("--data-dir", str(data), "update")
+        result = cli("update", data_dir=data)
         assert result.returncode == 1
         assert f"error: org/x v1: models.json at {registry / 'models.json'} is invalid" in result.stderr
         assert "no registry URL" not in result.stderr
 
     def test_verify_repair_with_no_configured_registry(self, server: RegistryServer, model: dict[str, bytes],
                                                       data_dir: Path, no_registry_env: None) -> None:
-        cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
+        cli("-q", "pull", "org/tiny", "v1", registry=server, data_dir=data_dir)
         (data_dir / "org" / "tiny" / "v1" / "model.safetensors").write_bytes(b"x")
-        result = main_in_process("--data-dir", str(data_dir), "verify", "org/tiny", "v1", "--repair")
+        result = cli("verify", "org/tiny", "v1", "--repair", data_dir=data_dir)
         assert result.returncode == 0, result.stderr
         assert "org/tiny v1: 1 file repaired\n  model.safetensors\n" in result.stdout
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
@@ -4791,12 +4842,12 @@ class TestRegistries:
                 action()
         assert (data_dir / "org" / "tiny" / "v1" / "config.json").read_bytes() == b"damaged"
         for command in ("update", "verify"):
-            result = main_in_process("--data-dir", str(data_dir), command, *(["--repair"] * (command == "verify")))
+            result = cli(command, *["--repair"] * (command == "verify"), data_dir=data_dir)
             assert result.returncode == 1 and "it is not asked" in result.stderr, command
             assert result.stderr.count("\nhint: give --registry URL, or set XPRIM_MODELS_REGISTRY_URL\n") == 1
         fixed = manager.verify("org/tiny v1", repair=True)  # the configured registry is asked as always
         assert fixed.repaired == ("config.json",)
-        applied = main_in_process("--registry", str(registry_dir), "--data-dir", str(data_dir), "update", "--apply")
+        applied = cli("update", "--apply", registry=registry_dir, data_dir=data_dir)
         assert applied.returncode == 0 and "it is not asked" in applied.stderr
         assert f"up to date; source: {recorded} \u2192 {registry_dir} (recorded)" in applied.stdout
         assert recorded_sources(data_dir)["org/tiny v1"] == str(registry_dir)
@@ -4853,12 +4904,13 @@ class TestPinning:
             manager.pull("org/tiny v1", pin=first)
         assert manager.ensure("org/tiny v1", pin=first) == installed.path
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
-        result = cli_run(server, data_dir, "--json", "pull", "org/tiny", f"v1@{first}", "--force")
+        result = cli("--json", "pull", "org/tiny", f"v1@{first}", "--force", registry=server, data_dir=data_dir)
         assert cli_document(result)["model"]["pinned_ref"] == f"org/tiny v1@{first}"
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
-        (listed,) = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
+        (listed,) = cli_document(cli("--json", "list", registry=server, data_dir=data_dir))["models"]
         assert listed["pinned_ref"] == f"org/tiny v1@{first}"  # what pull takes, to be copied
-        assert f"Pin:          org/tiny v1@{first}\n" in cli_run(server, data_dir, "info", "org/tiny", "v1").stdout
+        info = cli("info", "org/tiny", "v1", registry=server, data_dir=data_dir)
+        assert f"Pin:          org/tiny v1@{first}\n" in info.stdout
         with pytest.raises(xm.InvalidRefError, match="pinned twice"):
             manager.pull(f"org/tiny v1@{first}", pin="cd" * 32)
         with pytest.raises(xm.InvalidRefError, match="takes no pin"):
@@ -4870,23 +4922,23 @@ class TestPinning:
         # An app pins what it was tested with; a routine `update --apply` must not move it, or
         # the app's next ensure(pin=) would need the network to put the pinned bytes back.
         first = listed_hash(registry_dir, "v1")
-        assert cli_run(server, data_dir, "-q", "pull", "org/tiny", f"v1@{first}").returncode == 0
-        assert cli_run(server, data_dir, "-q", "pull", "org/tiny", "v2").returncode == 0
+        assert cli("-q", "pull", "org/tiny", f"v1@{first}", registry=server, data_dir=data_dir).returncode == 0
+        assert cli("-q", "pull", "org/tiny", "v2", registry=server, data_dir=data_dir).returncode == 0
         publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
         server.requests.clear()
-        result = cli_run(server, data_dir, "update", "--apply")
+        result = cli("update", "--apply", registry=server, data_dir=data_dir)
         assert result.returncode == 0, result.stderr
         assert (f"org/tiny v1: pinned to {first[:12]}, not checked "
                 "(pull org/tiny v1 without a pin to follow the registry again)\n") in result.stdout
         assert "org/tiny v2: up to date\n" in result.stdout
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
         assert server.requests["models.json"] == 1  # for v2 alone
-        updates = cli_document(cli_run(server, data_dir, "--json", "update"))["updates"]
+        updates = cli_document(cli("--json", "update", registry=server, data_dir=data_dir))["updates"]
         assert [(item["version"], item["pinned"], item["update_available"]) for item in updates] == [
             ("v1", True, False), ("v2", False, False)]
-        listed = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
+        listed = cli_document(cli("--json", "list", registry=server, data_dir=data_dir))["models"]
         assert [(item["version"], item["pinned"]) for item in listed] == [("v1", True), ("v2", False)]
-        info = cli_run(server, data_dir, "info", "org/tiny", "v1")
+        info = cli("info", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert "Status:       Installed, pinned\n" in info.stdout, info.stderr
         server.close()  # the pinned app starts with no network
         app = xm.Manager(xm.Config("xprim-models", server.url, str(data_dir)), retries=0)
@@ -4911,8 +4963,8 @@ class TestPinning:
     ) -> None:
         # The usual way an app meets its pin: someone pulled the model first, without one.
         first = listed_hash(registry_dir, "v1")
-        assert cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1").returncode == 0
-        assert cli_run(server, data_dir, "-q", "pull", "org/tiny", "v2").returncode == 0
+        assert cli("-q", "pull", "org/tiny", "v1", registry=server, data_dir=data_dir).returncode == 0
+        assert cli("-q", "pull", "org/tiny", "v2", registry=server, data_dir=data_dir).returncode == 0
         second = listed_hash(registry_dir, "v2")
         server.close()
         app = xm.Manager(xm.Config("xprim-models", server.url, str(data_dir)), retries=0)
@@ -4927,8 +4979,8 @@ class TestPinning:
     ) -> None:
         publish.publish(str(registry_dir), "org", "a", "v1", {"a.bin": blob(3000, "a1")}, chunk_size=1024)
         publish.publish(str(registry_dir), "org", "b", "v1", {"b.bin": blob(3000, "b1")}, chunk_size=1024)
-        assert cli_run(server, data_dir, "-q", "pull", "org/a", "v1").returncode == 0
-        assert cli_run(server, data_dir, "-q", "pull", "org/b", "v1").returncode == 0
+        assert cli("-q", "pull", "org/a", "v1", registry=server, data_dir=data_dir).returncode == 0
+        assert cli("-q", "pull", "org/b", "v1", registry=server, data_dir=data_dir).returncode == 0
         pinned = json.loads((registry_dir / "models.json").read_text())["org"]["b"]["v1"]["hash"]
         publish.publish(str(registry_dir), "org", "a", "v1", {"a.bin": blob(3000, "a2")}, chunk_size=1024)
         publish.publish(str(registry_dir), "org", "b", "v1", {"b.bin": blob(3000, "b2")}, chunk_size=1024)
@@ -4961,7 +5013,7 @@ class TestPinning:
             manager.ensure("org/tiny v1", pin=missing)
         assert tree(data_dir / "org" / "tiny" / "v1") == before
         assert (data_dir / "registry.json").read_bytes() == record
-        result = cli_run(server, data_dir, "pull", "org/tiny", f"v1@{missing}")
+        result = cli("pull", "org/tiny", f"v1@{missing}", registry=server, data_dir=data_dir)
         assert result.returncode == 3 and f"pinned manifest not found: org/tiny v1@{missing}" in result.stderr
 
     def test_a_cached_pin_is_fetched_from_the_registry_that_holds_it(
@@ -5035,39 +5087,6 @@ V2_FILES = {**MODEL_FILES, "config.json": b'{"layers": 3}\n'}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SNAKE_CASE = re.compile(r"[a-z][a-z0-9_]*")
 PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{5,20}\] \d+%")  # the bar narrows to fit the sizes
-
-
-def cli_run(server: RegistryServer, data_dir: Path, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``xprim-models --registry <server> --data-dir <data_dir> ARGS`` through ``main(argv)`` in this
-    process (no real process matters here: run_cli starts one), checked for tracebacks."""
-    result = main_in_process("--registry", server.url, "--data-dir", str(data_dir), *args, env=env)
-    cli_no_traceback(result)
-    return result
-
-
-def main_in_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``main(args)`` with stdout and stderr captured as a pipe would (UTF-8, not a terminal)
-    and ``env`` added to the environment for the call."""
-    import contextlib
-    import io
-
-    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="") for _ in range(2)]
-    saved = {name: os.environ.get(name) for name in env or {}}
-    os.environ.update(env or {})
-    try:
-        with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]):
-            code = xm.main(list(args))
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-    for stream in streams:
-        stream.flush()
-    out, err = (stream.buffer.getvalue().decode() for stream in streams)  # type: ignore[attr-defined]
-    return subprocess.CompletedProcess(["xprim-models", *args], code, out, err)
 
 
 def cli_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
@@ -5205,44 +5224,42 @@ class TestCli:
         assert [item["version"] for item in json.loads(capsys.readouterr().out)["models"]] == ["latest", "v1", "v2"]
 
     def test_version_flag(self) -> None:
-        result = run_cli("--version")
+        result = cli("--version", process=True)
         assert (result.returncode, result.stdout) == (0, f"xprim-models {xm.__version__}\n")
 
     def test_registry_flag_wins_over_the_environment_variable(
         self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path
     ) -> None:
         env = {"XPRIM_MODELS_REGISTRY_URL": server.url}
-        from_env = run_cli("list", "--remote", "--json", env=env)
+        from_env = cli("list", "--remote", "--json", env=env)
         assert from_env.returncode == 0, from_env.stderr
         assert len(json.loads(from_env.stdout)["models"]) == 3
         assert server.requests["models.json"] == 1
         elsewhere = tmp_path / "other-registry"
         publish.publish(str(elsewhere), "other", "thing", "v9", {"a.bin": b"abc"})
-        from_flag = run_cli("--registry", str(elsewhere), "list", "--remote", "--json", env=env)
+        from_flag = cli("list", "--remote", "--json", registry=elsewhere, env=env)
         assert from_flag.returncode == 0, from_flag.stderr
         assert [(m["group"], m["version"]) for m in json.loads(from_flag.stdout)["models"]] == [("other", "v9")]
         assert server.requests["models.json"] == 1  # the flag won: the server was not asked
 
     def test_no_registry_configured_is_an_error(self) -> None:
-        result = run_cli("list", "--remote")
-        cli_no_traceback(result)
+        result = cli("list", "--remote")
         assert result.returncode == 1
         assert result.stderr.startswith("error: no registry URL is configured")
 
     def test_data_dir_flag_env_var_and_default(
         self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path, isolated_env: Path
     ) -> None:
-        default = run_cli("--registry", server.url, "pull", "org/tiny", "v1")
+        default = cli("pull", "org/tiny", "v1", registry=server)
         assert default.returncode == 0, default.stderr
         base = Path(xm.Manager(xm.Config("xprim-models")).data_dir)  # the platform's, below the private HOME
         assert base.parts[-2:] == ("xprim-models", "models") and isolated_env in base.parents
         expected = base / "org" / "tiny" / "v1"
         assert default.stdout.endswith(f"Path: {expected}\n")
         env = {"XPRIM_MODELS_MODELS_DIR": str(tmp_path / "from-env")}
-        from_env = run_cli("--registry", server.url, "pull", "org/tiny", "v1", env=env)
+        from_env = cli("pull", "org/tiny", "v1", registry=server, env=env)
         assert from_env.stdout.endswith(f"Path: {tmp_path / 'from-env' / 'org' / 'tiny' / 'v1'}\n")
-        from_flag = run_cli("--registry", server.url, "--data-dir", str(tmp_path / "flag"), "pull", "org/tiny", "v1",
-                            env=env)
+        from_flag = cli("pull", "org/tiny", "v1", registry=server, data_dir=tmp_path / "flag", env=env)
         assert from_flag.stdout.endswith(f"Path: {tmp_path / 'flag' / 'org' / 'tiny' / 'v1'}\n")
         assert tree(tmp_path / "flag" / "org" / "tiny" / "v1") == MODEL_FILES
 
@@ -5255,26 +5272,26 @@ class TestCli:
         def args(flag: str, *command: str) -> list[str]:
             return [flag, *command] if position == "before" else [*command, flag]
 
-        as_json = cli_run(server, data_dir, *args("--json", "list", "--remote"))
+        as_json = cli(*args("--json", "list", "--remote"), registry=server, data_dir=data_dir)
         assert [item["version"] for item in cli_document(as_json)["models"]] == ["latest", "v1", "v2"]
-        verbose = cli_run(server, data_dir, *args("--verbose", "list", "--remote"))
+        verbose = cli(*args("--verbose", "list", "--remote"), registry=server, data_dir=data_dir)
         assert f"GET {server.url}/models.json" in verbose.stderr
         assert verbose.stdout.startswith("GROUP")
-        quiet = cli_run(server, data_dir, *args("--quiet", "pull", "org/tiny", "v1"))
+        quiet = cli(*args("--quiet", "pull", "org/tiny", "v1"), registry=server, data_dir=data_dir)
         assert (quiet.returncode, quiet.stderr) == (0, "")
         assert "Model installed: org/tiny v1 (6.5 kB)\n" in quiet.stdout
 
     def test_flag_after_the_command_keeps_one_given_before(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        result = cli_run(server, data_dir, "--json", "list", "--remote", "--verbose")
+        result = cli("--json", "list", "--remote", "--verbose", registry=server, data_dir=data_dir)
         assert len(cli_document(result)["models"]) == 3
         assert f"GET {server.url}/models.json" in result.stderr
 
     def test_no_debug_lines_without_verbose(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        result = cli_run(server, data_dir, "list", "--remote")
+        result = cli("list", "--remote", registry=server, data_dir=data_dir)
         assert (result.returncode, result.stderr) == (0, "")
 
     def test_registry_and_data_dir_after_the_command_word(
@@ -5346,12 +5363,12 @@ class TestCli:
         assert xm._format_size(size) == text
 
     def test_list_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
-        empty = cli_run(server, data_dir, "list")
+        empty = cli("list", registry=server, data_dir=data_dir)
         assert (empty.returncode, empty.stdout, empty.stderr) == (0, "No models installed\n", "")
         cli_install(server, data_dir, "v1", "v2")
         dates = [cli_local_time(item["installed_at"], False)
-                 for item in cli_document(cli_run(server, data_dir, "list", "--json"))["models"]]
-        result = cli_run(server, data_dir, "list")
+                 for item in cli_document(cli("list", "--json", registry=server, data_dir=data_dir))["models"]]
+        result = cli("list", registry=server, data_dir=data_dir)
         assert result.returncode == 0
         assert result.stdout == (
             "GROUP   MODEL   VERSION   SIZE     INSTALLED\n"
@@ -5360,7 +5377,7 @@ class TestCli:
         )
 
     def test_list_remote_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
-        result = cli_run(server, data_dir, "list", "--remote")
+        result = cli("list", "--remote", registry=server, data_dir=data_dir)
         assert result.returncode == 0
         assert result.stdout == (
             "GROUP   MODEL   VERSION        SIZE\n"
@@ -5372,27 +5389,27 @@ class TestCli:
     def test_pull_human_and_already_installed(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
+        result = cli("pull", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert result.returncode == 0
         path = data_dir / "org" / "tiny" / "v1"
         assert result.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
         assert tree(path) == MODEL_FILES
         downloads = server.chunk_requests()
-        again = cli_run(server, data_dir, "pull", "org/tiny", "v1")
+        again = cli("pull", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert again.returncode == 0
         assert again.stdout == (
             "Model already installed: org/tiny v1\n"
             "Use --force to install it again (its chunks on this disk are hashed again and reused)\n")
         assert server.chunk_requests() == downloads  # nothing downloaded
-        forced = cli_run(server, data_dir, "pull", "org/tiny", "v1", "--force")
+        forced = cli("pull", "org/tiny", "v1", "--force", registry=server, data_dir=data_dir)
         assert forced.returncode == 0
         assert "Reused 7 chunks (6.5 kB) already on this disk; nothing downloaded\n" in forced.stderr  # as it said
         assert forced.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
 
     def test_info_installed_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
-        (listed,) = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
-        result = cli_run(server, data_dir, "info", "org/tiny", "v1")
+        (listed,) = cli_document(cli("--json", "list", registry=server, data_dir=data_dir))["models"]
+        result = cli("info", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert result.returncode == 0
         assert result.stdout == textwrap.dedent(f"""\
             Model:        org/tiny v1
@@ -5412,7 +5429,7 @@ class TestCli:
             """)
 
     def test_info_remote_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
-        result = cli_run(server, data_dir, "info", "org/tiny", "v1", "--remote")
+        result = cli("info", "org/tiny", "v1", "--remote", registry=server, data_dir=data_dir)
         digest = json.loads((server.root / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
         assert result.returncode == 0
         assert result.stdout == textwrap.dedent(f"""\
@@ -5440,7 +5457,7 @@ class TestCli:
         # window, move the cursor or rewrite what the user reads.
         publish.publish(str(registry_dir), "org", "tiny", "v9", {"a\x9b31m.bin": b"a"},
                         metadata={"note\x1b[2J": "\x1b]0;pwned\x07 \x9b31m red\x7f"})
-        result = cli_run(server, data_dir, "info", "org/tiny", "v9", "--remote")
+        result = cli("info", "org/tiny", "v9", "--remote", registry=server, data_dir=data_dir)
         assert result.returncode == 0, result.stderr
         assert "  note\\x1b[2J: \\x1b]0;pwned\\x07 \\x9b31m red\\x7f\n" in result.stdout
         assert "  a\\x9b31m.bin    1 B\n" in result.stdout  # a path may hold C1 (C0 is refused)
@@ -5448,26 +5465,26 @@ class TestCli:
 
     def test_remove_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1", "v2", "latest")
-        one = cli_run(server, data_dir, "remove", "org/tiny", "latest")
+        one = cli("remove", "org/tiny", "latest", registry=server, data_dir=data_dir)
         assert (one.returncode, one.stdout) == (0, "Removed: org/tiny latest\n")
         assert not (data_dir / "org" / "tiny" / "latest").exists()
-        every = cli_run(server, data_dir, "remove", "org/tiny", "--all")
+        every = cli("remove", "org/tiny", "--all", registry=server, data_dir=data_dir)
         assert every.returncode == 0
         assert every.stdout == "Removed: org/tiny v1\nRemoved: org/tiny v2\nRemoved 2 versions\n"
         assert not (data_dir / "org" / "tiny" / "v1").exists() and not (data_dir / "org" / "tiny" / "v2").exists()
-        assert cli_run(server, data_dir, "list").stdout == "No models installed\n"
+        assert cli("list", registry=server, data_dir=data_dir).stdout == "No models installed\n"
 
     @pytest.mark.parametrize("args", [["org/tiny", "v1"], ["org/tiny", "--all"]], ids=["version", "all"])
     def test_remove_not_installed(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], args: list[str]
     ) -> None:
-        result = cli_run(server, data_dir, "remove", *args)
+        result = cli("remove", *args, registry=server, data_dir=data_dir)
         assert (result.returncode, result.stdout) == (4, "")
         assert result.stderr.startswith("error: model not installed: org/tiny")
 
     def test_path_prints_only_the_path(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
-        result = cli_run(server, data_dir, "path", "org/tiny", "v1")
+        result = cli("path", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert (result.returncode, result.stdout, result.stderr) == (0, f"{data_dir / 'org' / 'tiny' / 'v1'}\n", "")
 
     # update --------------------------------------------------------------------------
@@ -5476,15 +5493,15 @@ class TestCli:
         self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
         cli_install(server, data_dir, "latest")
-        current = cli_run(server, data_dir, "update")
+        current = cli("update", registry=server, data_dir=data_dir)
         assert (current.returncode, current.stdout) == (0, "Checking for updates...\n\norg/tiny latest: up to date\n")
         publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
-        check = cli_run(server, data_dir, "update", "org/tiny")
+        check = cli("update", "org/tiny", registry=server, data_dir=data_dir)
         assert check.returncode == 0
         assert check.stdout == "Checking for updates...\n\norg/tiny latest: update available (v1 \u2192 v2)\n"
         assert tree(data_dir / "org" / "tiny" / "latest") == MODEL_FILES  # only checked
         before = server.requests.copy()
-        applied = cli_run(server, data_dir, "update", "--apply")
+        applied = cli("update", "--apply", registry=server, data_dir=data_dir)
         assert applied.returncode == 0, applied.stderr
         assert applied.stdout == (
             "Checking for updates...\n\n"
@@ -5503,7 +5520,7 @@ class TestCli:
         assert len(changed) == 1
         assert {path: count for path, count in delta.items() if path.startswith("data/")} == {
             f"data/{digest}": 1 for digest in {v2_hash, *changed}}
-        after = cli_run(server, data_dir, "--json", "update")
+        after = cli("--json", "update", registry=server, data_dir=data_dir)
         (entry,) = cli_document(after)["updates"]
         assert (entry["version"], entry["update_available"], entry["remote_alias_of"]) == ("latest", False, "v2")
 
@@ -5513,18 +5530,18 @@ class TestCli:
         # A cp1252 console or pipe (Windows) has no arrow: it reads "->", not "?".
         cli_install(server, data_dir, "latest")
         publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
-        check = run_cli("--registry", server.url, "--data-dir", str(data_dir), "update",
-                        env={"PYTHONIOENCODING": "cp1252"})  # a real process: its stdout encodes in cp1252
+        check = cli("update", registry=server, data_dir=data_dir,  # a real process: its stdout encodes in cp1252
+                    env={"PYTHONIOENCODING": "cp1252"}, process=True)
         assert (check.returncode, check.stderr) == (0, "")
         assert check.stdout.endswith("org/tiny latest: update available (v1 -> v2)\n")
 
     def test_update_nothing_installed_and_unknown_model(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        nothing = cli_run(server, data_dir, "update")
+        nothing = cli("update", registry=server, data_dir=data_dir)
         assert (nothing.returncode, nothing.stdout) == (0, "No models installed\n")
         cli_install(server, data_dir, "v1")
-        result = cli_run(server, data_dir, "update", "org/other")
+        result = cli("update", "org/other", registry=server, data_dir=data_dir)
         assert (result.returncode, result.stderr) == (4, "error: model not installed: org/other\n")
 
     def test_repair_says_it_rewrites_the_damaged_files(
@@ -5532,7 +5549,7 @@ class TestCli:
     ) -> None:
         cli_install(server, data_dir, "v1")
         (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
-        repaired = cli_run(server, data_dir, "verify", "org/tiny", "v1", "--repair")
+        repaired = cli("verify", "org/tiny", "v1", "--repair", registry=server, data_dir=data_dir)
         assert repaired.returncode == 0, repaired.stderr
         assert repaired.stderr.endswith("\nRewriting damaged files... done\n"), repaired.stderr
         assert repaired.stdout == "org/tiny v1: 1 file repaired\n  config.json\n"
@@ -5545,18 +5562,18 @@ class TestCli:
 
         cli_install(server, data_dir, "v1", "latest")
         publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
-        one = cli_run(server, data_dir, "update", "org/tiny", "latest")
+        one = cli("update", "org/tiny", "latest", registry=server, data_dir=data_dir)
         assert (one.returncode, one.stdout) == (
             0, "Checking for updates...\n\norg/tiny latest: update available (v1 \u2192 v2)\n")
         publish.publish(str(registry_dir), "org", "tiny", "v3", {"other.bin": blob(3000, "other")}, chunk_size=1024)
         publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v3")  # nothing on this disk to reuse
         usage = shutil.disk_usage(".")
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
-        full = cli_run(server, data_dir, "update", "org/tiny latest", "--apply")
+        full = cli("update", "org/tiny latest", "--apply", registry=server, data_dir=data_dir)
         assert full.returncode == 7
         assert re.search(r"^error: org/tiny latest: needs 3 kB of disk space in \S+ but only 1 kB is free",
                          full.stderr, re.MULTILINE), full.stderr
-        missing = cli_run(server, data_dir, "update", "org/tiny", "v2")
+        missing = cli("update", "org/tiny", "v2", registry=server, data_dir=data_dir)
         assert (missing.returncode, missing.stderr) == (4, "error: model not installed: org/tiny v2\n")
 
     def test_update_failing_check_does_not_stop_the_others(
@@ -5569,14 +5586,14 @@ class TestCli:
         (registry_dir / "models.json").write_text(json.dumps(index))
         changed = {**MODEL_FILES, "config.json": b'{"layers": 4}\n'}
         publish.publish(str(registry_dir), "org", "tiny", "v2", changed, chunk_size=1024)  # v2 rebuilt
-        checked = cli_run(server, data_dir, "--json", "update")
+        checked = cli("--json", "update", registry=server, data_dir=data_dir)
         assert checked.returncode == 3
         first, second = cli_document(checked)["updates"]
         assert first["version"] == "v1" and first["remote_hash"] is None
         assert first["error"]["type"] == "VersionNotFoundError" and first["error"]["exit_code"] == 3
         assert (second["version"], second["update_available"], second["applied"], second["error"]) == (
             "v2", True, False, None)
-        applied = cli_run(server, data_dir, "update", "--apply")
+        applied = cli("update", "--apply", registry=server, data_dir=data_dir)
         assert applied.returncode == 3
         assert "error: org/tiny v1: version not found" in applied.stderr
         assert "org/tiny v2: update available" in applied.stdout
@@ -5587,27 +5604,27 @@ class TestCli:
     # JSON documents ------------------------------------------------------------
 
     def test_json_documents(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
-        assert cli_document(cli_run(server, data_dir, "list", "--json")) == {"models": []}
-        remote = cli_document(cli_run(server, data_dir, "list", "--remote", "--json"))["models"]
+        assert cli_document(cli("list", "--json", registry=server, data_dir=data_dir)) == {"models": []}
+        remote = cli_document(cli("list", "--remote", "--json", registry=server, data_dir=data_dir))["models"]
         assert [(m["group"], m["model"], m["version"], m["alias_of"]) for m in remote] == [
             ("org", "tiny", "latest", "v1"), ("org", "tiny", "v1", ""), ("org", "tiny", "v2", "")]
         assert all((m["total_size"], m["chunk_size"], m["chunk_count"], m["file_count"]) == (V1_SIZE, 1024, 7, 4)
                    for m in remote)
         assert remote[1]["metadata"] == {"framework": "onnx"}
 
-        pulled = cli_document(cli_run(server, data_dir, "--json", "pull", "org/tiny", "latest"))
+        pulled = cli_document(cli("--json", "pull", "org/tiny", "latest", registry=server, data_dir=data_dir))
         assert pulled["status"] == "installed"
         cli_check_installed_json(pulled["model"], data_dir, "latest", alias_of="v1")
-        again = cli_document(cli_run(server, data_dir, "--json", "pull", "org/tiny", "latest"))
+        again = cli_document(cli("--json", "pull", "org/tiny", "latest", registry=server, data_dir=data_dir))
         assert again["status"] == "already_installed"
         cli_check_installed_json(again["model"], data_dir, "latest", alias_of="v1")
 
-        (listed,) = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
+        (listed,) = cli_document(cli("--json", "list", registry=server, data_dir=data_dir))["models"]
         cli_check_installed_json(listed, data_dir, "latest", alias_of="v1")
-        assert cli_document(cli_run(server, data_dir, "path", "org/tiny", "latest", "--json")) == {
+        assert cli_document(cli("path", "org/tiny", "latest", "--json", registry=server, data_dir=data_dir)) == {
             "path": str(data_dir / "org" / "tiny" / "latest")}
 
-        info = cli_document(cli_run(server, data_dir, "info", "org/tiny", "latest", "--remote", "--json"))
+        info = cli_document(cli("info", "org/tiny", "latest", "--remote", "--json", registry=server, data_dir=data_dir))
         assert (info["group"], info["model"], info["version"]) == ("org", "tiny", "latest")
         cli_check_installed_json(info["installed"], data_dir, "latest", alias_of="v1")
         expected_files = [{"path": path, "size": len(content)} for path, content in MODEL_FILES.items()]
@@ -5615,20 +5632,20 @@ class TestCli:
         assert info["remote"]["files"] == expected_files
         assert (info["remote"]["total_size"], info["remote"]["chunk_count"], info["remote"]["alias_of"]) == (
             V1_SIZE, 7, "v1")
-        local_only = cli_document(cli_run(server, data_dir, "--json", "info", "org/tiny", "latest"))
+        local_only = cli_document(cli("--json", "info", "org/tiny", "latest", registry=server, data_dir=data_dir))
         assert local_only["remote"] is None and local_only["installed"]["files"] == expected_files
 
-        (update,) = cli_document(cli_run(server, data_dir, "--json", "update"))["updates"]
+        (update,) = cli_document(cli("--json", "update", registry=server, data_dir=data_dir))["updates"]
         assert (update["group"], update["model"], update["version"]) == ("org", "tiny", "latest")
         assert update["update_available"] is False and update["error"] is None
 
-        removed = cli_document(cli_run(server, data_dir, "--json", "remove", "org/tiny", "--all"))
+        removed = cli_document(cli("--json", "remove", "org/tiny", "--all", registry=server, data_dir=data_dir))
         assert removed == {"removed": [{"group": "org", "model": "tiny", "version": "latest"}]}
 
     # Progress --------------------------------------------------------------------
 
     def test_progress_off_a_terminal(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
-        result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
+        result = cli("pull", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert result.returncode == 0
         assert cli_without_quarters(result.stderr) == (
             "Fetching manifest... done\nGetting 7 chunks (6.5 kB)\nDownloaded 7 chunks (6.5 kB)\n"
@@ -5816,14 +5833,14 @@ class TestCli:
         case: tuple[list[str], int, str, bool],
     ) -> None:
         args, code, message, check_json = case
-        human = cli_run(server, data_dir, *args)
+        human = cli(*args, registry=server, data_dir=data_dir)
         assert (human.returncode, human.stdout) == (code, "")
         error_line = next(line for line in human.stderr.splitlines() if line.startswith("error: "))
         assert error_line.startswith(message), human.stderr
         assert human.stderr.startswith("usage: " if code == 2 else "error: "), human.stderr
         if not check_json:
             return
-        as_json = cli_run(server, data_dir, "--json", *args)
+        as_json = cli("--json", *args, registry=server, data_dir=data_dir)
         assert as_json.returncode == code
         error = cli_document(as_json)["error"]
         assert set(error) == {"type", "message", "exit_code"}
@@ -5838,7 +5855,7 @@ class TestCli:
     def test_usage_errors_exit_2(
         self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], args: list[str]
     ) -> None:
-        result = cli_run(server, data_dir, *args)
+        result = cli(*args, registry=server, data_dir=data_dir)
         assert result.returncode == 2
         assert "usage: xprim-models" in result.stderr
         assert server.requests == {}
@@ -5847,7 +5864,7 @@ class TestCli:
                                       ["--json", "pull", "acme/small", "v1", "--concurrency", "abc"],
                                       ["pull", "acme/small", "--limit-rate", "fast", "--json"]])
     def test_usage_errors_with_json_print_the_error_document(self, args: list[str]) -> None:
-        result = main_in_process(*args)
+        result = cli(*args)
         assert result.returncode == 2
         error = cli_document(result)["error"]
         assert (error["type"], error["exit_code"]) == ("UsageError", 2)
@@ -5864,7 +5881,7 @@ class TestCli:
             [*PYTHON, "-m", "xprim_models", "--registry", server.url, "--data-dir", str(data_dir.parent / "json-data"),
              "--json", "pull", "org/tiny", "v1"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
+        result = cli("pull", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert result.returncode == 6
         assert result.stdout == ""
         assert "error: pull org/tiny v1: chunk 3/7" in result.stderr and "hash mismatch" in result.stderr
@@ -5885,12 +5902,12 @@ class TestCli:
         blocker = tmp_path / "a-file"
         blocker.write_text("not a directory\n")
         for args in (["list"], ["pull", "org/tiny", "v1"]):
-            result = cli_run(server, blocker / "models", *args)
+            result = cli(*args, registry=server, data_dir=blocker / "models")
             assert (result.returncode, result.stdout) == (7, ""), result.stderr
             # Windows reports only "path not found" here, which must not read as "nothing installed".
             assert result.stderr.startswith("error: cannot "), result.stderr
             assert f"{blocker} is a file, not a directory; move that file away" in result.stderr
-        as_json = cli_run(server, blocker / "models", "--json", "list")
+        as_json = cli("--json", "list", registry=server, data_dir=blocker / "models")
         assert cli_document(as_json)["error"]["type"] == "StorageError"
 
     def test_ctrl_c_exits_130_and_the_pull_resumes(
@@ -5920,7 +5937,7 @@ class TestCli:
         assert not (data_dir / "org" / "tiny" / "v1").exists()
         # Verified chunks were kept in the staging files: the resumed pull does not fetch them again.
         del server.always["data/" + stalled]
-        resumed = cli_run(server, data_dir, "pull", "org/tiny", "v1")
+        resumed = cli("pull", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert resumed.returncode == 0, resumed.stderr
         assert tree(data_dir / "org" / "tiny" / "v1") == MODEL_FILES
         fetched = [server.requests["data/" + cli_chunk(registry_dir, "v1", index)] for index in range(7)]
@@ -6648,13 +6665,13 @@ class TestGoOriginal:
     def test_cli_shows_an_unknown_install_time(self, server: RegistryServer, data_dir: Path,
                                                registry_dir: Path, model: dict[str, bytes]) -> None:
         go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="yesterday")
-        listed = cli_run(server, data_dir, "list")
+        listed = cli("list", registry=server, data_dir=data_dir)
         assert listed.returncode == 0
         assert listed.stdout.splitlines()[1].split() == ["org", "tiny", "v1", "6.5", "kB", "unknown"]
         assert "install time of org/tiny v1 is unknown" in listed.stderr
-        info = cli_run(server, data_dir, "--quiet", "info", "org/tiny", "v1")
+        info = cli("--quiet", "info", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert (info.returncode, info.stderr) == (0, "") and "Installed:    unknown\n" in info.stdout
-        item = cli_document(cli_run(server, data_dir, "--json", "--quiet", "list"))["models"][0]
+        item = cli_document(cli("--json", "--quiet", "list", registry=server, data_dir=data_dir))["models"][0]
         assert item["installed_at"] == "1970-01-01T00:00:00Z"
 
     def test_cli_shows_go_zero_time_west_of_greenwich(self, data_dir: Path, registry_dir: Path,
@@ -6662,8 +6679,7 @@ class TestGoOriginal:
         go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="0001-01-01T00:00:00Z")
 
         def west(*args: str) -> subprocess.CompletedProcess[str]:  # a process of its own: TZ is read at start
-            result = run_cli("--data-dir", str(data_dir), *args, env={"TZ": "XYZ+5"})  # local time: before year 1
-            cli_no_traceback(result)
+            result = cli(*args, data_dir=data_dir, env={"TZ": "XYZ+5"}, process=True)  # local time: before year 1
             return result
 
         listed = west("list")
@@ -6680,33 +6696,32 @@ class TestGoOriginal:
         stored = root / ".xprim-models" / "manifest.json"
         go_copy = stored.read_bytes()
         assert go_copy != published_bytes(registry_dir, "v1")
-        listed = cli_run(server, data_dir, "list")
+        listed = cli("list", registry=server, data_dir=data_dir)
         assert listed.returncode == 0 and listed.stdout.splitlines()[1].split() == [
             "org", "tiny", "v1", "6.5", "kB", "2026-11-28"]
-        assert cli_run(server, data_dir, "path", "org/tiny", "v1").stdout == f"{root}\n"
-        info = cli_run(server, data_dir, "info", "org/tiny", "v1")
+        assert cli("path", "org/tiny", "v1", registry=server, data_dir=data_dir).stdout == f"{root}\n"
+        info = cli("info", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert info.returncode == 0, info.stderr
         assert "Installed:    2026-11-28 22:30:36\n" in info.stdout  # TZ=UTC
         assert all(f"  {name}" in info.stdout for name in model)
-        doc = cli_document(cli_run(server, data_dir, "--json", "info", "org/tiny", "v1"))["installed"]
+        doc = cli_document(cli("--json", "info", "org/tiny", "v1", registry=server, data_dir=data_dir))["installed"]
         assert doc["installed_at"] == "2026-11-28T22:30:36Z"
         assert [item["path"] for item in doc["files"]] == list(model)
         assert stored.read_bytes() == go_copy  # reading changes nothing
 
         # Without a registry: the files against the copy, and a plain word that the manifest went unchecked.
-        offline = run_cli("--data-dir", str(data_dir), "verify", "org/tiny", "v1")
-        cli_no_traceback(offline)
+        offline = cli("verify", "org/tiny", "v1", data_dir=data_dir)
         assert (offline.returncode, offline.stdout) == (0, "org/tiny v1: ok\n")
         assert "the manifest itself could not be checked" in offline.stderr
         assert "no registry URL is configured" in offline.stderr and "registry sent" not in offline.stderr
         assert stored.read_bytes() == go_copy
         (root / "sub" / "tokenizer.json").write_bytes(b"x" * len(model["sub/tokenizer.json"]))
-        damaged = run_cli("--data-dir", str(data_dir), "verify", "org/tiny", "v1")
+        damaged = cli("verify", "org/tiny", "v1", data_dir=data_dir)
         assert damaged.returncode == 6 and "  sub/tokenizer.json\n" in damaged.stdout
         (root / "sub" / "tokenizer.json").write_bytes(model["sub/tokenizer.json"])
 
         # With one: the published manifest, fetched by its hash, checks the files and replaces the copy.
-        checked = cli_run(server, data_dir, "verify", "org/tiny", "v1")
+        checked = cli("verify", "org/tiny", "v1", registry=server, data_dir=data_dir)
         assert (checked.returncode, checked.stdout, checked.stderr) == (0, "org/tiny v1: ok\n", "")
         assert stored.read_bytes() == published_bytes(registry_dir, "v1")
         digest = registry_entry(data_dir, "v1")["manifest_hash"]
@@ -6935,7 +6950,7 @@ class TestFleet:
         server.cache_control["models.json"] = "max-age=3600"
         monkeypatch.setenv("HTTP_PROXY", squid)
         monkeypatch.setenv("NO_PROXY", "")
-        assert cli_run(server, data_dir, "pull", "org/tiny", "latest").returncode == 0
+        assert cli("pull", "org/tiny", "latest", registry=server, data_dir=data_dir).returncode == 0
         # squid holds the index: a client that does not ask to revalidate gets the old one.
         plain = urllib.request.build_opener(urllib.request.ProxyHandler({"http": squid}))
         with plain.open(f"{server.url}/models.json", timeout=10) as response:
@@ -6943,7 +6958,7 @@ class TestFleet:
         publish.add_alias(str(registry_dir), "org", "tiny", "latest", "v2")
         with plain.open(f"{server.url}/models.json", timeout=10) as response:
             assert response.read() == cached
-        result = cli_run(server, data_dir, "update")
+        result = cli("update", registry=server, data_dir=data_dir)
         assert result.returncode == 0 and "org/tiny latest: update available" in result.stdout, result.stdout
 
 

@@ -3156,13 +3156,17 @@ class TestReliability:
             assert (Path(item.path) / "shared").read_bytes() == shared
 
 
-# A child process pulls with kill points armed, then dies by SIGKILL (on Windows the test
-# ends it with TerminateProcess: nothing runs after it, no finally, no atexit). Kill points,
-# from argv[3] (JSON):
+# A child process runs an action with kill points armed, then dies by SIGKILL (on Windows
+# the test ends it with TerminateProcess: nothing runs after it, no finally, no atexit).
+# The plan, from argv[3] (JSON):
+#   ref, force, concurrency   the default action: manager.pull(ref, force=, concurrency=, progress=)
+#   action: "python"    run this statement instead, with ``manager`` and ``progress`` bound
 #   progress_at: N      die in the progress callback once chunks_completed >= N
-#   hooks: [[owner, name, regex, "before"|"after"], ...]   wrap os.<name>, xm.<name> or
-#                       xm.Manager.<name>; a call whose string arguments, joined by spaces
-#                       (with / as the path separator on every OS), match regex is one event
+#   hooks: [[module, name, regex, "before"|"after"], ...]   wrap os.<name> or shutil.<name>
+#                       (a name the OS lacks, such as os.pwrite on Windows, is skipped); a call
+#                       whose string arguments, joined by spaces (with / as the path separator
+#                       on every OS), match regex is one event. A descriptor as the first
+#                       argument stands for the path os.open opened it with.
 #   kill_at: N          die before/after the N-th event (0: never; then print the event count)
 CRASH_CHILD = r"""
 import json, os, re, shutil, signal, sys, threading, time
@@ -3171,9 +3175,11 @@ import xprim_models as xm
 url, data_dir, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 guard = threading.Lock()
 events = [0]
+opened = {}  # descriptor -> the path os.open gave it
+os_open, os_close, os_write = os.open, os.close, os.write  # the originals, for die() and the wrappers
 
 def die(label):
-    os.write(2, ("killed at " + label + "\n").encode())
+    os_write(2, ("killed at " + label + "\n").encode())
     if os.name != "nt":
         os.kill(os.getpid(), signal.SIGKILL)
     while True:  # Windows: the test kills it (see crash_run_child)
@@ -3186,10 +3192,22 @@ def event(label):
     if hit:
         die("event %d: %s" % (events[0], label))
 
-def hook(owner, name, pattern, when):
-    original, regex = getattr(owner, name), re.compile(pattern)
+def tracked_open(path, *args, **kwargs):
+    fd = os_open(path, *args, **kwargs)
+    opened[fd] = os.fsdecode(path)
+    return fd
+
+def tracked_close(fd):
+    opened.pop(fd, None)
+    os_close(fd)
+
+def hook(module, name, pattern, when):
+    original, regex = getattr(module, name), re.compile(pattern)
     def wrapper(*args, **kwargs):
-        text = " ".join(arg for arg in args if isinstance(arg, str)).replace(os.sep, "/")
+        strings = [arg for arg in args if isinstance(arg, str)]
+        if args and isinstance(args[0], int) and args[0] in opened:
+            strings.insert(0, opened[args[0]])
+        text = " ".join(strings).replace(os.sep, "/")
         if not regex.search(text):
             return original(*args, **kwargs)
         if when == "before":
@@ -3198,19 +3216,24 @@ def hook(owner, name, pattern, when):
         if when == "after":
             event("after %s(%s)" % (name, text))
         return result
-    setattr(owner, name, wrapper)
+    setattr(module, name, wrapper)
 
 def progress(snapshot):
     if plan.get("progress_at") and snapshot.chunks_completed >= plan["progress_at"]:
         die("progress %s %d/%d" % (snapshot.phase, snapshot.chunks_completed, snapshot.chunks_total))
 
-owners = {"os": os, "xm": xm}
-for owner, name, pattern, when in plan.get("hooks", []):
-    hook(owners[owner], name, pattern, when)
+os.open, os.close = tracked_open, tracked_close
+modules = {"os": os, "shutil": shutil}
+for module, name, pattern, when in plan.get("hooks", []):
+    if hasattr(modules[module], name):
+        hook(modules[module], name, pattern, when)
 manager = xm.Manager(xm.Config("test-app", url, data_dir), retry_backoff=0.01, timeout=5.0)
 try:
-    manager.pull(plan["ref"], force=plan["force"], concurrency=plan.get("concurrency", 4), progress=progress)
-    outcome = "installed"
+    if "action" in plan:
+        exec(plan["action"], {"manager": manager, "progress": progress})
+    else:
+        manager.pull(plan["ref"], force=plan["force"], concurrency=plan.get("concurrency", 4), progress=progress)
+    outcome = "done"
 except xm.AlreadyInstalledError:
     outcome = "already"
 print(json.dumps({"outcome": outcome, "events": events[0]}))
@@ -3461,6 +3484,14 @@ def crash_verify(sc: CrashScenario, where: str) -> None:
 
 
 CRASH_MODES = ("progress", "before-write", "after-write", "close-file")
+CRASH_STAGED = r"\.staging/(?!\.test-app/)"  # a model file being staged, not the staging's metadata
+
+
+def crash_data_writes(when: str) -> list[list[str]]:
+    """Hooks on the writes of chunk bytes into the staged files: os.pwrite, or on Windows
+    (no os.pwrite) the os.write after an os.lseek."""
+    return [["os", name, CRASH_STAGED, when] for name in ("pwrite", "write")]
+
 
 CRASH_STEPS = {  # kill points of the install proper (after every chunk is verified and every file written)
     "manifest-json": ([["os", "replace", r"\.staging/\.test-app/manifest\.json\.\S+\.tmp ", "before"]], 1),
@@ -3469,7 +3500,7 @@ CRASH_STEPS = {  # kill points of the install proper (after every chunk is verif
     "after-swap": ([["os", "rename", r"\.staging ", "after"]], 1),
     "registry-temp": ([["os", "replace", r"registry\.json\.\S+\.tmp ", "before"]], 1),
     "registry-replaced": ([["os", "replace", r"registry\.json\.\S+\.tmp ", "after"]], 1),
-    "discard-old": ([["xm", "_remove_tree", r"\.old$", "before"]], 1),
+    "discard-old": ([["shutil", "rmtree", r"/\.v1\.old$", "before"]], 1),
 }
 
 CRASH_OPERATIONS: dict[str, int] = {}  # scenario -> file operations of an uninterrupted pull
@@ -3489,10 +3520,10 @@ class TestCrash:
         if mode == "progress":
             plan = sc.plan(progress_at=rng.randint(1, len(sc.chunks) - 1))
         elif mode in ("before-write", "after-write"):  # the staging files half written, a chunk half checked
-            plan = sc.plan(hooks=[["xm", "_pwrite_all", "", mode.split("-")[0]]],
-                           kill_at=rng.randint(1, len(sc.chunks)))
-        else:
-            plan = sc.plan(hooks=[["xm", "_close_file", "", rng.choice(["before", "after"])]],
+            plan = sc.plan(hooks=crash_data_writes(mode.split("-")[0]), kill_at=rng.randint(1, len(sc.chunks)))
+        else:  # the fsync of a finished file (the directories' fsyncs come after them all)
+            file = CRASH_STAGED + r"\S+\.(bin|json|txt)$"
+            plan = sc.plan(hooks=[["os", "fsync", file, rng.choice(["before", "after"])]],
                            kill_at=rng.randint(1, len(sc.files)))
         where = crash_expect_killed(crash_run_child(server, data_dir, plan))
         crash_check_listed(sc)  # nothing was swapped yet: the strict check must hold
@@ -3542,8 +3573,7 @@ class TestCrash:
         rng = random.Random(1000 + seed)
         sc = CrashScenario(("new", "update")[seed % 2], registry_dir, data_dir, server, make_manager)
         hooks = [["os", name, "", "before"] for name in ("open", "replace", "rename", "unlink", "rmdir", "mkdir",
-                                                          "fsync")]
-        hooks.append(["xm", "_pwrite_all", "", "before"])
+                                                          "fsync", "pwrite", "write")]
         if sc.name not in CRASH_OPERATIONS:  # count the operations of an uninterrupted pull, on a copy
             rehearsal = tmp_path / "rehearsal"
             shutil.copytree(data_dir, rehearsal)

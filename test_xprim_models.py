@@ -564,25 +564,6 @@ def write_manifest(registry_dir: Path, group: str, model: str, version: str, man
     return digest
 
 
-def die_in_child(server: RegistryServer, data_dir: Path, when: str, action: str) -> None:
-    """Run ``action`` (Python using ``manager``) in a child that exits with code 9 ``when``
-    ("before" or "after") it replaces registry.json: a crash at the commit of the install
-    transaction (or of a remove)."""
-    replace = "replace(source, target, *args, **kwargs)"
-    script = (
-        "import os, sys, xprim_models as xm\n"
-        "replace = os.replace\n"
-        "def crash(source, target, *args, **kwargs):\n"
-        f"    if os.path.basename(target) != 'registry.json': return {replace}\n"
-        f"    {'' if when == 'before' else replace + '; '}os._exit(9)\n"
-        "os.replace = crash\n"
-        "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
-        f"{action}\n"
-    )
-    result = subprocess.run([*PYTHON, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=child_timeout(30))
-    assert result.returncode == 9
-
-
 def dead_pid() -> int:
     """The process id of a process that has exited."""
     child = subprocess.run([*PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -2622,6 +2603,14 @@ class TestStorage:
             manager.pull("org/m Q4")
         assert (data_dir_of(manager) / "org" / "m" / "q4" / "f").read_bytes() == b"lower"
 
+    @staticmethod
+    def kill_at_registry_commit(server: RegistryServer, data_dir: Path, when: str, action: str) -> None:
+        """Run ``action`` (Python using ``manager``) in a crash child killed ``when`` ("before" or
+        "after") os.replace puts registry.json in place: the commit of an install or a remove."""
+        hook = ["os", "replace", r"/registry\.json$", when]
+        plan = json.dumps({"action": action, "hooks": [hook], "kill_at": 1})
+        crash_expect_killed(crash_run_child(server, data_dir, plan))
+
     @pytest.mark.parametrize("crash_in", ["pull", "remove"])
     def test_crash_before_registry_commit_keeps_the_committed_copy(
         self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, data_dir: Path,
@@ -2630,7 +2619,7 @@ class TestStorage:
         manager.pull("org/tiny v1")
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"model.safetensors": b"new bytes"})
         action = 'manager.pull("org/tiny v1", force=True)' if crash_in == "pull" else 'manager.remove("org/tiny v1")'
-        die_in_child(server, data_dir, "before", action)
+        self.kill_at_registry_commit(server, data_dir, "before", action)
         publish.publish(str(registry_dir), "org", "tiny", "v1", MODEL_FILES, chunk_size=1024,
                         metadata={"framework": "onnx"})
         with pytest.raises(xm.AlreadyInstalledError):
@@ -2645,7 +2634,7 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, server: RegistryServer
     ) -> None:
         manager.pull("org/tiny v1")
-        die_in_child(server, data_dir, "after", "manager.remove('org/tiny v1')")
+        self.kill_at_registry_commit(server, data_dir, "after", "manager.remove('org/tiny v1')")
         assert manager.list_installed() == []
         manager.pull("org/tiny v1")
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
@@ -2654,7 +2643,7 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
-        die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
+        self.kill_at_registry_commit(server, data_dir, "before", 'manager.pull("org/tiny v1")')
         assert (data_dir / "org" / "tiny" / "v1").is_dir() and manager.list_installed() == []
         before = sum(server.requests[path] for path in chunk_paths(registry_dir))
         installed = manager.pull("org/tiny v1")
@@ -2666,10 +2655,10 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
-        die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
+        self.kill_at_registry_commit(server, data_dir, "before", 'manager.pull("org/tiny v1")')
         assert manager.prune_cache() > 0
         assert not (data_dir / "org" / "tiny").exists() or os.listdir(data_dir / "org" / "tiny") == []
-        die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
+        self.kill_at_registry_commit(server, data_dir, "before", 'manager.pull("org/tiny v1")')
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"other.bin": b"republished"})
         assert tree(Path(manager.pull("org/tiny v1").path)) == {"other.bin": b"republished"}
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
@@ -2679,7 +2668,7 @@ class TestStorage:
     ) -> None:
         manager.pull("org/tiny v1")
         manager.pull("org/tiny v2")
-        die_in_child(server, data_dir, "after", "manager.remove('org/tiny v1')")
+        self.kill_at_registry_commit(server, data_dir, "after", "manager.remove('org/tiny v1')")
         assert (data_dir / "org" / "tiny" / ".v1.old").is_dir()
         temporary = data_dir / f"registry.json.{dead_pid()}.1.tmp"
         temporary.write_bytes(b"{}")

@@ -3716,13 +3716,15 @@ class TestUpdates:
         files = big_files()
         v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # 15 bytes longer: all shifted
         written = [0]
-        original = xm._pwrite_all
+        name = "pwrite" if hasattr(os, "pwrite") else "write"  # Windows: os.lseek, then os.write
+        original = getattr(os, name)
 
-        def counted(target: int, view: memoryview, offset: int) -> None:
-            written[0] += len(view)
-            original(target, view, offset)
+        def counted(fd: int, data: bytes, *offset: int) -> int:
+            count: int = original(fd, data, *offset)
+            written[0] += count
+            return count
 
-        monkeypatch.setattr(xm, "_pwrite_all", counted)
+        monkeypatch.setattr(os, name, counted)  # the chunk bytes written into files (and, by os.write, documents)
         fetched, old, new = self.update(manager, server, registry_dir, v2)
         assert fetched <= 2  # of 7: the rest is found in v1's files by path
         # Its weights are byte-identical to v1's, shifted against the chunks: shared, not written.

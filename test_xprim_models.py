@@ -564,25 +564,6 @@ def write_manifest(registry_dir: Path, group: str, model: str, version: str, man
     return digest
 
 
-def die_in_child(server: RegistryServer, data_dir: Path, when: str, action: str) -> None:
-    """Run ``action`` (Python using ``manager``) in a child that exits with code 9 ``when``
-    ("before" or "after") it replaces registry.json: a crash at the commit of the install
-    transaction (or of a remove)."""
-    replace = "replace(source, target, *args, **kwargs)"
-    script = (
-        "import os, sys, xprim_models as xm\n"
-        "replace = os.replace\n"
-        "def crash(source, target, *args, **kwargs):\n"
-        f"    if os.path.basename(target) != 'registry.json': return {replace}\n"
-        f"    {'' if when == 'before' else replace + '; '}os._exit(9)\n"
-        "os.replace = crash\n"
-        "manager = xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2]))\n"
-        f"{action}\n"
-    )
-    result = subprocess.run([*PYTHON, "-c", script, server.url, str(data_dir)], cwd=HERE, timeout=child_timeout(30))
-    assert result.returncode == 9
-
-
 def dead_pid() -> int:
     """The process id of a process that has exited."""
     child = subprocess.run([*PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -2673,6 +2654,14 @@ class TestStorage:
             manager.pull("org/m Q4")
         assert (data_dir_of(manager) / "org" / "m" / "q4" / "f").read_bytes() == b"lower"
 
+    @staticmethod
+    def kill_at_registry_commit(server: RegistryServer, data_dir: Path, when: str, action: str) -> None:
+        """Run ``action`` (Python using ``manager``) in a crash child killed ``when`` ("before" or
+        "after") os.replace puts registry.json in place: the commit of an install or a remove."""
+        hook = ["os", "replace", r"/registry\.json$", when]
+        plan = json.dumps({"action": action, "hooks": [hook], "kill_at": 1})
+        crash_expect_killed(crash_run_child(server, data_dir, plan))
+
     @pytest.mark.parametrize("crash_in", ["pull", "remove"])
     def test_crash_before_registry_commit_keeps_the_committed_copy(
         self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, data_dir: Path,
@@ -2681,7 +2670,7 @@ class TestStorage:
         manager.pull("org/tiny v1")
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"model.safetensors": b"new bytes"})
         action = 'manager.pull("org/tiny v1", force=True)' if crash_in == "pull" else 'manager.remove("org/tiny v1")'
-        die_in_child(server, data_dir, "before", action)
+        self.kill_at_registry_commit(server, data_dir, "before", action)
         publish.publish(str(registry_dir), "org", "tiny", "v1", MODEL_FILES, chunk_size=1024,
                         metadata={"framework": "onnx"})
         with pytest.raises(xm.AlreadyInstalledError):
@@ -2696,7 +2685,7 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, server: RegistryServer
     ) -> None:
         manager.pull("org/tiny v1")
-        die_in_child(server, data_dir, "after", "manager.remove('org/tiny v1')")
+        self.kill_at_registry_commit(server, data_dir, "after", "manager.remove('org/tiny v1')")
         assert manager.list_installed() == []
         manager.pull("org/tiny v1")
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
@@ -2705,7 +2694,7 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
-        die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
+        self.kill_at_registry_commit(server, data_dir, "before", 'manager.pull("org/tiny v1")')
         assert (data_dir / "org" / "tiny" / "v1").is_dir() and manager.list_installed() == []
         before = sum(server.requests[path] for path in chunk_paths(registry_dir))
         installed = manager.pull("org/tiny v1")
@@ -2717,10 +2706,10 @@ class TestStorage:
         self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
-        die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
+        self.kill_at_registry_commit(server, data_dir, "before", 'manager.pull("org/tiny v1")')
         assert manager.prune_cache() > 0
         assert not (data_dir / "org" / "tiny").exists() or os.listdir(data_dir / "org" / "tiny") == []
-        die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
+        self.kill_at_registry_commit(server, data_dir, "before", 'manager.pull("org/tiny v1")')
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"other.bin": b"republished"})
         assert tree(Path(manager.pull("org/tiny v1").path)) == {"other.bin": b"republished"}
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
@@ -2730,7 +2719,7 @@ class TestStorage:
     ) -> None:
         manager.pull("org/tiny v1")
         manager.pull("org/tiny v2")
-        die_in_child(server, data_dir, "after", "manager.remove('org/tiny v1')")
+        self.kill_at_registry_commit(server, data_dir, "after", "manager.remove('org/tiny v1')")
         assert (data_dir / "org" / "tiny" / ".v1.old").is_dir()
         temporary = data_dir / f"registry.json.{dead_pid()}.1.tmp"
         temporary.write_bytes(b"{}")
@@ -3207,13 +3196,17 @@ class TestReliability:
             assert (Path(item.path) / "shared").read_bytes() == shared
 
 
-# A child process pulls with kill points armed, then dies by SIGKILL (on Windows the test
-# ends it with TerminateProcess: nothing runs after it, no finally, no atexit). Kill points,
-# from argv[3] (JSON):
+# A child process runs an action with kill points armed, then dies by SIGKILL (on Windows
+# the test ends it with TerminateProcess: nothing runs after it, no finally, no atexit).
+# The plan, from argv[3] (JSON):
+#   ref, force, concurrency   the default action: manager.pull(ref, force=, concurrency=, progress=)
+#   action: "python"    run this statement instead, with ``manager`` and ``progress`` bound
 #   progress_at: N      die in the progress callback once chunks_completed >= N
-#   hooks: [[owner, name, regex, "before"|"after"], ...]   wrap os.<name>, xm.<name> or
-#                       xm.Manager.<name>; a call whose string arguments, joined by spaces
-#                       (with / as the path separator on every OS), match regex is one event
+#   hooks: [[module, name, regex, "before"|"after"], ...]   wrap os.<name> or shutil.<name>
+#                       (a name the OS lacks, such as os.pwrite on Windows, is skipped); a call
+#                       whose string arguments, joined by spaces (with / as the path separator
+#                       on every OS), match regex is one event. A descriptor as the first
+#                       argument stands for the path os.open opened it with.
 #   kill_at: N          die before/after the N-th event (0: never; then print the event count)
 CRASH_CHILD = r"""
 import json, os, re, shutil, signal, sys, threading, time
@@ -3222,9 +3215,11 @@ import xprim_models as xm
 url, data_dir, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 guard = threading.Lock()
 events = [0]
+opened = {}  # descriptor -> the path os.open gave it
+os_open, os_close, os_write = os.open, os.close, os.write  # the originals, for die() and the wrappers
 
 def die(label):
-    os.write(2, ("killed at " + label + "\n").encode())
+    os_write(2, ("killed at " + label + "\n").encode())
     if os.name != "nt":
         os.kill(os.getpid(), signal.SIGKILL)
     while True:  # Windows: the test kills it (see crash_run_child)
@@ -3237,10 +3232,22 @@ def event(label):
     if hit:
         die("event %d: %s" % (events[0], label))
 
-def hook(owner, name, pattern, when):
-    original, regex = getattr(owner, name), re.compile(pattern)
+def tracked_open(path, *args, **kwargs):
+    fd = os_open(path, *args, **kwargs)
+    opened[fd] = os.fsdecode(path)
+    return fd
+
+def tracked_close(fd):
+    opened.pop(fd, None)
+    os_close(fd)
+
+def hook(module, name, pattern, when):
+    original, regex = getattr(module, name), re.compile(pattern)
     def wrapper(*args, **kwargs):
-        text = " ".join(arg for arg in args if isinstance(arg, str)).replace(os.sep, "/")
+        strings = [arg for arg in args if isinstance(arg, str)]
+        if args and isinstance(args[0], int) and args[0] in opened:
+            strings.insert(0, opened[args[0]])
+        text = " ".join(strings).replace(os.sep, "/")
         if not regex.search(text):
             return original(*args, **kwargs)
         if when == "before":
@@ -3249,19 +3256,24 @@ def hook(owner, name, pattern, when):
         if when == "after":
             event("after %s(%s)" % (name, text))
         return result
-    setattr(owner, name, wrapper)
+    setattr(module, name, wrapper)
 
 def progress(snapshot):
     if plan.get("progress_at") and snapshot.chunks_completed >= plan["progress_at"]:
         die("progress %s %d/%d" % (snapshot.phase, snapshot.chunks_completed, snapshot.chunks_total))
 
-owners = {"os": os, "xm": xm}
-for owner, name, pattern, when in plan.get("hooks", []):
-    hook(owners[owner], name, pattern, when)
+os.open, os.close = tracked_open, tracked_close
+modules = {"os": os, "shutil": shutil}
+for module, name, pattern, when in plan.get("hooks", []):
+    if hasattr(modules[module], name):
+        hook(modules[module], name, pattern, when)
 manager = xm.Manager(xm.Config("test-app", url, data_dir), retry_backoff=0.01, timeout=5.0)
 try:
-    manager.pull(plan["ref"], force=plan["force"], concurrency=plan.get("concurrency", 4), progress=progress)
-    outcome = "installed"
+    if "action" in plan:
+        exec(plan["action"], {"manager": manager, "progress": progress})
+    else:
+        manager.pull(plan["ref"], force=plan["force"], concurrency=plan.get("concurrency", 4), progress=progress)
+    outcome = "done"
 except xm.AlreadyInstalledError:
     outcome = "already"
 print(json.dumps({"outcome": outcome, "events": events[0]}))
@@ -3512,6 +3524,14 @@ def crash_verify(sc: CrashScenario, where: str) -> None:
 
 
 CRASH_MODES = ("progress", "before-write", "after-write", "close-file")
+CRASH_STAGED = r"\.staging/(?!\.test-app/)"  # a model file being staged, not the staging's metadata
+
+
+def crash_data_writes(when: str) -> list[list[str]]:
+    """Hooks on the writes of chunk bytes into the staged files: os.pwrite, or on Windows
+    (no os.pwrite) the os.write after an os.lseek."""
+    return [["os", name, CRASH_STAGED, when] for name in ("pwrite", "write")]
+
 
 CRASH_STEPS = {  # kill points of the install proper (after every chunk is verified and every file written)
     "manifest-json": ([["os", "replace", r"\.staging/\.test-app/manifest\.json\.\S+\.tmp ", "before"]], 1),
@@ -3520,7 +3540,7 @@ CRASH_STEPS = {  # kill points of the install proper (after every chunk is verif
     "after-swap": ([["os", "rename", r"\.staging ", "after"]], 1),
     "registry-temp": ([["os", "replace", r"registry\.json\.\S+\.tmp ", "before"]], 1),
     "registry-replaced": ([["os", "replace", r"registry\.json\.\S+\.tmp ", "after"]], 1),
-    "discard-old": ([["xm", "_remove_tree", r"\.old$", "before"]], 1),
+    "discard-old": ([["shutil", "rmtree", r"/\.v1\.old$", "before"]], 1),
 }
 
 CRASH_OPERATIONS: dict[str, int] = {}  # scenario -> file operations of an uninterrupted pull
@@ -3540,10 +3560,10 @@ class TestCrash:
         if mode == "progress":
             plan = sc.plan(progress_at=rng.randint(1, len(sc.chunks) - 1))
         elif mode in ("before-write", "after-write"):  # the staging files half written, a chunk half checked
-            plan = sc.plan(hooks=[["xm", "_pwrite_all", "", mode.split("-")[0]]],
-                           kill_at=rng.randint(1, len(sc.chunks)))
-        else:
-            plan = sc.plan(hooks=[["xm", "_close_file", "", rng.choice(["before", "after"])]],
+            plan = sc.plan(hooks=crash_data_writes(mode.split("-")[0]), kill_at=rng.randint(1, len(sc.chunks)))
+        else:  # the fsync of a finished file (the directories' fsyncs come after them all)
+            file = CRASH_STAGED + r"\S+\.(bin|json|txt)$"
+            plan = sc.plan(hooks=[["os", "fsync", file, rng.choice(["before", "after"])]],
                            kill_at=rng.randint(1, len(sc.files)))
         where = crash_expect_killed(crash_run_child(server, data_dir, plan))
         crash_check_listed(sc)  # nothing was swapped yet: the strict check must hold
@@ -3593,8 +3613,7 @@ class TestCrash:
         rng = random.Random(1000 + seed)
         sc = CrashScenario(("new", "update")[seed % 2], registry_dir, data_dir, server, make_manager)
         hooks = [["os", name, "", "before"] for name in ("open", "replace", "rename", "unlink", "rmdir", "mkdir",
-                                                          "fsync")]
-        hooks.append(["xm", "_pwrite_all", "", "before"])
+                                                          "fsync", "pwrite", "write")]
         if sc.name not in CRASH_OPERATIONS:  # count the operations of an uninterrupted pull, on a copy
             rehearsal = tmp_path / "rehearsal"
             shutil.copytree(data_dir, rehearsal)
@@ -3748,13 +3767,15 @@ class TestUpdates:
         files = big_files()
         v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # 15 bytes longer: all shifted
         written = [0]
-        original = xm._pwrite_all
+        name = "pwrite" if hasattr(os, "pwrite") else "write"  # Windows: os.lseek, then os.write
+        original = getattr(os, name)
 
-        def counted(target: int, view: memoryview, offset: int) -> None:
-            written[0] += len(view)
-            original(target, view, offset)
+        def counted(fd: int, data: bytes, *offset: int) -> int:
+            count: int = original(fd, data, *offset)
+            written[0] += count
+            return count
 
-        monkeypatch.setattr(xm, "_pwrite_all", counted)
+        monkeypatch.setattr(os, name, counted)  # the chunk bytes written into files (and, by os.write, documents)
         fetched, old, new = self.update(manager, server, registry_dir, v2)
         assert fetched <= 2  # of 7: the rest is found in v1's files by path
         # Its weights are byte-identical to v1's, shifted against the chunks: shared, not written.

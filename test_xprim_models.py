@@ -931,6 +931,7 @@ class TestRegistry:
         with pytest.raises(xm.RegistryError, match="more than 100 JSON values"):
             manager.list_remote()
 
+    @pytest.mark.slow  # each parses a 32 MiB index (or a 64 MiB manifest) in a child
     @pytest.mark.parametrize("shape", ["nested-lists", "strings", "aliases", "manifest-of-lists"])
     def test_parsing_memory_is_bounded(self, server: RegistryServer, data_dir: Path, registry_dir: Path,
                                        model: dict[str, bytes], shape: str) -> None:
@@ -2525,6 +2526,7 @@ class TestScale:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
+    @pytest.mark.slow  # 100,000 files
     def test_model_of_100_000_files(self, registry_dir: Path, server: RegistryServer, roomy_dir: Path) -> None:
         manager = xm.Manager(xm.Config("test-app", server.url, str(roomy_dir / "data")), retry_backoff=0.01)
         # Under wine each file costs a wineserver round trip and its flush a real fsync: 100,000
@@ -6439,6 +6441,7 @@ class TestConventions:
                         str(wheel)], check=True, timeout=child_timeout(120))
         return wheel, python, python.parent / "xprim-models", env
 
+    @pytest.mark.slow  # builds a wheel and runs mypy on it
     def test_wheel_installs_offline_with_no_dependencies_and_real_types(self, tmp_path: Path) -> None:
         import zipfile
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import email.utils
 import errno
 import functools
 import hashlib
-import http.server
+import http
 import importlib.util
 import io
 import json
@@ -26,12 +27,14 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -244,6 +247,7 @@ class Fault:
         framing: str = "",
         pause_after: int | None = None,
         raw: bytes = b"",
+        script: Callable[[socket.socket, bytes, int], bool] | None = None,
     ) -> None:
         self.status, self.headers = status, headers or {}
         self.cut_after, self.corrupt, self.extra = cut_after, corrupt, extra
@@ -251,11 +255,16 @@ class Fault:
         self.stall = stall
         self.reset_after = reset_after  # send this many body bytes, then a TCP reset
         # "chunked", "unsized" (no Content-Length; the connection closes), "interim" (a 103
-        # response first) or "long-head" (over 64 KiB of headers): legal, if less usual.
+        # response first), "long-head" (over 64 KiB of headers) or "bare-lf" (LF line ends):
+        # legal, if less usual.
         self.framing = framing
         self.pause_after = pause_after  # send this many body bytes, then wait for ``resume``
         self.paused, self.resume = threading.Event(), threading.Event()
         self.raw = raw  # the whole answer, as is; the connection closes after it
+        # script(conn, body, n) writes the whole answer itself on the client's socket, given the
+        # file's bytes (b"" if none) and how many times the path was asked for, this time
+        # included; it returns whether the connection stays open.
+        self.script = script
 
 
 class Hold:
@@ -265,55 +274,98 @@ class Hold:
         self.arrived, self.release = threading.Event(), threading.Event()
 
 
-class RegistryServer:
-    """Serves a registry directory on 127.0.0.1; counts requests and bytes per path."""
+def read_head(sock: socket.socket, data: bytes) -> tuple[bytes, bytes] | None:
+    """The HTTP head at the start of ``data`` (read on from ``sock`` until it is whole) and the
+    bytes after it; None if the peer closes first."""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            return None
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+
+def pipe(source: socket.socket, target: socket.socket) -> None:
+    """Copy ``source`` to ``target`` until either closes, then shut both down."""
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            target.sendall(data)
+    for sock in (source, target):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class Request:
+    """A request as the server read it: ``path`` is its target as sent (``/models.json``; for
+    a proxy, an absolute URL or CONNECT's host:port), ``headers`` its fields by lower-case name;
+    ``rest`` (bytes read past its head) and ``upstream`` (a proxy's) belong to its connection."""
+
+    def __init__(self, conn: socket.socket, head: bytes, rest: bytes, upstream: socket.socket | None) -> None:
+        self.conn, self.head, self.rest, self.upstream = conn, head.decode("latin-1"), rest, upstream
+        request_line, *fields = self.head.split("\r\n")
+        self.method, self.path, _ = request_line.split(" ")
+        self.headers = {name.strip().lower(): value.strip() for name, _, value in (f.partition(":") for f in fields)}
+        self.keep_open = self.headers.get("connection", "").lower() != "close"
+        self.count = 0  # how many times its path was asked for, this time included
+
+
+class RegistryServer:
+    """An HTTP/1.1 server on 127.0.0.1, on raw sockets, so that a test can send any answer.
+
+    It serves the registry directory ``root`` (None: every path is 404) with keep-alive,
+    Content-Length and ``Range: bytes=N-``; with ``tls`` (an SSLContext), over HTTPS. It is
+    also a forward proxy: a CONNECT opens a tunnel, and a GET in absolute form is relayed
+    over one upstream connection per client connection (its answer needs a Content-Length).
+
+    What it records; a path is a request's target without its leading slash:
+      requests          Counter of requests per path; ``condition`` is notified on each
+      heads, headers    each request's head as received (request line and fields, CRLF-joined),
+                        and its fields as {lower-case name: value}, in order
+      connections       the client address of each connection accepted, in order
+      bytes_sent        body bytes sent per path by answers with a Content-Length (not by faults
+                        that replace the answer); range_requests: (path, start) of each Range honoured
+      max_active        the most requests in hand at once
+      tagged            Counter per path of the requests carrying the field ``tag`` (name, value)
+
+    Knobs, set by a test at any time:
+      fail(path, *faults)   answer the next requests for path with these faults, one each
+      always[path] = fault  answer every request for path so (a Fault may replace the answer
+                            by raw bytes or a script; for a proxy, a CONNECT's path is host:port)
+      hold(path)            keep the next request for path waiting until released
+      gate, gated           hold requests for gated paths until ``gate`` are in hand at once
+      required_headers      a request without all of these fields is answered 401
+      cache_control         path prefix -> the Cache-Control of its answers
+      range_enabled         False: Range is ignored, the whole file is sent
+      keep_alive            False: each connection closes after one answer, without saying so
+      stop                  set by close(), which also ends open connections: scripts (see
+                            ``trickle``) and stalls wait on it
+    """
+
+    def __init__(self, root: Path | None = None, tls: Any = None) -> None:
+        self.root, self.tls = root, tls
         self.requests: collections.Counter[str] = collections.Counter()
+        self.heads: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.connections: list[tuple[str, int]] = []
         self.bytes_sent: collections.Counter[str] = collections.Counter()
         self.range_requests: list[tuple[str, int]] = []
-        self.user_agents: set[str] = set()
-        self.connections: set[tuple[str, int]] = set()  # distinct client (address, port): TCP connections
-        self.keep_alive = True  # False: close each connection after one answer, without saying so
+        self.tag, self.tagged = ("", ""), collections.Counter[str]()
         self.faults: dict[str, list[Fault]] = collections.defaultdict(list)
         self.always: dict[str, Fault] = {}
-        self.range_enabled = True
-        self.condition = threading.Condition()
-        self.active = 0
-        self.max_active = 0
-        self.gate = 0  # hold requests for gated paths until this many are in flight at once
-        self.gated: set[str] = set()
         self.holds: dict[str, Hold] = {}
-        self.cache_control: dict[str, str] = {}  # path prefix -> the Cache-Control of its answers
-        self.required_headers: dict[str, str] = {}  # a request without all of them is answered 401
-        self.gate_open = False
-        self.stop = threading.Event()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as real registries (and nginx) do
-            disable_nagle_algorithm = True  # the body is a second write: Nagle would hold it for a 40 ms delayed ACK
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server.handle(self)
-
-        class Server(http.server.ThreadingHTTPServer):
-            request_queue_size = 128  # the default 5 drops bursts of connections into 1 s SYN retries
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):  # clients hang up: expected
-                    super().handle_error(request, client_address)
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        # close()'s shutdown() waits for the loop to look for the stop, which it does every
-        # poll_interval: each test's teardown waits half of that on average (0.25 s by default).
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True)
+        self.gate, self.gated, self.gate_open = 0, set[str](), False
+        self.active = self.max_active = 0
+        self.required_headers: dict[str, str] = {}
+        self.cache_control: dict[str, str] = {}
+        self.range_enabled = self.keep_alive = True
+        self.condition, self.stop = threading.Condition(), threading.Event()
+        self.open: set[socket.socket] = set()  # client connections, shut down by close()
+        # A backlog of 128: the default drops bursts of connections into 1 s SYN retries.
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        port = self.listener.getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
     def fail(self, path: str, *faults: Fault) -> None:
@@ -328,26 +380,77 @@ class RegistryServer:
     def chunk_requests(self) -> int:
         return sum(count for path, count in self.requests.items() if path.startswith("data/"))
 
+    def trickle(self, conn: socket.socket, data: bytes) -> bool:
+        """Send ``data`` a byte at a time, 20 bytes a second, until done or stopped."""
+        for byte in data:
+            if self.stop.wait(0.05):
+                return False
+            conn.sendall(bytes([byte]))
+        return True
+
     def close(self) -> None:
+        if self.stop.is_set():
+            return
         self.stop.set()
         with self.condition:
             self.gate_open = True
             self.condition.notify_all()
             for hold in self.holds.values():
                 hold.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+            for conn in self.open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        socket.create_connection(self.listener.getsockname()).close()  # wakes accept() to see the stop
         self.thread.join()
+        self.listener.close()
 
-    def handle(self, request: http.server.BaseHTTPRequestHandler) -> None:
+    def _accept(self) -> None:
+        while True:
+            conn, address = self.listener.accept()
+            if self.stop.is_set():
+                conn.close()
+                return
+            with self.condition:
+                self.connections.append(address)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        request = None
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            # The body is a second write: Nagle would hold it for a 40 ms delayed ACK.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.condition:
+                self.open.add(conn)
+            received = read_head(conn, b"")
+            while received is not None and not self.stop.is_set():
+                request = Request(conn, *received, request.upstream if request else None)
+                self.handle(request)
+                if not request.keep_open:
+                    break
+                received = read_head(conn, request.rest)
+        except OSError:
+            pass  # clients hang up: expected
+        finally:
+            with self.condition:
+                self.open.discard(conn)
+            conn.close()
+            if request is not None and request.upstream is not None:
+                request.upstream.close()
+
+    def handle(self, request: Request) -> None:
         path = request.path.lstrip("/")
         with self.condition:
             self.requests[path] += 1
+            request.count = self.requests[path]
+            self.heads.append(request.head)
+            self.headers.append(request.headers)
+            if self.tag[0] and request.headers.get(self.tag[0].lower()) == self.tag[1]:
+                self.tagged[path] += 1
             self.condition.notify_all()  # for tests waiting on request counts
-            self.user_agents.add(request.headers.get("User-Agent", ""))
-            self.connections.add(request.client_address)
             fault = self.faults[path].pop(0) if self.faults.get(path) else self.always.get(path)
-            if any(request.headers.get(name) != value for name, value in self.required_headers.items()):
+            if any(request.headers.get(name.lower()) != value for name, value in self.required_headers.items()):
                 fault = Fault(status=401)
             hold = self.holds.get(path)
             if hold is not None and hold.arrived.is_set():
@@ -364,94 +467,122 @@ class RegistryServer:
             hold.release.wait(30)
         try:
             self.respond(request, path, fault)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         finally:
             with self.condition:
                 self.active -= 1
 
-    def respond(self, request: http.server.BaseHTTPRequestHandler, path: str, fault: Fault | None) -> None:
-        if fault is not None and fault.raw:
-            request.wfile.write(fault.raw)
-            request.close_connection = True
-            return
-        if fault is not None and fault.status:
-            request.send_response(fault.status)
-            for name, value in fault.headers.items():
-                request.send_header(name, value)
-            request.send_header("Content-Length", "0")
-            request.end_headers()
-            return
-        file = self.root / path
-        if ".." in path or not file.is_file():
-            request.send_error(404)
-            return
-        body = file.read_bytes()
-        if fault is not None and fault.corrupt:
+    def respond(self, request: Request, path: str, fault: Fault | None) -> None:
+        conn, fault = request.conn, fault or Fault()
+        if fault.script is not None:
+            request.keep_open = fault.script(conn, self.read(path) or b"", request.count)
+        elif fault.raw:
+            conn.sendall(fault.raw)
+            request.keep_open = False
+        elif fault.status:
+            conn.sendall(self.answer_head(fault.status, {**fault.headers, "Content-Length": "0"}))
+        elif request.method == "CONNECT":
+            self.tunnel(request)
+        elif "://" in request.path:
+            self.relay(request)
+        elif (body := self.read(path)) is None:
+            conn.sendall(self.answer_head(404, {"Content-Length": "0"}))
+        else:
+            self.send_file(request, path, body, fault)
+
+    def read(self, path: str) -> bytes | None:
+        """The file ``path`` below ``root``; None if there is none."""
+        file = self.root / path if self.root is not None and ".." not in path else None
+        return file.read_bytes() if file is not None and file.is_file() else None
+
+    @staticmethod
+    def answer_head(status: int, headers: dict[str, str]) -> bytes:
+        lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}", f"Date: {email.utils.formatdate(usegmt=True)}",
+                 *(f"{name}: {value}" for name, value in headers.items()), "", ""]
+        return "\r\n".join(lines).encode("latin-1")
+
+    def send_file(self, request: Request, path: str, body: bytes, fault: Fault) -> None:
+        conn = request.conn
+        if fault.corrupt:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         start = 0
-        header = request.headers.get("Range", "")
+        header = request.headers.get("range", "")
         if self.range_enabled and header.startswith("bytes=") and header.endswith("-"):
             start = int(header[len("bytes=") : -1])
             self.range_requests.append((path, start))
-        announced = body[start:] + (fault.extra if fault is not None and not fault.extra_hidden else b"")
-        framing = fault.framing if fault is not None else ""
-        if framing == "bare-lf":
-            request.wfile.write(b"HTTP/1.1 200 OK\nContent-Length: %d\n\n%s" % (len(announced), announced))
+        announced = body[start:] + (fault.extra if not fault.extra_hidden else b"")
+        if fault.framing == "bare-lf":
+            conn.sendall(b"HTTP/1.1 200 OK\nContent-Length: %d\n\n%s" % (len(announced), announced))
             return
-        if framing == "interim":
-            request.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </data>; rel=preload\r\n\r\n")
-        request.send_response(206 if start else 200)
-        if start:
-            request.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        if framing == "long-head":
-            for n in range(20):
-                request.send_header(f"X-Padding-{n}", "x" * 4000)
-        if framing == "chunked":
-            request.send_header("Transfer-Encoding", "chunked")
-            request.end_headers()
+        if fault.framing == "interim":
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </data>; rel=preload\r\n\r\n")
+        headers = {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"} if start else {}
+        if fault.framing == "long-head":
+            headers.update((f"X-Padding-{n}", "x" * 4000) for n in range(20))
+        if fault.framing == "chunked":
+            conn.sendall(self.answer_head(206 if start else 200, {**headers, "Transfer-Encoding": "chunked"}))
             for offset in range(0, len(announced), 700):
                 piece = announced[offset : offset + 700]
-                request.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            request.wfile.write(b"0\r\n\r\n")
+                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.sendall(b"0\r\n\r\n")
             return
-        if framing == "unsized":
-            request.end_headers()
-            request.wfile.write(announced)
-            request.close_connection = True
+        if fault.framing == "unsized":
+            conn.sendall(self.answer_head(206 if start else 200, headers))
+            conn.sendall(announced)
+            request.keep_open = False
             return
-        request.send_header("Content-Length", str(len(announced)))
-        for prefix, value in self.cache_control.items():
-            if path.startswith(prefix):
-                request.send_header("Cache-Control", value)
-        request.end_headers()
-        if fault is not None and fault.stall:
+        headers["Content-Length"] = str(len(announced))
+        headers.update(("Cache-Control", value) for prefix, value in self.cache_control.items()
+                       if path.startswith(prefix))
+        conn.sendall(self.answer_head(206 if start else 200, headers))
+        if fault.stall:
             self.stop.wait(30)
             return
-        payload = announced + (fault.extra if fault is not None and fault.extra_hidden else b"")
-        if fault is not None and fault.reset_after is not None:
-            import socket
-            import struct
-
-            request.wfile.write(payload[: fault.reset_after])
-            request.wfile.flush()
-            request.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            request.close_connection = True
+        payload = announced + (fault.extra if fault.extra_hidden else b"")
+        if fault.reset_after is not None:
+            conn.sendall(payload[: fault.reset_after])
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() resets
+            request.keep_open = False
             return
-        if fault is not None and fault.cut_after is not None:
+        if fault.cut_after is not None:
             payload = payload[: fault.cut_after]
-        if fault is not None and fault.pause_after is not None:
-            request.wfile.write(payload[: fault.pause_after])
+            request.keep_open = False
+        if fault.pause_after is not None:
+            conn.sendall(payload[: fault.pause_after])
             fault.paused.set()
             fault.resume.wait(30)
             payload = payload[fault.pause_after :]
-        request.wfile.write(payload)
-        if not self.keep_alive:
-            request.close_connection = True
+        conn.sendall(payload)
+        request.keep_open &= self.keep_alive
         with self.condition:
             self.bytes_sent[path] += len(payload)
-        if fault is not None and fault.cut_after is not None:
-            request.close_connection = True
+
+    def tunnel(self, request: Request) -> None:
+        host, _, port = request.path.rpartition(":")
+        request.upstream = socket.create_connection((host, int(port)))
+        request.conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        request.upstream.sendall(request.rest)
+        threading.Thread(target=pipe, args=(request.upstream, request.conn), daemon=True).start()
+        pipe(request.conn, request.upstream)
+        request.keep_open = False
+
+    def relay(self, request: Request) -> None:
+        url = urllib.parse.urlsplit(request.path)
+        if request.upstream is None:
+            request.upstream = socket.create_connection((url.hostname, url.port or 80))
+        lines = [f"{request.method} {url.path} HTTP/1.1", *request.head.split("\r\n")[1:], "", ""]
+        kept = [line for line in lines if not line.lower().startswith("proxy-authorization:")]
+        request.upstream.sendall("\r\n".join(kept).encode("latin-1"))
+        answer = read_head(request.upstream, b"")
+        length = re.search(rb"(?im)^content-length: *(\d+)", answer[0]) if answer else None
+        if answer is None or length is None:
+            raise ConnectionError(f"no answer with a Content-Length from {url.netloc}")
+        head, body = answer
+        while len(body) < int(length[1]):
+            more = request.upstream.recv(65536)
+            if not more:
+                raise ConnectionError(f"{url.netloc} closed the connection mid-answer")
+            body += more
+        request.conn.sendall(head + b"\r\n\r\n" + body)
 
 
 @pytest.fixture
@@ -463,6 +594,14 @@ def registry_dir(tmp_path: Path) -> Path:
 def server(registry_dir: Path) -> Iterator[RegistryServer]:
     registry_dir.mkdir(exist_ok=True)
     running = RegistryServer(registry_dir)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[RegistryServer]:
+    """A second server with no directory, for the tests that use it as HTTP(S)_PROXY."""
+    running = RegistryServer()
     yield running
     running.close()
 
@@ -1255,90 +1394,6 @@ class TestConnections:
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
 
 
-class RawServer:
-    """An HTTP/1.1 server on raw loopback sockets, for answers no library would send.
-
-    It serves ``root`` with keep-alive and Content-Length; ``scripts[path]``, given the
-    connection, the file's bytes and how many times the path was asked for, replaces
-    the answer and returns whether the connection stays open.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.scripts: dict[str, Callable[[socket.socket, bytes, int], bool]] = {}
-        self.requests: collections.Counter[str] = collections.Counter()
-        self.headers: list[dict[str, str]] = []
-        self.connections = 0
-        self.stop = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        pending = b""
-        with conn:
-            while not self.stop.is_set():
-                while b"\r\n\r\n" not in pending:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    pending += data
-                head, _, pending = pending.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                path = lines[0].split(" ")[1].lstrip("/")
-                self.headers.append({k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])})
-                self.requests[path] += 1
-                file = self.root / path
-                body = file.read_bytes() if file.is_file() else b""
-                try:
-                    if path in self.scripts:
-                        if not self.scripts[path](conn, body, self.requests[path]):
-                            return
-                    elif file.is_file():
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-                    else:
-                        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-                except OSError:
-                    return
-
-    def trickle(self, conn: socket.socket, data: bytes) -> bool:
-        """Send ``data`` a byte at a time, 20 bytes a second, until done or stopped."""
-        for byte in data:
-            if self.stop.wait(0.05):
-                return False
-            conn.sendall(bytes([byte]))
-        return True
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-
-
-@pytest.fixture
-def raw_server(registry_dir: Path, model: dict[str, bytes]) -> Iterator[RawServer]:
-    running = RawServer(registry_dir)
-    yield running
-    running.close()
-
-
-def raw_manager(raw_server: RawServer, data_dir: Path, **options: Any) -> xm.Manager:
-    options.setdefault("retry_backoff", 0.01)
-    options.setdefault("timeout", 5.0)
-    return xm.Manager(xm.Config("test-app", raw_server.url, str(data_dir)), **options)
-
-
 def ok_head(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra)
 
@@ -1346,39 +1401,41 @@ def ok_head(body: bytes, extra: bytes = b"") -> bytes:
 class TestDeadlines:
     """No server can hold a request past about ``timeout`` per attempt (README, Retries)."""
 
-    def test_a_trickled_head_times_out(self, raw_server: RawServer, data_dir: Path) -> None:
+    def test_a_trickled_head_times_out(self, make_manager: Callable[..., xm.Manager], server: RegistryServer) -> None:
         head = ok_head(b"{}", b"X-Slow: " + b"x" * 60_000 + b"\r\n")
-        raw_server.scripts["models.json"] = lambda conn, body, n: raw_server.trickle(conn, head)
+        server.always["models.json"] = Fault(script=lambda conn, body, n: server.trickle(conn, head))
         with pytest.raises(xm.NetworkError, match=r"timed out: no complete response within 0\.5s.*after 2 attempts"):
-            raw_manager(raw_server, data_dir, timeout=0.5, retries=1).list_remote()
-        assert raw_server.requests["models.json"] == 2
+            make_manager(timeout=0.5, retries=1).list_remote()
+        assert server.requests["models.json"] == 2
 
-    def test_a_trickled_index_body_times_out(self, raw_server: RawServer, data_dir: Path) -> None:
+    def test_a_trickled_index_body_times_out(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+                                             model: dict[str, bytes]) -> None:
         def script(conn: socket.socket, body: bytes, n: int) -> bool:
             conn.sendall(ok_head(body))
-            return raw_server.trickle(conn, body)
+            return server.trickle(conn, body)
 
-        raw_server.scripts["models.json"] = script
+        server.always["models.json"] = Fault(script=script)
         with pytest.raises(xm.NetworkError, match=r"less than 64 KiB of the body arrived in 0\.5s"):
-            raw_manager(raw_server, data_dir, timeout=0.5, retries=0).list_remote()
+            make_manager(timeout=0.5, retries=0).list_remote()
 
-    def test_a_trickled_chunk_times_out_and_is_retried(self, raw_server: RawServer, data_dir: Path,
-                                                      registry_dir: Path, model: dict[str, bytes]) -> None:
+    def test_a_trickled_chunk_times_out_and_is_retried(self, make_manager: Callable[..., xm.Manager],
+                                                      server: RegistryServer, registry_dir: Path,
+                                                      model: dict[str, bytes]) -> None:
         path = chunk_paths(registry_dir)[1]
 
         def script(conn: socket.socket, body: bytes, n: int) -> bool:
             conn.sendall(ok_head(body))
             if n == 1:
-                return raw_server.trickle(conn, body)
+                return server.trickle(conn, body)
             conn.sendall(body)
             return True
 
-        raw_server.scripts[path] = script
-        installed = raw_manager(raw_server, data_dir, timeout=0.5).pull("org/tiny v1")
+        server.always[path] = Fault(script=script)
+        installed = make_manager(timeout=0.5).pull("org/tiny v1")
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
-        assert raw_server.requests[path] == 2
+        assert server.requests[path] == 2
 
-    def test_a_slow_but_steady_body_is_not_cut(self, raw_server: RawServer, data_dir: Path,
+    def test_a_slow_but_steady_body_is_not_cut(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
                                              registry_dir: Path) -> None:
         # The rule is progress, not speed: a chunk that takes longer than the timeout to
         # arrive passes, since no 64 KiB of it takes longer than one.
@@ -1389,13 +1446,13 @@ class TestDeadlines:
         def script(conn: socket.socket, body: bytes, n: int) -> bool:
             conn.sendall(ok_head(body))
             for offset in range(0, len(body), 16 << 10):
-                if raw_server.stop.wait(0.04):  # 0.16 s a 64 KiB, 0.64 s in all
+                if server.stop.wait(0.04):  # 0.16 s a 64 KiB, 0.64 s in all
                     return False
                 conn.sendall(body[offset : offset + (16 << 10)])
             return True
 
-        raw_server.scripts[path] = script
-        installed = raw_manager(raw_server, data_dir, timeout=0.5, retries=0).pull("org/steady v1")
+        server.always[path] = Fault(script=script)
+        installed = make_manager(timeout=0.5, retries=0).pull("org/steady v1")
         assert (Path(installed.path) / "f").read_bytes() == content
 
     def test_pauses_of_a_rate_limit_do_not_count(self, make_manager: Callable[..., xm.Manager],
@@ -1408,19 +1465,20 @@ class TestDeadlines:
         assert (Path(installed.path) / "f").read_bytes() == content
 
     @pytest.mark.parametrize("pace", [0.0, 0.05])
-    def test_endless_interim_responses_fail(self, raw_server: RawServer, data_dir: Path, pace: float) -> None:
+    def test_endless_interim_responses_fail(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+                                            pace: float) -> None:
         def script(conn: socket.socket, body: bytes, n: int) -> bool:
-            while not raw_server.stop.wait(pace):
+            while not server.stop.wait(pace):
                 conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             return False
 
-        raw_server.scripts["models.json"] = script
+        server.always["models.json"] = Fault(script=script)
         expected = "interim" if not pace else "timed out"
         with pytest.raises(xm.NetworkError, match=expected):
-            raw_manager(raw_server, data_dir, timeout=0.5, retries=0).list_remote()
+            make_manager(timeout=0.5, retries=0).list_remote()
 
     def test_an_unsolicited_extra_response_is_never_read_as_the_next(
-        self, raw_server: RawServer, data_dir: Path, registry_dir: Path
+        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path
     ) -> None:
         # Each chunk comes with a second, unasked-for answer of the same size. The chunks are
         # bigger than a head's read, so the extra answer waits in the socket, not in our buffer:
@@ -1434,13 +1492,14 @@ class TestDeadlines:
             return True
 
         for path in chunk_paths(registry_dir, model="wide"):
-            raw_server.scripts[path] = script
-        installed = raw_manager(raw_server, data_dir, retries=0).pull("org/wide v1", concurrency=1)
+            server.always[path] = Fault(script=script)
+        installed = make_manager(retries=0).pull("org/wide v1", concurrency=1)
         assert (Path(installed.path) / "f").read_bytes() == content
-        assert raw_server.connections >= 4  # each spoiled connection was dropped
+        assert len(server.connections) >= 4  # each spoiled connection was dropped
 
-    def test_a_late_stray_response_costs_one_retry(self, raw_server: RawServer, data_dir: Path,
-                                                   registry_dir: Path, model: dict[str, bytes]) -> None:
+    def test_a_late_stray_response_costs_one_retry(self, make_manager: Callable[..., xm.Manager],
+                                                   server: RegistryServer, registry_dir: Path,
+                                                   model: dict[str, bytes]) -> None:
         # A stray answer that comes after the next request went out cannot be told
         # from the real one; it fails the hash, and the retry uses a new connection.
         paths = chunk_paths(registry_dir)
@@ -1459,10 +1518,10 @@ class TestDeadlines:
             conn.sendall(ok_head(body) + body)
             return True
 
-        raw_server.scripts[paths[0]], raw_server.scripts[paths[1]] = first, second
-        installed = raw_manager(raw_server, data_dir, retries=1).pull("org/tiny v1", concurrency=1)
+        server.always[paths[0]], server.always[paths[1]] = Fault(script=first), Fault(script=second)
+        installed = make_manager(retries=1).pull("org/tiny v1", concurrency=1)
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
-        assert raw_server.requests[paths[1]] == 2
+        assert server.requests[paths[1]] == 2
 
 
 class TestRetryPolicy:
@@ -1590,8 +1649,8 @@ class TestFraming:
         server.always["models.json"] = Fault(raw=raw)
         assert manager.list_remote() == []
 
-    def test_a_long_head_after_a_head_cut_short(self, raw_server: RawServer, data_dir: Path, registry_dir: Path,
-                                                model: dict[str, bytes]) -> None:
+    def test_a_long_head_after_a_head_cut_short(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+                                                registry_dir: Path, model: dict[str, bytes]) -> None:
         # The first answer closes inside a head; the retry's head is over 128 KiB, so the
         # session's buffer grows while the first attempt's error (and its views of the
         # buffer) is still kept. A buffer resized in place raised a bare BufferError.
@@ -1603,8 +1662,8 @@ class TestFraming:
             conn.sendall(b"HTTP/1.1 200 OK\r\n" + padding + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             return True
 
-        raw_server.scripts[chunk_paths(registry_dir)[0]] = script
-        installed = raw_manager(raw_server, data_dir, retries=2).pull("org/tiny v1", concurrency=1)
+        server.always[chunk_paths(registry_dir)[0]] = Fault(script=script)
+        installed = make_manager(retries=2).pull("org/tiny v1", concurrency=1)
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
 
     def test_early_hints_after_a_redirect(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
@@ -1619,159 +1678,66 @@ class TestFraming:
         assert server.requests["mirror/models.json"] == 1
 
 
-class TunnelProxy:
-    """An HTTP proxy on raw loopback sockets: CONNECT tunnels, and absolute-form GETs relayed
-    over one upstream connection per client connection. Counts connections and records heads.
-    With ``refusal``, it answers every CONNECT with those bytes and closes, as squid does."""
-
-    def __init__(self, refusal: bytes = b"") -> None:
-        self.refusal = refusal
-        self.heads: list[str] = []
-        self.connections = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def _serve(self, conn: socket.socket) -> None:
-        pending = b""
-        upstream: socket.socket | None = None
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in pending:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    pending += data
-                head, _, pending = pending.partition(b"\r\n\r\n")
-                text = head.decode("latin-1")
-                self.heads.append(text)
-                method, target, _ = text.split("\r\n")[0].split(" ")
-                if method == "CONNECT" and self.refusal:
-                    conn.sendall(self.refusal)
-                    return
-                if method == "CONNECT":
-                    host, _, port = target.rpartition(":")
-                    upstream = socket.create_connection((host, int(port)))
-                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    threading.Thread(target=self._pipe, args=(upstream, conn), daemon=True).start()
-                    if pending:
-                        upstream.sendall(pending)
-                    self._pipe(conn, upstream)
-                    return
-                from urllib.parse import urlsplit
-
-                parts = urlsplit(target)
-                if upstream is None:
-                    upstream = socket.create_connection((parts.hostname, parts.port or 80))
-                lines = text.split("\r\n")
-                lines[0] = f"GET {parts.path} HTTP/1.1"
-                lines = [line for line in lines if not line.lower().startswith("proxy-authorization")]
-                upstream.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-                answer = b""
-                while b"\r\n\r\n" not in answer:
-                    answer += upstream.recv(65536)
-                answer_head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
-                length = int(re.search(r"content-length: *(\d+)", answer_head).group(1))  # type: ignore[union-attr]
-                while len(answer) < len(answer_head) + 4 + length:
-                    answer += upstream.recv(65536)
-                conn.sendall(answer)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 class TestProxies:
     def test_http_through_a_proxy_keeps_one_connection_per_worker(
         self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path,
-        monkeypatch: pytest.MonkeyPatch
+        proxy: RegistryServer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
-        proxy = TunnelProxy()
-        try:
-            monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%40ss@"))
-            monkeypatch.setenv("NO_PROXY", "example.com")
-            make_manager(headers={"X-Team": "ml"}).pull("org/many v1", concurrency=4)
-            assert server.chunk_requests() == 61  # the manifest and 60 chunks
-            assert proxy.connections <= 4 + 2  # a connection per worker, plus index and manifest
-            assert all(head.startswith(f"GET {server.url}/") for head in proxy.heads)  # absolute-form
-            credentials = "\r\nProxy-Authorization: Basic dXNlcjpwQHNz\r\n"  # user:p@ss
-            assert all(credentials in head + "\r\n" for head in proxy.heads)
-            assert all("\r\nX-Team: ml\r\n" in head + "\r\n" for head in proxy.heads)
-            assert "\r\nCache-Control: no-cache" in proxy.heads[0] and "Cache-Control" not in proxy.heads[-1]
-        finally:
-            proxy.close()
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%40ss@"))
+        monkeypatch.setenv("NO_PROXY", "example.com")
+        make_manager(headers={"X-Team": "ml"}).pull("org/many v1", concurrency=4)
+        assert server.chunk_requests() == 61  # the manifest and 60 chunks
+        assert len(proxy.connections) <= 4 + 2  # a connection per worker, plus index and manifest
+        assert all(head.startswith(f"GET {server.url}/") for head in proxy.heads)  # absolute-form
+        credentials = "\r\nProxy-Authorization: Basic dXNlcjpwQHNz\r\n"  # user:p@ss
+        assert all(credentials in head + "\r\n" for head in proxy.heads)
+        assert all("\r\nX-Team: ml\r\n" in head + "\r\n" for head in proxy.heads)
+        assert "\r\nCache-Control: no-cache" in proxy.heads[0] and "Cache-Control" not in proxy.heads[-1]
 
     def test_https_through_a_proxy_tunnels_with_connect(self, tmp_path: Path, https_registry: tuple[str, Path],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        proxy: RegistryServer, monkeypatch: pytest.MonkeyPatch) -> None:
         import ssl
 
         url, cert = https_registry
-        proxy = TunnelProxy()
-        try:
-            monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-            monkeypatch.setenv("NO_PROXY", "")
-            context = ssl.create_default_context(cafile=str(cert))
-            manager = xm.Manager(xm.Config("t", url, tmp_path / "a"), ssl_context=context, headers={"X-Team": "ml"})
-            installed = manager.pull("org/tiny v1", concurrency=2)
-            assert tree(Path(installed.path)) == dict(sorted(MODEL_FILES.items()))
-            target = url.removeprefix("https://")
-            assert proxy.heads and all(head.startswith(f"CONNECT {target} HTTP/1.1") for head in proxy.heads)
-            assert not any("X-Team" in head for head in proxy.heads)  # the caller's headers go inside the tunnel
-            assert proxy.connections <= 2 + 2
-            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-            seen = len(proxy.heads)
-            xm.Manager(xm.Config("t", url, tmp_path / "b"), ssl_context=context).pull("org/tiny v1")
-            assert len(proxy.heads) == seen
-        finally:
-            proxy.close()
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "")
+        context = ssl.create_default_context(cafile=str(cert))
+        manager = xm.Manager(xm.Config("t", url, tmp_path / "a"), ssl_context=context, headers={"X-Team": "ml"})
+        installed = manager.pull("org/tiny v1", concurrency=2)
+        assert tree(Path(installed.path)) == dict(sorted(MODEL_FILES.items()))
+        target = url.removeprefix("https://")
+        assert proxy.heads and all(head.startswith(f"CONNECT {target} HTTP/1.1") for head in proxy.heads)
+        assert not any("X-Team" in head for head in proxy.heads)  # the caller's headers go inside the tunnel
+        assert len(proxy.connections) <= 2 + 2
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        seen = len(proxy.heads)
+        xm.Manager(xm.Config("t", url, tmp_path / "b"), ssl_context=context).pull("org/tiny v1")
+        assert len(proxy.heads) == seen
 
     @pytest.mark.parametrize(("status", "credentials"), [(403, "user:wr0ng@"), (407, "user:wr0ng@"), (407, "")])
-    def test_a_refused_connect_is_final_and_says_what_to_do(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    def test_a_refused_connect_is_final_and_says_what_to_do(self, tmp_path: Path, proxy: RegistryServer,
+                                                            monkeypatch: pytest.MonkeyPatch,
                                                             status: int, credentials: str) -> None:
         # squid's answer: its HTML page in the same write as the head. 403 is what Debian's stock
         # "http_access deny CONNECT !SSL_ports" gives any port but 443.
         page = b"<html><body>ERROR: The requested URL could not be retrieved</body></html>\n" * 20
         reason = {403: b"Forbidden", 407: b"Proxy Authentication Required"}[status]
-        proxy = TunnelProxy(b"HTTP/1.1 %d %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s"
-                            % (status, reason, len(page), page))
-        try:
-            monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", f"http://{credentials}"))
-            monkeypatch.setenv("NO_PROXY", "")
-            manager = xm.Manager(xm.Config("t", "https://models.example.com:8443", tmp_path), retry_backoff=0.01)
-            expected = {(403, True): r"refused to tunnel to models\.example\.com:8443 \(HTTP 403 Forbidden\).*"
-                                     r"allow port 8443, or add models\.example\.com to NO_PROXY",
-                        (407, True): r"refused the credentials in its URL \(HTTP 407\); check them",
-                        (407, False): r"asks for credentials \(HTTP 407\); put them in the proxy URL"
-                                      r" \(http://user:password@host:port\)"}[status, bool(credentials)]
-            with pytest.raises(xm.NetworkError, match=rf"the proxy {proxy.url} {expected}") as caught:
-                manager.list_remote()
-            assert len(proxy.heads) == 1  # not retried
-            assert "wr0ng" not in str(caught.value)
-        finally:
-            proxy.close()
+        proxy.always["models.example.com:8443"] = Fault(
+            raw=b"HTTP/1.1 %d %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, reason, len(page), page))
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", f"http://{credentials}"))
+        monkeypatch.setenv("NO_PROXY", "")
+        manager = xm.Manager(xm.Config("t", "https://models.example.com:8443", tmp_path), retry_backoff=0.01)
+        expected = {(403, True): r"refused to tunnel to models\.example\.com:8443 \(HTTP 403 Forbidden\).*"
+                                 r"allow port 8443, or add models\.example\.com to NO_PROXY",
+                    (407, True): r"refused the credentials in its URL \(HTTP 407\); check them",
+                    (407, False): r"asks for credentials \(HTTP 407\); put them in the proxy URL"
+                                  r" \(http://user:password@host:port\)"}[status, bool(credentials)]
+        with pytest.raises(xm.NetworkError, match=rf"the proxy {proxy.url} {expected}") as caught:
+            manager.list_remote()
+        assert len(proxy.heads) == 1  # not retried
+        assert "wr0ng" not in str(caught.value)
 
     def test_an_unsupported_proxy_is_a_clear_network_error(self, make_manager: Callable[..., xm.Manager],
                                                            server: RegistryServer, model: dict[str, bytes],
@@ -1787,43 +1753,43 @@ SECRET = "Bearer s3cr3t-t0ken"
 
 class TestHeaders:
     def test_headers_go_with_every_request_and_are_never_logged(
-        self, raw_server: RawServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
-        caplog: pytest.LogCaptureFixture
+        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path,
+        model: dict[str, bytes], caplog: pytest.LogCaptureFixture
     ) -> None:
         def busy_once(conn: socket.socket, body: bytes, n: int) -> bool:  # one retry, logged
             conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n" if n == 1 else ok_head(body) + body)
             return True
 
-        raw_server.scripts[chunk_paths(registry_dir)[2]] = busy_once
+        server.always[chunk_paths(registry_dir)[2]] = Fault(script=busy_once)
         with caplog.at_level("DEBUG", logger="xprim_models"):
-            manager = raw_manager(raw_server, data_dir, headers={"Authorization": SECRET, "Cookie": "id=s3cr3t"})
+            manager = make_manager(headers={"Authorization": SECRET, "Cookie": "id=s3cr3t"})
             manager.pull("org/tiny v1")
-        assert len(raw_server.headers) == 1 + 1 + 7 + 1  # index, manifest, chunks, the retried chunk
-        assert all(h.get("authorization") == SECRET and h.get("cookie") == "id=s3cr3t" for h in raw_server.headers)
-        assert raw_server.connections <= 4 + 2 + 1  # workers, index, manifest; the 503 closed one
+        assert len(server.headers) == 1 + 1 + 7 + 1  # index, manifest, chunks, the retried chunk
+        assert all(h.get("authorization") == SECRET and h.get("cookie") == "id=s3cr3t" for h in server.headers)
+        assert len(server.connections) <= 4 + 2 + 1  # workers, index, manifest; the 503 closed one
         assert "s3cr3t" not in caplog.text and "retrying" in caplog.text
 
-    def test_cli_header_option(self, raw_server: RawServer, data_dir: Path, model: dict[str, bytes]) -> None:
-        result = run_cli("--registry", raw_server.url, "--data-dir", str(data_dir), "-v",
+    def test_cli_header_option(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+        result = run_cli("--registry", server.url, "--data-dir", str(data_dir), "-v",
                          "--header", f"Authorization: {SECRET}", "--header", "X-Team:ml", "pull", "org/tiny", "v1")
         cli_no_traceback(result)
         assert result.returncode == 0, result.stderr
-        assert all(h.get("authorization") == SECRET and h.get("x-team") == "ml" for h in raw_server.headers)
+        assert all(h.get("authorization") == SECRET and h.get("x-team") == "ml" for h in server.headers)
         assert "debug: GET" in result.stderr and "s3cr3t" not in result.stderr + result.stdout
-        seen = len(raw_server.headers)
-        after = run_cli("--registry", raw_server.url, "--data-dir", str(data_dir), "list", "--remote",
+        seen = len(server.headers)
+        after = run_cli("--registry", server.url, "--data-dir", str(data_dir), "list", "--remote",
                         "--header", "X-Team: after")  # also after the command word
         assert after.returncode == 0, after.stderr
-        assert {h.get("x-team") for h in raw_server.headers[seen:]} == {"after"}
+        assert {h.get("x-team") for h in server.headers[seen:]} == {"after"}
 
     @pytest.mark.parametrize("option", ["Authorization", ": value", "Bad Name: x", "X-A: a\x01b", "Host: evil"])
-    def test_cli_rejects_bad_headers_without_echoing_the_value(self, raw_server: RawServer, data_dir: Path,
+    def test_cli_rejects_bad_headers_without_echoing_the_value(self, server: RegistryServer, data_dir: Path,
                                                                option: str, capsys: pytest.CaptureFixture[str]
                                                                ) -> None:
-        code = xm.main(["--registry", raw_server.url, "--data-dir", str(data_dir), "--header", option, "list"])
+        code = xm.main(["--registry", server.url, "--data-dir", str(data_dir), "--header", option, "list"])
         err = capsys.readouterr().err
         assert code == 2 and "error: " in err and "header" in err
-        assert "a\x01b" not in err and "evil" not in err and not raw_server.headers
+        assert "a\x01b" not in err and "evil" not in err and not server.headers
 
     @pytest.mark.parametrize("headers", [{"X-A": "line\r\nInjected: 1"}, {"Range": "bytes=0-"}, {"X A": "b"},
                                          {"X-A": "caf\u00e9"}])
@@ -1832,25 +1798,25 @@ class TestHeaders:
             xm.Manager(xm.Config("t", "http://127.0.0.1:1", tmp_path), headers=headers)
         assert "Injected" not in str(caught.value) and "caf" not in str(caught.value)
 
-    def test_accept_encoding_is_refused_naming_it(self, raw_server: RawServer, data_dir: Path,
+    def test_accept_encoding_is_refused_naming_it(self, server: RegistryServer, data_dir: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
         # The hashes cover the bytes as stored: a compressed answer could only fail them.
         with pytest.raises(ValueError, match="header accept-encoding cannot be given"):
-            xm.Manager(xm.Config("t", raw_server.url, data_dir), headers={"accept-encoding": "gzip"})
-        code = xm.main(["--registry", raw_server.url, "--data-dir", str(data_dir),
+            xm.Manager(xm.Config("t", server.url, data_dir), headers={"accept-encoding": "gzip"})
+        code = xm.main(["--registry", server.url, "--data-dir", str(data_dir),
                         "--header", "Accept-Encoding: gzip", "list", "--remote"])
         assert code == 2 and "header Accept-Encoding cannot be given" in capsys.readouterr().err
-        assert not raw_server.headers
+        assert not server.headers
 
     @pytest.mark.parametrize("target", ["another host", "another port", "the same origin"])
     def test_credentials_stay_with_their_origin_across_redirects(
-        self, raw_server: RawServer, registry_dir: Path, tmp_path: Path, model: dict[str, bytes], target: str
+        self, server: RegistryServer, registry_dir: Path, tmp_path: Path, model: dict[str, bytes], target: str
     ) -> None:
-        mirror = RawServer(registry_dir)
+        mirror = RegistryServer(registry_dir)
         try:
             port = mirror.url.rsplit(":", 1)[1]
             origin = {"another host": f"http://localhost:{port}", "another port": f"http://127.0.0.1:{port}",
-                      "the same origin": raw_server.url}[target]
+                      "the same origin": server.url}[target]
             paths = chunk_paths(registry_dir)
             chunk = (registry_dir / paths[0]).read_bytes()
 
@@ -1863,19 +1829,19 @@ class TestHeaders:
                 conn.sendall(ok_head(chunk) + chunk)
                 return True
 
-            raw_server.scripts[paths[0]] = redirect
-            mirror.scripts["data/x"] = raw_server.scripts["data/x"] = serve
-            manager = xm.Manager(xm.Config("t", raw_server.url, tmp_path / "d"),
+            server.always[paths[0]] = Fault(script=redirect)
+            mirror.always["data/x"] = server.always["data/x"] = Fault(script=serve)
+            manager = xm.Manager(xm.Config("t", server.url, tmp_path / "d"),
                                  headers={"Authorization": SECRET, "Cookie": "c=1", "X-Team": "ml"})
             assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
-            seen = (raw_server if target == "the same origin" else mirror).headers
+            seen = (server if target == "the same origin" else mirror).headers
             (followed,) = [h for h in seen if "authorization" not in h] or [seen[-1]]
             assert followed["x-team"] == "ml"
             if target == "the same origin":
                 assert all(h.get("authorization") == SECRET and h.get("cookie") == "c=1" for h in seen)
             else:  # like curl and requests: credentials are not sent on to another origin
                 assert "authorization" not in followed and "cookie" not in followed
-                assert all(h.get("authorization") == SECRET for h in raw_server.headers)
+                assert all(h.get("authorization") == SECRET for h in server.headers)
         finally:
             mirror.close()
 
@@ -3262,16 +3228,8 @@ class CrashScenario:
         opener = urllib.request.build_opener()
         opener.addheaders.append(("X-Crash-Test", "parent"))
         self._make_manager, self._opener = make_manager, opener
-        self.parent_requests: collections.Counter[str] = collections.Counter()
-        guard, handle = threading.Lock(), server.handle
-
-        def counting(request: Any) -> None:
-            if request.headers.get("X-Crash-Test") == "parent":
-                with guard:
-                    self.parent_requests[request.path.lstrip("/")] += 1
-            handle(request)
-
-        server.handle = counting  # type: ignore[method-assign]
+        server.tag = ("X-Crash-Test", "parent")
+        self.parent_requests = server.tagged
         old = publish.publish(str(registry_dir), "org", "big", "v1", CRASH_OLD_FILES, chunk_size=CRASH_CHUNK)
         v2 = publish.publish(str(registry_dir), "org", "big", "v2", CRASH_V2_FILES, chunk_size=CRASH_CHUNK)
         self.make_manager().pull("org/big v1")
@@ -6261,46 +6219,6 @@ class TestPublish:
         assert result.stdout.startswith("org/pub v1: manifest ")
 
 
-class ForwardProxy:
-    """A minimal HTTP forward proxy on loopback that counts what passes through it."""
-
-    def __init__(self) -> None:
-        import urllib.error
-        import urllib.request
-
-        self.urls: list[str] = []
-        # One opener for all requests: from Python 3.12 on, building one makes an SSL context, which on
-        # Windows reads the system's certificate store (0.6 s each under wine). Built per request, the
-        # proxy's concurrent answers took seconds, and on a busy machine outlasted the client's timeout.
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                proxy.urls.append(self.path)
-                try:
-                    with direct.open(self.path, timeout=10) as upstream:
-                        body, status = upstream.read(), upstream.status
-                except urllib.error.HTTPError as exc:
-                    body, status = b"", exc.code
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def https_registry(tmp_path: Path, registry_dir: Path, model: dict[str, bytes]) -> Iterator[tuple[str, Path]]:
     """The registry served over HTTPS with a self-signed certificate; yields (url, certificate path)."""
@@ -6317,11 +6235,10 @@ def https_registry(tmp_path: Path, registry_dir: Path, model: dict[str, bytes]) 
          "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )
-    running = RegistryServer(registry_dir)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    running.httpd.socket = context.wrap_socket(running.httpd.socket, server_side=True)
-    yield running.url.replace("http://", "https://"), cert
+    running = RegistryServer(registry_dir, tls=context)
+    yield running.url, cert
     running.close()
 
 
@@ -6458,7 +6375,7 @@ class TestConventions:
     def test_user_agent(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes]) -> None:
         manager.pull("org/tiny v1")
         python = ".".join(str(part) for part in sys.version_info[:3])
-        assert server.user_agents == {f"xprim-models/{xm.__version__} python/{python}"}
+        assert {h.get("user-agent") for h in server.headers} == {f"xprim-models/{xm.__version__} python/{python}"}
 
     def test_logger_is_silent_unless_configured(self, server: RegistryServer, model: dict[str, bytes],
                                                 data_dir: Path, registry_dir: Path) -> None:
@@ -6481,19 +6398,16 @@ class TestConventions:
 
     def test_http_proxy_is_used_and_no_proxy_bypasses_it(self, make_manager: Callable[..., xm.Manager],
                                                          server: RegistryServer, model: dict[str, bytes],
+                                                         proxy: RegistryServer,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-        proxy = ForwardProxy()
-        try:
-            monkeypatch.setenv("HTTP_PROXY", proxy.url)
-            monkeypatch.setenv("NO_PROXY", "")
-            make_manager().pull("org/tiny v1")
-            assert f"{server.url}/models.json" in proxy.urls and len(proxy.urls) == server.chunk_requests() + 1
-            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-            seen = len(proxy.urls)
-            make_manager().pull("org/tiny v2")
-            assert len(proxy.urls) == seen
-        finally:
-            proxy.close()
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "")
+        make_manager().pull("org/tiny v1")
+        assert f"{server.url}/models.json" in proxy.requests and len(proxy.heads) == server.chunk_requests() + 1
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        seen = len(proxy.heads)
+        make_manager().pull("org/tiny v2")
+        assert len(proxy.heads) == seen
 
     def test_https_with_a_private_ca(self, tmp_path: Path, https_registry: tuple[str, Path],
                                      monkeypatch: pytest.MonkeyPatch) -> None:

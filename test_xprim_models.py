@@ -310,7 +310,7 @@ class Request:
         self.count = 0  # how many times its path was asked for, this time included
 
 
-class RegistryServer:
+class LoopbackServer:
     """An HTTP/1.1 server on 127.0.0.1, on raw sockets, so that a test can send any answer.
 
     It serves the registry directory ``root`` (None: every path is 404) with keep-alive,
@@ -591,17 +591,17 @@ def registry_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(registry_dir: Path) -> Iterator[RegistryServer]:
+def server(registry_dir: Path) -> Iterator[LoopbackServer]:
     registry_dir.mkdir(exist_ok=True)
-    running = RegistryServer(registry_dir)
+    running = LoopbackServer(registry_dir)
     yield running
     running.close()
 
 
 @pytest.fixture
-def proxy() -> Iterator[RegistryServer]:
+def proxy() -> Iterator[LoopbackServer]:
     """A second server with no directory, for the tests that use it as HTTP(S)_PROXY."""
-    running = RegistryServer()
+    running = LoopbackServer()
     yield running
     running.close()
 
@@ -620,7 +620,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_manager(server: RegistryServer, data_dir: Path) -> Callable[..., xm.Manager]:
+def make_manager(server: LoopbackServer, data_dir: Path) -> Callable[..., xm.Manager]:
     def make(**options: Any) -> xm.Manager:
         options.setdefault("retry_backoff", 0.01)
         options.setdefault("timeout", 5.0)
@@ -703,7 +703,7 @@ def write_manifest(registry_dir: Path, group: str, model: str, version: str, man
     return digest
 
 
-def die_in_child(server: RegistryServer, data_dir: Path, when: str, action: str) -> None:
+def die_in_child(server: LoopbackServer, data_dir: Path, when: str, action: str) -> None:
     """Run ``action`` (Python using ``manager``) in a child that exits with code 9 ``when``
     ("before" or "after") it replaces registry.json: a crash at the commit of the install
     transaction (or of a remove)."""
@@ -910,7 +910,7 @@ class TestRegistry:
         assert [type(item) for item in manager.list_remote(detail=True)] == [xm.RemoteModelDetail] * 3
 
     def test_manifests_are_cached_for_detail_listings(self, manager: xm.Manager, model: dict[str, bytes],
-                                                      server: RegistryServer) -> None:
+                                                      server: LoopbackServer) -> None:
         first = manager.list_remote(detail=True)
         assert manager.list_remote(detail=True) == first
         manifests = {f"data/{item.manifest_hash}" for item in first}
@@ -987,7 +987,7 @@ class TestRegistry:
         with pytest.raises(xm.ModelNotFoundError):
             manager.get_remote("org/none v")
 
-    def test_bad_entries_in_the_cli(self, server: RegistryServer, data_dir: Path, registry_dir: Path,
+    def test_bad_entries_in_the_cli(self, server: LoopbackServer, data_dir: Path, registry_dir: Path,
                                     model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1", "v2")
         index = json.loads((registry_dir / "models.json").read_text())
@@ -1038,7 +1038,7 @@ class TestRegistry:
             manager.list_remote()
 
     @pytest.mark.parametrize("shape", ["nested-lists", "strings", "aliases", "manifest-of-lists"])
-    def test_parsing_memory_is_bounded(self, server: RegistryServer, data_dir: Path, registry_dir: Path,
+    def test_parsing_memory_is_bounded(self, server: LoopbackServer, data_dir: Path, registry_dir: Path,
                                        model: dict[str, bytes], shape: str) -> None:
         v1 = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
         cap = 32 << 20
@@ -1073,7 +1073,7 @@ class TestRegistry:
         assert code == expected, result.stderr
         assert peak <= 256 << 20, f"peak RSS {peak >> 20} MiB"
 
-    def test_missing_index_names_the_url(self, manager: xm.Manager, server: RegistryServer) -> None:
+    def test_missing_index_names_the_url(self, manager: xm.Manager, server: LoopbackServer) -> None:
         with pytest.raises(xm.RegistryError, match=r"models\.json.*check the registry URL"):
             manager.list_remote()
         assert server.requests["models.json"] == 1  # a 404 is not retried
@@ -1093,13 +1093,13 @@ class TestRegistry:
         with pytest.raises(xm.RegistryError, match="invalid registry URL"):
             xm.Manager(xm.Config("t", "http://[::1/x", tmp_path)).list_remote()
 
-    def test_truncated_document_is_retried(self, manager: xm.Manager, server: RegistryServer,
+    def test_truncated_document_is_retried(self, manager: xm.Manager, server: LoopbackServer,
                                            model: dict[str, bytes]) -> None:
         server.fail("models.json", Fault(cut_after=20))
         assert len(manager.list_remote()) == 3
         assert server.requests["models.json"] == 2
 
-    def test_hostile_retry_after_header(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+    def test_hostile_retry_after_header(self, make_manager: Callable[..., xm.Manager], server: LoopbackServer,
                                         model: dict[str, bytes]) -> None:
         server.fail("models.json", Fault(status=503, headers={"Retry-After": "\u00b2"}))
         assert len(make_manager().list_remote()) == 3
@@ -1153,13 +1153,13 @@ class TestRegistry:
         with pytest.raises(xm.RegistryError, match="unsupported scheme"):
             xm.Manager(xm.Config("t", "ftp://example.com/r", tmp_path)).list_remote()
 
-    def test_retries_5xx_then_succeeds(self, manager: xm.Manager, server: RegistryServer,
+    def test_retries_5xx_then_succeeds(self, manager: xm.Manager, server: LoopbackServer,
                                        model: dict[str, bytes]) -> None:
         server.fail("models.json", Fault(status=503), Fault(status=500))
         assert len(manager.list_remote()) == 3
         assert server.requests["models.json"] == 3
 
-    def test_honours_retry_after_on_429(self, manager: xm.Manager, server: RegistryServer,
+    def test_honours_retry_after_on_429(self, manager: xm.Manager, server: LoopbackServer,
                                         model: dict[str, bytes]) -> None:
         server.fail("models.json", Fault(status=429, headers={"Retry-After": "1"}))
         started = time.monotonic()
@@ -1167,7 +1167,7 @@ class TestRegistry:
         assert server.requests["models.json"] == 2
         assert time.monotonic() - started >= 0.9  # waited as told, not the 0.01 s backoff
 
-    def test_gives_up_after_retries(self, make_manager: Callable[..., xm.Manager], server: RegistryServer) -> None:
+    def test_gives_up_after_retries(self, make_manager: Callable[..., xm.Manager], server: LoopbackServer) -> None:
         server.always["models.json"] = Fault(status=502)
         with pytest.raises(xm.NetworkError, match=r"HTTP 502.*after 3 attempts") as caught:
             make_manager(retries=2).list_remote()
@@ -1175,7 +1175,7 @@ class TestRegistry:
         assert caught.value.__cause__ is not None
 
     @pytest.mark.parametrize("status", [400, 403])
-    def test_other_4xx_is_not_retried(self, manager: xm.Manager, server: RegistryServer, status: int) -> None:
+    def test_other_4xx_is_not_retried(self, manager: xm.Manager, server: LoopbackServer, status: int) -> None:
         server.always["models.json"] = Fault(status=status)
         with pytest.raises(xm.NetworkError, match=f"HTTP {status}"):
             manager.list_remote()
@@ -1187,7 +1187,7 @@ class TestRegistry:
         with pytest.raises(xm.NetworkError, match=f"127.0.0.1:{port}"):
             closed.list_remote()
 
-    def test_stalled_server_times_out(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+    def test_stalled_server_times_out(self, make_manager: Callable[..., xm.Manager], server: LoopbackServer,
                                       model: dict[str, bytes]) -> None:
         server.always["models.json"] = Fault(stall=True)
         with pytest.raises(xm.NetworkError, match="timed out"):
@@ -1195,7 +1195,7 @@ class TestRegistry:
         assert server.requests["models.json"] == 2
 
     def test_oversized_index_is_refused_without_reading_it(
-        self, manager: xm.Manager, server: RegistryServer, registry_dir: Path, monkeypatch: pytest.MonkeyPatch
+        self, manager: xm.Manager, server: LoopbackServer, registry_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(xm, "_MAX_INDEX_BYTES", 1000)
         (registry_dir / "models.json").write_text(json.dumps({"g": {f"m{i}": {} for i in range(500)}}))
@@ -1206,7 +1206,7 @@ class TestRegistry:
     @pytest.mark.parametrize("through", ["our client", "an opener"])
     @pytest.mark.parametrize("status", [401, 403])
     def test_refused_credentials_say_how_to_send_them(self, make_manager: Callable[..., xm.Manager],
-                                                      server: RegistryServer, data_dir: Path, status: int,
+                                                      server: LoopbackServer, data_dir: Path, status: int,
                                                       through: str) -> None:
         import urllib.request
 
@@ -1219,7 +1219,7 @@ class TestRegistry:
         assert result.returncode == 5 and "--header 'Authorization: ...'" in result.stderr
 
     @pytest.mark.parametrize("location", ["http://[::1", "http://127.0.0.1:99999/x"])
-    def test_a_redirect_to_a_malformed_url_is_a_network_error(self, manager: xm.Manager, server: RegistryServer,
+    def test_a_redirect_to_a_malformed_url_is_a_network_error(self, manager: xm.Manager, server: LoopbackServer,
                                                               data_dir: Path, location: str) -> None:
         server.always["models.json"] = Fault(status=302, headers={"Location": location})
         with pytest.raises(xm.NetworkError, match=f"redirect to a malformed URL {re.escape(repr(location))}"):
@@ -1229,13 +1229,13 @@ class TestRegistry:
         assert result.returncode == 5 and location in result.stderr
 
     def test_redirects_to_another_origin_keep_their_connections(
-        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path
+        self, make_manager: Callable[..., xm.Manager], server: LoopbackServer, registry_dir: Path
     ) -> None:
         # data/ answered by a 302 to a second host, as object stores and CDNs do: each worker keeps
         # one connection to each origin, not a new pair for every chunk.
         content = blob(60 * 512, "many")
         publish.publish(str(registry_dir), "org", "many", "v1", {"f": content}, chunk_size=512)
-        cdn = RegistryServer(registry_dir)
+        cdn = LoopbackServer(registry_dir)
         try:
             for path in (registry_dir / "data").iterdir():
                 moved = {"Location": f"{cdn.url}/data/{path.name}"}
@@ -1309,7 +1309,7 @@ HOSTILE_MANIFESTS = {
 class TestHostileManifest:
     @pytest.mark.parametrize("name", list(HOSTILE_MANIFESTS))
     def test_rejected_before_anything_is_written(self, manager: xm.Manager, registry_dir: Path,
-                                                 server: RegistryServer, data_dir: Path, name: str) -> None:
+                                                 server: LoopbackServer, data_dir: Path, name: str) -> None:
         write_manifest(registry_dir, "org", "evil", "v1", HOSTILE_MANIFESTS[name])
         (registry_dir / "data" / hashlib.sha256(GOOD_CHUNK).hexdigest()).write_bytes(GOOD_CHUNK)
         with pytest.raises(xm.RegistryError, match="invalid"):
@@ -1320,7 +1320,7 @@ class TestHostileManifest:
         assert not (registry_dir.parent / "escape").exists()
 
     def test_manifest_that_does_not_hash_to_its_name(self, manager: xm.Manager, registry_dir: Path,
-                                                     server: RegistryServer, model: dict[str, bytes]) -> None:
+                                                     server: LoopbackServer, model: dict[str, bytes]) -> None:
         digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
         server.always[f"data/{digest}"] = Fault(corrupt=True)
         with pytest.raises(xm.HashMismatchError, match=f"manifest {digest}"):
@@ -1337,35 +1337,35 @@ class TestHostileManifest:
 
 class TestConnections:
     def test_a_status_other_than_200_is_not_taken_for_the_document(
-        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, model: dict[str, bytes]
+        self, make_manager: Callable[..., xm.Manager], server: LoopbackServer, model: dict[str, bytes]
     ) -> None:
         server.always["models.json"] = Fault(status=300)
         with pytest.raises(xm.NetworkError, match=r"models\.json: HTTP 300"):
             make_manager(retries=0).list_remote()
 
     def test_status_with_non_ascii_digits_is_a_network_error(self, make_manager: Callable[..., xm.Manager],
-                                                             server: RegistryServer, model: dict[str, bytes]) -> None:
+                                                             server: LoopbackServer, model: dict[str, bytes]) -> None:
         server.always["models.json"] = Fault(raw=b"HTTP/1.1 \xb200 OK\r\nContent-Length: 2\r\n\r\n{}")
         with pytest.raises(xm.NetworkError, match=r"models\.json"):
             make_manager(retries=0).list_remote()
 
     @pytest.mark.parametrize("framing", ["chunked", "unsized", "interim", "long-head", "bare-lf"])
     def test_every_response_framing_is_read(self, manager: xm.Manager, model: dict[str, bytes],
-                                            server: RegistryServer, registry_dir: Path, framing: str) -> None:
+                                            server: LoopbackServer, registry_dir: Path, framing: str) -> None:
         # Every framing is read by the one HTTP client: nothing is asked for twice.
         for path in chunk_paths(registry_dir):
             server.always[path] = Fault(framing=framing)
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
         assert server.chunk_requests() == 8  # the manifest and 7 chunks
 
-    def test_connections_are_reused(self, manager: xm.Manager, registry_dir: Path, server: RegistryServer) -> None:
+    def test_connections_are_reused(self, manager: xm.Manager, registry_dir: Path, server: LoopbackServer) -> None:
         publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
         manager.pull("org/many v1", concurrency=4)
         assert server.chunk_requests() == 61
         assert len(server.connections) <= 4 + 2  # a connection per worker, plus index and manifest
 
     def test_listing_fetches_manifests_on_a_few_connections(self, manager: xm.Manager, registry_dir: Path,
-                                                             server: RegistryServer) -> None:
+                                                             server: LoopbackServer) -> None:
         for n in range(40):
             publish.publish(str(registry_dir), "org", "many", f"v{n}", {"f": f"{n}".encode()})
         assert len(manager.list_remote(detail=True)) == 40
@@ -1375,7 +1375,7 @@ class TestConnections:
         assert [item.total_size for item in manager.list_remote(detail=True)][:3] == [1, 1, 2]
         assert server.chunk_requests() == 40 and len(server.connections) == 1  # manifests come from the cache
 
-    def test_redirects_are_followed(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer,
+    def test_redirects_are_followed(self, manager: xm.Manager, model: dict[str, bytes], server: LoopbackServer,
                                     registry_dir: Path) -> None:
         mirror = registry_dir / "mirror" / "data"
         mirror.mkdir(parents=True)
@@ -1387,7 +1387,7 @@ class TestConnections:
         assert all(server.requests[f"mirror/{path}"] == 1 for path in chunk_paths(registry_dir))
 
     def test_dropped_keep_alive_connections_are_reopened_without_retrying(
-        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: LoopbackServer
     ) -> None:
         server.keep_alive = False
         installed = make_manager(retries=0).pull("org/tiny v1", concurrency=2)
@@ -1401,14 +1401,14 @@ def ok_head(body: bytes, extra: bytes = b"") -> bytes:
 class TestDeadlines:
     """No server can hold a request past about ``timeout`` per attempt (README, Retries)."""
 
-    def test_a_trickled_head_times_out(self, make_manager: Callable[..., xm.Manager], server: RegistryServer) -> None:
+    def test_a_trickled_head_times_out(self, make_manager: Callable[..., xm.Manager], server: LoopbackServer) -> None:
         head = ok_head(b"{}", b"X-Slow: " + b"x" * 60_000 + b"\r\n")
         server.always["models.json"] = Fault(script=lambda conn, body, n: server.trickle(conn, head))
         with pytest.raises(xm.NetworkError, match=r"timed out: no complete response within 0\.5s.*after 2 attempts"):
             make_manager(timeout=0.5, retries=1).list_remote()
         assert server.requests["models.json"] == 2
 
-    def test_a_trickled_index_body_times_out(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+    def test_a_trickled_index_body_times_out(self, make_manager: Callable[..., xm.Manager], server: LoopbackServer,
                                              model: dict[str, bytes]) -> None:
         def script(conn: socket.socket, body: bytes, n: int) -> bool:
             conn.sendall(ok_head(body))
@@ -1419,7 +1419,7 @@ class TestDeadlines:
             make_manager(timeout=0.5, retries=0).list_remote()
 
     def test_a_trickled_chunk_times_out_and_is_retried(self, make_manager: Callable[..., xm.Manager],
-                                                      server: RegistryServer, registry_dir: Path,
+                                                      server: LoopbackServer, registry_dir: Path,
                                                       model: dict[str, bytes]) -> None:
         path = chunk_paths(registry_dir)[1]
 
@@ -1435,7 +1435,7 @@ class TestDeadlines:
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
         assert server.requests[path] == 2
 
-    def test_a_slow_but_steady_body_is_not_cut(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+    def test_a_slow_but_steady_body_is_not_cut(self, make_manager: Callable[..., xm.Manager], server: LoopbackServer,
                                              registry_dir: Path) -> None:
         # The rule is progress, not speed: a chunk that takes longer than the timeout to
         # arrive passes, since no 64 KiB of it takes longer than one.
@@ -1456,7 +1456,7 @@ class TestDeadlines:
         assert (Path(installed.path) / "f").read_bytes() == content
 
     def test_pauses_of_a_rate_limit_do_not_count(self, make_manager: Callable[..., xm.Manager],
-                                                 server: RegistryServer, registry_dir: Path) -> None:
+                                                 server: LoopbackServer, registry_dir: Path) -> None:
         # Only waiting on the server counts against the timeout: a chunk whose 64 KiB
         # --limit-rate spreads over about twice the timeout (0.9 s) is not cut.
         content = blob(64 << 10, "limited")
@@ -1465,7 +1465,7 @@ class TestDeadlines:
         assert (Path(installed.path) / "f").read_bytes() == content
 
     @pytest.mark.parametrize("pace", [0.0, 0.05])
-    def test_endless_interim_responses_fail(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+    def test_endless_interim_responses_fail(self, make_manager: Callable[..., xm.Manager], server: LoopbackServer,
                                             pace: float) -> None:
         def script(conn: socket.socket, body: bytes, n: int) -> bool:
             while not server.stop.wait(pace):
@@ -1478,7 +1478,7 @@ class TestDeadlines:
             make_manager(timeout=0.5, retries=0).list_remote()
 
     def test_an_unsolicited_extra_response_is_never_read_as_the_next(
-        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path
+        self, make_manager: Callable[..., xm.Manager], server: LoopbackServer, registry_dir: Path
     ) -> None:
         # Each chunk comes with a second, unasked-for answer of the same size. The chunks are
         # bigger than a head's read, so the extra answer waits in the socket, not in our buffer:
@@ -1498,7 +1498,7 @@ class TestDeadlines:
         assert len(server.connections) >= 4  # each spoiled connection was dropped
 
     def test_a_late_stray_response_costs_one_retry(self, make_manager: Callable[..., xm.Manager],
-                                                   server: RegistryServer, registry_dir: Path,
+                                                   server: LoopbackServer, registry_dir: Path,
                                                    model: dict[str, bytes]) -> None:
         # A stray answer that comes after the next request went out cannot be told
         # from the real one; it fails the hash, and the retry uses a new connection.
@@ -1531,7 +1531,7 @@ class TestRetryPolicy:
     FAULTS = (Fault(corrupt=True), Fault(status=503), Fault(reset_after=10), Fault(extra=b"x" * 10))
 
     def test_every_kind_of_failure_counts_against_one_budget(self, make_manager: Callable[..., xm.Manager],
-                                                             model: dict[str, bytes], server: RegistryServer,
+                                                             model: dict[str, bytes], server: LoopbackServer,
                                                              registry_dir: Path) -> None:
         bad = chunk_paths(registry_dir)[3]
         server.fail(bad, *self.FAULTS)
@@ -1540,7 +1540,7 @@ class TestRetryPolicy:
         assert server.requests[bad] == 4
 
     def test_one_more_retry_gets_through(self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes],
-                                         server: RegistryServer, registry_dir: Path,
+                                         server: LoopbackServer, registry_dir: Path,
                                          caplog: pytest.LogCaptureFixture) -> None:
         bad = chunk_paths(registry_dir)[3]
         server.fail(bad, *self.FAULTS)
@@ -1557,7 +1557,7 @@ class TestRetryPolicy:
 
     @pytest.mark.parametrize("through", ["our client", "an opener"])
     def test_a_chunk_answered_with_204_is_a_broken_transfer(self, make_manager: Callable[..., xm.Manager],
-                                                          model: dict[str, bytes], server: RegistryServer,
+                                                          model: dict[str, bytes], server: LoopbackServer,
                                                           registry_dir: Path, through: str) -> None:
         import urllib.request
 
@@ -1637,7 +1637,7 @@ class TestFraming:
     """The one HTTP parser (``_Connection``), against malformed framing of every kind and legal oddities."""
 
     @pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
-    def test_malformed_is_a_network_error(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+    def test_malformed_is_a_network_error(self, make_manager: Callable[..., xm.Manager], server: LoopbackServer,
                                           model: dict[str, bytes], raw: bytes) -> None:
         server.always["models.json"] = Fault(raw=raw)
         with pytest.raises(xm.NetworkError, match=r"models\.json.*after 2 attempts"):
@@ -1645,11 +1645,11 @@ class TestFraming:
         assert server.requests["models.json"] == 2
 
     @pytest.mark.parametrize("raw", LEGAL.values(), ids=LEGAL.keys())
-    def test_legal_oddities_are_read(self, manager: xm.Manager, server: RegistryServer, raw: bytes) -> None:
+    def test_legal_oddities_are_read(self, manager: xm.Manager, server: LoopbackServer, raw: bytes) -> None:
         server.always["models.json"] = Fault(raw=raw)
         assert manager.list_remote() == []
 
-    def test_a_long_head_after_a_head_cut_short(self, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+    def test_a_long_head_after_a_head_cut_short(self, make_manager: Callable[..., xm.Manager], server: LoopbackServer,
                                                 registry_dir: Path, model: dict[str, bytes]) -> None:
         # The first answer closes inside a head; the retry's head is over 128 KiB, so the
         # session's buffer grows while the first attempt's error (and its views of the
@@ -1666,7 +1666,7 @@ class TestFraming:
         installed = make_manager(retries=2).pull("org/tiny v1", concurrency=1)
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
 
-    def test_early_hints_after_a_redirect(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
+    def test_early_hints_after_a_redirect(self, manager: xm.Manager, server: LoopbackServer, registry_dir: Path,
                                           model: dict[str, bytes]) -> None:
         mirror = registry_dir / "mirror"
         shutil.copytree(registry_dir / "data", mirror / "data")
@@ -1680,8 +1680,8 @@ class TestFraming:
 
 class TestProxies:
     def test_http_through_a_proxy_keeps_one_connection_per_worker(
-        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path,
-        proxy: RegistryServer, monkeypatch: pytest.MonkeyPatch
+        self, make_manager: Callable[..., xm.Manager], server: LoopbackServer, registry_dir: Path,
+        proxy: LoopbackServer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         publish.publish(str(registry_dir), "org", "many", "v1", {"f": blob(60 * 512, "many")}, chunk_size=512)
         monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%40ss@"))
@@ -1696,7 +1696,7 @@ class TestProxies:
         assert "\r\nCache-Control: no-cache" in proxy.heads[0] and "Cache-Control" not in proxy.heads[-1]
 
     def test_https_through_a_proxy_tunnels_with_connect(self, tmp_path: Path, https_registry: tuple[str, Path],
-                                                        proxy: RegistryServer, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        proxy: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
         import ssl
 
         url, cert = https_registry
@@ -1716,7 +1716,7 @@ class TestProxies:
         assert len(proxy.heads) == seen
 
     @pytest.mark.parametrize(("status", "credentials"), [(403, "user:wr0ng@"), (407, "user:wr0ng@"), (407, "")])
-    def test_a_refused_connect_is_final_and_says_what_to_do(self, tmp_path: Path, proxy: RegistryServer,
+    def test_a_refused_connect_is_final_and_says_what_to_do(self, tmp_path: Path, proxy: LoopbackServer,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             status: int, credentials: str) -> None:
         # squid's answer: its HTML page in the same write as the head. 403 is what Debian's stock
@@ -1740,7 +1740,7 @@ class TestProxies:
         assert "wr0ng" not in str(caught.value)
 
     def test_an_unsupported_proxy_is_a_clear_network_error(self, make_manager: Callable[..., xm.Manager],
-                                                           server: RegistryServer, model: dict[str, bytes],
+                                                           server: LoopbackServer, model: dict[str, bytes],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("HTTP_PROXY", "socks5://user:secret@127.0.0.1:1080")
         with pytest.raises(xm.NetworkError, match=r"socks5://127\.0\.0\.1:1080 is not a plain http") as caught:
@@ -1753,7 +1753,7 @@ SECRET = "Bearer s3cr3t-t0ken"
 
 class TestHeaders:
     def test_headers_go_with_every_request_and_are_never_logged(
-        self, make_manager: Callable[..., xm.Manager], server: RegistryServer, registry_dir: Path,
+        self, make_manager: Callable[..., xm.Manager], server: LoopbackServer, registry_dir: Path,
         model: dict[str, bytes], caplog: pytest.LogCaptureFixture
     ) -> None:
         def busy_once(conn: socket.socket, body: bytes, n: int) -> bool:  # one retry, logged
@@ -1769,7 +1769,7 @@ class TestHeaders:
         assert len(server.connections) <= 4 + 2 + 1  # workers, index, manifest; the 503 closed one
         assert "s3cr3t" not in caplog.text and "retrying" in caplog.text
 
-    def test_cli_header_option(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_cli_header_option(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         result = run_cli("--registry", server.url, "--data-dir", str(data_dir), "-v",
                          "--header", f"Authorization: {SECRET}", "--header", "X-Team:ml", "pull", "org/tiny", "v1")
         cli_no_traceback(result)
@@ -1783,7 +1783,7 @@ class TestHeaders:
         assert {h.get("x-team") for h in server.headers[seen:]} == {"after"}
 
     @pytest.mark.parametrize("option", ["Authorization", ": value", "Bad Name: x", "X-A: a\x01b", "Host: evil"])
-    def test_cli_rejects_bad_headers_without_echoing_the_value(self, server: RegistryServer, data_dir: Path,
+    def test_cli_rejects_bad_headers_without_echoing_the_value(self, server: LoopbackServer, data_dir: Path,
                                                                option: str, capsys: pytest.CaptureFixture[str]
                                                                ) -> None:
         code = xm.main(["--registry", server.url, "--data-dir", str(data_dir), "--header", option, "list"])
@@ -1798,7 +1798,7 @@ class TestHeaders:
             xm.Manager(xm.Config("t", "http://127.0.0.1:1", tmp_path), headers=headers)
         assert "Injected" not in str(caught.value) and "caf" not in str(caught.value)
 
-    def test_accept_encoding_is_refused_naming_it(self, server: RegistryServer, data_dir: Path,
+    def test_accept_encoding_is_refused_naming_it(self, server: LoopbackServer, data_dir: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
         # The hashes cover the bytes as stored: a compressed answer could only fail them.
         with pytest.raises(ValueError, match="header accept-encoding cannot be given"):
@@ -1810,9 +1810,9 @@ class TestHeaders:
 
     @pytest.mark.parametrize("target", ["another host", "another port", "the same origin"])
     def test_credentials_stay_with_their_origin_across_redirects(
-        self, server: RegistryServer, registry_dir: Path, tmp_path: Path, model: dict[str, bytes], target: str
+        self, server: LoopbackServer, registry_dir: Path, tmp_path: Path, model: dict[str, bytes], target: str
     ) -> None:
-        mirror = RegistryServer(registry_dir)
+        mirror = LoopbackServer(registry_dir)
         try:
             port = mirror.url.rsplit(":", 1)[1]
             origin = {"another host": f"http://localhost:{port}", "another port": f"http://127.0.0.1:{port}",
@@ -1853,7 +1853,7 @@ def chunk_paths(registry_dir: Path, version: str = "v1", model: str = "tiny") ->
     return [f"data/{digest}" for digest in manifest_of(registry_dir, "org", model, version)["chunks"]]
 
 
-def interrupted_pull(server: RegistryServer, registry_dir: Path, data_dir: Path,
+def interrupted_pull(server: LoopbackServer, registry_dir: Path, data_dir: Path,
                      make_manager: Callable[..., xm.Manager]) -> Path:
     """Pull org/tiny v1 until its sixth chunk fails; the staging directory it leaves to resume from."""
     server.fail(chunk_paths(registry_dir)[5], Fault(status=500))
@@ -1889,7 +1889,7 @@ class TestPull:
         assert json.loads((data_dir / "registry.json").read_text())["org"]["tiny"]["latest"]["alias_of"] == "v1"
         assert manager.get_installed("org/tiny latest").alias_of == "v1"
 
-    def test_already_installed(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer) -> None:
+    def test_already_installed(self, manager: xm.Manager, model: dict[str, bytes], server: LoopbackServer) -> None:
         installed = manager.pull("org/tiny v1")
         fetched = server.chunk_requests()
         with pytest.raises(xm.AlreadyInstalledError) as caught:
@@ -1898,7 +1898,7 @@ class TestPull:
         assert server.chunk_requests() == fetched
 
     def test_force_reinstalls_from_verified_bytes(self, manager: xm.Manager, model: dict[str, bytes],
-                                                  server: RegistryServer, registry_dir: Path) -> None:
+                                                  server: LoopbackServer, registry_dir: Path) -> None:
         installed = Path(manager.pull("org/tiny v1").path)
         (installed / "config.json").write_bytes(b'{"layers": 9}\n')  # damaged on disk
         manager.pull("org/tiny v1", force=True)
@@ -1939,7 +1939,7 @@ class TestPull:
         assert manager.list_installed() == []
 
     def test_duplicate_chunk_is_fetched_once(self, manager: xm.Manager, registry_dir: Path,
-                                             server: RegistryServer) -> None:
+                                             server: LoopbackServer) -> None:
         same = blob(2048, "same")
         publish.publish(str(registry_dir), "org", "twins", "v1", {"a": same, "b": same}, chunk_size=1024)
         chunks = manifest_of(registry_dir, "org", "twins", "v1")["chunks"]
@@ -1950,7 +1950,7 @@ class TestPull:
 
     @pytest.mark.usefixtures("write_buffer")
     def test_corrupt_chunk_is_hash_mismatch_and_old_version_survives(
-        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
+        self, manager: xm.Manager, model: dict[str, bytes], server: LoopbackServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
         manager.pull("org/tiny v1")
@@ -1969,7 +1969,7 @@ class TestPull:
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == [".v1.staging", "v1"]  # the new one, to resume
 
     @pytest.mark.usefixtures("write_buffer")
-    def test_corrupt_once_is_retried(self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer,
+    def test_corrupt_once_is_retried(self, manager: xm.Manager, model: dict[str, bytes], server: LoopbackServer,
                                      registry_dir: Path) -> None:
         bad = chunk_paths(registry_dir)[0]
         server.fail(bad, Fault(corrupt=True))
@@ -1978,7 +1978,7 @@ class TestPull:
 
     @pytest.mark.usefixtures("write_buffer")
     def test_chunk_body_too_long_is_hash_mismatch(self, make_manager: Callable[..., xm.Manager],
-                                                  model: dict[str, bytes], server: RegistryServer,
+                                                  model: dict[str, bytes], server: LoopbackServer,
                                                   registry_dir: Path) -> None:
         bad = chunk_paths(registry_dir)[1]
         server.always[bad] = Fault(extra=b"x" * 100_000)
@@ -1987,7 +1987,7 @@ class TestPull:
 
     @pytest.mark.usefixtures("write_buffer")
     def test_chunk_body_too_long_without_content_length(self, make_manager: Callable[..., xm.Manager],
-                                                        model: dict[str, bytes], server: RegistryServer,
+                                                        model: dict[str, bytes], server: LoopbackServer,
                                                         registry_dir: Path) -> None:
         # The server lies: Content-Length says 1024 but more follows. Only the
         # announced bytes are read, and they are the right ones.
@@ -1997,14 +1997,14 @@ class TestPull:
 
     @pytest.mark.usefixtures("write_buffer")
     def test_cut_transfer_resumes_with_range(self, manager: xm.Manager, model: dict[str, bytes],
-                                             server: RegistryServer, registry_dir: Path) -> None:
+                                             server: LoopbackServer, registry_dir: Path) -> None:
         cut = chunk_paths(registry_dir)[0]
         server.fail(cut, Fault(cut_after=300))
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
         assert server.range_requests == [(cut, 300)]
 
     def test_a_resumed_chunk_keeps_the_bytes_still_in_its_write_buffer(
-            self, manager: xm.Manager, registry_dir: Path, server: RegistryServer) -> None:
+            self, manager: xm.Manager, registry_dir: Path, server: LoopbackServer) -> None:
         # A 400 KiB chunk is cut after 300 KiB: bytes received after the first read wait in the
         # 256 KiB write buffer when the cut comes. The answer to the Range request arrives in one
         # write, so its first read brings body bytes with the head; they must go after the waiting
@@ -2022,7 +2022,7 @@ class TestPull:
 
     @pytest.mark.usefixtures("write_buffer")
     def test_cut_transfer_restarts_when_range_is_ignored(self, manager: xm.Manager, model: dict[str, bytes],
-                                                         server: RegistryServer, registry_dir: Path) -> None:
+                                                         server: LoopbackServer, registry_dir: Path) -> None:
         server.range_enabled = False
         cut = chunk_paths(registry_dir)[0]
         server.fail(cut, Fault(cut_after=300))
@@ -2030,7 +2030,7 @@ class TestPull:
         assert server.requests[cut] == 2
 
     def test_missing_chunk_is_registry_error_not_retried(self, manager: xm.Manager, model: dict[str, bytes],
-                                                         server: RegistryServer, registry_dir: Path) -> None:
+                                                         server: LoopbackServer, registry_dir: Path) -> None:
         gone = chunk_paths(registry_dir)[4]
         (registry_dir / gone).unlink()
         with pytest.raises(xm.RegistryError, match=r"chunk 5/7.*missing from the registry"):
@@ -2038,7 +2038,7 @@ class TestPull:
         assert server.requests[gone] == 1
 
     def test_interrupted_pull_resumes_from_the_staging_files(self, make_manager: Callable[..., xm.Manager],
-                                                         model: dict[str, bytes], server: RegistryServer,
+                                                         model: dict[str, bytes], server: LoopbackServer,
                                                          registry_dir: Path, data_dir: Path) -> None:
         chunks = chunk_paths(registry_dir)
         server.fail(chunks[5], Fault(status=500))
@@ -2056,7 +2056,7 @@ class TestPull:
             assert server.requests[path] == first.get(path, 0) + 1
 
     def test_resume_does_not_rewrite_what_is_already_in_place(
-        self, make_manager: Callable[..., xm.Manager], registry_dir: Path, server: RegistryServer,
+        self, make_manager: Callable[..., xm.Manager], registry_dir: Path, server: LoopbackServer,
         data_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         files = {"a.bin": blob(4096, "a"), "b.bin": blob(4096, "b")}
@@ -2073,7 +2073,7 @@ class TestPull:
         assert (installed / "a.bin").stat().st_mtime_ns == 1_000_000_000  # verified, not written again
 
     def test_resume_repairs_whatever_the_staging_directory_became(
-        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: LoopbackServer,
         registry_dir: Path, data_dir: Path, tmp_path: Path
     ) -> None:
         staging = interrupted_pull(server, registry_dir, data_dir, make_manager)
@@ -2090,7 +2090,7 @@ class TestPull:
 
     @pytest.mark.parametrize("chunk_kib", [300, 1024])
     def test_big_and_repeated_chunks_stream_into_their_places(
-        self, manager: xm.Manager, registry_dir: Path, server: RegistryServer, data_dir: Path, chunk_kib: int
+        self, manager: xm.Manager, registry_dir: Path, server: LoopbackServer, data_dir: Path, chunk_kib: int
     ) -> None:
         # Chunks bigger than the 256 KiB write buffer, one of them listed three times and
         # served corrupt once; files start and end inside chunks.
@@ -2119,14 +2119,14 @@ class TestPull:
         assert all(server.requests[f"data/{digest}"] == 1 for digest in set(chunks) - {repeated[0]})
 
     def test_concurrency_is_reached_and_not_exceeded(self, manager: xm.Manager, registry_dir: Path,
-                                                     server: RegistryServer) -> None:
+                                                     server: LoopbackServer) -> None:
         publish.publish(str(registry_dir), "org", "wide", "v1", {"f": blob(40 * 512, "wide")}, chunk_size=512)
         server.gate, server.gated = 5, set(chunk_paths(registry_dir, "v1", "wide"))
         manager.pull("org/wide v1", concurrency=5)
         assert server.max_active == 5
 
     def test_concurrency_is_capped_at_16(self, manager: xm.Manager, registry_dir: Path,
-                                         server: RegistryServer) -> None:
+                                         server: LoopbackServer) -> None:
         publish.publish(str(registry_dir), "org", "wide", "v1", {"f": blob(60 * 512, "wide")}, chunk_size=512)
         server.gate, server.gated = 16, set(chunk_paths(registry_dir, "v1", "wide"))
         manager.pull("org/wide v1", concurrency=40)
@@ -2171,7 +2171,7 @@ class TestProgress:
         assert all(event.current_file for event in chunks if event.chunks_completed)
 
     def test_progress_keeps_coming_while_the_server_stalls(self, make_manager: Callable[..., xm.Manager],
-                                                           model: dict[str, bytes], server: RegistryServer,
+                                                           model: dict[str, bytes], server: LoopbackServer,
                                                            registry_dir: Path) -> None:
         server.always[chunk_paths(registry_dir)[0]] = Fault(stall=True)
         beats = threading.Event()
@@ -2189,7 +2189,7 @@ class TestProgress:
         assert beats.is_set()
 
     def test_cached_chunks_count_as_completed_not_downloaded(
-        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: LoopbackServer,
         registry_dir: Path
     ) -> None:
         server.fail(chunk_paths(registry_dir)[4], Fault(status=500))
@@ -2232,7 +2232,7 @@ class TestProgress:
 
     @pytest.mark.skipif(not WINDOWS and not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
     def test_open_descriptors_stay_bounded_when_chunks_repeat(self, manager: xm.Manager, registry_dir: Path,
-                                                              server: RegistryServer) -> None:
+                                                              server: LoopbackServer) -> None:
         same = blob(300 * 16, "repeat")
         publish.publish(str(registry_dir), "org", "echo", "v1", {"a": same, "b": same}, chunk_size=16)
         most = 0
@@ -2268,7 +2268,7 @@ def changed_chunks(registry_dir: Path, old: str, new: str) -> set[str]:
 
 class TestSeeding:
     def test_new_version_downloads_only_changed_chunks(self, manager: xm.Manager, model: dict[str, bytes],
-                                                       server: RegistryServer, registry_dir: Path) -> None:
+                                                       server: LoopbackServer, registry_dir: Path) -> None:
         manager.pull("org/tiny v1")
         before = server.requests.copy()
         events: list[xm.PullProgress] = []
@@ -2281,7 +2281,7 @@ class TestSeeding:
         assert events[-1].bytes_downloaded == 1024 and events[-1].bytes_completed == installed.total_size
 
     def test_modified_installed_file_is_not_trusted(self, manager: xm.Manager, model: dict[str, bytes],
-                                                    server: RegistryServer, registry_dir: Path) -> None:
+                                                    server: LoopbackServer, registry_dir: Path) -> None:
         v1 = Path(manager.pull("org/tiny v1").path)
         weights = bytearray((v1 / "model.safetensors").read_bytes())
         weights[100] ^= 0xFF  # inside the first chunk
@@ -2374,7 +2374,7 @@ def read_at(path: Path, offset: int, count: int) -> bytes:
 
 
 class TestScale:
-    def test_file_larger_than_4_gib(self, manager: xm.Manager, registry_dir: Path, server: RegistryServer,
+    def test_file_larger_than_4_gib(self, manager: xm.Manager, registry_dir: Path, server: LoopbackServer,
                                     data_dir: Path, tmp_path: Path) -> None:
         mib = 1 << 20
         if not sparse_files_work(tmp_path):
@@ -2407,7 +2407,7 @@ class TestScale:
         assert manager.list_installed()[0].total_size == total
 
     def test_resumed_staging_gets_its_zero_chunks_written(
-        self, make_manager: Callable[..., xm.Manager], registry_dir: Path, server: RegistryServer, data_dir: Path
+        self, make_manager: Callable[..., xm.Manager], registry_dir: Path, server: LoopbackServer, data_dir: Path
     ) -> None:
         first, zero, tail = blob(1024, "first"), bytes(1024), blob(300, "tail")
         stream = first + zero * 3 + tail
@@ -2423,7 +2423,7 @@ class TestScale:
         installed = make_manager().pull("org/padded v1")
         assert (Path(installed.path) / "weights.bin").read_bytes() == stream
 
-    def test_a_big_chunk_spanning_thousands_of_files(self, registry_dir: Path, server: RegistryServer,
+    def test_a_big_chunk_spanning_thousands_of_files(self, registry_dir: Path, server: LoopbackServer,
                                                      data_dir: Path) -> None:
         # A 1 MiB chunk streams into its 1,500 files: with 256 descriptors allowed (macOS's
         # default), no more than a few may be open at once. (Windows has no such limit to set.)
@@ -2459,7 +2459,7 @@ class TestScale:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def test_model_of_100_000_files(self, registry_dir: Path, server: RegistryServer, roomy_dir: Path) -> None:
+    def test_model_of_100_000_files(self, registry_dir: Path, server: LoopbackServer, roomy_dir: Path) -> None:
         manager = xm.Manager(xm.Config("test-app", server.url, str(roomy_dir / "data")), retry_backoff=0.01)
         # Under wine each file costs a wineserver round trip and its flush a real fsync: 100,000
         # take over ten minutes there, so the Windows leg pulls a tenth (still one flush per file).
@@ -2591,7 +2591,7 @@ class TestStorage:
     @pytest.mark.parametrize("crash_in", ["pull", "remove"])
     def test_crash_before_registry_commit_keeps_the_committed_copy(
         self, manager: xm.Manager, model: dict[str, bytes], registry_dir: Path, data_dir: Path,
-        server: RegistryServer, crash_in: str
+        server: LoopbackServer, crash_in: str
     ) -> None:
         manager.pull("org/tiny v1")
         publish.publish(str(registry_dir), "org", "tiny", "v1", {"model.safetensors": b"new bytes"})
@@ -2608,7 +2608,7 @@ class TestStorage:
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == expected
 
     def test_crash_after_remove_commit_leaves_it_removed(
-        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, server: RegistryServer
+        self, manager: xm.Manager, model: dict[str, bytes], data_dir: Path, server: LoopbackServer
     ) -> None:
         manager.pull("org/tiny v1")
         die_in_child(server, data_dir, "after", "manager.remove('org/tiny v1')")
@@ -2617,7 +2617,7 @@ class TestStorage:
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
 
     def test_an_unlisted_complete_version_is_adopted_by_the_next_pull(
-        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
+        self, manager: xm.Manager, model: dict[str, bytes], server: LoopbackServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
         die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
@@ -2629,7 +2629,7 @@ class TestStorage:
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
 
     def test_an_unlisted_version_is_removed_by_prune_or_a_pull_of_other_bytes(
-        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path,
+        self, manager: xm.Manager, model: dict[str, bytes], server: LoopbackServer, registry_dir: Path,
         data_dir: Path
     ) -> None:
         die_in_child(server, data_dir, "before", 'manager.pull("org/tiny v1")')
@@ -2641,7 +2641,7 @@ class TestStorage:
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
 
     def test_the_next_command_cleans_an_old_copy_and_dead_writers_files(
-        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, data_dir: Path
+        self, manager: xm.Manager, model: dict[str, bytes], server: LoopbackServer, data_dir: Path
     ) -> None:
         manager.pull("org/tiny v1")
         manager.pull("org/tiny v2")
@@ -2684,7 +2684,7 @@ except xm.AlreadyInstalledError:
 
 class TestConcurrency:
     def test_a_failed_pull_writes_nothing_once_it_has_returned(
-        self, make_manager: Callable[..., xm.Manager], registry_dir: Path, server: RegistryServer
+        self, make_manager: Callable[..., xm.Manager], registry_dir: Path, server: LoopbackServer
     ) -> None:
         # Chunks over 256 KiB stream into the staging files. A worker of a failed pull, still
         # waiting on the network, must not write into the next pull's staging directory.
@@ -2742,7 +2742,7 @@ class TestConcurrency:
         assert manager.verify("org/big v1").ok
 
     def test_threads_racing_on_one_model(self, manager: xm.Manager, model: dict[str, bytes],
-                                         server: RegistryServer, registry_dir: Path) -> None:
+                                         server: LoopbackServer, registry_dir: Path) -> None:
         outcomes: list[str] = []
         barrier = threading.Barrier(6)
 
@@ -2775,7 +2775,7 @@ class TestConcurrency:
             thread.join(30)
         assert len(manager.list_installed()) == 7
 
-    def test_processes_racing_on_one_model(self, model: dict[str, bytes], server: RegistryServer,
+    def test_processes_racing_on_one_model(self, model: dict[str, bytes], server: LoopbackServer,
                                            registry_dir: Path, data_dir: Path) -> None:
         command = [*PYTHON, "-c", PULL_SCRIPT, server.url, str(data_dir), "org/tiny v1"]
         processes = [subprocess.Popen(command, cwd=HERE, stdout=subprocess.PIPE, text=True) for _ in range(3)]
@@ -2819,7 +2819,7 @@ class TestConcurrency:
         assert [item.ref.version for item in manager.list_installed()] == ["v1"]
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
 
-    def test_ctrl_c_stops_the_pull_and_keeps_verified_chunks(self, model: dict[str, bytes], server: RegistryServer,
+    def test_ctrl_c_stops_the_pull_and_keeps_verified_chunks(self, model: dict[str, bytes], server: LoopbackServer,
                                                              registry_dir: Path, data_dir: Path) -> None:
         chunks = chunk_paths(registry_dir)
         arrived = server.hold(chunks[3]).arrived
@@ -2852,14 +2852,14 @@ print("installed")
 class TestReliability:
     @pytest.mark.usefixtures("write_buffer")
     def test_connection_reset_mid_chunk_is_retried(self, manager: xm.Manager, model: dict[str, bytes],
-                                                   server: RegistryServer, registry_dir: Path) -> None:
+                                                   server: LoopbackServer, registry_dir: Path) -> None:
         chunk = chunk_paths(registry_dir)[1]
         server.fail(chunk, Fault(reset_after=100), Fault(reset_after=0))
         assert tree(Path(manager.pull("org/tiny v1").path)) == dict(sorted(model.items()))
         assert server.requests[chunk] == 3
 
     def test_connection_reset_every_time_is_network_error(self, make_manager: Callable[..., xm.Manager],
-                                                          model: dict[str, bytes], server: RegistryServer,
+                                                          model: dict[str, bytes], server: LoopbackServer,
                                                           registry_dir: Path) -> None:
         chunk = chunk_paths(registry_dir)[1]
         server.always[chunk] = Fault(reset_after=10)
@@ -2869,7 +2869,7 @@ class TestReliability:
 
     @pytest.mark.usefixtures("write_buffer")
     def test_stalled_chunk_is_retried(self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes],
-                                      server: RegistryServer, registry_dir: Path) -> None:
+                                      server: LoopbackServer, registry_dir: Path) -> None:
         chunk = chunk_paths(registry_dir)[2]
         server.fail(chunk, Fault(stall=True))
         installed = make_manager(timeout=0.3).pull("org/tiny v1")
@@ -2915,7 +2915,7 @@ class TestReliability:
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1", "v2"]
 
     def test_a_linked_directory_in_a_resumed_staging_directory_is_replaced(
-        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: LoopbackServer,
         registry_dir: Path, data_dir: Path, outside: Path
     ) -> None:
         staging = interrupted_pull(server, registry_dir, data_dir, make_manager)
@@ -2956,7 +2956,7 @@ class TestReliability:
     # Hostile local files: a hard link, pipe or device is never written through or waited on.
 
     def test_hard_link_in_a_resumed_staging_directory_is_replaced(
-        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: LoopbackServer,
         registry_dir: Path, data_dir: Path, outside: Path
     ) -> None:
         planted = interrupted_pull(server, registry_dir, data_dir, make_manager) / "model.safetensors"
@@ -2967,7 +2967,7 @@ class TestReliability:
         self.assert_outside_untouched(outside)
 
     def test_planted_pipes_and_directories_are_neither_read_nor_waited_on(
-        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: LoopbackServer,
         registry_dir: Path, data_dir: Path
     ) -> None:
         # A named pipe where the OS has them in its file system; on Windows, which has not,
@@ -3030,7 +3030,7 @@ class TestReliability:
 
     # Races between processes.
 
-    def hold_lock(self, server: RegistryServer, registry_dir: Path, data_dir: Path,
+    def hold_lock(self, server: LoopbackServer, registry_dir: Path, data_dir: Path,
                   ref: str = "org/tiny v1") -> tuple[subprocess.Popen[str], threading.Event]:
         """A child process stuck mid-pull of ``ref`` (so holding its model lock) on a stalled chunk."""
         arrived = server.hold(chunk_paths(registry_dir, ref.split()[1])[2]).arrived
@@ -3040,14 +3040,14 @@ class TestReliability:
         return child, arrived
 
     def test_lock_of_a_killed_process_is_released(self, manager: xm.Manager, model: dict[str, bytes],
-                                                  server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
+                                                  server: LoopbackServer, registry_dir: Path, data_dir: Path) -> None:
         child, _ = self.hold_lock(server, registry_dir, data_dir)
         child.kill()
         child.communicate(timeout=child_timeout(10))
         installed = manager.pull("org/tiny v1")  # no stale lock: this does not wait
         assert tree(Path(installed.path)) == dict(sorted(model.items()))
 
-    def test_cli_says_it_is_waiting_for_another_download(self, model: dict[str, bytes], server: RegistryServer,
+    def test_cli_says_it_is_waiting_for_another_download(self, model: dict[str, bytes], server: LoopbackServer,
                                                          registry_dir: Path, data_dir: Path) -> None:
         child, _ = self.hold_lock(server, registry_dir, data_dir)
         waiting = subprocess.Popen(
@@ -3064,7 +3064,7 @@ class TestReliability:
         assert waiting.returncode == 0 and "Model installed: org/tiny v1" in out
 
     def test_ctrl_c_while_waiting_for_another_download_promises_nothing_kept(
-        self, model: dict[str, bytes], server: RegistryServer, registry_dir: Path, data_dir: Path
+        self, model: dict[str, bytes], server: LoopbackServer, registry_dir: Path, data_dir: Path
     ) -> None:
         child, _ = self.hold_lock(server, registry_dir, data_dir)
         waiting = popen_interruptible(
@@ -3085,7 +3085,7 @@ class TestReliability:
         assert (waiting.returncode, out, err) == (130, "", "interrupted\n")
 
     def test_remove_during_a_pull_waits_for_it(self, manager: xm.Manager, model: dict[str, bytes],
-                                               server: RegistryServer, registry_dir: Path, data_dir: Path,
+                                               server: LoopbackServer, registry_dir: Path, data_dir: Path,
                                                logged: Callable[[str], threading.Event]) -> None:
         manager.pull("org/tiny v2")
         (chunk,) = set(chunk_paths(registry_dir, "v1")) - set(chunk_paths(registry_dir, "v2"))  # not seeded
@@ -3106,7 +3106,7 @@ class TestReliability:
         assert [str(item.ref) for item in manager.list_installed()] == ["org/tiny v1"]
         assert sorted(os.listdir(data_dir / "org" / "tiny")) == ["v1"]
 
-    def test_processes_pulling_different_models_all_recorded(self, model: dict[str, bytes], server: RegistryServer,
+    def test_processes_pulling_different_models_all_recorded(self, model: dict[str, bytes], server: LoopbackServer,
                                                              registry_dir: Path, data_dir: Path) -> None:
         shared = blob(4096, "shared")
         for index in range(5):
@@ -3222,7 +3222,7 @@ class CrashScenario:
     (``parent_requests``): a killed child's last requests may still reach the server later.
     """
 
-    def __init__(self, name: str, registry_dir: Path, data_dir: Path, server: RegistryServer,
+    def __init__(self, name: str, registry_dir: Path, data_dir: Path, server: LoopbackServer,
                  make_manager: Callable[..., xm.Manager]) -> None:
         self.name, self.registry_dir, self.data_dir = name, registry_dir, data_dir
         opener = urllib.request.build_opener()
@@ -3262,7 +3262,7 @@ class CrashScenario:
         return json.dumps({"ref": self.ref, "force": self.force, **kill_points})
 
 
-def crash_run_child(server: RegistryServer, data_dir: Path, plan: str) -> subprocess.CompletedProcess[str]:
+def crash_run_child(server: LoopbackServer, data_dir: Path, plan: str) -> subprocess.CompletedProcess[str]:
     command = [*PYTHON, "-c", CRASH_CHILD, server.url, str(data_dir), plan]
     if not WINDOWS:
         return subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=30)
@@ -3438,7 +3438,7 @@ class TestCrash:
 
     @pytest.mark.parametrize("seed", range(8))
     def test_kill_while_downloading_or_extracting(
-        self, seed: int, registry_dir: Path, data_dir: Path, server: RegistryServer,
+        self, seed: int, registry_dir: Path, data_dir: Path, server: LoopbackServer,
         make_manager: Callable[..., xm.Manager]
     ) -> None:
         rng = random.Random(seed)
@@ -3458,7 +3458,7 @@ class TestCrash:
 
     @pytest.mark.parametrize("seed", range(3))
     def test_kill_from_outside_while_a_chunk_is_in_flight(
-        self, seed: int, registry_dir: Path, data_dir: Path, server: RegistryServer,
+        self, seed: int, registry_dir: Path, data_dir: Path, server: LoopbackServer,
         make_manager: Callable[..., xm.Manager]
     ) -> None:
         sc = CrashScenario(("new", "update")[seed % 2], registry_dir, data_dir, server, make_manager)
@@ -3482,7 +3482,7 @@ class TestCrash:
         ],
     )
     def test_kill_at_each_install_step(
-        self, scenario: str, step: str, registry_dir: Path, data_dir: Path, server: RegistryServer,
+        self, scenario: str, step: str, registry_dir: Path, data_dir: Path, server: LoopbackServer,
         make_manager: Callable[..., xm.Manager]
     ) -> None:
         sc = CrashScenario(scenario, registry_dir, data_dir, server, make_manager)
@@ -3493,7 +3493,7 @@ class TestCrash:
 
     @pytest.mark.parametrize("seed", range(3))
     def test_repeated_kills_at_random_file_operations(
-        self, seed: int, registry_dir: Path, data_dir: Path, server: RegistryServer, tmp_path: Path,
+        self, seed: int, registry_dir: Path, data_dir: Path, server: LoopbackServer, tmp_path: Path,
         make_manager: Callable[..., xm.Manager]
     ) -> None:
         """Up to three kills in a row, each at a random file operation (recovery included), then a full pull."""
@@ -3524,7 +3524,7 @@ class TestCrash:
 
     @pytest.mark.parametrize("target", ["registry", "manifest-cache"])
     def test_temporary_files_of_a_crash_are_cleaned_by_the_next_pull(
-        self, target: str, registry_dir: Path, data_dir: Path, server: RegistryServer,
+        self, target: str, registry_dir: Path, data_dir: Path, server: LoopbackServer,
         make_manager: Callable[..., xm.Manager]
     ) -> None:
         sc = CrashScenario("new", registry_dir, data_dir, server, make_manager)
@@ -3535,7 +3535,7 @@ class TestCrash:
         crash_resume(sc, strict_leftovers=True)
 
     @staticmethod
-    def kill_in_flight(sc: CrashScenario, server: RegistryServer, n: int) -> None:
+    def kill_in_flight(sc: CrashScenario, server: LoopbackServer, n: int) -> None:
         """SIGKILL the pulling child from outside while the server holds its n-th chunk request."""
         wanted = {f"data/{digest}" for digest in sc.chunks}
         lock, seen = threading.Lock(), [0]
@@ -3575,7 +3575,7 @@ class TestCrash:
 
 class TestPreflight:
     def test_not_enough_space_fails_before_any_chunk(self, manager: xm.Manager, model: dict[str, bytes],
-                                                     server: RegistryServer, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
         import shutil
 
         usage = shutil.disk_usage(".")
@@ -3589,7 +3589,7 @@ class TestPreflight:
         assert manager.list_installed() == []
 
     def test_a_resumed_pull_needs_room_only_for_what_is_missing(
-        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: RegistryServer,
+        self, make_manager: Callable[..., xm.Manager], model: dict[str, bytes], server: LoopbackServer,
         registry_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         import shutil
@@ -3618,7 +3618,7 @@ def publish_big(registry_dir: Path, version: str, files: dict[str, bytes]) -> No
     publish.publish(str(registry_dir), "org", "big", version, files, chunk_size=BIG_CHUNK)
 
 
-def fetched_chunks(server: RegistryServer, before: collections.Counter[str], registry_dir: Path,
+def fetched_chunks(server: LoopbackServer, before: collections.Counter[str], registry_dir: Path,
                    version: str) -> int:
     """The chunks of ``version`` requested since ``before``."""
     wanted = set(chunk_paths(registry_dir, version, "big"))
@@ -3640,7 +3640,7 @@ class TestUpdates:
     """Updates cost what changed: chunks found in installed files by path, identical files
     sharing storage, and a preflight that asks only for what will be written."""
 
-    def update(self, manager: xm.Manager, server: RegistryServer, registry_dir: Path,
+    def update(self, manager: xm.Manager, server: LoopbackServer, registry_dir: Path,
                v2: dict[str, bytes]) -> tuple[int, Path, Path]:
         publish_big(registry_dir, "v1", big_files())
         publish_big(registry_dir, "v2", v2)
@@ -3650,7 +3650,7 @@ class TestUpdates:
         assert tree(new) == dict(sorted(v2.items()))
         return fetched_chunks(server, before, registry_dir, "v2"), old, new
 
-    def test_a_small_file_before_the_weights_grows(self, manager: xm.Manager, server: RegistryServer,
+    def test_a_small_file_before_the_weights_grows(self, manager: xm.Manager, server: LoopbackServer,
                                                    registry_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         files = big_files()
         v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # 15 bytes longer: all shifted
@@ -3669,7 +3669,7 @@ class TestUpdates:
         assert written[0] < sum(len(data) for data in files.values()) + 2 * BIG_CHUNK  # v1, then little
 
     def test_a_shifted_file_that_differs_where_it_was_not_hashed_gets_its_own_copy(
-        self, manager: xm.Manager, server: RegistryServer, registry_dir: Path
+        self, manager: xm.Manager, server: LoopbackServer, registry_dir: Path
     ) -> None:
         files = big_files()
         weights = bytearray(files["weights.bin"])
@@ -3681,7 +3681,7 @@ class TestUpdates:
         assert (old / "weights.bin").read_bytes() == files["weights.bin"]  # never written through
         assert manager.verify("org/big v1").ok and manager.verify("org/big v2").ok
 
-    def test_shifted_files_are_compared_where_they_meet(self, manager: xm.Manager, server: RegistryServer,
+    def test_shifted_files_are_compared_where_they_meet(self, manager: xm.Manager, server: LoopbackServer,
                                                         registry_dir: Path) -> None:
         big = big_files()
         files = {"config.json": big["config.json"], "weights.bin": big["weights.bin"],
@@ -3717,7 +3717,7 @@ class TestUpdates:
         assert tree(new) == dict(sorted(v2.items()))
         assert (old / "weights.bin").read_bytes() == big["weights.bin"]
 
-    def test_the_weights_header_grows(self, manager: xm.Manager, server: RegistryServer,
+    def test_the_weights_header_grows(self, manager: xm.Manager, server: LoopbackServer,
                                       registry_dir: Path) -> None:
         files = big_files()
         weights = files["weights.bin"]
@@ -3725,7 +3725,7 @@ class TestUpdates:
         fetched, _, _ = self.update(manager, server, registry_dir, v2)
         assert fetched <= 3
 
-    def test_a_mebibyte_of_the_weights_changes(self, manager: xm.Manager, server: RegistryServer,
+    def test_a_mebibyte_of_the_weights_changes(self, manager: xm.Manager, server: LoopbackServer,
                                                registry_dir: Path) -> None:
         files = big_files()
         weights = bytearray(files["weights.bin"])
@@ -3739,7 +3739,7 @@ class TestUpdates:
         assert manager.verify("org/big v1").ok and manager.verify("org/big v2").ok
 
     def test_the_preflight_asks_only_for_what_will_be_written(
-        self, manager: xm.Manager, make_manager: Callable[..., xm.Manager], server: RegistryServer,
+        self, manager: xm.Manager, make_manager: Callable[..., xm.Manager], server: LoopbackServer,
         registry_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         files = big_files()
@@ -3755,7 +3755,7 @@ class TestUpdates:
             xm.Manager(manager.config, data_dir=tmp_path / "empty").pull("org/big v2")  # the whole model
         assert manager.pull("org/big v2").total_size == len(weights) + 70_024  # 1 MiB to write: it fits
 
-    def test_an_alias_and_its_target_cost_the_disk_once(self, manager: xm.Manager, server: RegistryServer,
+    def test_an_alias_and_its_target_cost_the_disk_once(self, manager: xm.Manager, server: LoopbackServer,
                                                         registry_dir: Path) -> None:
         publish_big(registry_dir, "v1", big_files())
         publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
@@ -3802,7 +3802,7 @@ class TestUpdates:
         assert manager.verify("org/big latest").ok
 
     def test_repair_finds_chunks_by_path_too(self, make_manager: Callable[..., xm.Manager],
-                                             server: RegistryServer, registry_dir: Path) -> None:
+                                             server: LoopbackServer, registry_dir: Path) -> None:
         files = big_files()
         v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # every chunk shifted
         manager = make_manager(copy_files=True)  # v2's weights its own, so damage stays in v2
@@ -3844,7 +3844,7 @@ class TestUpdates:
         assert os.path.samefile(target / "model.safetensors", alias / "model.safetensors")  # the others are shared
 
     @pytest.mark.parametrize("shifted", [False, True], ids=["aligned", "shifted"])
-    def test_no_link_is_made_to_an_installed_file_that_grew(self, manager: xm.Manager, server: RegistryServer,
+    def test_no_link_is_made_to_an_installed_file_that_grew(self, manager: xm.Manager, server: LoopbackServer,
                                                             registry_dir: Path, shifted: bool) -> None:
         files = big_files()
         publish_big(registry_dir, "v1", files)
@@ -3861,7 +3861,7 @@ class TestUpdates:
         assert manager.verify("org/big v2").ok
 
     def test_prune_counts_only_what_it_frees(self, make_manager: Callable[..., xm.Manager], data_dir: Path,
-                                             server: RegistryServer, registry_dir: Path) -> None:
+                                             server: LoopbackServer, registry_dir: Path) -> None:
         files = big_files()
         weights = bytearray(files["weights.bin"])
         weights[3 * BIG_CHUNK] ^= 0xFF
@@ -3881,7 +3881,7 @@ class TestUpdates:
 
     @pytest.mark.parametrize("how", ["copy_files", "links fail"])
     def test_copies_where_files_cannot_be_linked(self, make_manager: Callable[..., xm.Manager], how: str,
-                                                 server: RegistryServer, registry_dir: Path,
+                                                 server: LoopbackServer, registry_dir: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
         publish_big(registry_dir, "v1", big_files())
         publish.add_alias(str(registry_dir), "org", "big", "latest", "v1")
@@ -3920,7 +3920,7 @@ class TestVerify:
         assert manager.verify("org/tiny v1").ok
 
     def test_damage_is_reported_and_repaired_from_the_damaged_chunks_only(
-        self, manager: xm.Manager, model: dict[str, bytes], server: RegistryServer, registry_dir: Path
+        self, manager: xm.Manager, model: dict[str, bytes], server: LoopbackServer, registry_dir: Path
     ) -> None:
         root = Path(manager.pull("org/tiny v1").path)
         self.damage(root)
@@ -3948,7 +3948,7 @@ class TestVerify:
         assert tree(root) == dict(sorted(model.items()))
 
     def test_repair_seeds_from_another_installed_version(self, make_manager: Callable[..., xm.Manager],
-                                                         model: dict[str, bytes], server: RegistryServer) -> None:
+                                                         model: dict[str, bytes], server: LoopbackServer) -> None:
         manager = make_manager()
         root = Path(manager.pull("org/tiny v1").path)
         make_manager(copy_files=True).pull("org/tiny v2")  # its own copy: damage written through a link hits both
@@ -3999,7 +3999,7 @@ class TestVerify:
             manager.verify("org/tiny v1", repair=True, concurrency=0)
 
     def test_cli_repair_without_a_registry_configured_or_recorded_fails_before_it_starts(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:
         cli_install(server, data_dir, "v1")
         record = json.loads((data_dir / "registry.json").read_text())
@@ -4012,7 +4012,7 @@ class TestVerify:
             "error: no registry URL is configured: give --registry URL, or set XPRIM_MODELS_REGISTRY_URL\n")
         assert tree(data_dir / "org" / "tiny" / "v1") == before
 
-    def test_cli_verify_exit_codes(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_cli_verify_exit_codes(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
         assert cli_run(server, data_dir, "verify").stdout == "org/tiny v1: ok\n"
         self.damage(data_dir / "org" / "tiny" / "v1")
@@ -4079,7 +4079,7 @@ class TestPrune:
         assert manager.prune_cache() == 0
 
     def test_prune_waits_for_a_running_pull(self, manager: xm.Manager, model: dict[str, bytes],
-                                            server: RegistryServer, registry_dir: Path, data_dir: Path,
+                                            server: LoopbackServer, registry_dir: Path, data_dir: Path,
                                             logged: Callable[[str], threading.Event]) -> None:
         held = server.hold(chunk_paths(registry_dir)[4])
         arrived, release = held.arrived, held.release
@@ -4151,7 +4151,7 @@ class TestPrune:
 
     @pytest.mark.parametrize("group", ["..", "cache"])
     def test_nothing_is_deleted_while_registry_json_cannot_be_read(
-            self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path,
+            self, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path,
             group: str) -> None:
         cli_install(server, data_dir, "latest")
         registry = data_dir / "registry.json"
@@ -4173,7 +4173,7 @@ class TestPrune:
         assert [server.requests[path] for path in chunks] == fetched  # not one chunk downloaded again
         assert tree(installed) == dict(sorted(model.items()))
 
-    def test_cli_prune(self, server: RegistryServer, data_dir: Path) -> None:
+    def test_cli_prune(self, server: LoopbackServer, data_dir: Path) -> None:
         staging = data_dir / "org" / "tiny" / ".v1.staging"
         staging.mkdir(parents=True)
         (staging / "half").write_bytes(b"x" * 8192)
@@ -4215,7 +4215,7 @@ class TestExport:
     """``Manager.export`` and ``export REF... --to DIR`` (README: Moving models)."""
 
     def test_round_trip_into_an_empty_data_dir_with_no_server(
-        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
+        self, manager: xm.Manager, server: LoopbackServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
     ) -> None:
         refs = ["org/tiny v1", "org/tiny latest", "org/tiny v2"]
         for ref in refs:
@@ -4243,11 +4243,11 @@ class TestExport:
         assert listed["latest"]["alias_of"] == "v1" and listed["v1"]["registry_url"] == str(export)
 
     def test_the_export_is_servable_over_http(
-        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], tmp_path: Path
+        self, manager: xm.Manager, server: LoopbackServer, model: dict[str, bytes], tmp_path: Path
     ) -> None:
         manager.pull("org/tiny latest")
         manager.export(["org/tiny"], tmp_path / "export")  # every installed version of org/tiny
-        served = RegistryServer(tmp_path / "export")
+        served = LoopbackServer(tmp_path / "export")
         try:
             fresh = xm.Manager(xm.Config("test-app", served.url, tmp_path / "fresh"), retry_backoff=0.01)
             installed = fresh.pull("org/tiny latest")
@@ -4284,7 +4284,7 @@ class TestExport:
         assert tree(Path(fresh.pull("org/other v1").path)) == {**MODEL_FILES, "extra.txt": b"more"}
 
     @pytest.mark.parametrize("damage", ["flipped", "missing"])
-    def test_a_damaged_install_is_refused(self, manager: xm.Manager, server: RegistryServer,
+    def test_a_damaged_install_is_refused(self, manager: xm.Manager, server: LoopbackServer,
                                           model: dict[str, bytes], data_dir: Path, tmp_path: Path,
                                           damage: str, capsys: pytest.CaptureFixture[str]) -> None:
         manager.pull("org/tiny v1")
@@ -4309,7 +4309,7 @@ class TestExport:
         manager.export(["org/tiny v1"], export)
         assert set(json.loads((export / "models.json").read_text())["org"]["tiny"]) == {"v1", "v2"}
 
-    def test_the_export_command(self, server: RegistryServer, model: dict[str, bytes], data_dir: Path,
+    def test_the_export_command(self, server: LoopbackServer, model: dict[str, bytes], data_dir: Path,
                                 tmp_path: Path) -> None:
         for version in ("v1", "v2", "latest"):
             cli_run(server, data_dir, "-q", "pull", "org/tiny", version)
@@ -4356,7 +4356,7 @@ class TestExport:
             manager.export(["org/tiny latest"], Path(manager.data_dir) / "export")
 
 
-    def test_the_data_directory_is_never_an_export_target(self, server: RegistryServer,
+    def test_the_data_directory_is_never_an_export_target(self, server: LoopbackServer,
                                                           model: dict[str, bytes], tmp_path: Path) -> None:
         parent = tmp_path / "parent"
         data_dir = parent / "data"
@@ -4425,7 +4425,7 @@ class TestExport:
 
     @pytest.mark.parametrize("index", [b'{"org": 5}', b'{"org": {"tiny": []}}'], ids=["group", "model"])
     def test_a_models_json_entry_of_another_shape_in_the_export_directory_is_refused(
-        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path, index: bytes
+        self, server: LoopbackServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path, index: bytes
     ) -> None:
         cli_run(server, data_dir, "-q", "pull", "org/tiny", "latest")
         export = tmp_path / "export"
@@ -4436,7 +4436,7 @@ class TestExport:
         assert (export / "models.json").read_bytes() == index
 
     def test_a_models_json_nested_too_deeply_in_the_export_directory_is_refused(
-        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
+        self, server: LoopbackServer, model: dict[str, bytes], data_dir: Path, tmp_path: Path
     ) -> None:
         cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
         export = tmp_path / "export"
@@ -4549,14 +4549,14 @@ class TestRegistries:
         monkeypatch.delenv("XPRIM_MODELS_REGISTRY_URL", raising=False)
 
     @pytest.fixture
-    def private(self, tmp_path: Path) -> Iterator[RegistryServer]:
+    def private(self, tmp_path: Path) -> Iterator[LoopbackServer]:
         """A second registry that, like ``server`` in these tests, answers 401 without TOKEN."""
-        running = RegistryServer(tmp_path / "private")
+        running = LoopbackServer(tmp_path / "private")
         running.required_headers = dict(TOKEN)
         yield running
         running.close()
 
-    def install_from_both(self, server: RegistryServer, private: RegistryServer, data_dir: Path,
+    def install_from_both(self, server: LoopbackServer, private: LoopbackServer, data_dir: Path,
                           app: str) -> None:
         server.required_headers = dict(TOKEN)
         publish.publish(str(private.root), "team", "small", "v1", {"w.bin": b"small one"})
@@ -4568,7 +4568,7 @@ class TestRegistries:
         publish.publish(str(private.root), "team", "small", "v1", {"w.bin": b"small two"})
 
     def test_update_and_repair_send_the_header_to_every_recorded_registry(
-        self, server: RegistryServer, private: RegistryServer, model: dict[str, bytes], data_dir: Path,
+        self, server: LoopbackServer, private: LoopbackServer, model: dict[str, bytes], data_dir: Path,
         no_registry_env: None
     ) -> None:
         self.install_from_both(server, private, data_dir, "xprim-models")
@@ -4585,7 +4585,7 @@ class TestRegistries:
         assert without.returncode == 5 and "401" in without.stderr  # the servers do require it
 
     def test_embedding_options_reach_every_recorded_registry(
-        self, server: RegistryServer, private: RegistryServer, model: dict[str, bytes], data_dir: Path,
+        self, server: LoopbackServer, private: LoopbackServer, model: dict[str, bytes], data_dir: Path,
         capsys: pytest.CaptureFixture[str]
     ) -> None:
         self.install_from_both(server, private, data_dir, "whisper-tool")
@@ -4600,7 +4600,7 @@ class TestRegistries:
         assert embedded_tool(xm.Config("whisper-tool", "", data_dir), retries=0)("update") == 5  # 401s
 
     def test_each_index_is_fetched_once_per_command(
-        self, server: RegistryServer, registry_dir: Path, data_dir: Path, tmp_path: Path
+        self, server: LoopbackServer, registry_dir: Path, data_dir: Path, tmp_path: Path
     ) -> None:
         names = [f"m{number}" for number in range(6)]
         for name in names:
@@ -4614,7 +4614,7 @@ class TestRegistries:
         result = cli_run(server, data_dir, "update", "--apply")
         assert result.returncode == 0 and result.stdout.count("Updated: ") == 6, result.stderr
         assert server.requests["models.json"] == 1
-        mirror = RegistryServer(registry_dir)  # another registry: asked first, it lists the same manifests
+        mirror = LoopbackServer(registry_dir)  # another registry: asked first, it lists the same manifests
         try:
             for name in names:
                 (data_dir / "org" / name / "v1" / "w.bin").write_bytes(b"damaged")
@@ -4627,8 +4627,8 @@ class TestRegistries:
         finally:
             mirror.close()
 
-    def moved(self, server: RegistryServer, registry_dir: Path, data_dir: Path, tmp_path: Path,
-              app: str) -> RegistryServer:
+    def moved(self, server: LoopbackServer, registry_dir: Path, data_dir: Path, tmp_path: Path,
+              app: str) -> LoopbackServer:
         """org/tiny v1 and latest, and org/gone v1, installed from ``server``, which then goes
         down; a copy of its directory without org/gone, where latest moved to v2, is served
         on another port."""
@@ -4640,9 +4640,9 @@ class TestRegistries:
         manager.pull("org/gone v1")
         publish.add_alias(str(tmp_path / "moved"), "org", "tiny", "latest", "v2")
         server.close()
-        return RegistryServer(tmp_path / "moved")
+        return LoopbackServer(tmp_path / "moved")
 
-    def check_moved(self, old: str, new: RegistryServer, data_dir: Path, code: int, out: str, err: str) -> None:
+    def check_moved(self, old: str, new: LoopbackServer, data_dir: Path, code: int, out: str, err: str) -> None:
         assert code == 3, err  # the exit code of org/gone's error; the others are updated
         assert f"org/tiny latest: update available (v1 \u2192 v2); source: {old} \u2192 {new.url}" in out
         assert f"org/tiny v1: up to date; source: {old} \u2192 {new.url} (recorded)" in out
@@ -4655,7 +4655,7 @@ class TestRegistries:
         assert new.requests["models.json"] == 1
 
     def test_a_moved_registry_via_the_embedded_command(
-        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path,
+        self, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]
     ) -> None:
         old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "whisper-tool")
@@ -4682,7 +4682,7 @@ class TestRegistries:
             new.close()
 
     def test_a_moved_registry_via_the_standalone_command(
-        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
+        self, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
     ) -> None:
         old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "xprim-models")
         try:
@@ -4695,7 +4695,7 @@ class TestRegistries:
         finally:
             new.close()
 
-    def test_one_registry_under_two_spellings(self, server: RegistryServer, model: dict[str, bytes],
+    def test_one_registry_under_two_spellings(self, server: LoopbackServer, model: dict[str, bytes],
                                               data_dir: Path) -> None:
         cli_run(server, data_dir, "-q", "pull", "org/tiny", "latest")
         cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
@@ -4719,7 +4719,7 @@ class TestRegistries:
         assert f"error: org/x v1: models.json at {registry / 'models.json'} is invalid" in result.stderr
         assert "no registry URL" not in result.stderr
 
-    def test_verify_repair_with_no_configured_registry(self, server: RegistryServer, model: dict[str, bytes],
+    def test_verify_repair_with_no_configured_registry(self, server: LoopbackServer, model: dict[str, bytes],
                                                       data_dir: Path, no_registry_env: None) -> None:
         cli_run(server, data_dir, "-q", "pull", "org/tiny", "v1")
         (data_dir / "org" / "tiny" / "v1" / "model.safetensors").write_bytes(b"x")
@@ -4796,7 +4796,7 @@ class TestPinning:
             xm.ModelRef("org", "tiny", "", digest)
 
     def test_pinned_pull_after_the_registry_republishes_the_version(
-        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], registry_dir: Path,
+        self, manager: xm.Manager, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path,
         data_dir: Path
     ) -> None:
         first = listed_hash(registry_dir, "v1")
@@ -4823,7 +4823,7 @@ class TestPinning:
             manager.path(f"org/tiny v1@{first}")
 
     def test_update_leaves_a_pinned_install_as_it_is(
-        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path
+        self, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path
     ) -> None:
         # An app pins what it was tested with; a routine `update --apply` must not move it, or
         # the app's next ensure(pin=) would need the network to put the pinned bytes back.
@@ -4851,7 +4851,7 @@ class TestPinning:
         assert app.ensure("org/tiny v1", pin=first) == str(data_dir / "org" / "tiny" / "v1")
 
     def test_a_pull_without_a_pin_releases_a_pinned_install(
-        self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes], registry_dir: Path
+        self, manager: xm.Manager, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path
     ) -> None:
         first = listed_hash(registry_dir, "v1")
         assert manager.pull(f"org/tiny v1@{first}").pinned
@@ -4865,7 +4865,7 @@ class TestPinning:
         assert manager.check_update("org/tiny v1") == (first, listed_hash(registry_dir, "v1"))
 
     def test_a_pinned_ensure_or_pull_holds_what_is_installed(
-        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path
+        self, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path
     ) -> None:
         # The usual way an app meets its pin: someone pulled the model first, without one.
         first = listed_hash(registry_dir, "v1")
@@ -4881,7 +4881,7 @@ class TestPinning:
         assert caught.value.installed.pinned and app.get_installed("org/tiny v2").pinned
 
     def test_update_leaves_an_install_pinned_while_it_runs(
-        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path
+        self, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path
     ) -> None:
         publish.publish(str(registry_dir), "org", "a", "v1", {"a.bin": blob(3000, "a1")}, chunk_size=1024)
         publish.publish(str(registry_dir), "org", "b", "v1", {"b.bin": blob(3000, "b1")}, chunk_size=1024)
@@ -4907,7 +4907,7 @@ class TestPinning:
         assert (data_dir / "org" / "b" / "v1" / "b.bin").read_bytes() == blob(3000, "b1")
         assert app.get_installed("org/b v1").pinned
 
-    def test_a_pin_the_registry_lacks(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes],
+    def test_a_pin_the_registry_lacks(self, manager: xm.Manager, server: LoopbackServer, model: dict[str, bytes],
                                       data_dir: Path) -> None:
         manager.pull("org/tiny v1")
         before, record = tree(data_dir / "org" / "tiny" / "v1"), (data_dir / "registry.json").read_bytes()
@@ -4923,12 +4923,12 @@ class TestPinning:
         assert result.returncode == 3 and f"pinned manifest not found: org/tiny v1@{missing}" in result.stderr
 
     def test_a_cached_pin_is_fetched_from_the_registry_that_holds_it(
-        self, server: RegistryServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
+        self, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
     ) -> None:
         first = xm.Manager(xm.Config("test-app", server.url, str(data_dir))).pull("org/tiny v1").manifest_hash
         publish.publish(str(registry_dir), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
         xm.Manager(xm.Config("test-app", server.url, str(data_dir))).pull("org/tiny v1")  # first stays cached
-        mirror = RegistryServer(tmp_path / "mirror")  # the new registry: it has the new bytes only
+        mirror = LoopbackServer(tmp_path / "mirror")  # the new registry: it has the new bytes only
         try:
             publish.publish(str(mirror.root), "org", "tiny", "v1", V2_FILES, chunk_size=1024)
             moved = xm.Manager(xm.Config("test-app", mirror.url, str(data_dir)), retries=0)
@@ -4947,7 +4947,7 @@ class TestPinning:
         assert keywords(xm.Manager.ensure) == keywords(xm.Manager.pull)
 
     def test_pinned_ensure_with_no_server_running(self, make_manager: Callable[..., xm.Manager],
-                                                  server: RegistryServer, model: dict[str, bytes],
+                                                  server: LoopbackServer, model: dict[str, bytes],
                                                   registry_dir: Path) -> None:
         manager = make_manager(retries=0)
         first, second = listed_hash(registry_dir, "v1"), listed_hash(registry_dir, "v2")
@@ -4961,7 +4961,7 @@ class TestPinning:
 
 class TestEnsure:
     def test_installed_means_no_network(self, manager: xm.Manager, model: dict[str, bytes],
-                                        server: RegistryServer) -> None:
+                                        server: LoopbackServer) -> None:
         path = manager.ensure("org/tiny v1")
         assert tree(Path(path)) == dict(sorted(model.items()))
         before = sum(server.requests.values())
@@ -4969,7 +4969,7 @@ class TestEnsure:
         assert sum(server.requests.values()) == before
 
     def test_threads_and_processes_racing(self, manager: xm.Manager, model: dict[str, bytes],
-                                          server: RegistryServer, registry_dir: Path, data_dir: Path) -> None:
+                                          server: LoopbackServer, registry_dir: Path, data_dir: Path) -> None:
         script = ("import sys, xprim_models as xm\n"
                   "print(xm.Manager(xm.Config('test-app', sys.argv[1], sys.argv[2])).ensure('org/tiny v1'))\n")
         children = [subprocess.Popen([*PYTHON, "-c", script, server.url, str(data_dir)], cwd=HERE,
@@ -4995,7 +4995,7 @@ SNAKE_CASE = re.compile(r"[a-z][a-z0-9_]*")
 PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{5,20}\] \d+%")  # the bar narrows to fit the sizes
 
 
-def cli_run(server: RegistryServer, data_dir: Path, *args: str, env: dict[str, str] | None = None,
+def cli_run(server: LoopbackServer, data_dir: Path, *args: str, env: dict[str, str] | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """``xprim-models --registry <server> --data-dir <data_dir> ARGS`` through ``main(argv)`` in this
     process (no real process matters here: run_cli starts one), checked for tracebacks."""
@@ -5032,7 +5032,7 @@ def cli_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
 
 
-def cli_install(server: RegistryServer, data_dir: Path, *versions: str) -> None:
+def cli_install(server: LoopbackServer, data_dir: Path, *versions: str) -> None:
     """Install versions of org/tiny in-process, as the standalone CLI (app ``xprim-models``) would."""
     manager = xm.Manager(xm.Config("xprim-models", server.url), data_dir=str(data_dir), retry_backoff=0.01)
     for version in versions:
@@ -5083,7 +5083,7 @@ def cli_chunk(registry_dir: Path, version: str, index: int) -> str:
     return str(manifest_of(registry_dir, "org", "tiny", version)["chunks"][index])
 
 
-def cli_signal_on_request(monkeypatch: pytest.MonkeyPatch, server: RegistryServer, path: str) -> threading.Event:
+def cli_signal_on_request(monkeypatch: pytest.MonkeyPatch, server: LoopbackServer, path: str) -> threading.Event:
     """An Event set as soon as the server starts answering ``path``."""
     seen = threading.Event()
     respond = server.respond
@@ -5143,7 +5143,7 @@ class TestCli:
     # main() and global options ------------------------------------------------
 
     def test_main_returns_exit_codes_and_never_raises_system_exit(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:
         assert xm.main(["--help"]) == 0
         assert "usage: xprim-models" in capsys.readouterr().out
@@ -5167,7 +5167,7 @@ class TestCli:
         assert (result.returncode, result.stdout) == (0, f"xprim-models {xm.__version__}\n")
 
     def test_registry_flag_wins_over_the_environment_variable(
-        self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path
+        self, server: LoopbackServer, model: dict[str, bytes], tmp_path: Path
     ) -> None:
         env = {"XPRIM_MODELS_REGISTRY_URL": server.url}
         from_env = run_cli("list", "--remote", "--json", env=env)
@@ -5188,7 +5188,7 @@ class TestCli:
         assert result.stderr.startswith("error: no registry URL is configured")
 
     def test_data_dir_flag_env_var_and_default(
-        self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path, isolated_env: Path
+        self, server: LoopbackServer, model: dict[str, bytes], tmp_path: Path, isolated_env: Path
     ) -> None:
         default = run_cli("--registry", server.url, "pull", "org/tiny", "v1")
         assert default.returncode == 0, default.stderr
@@ -5208,7 +5208,7 @@ class TestCli:
 
     @pytest.mark.parametrize("position", ["before", "after"])
     def test_output_flags_before_and_after_the_command(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], position: str
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], position: str
     ) -> None:
         def args(flag: str, *command: str) -> list[str]:
             return [flag, *command] if position == "before" else [*command, flag]
@@ -5223,20 +5223,20 @@ class TestCli:
         assert "Model installed: org/tiny v1 (6.5 kB)\n" in quiet.stdout
 
     def test_flag_after_the_command_keeps_one_given_before(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
         result = cli_run(server, data_dir, "--json", "list", "--remote", "--verbose")
         assert len(cli_document(result)["models"]) == 3
         assert f"GET {server.url}/models.json" in result.stderr
 
     def test_no_debug_lines_without_verbose(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
         result = cli_run(server, data_dir, "list", "--remote")
         assert (result.returncode, result.stderr) == (0, "")
 
     def test_registry_and_data_dir_after_the_command_word(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:
         assert xm.main(["pull", "org/tiny", "v1", "--registry", server.url, f"--data-dir={data_dir}", "-q"]) == 0
         capsys.readouterr()
@@ -5261,7 +5261,7 @@ class TestCli:
              "installed-version-case", "installed-typo"],
     )
     def test_did_you_mean(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str],
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str],
         argv: list[str], code: int, message: str
     ) -> None:
         cli_install(server, data_dir, "v1")
@@ -5283,7 +5283,7 @@ class TestCli:
             assert re.search(rf"^  {name} +\S", positionals, re.MULTILINE), positionals
 
     def test_registry_without_a_scheme_gets_a_hint(
-        self, server: RegistryServer, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        self, server: LoopbackServer, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]
     ) -> None:
         monkeypatch.chdir(tmp_path)
@@ -5303,7 +5303,7 @@ class TestCli:
     def test_sizes_are_decimal(self, size: int, text: str) -> None:
         assert xm._format_size(size) == text
 
-    def test_list_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_list_human(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         empty = cli_run(server, data_dir, "list")
         assert (empty.returncode, empty.stdout, empty.stderr) == (0, "No models installed\n", "")
         cli_install(server, data_dir, "v1", "v2")
@@ -5317,7 +5317,7 @@ class TestCli:
             f"org     tiny    v2        6.5 kB   {dates[1]}\n"
         )
 
-    def test_list_remote_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_list_remote_human(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         result = cli_run(server, data_dir, "list", "--remote")
         assert result.returncode == 0
         assert result.stdout == (
@@ -5328,7 +5328,7 @@ class TestCli:
         )
 
     def test_pull_human_and_already_installed(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
@@ -5347,7 +5347,7 @@ class TestCli:
         assert "Reused 7 chunks (6.5 kB) already on this disk; nothing downloaded\n" in forced.stderr  # as it said
         assert forced.stdout == f"Model installed: org/tiny v1 (6.5 kB)\nPath: {path}\n"
 
-    def test_info_installed_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_info_installed_human(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
         (listed,) = cli_document(cli_run(server, data_dir, "--json", "list"))["models"]
         result = cli_run(server, data_dir, "info", "org/tiny", "v1")
@@ -5369,7 +5369,7 @@ class TestCli:
               empty.txt             0 B
             """)
 
-    def test_info_remote_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_info_remote_human(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         result = cli_run(server, data_dir, "info", "org/tiny", "v1", "--remote")
         digest = json.loads((server.root / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
         assert result.returncode == 0
@@ -5392,7 +5392,7 @@ class TestCli:
             """)
 
     def test_info_shows_control_characters_of_metadata_as_escapes(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
         # A registry's metadata reaches a terminal: ESC, BEL and CSI there would retitle the
         # window, move the cursor or rewrite what the user reads.
@@ -5404,7 +5404,7 @@ class TestCli:
         assert "  a\\x9b31m.bin    1 B\n" in result.stdout  # a path may hold C1 (C0 is refused)
         assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stdout)
 
-    def test_remove_human(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_remove_human(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1", "v2", "latest")
         one = cli_run(server, data_dir, "remove", "org/tiny", "latest")
         assert (one.returncode, one.stdout) == (0, "Removed: org/tiny latest\n")
@@ -5417,13 +5417,13 @@ class TestCli:
 
     @pytest.mark.parametrize("args", [["org/tiny", "v1"], ["org/tiny", "--all"]], ids=["version", "all"])
     def test_remove_not_installed(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], args: list[str]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], args: list[str]
     ) -> None:
         result = cli_run(server, data_dir, "remove", *args)
         assert (result.returncode, result.stdout) == (4, "")
         assert result.stderr.startswith("error: model not installed: org/tiny")
 
-    def test_path_prints_only_the_path(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_path_prints_only_the_path(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         cli_install(server, data_dir, "v1")
         result = cli_run(server, data_dir, "path", "org/tiny", "v1")
         assert (result.returncode, result.stdout, result.stderr) == (0, f"{data_dir / 'org' / 'tiny' / 'v1'}\n", "")
@@ -5431,7 +5431,7 @@ class TestCli:
     # update --------------------------------------------------------------------------
 
     def test_update_reports_and_applies(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
         cli_install(server, data_dir, "latest")
         current = cli_run(server, data_dir, "update")
@@ -5466,7 +5466,7 @@ class TestCli:
         assert (entry["version"], entry["update_available"], entry["remote_alias_of"]) == ("latest", False, "v2")
 
     def test_update_arrow_on_a_stream_that_cannot_show_it(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
         # A cp1252 console or pipe (Windows) has no arrow: it reads "->", not "?".
         cli_install(server, data_dir, "latest")
@@ -5477,7 +5477,7 @@ class TestCli:
         assert check.stdout.endswith("org/tiny latest: update available (v1 -> v2)\n")
 
     def test_update_nothing_installed_and_unknown_model(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
         nothing = cli_run(server, data_dir, "update")
         assert (nothing.returncode, nothing.stdout) == (0, "No models installed\n")
@@ -5486,7 +5486,7 @@ class TestCli:
         assert (result.returncode, result.stderr) == (4, "error: model not installed: org/other\n")
 
     def test_repair_says_it_rewrites_the_damaged_files(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
         cli_install(server, data_dir, "v1")
         (data_dir / "org" / "tiny" / "v1" / "config.json").write_bytes(b"damaged")
@@ -5496,7 +5496,7 @@ class TestCli:
         assert repaired.stdout == "org/tiny v1: 1 file repaired\n  config.json\n"
 
     def test_update_of_one_version_and_its_errors_name_it_once(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
         monkeypatch: pytest.MonkeyPatch
     ) -> None:
         import shutil
@@ -5518,7 +5518,7 @@ class TestCli:
         assert (missing.returncode, missing.stderr) == (4, "error: model not installed: org/tiny v2\n")
 
     def test_update_failing_check_does_not_stop_the_others(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
         cli_install(server, data_dir, "v1", "v2")
         index = json.loads((registry_dir / "models.json").read_text())
@@ -5544,7 +5544,7 @@ class TestCli:
 
     # JSON documents ------------------------------------------------------------
 
-    def test_json_documents(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_json_documents(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         assert cli_document(cli_run(server, data_dir, "list", "--json")) == {"models": []}
         remote = cli_document(cli_run(server, data_dir, "list", "--remote", "--json"))["models"]
         assert [(m["group"], m["model"], m["version"], m["alias_of"]) for m in remote] == [
@@ -5585,7 +5585,7 @@ class TestCli:
 
     # Progress --------------------------------------------------------------------
 
-    def test_progress_off_a_terminal(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_progress_off_a_terminal(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         result = cli_run(server, data_dir, "pull", "org/tiny", "v1")
         assert result.returncode == 0
         assert cli_without_quarters(result.stderr) == (
@@ -5595,7 +5595,7 @@ class TestCli:
         assert "\r" not in result.stderr and "\x1b" not in result.stderr
 
     def test_progress_says_what_was_reused_and_counts_right(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
         capsys: pytest.CaptureFixture[str]
     ) -> None:
         base = ["--registry", server.url, "--data-dir", str(data_dir)]
@@ -5616,7 +5616,7 @@ class TestCli:
         assert capsys.readouterr().err == "Fetching manifest... done\nExtracting files... done\n"
 
     @staticmethod
-    def pull_on_a_terminal(server: RegistryServer, data_dir: Path, columns: int, *args: str) -> str:
+    def pull_on_a_terminal(server: LoopbackServer, data_dir: Path, columns: int, *args: str) -> str:
         """What a pull writes to a pseudo-terminal ``columns`` wide (its size set as a resize does)."""
         import fcntl
         import pty
@@ -5651,7 +5651,7 @@ class TestCli:
 
     @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
     def test_progress_on_a_terminal_80_columns(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
         # 8 kB/s: the 6.5 kB take most of a second, so the line is redrawn with a speed and an ETA.
         output = self.pull_on_a_terminal(server, data_dir, 80, "--limit-rate", "8K")
@@ -5664,7 +5664,7 @@ class TestCli:
 
     @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
     def test_progress_on_a_terminal_40_columns(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
         output = self.pull_on_a_terminal(server, data_dir, 40, "--limit-rate", "8K")
         states = self.drawn(output)
@@ -5696,7 +5696,7 @@ class TestCli:
         assert (False, True, True) in shapes and (False, False, True) in shapes  # the bar went first, then ETA
 
     def test_stall_says_what_it_waits_for(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         class Terminal(io.StringIO):
             def __init__(self) -> None:
@@ -5734,7 +5734,7 @@ class TestCli:
                          terminal.getvalue()), terminal.getvalue()
 
     def test_network_failure_mid_pull_says_the_next_run_resumes(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
         monkeypatch.setitem(xm.Manager.__init__.__kwdefaults__, "retry_backoff", 0.01)
@@ -5770,7 +5770,7 @@ class TestCli:
              "info-not-installed", "remove-not-installed", "remove-without-version", "bad-ref"],
     )
     def test_error_exit_codes(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes],
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes],
         case: tuple[list[str], int, str, bool],
     ) -> None:
         args, code, message, check_json = case
@@ -5794,7 +5794,7 @@ class TestCli:
         ids=["missing-version", "bad-concurrency", "unknown-command"],
     )
     def test_usage_errors_exit_2(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], args: list[str]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], args: list[str]
     ) -> None:
         result = cli_run(server, data_dir, *args)
         assert result.returncode == 2
@@ -5812,7 +5812,7 @@ class TestCli:
         assert result.stderr.endswith(f"error: {error['message']}\n")
 
     def test_hash_mismatch_exits_6(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
         # Each pull waits out the default backoff (0.5 + 1 + 2 s): one in-process pull carries every
         # check of the text, while the same pull with --json runs beside it as a real process.
@@ -5839,7 +5839,7 @@ class TestCli:
         assert cli_document(subprocess.CompletedProcess(as_json.args, 6, out))["error"]["type"] == "HashMismatchError"
         assert server.requests["data/" + chunk] == 8  # 4 attempts each
 
-    def test_storage_error_exits_7(self, server: RegistryServer, tmp_path: Path, model: dict[str, bytes]) -> None:
+    def test_storage_error_exits_7(self, server: LoopbackServer, tmp_path: Path, model: dict[str, bytes]) -> None:
         blocker = tmp_path / "a-file"
         blocker.write_text("not a directory\n")
         for args in (["list"], ["pull", "org/tiny", "v1"]):
@@ -5852,7 +5852,7 @@ class TestCli:
         assert cli_document(as_json)["error"]["type"] == "StorageError"
 
     def test_ctrl_c_exits_130_and_the_pull_resumes(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         stalled = cli_chunk(registry_dir, "v1", 3)
@@ -5884,7 +5884,7 @@ class TestCli:
         fetched = [server.requests["data/" + cli_chunk(registry_dir, "v1", index)] for index in range(7)]
         assert fetched.count(1) >= 3 and fetched[3] == 2, fetched  # at least chunks 1 to 3 came once
 
-    def test_closed_pipe_head(self, server: RegistryServer, data_dir: Path, registry_dir: Path,
+    def test_closed_pipe_head(self, server: LoopbackServer, data_dir: Path, registry_dir: Path,
                               model: dict[str, bytes]) -> None:
         # `xprim-models list --remote | head -1`, with far more output than a pipe buffers.
         index = json.loads((registry_dir / "models.json").read_text())
@@ -5913,7 +5913,7 @@ class TestCli:
 
     @pytest.mark.parametrize("args", [["list", "--remote"], ["path", "org/tiny", "v1"]], ids=["list", "path"])
     def test_closed_pipe_before_any_output(
-        self, server: RegistryServer, data_dir: Path, model: dict[str, bytes], args: list[str]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], args: list[str]
     ) -> None:
         cli_install(server, data_dir, "v1")
         read_end, write_end = os.pipe()
@@ -5928,7 +5928,7 @@ class TestCli:
         assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
         assert result.stderr == ""
 
-    def test_closed_pipe_json_error(self, server: RegistryServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_closed_pipe_json_error(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
         read_end, write_end = os.pipe()
         os.close(read_end)
         try:
@@ -5963,7 +5963,7 @@ class TestEmbedding:
         return result
 
     def test_registers_every_command_each_with_func(
-        self, server: RegistryServer, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+        self, server: LoopbackServer, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
     ) -> None:
         import argparse
 
@@ -5987,7 +5987,7 @@ class TestEmbedding:
         assert args.func(args) == 4  # an error is an exit code, not an exception
 
     def test_the_parent_tools_options_of_the_same_names_are_left_alone(
-        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, capsys: pytest.CaptureFixture[str]
+        self, server: LoopbackServer, model: dict[str, bytes], data_dir: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         import argparse
 
@@ -6009,7 +6009,7 @@ class TestEmbedding:
         assert "{" not in output.out and "debug:" not in output.err  # the parent's --json and --verbose are its own
 
     def test_the_readmes_python_example_runs_again_and_again(
-        self, server: RegistryServer, registry_dir: Path, tmp_path: Path
+        self, server: LoopbackServer, registry_dir: Path, tmp_path: Path
     ) -> None:
         readme = (HERE / "README.md").read_text(encoding="utf-8")
         example = readme.split("## A Python example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
@@ -6024,7 +6024,7 @@ class TestEmbedding:
         assert runs[0].stdout == runs[1].stdout == f"{home}\n{home} {V1_SIZE}\n"
 
     def test_list_pull_path(
-        self, server: RegistryServer, model: dict[str, bytes], whisper_tool: Path, isolated_env: Path
+        self, server: LoopbackServer, model: dict[str, bytes], whisper_tool: Path, isolated_env: Path
     ) -> None:
         empty = self.run_tool(whisper_tool, server.url, "models", "list")
         assert (empty.returncode, empty.stdout) == (0, "No models installed\n")
@@ -6046,7 +6046,7 @@ class TestEmbedding:
         assert (item["version"], item["path"], item["total_size"]) == ("v1", str(home), V1_SIZE)
 
     def test_data_dir_follows_the_app_name(
-        self, server: RegistryServer, model: dict[str, bytes], whisper_tool: Path, tmp_path: Path
+        self, server: LoopbackServer, model: dict[str, bytes], whisper_tool: Path, tmp_path: Path
     ) -> None:
         env = {"WHISPER_TOOL_MODELS_DIR": str(tmp_path / "whisper-models"),
                "XPRIM_MODELS_MODELS_DIR": str(tmp_path / "not-this-one")}
@@ -6059,7 +6059,7 @@ class TestEmbedding:
         assert path.stdout == f"{target}\n"
 
     def test_output_flags_after_the_command(
-        self, server: RegistryServer, model: dict[str, bytes], whisper_tool: Path
+        self, server: LoopbackServer, model: dict[str, bytes], whisper_tool: Path
     ) -> None:
         result = self.run_tool(whisper_tool, server.url, "models", "list", "--remote", "--json", "--verbose")
         assert len(cli_document(result)["models"]) == 3
@@ -6077,13 +6077,13 @@ class TestEmbedding:
         assert cli_document(as_json)["error"]["type"] == "NetworkError"
         assert cli_document(as_json)["error"]["exit_code"] == 5
 
-    def test_usage_error_exits_2(self, server: RegistryServer, whisper_tool: Path) -> None:
+    def test_usage_error_exits_2(self, server: LoopbackServer, whisper_tool: Path) -> None:
         result = self.run_tool(whisper_tool, server.url, "models", "pull", "org/tiny")
         assert result.returncode == 2
         assert "usage: whisper-tool models pull" in result.stderr
 
     def test_messages_name_only_what_the_parent_tool_has(
-        self, server: RegistryServer, model: dict[str, bytes], data_dir: Path, capsys: pytest.CaptureFixture[str]
+        self, server: LoopbackServer, model: dict[str, bytes], data_dir: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         import argparse
 
@@ -6237,7 +6237,7 @@ def https_registry(tmp_path: Path, registry_dir: Path, model: dict[str, bytes]) 
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    running = RegistryServer(registry_dir, tls=context)
+    running = LoopbackServer(registry_dir, tls=context)
     yield running.url, cert
     running.close()
 
@@ -6267,7 +6267,7 @@ class TestConventions:
                              env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=child_timeout(30))
         assert out.stdout.strip() == "[] 1 []", out.stderr
 
-    def test_vendored_under_another_name(self, tmp_path: Path, server: RegistryServer, model: dict[str, bytes],
+    def test_vendored_under_another_name(self, tmp_path: Path, server: LoopbackServer, model: dict[str, bytes],
                                          data_dir: Path) -> None:
         vendor = tmp_path / "somepkg" / "_vendor"
         vendor.mkdir(parents=True)
@@ -6372,12 +6372,12 @@ class TestConventions:
         errors = [line for line in lines if ": error: " in line]
         assert len(errors) == 1 and errors[0].startswith("user.py:17: error: ") and "LoggerLike" in errors[0], lines
 
-    def test_user_agent(self, manager: xm.Manager, server: RegistryServer, model: dict[str, bytes]) -> None:
+    def test_user_agent(self, manager: xm.Manager, server: LoopbackServer, model: dict[str, bytes]) -> None:
         manager.pull("org/tiny v1")
         python = ".".join(str(part) for part in sys.version_info[:3])
         assert {h.get("user-agent") for h in server.headers} == {f"xprim-models/{xm.__version__} python/{python}"}
 
-    def test_logger_is_silent_unless_configured(self, server: RegistryServer, model: dict[str, bytes],
+    def test_logger_is_silent_unless_configured(self, server: LoopbackServer, model: dict[str, bytes],
                                                 data_dir: Path, registry_dir: Path) -> None:
         # A chunk served corrupt once makes the module log a warning; Python's
         # last-resort handler would print it if the module had no NullHandler.
@@ -6397,8 +6397,8 @@ class TestConventions:
                 assert re.search(r"hash mismatch .*, downloading it again", result.stderr), result.stderr
 
     def test_http_proxy_is_used_and_no_proxy_bypasses_it(self, make_manager: Callable[..., xm.Manager],
-                                                         server: RegistryServer, model: dict[str, bytes],
-                                                         proxy: RegistryServer,
+                                                         server: LoopbackServer, model: dict[str, bytes],
+                                                         proxy: LoopbackServer,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         monkeypatch.setenv("NO_PROXY", "")
@@ -6559,7 +6559,7 @@ class TestGoOriginal:
         assert any("install time of org/tiny v1 is unknown" in record.getMessage() for record in caplog.records)
         assert not any("org/tiny v2" in record.getMessage() for record in caplog.records)
 
-    def test_cli_shows_an_unknown_install_time(self, server: RegistryServer, data_dir: Path,
+    def test_cli_shows_an_unknown_install_time(self, server: LoopbackServer, data_dir: Path,
                                                registry_dir: Path, model: dict[str, bytes]) -> None:
         go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1", installed_at="yesterday")
         listed = cli_run(server, data_dir, "list")
@@ -6588,7 +6588,7 @@ class TestGoOriginal:
         assert item["installed_at"] == "0001-01-01T00:00:00Z"
 
     def test_cli_list_path_info_files_and_verify_work_on_a_go_directory(
-        self, server: RegistryServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
+        self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes]
     ) -> None:
         root = go_install(registry_dir, data_dir, "xprim-models", "org", "tiny", "v1")
         stored = root / ".xprim-models" / "manifest.json"
@@ -6628,7 +6628,7 @@ class TestGoOriginal:
 
     def test_verify_checks_the_files_against_the_published_manifest(
         self, make_manager: Callable[..., xm.Manager], data_dir: Path, registry_dir: Path, model: dict[str, bytes],
-        server: RegistryServer,
+        server: LoopbackServer,
     ) -> None:
         root = go_install(registry_dir, data_dir, "test-app", "org", "tiny", "v1")
         stored = root / ".test-app" / "manifest.json"
@@ -6804,7 +6804,7 @@ class TestFleet:
     """Many machines behind one caching proxy (README, Serving a fleet)."""
 
     def test_clients_pulling_at_once_through_squid_fetch_each_chunk_about_once(
-        self, squid: str, server: RegistryServer, registry_dir: Path, tmp_path: Path
+        self, squid: str, server: LoopbackServer, registry_dir: Path, tmp_path: Path
     ) -> None:
         content = blob(64 * (64 << 10), "fleet")
         publish.publish(str(registry_dir), "org", "fleet", "v1", {"w.bin": content}, chunk_size=64 << 10)
@@ -6843,7 +6843,7 @@ class TestFleet:
         assert server.requests["models.json"] == clients  # the index is revalidated every time
 
     def test_update_sees_an_alias_move_behind_an_index_cached_for_an_hour(
-        self, squid: str, server: RegistryServer, registry_dir: Path, data_dir: Path, model: dict[str, bytes],
+        self, squid: str, server: LoopbackServer, registry_dir: Path, data_dir: Path, model: dict[str, bytes],
         monkeypatch: pytest.MonkeyPatch
     ) -> None:
         server.cache_control["models.json"] = "max-age=3600"
@@ -6941,7 +6941,7 @@ class SweepHarnessError(Exception):
 class SweepScenario:
     """A registry, a data directory as it stands before the command, and what each outcome may hold."""
 
-    def __init__(self, name: str, root: Path, server: RegistryServer, registry: Path) -> None:
+    def __init__(self, name: str, root: Path, server: LoopbackServer, registry: Path) -> None:
         self.name, self.root, self.server, self.registry = name, root, server, registry
         self.template = root / "template"
         root.mkdir()
@@ -7133,7 +7133,7 @@ SWEEP_SCENARIOS = ["pull-small", "pull-streamed", "pull-repeated", "pull-force",
 class TestFaultSweep:
     @pytest.mark.timeout(600)
     @pytest.mark.parametrize("scenario", SWEEP_SCENARIOS)
-    def test_no_fault_loses_or_mixes_a_model(self, scenario: str, tmp_path: Path, server: RegistryServer,
+    def test_no_fault_loses_or_mixes_a_model(self, scenario: str, tmp_path: Path, server: LoopbackServer,
                                              registry_dir: Path) -> None:
         sc = SweepScenario(scenario, tmp_path / "sweep", server, registry_dir)
         try:

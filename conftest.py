@@ -1,5 +1,13 @@
-"""Set-up before the tests: Ctrl-C reaches the test processes, and (in a parallel run, the
-README's test command) the test module is compiled once before pytest-xdist starts its workers.
+"""Set-up before the tests: Ctrl-C reaches the test processes, temporary directories go to
+memory where Linux has room for them, and (in a parallel run, the README's test command) the
+test module is compiled once before pytest-xdist starts its workers.
+
+The tests write, flush and delete some 40,000 small files. On this project's CI machine (a
+virtual disk under ext4) the kernel's side of that was 18 s of CPU in a 39 s run; on tmpfs
+(/dev/shm) it is 10 s, and the run takes 29 s. A file there is as real to the module: the
+same system calls, links, sparse files and locks. The disk's own failures (a full disk, EIO
+from fsync) are injected by the fault sweep, not met by chance. TMPDIR or --basetemp, when
+given, choose instead.
 
 Each worker collects test_xprim_models.py, and pytest rewrites its asserts and compiles it:
 a second of CPU for its 6,000 lines, four times over. pytest keeps the result in __pycache__
@@ -13,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -27,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if (sys.platform != "win32" and threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if not hasattr(config, "workerinput"):  # the workers, started later, inherit TMPDIR and the base directory
+        temporary_files_in_memory(config)
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
         return  # a worker, or a run without workers
     keep_path, keep_flag = list(sys.path), sys.dont_write_bytecode
@@ -37,3 +49,17 @@ def pytest_configure(config: pytest.Config) -> None:
             importlib.import_module("test_xprim_models")
     finally:
         sys.path[:], sys.dont_write_bytecode = keep_path, keep_flag
+
+
+def temporary_files_in_memory(config: pytest.Config) -> None:
+    """Point TMPDIR (and so pytest's tmp_path) at /dev/shm when nothing chose a place and it has room."""
+    if config.option.basetemp or os.environ.get("TMPDIR") or not sys.platform.startswith("linux"):
+        return
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    roomy = stats.f_bavail * stats.f_frsize >= 4 << 30 and stats.f_favail >= 500_000  # the slow tests' 100,000 files
+    if roomy and os.access("/dev/shm", os.W_OK | os.X_OK):
+        os.environ["TMPDIR"] = "/dev/shm"
+        tempfile.tempdir = None  # read TMPDIR again

@@ -222,13 +222,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def blob(size: int, seed: str = "x") -> bytes:
-    """Deterministic incompressible bytes."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}-{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
+    """Deterministic incompressible bytes (a longer blob of a seed starts with the shorter)."""
+    return hashlib.shake_256(seed.encode()).digest(size)
 
 
 class Fault:
@@ -823,6 +818,12 @@ class TestApi:
 
 
 class TestModelRef:
+    def test_the_docstring_examples_hold(self) -> None:
+        import doctest
+
+        result = doctest.testmod(xm, optionflags=doctest.ELLIPSIS)  # a failure prints its example
+        assert result.attempted >= 5 and result.failed == 0
+
     @pytest.mark.parametrize(
         ("text", "expected"),
         [
@@ -1148,6 +1149,7 @@ class TestRegistry:
         assert {item.alias_of for item in manager.list_remote_versions("org", "tiny") if item.ref.version[0] == "a"} \
             == {"v2"}
 
+    @pytest.mark.slow  # 30,000 versions: 2 s of CPU
     def test_messages_and_logs_from_the_index_are_bounded(self, manager: xm.Manager, registry_dir: Path,
                                                           model: dict[str, bytes]) -> None:
         # Within the caps: 10,000 aliases in one cycle, 10,000 more each an alias of the next
@@ -6842,6 +6844,7 @@ def squid(tmp_path: Path) -> Iterator[str]:
 class TestFleet:
     """Many machines behind one caching proxy (README, Serving a fleet)."""
 
+    @pytest.mark.slow  # squid and six client processes: 2 s of CPU
     def test_clients_pulling_at_once_through_squid_fetch_each_chunk_about_once(
         self, squid: str, server: LoopbackServer, registry_dir: Path, tmp_path: Path
     ) -> None:

@@ -1819,11 +1819,10 @@ class TestHeaders:
 
     @pytest.mark.parametrize("option", ["Authorization", ": value", "Bad Name: x", "X-A: a\x01b", "Host: evil"])
     def test_cli_rejects_bad_headers_without_echoing_the_value(self, server: LoopbackServer, data_dir: Path,
-                                                               option: str, capsys: pytest.CaptureFixture[str]
-                                                               ) -> None:
-        code = xm.main(["--registry", server.url, "--data-dir", str(data_dir), "--header", option, "list"])
-        err = capsys.readouterr().err
-        assert code == 2 and "error: " in err and "header" in err
+                                                               option: str) -> None:
+        result = cli("--header", option, "list", registry=server, data_dir=data_dir)
+        err = result.stderr
+        assert result.returncode == 2 and "error: " in err and "header" in err
         assert "a\x01b" not in err and "evil" not in err and not server.headers
 
     @pytest.mark.parametrize("headers", [{"X-A": "line\r\nInjected: 1"}, {"Range": "bytes=0-"}, {"X A": "b"},
@@ -4075,7 +4074,7 @@ class TestVerify:
             manager.verify("org/tiny v1", repair=True, concurrency=0)
 
     def test_cli_repair_without_a_registry_configured_or_recorded_fails_before_it_starts(
-        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
         cli_install(server, data_dir, "v1")
         record = json.loads((data_dir / "registry.json").read_text())
@@ -4083,8 +4082,9 @@ class TestVerify:
         (data_dir / "registry.json").write_text(json.dumps(record))
         self.damage(data_dir / "org" / "tiny" / "v1")
         before = tree(data_dir / "org" / "tiny" / "v1")
-        assert xm.main(["--data-dir", str(data_dir), "verify", "--repair"]) == 1
-        assert capsys.readouterr().err == (
+        repair = cli("verify", "--repair", data_dir=data_dir)
+        assert repair.returncode == 1
+        assert repair.stderr == (
             "error: no registry URL is configured: give --registry URL, or set XPRIM_MODELS_REGISTRY_URL\n")
         assert tree(data_dir / "org" / "tiny" / "v1") == before
 
@@ -4552,40 +4552,36 @@ class TestProvenance:
         publish.publish(str(first), "org", "x", "v1", {"x.bin": b"x one"})
         publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y one"})
         for registry, model in ((first, "x"), (second, "y")):
-            argv = ["--registry", str(registry), "--data-dir", str(data), "-q", "pull", f"org/{model}", "v1"]
-            assert xm.main(argv) == 0
+            assert cli("-q", "pull", f"org/{model}", "v1", registry=registry, data_dir=data).returncode == 0
         return first, second, data
 
-    def test_each_install_records_its_registry(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_each_install_records_its_registry(self, tmp_path: Path) -> None:
         first, second, data = self.setup_registries(tmp_path)
-        capsys.readouterr()
-        assert xm.main(["--data-dir", str(data), "list", "--json"]) == 0
-        listed = {item["model"]: item["registry_url"] for item in json.loads(capsys.readouterr().out)["models"]}
+        models = cli_document(cli("list", "--json", data_dir=data))["models"]
+        listed = {item["model"]: item["registry_url"] for item in models}
         assert listed == {"x": str(first), "y": str(second)}
         record = json.loads((data / "registry.json").read_text())["org"]["y"]["v1"]
         assert record["registry_url"] == str(second)
-        assert xm.main(["--data-dir", str(data), "info", "org/y", "v1"]) == 0
-        assert f"Registry:     {second}" in capsys.readouterr().out
+        info = cli("info", "org/y", "v1", data_dir=data)
+        assert info.returncode == 0 and f"Registry:     {second}" in info.stdout
 
     def test_update_checks_each_model_against_its_own_registry(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path
     ) -> None:
         first, second, data = self.setup_registries(tmp_path)
         publish.publish(str(first), "org", "x", "v1", {"x.bin": b"x two"})
         publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y two"})
-        monkeypatch.setenv("XPRIM_MODELS_REGISTRY_URL", str(first))  # the default, not named on the command line
-        assert xm.main(["--data-dir", str(data), "-q", "update", "--apply"]) == 0
+        env = {"XPRIM_MODELS_REGISTRY_URL": str(first)}  # the default, not named on the command line
+        assert cli("-q", "update", "--apply", data_dir=data, env=env).returncode == 0
         assert (data / "org" / "x" / "v1" / "x.bin").read_bytes() == b"x two"
         assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y two"
 
-    def test_update_with_a_named_registry_falls_back_to_where_each_came_from(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-    ) -> None:
+    def test_update_with_a_named_registry_falls_back_to_where_each_came_from(self, tmp_path: Path) -> None:
         first, second, data = self.setup_registries(tmp_path)
         publish.publish(str(second), "org", "y", "v1", {"y.bin": b"y two"})
-        capsys.readouterr()
-        assert xm.main(["--registry", str(first), "--data-dir", str(data), "update", "--apply"]) == 0
-        out = capsys.readouterr().out
+        result = cli("update", "--apply", registry=first, data_dir=data)
+        assert result.returncode == 0
+        out = result.stdout
         assert "org/x v1: up to date\n" in out
         assert "org/y v1: update available" in out and "source:" not in out  # first does not list it
         assert (data / "org" / "y" / "v1" / "y.bin").read_bytes() == b"y two"
@@ -4759,8 +4755,11 @@ class TestRegistries:
             new.close()
 
     def test_a_moved_registry_via_the_standalone_command(
-        self, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path
+        self, server: LoopbackServer, model: dict[str, bytes], registry_dir: Path, data_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        # The old place refuses connections: each command would wait out the default retries (3.5 s).
+        monkeypatch.setitem(xm.Manager.__init__.__kwdefaults__, "retry_backoff", 0.01)
         old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "xprim-models")
         try:
             stuck = cli("update", data_dir=data_dir)  # only the old place is known
@@ -5278,14 +5277,13 @@ class TestCli:
         assert (result.returncode, result.stderr) == (0, "")
 
     def test_registry_and_data_dir_after_the_command_word(
-        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]
     ) -> None:
-        assert xm.main(["pull", "org/tiny", "v1", "--registry", server.url, f"--data-dir={data_dir}", "-q"]) == 0
-        capsys.readouterr()
-        assert xm.main(["list", "--data-dir", str(data_dir), "--json"]) == 0
-        assert [item["version"] for item in json.loads(capsys.readouterr().out)["models"]] == ["v1"]
-        assert xm.main(["path", "org/tiny v1", "--data-dir", str(data_dir)]) == 0  # the one-word form
-        assert capsys.readouterr().out == f"{data_dir / 'org' / 'tiny' / 'v1'}\n"
+        assert cli("pull", "org/tiny", "v1", "--registry", server.url, f"--data-dir={data_dir}", "-q").returncode == 0
+        listed = cli_document(cli("list", "--data-dir", str(data_dir), "--json"))["models"]
+        assert [item["version"] for item in listed] == ["v1"]
+        path = cli("path", "org/tiny v1", "--data-dir", str(data_dir))  # the one-word form
+        assert (path.returncode, path.stdout) == (0, f"{data_dir / 'org' / 'tiny' / 'v1'}\n")
 
     @pytest.mark.parametrize(
         ("argv", "code", "message"),
@@ -5303,39 +5301,41 @@ class TestCli:
              "installed-version-case", "installed-typo"],
     )
     def test_did_you_mean(
-        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], capsys: pytest.CaptureFixture[str],
-        argv: list[str], code: int, message: str
+        self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes], argv: list[str], code: int, message: str
     ) -> None:
         cli_install(server, data_dir, "v1")
-        assert xm.main(["--registry", server.url, "--data-dir", str(data_dir), *argv]) == code
-        assert capsys.readouterr().err.startswith(f"error: {message}")
+        result = cli(*argv, registry=server, data_dir=data_dir)
+        assert result.returncode == code
+        assert result.stderr.startswith(f"error: {message}")
 
-    def test_ref_mistakes_are_quoted_as_typed_and_get_a_hint(self, capsys: pytest.CaptureFixture[str]) -> None:
-        assert xm.main(["path", "acme/small/v1"]) == 2
-        assert "error: invalid model reference 'acme/small/v1': expected" in capsys.readouterr().err
-        assert xm.main(["pull", "acme/small:v1"]) == 2  # docker's and ollama's way of writing it
-        assert capsys.readouterr().err.endswith("\nhint: the version is a word of its own: acme/small v1\n")
+    def test_ref_mistakes_are_quoted_as_typed_and_get_a_hint(self) -> None:
+        slashed = cli("path", "acme/small/v1")
+        assert slashed.returncode == 2
+        assert "error: invalid model reference 'acme/small/v1': expected" in slashed.stderr
+        colon = cli("pull", "acme/small:v1")  # docker's and ollama's way of writing it
+        assert colon.returncode == 2
+        assert colon.stderr.endswith("\nhint: the version is a word of its own: acme/small v1\n")
 
     @pytest.mark.parametrize("command", ["pull", "remove", "info", "path", "update", "verify"])
-    def test_help_explains_every_positional(self, command: str, capsys: pytest.CaptureFixture[str]) -> None:
-        assert xm.main([command, "--help"]) == 0
-        usage, positionals = capsys.readouterr().out.split("positional arguments:\n")
+    def test_help_explains_every_positional(self, command: str) -> None:
+        result = cli(command, "--help")
+        assert result.returncode == 0
+        usage, positionals = result.stdout.split("positional arguments:\n")
         assert "[VERSION]" in usage and "(required)" not in positionals  # VERSION may come inside GROUP/MODEL
         for name in ("GROUP/MODEL", "VERSION"):
             assert re.search(rf"^  {name} +\S", positionals, re.MULTILINE), positionals
 
     def test_registry_without_a_scheme_gets_a_hint(
-        self, server: LoopbackServer, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]
+        self, server: LoopbackServer, model: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.chdir(tmp_path)
         host = server.url.split("//")[1]
-        assert xm.main(["--registry", host, "list", "--remote"]) == 1
-        assert capsys.readouterr().err.endswith(
-            f"\nhint: {host} is not a directory; if it is a server, write http://{host}\n")
+        bare = cli("list", "--remote", registry=host)
+        assert bare.returncode == 1
+        assert bare.stderr.endswith(f"\nhint: {host} is not a directory; if it is a server, write http://{host}\n")
         (tmp_path / "not-a-registry").mkdir()  # a directory: no hint, it is one
-        assert xm.main(["--registry", "not-a-registry", "list", "--remote"]) == 1
-        assert "hint:" not in capsys.readouterr().err
+        directory = cli("list", "--remote", registry="not-a-registry")
+        assert directory.returncode == 1 and "hint:" not in directory.stderr
 
     # Human output --------------------------------------------------------------
 
@@ -5638,24 +5638,23 @@ class TestCli:
 
     def test_progress_says_what_was_reused_and_counts_right(
         self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
-        capsys: pytest.CaptureFixture[str]
     ) -> None:
-        base = ["--registry", server.url, "--data-dir", str(data_dir)]
-        assert xm.main([*base, "pull", "org/tiny v1"]) == 0  # one word, as the API takes it
-        capsys.readouterr()
-        assert xm.main([*base, "pull", "org/tiny", "latest"]) == 0  # an alias of what is installed
-        assert cli_without_quarters(capsys.readouterr().err, "Verifying") == (
+        def pull(*args: str) -> str:
+            result = cli("pull", *args, registry=server, data_dir=data_dir)
+            assert result.returncode == 0, result.stderr
+            return result.stderr
+
+        pull("org/tiny v1")  # one word, as the API takes it
+        assert cli_without_quarters(pull("org/tiny", "latest"), "Verifying") == (  # an alias of what is installed
             "Fetching manifest... done\nGetting 7 chunks (6.5 kB)\n"
             "Reused 7 chunks (6.5 kB) already on this disk; nothing downloaded\nExtracting files... done\n"
         )
-        assert xm.main([*base, "pull", "org/tiny", "v2"]) == 0  # one chunk differs from v1
-        assert "Downloaded 1 kB, reused 5.5 kB already on this disk (7 chunks)\n" in capsys.readouterr().err
+        v2 = pull("org/tiny", "v2")  # one chunk differs from v1
+        assert "Downloaded 1 kB, reused 5.5 kB already on this disk (7 chunks)\n" in v2
         publish.publish(str(registry_dir), "org", "one", "v1", {"a.bin": b"abc"})
         publish.publish(str(registry_dir), "org", "none", "v1", {})
-        assert xm.main([*base, "pull", "org/one", "v1"]) == 0
-        assert "Getting 1 chunk (3 B)\nDownloaded 1 chunk (3 B)\n" in capsys.readouterr().err
-        assert xm.main([*base, "pull", "org/none", "v1"]) == 0  # an empty model: no chunk line at all
-        assert capsys.readouterr().err == "Fetching manifest... done\nExtracting files... done\n"
+        assert "Getting 1 chunk (3 B)\nDownloaded 1 chunk (3 B)\n" in pull("org/one", "v1")
+        assert pull("org/none", "v1") == "Fetching manifest... done\nExtracting files... done\n"  # no chunk line at all
 
     @staticmethod
     def pull_on_a_terminal(server: LoopbackServer, data_dir: Path, columns: int, *args: str) -> str:
@@ -5777,22 +5776,22 @@ class TestCli:
 
     def test_network_failure_mid_pull_says_the_next_run_resumes(
         self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setitem(xm.Manager.__init__.__kwdefaults__, "retry_backoff", 0.01)
         server.always[chunk_paths(registry_dir)[4]] = Fault(status=503)
-        base = ["--registry", server.url, "--data-dir", str(data_dir)]
-        assert xm.main([*base, "pull", "org/tiny", "v1", "--concurrency", "1"]) == 5
-        error = capsys.readouterr().err
-        assert error.endswith(
+        failed = cli("pull", "org/tiny", "v1", "--concurrency", "1", registry=server, data_dir=data_dir)
+        assert failed.returncode == 5
+        assert failed.stderr.endswith(
             "(after 4 attempts)\nthe verified chunks are kept: run the same command again to resume\n")
         del server.always[chunk_paths(registry_dir)[4]]
-        assert xm.main([*base, "pull", "org/tiny", "v1"]) == 0
+        resumed = cli("pull", "org/tiny", "v1", registry=server, data_dir=data_dir)
+        assert resumed.returncode == 0
         # Chunks 1 to 4 came before the failure; 5 to 7 come now.
-        assert "Downloaded 2.4 kB, reused 4.1 kB already on this disk (7 chunks)" in capsys.readouterr().err
+        assert "Downloaded 2.4 kB, reused 4.1 kB already on this disk (7 chunks)" in resumed.stderr
         server.fail("models.json", *[Fault(status=503)] * 4)  # before any chunk: nothing to resume
-        assert xm.main([*base, "pull", "org/tiny", "v2"]) == 5
-        assert "resume" not in capsys.readouterr().err
+        early = cli("pull", "org/tiny", "v2", registry=server, data_dir=data_dir)
+        assert early.returncode == 5 and "resume" not in early.stderr
 
     # Exit codes and error messages -------------------------------------------------
 

@@ -3315,8 +3315,8 @@ class Zygote:
             status = self.answer(timeout)
         except TimeoutError:
             self.abandon()
-            raise AssertionError(f"the child {args[3:]} was still running after {timeout:.0f} s (killed it); "
-                                 f"its stderr: {err.read_text()}") from None
+            raise AssertionError(f"the child {args[len(PYTHON) + 2:]} was still running after {timeout:.0f} s "
+                                 f"(killed it); its stderr: {err.read_text()}") from None
         if not status.lstrip("-").isdigit():
             self.abandon()
             raise ZygoteError(f"the zygote did not say how its child ended: {status}; {self.errors()}")
@@ -3356,7 +3356,8 @@ class Zygote:
             self.process.kill()
             self.process.wait()
             assert self.process.stdin is not None and self.process.stdout is not None
-            self.process.stdin.close()
+            with contextlib.suppress(OSError):  # what a failed write left in the buffer
+                self.process.stdin.close()
             self.process.stdout.close()
             self.process = None
 
@@ -3374,6 +3375,7 @@ CRASH_ZYGOTE = Zygote()  # this process's crash children on POSIX; ended with th
 
 @pytest.fixture(scope="session", autouse=True)
 def crash_zygote() -> Iterator[None]:
+    """CRASH_ZYGOTE ends with the session (or with its test process: its stdin closes)."""
     yield
     CRASH_ZYGOTE.close()
 
@@ -7176,7 +7178,8 @@ class SweepScenario:
         self.name, self.root, self.server, self.registry = name, root, server, registry
         self.template = root / "template"
         root.mkdir()
-        self.zygotes, self.guard, self.started = threading.local(), threading.Lock(), []
+        self.zygotes, self.guard = threading.local(), threading.Lock()
+        self.started: list[Zygote] = []  # every thread's zygote, for close()
         self.streams = root / "streams"  # each command's stdout, stderr and strace log
         self.streams.mkdir()
         self.contents: dict[str, dict[str, bytes]] = {}  # manifest hash -> the files it makes

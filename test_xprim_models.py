@@ -3165,6 +3165,220 @@ class TestReliability:
             assert (Path(item.path) / "shared").read_bytes() == shared
 
 
+# A zygote: a Python (PYTHON) that has imported xprim_models, every module the module may import
+# later and those the scripts run here import, and then forks a child per job. A forked child
+# starts at once: no interpreter start-up and no import, most of what a child of the crash tests
+# costs (0.14 s of CPU); under the fault sweep, strace's counts start with the command's own
+# calls. One job at a time, each a JSON line on stdin: {"code", "argv", "out", "err", "env"}.
+# The zygote answers the child's pid, waits for a line (the caller may attach strace to the
+# child meanwhile), lets the child run, and answers its wait status. No thread runs in the
+# zygote (a fork copies only the forking thread), and a child never returns into its loop: it
+# ends in os._exit, or dies by a signal.
+ZYGOTE = r"""
+import encodings.idna, importlib, json, os, re, signal, sys, threading, time, traceback
+import xprim_models as xm
+
+with open(xm.__file__, encoding="utf-8") as source:
+    for name in re.findall(r"^\s+(?:import|from) ([\w.]+)", source.read(), re.M):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+for name in ("json", "shutil", "signal", "time"):  # the crash child's
+    importlib.import_module(name)
+if threading.active_count() != 1:
+    sys.exit("the zygote cannot fork: its imports started threads: %r" % threading.enumerate())
+
+def run(job):
+    # As `python -c code argv...` would: the exit status of SystemExit, 1 after a traceback.
+    if job["env"] is not None:
+        os.environ.clear()
+        os.environ.update(job["env"])
+        time.tzset()
+    sys.argv = ["-c", *job["argv"]]
+    try:
+        exec(compile(job["code"], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        code = 0
+    except SystemExit as exc:
+        code = 0 if exc.code is None else exc.code
+        if not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+for line in sys.stdin:
+    job = json.loads(line)
+    go_read, go_write = os.pipe()
+    streams = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC) for path in (os.devnull, job["out"], job["err"])]
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:  # no call strace may trace (close, open, write...) before go: strace may be attaching now
+            for fd, stream in enumerate(streams):
+                os.dup2(stream, fd)
+            if os.read(go_read, 1):
+                code = run(job)
+        finally:
+            os._exit(code)
+    os.close(go_read)
+    for stream in streams:
+        os.close(stream)
+    print(pid, flush=True)
+    if sys.stdin.readline() != "go\n":  # the caller gave up on this child, or ended
+        os.kill(pid, signal.SIGKILL)
+    try:
+        os.write(go_write, b"x")
+    except OSError:  # the child was killed before go
+        pass
+    os.close(go_write)
+    print(os.waitpid(pid, 0)[1], flush=True)
+"""
+
+
+class ZygoteError(Exception):
+    """The zygote itself failed: it did not start, did not fork, or ended."""
+
+
+class Zygote:
+    """Runs Python code in children forked from a ZYGOTE process, one at a time (POSIX only).
+
+    ``run`` is ``subprocess.run([*PYTHON, "-c", code, *argv], cwd=HERE)`` with stdout and
+    stderr captured, in a fork. The zygote starts with the first job, with ``env`` (default:
+    this process's), and again after a failure; ``close`` ends it.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.directory: Path | None = None  # the zygote's stderr, and the children's streams by default
+        self.child: tuple[list[str], int, Path, Path] | None = None  # args, pid, out, err of the running child
+        self.answers = b""
+
+    def run(self, code: str, argv: list[str], *, env: dict[str, str] | None = None, out: Path | None = None,
+            err: Path | None = None, between: Callable[[int], None] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Fork a child running ``code`` with ``argv``, its environment ``env`` (default: the
+        zygote's), stdout and stderr to the files ``out`` and ``err``; ``between(pid)`` runs
+        before it starts. Its result once it ended; AssertionError when it runs over ``timeout``."""
+        pid = self.start(code, argv, env=env, out=out, err=err)
+        try:
+            if between is not None:
+                between(pid)
+            self.go()
+            return self.wait(timeout)
+        finally:
+            self.abandon()
+
+    def start(self, code: str, argv: list[str], *, env: dict[str, str] | None = None, out: Path | None = None,
+              err: Path | None = None) -> int:
+        """Fork the child of ``run``, waiting for ``go``; returns its pid."""
+        assert self.child is None, "the zygote runs one child at a time"
+        if self.process is None:
+            self.directory = self.directory or Path(tempfile.mkdtemp(prefix="zygote-"))
+            with open(self.directory / "zygote.err", "wb") as errors:
+                self.process = subprocess.Popen([*PYTHON, "-c", ZYGOTE], cwd=HERE, env=self.env, stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE, stderr=errors)
+            self.answers = b""
+        assert self.process.stdin is not None and self.directory is not None
+        out, err = out or self.directory / "out", err or self.directory / "err"
+        job = {"code": code, "argv": argv, "out": str(out), "err": str(err), "env": env}
+        try:
+            self.process.stdin.write(json.dumps(job).encode() + b"\n")
+            self.process.stdin.flush()
+            answer = self.answer(child_timeout(60))
+        except (OSError, TimeoutError) as exc:
+            answer = repr(exc)
+        if not answer.isdigit():
+            self.stop()
+            raise ZygoteError(f"the zygote did not fork: {answer}; {self.errors()}")
+        self.child = ([*PYTHON, "-c", code, *argv], int(answer), out, err)
+        return int(answer)
+
+    def go(self) -> None:
+        """Let the started child run."""
+        assert self.process is not None and self.process.stdin is not None and self.child is not None
+        self.process.stdin.write(b"go\n")
+        self.process.stdin.flush()
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        """The started child's result once it ended (a negative return code: killed by that signal).
+        When it runs over ``timeout``, it is killed and AssertionError says so."""
+        assert self.child is not None
+        args, _, out, err = self.child
+        try:
+            status = self.answer(timeout)
+        except TimeoutError:
+            self.abandon()
+            raise AssertionError(f"the child {args[len(PYTHON) + 2:]} was still running after {timeout:.0f} s "
+                                 f"(killed it); its stderr: {err.read_text()}") from None
+        if not status.lstrip("-").isdigit():
+            self.abandon()
+            raise ZygoteError(f"the zygote did not say how its child ended: {status}; {self.errors()}")
+        self.child = None
+        return subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(int(status)), out.read_text(),
+                                           err.read_text())
+
+    def answer(self, timeout: float) -> str:
+        """The zygote's next line; TimeoutError after ``timeout`` seconds, "" when it ended."""
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.answers:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.process.stdout], [], [], left)[0]:
+                raise TimeoutError
+            data = os.read(self.process.stdout.fileno(), 4096)
+            if not data:
+                return ""
+            self.answers += data
+        line, _, self.answers = self.answers.partition(b"\n")
+        return line.decode()
+
+    def errors(self) -> str:
+        assert self.directory is not None
+        return f"the zygote's stderr: {(self.directory / 'zygote.err').read_text(errors='replace').strip()}"
+
+    def abandon(self) -> None:
+        """Kill the started child if it has not been waited for, and the zygote with it."""
+        if self.child is not None:
+            with contextlib.suppress(ProcessLookupError):  # the zygote, waiting for it, has not reaped it
+                os.kill(self.child[1], signal.SIGKILL)
+            self.stop()
+
+    def stop(self) -> None:
+        self.child = None
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            assert self.process.stdin is not None and self.process.stdout is not None
+            with contextlib.suppress(OSError):  # what a failed write left in the buffer
+                self.process.stdin.close()
+            self.process.stdout.close()
+            self.process = None
+
+    def close(self) -> None:
+        """End the zygote (a child still running first) and remove its directory."""
+        self.abandon()
+        self.stop()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+
+CRASH_ZYGOTE = Zygote()  # this process's crash children on POSIX; ended with the session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def crash_zygote() -> Iterator[None]:
+    """CRASH_ZYGOTE ends with the session (or with its test process: its stdin closes)."""
+    yield
+    CRASH_ZYGOTE.close()
+
+
 # A child process runs an action with kill points armed, then dies by SIGKILL (on Windows
 # the test ends it with TerminateProcess: nothing runs after it, no finally, no atexit).
 # The plan, from argv[3] (JSON):
@@ -3329,9 +3543,10 @@ class CrashScenario:
 
 
 def crash_run_child(server: LoopbackServer, data_dir: Path, plan: str) -> subprocess.CompletedProcess[str]:
-    command = [*PYTHON, "-c", CRASH_CHILD, server.url, str(data_dir), plan]
-    if not WINDOWS:
-        return subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=30)
+    argv = [server.url, str(data_dir), plan]
+    if not WINDOWS:  # a fork of a Python that has imported xprim_models already
+        return CRASH_ZYGOTE.run(CRASH_CHILD, argv, env=dict(os.environ), timeout=30)
+    command = [*PYTHON, "-c", CRASH_CHILD, *argv]
     # Under wine a process that calls TerminateProcess on itself sometimes never ends (seen
     # under load: "killed at ..." printed, then nothing for minutes). So on Windows the child
     # says where it stopped and waits there, and the test kills it from outside.
@@ -3632,16 +3847,29 @@ class TestCrash:
 
         server.handle = handle  # type: ignore[method-assign]
         plan = sc.plan()
-        process = subprocess.Popen([*PYTHON, "-c", CRASH_CHILD, server.url, str(sc.data_dir), plan],
-                                   cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert reached.wait(child_timeout(20)), "the child never asked for its chunk"
-            kill(process)
-            _, stderr = process.communicate(timeout=child_timeout(10))
-        finally:
-            process.kill()
-            release.set()
-        assert process.returncode == KILLED, stderr
+        if WINDOWS:
+            process = subprocess.Popen([*PYTHON, "-c", CRASH_CHILD, server.url, str(sc.data_dir), plan],
+                                       cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert reached.wait(child_timeout(20)), "the child never asked for its chunk"
+                kill(process)
+                _, stderr = process.communicate(timeout=child_timeout(10))
+            finally:
+                process.kill()
+                release.set()
+            returncode = process.returncode
+        else:  # a fork of a Python that has imported xprim_models already (see crash_run_child)
+            pid = CRASH_ZYGOTE.start(CRASH_CHILD, [server.url, str(sc.data_dir), plan], env=dict(os.environ))
+            CRASH_ZYGOTE.go()
+            try:
+                assert reached.wait(20), "the child never asked for its chunk"
+                os.kill(pid, KILL_SIGNAL)
+                result = CRASH_ZYGOTE.wait(10)
+            finally:
+                CRASH_ZYGOTE.abandon()  # the child, if it was not waited for
+                release.set()
+            returncode, stderr = result.returncode, result.stderr
+        assert returncode == KILLED, stderr
         assert finished.wait(10)  # the held request is counted before the resume looks at the counters
         server.handle = original  # type: ignore[method-assign]
 
@@ -6915,44 +7143,7 @@ class TestFleet:
 SWEEP_SYSCALLS = ("write", "pwrite64", "fsync", "fdatasync", "rename", "renameat", "renameat2", "openat", "close",
                   "ftruncate", "mkdir", "mkdirat", "unlink", "unlinkat", "rmdir", "copy_file_range")
 SWEEP_FAULTS = ("ENOSPC", "EIO", "KILL")
-SWEEP_ZYGOTE = r"""
-import encodings.idna, importlib, json, os, re, sys
-import xprim_models as xm
-# Every module a command may import, imported once, before any command runs: a
-# forked command then starts at once, and strace's counts start with its own calls.
-with open(xm.__file__, encoding="utf-8") as source:
-    for name in re.findall(r"^\s+(?:import|from) ([\w.]+)", source.read(), re.M):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
-for line in sys.stdin:
-    job = json.loads(line)
-    go_read, go_write = os.pipe()
-    streams = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC) for path in (os.devnull, job["out"], job["err"])]
-    pid = os.fork()
-    if pid == 0:  # makes no traced call (close, open, write...) before strace is attached and says go
-        for fd, stream in enumerate(streams):
-            os.dup2(stream, fd)
-        os.read(go_read, 1)
-        try:
-            code = xm.main(job["argv"])
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 70
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    os.close(go_read)
-    for stream in streams:
-        os.close(stream)
-    print(pid, flush=True)
-    sys.stdin.readline()  # go
-    os.write(go_write, b"x")
-    os.close(go_write)
-    print(os.waitpid(pid, 0)[1], flush=True)
-"""
+SWEEP_COMMAND = "import sys, xprim_models as xm; sys.exit(xm.main(sys.argv[1:]))"  # run in a fork of a Zygote
 SWEEP_LINE = re.compile(r"^(\d+) +(?:<\.\.\. )?(\w+)(\(| resumed>)")
 
 
@@ -6986,7 +7177,8 @@ class SweepScenario:
         self.name, self.root, self.server, self.registry = name, root, server, registry
         self.template = root / "template"
         root.mkdir()
-        self.zygotes, self.guard, self.started = threading.local(), threading.Lock(), []
+        self.zygotes, self.guard = threading.local(), threading.Lock()
+        self.started: list[Zygote] = []  # every thread's zygote, for close()
         self.streams = root / "streams"  # each command's stdout, stderr and strace log
         self.streams.mkdir()
         self.contents: dict[str, dict[str, bytes]] = {}  # manifest hash -> the files it makes
@@ -7058,39 +7250,34 @@ class SweepScenario:
 
     def run(self, data_dir: Path, inject: str = "") -> tuple[subprocess.CompletedProcess[str], str]:
         """The command in a child under strace (attached before it starts); its result and strace's log."""
-        zygote = getattr(self.zygotes, "process", None)
-        if zygote is None:
+        zygote = getattr(self.zygotes, "zygote", None)
+        if zygote is None:  # one per thread: a zygote runs one child at a time
             env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(self.root)}
-            zygote = self.zygotes.process = subprocess.Popen(
-                [sys.executable, "-c", SWEEP_ZYGOTE], cwd=HERE, env=env, stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, text=True)
+            zygote = self.zygotes.zygote = Zygote(env)
             with self.guard:
                 self.started.append(zygote)
-        assert zygote.stdin is not None and zygote.stdout is not None
         out, err, log = (self.streams / f"{data_dir.name}.{kind}" for kind in ("out", "err", "strace"))
-        argv = self.argv(data_dir)
-        zygote.stdin.write(json.dumps({"argv": argv, "out": str(out), "err": str(err)}) + "\n")
-        zygote.stdin.flush()
-        pid = zygote.stdout.readline().strip()
-        if not pid.isdigit():
-            self.zygotes.process = None
-            zygote.kill()
-            raise SweepHarnessError(f"the zygote did not fork: {pid!r}")
-        tracer = subprocess.Popen(
-            ["strace", "-f", "-y", "-p", pid, "-o", str(log), "-e", f"trace={','.join(SWEEP_SYSCALLS)}",
-             *(["-e", f"inject={inject}"] if inject else [])], stderr=subprocess.PIPE, text=True)
-        assert tracer.stderr is not None
-        attached = tracer.stderr.readline()
-        zygote.stdin.write("go\n")
-        zygote.stdin.flush()
-        status_line = zygote.stdout.readline()
-        tracer.wait(30)
-        if "attached" not in attached or not status_line.strip().lstrip("-").isdigit():
-            self.zygotes.process = None
-            zygote.kill()
-            raise SweepHarnessError(f"strace or the zygote failed: {attached}{tracer.stderr.read()} {status_line!r}")
-        status = int(status_line)
-        result = subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), out.read_text(), err.read_text())
+        tracers = []
+
+        def attach(pid: int) -> None:
+            tracer = subprocess.Popen(
+                ["strace", "-f", "-y", "-p", str(pid), "-o", str(log), "-e", f"trace={','.join(SWEEP_SYSCALLS)}",
+                 *(["-e", f"inject={inject}"] if inject else [])], stderr=subprocess.PIPE, text=True)
+            tracers.append(tracer)
+            assert tracer.stderr is not None
+            attached = tracer.stderr.readline()
+            if "attached" not in attached:
+                raise SweepHarnessError(f"strace did not attach: {attached}")
+
+        try:
+            result = zygote.run(SWEEP_COMMAND, self.argv(data_dir), out=out, err=err, between=attach, timeout=120)
+        except ZygoteError as exc:
+            raise SweepHarnessError(str(exc)) from exc
+        finally:
+            for tracer in tracers:  # it ends with the child
+                tracer.wait(30)
+                assert tracer.stderr is not None
+                tracer.stderr.close()
         trace = log.read_text()
         for path in (out, err, log):
             path.unlink()
@@ -7098,8 +7285,7 @@ class SweepScenario:
 
     def close(self) -> None:
         for zygote in self.started:
-            zygote.kill()
-            zygote.wait()
+            zygote.close()
 
     def points(self, trace: str, data_dir: Path) -> list[tuple[str, int]]:
         """(system call, N): the Nth call of that kind in some thread, made on the data directory."""

@@ -55,11 +55,12 @@ def temporary_files_in_memory(config: pytest.Config) -> None:
     """Point TMPDIR (and so pytest's tmp_path) at /dev/shm when nothing chose a place and it has room."""
     if config.option.basetemp or os.environ.get("TMPDIR") or not sys.platform.startswith("linux"):
         return
+    memory = "/dev/shm"  # noqa: S108 (pytest makes its own directory there, private to the user)
     try:
-        stats = os.statvfs("/dev/shm")
+        stats = os.statvfs(memory)
     except OSError:
         return
     roomy = stats.f_bavail * stats.f_frsize >= 4 << 30 and stats.f_favail >= 500_000  # the slow tests' 100,000 files
-    if roomy and os.access("/dev/shm", os.W_OK | os.X_OK):
-        os.environ["TMPDIR"] = "/dev/shm"
+    if roomy and os.access(memory, os.W_OK | os.X_OK):
+        os.environ["TMPDIR"] = memory
         tempfile.tempdir = None  # read TMPDIR again

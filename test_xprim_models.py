@@ -34,6 +34,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import typing
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -163,7 +164,7 @@ def directory_link(target: Path, link: Path) -> None:
 def open_under(root: Path) -> list[str]:
     """What this process holds open below ``root``: from /proc/self/fd on Linux; on Windows,
     the C runtime's descriptors (which os.open and open() use), each asked for its path."""
-    if WINDOWS:
+    if sys.platform == "win32":  # WINDOWS, in a form mypy understands
         import ctypes
         import msvcrt
 
@@ -723,6 +724,13 @@ def cli_command(*args: str, registry: LoopbackServer | str | os.PathLike[str] | 
     return [*PYTHON, "-m", "xprim_models", *cli_flags(registry, data_dir), *args]
 
 
+def short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Managers made by the CLI in this process wait 0.01 s before a retry, not 0.5 s."""
+    defaults = xm.Manager.__init__.__kwdefaults__
+    assert defaults is not None and "retry_backoff" in defaults
+    monkeypatch.setitem(defaults, "retry_backoff", 0.01)
+
+
 def cli_flags(registry: LoopbackServer | str | os.PathLike[str] | None,
               data_dir: os.PathLike[str] | str | None) -> list[str]:
     flags = []
@@ -773,7 +781,7 @@ def cli_in_process(argv: list[str], env: dict[str, str]) -> subprocess.Completed
                 os.environ[name] = value
     for stream in streams:
         stream.flush()
-    out, err = (stream.buffer.getvalue().decode() for stream in streams)  # type: ignore[attr-defined]
+    out, err = (stream.buffer.getvalue().decode() for stream in streams)
     return subprocess.CompletedProcess(["xprim-models", *argv], code, out, err)
 
 
@@ -978,7 +986,7 @@ class TestRegistry:
             ({"a": {"hash": "0" * 64, "metadata": {"n": "-1" + "0" * 400}}}, "org/bad a",
              "number -10000"),
             ({"a": {"hash": "0" * 64, "metadata": {"n": "\ud800"}}}, "org/bad a", "unpaired surrogate"),
-            ({"a": {"hash": "0" * 64, "metadata": {"n": functools.reduce(lambda inner, _: [inner], range(32), [])}}},
+            ({"a": {"hash": "0" * 64, "metadata": {"n": json.loads("[" * 33 + "]" * 33)}}},
              "org/bad a", "nests more than 32 levels"),
             ({"a": {"hash": "0" * 64}, "CON": {"hash": "0" * 64}, "x": {"alias": "CON"}}, "org/bad x",
              "alias 'CON' is a reserved name on Windows"),
@@ -1408,7 +1416,8 @@ class TestConnections:
         assert server.chunk_requests() == 40  # a manifest each
         assert len(server.connections) <= 8 + 1  # a connection per pool thread, plus the index
         server.connections.clear()
-        assert [item.total_size for item in manager.list_remote(detail=True)][:3] == [1, 1, 2]
+        detailed = typing.cast("list[xm.RemoteModelDetail]", manager.list_remote(detail=True))
+        assert [item.total_size for item in detailed][:3] == [1, 1, 2]
         assert server.chunk_requests() == 40 and len(server.connections) == 1  # manifests come from the cache
 
     def test_redirects_are_followed(self, manager: xm.Manager, model: dict[str, bytes], server: LoopbackServer,
@@ -3138,7 +3147,12 @@ class TestReliability:
                                  cwd=HERE, stdout=subprocess.PIPE, text=True)
         assert arrived.wait(child_timeout(20))
         removed, waiting = threading.Event(), logged("Waiting for another download of org/tiny to finish")
-        remover = threading.Thread(target=lambda: (manager.remove("org/tiny v2"), removed.set()))
+
+        def remove() -> None:
+            manager.remove("org/tiny v2")
+            removed.set()
+
+        remover = threading.Thread(target=remove)
         remover.start()
         assert waiting.wait(20)  # for the same model's lock, which the pull holds (said after 1 s)
         assert not removed.is_set()
@@ -4204,9 +4218,9 @@ class TestUpdates:
         files = big_files()
         v2 = {**files, "config.json": files["config.json"] + b', "extra": 1}'}  # every chunk shifted
         publish_big(registry_dir, "v2", v2)
-        before = server.requests.copy()
+        requested = server.requests.copy()
         new = Path(manager.pull("org/big v2").path)
-        assert fetched_chunks(server, before, registry_dir, "v2") <= 2  # copied from v1's files by path
+        assert fetched_chunks(server, requested, registry_dir, "v2") <= 2  # copied from v1's files by path
         assert tree(new) == dict(sorted(v2.items()))
         assert not os.path.samefile(target / "weights.bin", new / "weights.bin")
 
@@ -4394,7 +4408,12 @@ class TestPrune:
         assert arrived.wait(child_timeout(20))
         assert (data_dir / "org" / "tiny" / ".v1.staging").is_dir()  # the pull is under way
         pruned, waiting = threading.Event(), logged("Waiting for another download of org/tiny to finish")
-        pruner = threading.Thread(target=lambda: (manager.prune_cache(), pruned.set()))
+
+        def prune() -> None:
+            manager.prune_cache()
+            pruned.set()
+
+        pruner = threading.Thread(target=prune)
         pruner.start()
         assert waiting.wait(20)  # deleting now would pull the chunks from under the pull
         assert not pruned.is_set()
@@ -4708,9 +4727,17 @@ class TestExport:
         (export / "data" / chunk).unlink()  # the manifest stays: only this object is written again
         calls: list[tuple[str, object]] = []
         fsync, replace = os.fsync, os.replace
-        monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.fstat(fd).st_ino)), fsync(fd))[1])
-        monkeypatch.setattr(os, "replace", lambda source, target: (
-            calls.append(("replace", os.path.basename(target))), replace(source, target))[1])
+
+        def recorded_fsync(fd: int) -> None:
+            calls.append(("fsync", os.fstat(fd).st_ino))
+            fsync(fd)
+
+        def recorded_replace(source: str, target: str) -> None:
+            calls.append(("replace", os.path.basename(target)))
+            replace(source, target)
+
+        monkeypatch.setattr(os, "fsync", recorded_fsync)
+        monkeypatch.setattr(os, "replace", recorded_replace)
         manager.export(["org/tiny v1"], export)
         renamed, listed = calls.index(("replace", chunk)), calls.index(("replace", "models.json"))
         assert ("fsync", (export / "data").stat().st_ino) in calls[renamed:listed]
@@ -4987,7 +5014,7 @@ class TestRegistries:
         monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # The old place refuses connections: each command would wait out the default retries (3.5 s).
-        monkeypatch.setitem(xm.Manager.__init__.__kwdefaults__, "retry_backoff", 0.01)
+        short_backoff(monkeypatch)
         old, new = server.url, self.moved(server, registry_dir, data_dir, tmp_path, "xprim-models")
         try:
             stuck = cli("update", data_dir=data_dir)  # only the old place is known
@@ -5639,9 +5666,10 @@ class TestCli:
               empty.txt             0 B
             """)
 
-    def test_info_remote_human(self, server: LoopbackServer, data_dir: Path, model: dict[str, bytes]) -> None:
+    def test_info_remote_human(self, server: LoopbackServer, data_dir: Path, registry_dir: Path,
+                               model: dict[str, bytes]) -> None:
         result = cli("info", "org/tiny", "v1", "--remote", registry=server, data_dir=data_dir)
-        digest = json.loads((server.root / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
+        digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"]["v1"]["hash"]
         assert result.returncode == 0
         assert result.stdout == textwrap.dedent(f"""\
             Model:        org/tiny v1
@@ -5985,7 +6013,7 @@ class TestCli:
         monkeypatch.setattr(sys, "stderr", terminal)
         monkeypatch.setenv("COLUMNS", "120")
         monkeypatch.setattr(xm, "_STALL_NOTICE_AFTER", 0.2)  # rather than 5 s
-        monkeypatch.setitem(xm.Manager.__init__.__kwdefaults__, "retry_backoff", 0.01)
+        short_backoff(monkeypatch)
         stalled = Fault(pause_after=0)  # headers, then nothing until resumed
         server.fail("models.json", Fault(status=503), stalled)
         result: list[int] = []
@@ -6006,7 +6034,7 @@ class TestCli:
         self, server: LoopbackServer, data_dir: Path, registry_dir: Path, model: dict[str, bytes],
         monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setitem(xm.Manager.__init__.__kwdefaults__, "retry_backoff", 0.01)
+        short_backoff(monkeypatch)
         server.always[chunk_paths(registry_dir)[4]] = Fault(status=503)
         failed = cli("pull", "org/tiny", "v1", "--concurrency", "1", registry=server, data_dir=data_dir)
         assert failed.returncode == 5
@@ -6781,7 +6809,7 @@ def go_check_readable(doc: Any) -> None:
 
 
 def published_bytes(registry_dir: Path, version: str) -> bytes:
-    digest = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"][version]["hash"]
+    digest: str = json.loads((registry_dir / "models.json").read_text())["org"]["tiny"][version]["hash"]
     return (registry_dir / "data" / digest).read_bytes()
 
 

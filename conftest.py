@@ -3,14 +3,14 @@ memory where Linux has room for them, and (in a parallel run, the README's test 
 test module is compiled once before pytest-xdist starts its workers.
 
 The tests write, flush and delete some 40,000 small files. On this project's CI machine (a
-virtual disk under ext4) the kernel's side of that was 18 s of CPU in a 39 s run; on tmpfs
-(/dev/shm) it is 10 s, and the run takes 29 s. A file there is as real to the module: the
+virtual disk under ext4) the kernel's side of that cost 18 s of CPU, and on tmpfs (/dev/shm)
+10 s: the run took 39 s against 29 s. A file there is as real to the module: the
 same system calls, links, sparse files and locks. The disk's own failures (a full disk, EIO
 from fsync) are injected by the fault sweep, not met by chance. TMPDIR or --basetemp, when
 given, choose instead.
 
 Each worker collects test_xprim_models.py, and pytest rewrites its asserts and compiles it:
-a second of CPU for its 6,000 lines, four times over. pytest keeps the result in __pycache__
+some 4 s of CPU for its 7,400 lines, four times over. pytest keeps the result in __pycache__
 (which .gitignore lists), but in a fresh checkout the workers all start before it exists, and
 with PYTHONDONTWRITEBYTECODE set it is never kept. So the controller, which collects nothing
 itself, imports the module once through pytest's rewriting import hook and keeps the result

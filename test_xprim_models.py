@@ -759,26 +759,22 @@ def cli(*args: str, registry: LoopbackServer | str | os.PathLike[str] | None = N
         )
     else:
         result = cli_in_process([*cli_flags(registry, data_dir), *args], env or {})
-    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    cli_no_traceback(result)
     return result
 
 
+def cli_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+
+
 def cli_in_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    import contextlib
     import io
+    from unittest import mock
 
     streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="") for _ in range(2)]
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]):
-            code = xm.main(argv)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(streams[0]), \
+            contextlib.redirect_stderr(streams[1]):
+        code = xm.main(argv)
     for stream in streams:
         stream.flush()
     out, err = (stream.buffer.getvalue().decode() for stream in streams)
@@ -5324,10 +5320,6 @@ V2_FILES = {**MODEL_FILES, "config.json": b'{"layers": 3}\n'}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SNAKE_CASE = re.compile(r"[a-z][a-z0-9_]*")
 PTY_BAR = re.compile(r"Downloading: \d+/\d+ chunks \[[=> ]{5,20}\] \d+%")  # the bar narrows to fit the sizes
-
-
-def cli_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stdout + result.stderr, result.stderr
 
 
 def cli_install(server: LoopbackServer, data_dir: Path, *versions: str) -> None:
